@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make up` starts the local stack, `make test` runs every test.
+# Each installs what it needs first (a virtualenv from the lock file, and the CDK CLI from npm).
+
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do command -v $$p >/dev/null && echo $$p && break; done)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+NODE_INSTALLED := node_modules/.installed
+PORT ?= 4242
+
+.PHONY: install up test lint unit integration cdk bench clean
+
+$(INSTALLED): requirements.lock pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+$(NODE_INSTALLED): package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(INSTALLED)
+
+up: $(INSTALLED)
+	$(BIN)/clearline up --port $(PORT)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(INSTALLED) $(NODE_INSTALLED) lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: $(INSTALLED)
+	$(BIN)/python bench/charge_path.py
+
+clean:
+	rm -rf $(VENV) node_modules cdk.out .mypy_cache .ruff_cache .pytest_cache

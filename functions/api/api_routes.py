@@ -1,0 +1,291 @@
+"""The /v1 REST routes: authenticate, parse, call the clearline library, shape the reply.
+
+Routes hold no business rules; those live in the library. Everything a caller can get
+wrong ends as a Stripe-shaped error through `on_api_error`.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.metrics import MetricUnit
+from clearline.cards import contains_card_number, find_card_number_param
+from clearline.charges import ChargeService
+from clearline.config import Settings
+from clearline.errors import ApiError, AuthenticationError, InvalidRequestError
+from clearline.forms import parse_body
+from clearline.idempotency import IdempotentRequests, check_key
+from clearline.merchants import Merchant, authenticate
+from clearline.params import ChargeCreateParams, parse_params
+from clearline.processor import ProcessorClient
+from clearline.store import Store, StoreUnavailable
+
+MAX_BODY_BYTES = 64 * 1024  # Stripe requests are small; anything larger is a mistake or abuse
+
+logger = Logger()
+metrics = Metrics()
+app = APIGatewayRestResolver(enable_validation=True)
+
+
+@dataclass(frozen=True)
+class Services:
+    store: Store
+    charges: ChargeService
+    idempotency: IdempotentRequests
+
+
+@cache
+def services() -> Services:
+    """Built once per execution environment, on first use, from the function's settings."""
+    settings = Settings.from_env()
+    store = Store(settings.main_table)
+    processor = ProcessorClient(settings.processor_url, settings.processor_timeout_seconds)
+    return Services(
+        store, ChargeService(store, processor), IdempotentRequests(settings.idempotency_table)
+    )
+
+
+def request_id() -> str:
+    return f"req_{app.current_event.request_context.request_id}"
+
+
+def _json(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response[dict[str, Any]]:
+    return Response(
+        status_code=status, content_type="application/json", body=body, headers=headers or {}
+    )
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+@app.exception_handler(ApiError)
+def on_api_error(error: ApiError) -> Response[dict[str, Any]]:
+    headers = {}
+    if error.should_retry is not None:
+        headers["Stripe-Should-Retry"] = "true" if error.should_retry else "false"
+    logger.info(
+        "request refused",
+        extra={
+            "status": error.status,
+            "error_type": error.type,
+            "error_code": error.code,
+            "param": error.param,
+            "cause": repr(error.__cause__) if error.__cause__ else None,
+        },
+    )
+    return _json(error.status, error.to_dict(), headers)
+
+
+@app.exception_handler(RequestValidationError)
+def on_validation_error(error: RequestValidationError) -> Response[dict[str, Any]]:
+    first = error.errors()[0]
+    param = str(first["loc"][-1])
+    if first["type"] in ("int_parsing", "int_type"):
+        message = f"Invalid integer: {first.get('input')}"
+    else:
+        message = f"Invalid {param}: {first['msg']}"
+    return on_api_error(InvalidRequestError(message, param=param, code="parameter_invalid"))
+
+
+@app.exception_handler(StoreUnavailable)
+def on_store_unavailable(error: StoreUnavailable) -> Response[dict[str, Any]]:
+    logger.warning("store unavailable", extra={"detail": str(error)})
+    return _json(
+        503,
+        {
+            "error": {
+                "type": "api_error",
+                "code": "service_unavailable",
+                "message": "Clearline could not reach its data store; retry.",
+            }
+        },
+        {"Stripe-Should-Retry": "true"},
+    )
+
+
+@app.exception_handler(Exception)
+def on_unexpected(error: Exception) -> Response[dict[str, Any]]:
+    logger.exception("unhandled error")
+    return _json(
+        500,
+        {
+            "error": {
+                "type": "api_error",
+                "message": (
+                    f"An unexpected error occurred; the request {request_id()} was logged."
+                ),
+            }
+        },
+    )
+
+
+@app.not_found
+def on_not_found(_: Exception) -> Response[dict[str, Any]]:
+    event = app.current_event
+    return on_api_error(
+        InvalidRequestError(
+            f"Unrecognized request URL ({event.http_method}: {event.path}).", status=404
+        )
+    )
+
+
+# ---- request parts --------------------------------------------------------------------------
+
+
+def _api_key() -> str:
+    header = app.current_event.headers.get("authorization") or ""
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "bearer" and credentials:
+        return credentials.strip()
+    if scheme.lower() == "basic" and credentials:
+        try:  # the key is the user name, the password is empty
+            return base64.b64decode(credentials).decode().split(":", 1)[0]
+        except ValueError:
+            pass
+    raise AuthenticationError(
+        "You did not provide an API key. Provide it in the Authorization header, using Bearer "
+        "auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
+        code="api_key_missing",
+    )
+
+
+def secret_key_merchant() -> Merchant:
+    merchant, kind = authenticate(services().store, _api_key())
+    if kind != "secret":
+        raise AuthenticationError(
+            "This API call cannot be made with a publishable API key. Please use a secret API key.",
+            code="secret_key_required",
+        )
+    return merchant
+
+
+def body_params() -> dict[str, Any]:
+    """The parameters of the body; refuses oversized bodies and any raw card number."""
+    event = app.current_event
+    body = event.decoded_body or ""
+    if len(body.encode()) > MAX_BODY_BYTES:
+        raise InvalidRequestError(
+            f"Request bodies are limited to {MAX_BODY_BYTES} bytes.",
+            status=413,
+            code="request_too_large",
+        )
+    params = parse_body(body, event.headers.get("content-type"))
+    card_param = find_card_number_param(params)
+    if card_param is None and contains_card_number(body):
+        card_param = "body"
+    if card_param is not None:
+        raise InvalidRequestError(
+            "Sending card numbers directly to the Clearline API is not allowed. Collect card "
+            "details with the processor's tokenization and send the token (tok_... or pm_...).",
+            param=card_param,
+            code="card_number_in_request",
+        )
+    return params
+
+
+def refuse_card_numbers_in_query() -> None:
+    for name, value in (app.current_event.query_string_parameters or {}).items():
+        if contains_card_number(f"{name}={value}"):
+            raise InvalidRequestError(
+                "Sending card numbers directly to the Clearline API is not allowed.",
+                param=name,
+                code="card_number_in_request",
+            )
+
+
+def idempotent_post(
+    merchant: Merchant, params: dict[str, Any], operation: Any
+) -> Response[dict[str, Any]]:
+    key = check_key(app.current_event.headers.get("idempotency-key"))
+    stored = services().idempotency.run(
+        merchant_id=merchant.id,
+        key=key,
+        method="POST",
+        path=app.current_event.path,
+        params=params,
+        request_id=request_id(),
+        operation=operation,
+    )
+    headers = {}
+    if stored.request_id != request_id():
+        headers = {"Idempotent-Replayed": "true", "Original-Request": stored.request_id}
+    return _json(stored.status, stored.body, headers)
+
+
+# ---- routes ---------------------------------------------------------------------------------
+
+
+@app.post("/v1/charges")
+def create_charge() -> Response[dict[str, Any]]:
+    params = body_params()
+    merchant = secret_key_merchant()
+    charge = parse_params(ChargeCreateParams, params)
+    check_key(app.current_event.headers.get("idempotency-key"))
+
+    def create() -> dict[str, Any]:
+        created = services().charges.create(
+            merchant,
+            charge,
+            idempotency_key=app.current_event.headers["idempotency-key"],
+            request_id=request_id(),
+        )
+        metrics.add_metric(name="ChargeCreated", unit=MetricUnit.Count, value=1)
+        return created
+
+    return idempotent_post(merchant, params, create)
+
+
+@app.get("/v1/charges/<charge_id>")
+def retrieve_charge(charge_id: str) -> Response[dict[str, Any]]:
+    refuse_card_numbers_in_query()
+    merchant = secret_key_merchant()
+    return _json(200, services().charges.retrieve(merchant, charge_id))
+
+
+@app.get("/v1/charges")
+def list_charges(
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    starting_after: Annotated[str | None, Query(max_length=255)] = None,
+    ending_before: Annotated[str | None, Query(max_length=255)] = None,
+) -> Response[dict[str, Any]]:
+    refuse_card_numbers_in_query()
+    merchant = secret_key_merchant()
+    return _json(
+        200,
+        services().charges.list(
+            merchant, limit=limit, starting_after=starting_after, ending_before=ending_before
+        ),
+    )
+
+
+def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Resolve one API Gateway event; every response carries the Request-Id."""
+    started = time.monotonic()
+    rid = f"req_{event.get('requestContext', {}).get('requestId', '')}"
+    logger.append_keys(request_id=rid)
+    services().idempotency.register_lambda_context(context)
+    response = app.resolve(event, context)
+    if response.get("multiValueHeaders") is not None:
+        response["multiValueHeaders"]["Request-Id"] = [rid]
+    else:
+        response.setdefault("headers", {})["Request-Id"] = rid
+    logger.info(
+        "request",
+        extra={
+            "method": event.get("httpMethod"),
+            "path": event.get("path"),
+            "status": response.get("statusCode"),
+            "ms": round((time.monotonic() - started) * 1000, 1),
+        },
+    )
+    return response

@@ -1,0 +1,137 @@
+"""Stripe's idempotency semantics on Powertools idempotency records in DynamoDB.
+
+A POST runs at most once per (merchant, Idempotency-Key) for 24 hours. The stored
+result is the response (status and body) the first request got, so a retry replays it
+exactly. The payload hash covers method, path and parameters: the same key sent to
+another endpoint or with other parameters is refused, as Stripe refuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyInconsistentStateError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyValidationError,
+)
+
+from clearline.errors import (
+    CardError,
+    ConflictError,
+    IdempotencyError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+)
+
+KEY_MAX_LENGTH = 255
+EXPIRES_AFTER_SECONDS = 24 * 60 * 60
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: dict[str, Any]
+    request_id: str  # of the request that produced it: differs from the current one on a replay
+
+
+def check_key(key: str | None) -> str:
+    if not key:
+        raise InvalidRequestError(
+            "An Idempotency-Key header is required on every POST request, so that a retry can "
+            "never move money twice. Send a unique value (for example a UUID) per operation.",
+            param="Idempotency-Key",
+            code="idempotency_key_required",
+        )
+    if len(key) > KEY_MAX_LENGTH:
+        raise InvalidRequestError(
+            f"Idempotency-Key must be at most {KEY_MAX_LENGTH} characters long.",
+            param="Idempotency-Key",
+            code="idempotency_key_invalid",
+        )
+    return key
+
+
+class IdempotentRequests:
+    def __init__(self, table_name: str, client: Any = None) -> None:
+        self.config = IdempotencyConfig(
+            event_key_jmespath="[merchant, key]",
+            payload_validation_jmespath="[method, path, params]",
+            raise_on_no_idempotency_key=True,
+            expires_after_seconds=EXPIRES_AFTER_SECONDS,
+        )
+        persistence = DynamoDBPersistenceLayer(table_name=table_name, boto3_client=client)
+
+        @idempotent_function(
+            data_keyword_argument="request", config=self.config, persistence_store=persistence
+        )
+        def run_once(
+            *, request: dict[str, Any], operation: Callable[[], StoredResponse]
+        ) -> dict[str, Any]:
+            outcome = operation()
+            return {
+                "status": outcome.status,
+                "body": outcome.body,
+                "request_id": outcome.request_id,
+            }
+
+        self._run_once = run_once
+
+    def register_lambda_context(self, context: Any) -> None:
+        # Lets an in-flight record expire when the Lambda that wrote it has timed out.
+        self.config.register_lambda_context(context)
+
+    def run(
+        self,
+        *,
+        merchant_id: str,
+        key: str,
+        method: str,
+        path: str,
+        params: dict[str, Any],
+        request_id: str,
+        operation: Callable[[], dict[str, Any]],
+        status: int = 200,
+    ) -> StoredResponse:
+        """Run operation once per key; replay its stored response on a retry."""
+
+        def respond() -> StoredResponse:
+            try:
+                return StoredResponse(status, operation(), request_id)
+            except CardError as exc:  # a decline is a result, replayed like a success
+                return StoredResponse(exc.status, exc.to_dict(), request_id)
+
+        request = {
+            "merchant": merchant_id,
+            "key": key,
+            "method": method,
+            "path": path,
+            "params": params,
+        }
+        try:
+            stored = self._run_once(request=request, operation=respond)
+        except IdempotencyValidationError as exc:
+            raise IdempotencyError(
+                "Keys for idempotent requests can only be used with the same parameters they were "
+                f"first used with. Try using a key other than '{key}' if you meant to execute a "
+                "different request.",
+                param="Idempotency-Key",
+            ) from exc
+        except IdempotencyAlreadyInProgressError as exc:
+            raise ConflictError(
+                "There is currently another in-progress request using this Idempotent Key (that "
+                "probably means you submitted twice, and the other request is still going "
+                "through). Please try again later.",
+                code="idempotency_key_in_use",
+            ) from exc
+        except (IdempotencyPersistenceLayerError, IdempotencyInconsistentStateError) as exc:
+            raise ServiceUnavailableError("Idempotency records are unavailable; retry.") from exc
+        return StoredResponse(stored["status"], stored["body"], stored["request_id"])

@@ -1,0 +1,132 @@
+"""Request parameters, validated with pydantic and reported the way Stripe reports them.
+
+Form bodies carry every value as a string, JSON bodies carry typed values: the
+validators below accept both spellings and nothing looser (no floats for amounts, no
+booleans for integers).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from clearline.errors import InvalidRequestError
+
+_INTEGER = re.compile(r"^-?\d{1,18}$")
+
+
+def _to_int(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"Invalid integer: {value}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _INTEGER.match(value):
+        return int(value)
+    raise ValueError(f"Invalid integer: {str(value)[:50]}")
+
+
+def _to_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"Invalid boolean: {str(value)[:50]}")
+
+
+def _to_str(value: Any) -> Any:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"Invalid string: {str(value)[:50]}")
+
+
+def _check_metadata(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 50:
+        raise ValueError("Metadata can have at most 50 keys.")
+    for key, item in value.items():
+        if len(key) > 40:
+            raise ValueError(f"Metadata key '{key[:40]}...' is longer than 40 characters.")
+        if len(item) > 500:
+            raise ValueError(f"Metadata value for '{key}' is longer than 500 characters.")
+    return value
+
+
+_DESCRIPTOR_FORBIDDEN = set("<>\\'\"*")
+
+
+def _check_descriptor(value: str) -> str:
+    if not 5 <= len(value) <= 22:
+        raise ValueError("The statement descriptor must be between 5 and 22 characters long.")
+    if _DESCRIPTOR_FORBIDDEN & set(value) or not any(c.isalpha() for c in value):
+        raise ValueError(
+            "The statement descriptor must contain at least one letter and none of < > \\ ' \" *."
+        )
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_to_int)]
+Boolean = Annotated[bool, BeforeValidator(_to_bool)]
+String = Annotated[str, BeforeValidator(_to_str)]
+Metadata = Annotated[dict[str, String], AfterValidator(_check_metadata)]
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChargeCreateParams(Params):
+    amount: Integer
+    currency: String  # checked against the currency table by the charge service
+    source: String | None = None
+    payment_method: String | None = None
+    capture: Boolean = True
+    description: Annotated[String, Field(max_length=1000)] | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    statement_descriptor: Annotated[String, AfterValidator(_check_descriptor)] | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+P = TypeVar("P", bound=Params)
+
+
+def _param_name(loc: tuple[int | str, ...]) -> str:
+    head, *rest = [str(part) for part in loc]
+    return head + "".join(f"[{part}]" for part in rest)
+
+
+def _message(error: Any, param: str) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return f"Missing required param: {param}."
+    if kind == "extra_forbidden":
+        return f"Received unknown parameter: {param}"
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    if kind in ("dict_type", "list_type", "model_type"):
+        return (
+            f"Invalid {param}: must be a hash" if kind != "list_type" else f"Invalid array: {param}"
+        )
+    return f"Invalid {param}: {error['msg']}"
+
+
+def parse_params(model: type[P], params: dict[str, Any]) -> P:
+    """Validate params into `model`, or raise a 400 naming the first offending parameter."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        # Optional and validated fields add a step naming their validator to the location
+        # (`function-before[...]`, `str`): the parameter is what the caller needs.
+        loc = tuple(
+            p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p == "str"))
+        )
+        param = _param_name(loc) if loc else "body"
+        code = (
+            "parameter_missing"
+            if error["type"] == "missing"
+            else (
+                "parameter_unknown" if error["type"] == "extra_forbidden" else "parameter_invalid"
+            )
+        )
+        raise InvalidRequestError(_message(error, param), param=param, code=code) from exc

@@ -1,0 +1,283 @@
+"""Client for the card processor's HTTP API.
+
+Every call that moves money carries an idempotency key, so a call whose outcome is
+unknown (timeout, dropped connection, 5xx) can be retried with the same key and returns
+the first result instead of moving money twice. The client never retries by itself: the
+caller decides, because only it knows whether the charge must first be marked PROCESSING.
+
+Standard library only (plus pydantic for the results), so it imports quickly on Lambda.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+__all__ = [
+    "Authorization",
+    "Card",
+    "ProcessorClient",
+    "ProcessorError",
+    "ProcessorRefund",
+    "ProcessorRejected",
+    "ProcessorUnavailable",
+    "UnknownToken",
+]
+
+_M = TypeVar("_M", bound=BaseModel)
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+class ProcessorError(Exception):
+    """Base class of every processor failure."""
+
+
+class ProcessorUnavailable(ProcessorError):
+    """The processor could not be reached or answered 5xx/429.
+
+    The outcome is unknown: the operation may or may not have been committed. Retrying
+    with the same idempotency key is safe, or `ProcessorClient.lookup` tells what happened.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UnknownToken(ProcessorError):
+    """The processor does not know the card token (nothing was authorized)."""
+
+    def __init__(self, token: str, message: str) -> None:
+        super().__init__(message)
+        self.token = token
+
+
+class ProcessorRejected(ProcessorError):
+    """The processor refused the request (4xx), e.g. an over-refund or a second capture."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class Card(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    funding: str
+    country: str | None = None
+
+
+class Authorization(BaseModel):
+    """An authorization as the processor reports it (declines included)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    status: Literal["approved", "declined"]
+    amount: int
+    currency: str
+    captured: bool
+    amount_captured: int
+    amount_refunded: int
+    voided: bool = False
+    reference: str | None = None
+    card: Card
+    code: str | None = None
+    decline_code: str | None = None
+    message: str | None = None
+    network_transaction_id: str | None = None
+
+    @property
+    def approved(self) -> bool:
+        return self.status == "approved"
+
+
+class ProcessorRefund(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    status: str
+    amount: int
+    authorization: str
+
+
+class ProcessorClient:
+    """Synchronous JSON-over-HTTP client for one processor."""
+
+    def __init__(self, base_url: str, timeout_seconds: float = 10.0) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"processor URL must be http(s)://host[:port], got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        # A proxy from the environment must not capture calls to a processor on loopback
+        # (the local stack); remote processors keep the usual proxy settings.
+        handlers: list[urllib.request.BaseHandler] = []
+        if parsed.hostname in _LOOPBACK_HOSTS:
+            handlers.append(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(*handlers)
+
+    # -- money-moving calls ---------------------------------------------------------------
+
+    def authorize(
+        self,
+        *,
+        idempotency_key: str,
+        token: str,
+        amount: int,
+        currency: str,
+        capture: bool,
+        reference: str,
+    ) -> Authorization:
+        """Authorize (and with `capture`, capture) `amount`. A decline is a result, not an
+        error: check `Authorization.approved`."""
+        body = {
+            "token": token,
+            "amount": amount,
+            "currency": currency,
+            "capture": capture,
+            "reference": reference,
+        }
+        data = self._request("POST", "/v1/authorizations", body, idempotency_key, token=token)
+        return self._parse(Authorization, data)
+
+    def capture(self, *, idempotency_key: str, authorization_id: str, amount: int) -> Authorization:
+        """Capture `amount` (at most the authorized amount) of an approved authorization."""
+        path = f"/v1/authorizations/{_segment(authorization_id)}/capture"
+        data = self._request("POST", path, {"amount": amount}, idempotency_key)
+        return self._parse(Authorization, data)
+
+    def void(self, *, idempotency_key: str, authorization_id: str) -> Authorization:
+        """Release an uncaptured authorization."""
+        path = f"/v1/authorizations/{_segment(authorization_id)}/void"
+        data = self._request("POST", path, {}, idempotency_key)
+        return self._parse(Authorization, data)
+
+    def refund(
+        self, *, idempotency_key: str, authorization_id: str, amount: int
+    ) -> ProcessorRefund:
+        """Refund `amount` of what was captured and not yet refunded."""
+        body = {"authorization": authorization_id, "amount": amount}
+        data = self._request("POST", "/v1/refunds", body, idempotency_key)
+        return self._parse(ProcessorRefund, data)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get_authorization(self, authorization_id: str) -> Authorization:
+        """The processor's current view of an authorization."""
+        data = self._request("GET", f"/v1/authorizations/{_segment(authorization_id)}")
+        return self._parse(Authorization, data)
+
+    def lookup(self, idempotency_key: str) -> dict[str, Any] | None:
+        """The response the processor committed for one of our idempotency keys, or None
+        if it never committed anything under that key (so retrying it is a first attempt).
+        """
+        _check_key(idempotency_key)
+        try:
+            return self._request("GET", f"/v1/idempotency/{_segment(idempotency_key)}")
+        except ProcessorRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # -- transport ------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        *,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        data: bytes | None = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if idempotency_key is not None:
+            _check_key(idempotency_key)
+            headers["Idempotency-Key"] = idempotency_key
+        request = urllib.request.Request(
+            self.base_url + path, data=data, headers=headers, method=method
+        )
+        try:
+            with self._opener.open(request, timeout=self.timeout_seconds) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc, token) from None
+        except (http.client.HTTPException, OSError) as exc:  # URLError is an OSError
+            # Refused, reset, dropped or timed out: the request may have been committed.
+            raise ProcessorUnavailable(f"{method} {path}: {_reason(exc)}") from exc
+        try:
+            parsed = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            # A 2xx we cannot read: the operation may have happened, so its outcome is unknown.
+            raise ProcessorUnavailable(f"{method} {path}: response is not JSON") from exc
+        if not isinstance(parsed, dict):
+            raise ProcessorUnavailable(f"{method} {path}: response is not a JSON object")
+        return parsed
+
+    @staticmethod
+    def _parse(model: type[_M], data: dict[str, Any]) -> _M:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            # The processor committed something we cannot understand: a contract breach,
+            # not a transient failure, so it is not reported as retryable.
+            raise ProcessorError(
+                f"unexpected {model.__name__} from processor: {exc.error_count()} errors"
+            ) from exc
+
+
+def _segment(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def _check_key(idempotency_key: str) -> None:
+    if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ValueError(
+            f"idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc.reason, str):
+        exc = exc.reason
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _http_error(exc: urllib.error.HTTPError, token: str | None) -> ProcessorError:
+    status = exc.code
+    try:
+        payload = json.loads(exc.read() or b"{}")
+    except (OSError, http.client.HTTPException, ValueError):
+        payload = {}
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        error = {}
+    code = str(error.get("code") or f"http_{status}")
+    message = str(error.get("message") or exc.reason or "")
+    # 5xx: the processor failed somewhere in the middle; 429: it refused before doing
+    # anything. Either way the same key may be retried.
+    if status >= 500 or status == 429:
+        return ProcessorUnavailable(f"processor answered {status} {code}", status=status)
+    if status == 404 and code == "unknown_token":
+        return UnknownToken(token or "", message)
+    return ProcessorRejected(code, message, status)

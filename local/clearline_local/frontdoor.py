@@ -1,0 +1,156 @@
+"""The local API Gateway: each HTTP request becomes a REST proxy event for the api Lambda.
+
+It does what API Gateway does in front of a `{proxy+}` resource and nothing more: it
+does not read or log request bodies, so no card number can leak through it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from clearline_local.lambda_runtime import ACCOUNT, FunctionTimeout
+
+API_GATEWAY_MAX_BODY = 10 * 1024 * 1024
+
+Invoke = Callable[[dict[str, Any]], Any]
+
+
+def build_event(
+    method: str,
+    raw_path: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    source_ip: str,
+    stage: str,
+) -> dict[str, Any]:
+    url = urlsplit(raw_path)
+    single_headers: dict[str, str] = {}
+    multi_headers: dict[str, list[str]] = {}
+    for name, value in headers:
+        single_headers[name] = value
+        multi_headers.setdefault(name, []).append(value)
+    pairs = parse_qsl(url.query, keep_blank_values=True)
+    multi_query: dict[str, list[str]] = {}
+    for name, value in pairs:
+        multi_query.setdefault(name, []).append(value)
+    try:
+        text: str | None = body.decode("utf-8") if body else None
+        is_base64 = False
+    except UnicodeDecodeError:
+        text, is_base64 = base64.b64encode(body).decode(), True
+    now = time.time()
+    return {
+        "resource": "/{proxy+}",
+        "path": url.path,
+        "httpMethod": method,
+        "headers": single_headers or None,
+        "multiValueHeaders": multi_headers or None,
+        "queryStringParameters": {k: v[-1] for k, v in multi_query.items()} or None,
+        "multiValueQueryStringParameters": multi_query or None,
+        "pathParameters": {"proxy": url.path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": "/{proxy+}",
+            "httpMethod": method,
+            "path": f"/{stage}{url.path}",
+            "stage": stage,
+            "requestId": str(uuid.uuid4()),
+            "accountId": ACCOUNT,
+            "apiId": "local",
+            "protocol": "HTTP/1.1",
+            "domainName": single_headers.get("Host", ""),
+            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "requestTimeEpoch": int(now * 1000),
+            "identity": {"sourceIp": source_ip, "userAgent": single_headers.get("User-Agent")},
+        },
+        "body": text,
+        "isBase64Encoded": is_base64,
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FrontDoorServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the Lambda writes the structured request log
+
+    def _reply(self, status: int, headers: dict[str, list[str]], body: bytes) -> None:
+        self.send_response(status)
+        for name, values in headers.items():
+            if name.lower() in ("content-length", "connection", "transfer-encoding"):
+                continue
+            for value in values:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _gateway_error(self, status: int, message: str) -> None:
+        body = json.dumps({"error": {"type": "api_error", "message": message}}).encode()
+        self._reply(status, {"Content-Type": ["application/json"]}, body)
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > API_GATEWAY_MAX_BODY:
+            self.close_connection = True
+            self._gateway_error(413, "Request Entity Too Large")
+            return
+        body = self.rfile.read(length) if length else b""
+        event = build_event(
+            self.command,
+            self.path,
+            list(self.headers.items()),
+            body,
+            self.client_address[0],
+            self.server.stage,
+        )
+        try:
+            result = self.server.invoke(event)
+        except FunctionTimeout:
+            self._gateway_error(504, "Endpoint request timed out")
+            return
+        except Exception:  # a crashed handler is a 502 from API Gateway, too
+            self._gateway_error(502, "Internal server error")
+            return
+        headers: dict[str, list[str]] = {k: [v] for k, v in (result.get("headers") or {}).items()}
+        for name, values in (result.get("multiValueHeaders") or {}).items():
+            headers[name] = list(values)
+        payload = result.get("body") or ""
+        raw = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
+        self._reply(int(result.get("statusCode", 502)), headers, raw)
+
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _handle
+
+
+class FrontDoorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, host: str, port: int, invoke: Invoke, stage: str) -> None:
+        super().__init__((host, port), _Handler)
+        self.invoke = invoke
+        self.stage = stage
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> FrontDoorServer:
+        self._thread = threading.Thread(target=self.serve_forever, name="front-door", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()

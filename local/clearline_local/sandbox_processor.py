@@ -1,0 +1,667 @@
+"""A sandbox card processor: an HTTP service on loopback with Stripe's test tokens.
+
+It behaves like the processors Clearline talks to in production: every POST carries an
+`Idempotency-Key`, a retried key replays the first committed response, and faults can be
+injected (timeouts before or after the commit, 5xx answers) so the exactly-once paths of
+the API can be exercised end to end. All state is in memory and guarded by one lock.
+
+Request bodies are never logged: they carry tokens and amounts that belong to merchants.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import secrets
+import string
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+logger = logging.getLogger(__name__)
+
+FaultMode = Literal["timeout_before", "timeout_after", "error_500"]
+FAULT_MODES: tuple[str, ...] = ("timeout_before", "timeout_after", "error_500")
+
+MAX_AMOUNT = 99_999_999  # Stripe's ceiling: eight digits in the minor unit
+MAX_LATENCY_MS = 60_000
+MAX_BODY_BYTES = 64 * 1024
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+_CURRENCY_RE = re.compile(r"^[a-z]{3}$")
+# Twelve or more digits, possibly grouped: what a card number pasted as a token looks like.
+_PAN_LIKE_RE = re.compile(r"(?:\d[ -]?){12,19}")
+
+
+@dataclass(frozen=True)
+class _TestCard:
+    brand: str
+    last4: str
+    funding: str = "credit"
+    country: str = "US"
+    # (code, decline_code, message) when the card declines every authorization
+    decline: tuple[str, str, str] | None = None
+
+
+_DECLINED = "Your card was declined."
+
+# Stripe's test tokens, with the last four digits of the card numbers they stand for.
+TEST_TOKENS: dict[str, _TestCard] = {
+    "tok_visa": _TestCard("visa", "4242"),
+    "tok_visa_debit": _TestCard("visa", "5556", funding="debit"),
+    "tok_mastercard": _TestCard("mastercard", "4444"),
+    "tok_amex": _TestCard("amex", "8431"),
+    "pm_card_visa": _TestCard("visa", "4242"),
+    "pm_card_mastercard": _TestCard("mastercard", "4444"),
+    "tok_chargeDeclined": _TestCard(
+        "visa", "0002", decline=("card_declined", "generic_decline", _DECLINED)
+    ),
+    "tok_chargeDeclinedInsufficientFunds": _TestCard(
+        "visa",
+        "9995",
+        decline=("card_declined", "insufficient_funds", "Your card has insufficient funds."),
+    ),
+    "tok_chargeDeclinedExpiredCard": _TestCard(
+        "visa", "0069", decline=("expired_card", "expired_card", "Your card has expired.")
+    ),
+    "tok_chargeDeclinedIncorrectCvc": _TestCard(
+        "visa",
+        "0127",
+        decline=("incorrect_cvc", "incorrect_cvc", "Your card's security code is incorrect."),
+    ),
+    "tok_chargeDeclinedProcessingError": _TestCard(
+        "visa",
+        "0119",
+        decline=(
+            "processing_error",
+            "processing_error",
+            "An error occurred while processing your card. Try again in a little bit.",
+        ),
+    ),
+    "tok_chargeDeclinedFraudulent": _TestCard(
+        "visa", "0019", decline=("card_declined", "fraudulent", _DECLINED)
+    ),
+    "tok_chargeDeclinedLostCard": _TestCard(
+        "visa", "9987", decline=("card_declined", "lost_card", _DECLINED)
+    ),
+    "tok_chargeDeclinedStolenCard": _TestCard(
+        "visa", "9979", decline=("card_declined", "stolen_card", _DECLINED)
+    ),
+}
+
+
+def _random_id(prefix: str, length: int = 24) -> str:
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def _network_transaction_id() -> str:
+    return "".join(secrets.choice(string.digits) for _ in range(15))
+
+
+def _error(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if param is not None:
+        error["param"] = param
+    return {"error": error}
+
+
+@dataclass
+class _Response:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _RequestError(Exception):
+    """Refuses a request before anything is committed (nothing is stored for its key)."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.response = _Response(status, _error(code, message, param))
+
+
+_Operation = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class _StoredResponse:
+    fingerprint: str
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class _AuthorizationRecord:
+    id: str
+    status: Literal["approved", "declined"]
+    amount: int
+    currency: str
+    reference: str | None
+    card: _TestCard
+    exp_month: int
+    exp_year: int
+    code: str | None = None
+    decline_code: str | None = None
+    message: str | None = None
+    network_transaction_id: str | None = None
+    captured: bool = False
+    amount_captured: int = 0
+    amount_refunded: int = 0
+    voided: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "authorization",
+            "status": self.status,
+            "amount": self.amount,
+            "currency": self.currency,
+            "captured": self.captured,
+            "amount_captured": self.amount_captured,
+            "amount_refunded": self.amount_refunded,
+            "voided": self.voided,
+            "reference": self.reference,
+            "card": {
+                "brand": self.card.brand,
+                "last4": self.card.last4,
+                "exp_month": self.exp_month,
+                "exp_year": self.exp_year,
+                "funding": self.card.funding,
+                "country": self.card.country,
+            },
+            "code": self.code,
+            "decline_code": self.decline_code,
+            "message": self.message,
+            "network_transaction_id": self.network_transaction_id,
+            "created": self.created,
+        }
+
+
+# ---------------------------------------------------------------------------- body parsing
+
+
+def _require_int(
+    body: dict[str, Any], name: str, *, default: int | None = None, minimum: int = 1
+) -> int:
+    value = body.get(name, default)
+    # bool is an int subclass; `true` is never an amount
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _RequestError(400, "parameter_invalid_integer", f"'{name}' must be an integer.", name)
+    if value < minimum or value > MAX_AMOUNT:
+        raise _RequestError(
+            400,
+            "parameter_invalid_integer",
+            f"'{name}' must be between {minimum} and {MAX_AMOUNT}.",
+            name,
+        )
+    return value
+
+
+def _require_str(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise _RequestError(400, "parameter_missing", f"Missing required param: {name}.", name)
+    return value
+
+
+def _fingerprint(method: str, path: str, body: dict[str, Any]) -> str:
+    return json.dumps([method, path, body], sort_keys=True, separators=(",", ":"))
+
+
+# ------------------------------------------------------------------------------ processor
+
+
+class SandboxProcessor:
+    """An in-memory card processor served over HTTP on a daemon thread."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_ms: int = 0,
+        fault_delay_seconds: float = 3.0,
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._fault_delay_seconds = fault_delay_seconds
+        self._lock = threading.Lock()
+        self._latency_ms = self._validate_latency(latency_ms)
+        self._faults: deque[str] = deque()
+        self._authorizations: dict[str, _AuthorizationRecord] = {}
+        self._refunds: dict[str, dict[str, Any]] = {}
+        self._idempotency: dict[str, _StoredResponse] = {}
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> SandboxProcessor:
+        """Bind and serve in a daemon thread; returns self so it can be chained."""
+        if self._server is not None:
+            raise RuntimeError("sandbox processor already started")
+        server = _Server((self._host, self._requested_port), _Handler, self)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"sandbox-processor-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port. Handlers still sleeping in a fault are
+        daemon threads and are abandoned rather than waited for."""
+        server, thread = self._server, self._thread
+        self._server, self._thread = None, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> SandboxProcessor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("sandbox processor is not running")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    # -- test controls --------------------------------------------------------------------
+
+    @property
+    def latency_ms(self) -> int:
+        with self._lock:
+            return self._latency_ms
+
+    @latency_ms.setter
+    def latency_ms(self, value: int) -> None:
+        value = self._validate_latency(value)
+        with self._lock:
+            self._latency_ms = value
+
+    def inject_fault(self, mode: str, count: int = 1) -> None:
+        """Make the next `count` POSTs to /v1/* fail with `mode`. Faults queue in order."""
+        if mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r}; expected one of {FAULT_MODES}")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError("count must be a positive integer")
+        with self._lock:
+            self._faults.extend([mode] * count)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pending_faults(self) -> list[str]:
+        with self._lock:
+            return list(self._faults)
+
+    @staticmethod
+    def _validate_latency(value: object) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError("latency_ms must be an integer")
+        if not 0 <= value <= MAX_LATENCY_MS:
+            raise ValueError(f"latency_ms must be between 0 and {MAX_LATENCY_MS}")
+        return value
+
+    def _take_fault(self) -> str | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    # -- request handling (transport-free) ------------------------------------------------
+
+    def _handle(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any]
+    ) -> _Response:
+        try:
+            if path.startswith("/_sandbox/"):
+                return self._handle_sandbox(method, path, body)
+            if path.startswith("/v1/"):
+                return self._handle_v1(method, path, headers, body)
+            raise _RequestError(404, "not_found", f"Unrecognized request URL ({method}: {path}).")
+        except _RequestError as exc:
+            return exc.response
+
+    def _handle_sandbox(self, method: str, path: str, body: dict[str, Any]) -> _Response:
+        if path == "/_sandbox/health" and method == "GET":
+            return _Response(200, {"status": "ok"})
+        if path == "/_sandbox/config":
+            if method == "POST":
+                latency: Any = body.get("latency_ms")  # validated by the setter
+                try:
+                    self.latency_ms = latency
+                except ValueError as exc:
+                    raise _RequestError(400, "invalid_config", str(exc), "latency_ms") from None
+                return _Response(200, {"latency_ms": self.latency_ms})
+            if method == "GET":
+                return _Response(200, {"latency_ms": self.latency_ms})
+        if path == "/_sandbox/faults":
+            if method == "POST":
+                try:
+                    self.inject_fault(str(body.get("mode")), body.get("count", 1))
+                except ValueError as exc:
+                    raise _RequestError(400, "invalid_fault", str(exc)) from None
+                return _Response(200, {"faults": self.pending_faults()})
+            if method == "DELETE":
+                self.clear_faults()
+                return _Response(200, {"faults": []})
+            if method == "GET":
+                return _Response(200, {"faults": self.pending_faults()})
+        raise _RequestError(404, "not_found", f"Unrecognized request URL ({method}: {path}).")
+
+    def _handle_v1(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any]
+    ) -> _Response:
+        parts = [unquote(p) for p in path.strip("/").split("/")[1:]]
+        if method == "GET":
+            with self._lock:
+                if len(parts) == 2 and parts[0] == "authorizations":
+                    record = self._get_authorization(parts[1])
+                    return _Response(200, record.to_json())
+                if len(parts) == 2 and parts[0] == "idempotency":
+                    stored = self._idempotency.get(parts[1])
+                    if stored is None:
+                        raise _RequestError(
+                            404, "resource_missing", "No response stored for this key."
+                        )
+                    return _Response(stored.status, stored.body)
+            raise _RequestError(404, "not_found", f"Unrecognized request URL ({method}: {path}).")
+        if method != "POST":
+            raise _RequestError(405, "method_not_allowed", f"{method} is not allowed here.")
+
+        key = headers.get("idempotency-key", "")
+        if not key:
+            raise _RequestError(
+                400, "idempotency_key_missing", "An Idempotency-Key header is required."
+            )
+        if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise _RequestError(
+                400,
+                "idempotency_key_too_long",
+                f"Idempotency keys are at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
+            )
+        operation = self._route_post(parts)
+        fingerprint = _fingerprint(method, path, body)
+        # The lock spans the replay check, the operation and storing its response, so two
+        # concurrent requests with one key can never both commit.
+        with self._lock:
+            stored = self._idempotency.get(key)
+            if stored is not None:
+                if stored.fingerprint != fingerprint:
+                    raise _RequestError(
+                        422,
+                        "idempotency_mismatch",
+                        "Keys for idempotent requests can only be used with the same "
+                        "parameters they were first used with.",
+                    )
+                return _Response(stored.status, stored.body, {"Idempotent-Replayed": "true"})
+            # Refusals raise before this point is passed and are not stored, as with Stripe:
+            # only a request that committed something owns its key.
+            result = operation(body)
+            self._idempotency[key] = _StoredResponse(fingerprint, 200, result)
+            return _Response(200, result)
+
+    def _route_post(self, parts: list[str]) -> _Operation:
+        if parts == ["authorizations"]:
+            return self._authorize
+        if parts == ["refunds"]:
+            return self._refund
+        if len(parts) == 3 and parts[0] == "authorizations":
+            authorization_id = parts[1]
+            if parts[2] == "capture":
+                return lambda body: self._capture(authorization_id, body)
+            if parts[2] == "void":
+                return lambda body: self._void(authorization_id)
+        raise _RequestError(404, "not_found", "Unrecognized request URL.")
+
+    # -- operations (called with the lock held) -------------------------------------------
+
+    def _get_authorization(self, authorization_id: str) -> _AuthorizationRecord:
+        record = self._authorizations.get(authorization_id)
+        if record is None:
+            raise _RequestError(
+                404, "resource_missing", f"No such authorization: '{authorization_id}'"
+            )
+        return record
+
+    def _authorize(self, body: dict[str, Any]) -> dict[str, Any]:
+        token = _require_str(body, "token")
+        amount = _require_int(body, "amount")
+        currency = _require_str(body, "currency").lower()
+        if not _CURRENCY_RE.match(currency):
+            raise _RequestError(
+                400, "invalid_currency", "currency must be a three-letter ISO code.", "currency"
+            )
+        capture = body.get("capture", True)
+        if not isinstance(capture, bool):
+            raise _RequestError(400, "parameter_invalid", "'capture' must be a boolean.", "capture")
+        reference = body.get("reference")
+        if reference is not None and not isinstance(reference, str):
+            raise _RequestError(
+                400, "parameter_invalid", "'reference' must be a string.", "reference"
+            )
+
+        card = TEST_TOKENS.get(token)
+        if card is None:
+            # Never echo what looks like a card number back: error messages end up in logs.
+            shown = "" if _PAN_LIKE_RE.search(token) else f": '{token}'"
+            raise _RequestError(404, "unknown_token", f"No such token{shown}", "token")
+
+        # Test cards expire at the end of next year, as Stripe's tokens are always valid.
+        record = _AuthorizationRecord(
+            id=_random_id("pa_"),
+            status="approved" if card.decline is None else "declined",
+            amount=amount,
+            currency=currency,
+            reference=reference,
+            card=card,
+            exp_month=12,
+            exp_year=dt.datetime.now(dt.UTC).year + 1,
+        )
+        if card.decline is not None:
+            record.code, record.decline_code, record.message = card.decline
+        else:
+            record.network_transaction_id = _network_transaction_id()
+            if capture:
+                record.captured = True
+                record.amount_captured = amount
+        self._authorizations[record.id] = record
+        return record.to_json()
+
+    def _capture(self, authorization_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        record = self._get_authorization(authorization_id)
+        if record.status != "approved":
+            raise _RequestError(
+                400, "authorization_declined", "A declined authorization cannot be captured."
+            )
+        if record.voided:
+            raise _RequestError(409, "authorization_voided", "This authorization has been voided.")
+        if record.captured:
+            raise _RequestError(
+                409, "already_captured", f"Authorization {record.id} has already been captured."
+            )
+        amount = _require_int(body, "amount", default=record.amount)
+        if amount > record.amount:
+            raise _RequestError(
+                400,
+                "amount_too_large",
+                f"Cannot capture {amount}: only {record.amount} was authorized.",
+                "amount",
+            )
+        # A partial capture releases the remainder of the hold, as card networks do.
+        record.captured = True
+        record.amount_captured = amount
+        return record.to_json()
+
+    def _void(self, authorization_id: str) -> dict[str, Any]:
+        record = self._get_authorization(authorization_id)
+        if record.status != "approved":
+            raise _RequestError(
+                400, "authorization_declined", "A declined authorization cannot be voided."
+            )
+        if record.captured:
+            raise _RequestError(
+                409, "already_captured", f"Authorization {record.id} has already been captured."
+            )
+        if record.voided:
+            raise _RequestError(409, "already_voided", f"Authorization {record.id} is voided.")
+        record.voided = True
+        return record.to_json()
+
+    def _refund(self, body: dict[str, Any]) -> dict[str, Any]:
+        authorization_id = _require_str(body, "authorization")
+        record = self._get_authorization(authorization_id)
+        if not record.captured:
+            raise _RequestError(
+                400, "not_captured", f"Authorization {record.id} has not been captured."
+            )
+        refundable = record.amount_captured - record.amount_refunded
+        amount = _require_int(body, "amount", default=refundable)
+        if amount > refundable:
+            raise _RequestError(
+                400,
+                "amount_too_large",
+                f"Cannot refund {amount}: only {refundable} of the captured amount "
+                "has not been refunded yet.",
+                "amount",
+            )
+        record.amount_refunded += amount
+        refund = {
+            "id": _random_id("pr_"),
+            "object": "refund",
+            "status": "succeeded",
+            "amount": amount,
+            "currency": record.currency,
+            "authorization": record.id,
+            "reference": record.reference,
+            "created": int(time.time()),
+        }
+        self._refunds[str(refund["id"])] = refund
+        return dict(refund)
+
+
+# --------------------------------------------------------------------------------- HTTP
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        processor: SandboxProcessor,
+    ) -> None:
+        self.processor = processor
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "ClearlineSandboxProcessor/1.0"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        processor = self.server.processor
+        path = urlsplit(self.path).path
+        body = self._read_body()
+
+        latency_ms = processor.latency_ms
+        if latency_ms:
+            time.sleep(latency_ms / 1000)
+
+        fault = processor._take_fault() if method == "POST" and path.startswith("/v1/") else None
+        if fault == "timeout_before":
+            logger.info("sandbox fault timeout_before on %s %s", method, path)
+            self._drop_after(processor._fault_delay_seconds)
+            return
+        if fault == "error_500":
+            logger.info("sandbox fault error_500 on %s %s", method, path)
+            self._send(
+                _Response(500, _error("processor_error", "The processor had an internal error."))
+            )
+            return
+
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        if body is not None:
+            response = processor._handle(method, path, headers, body)
+        else:
+            response = _Response(
+                400, _error("invalid_json", "The request body must be a JSON object.")
+            )
+
+        if fault == "timeout_after":
+            # The operation is committed and its response stored; only the answer is lost.
+            logger.info("sandbox fault timeout_after on %s %s", method, path)
+            self._drop_after(processor._fault_delay_seconds)
+            return
+        self._send(response)
+
+    def _read_body(self) -> dict[str, Any] | None:
+        """The JSON object sent, {} when there is no body, None when it is not valid."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return None
+        if length <= 0:
+            return {}  # a bodiless POST (a void, say) means no parameters
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True  # the unread body would corrupt the next request
+            return None
+        raw = self.rfile.read(length)
+        try:
+            parsed = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return parsed if isinstance(parsed, dict) else None
+
+    def _drop_after(self, seconds: float) -> None:
+        """Hold the connection silently, then close it without answering."""
+        time.sleep(seconds)
+        self.close_connection = True
+
+    def _send(self, response: _Response) -> None:
+        payload = json.dumps(response.body).encode()
+        self.send_response(response.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The request line only (method, path, status): bodies are never logged.
+        logger.debug("%s - %s", self.address_string(), format % args)

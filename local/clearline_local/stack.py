@@ -1,0 +1,119 @@
+"""The local stack: moto, the sandbox processor, and the api Lambda behind a front door.
+
+Everything is built from clearline.topology, the description the CDK app reads too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import boto3
+from clearline.topology import PROCESSOR_URL_ENV, SERVICE_NAME, TOPOLOGY, Topology, table_env_var
+from moto.server import ThreadedMotoServer
+
+from clearline_local.frontdoor import FrontDoorServer
+from clearline_local.lambda_runtime import REGION, LocalFunction
+from clearline_local.provision import provision
+from clearline_local.sandbox_processor import SandboxProcessor
+from clearline_local.state import StackInfo
+
+LOOPBACK = "127.0.0.1"
+# moto accepts any credentials; fixed fake ones keep boto3 from looking for real ones.
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def aws_client(service: str, endpoint_url: str) -> Any:
+    return boto3.client(  # type: ignore[call-overload]  # service is any name
+        service,
+        endpoint_url=endpoint_url,
+        region_name=REGION,
+        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+class LocalStack:
+    def __init__(
+        self,
+        port: int = 4242,
+        *,
+        workers: int = 2,
+        processor_latency_ms: int = 0,
+        processor_timeout_seconds: float = 10.0,
+        topology: Topology = TOPOLOGY,
+    ) -> None:
+        self.port = port
+        self.workers = workers
+        self.topology = topology
+        self.processor_timeout_seconds = processor_timeout_seconds
+        self.moto_port = free_port()
+        self.moto = ThreadedMotoServer(ip_address=LOOPBACK, port=self.moto_port, verbose=False)
+        self.processor = SandboxProcessor(host=LOOPBACK, latency_ms=processor_latency_ms)
+        self.functions: dict[str, LocalFunction] = {}
+        self.front_door: FrontDoorServer | None = None
+        self.info: StackInfo | None = None
+
+    @property
+    def aws_endpoint_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.moto_port}"
+
+    def function_environment(self, key: str) -> dict[str, str]:
+        """What the CDK app sets on the function, with local names and endpoints."""
+        spec = self.topology.function(key)
+        env = {
+            **FAKE_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
+            "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
+            "POWERTOOLS_METRICS_NAMESPACE": "Clearline",
+            "CLEARLINE_PROCESSOR_TIMEOUT": str(self.processor_timeout_seconds),
+            **spec.environment,
+        }
+        for table_key in spec.tables:
+            env[table_env_var(table_key)] = self.topology.table(table_key).name
+        if spec.calls_processor:
+            env[PROCESSOR_URL_ENV] = self.processor.url
+        return env
+
+    def start(self) -> StackInfo:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
+        self.moto.start()
+        provision(self.topology, aws_client("dynamodb", self.aws_endpoint_url))
+        self.processor.start()
+        for spec in self.topology.functions:
+            function = LocalFunction(spec, self.function_environment(spec.key), self.workers)
+            function.warm()
+            self.functions[spec.key] = function
+        api = self.functions[self.topology.api.function]
+        self.front_door = FrontDoorServer(LOOPBACK, self.port, api.invoke, self.topology.api.stage)
+        self.front_door.start()
+        self.port = int(self.front_door.server_address[1])
+        self.info = StackInfo(
+            api_url=self.front_door.url,
+            port=self.port,
+            aws_endpoint_url=self.aws_endpoint_url,
+            processor_url=self.processor.url,
+            pid=os.getpid(),
+            started=time.time(),
+        )
+        self.info.write()
+        return self.info
+
+    def stop(self) -> None:
+        if self.info:
+            self.info.remove()
+        if self.front_door:
+            self.front_door.stop()
+        for function in self.functions.values():
+            function.close()
+        self.processor.stop()
+        self.moto.stop()

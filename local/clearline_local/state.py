@@ -1,0 +1,72 @@
+"""Where a running local stack records how to reach it, so other commands find it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from clearline.topology import IDEMPOTENCY_TABLE, MAIN_TABLE
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("CLEARLINE_STATE_DIR") or Path.home() / ".clearline" / "stacks")
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    api_url: str
+    port: int
+    aws_endpoint_url: str
+    processor_url: str
+    pid: int
+    started: float
+    main_table: str = MAIN_TABLE.name
+    idempotency_table: str = IDEMPOTENCY_TABLE.name
+
+    def write(self) -> Path:
+        path = state_dir() / f"{self.port}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(".tmp")
+        temp.write_text(json.dumps(asdict(self), indent=2))
+        temp.replace(path)  # readers never see a half-written file
+        return path
+
+    def remove(self) -> None:
+        (state_dir() / f"{self.port}.json").unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class NoStackRunning(Exception):
+    pass
+
+
+def find_stack(port: int | None = None) -> StackInfo:
+    """The stack on `port`, or the most recently started one that is still running."""
+    paths = [state_dir() / f"{port}.json"] if port else sorted(state_dir().glob("*.json"))
+    running = []
+    for path in paths:
+        try:
+            info = StackInfo(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if _alive(info.pid):
+            running.append(info)
+        else:
+            path.unlink(missing_ok=True)  # left behind by a stack that was killed
+    if not running:
+        where = f"on port {port}" if port else "anywhere"
+        raise NoStackRunning(
+            f"No local stack is running {where}. Start one with `make up` (or `clearline up`)."
+        )
+    return max(running, key=lambda info: info.started)
