@@ -1,0 +1,127 @@
+"""A local stack started once for the integration tests, driven over HTTP.
+
+The stack is the real `clearline up` in a subprocess, as a developer runs it; tests talk
+to it with the stripe SDK and plain HTTP, and read moto directly only to check what was
+(or was not) written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import stripe
+
+from clearline.ledger import verify
+from clearline.store import Store
+from clearline_local.stack import aws_client, free_port
+from clearline_local.state import StackInfo
+
+CLEARLINE = str(Path(sys.executable).with_name("clearline"))
+PROCESSOR_TIMEOUT_SECONDS = 1.5  # shorter than the sandbox's injected-fault delay (3 s)
+
+
+@dataclass
+class Stack:
+    info: StackInfo
+    log_path: Path
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.info.api_url
+
+    def store(self) -> Store:
+        return Store(self.info.main_table, aws_client("dynamodb", self.info.aws_endpoint_url))
+
+    def dynamodb(self) -> Any:
+        return aws_client("dynamodb", self.info.aws_endpoint_url)
+
+    def clearline(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CLEARLINE, *args, "--port", str(self.info.port)], env=self.env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    def create_merchant(self, name: str, *, fee_percent: float = 2.9, fee_fixed: int = 30) -> dict[str, Any]:
+        done = self.clearline("merchants", "create", name, "--json", "--fee-percent",
+                              str(fee_percent), "--fee-fixed", str(fee_fixed))
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def item_counts(self) -> dict[str, int]:
+        client = self.dynamodb()
+        return {table: client.scan(TableName=table, Select="COUNT")["Count"]
+                for table in (self.info.main_table, self.info.idempotency_table)}
+
+    def inject_processor_fault(self, mode: str, count: int = 1) -> None:
+        requests.post(f"{self.info.processor_url}/_sandbox/faults",
+                      json={"mode": mode, "count": count}, timeout=5).raise_for_status()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state_dir = tmp_path_factory.mktemp("state")
+    log_path = tmp_path_factory.mktemp("logs") / "stack.log"
+    env = {**os.environ, "CLEARLINE_STATE_DIR": str(state_dir)}
+    port = free_port()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [CLEARLINE, "up", "--port", str(port), "--workers", "3",
+             "--processor-timeout", str(PROCESSOR_TIMEOUT_SECONDS)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    state_file = state_dir / f"{port}.json"
+    deadline = time.monotonic() + 90
+    while not state_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the local stack did not start:\n{log_path.read_text()}")
+        time.sleep(0.2)
+    info = StackInfo(**json.loads(state_file.read_text()))
+    yield Stack(info, log_path, env)
+    process.terminate()  # what Ctrl-C does: a clean stop
+    assert process.wait(timeout=30) == 0, log_path.read_text()[-3000:]
+    assert not state_file.exists(), "a stopped stack must remove its state file"
+
+
+@pytest.fixture(scope="session")
+def merchant(stack: Stack) -> dict[str, Any]:
+    return stack.create_merchant("Integration Shop", fee_percent=3, fee_fixed=0)
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack, merchant: dict[str, Any]) -> stripe.StripeClient:
+    return stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url},
+                               max_network_retries=2)
+
+
+@pytest.fixture(autouse=True)
+def ledger_balances_after_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Whatever a scenario did, the ledger must still balance and match its shards."""
+    yield
+    if "stack" not in request.fixturenames:
+        return
+    report = verify(request.getfixturevalue("stack").store())
+    assert report.ok, report.violations
+    for currency, totals in report.totals.items():
+        assert totals["debits"] == totals["credits"], currency
+
+
+def journals_for(stack: Stack, charge_id: str) -> list[dict[str, Any]]:
+    return [j for j in stack.store().scan("JOURNAL#") if j["charge"] == charge_id]
+
+
+def charges_with_key(stack: Stack, merchant_id: str, key: str) -> list[dict[str, Any]]:
+    return [c for c in stack.store().scan("CHARGE#")
+            if c["sk"] == "CHARGE" and c["merchant"] == merchant_id and c["idempotency_key"] == key]
