@@ -47,23 +47,44 @@ class Stack:
         return aws_client("dynamodb", self.info.aws_endpoint_url)
 
     def clearline(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CLEARLINE, *args, "--port", str(self.info.port)], env=self.env,
-                              capture_output=True, text=True, timeout=60, check=False)
+        return subprocess.run(
+            [CLEARLINE, *args, "--port", str(self.info.port)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
-    def create_merchant(self, name: str, *, fee_percent: float = 2.9, fee_fixed: int = 30) -> dict[str, Any]:
-        done = self.clearline("merchants", "create", name, "--json", "--fee-percent",
-                              str(fee_percent), "--fee-fixed", str(fee_fixed))
+    def create_merchant(
+        self, name: str, *, fee_percent: float = 2.9, fee_fixed: int = 30
+    ) -> dict[str, Any]:
+        done = self.clearline(
+            "merchants",
+            "create",
+            name,
+            "--json",
+            "--fee-percent",
+            str(fee_percent),
+            "--fee-fixed",
+            str(fee_fixed),
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
     def item_counts(self) -> dict[str, int]:
         client = self.dynamodb()
-        return {table: client.scan(TableName=table, Select="COUNT")["Count"]
-                for table in (self.info.main_table, self.info.idempotency_table)}
+        return {
+            table: client.scan(TableName=table, Select="COUNT")["Count"]
+            for table in (self.info.main_table, self.info.idempotency_table)
+        }
 
     def inject_processor_fault(self, mode: str, count: int = 1) -> None:
-        requests.post(f"{self.info.processor_url}/_sandbox/faults",
-                      json={"mode": mode, "count": count}, timeout=5).raise_for_status()
+        requests.post(
+            f"{self.info.processor_url}/_sandbox/faults",
+            json={"mode": mode, "count": count},
+            timeout=5,
+        ).raise_for_status()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -77,9 +98,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [CLEARLINE, "up", "--port", str(port), "--workers", "3",
-             "--processor-timeout", str(PROCESSOR_TIMEOUT_SECONDS)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            [
+                CLEARLINE,
+                "up",
+                "--port",
+                str(port),
+                "--workers",
+                "3",
+                "--processor-timeout",
+                str(PROCESSOR_TIMEOUT_SECONDS),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     state_file = state_dir / f"{port}.json"
     deadline = time.monotonic() + 90
@@ -102,8 +133,9 @@ def merchant(stack: Stack) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def client(stack: Stack, merchant: dict[str, Any]) -> stripe.StripeClient:
-    return stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url},
-                               max_network_retries=2)
+    return stripe.StripeClient(
+        merchant["secret_key"], base_addresses={"api": stack.url}, max_network_retries=2
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -123,5 +155,8 @@ def journals_for(stack: Stack, charge_id: str) -> list[dict[str, Any]]:
 
 
 def charges_with_key(stack: Stack, merchant_id: str, key: str) -> list[dict[str, Any]]:
-    return [c for c in stack.store().scan("CHARGE#")
-            if c["sk"] == "CHARGE" and c["merchant"] == merchant_id and c["idempotency_key"] == key]
+    return [
+        c
+        for c in stack.store().scan("CHARGE#")
+        if c["sk"] == "CHARGE" and c["merchant"] == merchant_id and c["idempotency_key"] == key
+    ]

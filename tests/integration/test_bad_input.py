@@ -38,58 +38,145 @@ CASES = [
     Case("malformed bracket", "amount=5000&currency=usd&source=tok_visa&metadata[a=1", 400),
     Case("amount is text", "amount=fifty&currency=usd&source=tok_visa", 400, "amount"),
     Case("amount is a decimal", "amount=50.5&currency=usd&source=tok_visa", 400, "amount"),
-    Case("amount is a JSON boolean", '{"amount": true, "currency": "usd", "source": "tok_visa"}',
-         400, "amount", content_type="application/json"),
-    Case("amount is a JSON string of text", '{"amount": "x", "currency": "usd", "source": "tok_visa"}',
-         400, "amount", content_type="application/json"),
+    Case(
+        "amount is a JSON boolean",
+        '{"amount": true, "currency": "usd", "source": "tok_visa"}',
+        400,
+        "amount",
+        content_type="application/json",
+    ),
+    Case(
+        "amount is a JSON string of text",
+        '{"amount": "x", "currency": "usd", "source": "tok_visa"}',
+        400,
+        "amount",
+        content_type="application/json",
+    ),
     Case("metadata is not a hash", GOOD + "&metadata=nope", 400, "metadata"),
     Case("capture is not a boolean", GOOD + "&capture=maybe", 400, "capture"),
     Case("unknown parameter", GOOD + "&colour=blue", 400, "colour", code="parameter_unknown"),
-    Case("negative amount", "amount=-100&currency=usd&source=tok_visa", 400, "amount",
-         code="amount_too_small"),
-    Case("zero amount", "amount=0&currency=usd&source=tok_visa", 400, "amount", code="amount_too_small"),
-    Case("below the minimum", "amount=49&currency=usd&source=tok_visa", 400, "amount",
-         code="amount_too_small"),
-    Case("huge amount", "amount=100000000&currency=usd&source=tok_visa", 400, "amount",
-         code="amount_too_large"),
-    Case("absurd amount", "amount=99999999999999999999999&currency=usd&source=tok_visa", 400, "amount"),
+    Case(
+        "negative amount",
+        "amount=-100&currency=usd&source=tok_visa",
+        400,
+        "amount",
+        code="amount_too_small",
+    ),
+    Case(
+        "zero amount",
+        "amount=0&currency=usd&source=tok_visa",
+        400,
+        "amount",
+        code="amount_too_small",
+    ),
+    Case(
+        "below the minimum",
+        "amount=49&currency=usd&source=tok_visa",
+        400,
+        "amount",
+        code="amount_too_small",
+    ),
+    Case(
+        "huge amount",
+        "amount=100000000&currency=usd&source=tok_visa",
+        400,
+        "amount",
+        code="amount_too_large",
+    ),
+    Case(
+        "absurd amount",
+        "amount=99999999999999999999999&currency=usd&source=tok_visa",
+        400,
+        "amount",
+    ),
     Case("missing amount", "currency=usd&source=tok_visa", 400, "amount", code="parameter_missing"),
     Case("unknown currency", "amount=5000&currency=xyz&source=tok_visa", 400, "currency"),
     Case("no source", "amount=5000&currency=usd", 400, "source"),
-    Case("unknown token", "amount=5000&currency=usd&source=tok_nonexistent", 400, "source",
-         code="resource_missing"),
-    Case("long statement descriptor", GOOD + "&statement_descriptor=" + "X" * 23, 400,
-         "statement_descriptor"),
-    Case("too many metadata keys", GOOD + "".join(f"&metadata[k{i}]=v" for i in range(51)), 400,
-         "metadata"),
+    Case(
+        "unknown token",
+        "amount=5000&currency=usd&source=tok_nonexistent",
+        400,
+        "source",
+        code="resource_missing",
+    ),
+    Case(
+        "long statement descriptor",
+        GOOD + "&statement_descriptor=" + "X" * 23,
+        400,
+        "statement_descriptor",
+    ),
+    Case(
+        "too many metadata keys",
+        GOOD + "".join(f"&metadata[k{i}]=v" for i in range(51)),
+        400,
+        "metadata",
+    ),
     Case("oversized body", GOOD + "&description=" + "x" * 70_000, 413, code="request_too_large"),
-    Case("card number as source", f"amount=5000&currency=usd&source={CARD}", 400, "source",
-         code="card_number_in_request"),
-    Case("card number with spaces in metadata", GOOD + "&metadata[note]=4242 4242 4242 4242", 400,
-         "metadata[note]", code="card_number_in_request"),
-    Case("card number in JSON", json.dumps({"amount": 5000, "currency": "usd", "source": "tok_visa",
-                                            "card": {"number": CARD}}),
-         400, "card[number]", content_type="application/json", code="card_number_in_request"),
+    Case(
+        "card number as source",
+        f"amount=5000&currency=usd&source={CARD}",
+        400,
+        "source",
+        code="card_number_in_request",
+    ),
+    Case(
+        "card number with spaces in metadata",
+        GOOD + "&metadata[note]=4242 4242 4242 4242",
+        400,
+        "metadata[note]",
+        code="card_number_in_request",
+    ),
+    Case(
+        "card number in JSON",
+        json.dumps(
+            {"amount": 5000, "currency": "usd", "source": "tok_visa", "card": {"number": CARD}}
+        ),
+        400,
+        "card[number]",
+        content_type="application/json",
+        code="card_number_in_request",
+    ),
     Case("no API key", GOOD, 401, auth=None, code="api_key_missing"),
     Case("unknown API key", GOOD, 401, auth="unknown", code="api_key_invalid"),
     Case("publishable key", GOOD, 401, auth="publishable", code="secret_key_required"),
-    Case("no Idempotency-Key", GOOD, 400, "Idempotency-Key", code="idempotency_key_required",
-         headers={"Idempotency-Key": ""}),
-    Case("Idempotency-Key too long", GOOD, 400, "Idempotency-Key", headers={"Idempotency-Key": "k" * 256}),
+    Case(
+        "no Idempotency-Key",
+        GOOD,
+        400,
+        "Idempotency-Key",
+        code="idempotency_key_required",
+        headers={"Idempotency-Key": ""},
+    ),
+    Case(
+        "Idempotency-Key too long",
+        GOOD,
+        400,
+        "Idempotency-Key",
+        headers={"Idempotency-Key": "k" * 256},
+    ),
 ]
 
 
 def _auth(case: Case, merchant: dict[str, Any]) -> dict[str, str]:
-    keys = {"secret": merchant["secret_key"], "publishable": merchant["publishable_key"],
-            "unknown": "sk_test_" + "0" * 32}
+    keys = {
+        "secret": merchant["secret_key"],
+        "publishable": merchant["publishable_key"],
+        "unknown": "sk_test_" + "0" * 32,
+    }
     return {"Authorization": f"Bearer {keys[case.auth]}"} if case.auth else {}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_is_refused_and_writes_nothing(stack: Stack, merchant: dict[str, Any], case: Case) -> None:
+def test_bad_input_is_refused_and_writes_nothing(
+    stack: Stack, merchant: dict[str, Any], case: Case
+) -> None:
     before = stack.item_counts()
-    headers = {"Content-Type": case.content_type, "Idempotency-Key": str(uuid.uuid4()),
-               **_auth(case, merchant), **case.headers}
+    headers = {
+        "Content-Type": case.content_type,
+        "Idempotency-Key": str(uuid.uuid4()),
+        **_auth(case, merchant),
+        **case.headers,
+    }
     response = requests.post(f"{stack.url}/v1/charges", data=case.body, headers=headers, timeout=30)
 
     assert response.status_code == case.status, response.text
@@ -107,9 +194,13 @@ def test_bad_input_is_refused_and_writes_nothing(stack: Stack, merchant: dict[st
 def test_a_card_number_is_never_stored_or_logged(stack: Stack, merchant: dict[str, Any]) -> None:
     number = "5555555555554444"
     for body in (f"amount=5000&currency=usd&source={number}", GOOD + f"&description=card {number}"):
-        response = requests.post(f"{stack.url}/v1/charges", data=body, timeout=30,
-                                 auth=(merchant["secret_key"], ""),
-                                 headers={"Idempotency-Key": str(uuid.uuid4())})
+        response = requests.post(
+            f"{stack.url}/v1/charges",
+            data=body,
+            timeout=30,
+            auth=(merchant["secret_key"], ""),
+            headers={"Idempotency-Key": str(uuid.uuid4())},
+        )
         assert response.status_code == 400
         assert number not in response.text
     client = stack.dynamodb()
@@ -130,14 +221,18 @@ def test_unknown_route_and_unknown_charge(stack: Stack, merchant: dict[str, Any]
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=ten"])
 def test_bad_list_parameters(stack: Stack, merchant: dict[str, Any], query: str) -> None:
-    response = requests.get(f"{stack.url}/v1/charges?{query}", auth=(merchant["secret_key"], ""),
-                            timeout=30)
+    response = requests.get(
+        f"{stack.url}/v1/charges?{query}", auth=(merchant["secret_key"], ""), timeout=30
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "limit"
 
 
 def test_publishable_key_cannot_read_charges(stack: Stack, merchant: dict[str, Any]) -> None:
-    response = requests.get(f"{stack.url}/v1/charges", timeout=30,
-                            headers={"Authorization": f"Bearer {merchant['publishable_key']}"})
+    response = requests.get(
+        f"{stack.url}/v1/charges",
+        timeout=30,
+        headers={"Authorization": f"Bearer {merchant['publishable_key']}"},
+    )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "secret_key_required"

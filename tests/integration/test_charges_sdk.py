@@ -23,8 +23,14 @@ def key() -> str:
 
 def test_create_retrieve_and_list(client: stripe.StripeClient) -> None:
     created = client.v1.charges.create(
-        params={"amount": 2000, "currency": "usd", "source": "tok_visa", "description": "Tea",
-                "metadata": {"order_id": "6735"}, "statement_descriptor": "CLEARLINE TEA"},
+        params={
+            "amount": 2000,
+            "currency": "usd",
+            "source": "tok_visa",
+            "description": "Tea",
+            "metadata": {"order_id": "6735"},
+            "statement_descriptor": "CLEARLINE TEA",
+        },
         options={"idempotency_key": key()},
     )
     assert created.id.startswith("ch_")
@@ -42,9 +48,13 @@ def test_create_retrieve_and_list(client: stripe.StripeClient) -> None:
 def test_list_paginates_newest_first(stack: Stack) -> None:
     shop = stack.create_merchant("Pagination Shop")
     client = stripe.StripeClient(shop["secret_key"], base_addresses={"api": stack.url})
-    made = [client.v1.charges.create(
-        params={"amount": 100 + i, "currency": "usd", "source": "tok_visa"},
-        options={"idempotency_key": key()}).id for i in range(7)]
+    made = [
+        client.v1.charges.create(
+            params={"amount": 100 + i, "currency": "usd", "source": "tok_visa"},
+            options={"idempotency_key": key()},
+        ).id
+        for i in range(7)
+    ]
     newest_first = list(reversed(made))
 
     page1 = client.v1.charges.list(params={"limit": 3})
@@ -75,8 +85,10 @@ def test_declines_are_card_errors_and_the_failed_charge_is_stored(
     client: stripe.StripeClient, stack: Stack, token: str, code: str, decline_code: str
 ) -> None:
     with pytest.raises(stripe.CardError) as raised:
-        client.v1.charges.create(params={"amount": 5000, "currency": "usd", "source": token},
-                                 options={"idempotency_key": key()})
+        client.v1.charges.create(
+            params={"amount": 5000, "currency": "usd", "source": token},
+            options={"idempotency_key": key()},
+        )
     error = raised.value
     assert error.http_status == 402
     assert (error.code, error.error.decline_code) == (code, decline_code)
@@ -94,7 +106,8 @@ def test_a_replayed_decline_is_the_same_decline(client: stripe.StripeClient) -> 
         with pytest.raises(stripe.CardError) as raised:
             client.v1.charges.create(
                 params={"amount": 5000, "currency": "usd", "source": "tok_chargeDeclined"},
-                options={"idempotency_key": idem})
+                options={"idempotency_key": idem},
+            )
         ids.append(raised.value.error.charge)
     assert ids[0] == ids[1]
 
@@ -103,8 +116,10 @@ def test_worked_example_fee_posting(stack: Stack) -> None:
     """$50.00 at 3%: merchant payable 48.50 and fee revenue 1.50 against the receivable."""
     shop = stack.create_merchant("Three Percent", fee_percent=3, fee_fixed=0)
     client = stripe.StripeClient(shop["secret_key"], base_addresses={"api": stack.url})
-    charge = client.v1.charges.create(params={"amount": 5000, "currency": "usd", "source": "tok_visa"},
-                                      options={"idempotency_key": key()})
+    charge = client.v1.charges.create(
+        params={"amount": 5000, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
     (journal,) = journals_for(stack, charge.id)
     entries = {e["account"]: (e["direction"], e["amount"]) for e in journal["entries"]}
     assert entries == {
@@ -117,20 +132,27 @@ def test_worked_example_fee_posting(stack: Stack) -> None:
 
 
 def test_zero_decimal_currency(client: stripe.StripeClient) -> None:
-    charge = client.v1.charges.create(params={"amount": 500, "currency": "jpy", "source": "tok_visa"},
-                                      options={"idempotency_key": key()})
+    charge = client.v1.charges.create(
+        params={"amount": 500, "currency": "jpy", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
     assert (charge.amount, charge.currency) == (500, "jpy")
     with pytest.raises(stripe.InvalidRequestError) as raised:
-        client.v1.charges.create(params={"amount": 49, "currency": "jpy", "source": "tok_visa"},
-                                 options={"idempotency_key": key()})
+        client.v1.charges.create(
+            params={"amount": 49, "currency": "jpy", "source": "tok_visa"},
+            options={"idempotency_key": key()},
+        )
     assert raised.value.code == "amount_too_small"
     assert "50 jpy" in str(raised.value.user_message)
 
 
-def test_uncaptured_charge_holds_funds_without_a_fee(client: stripe.StripeClient, stack: Stack) -> None:
+def test_uncaptured_charge_holds_funds_without_a_fee(
+    client: stripe.StripeClient, stack: Stack
+) -> None:
     charge = client.v1.charges.create(
         params={"amount": 7000, "currency": "eur", "source": "tok_mastercard", "capture": False},
-        options={"idempotency_key": key()})
+        options={"idempotency_key": key()},
+    )
     assert (charge.status, charge.captured, charge.amount_captured) == ("succeeded", False, 0)
     (journal,) = journals_for(stack, charge.id)
     assert all(e["pending"] for e in journal["entries"])
@@ -142,8 +164,10 @@ def test_ten_sequential_retries_make_one_charge_and_one_journal(
 ) -> None:
     idem = key()
     params = {"amount": 1234, "currency": "usd", "source": "tok_visa"}
-    ids = {client.v1.charges.create(params=params, options={"idempotency_key": idem}).id
-           for _ in range(10)}
+    ids = {
+        client.v1.charges.create(params=params, options={"idempotency_key": idem}).id
+        for _ in range(10)
+    }
     assert len(ids) == 1
     assert len(charges_with_key(stack, merchant["id"], idem)) == 1
     assert len(journals_for(stack, ids.pop())) == 1
@@ -156,8 +180,13 @@ def test_twenty_concurrent_requests_with_one_key_make_one_charge(
     body = {"amount": 4321, "currency": "usd", "source": "tok_visa"}
 
     def attempt(_: int) -> requests.Response:
-        return requests.post(f"{stack.url}/v1/charges", data=body, timeout=30,
-                             auth=(merchant["secret_key"], ""), headers={"Idempotency-Key": idem})
+        return requests.post(
+            f"{stack.url}/v1/charges",
+            data=body,
+            timeout=30,
+            auth=(merchant["secret_key"], ""),
+            headers={"Idempotency-Key": idem},
+        )
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         responses = list(pool.map(attempt, range(20)))
@@ -174,18 +203,26 @@ def test_twenty_concurrent_requests_with_one_key_make_one_charge(
     assert replay.json()["id"] in succeeded
 
 
-def test_same_key_with_other_parameters_is_an_idempotency_error(client: stripe.StripeClient) -> None:
+def test_same_key_with_other_parameters_is_an_idempotency_error(
+    client: stripe.StripeClient,
+) -> None:
     idem = key()
-    client.v1.charges.create(params={"amount": 900, "currency": "usd", "source": "tok_visa"},
-                             options={"idempotency_key": idem})
+    client.v1.charges.create(
+        params={"amount": 900, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": idem},
+    )
     with pytest.raises(stripe.IdempotencyError):
-        client.v1.charges.create(params={"amount": 901, "currency": "usd", "source": "tok_visa"},
-                                 options={"idempotency_key": idem})
+        client.v1.charges.create(
+            params={"amount": 901, "currency": "usd", "source": "tok_visa"},
+            options={"idempotency_key": idem},
+        )
 
 
 def test_another_merchant_sees_nothing(client: stripe.StripeClient, stack: Stack) -> None:
-    mine = client.v1.charges.create(params={"amount": 800, "currency": "usd", "source": "tok_visa"},
-                                    options={"idempotency_key": key()})
+    mine = client.v1.charges.create(
+        params={"amount": 800, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
     other = stack.create_merchant("Someone Else")
     theirs = stripe.StripeClient(other["secret_key"], base_addresses={"api": stack.url})
     with pytest.raises(stripe.InvalidRequestError) as raised:
@@ -204,8 +241,9 @@ def test_processor_failure_then_retry_charges_once(
     """The processor fails; the caller gets a retryable 503; the retry charges exactly once."""
     idem = key()
     params = {"amount": 2500, "currency": "usd", "source": "tok_visa"}
-    once = stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url},
-                               max_network_retries=0)
+    once = stripe.StripeClient(
+        merchant["secret_key"], base_addresses={"api": stack.url}, max_network_retries=0
+    )
     stack.inject_processor_fault(mode)
     with pytest.raises(stripe.APIError) as raised:
         once.v1.charges.create(params=params, options={"idempotency_key": idem})

@@ -49,7 +49,7 @@ class FunctionSpec:
 @dataclass(frozen=True)
 class ApiSpec:
     function: str  # key of the function behind the REST API's proxy resource
-    stage: str = "v1"
+    stage: str = "prod"  # the SDK base URL is https://{api}.execute-api.{region}.amazonaws.com/prod
 
 
 @dataclass(frozen=True)
