@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_routes import handle, logger, metrics
 from aws_lambda_powertools import Tracer
+
+from api_routes import handle, logger, metrics
 
 tracer = Tracer()
 

@@ -14,7 +14,6 @@ from clearline_local.state import NoStackRunning, StackInfo, find_stack
 
 def _store(info: StackInfo) -> Any:
     from clearline.store import Store
-
     from clearline_local.stack import aws_client
 
     return Store(info.main_table, aws_client("dynamodb", info.aws_endpoint_url))
@@ -22,7 +21,6 @@ def _store(info: StackInfo) -> Any:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from clearline.merchants import create_merchant
-
     from clearline_local.stack import LocalStack
 
     stack = LocalStack(
@@ -108,7 +106,6 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     import os
 
     from clearline.topology import TOPOLOGY, table_env_var
-
     from clearline_local.lambda_runtime import load_handler
 
     os.environ.setdefault(table_env_var("main"), "unused")

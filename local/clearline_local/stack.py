@@ -12,9 +12,9 @@ import time
 from typing import Any
 
 import boto3
-from clearline.topology import PROCESSOR_URL_ENV, SERVICE_NAME, TOPOLOGY, Topology, table_env_var
 from moto.server import ThreadedMotoServer
 
+from clearline.topology import PROCESSOR_URL_ENV, SERVICE_NAME, TOPOLOGY, Topology, table_env_var
 from clearline_local.frontdoor import FrontDoorServer
 from clearline_local.lambda_runtime import REGION, LocalFunction
 from clearline_local.provision import provision

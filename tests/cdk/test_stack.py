@@ -21,6 +21,8 @@ from aws_cdk import Stack, Validations
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
+
+import infra_cdk.clearline_stack as clearline_stack
 from clearline.topology import (
     PROCESSOR_URL_ENV,
     SERVICE_NAME,
@@ -29,8 +31,6 @@ from clearline.topology import (
     TableSpec,
     table_env_var,
 )
-
-import infra_cdk.clearline_stack as clearline_stack
 from infra_cdk.app import create_app
 from infra_cdk.bundling import pip_install_args
 from infra_cdk.clearline_stack import ClearlineStack

@@ -55,9 +55,9 @@ def test_exponents_and_minimums() -> None:
         money.currency("xyz")
     assert raised.value.param == "currency"
     money.check_charge_amount(50, money.currency("jpy"))
-    with pytest.raises(InvalidRequestError, match="0.50 usd"):
+    with pytest.raises(InvalidRequestError, match=r"0\.50 usd"):
         money.check_charge_amount(49, money.currency("usd"))
-    with pytest.raises(InvalidRequestError, match="0.500 bhd"):
+    with pytest.raises(InvalidRequestError, match=r"0\.500 bhd"):
         money.check_charge_amount(499, money.currency("bhd"))
     with pytest.raises(InvalidRequestError) as raised:
         money.check_charge_amount(money.MAX_AMOUNT + 1, money.currency("usd"))

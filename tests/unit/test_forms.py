@@ -7,7 +7,10 @@ from clearline.forms import parse_body, parse_form
 
 
 def test_bracket_notation_as_the_stripe_sdk_sends_it() -> None:
-    body = "amount=5000&metadata[order]=6735&metadata[note]=&expand[0]=a&expand[1]=b&card[address][city]=Oslo"
+    body = (
+        "amount=5000&metadata[order]=6735&metadata[note]="
+        "&expand[0]=a&expand[1]=b&card[address][city]=Oslo"
+    )
     assert parse_form(body) == {
         "amount": "5000",
         "metadata": {"order": "6735", "note": ""},

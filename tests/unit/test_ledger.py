@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections import Counter
+
 import pytest
 
 from clearline import ledger
