@@ -49,9 +49,9 @@ def services() -> Services:
     settings = Settings.from_env()
     store = Store(settings.main_table)
     processor = ProcessorClient(settings.processor_url, settings.processor_timeout_seconds)
-    return Services(
-        store, ChargeService(store, processor), IdempotentRequests(settings.idempotency_table)
-    )
+    # One DynamoDB client for both tables: one connection pool, one client to build at cold start.
+    idempotency = IdempotentRequests(settings.idempotency_table, store.client)
+    return Services(store, ChargeService(store, processor), idempotency)
 
 
 def request_id() -> str:

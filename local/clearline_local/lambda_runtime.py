@@ -85,8 +85,6 @@ class LocalFunction:
         env = {
             "AWS_LAMBDA_FUNCTION_NAME": spec.key,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
             "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon on a laptop
             **environment,
         }

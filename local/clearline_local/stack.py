@@ -8,13 +8,22 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import boto3
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
 from moto.server import ThreadedMotoServer
+from werkzeug.serving import make_server
 
 from clearline.topology import PROCESSOR_URL_ENV, SERVICE_NAME, TOPOLOGY, Topology, table_env_var
+from clearline_local import moto_transactions
 from clearline_local.frontdoor import FrontDoorServer
 from clearline_local.lambda_runtime import REGION, LocalFunction
 from clearline_local.provision import provision
@@ -42,6 +51,33 @@ def aws_client(service: str, endpoint_url: str) -> Any:
     )
 
 
+class SerializedMotoServer(ThreadedMotoServer):
+    """moto's threaded server, answering one request at a time.
+
+    Stock moto is not safe for concurrent transactions (its snapshot deepcopy fails when
+    another thread writes meanwhile), and the faster transactions of moto_transactions
+    rely on nothing changing between their check and their writes. DynamoDB serializes
+    conflicting writes too, so one at a time changes no outcome.
+    """
+
+    def _server_entry(self) -> None:
+        moto_transactions.install()  # safe only because requests are serialized below
+        app = DomainDispatcherApplication(create_backend_app)
+        lock = threading.Lock()
+
+        def one_at_a_time(
+            environ: dict[str, Any], start_response: Callable[..., Any]
+        ) -> Iterable[bytes]:
+            with lock:
+                return list(app(environ, start_response))  # consume the body inside the lock
+
+        self._server = make_server(
+            self._ip_address, self._port, one_at_a_time, True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
 class LocalStack:
     def __init__(
         self,
@@ -51,13 +87,15 @@ class LocalStack:
         processor_latency_ms: int = 0,
         processor_timeout_seconds: float = 10.0,
         topology: Topology = TOPOLOGY,
+        extra_environment: dict[str, str] | None = None,
     ) -> None:
         self.port = port
         self.workers = workers
         self.topology = topology
+        self.extra_environment = extra_environment or {}
         self.processor_timeout_seconds = processor_timeout_seconds
         self.moto_port = free_port()
-        self.moto = ThreadedMotoServer(ip_address=LOOPBACK, port=self.moto_port, verbose=False)
+        self.moto = SerializedMotoServer(ip_address=LOOPBACK, port=self.moto_port, verbose=False)
         self.processor = SandboxProcessor(host=LOOPBACK, latency_ms=processor_latency_ms)
         self.functions: dict[str, LocalFunction] = {}
         self.front_door: FrontDoorServer | None = None
@@ -76,7 +114,10 @@ class LocalStack:
             "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
             "POWERTOOLS_METRICS_NAMESPACE": "Clearline",
             "CLEARLINE_PROCESSOR_TIMEOUT": str(self.processor_timeout_seconds),
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
             **spec.environment,
+            **self.extra_environment,
         }
         for table_key in spec.tables:
             env[table_env_var(table_key)] = self.topology.table(table_key).name

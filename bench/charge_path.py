@@ -1,0 +1,134 @@
+"""Charge path figures on this machine (prints them; asserts nothing).
+
+- charges per second through the local stack's front door, with 1 and 8 clients;
+- DynamoDB calls per charge, counted with a botocore event hook on the api handler run
+  in this process against the same moto server;
+- the api handler's cold import time next to a bare `import boto3`, in fresh interpreters.
+
+Usage: python bench/charge_path.py [--charges N] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import requests
+
+from clearline.merchants import create_merchant
+from clearline.store import Store
+from clearline_local.frontdoor import build_event
+from clearline_local.lambda_runtime import REPO_ROOT, LocalLambdaContext, load_handler
+from clearline_local.stack import LocalStack, aws_client
+
+BODY = b"amount=5000&currency=usd&source=tok_visa"
+
+
+def throughput(url: str, secret: str, clients: int, charges: int) -> float:
+    session = requests.Session()
+
+    def one(_: int) -> None:
+        response = session.post(
+            f"{url}/v1/charges",
+            data=BODY,
+            auth=(secret, ""),
+            timeout=60,
+            headers={
+                "Idempotency-Key": str(uuid.uuid4()),
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+        response.raise_for_status()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(one, range(charges)))
+    return charges / (time.perf_counter() - started)
+
+
+def dynamodb_calls_per_charge(stack: LocalStack, secret: str, charges: int) -> Counter[str]:
+    os.environ.update(stack.function_environment("api"))
+    calls: Counter[str] = Counter()
+    boto3.setup_default_session()
+    assert boto3.DEFAULT_SESSION is not None
+    boto3.DEFAULT_SESSION.events.register(
+        "before-call.dynamodb", lambda model, **_: calls.update([model.name])
+    )
+    handler = load_handler(stack.topology.function("api"))
+    for _ in range(charges):
+        headers = [
+            ("Authorization", f"Bearer {secret}"),
+            ("Idempotency-Key", str(uuid.uuid4())),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ]
+        event = build_event("POST", "/v1/charges", headers, BODY, "127.0.0.1", "prod")
+        response = handler(event, LocalLambdaContext("api", 1024, 29, str(uuid.uuid4())))
+        assert response["statusCode"] == 200, response["body"]
+    return calls
+
+
+def import_seconds(statement: str, runs: int = 5) -> float:
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(REPO_ROOT / 'functions/api')!r}); "
+        f"t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    )
+    env = {**os.environ, "POWERTOOLS_TRACE_DISABLED": "true"}
+    samples = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+            ).stdout
+        )
+        for _ in range(runs)
+    ]
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--charges", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=4, help="api execution environments")
+    args = parser.parse_args()
+
+    # Request logs off: the figures are for the charge path, not for writing to a terminal.
+    quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING"}
+    stack = LocalStack(port=0, workers=args.workers, extra_environment=quiet)
+    info = stack.start()
+    try:
+        store = Store(info.main_table, aws_client("dynamodb", info.aws_endpoint_url))
+        secret = create_merchant(store, "Bench").secret_key
+        throughput(info.api_url, secret, 4, 20)  # warm every worker
+        # The workers print metrics as they go: collect the figures, print them at the end.
+        lines = [f"charge path on {os.cpu_count()} cores, {args.workers} api workers, moto server"]
+        for clients in (1, 8):
+            rate = throughput(info.api_url, secret, clients, args.charges)
+            lines.append(
+                f"  {clients} client(s): {rate:7.1f} charges/s over {args.charges} charges"
+            )
+        calls = dynamodb_calls_per_charge(stack, secret, 20)
+        per_charge = {name: count / 20 for name, count in sorted(calls.items())}
+        lines.append(
+            f"  DynamoDB calls per charge: {sum(per_charge.values()):.1f} {json.dumps(per_charge)}"
+        )
+    finally:
+        stack.stop()
+    boto = import_seconds("import boto3")
+    handler = import_seconds("import api_handler")
+    lines.append(
+        f"  cold import: import boto3 {boto * 1000:.0f} ms, api handler "
+        f"{handler * 1000:.0f} ms (median of 5 fresh interpreters)"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Builds the dependencies layer with pip on the host, so no Docker engine is needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsii
+from aws_cdk import AssetHashType, BundlingOptions, ILocalBundling
+from aws_cdk import aws_lambda as lambda_
+
+# Lambda's Python runtime and architecture; wheels are picked for these, not for the host.
+PYTHON_VERSION = "3.13"
+PIP_PLATFORM = "manylinux2014_aarch64"
+
+
+def pip_install_args(requirements: str, target: str) -> list[str]:
+    """Arguments after `python -m pip` that install the layer's packages into `target`.
+
+    --no-deps: requirements.txt pins every transitive dependency except those the
+    runtime provides (boto3/botocore), which pip would otherwise pull in again.
+    --no-compile: .pyc files built by the host interpreter are useless on 3.13 and
+    would make the output differ on every build.
+    """
+    return [
+        "install",
+        "--requirement",
+        requirements,
+        "--target",
+        target,
+        "--platform",
+        PIP_PLATFORM,
+        "--implementation",
+        "cp",
+        "--python-version",
+        PYTHON_VERSION,
+        "--only-binary=:all:",
+        "--no-deps",
+        "--no-compile",
+        "--disable-pip-version-check",
+        "--quiet",
+    ]
+
+
+@jsii.implements(ILocalBundling)
+class LocalPipBundling:
+    """Runs pip with the interpreter that runs the CDK app."""
+
+    def __init__(self, source_dir: Path) -> None:
+        self._requirements = source_dir / "requirements.txt"
+
+    # The CDK passes the bundling options too; they are not needed here.
+    def try_bundle(self, output_dir: str, *args: Any, **kwargs: Any) -> bool:
+        target = str(Path(output_dir) / "python")
+        command = [sys.executable, "-m", "pip", *pip_install_args(str(self._requirements), target)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            # Returning False hands over to the Docker image, so say why first.
+            print(
+                f"local pip bundling failed ({result.returncode}):\n{result.stdout}{result.stderr}",
+                file=sys.stderr,
+            )
+            return False
+        return True
+
+
+def dependencies_layer_code(source_dir: Path) -> lambda_.Code:
+    """The dependencies layer: `python/` holding the wheels listed in requirements.txt."""
+    docker_command = " ".join(
+        ["pip", *pip_install_args("/asset-input/requirements.txt", "/asset-output/python")]
+    )
+    return lambda_.Code.from_asset(
+        str(source_dir),
+        # The pinned requirements fully determine the output, and hashing the source
+        # keeps the asset hash stable between builds.
+        asset_hash_type=AssetHashType.SOURCE,
+        bundling=BundlingOptions(
+            image=lambda_.Runtime.PYTHON_3_13.bundling_image,
+            platform="linux/arm64",
+            command=["bash", "-c", docker_command],
+            local=LocalPipBundling(source_dir),
+        ),
+    )

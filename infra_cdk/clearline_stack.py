@@ -1,0 +1,291 @@
+"""The Clearline stack: every table, layer, function and the REST API come from the topology."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import cast
+
+from aws_cdk import (
+    Acknowledgment,
+    CfnParameter,
+    Duration,
+    RemovalPolicy,
+    Stack,
+    Validations,
+)
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct, IConstruct
+
+from clearline.topology import (
+    PROCESSOR_URL_ENV,
+    SERVICE_NAME,
+    TOPOLOGY,
+    ApiSpec,
+    FunctionSpec,
+    TableSpec,
+    Topology,
+    table_env_var,
+)
+from infra_cdk.bundling import dependencies_layer_code
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ASSET_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/*.egg-info"]
+RUNTIME = lambda_.Runtime.PYTHON_3_13
+ARCHITECTURE = lambda_.Architecture.ARM_64
+METRICS_NAMESPACE = "Clearline"
+DEFAULT_PROCESSOR_URL = "https://sandbox-processor.invalid"
+# A year of logs covers a full audit cycle; payment disputes can surface months later.
+LOG_RETENTION = logs.RetentionDays.ONE_YEAR
+# Stage-wide limits sized to the design's peak of 10,000 payments per second.
+THROTTLE_RATE_LIMIT = 10_000
+THROTTLE_BURST_LIMIT = 5_000
+# One JSON line per request: enough to follow a request into the function's logs and
+# traces (requestId, xrayTraceId) and to tell API Gateway errors from function errors.
+# No headers or query strings: they can carry secret API keys.
+ACCESS_LOG_FIELDS = {
+    "requestId": apigw.AccessLogField.context_request_id(),
+    "xrayTraceId": apigw.AccessLogField.context_xray_trace_id(),
+    "ip": apigw.AccessLogField.context_identity_source_ip(),
+    "requestTime": apigw.AccessLogField.context_request_time(),
+    "httpMethod": apigw.AccessLogField.context_http_method(),
+    "path": apigw.AccessLogField.context_path(),
+    "status": apigw.AccessLogField.context_status(),
+    "responseLength": apigw.AccessLogField.context_response_length(),
+    "responseLatency": apigw.AccessLogField.context_response_latency(),
+    "integrationLatency": apigw.AccessLogField.context_integration_latency(),
+    "integrationStatus": apigw.AccessLogField.context_integration_status(),
+    "errorMessage": apigw.AccessLogField.context_error_message(),
+}
+
+
+def construct_name(key: str) -> str:
+    """`capture_worker` -> `CaptureWorker`, for construct ids derived from topology keys."""
+    return "".join(part.capitalize() for part in key.split("_"))
+
+
+def acknowledge(scope: IConstruct, rule_id: str, reason: str) -> None:
+    """Record a reviewed cdk-nag finding on `scope` (it covers every child construct)."""
+    Validations.of(scope).acknowledge(Acknowledgment(id=rule_id, reason=reason))
+
+
+class ClearlineStack(Stack):
+    """DynamoDB tables, the two layers, one Lambda per FunctionSpec and the REST API."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, topology: Topology = TOPOLOGY
+    ) -> None:
+        super().__init__(
+            scope,
+            construct_id,
+            description="Clearline: a Stripe-compatible payments API (API Gateway, Lambda, "
+            "DynamoDB)",
+        )
+        self.topology = topology
+        self.tables = {spec.key: self._table(spec) for spec in topology.tables}
+        self.layers = self._layers()
+        self.processor_url = (
+            CfnParameter(
+                self,
+                "ProcessorUrl",
+                type="String",
+                default=DEFAULT_PROCESSOR_URL,
+                allowed_pattern=r"^https://\S+$",
+                description="Base URL of the card processor (HTTPS only).",
+            )
+            if any(spec.calls_processor for spec in topology.functions)
+            else None
+        )
+        self.functions = {spec.key: self._function(spec) for spec in topology.functions}
+        self.api = self._rest_api(topology.api)
+
+    def _table(self, spec: TableSpec) -> dynamodb.Table:
+        def string_key(name: str) -> dynamodb.Attribute:
+            return dynamodb.Attribute(name=name, type=dynamodb.AttributeType.STRING)
+
+        # No table_name: CloudFormation names the table, so stacks never collide;
+        # spec.name is only the local stack's physical name.
+        table = dynamodb.Table(
+            self,
+            f"{construct_name(spec.key)}Table",
+            partition_key=string_key(spec.partition_key),
+            sort_key=string_key(spec.sort_key) if spec.sort_key else None,
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            time_to_live_attribute=spec.ttl_attribute,
+            stream=dynamodb.StreamViewType.NEW_IMAGE if spec.stream else None,
+            # The ledger is the source of truth: neither a stack update nor a delete
+            # may drop it.
+            removal_policy=RemovalPolicy.RETAIN,
+            deletion_protection=True,
+        )
+        for index in spec.indexes:
+            table.add_global_secondary_index(
+                index_name=index.name,
+                partition_key=string_key(index.partition_key),
+                sort_key=string_key(index.sort_key),
+                projection_type=dynamodb.ProjectionType.ALL,
+            )
+        return table
+
+    def _layers(self) -> list[lambda_.ILayerVersion]:
+        library = lambda_.LayerVersion(
+            self,
+            "ClearlineLayer",
+            code=lambda_.Code.from_asset(
+                str(REPO_ROOT / "layers" / "clearline"), exclude=ASSET_EXCLUDES
+            ),
+            compatible_runtimes=[RUNTIME],
+            compatible_architectures=[ARCHITECTURE],
+            description="The clearline library shared by every function",
+        )
+        dependencies = lambda_.LayerVersion(
+            self,
+            "DependenciesLayer",
+            code=dependencies_layer_code(REPO_ROOT / "layers" / "dependencies"),
+            compatible_runtimes=[RUNTIME],
+            compatible_architectures=[ARCHITECTURE],
+            description="Pinned third-party packages (Powertools, pydantic)",
+        )
+        return [library, dependencies]
+
+    def _function(self, spec: FunctionSpec) -> lambda_.Function:
+        name = construct_name(spec.key)
+        log_group = logs.LogGroup(self, f"{name}FunctionLogs", retention=LOG_RETENTION)
+        # An own role instead of AWSLambdaBasicExecutionRole: the function may write to its
+        # log group only, not to every log group in the account.
+        role = iam.Role(
+            self,
+            f"{name}FunctionRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"Runs the {spec.key} function",
+        )
+        log_group.grant_write(role)
+
+        function = lambda_.Function(
+            self,
+            f"{name}Function",
+            description=spec.description,
+            runtime=RUNTIME,
+            architecture=ARCHITECTURE,
+            code=lambda_.Code.from_asset(str(REPO_ROOT / spec.code_dir), exclude=ASSET_EXCLUDES),
+            handler=spec.handler,
+            timeout=Duration.seconds(spec.timeout_seconds),
+            memory_size=spec.memory_mb,
+            layers=self.layers,
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=log_group,
+            role=role,
+            environment=self._environment(spec),
+        )
+
+        for table_key, access in spec.tables.items():
+            table = self.tables[table_key]
+            if access == "readwrite":
+                table.grant_read_write_data(function)
+            else:
+                table.grant_read_data(function)
+            if self.topology.table(table_key).indexes:
+                cfn_table = cast(dynamodb.CfnTable, table.node.default_child)
+                logical_id = self.resolve(cfn_table.logical_id)
+                acknowledge(
+                    role,
+                    f"AwsSolutions-IAM5[Resource::<{logical_id}.Arn>/index/*]",
+                    f"The {spec.key} function queries the {table_key} table's global "
+                    "secondary indexes; the grant covers that one table's indexes only "
+                    "(<table arn>/index/*), never another table.",
+                )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Active tracing needs xray:PutTraceSegments and xray:PutTelemetryRecords, and "
+            "X-Ray does not support resource-level permissions, so the resource must be *.",
+        )
+        acknowledge(
+            function,
+            "AwsSolutions-L1",
+            "Pinned to python3.13 on purpose: the dependencies layer is built for 3.13 "
+            "wheels, and the runtime moves only together with the layer and the tests.",
+        )
+        return function
+
+    def _environment(self, spec: FunctionSpec) -> dict[str, str]:
+        unknown = set(spec.tables) - set(self.tables)
+        if unknown:
+            raise ValueError(f"function {spec.key} names unknown tables: {sorted(unknown)}")
+        env = {table_env_var(key): self.tables[key].table_name for key in spec.tables}
+        env["POWERTOOLS_SERVICE_NAME"] = SERVICE_NAME
+        env["POWERTOOLS_METRICS_NAMESPACE"] = METRICS_NAMESPACE
+        if spec.calls_processor and self.processor_url is not None:
+            env[PROCESSOR_URL_ENV] = self.processor_url.value_as_string
+        clashes = env.keys() & spec.environment.keys()
+        if clashes:
+            raise ValueError(f"function {spec.key} overrides managed variables: {sorted(clashes)}")
+        return env | spec.environment
+
+    def _rest_api(self, spec: ApiSpec) -> apigw.LambdaRestApi:
+        access_logs = logs.LogGroup(self, "ApiAccessLogs", retention=LOG_RETENTION)
+        api = apigw.LambdaRestApi(
+            self,
+            "Api",
+            handler=self.functions[spec.function],
+            description="Clearline's Stripe-compatible REST API",
+            # Methods are added below, so that they can share one request validator.
+            proxy=False,
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            # The account-level role that lets API Gateway write execution logs.
+            cloud_watch_role=True,
+            deploy_options=apigw.StageOptions(
+                stage_name=spec.stage,
+                access_log_destination=apigw.LogGroupLogDestination(access_logs),
+                access_log_format=apigw.AccessLogFormat.custom(json.dumps(ACCESS_LOG_FIELDS)),
+                tracing_enabled=True,
+                metrics_enabled=True,
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                # Data tracing would log full requests, secret API keys included.
+                data_trace_enabled=False,
+                throttling_rate_limit=THROTTLE_RATE_LIMIT,
+                throttling_burst_limit=THROTTLE_BURST_LIMIT,
+            ),
+        )
+        validator = api.add_request_validator(
+            "RequestValidator", validate_request_body=True, validate_request_parameters=True
+        )
+        api.root.add_method("ANY", request_validator=validator)
+        api.root.add_proxy(any_method=False).add_method("ANY", request_validator=validator)
+
+        # Acknowledged on the exact constructs, so a new method or stage gets checked anew.
+        for method in api.methods:
+            acknowledge(
+                method,
+                "AwsSolutions-APIG4",
+                "Callers authenticate with Stripe-style secret API keys (Bearer or Basic), "
+                "which the api function checks against hashed keys in DynamoDB on every request.",
+            )
+            acknowledge(
+                method,
+                "AwsSolutions-COG4",
+                "Merchants are servers holding secret API keys, not Cognito users; the api "
+                "function authenticates every request, so a Cognito authorizer does not apply.",
+            )
+        acknowledge(
+            api.deployment_stage,
+            "AwsSolutions-APIG3",
+            "No WAF web ACL yet: every request needs a valid secret API key and the stage "
+            "is throttled; web ACL rules are to be tuned on real traffic before launch.",
+        )
+        acknowledge(
+            api.node.find_child("CloudWatchRole"),
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AmazonAPIGatewayPushToCloudWatchLogs]",
+            "API Gateway's account-level logging role uses the AWS managed push-to-CloudWatch "
+            "policy, which API Gateway documents for exactly this purpose.",
+        )
+        return api
