@@ -1,7 +1,9 @@
 # Two commands on a fresh machine: `make up` starts the local stack, `make test` runs every test.
 # Each installs what it needs first (a virtualenv from the lock file, and the CDK CLI from npm).
 
-PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do command -v $$p >/dev/null && echo $$p && break; done)
+# The newest Python 3.11+ that actually runs (a version manager may list shims that do not).
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $$p && break; done)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
@@ -11,7 +13,7 @@ PORT ?= 4242
 .PHONY: install up test lint unit integration cdk bench clean
 
 $(INSTALLED): requirements.lock pyproject.toml
-	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock
