@@ -18,15 +18,24 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
 
+from clearline import balance, listing
+from clearline.audit import Caller
 from clearline.cards import contains_card_number, find_card_number_param
 from clearline.charges import ChargeService
 from clearline.config import Settings
 from clearline.errors import ApiError, AuthenticationError, InvalidRequestError
 from clearline.forms import parse_body
 from clearline.idempotency import IdempotentRequests, check_key
+from clearline.ledger import ShardPolicy
 from clearline.merchants import Merchant, authenticate
-from clearline.params import ChargeCreateParams, parse_params
+from clearline.params import (
+    ChargeCaptureParams,
+    ChargeCreateParams,
+    RefundCreateParams,
+    parse_params,
+)
 from clearline.processor import ProcessorClient
+from clearline.refunds import RefundService
 from clearline.store import Store, StoreUnavailable
 
 MAX_BODY_BYTES = 64 * 1024  # Stripe requests are small; anything larger is a mistake or abuse
@@ -39,7 +48,9 @@ app = APIGatewayRestResolver(enable_validation=True)
 @dataclass(frozen=True)
 class Services:
     store: Store
+    shards: ShardPolicy
     charges: ChargeService
+    refunds: RefundService
     idempotency: IdempotentRequests
 
 
@@ -51,7 +62,14 @@ def services() -> Services:
     processor = ProcessorClient(settings.processor_url, settings.processor_timeout_seconds)
     # One DynamoDB client for both tables: one connection pool, one client to build at cold start.
     idempotency = IdempotentRequests(settings.idempotency_table, store.client)
-    return Services(store, ChargeService(store, processor), idempotency)
+    shards = ShardPolicy.from_env()
+    return Services(
+        store,
+        shards,
+        ChargeService(store, processor, shards),
+        RefundService(store, processor, shards),
+        idempotency,
+    )
 
 
 def request_id() -> str:
@@ -225,21 +243,27 @@ def idempotent_post(
 
 # ---- routes ---------------------------------------------------------------------------------
 
+ListLimit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(max_length=255)]
+
+
+def caller(merchant: Merchant) -> Caller:
+    return Caller(merchant, request_id())
+
+
+def idempotency_key() -> str:
+    return check_key(app.current_event.headers.get("idempotency-key"))
+
 
 @app.post("/v1/charges")
 def create_charge() -> Response[dict[str, Any]]:
     params = body_params()
     merchant = secret_key_merchant()
     charge = parse_params(ChargeCreateParams, params)
-    check_key(app.current_event.headers.get("idempotency-key"))
+    key = idempotency_key()
 
     def create() -> dict[str, Any]:
-        created = services().charges.create(
-            merchant,
-            charge,
-            idempotency_key=app.current_event.headers["idempotency-key"],
-            request_id=request_id(),
-        )
+        created = services().charges.create(caller(merchant), charge, idempotency_key=key)
         metrics.add_metric(name="ChargeCreated", unit=MetricUnit.Count, value=1)
         return created
 
@@ -255,9 +279,7 @@ def retrieve_charge(charge_id: str) -> Response[dict[str, Any]]:
 
 @app.get("/v1/charges")
 def list_charges(
-    limit: Annotated[int, Query(ge=1, le=100)] = 10,
-    starting_after: Annotated[str | None, Query(max_length=255)] = None,
-    ending_before: Annotated[str | None, Query(max_length=255)] = None,
+    limit: ListLimit = 10, starting_after: Cursor = None, ending_before: Cursor = None
 ) -> Response[dict[str, Any]]:
     refuse_card_numbers_in_query()
     merchant = secret_key_merchant()
@@ -265,6 +287,120 @@ def list_charges(
         200,
         services().charges.list(
             merchant, limit=limit, starting_after=starting_after, ending_before=ending_before
+        ),
+    )
+
+
+@app.post("/v1/charges/<charge_id>/capture")
+def capture_charge(charge_id: str) -> Response[dict[str, Any]]:
+    params = body_params()
+    merchant = secret_key_merchant()
+    capture = parse_params(ChargeCaptureParams, params)
+    idempotency_key()
+
+    def run() -> dict[str, Any]:
+        captured = services().charges.capture(caller(merchant), charge_id, capture)
+        metrics.add_metric(name="ChargeCaptured", unit=MetricUnit.Count, value=1)
+        return captured
+
+    return idempotent_post(merchant, params, run)
+
+
+@app.post("/v1/refunds")
+def create_refund() -> Response[dict[str, Any]]:
+    params = body_params()
+    merchant = secret_key_merchant()
+    refund = parse_params(RefundCreateParams, params)
+    key = idempotency_key()
+
+    def run() -> dict[str, Any]:
+        created = services().refunds.create(caller(merchant), refund, idempotency_key=key)
+        metrics.add_metric(name="RefundCreated", unit=MetricUnit.Count, value=1)
+        return created
+
+    return idempotent_post(merchant, params, run)
+
+
+@app.get("/v1/refunds/<refund_id>")
+def retrieve_refund(refund_id: str) -> Response[dict[str, Any]]:
+    refuse_card_numbers_in_query()
+    merchant = secret_key_merchant()
+    return _json(200, services().refunds.retrieve(merchant, refund_id))
+
+
+@app.get("/v1/refunds")
+def list_refunds(
+    charge: Annotated[str | None, Query(max_length=255)] = None,
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+) -> Response[dict[str, Any]]:
+    refuse_card_numbers_in_query()
+    merchant = secret_key_merchant()
+    return _json(
+        200,
+        services().refunds.list(
+            merchant,
+            charge_id=charge,
+            limit=limit,
+            starting_after=starting_after,
+            ending_before=ending_before,
+        ),
+    )
+
+
+@app.get("/v1/charges/<charge_id>/refunds")
+def list_charge_refunds(
+    charge_id: str,
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+) -> Response[dict[str, Any]]:
+    refuse_card_numbers_in_query()
+    merchant = secret_key_merchant()
+    return _json(
+        200,
+        services().refunds.list(
+            merchant,
+            charge_id=charge_id,
+            limit=limit,
+            starting_after=starting_after,
+            ending_before=ending_before,
+        ),
+    )
+
+
+@app.get("/v1/balance")
+def retrieve_balance() -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    return _json(200, balance.balance_object(services().store, merchant.id, services().shards))
+
+
+@app.get("/v1/balance_transactions/<txn_id>")
+def retrieve_balance_transaction(txn_id: str) -> Response[dict[str, Any]]:
+    refuse_card_numbers_in_query()
+    merchant = secret_key_merchant()
+    item = listing.get_owned(services().store, merchant.id, txn_id, "txn")
+    return _json(200, balance.transaction_object(item))
+
+
+@app.get("/v1/balance_transactions")
+def list_balance_transactions(
+    limit: ListLimit = 10, starting_after: Cursor = None, ending_before: Cursor = None
+) -> Response[dict[str, Any]]:
+    refuse_card_numbers_in_query()
+    merchant = secret_key_merchant()
+    return _json(
+        200,
+        listing.page(
+            services().store,
+            merchant.id,
+            "txn",
+            url="/v1/balance_transactions",
+            render=balance.transaction_object,
+            limit=limit,
+            starting_after=starting_after,
+            ending_before=ending_before,
         ),
     )
 

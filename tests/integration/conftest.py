@@ -151,7 +151,7 @@ def ledger_balances_after_each_test(request: pytest.FixtureRequest) -> Iterator[
 
 
 def journals_for(stack: Stack, charge_id: str) -> list[dict[str, Any]]:
-    return [j for j in stack.store().scan("JOURNAL#") if j["charge"] == charge_id]
+    return stack.store().query_partition(f"CHARGE#{charge_id}", "JOURNAL#")
 
 
 def charges_with_key(stack: Stack, merchant_id: str, key: str) -> list[dict[str, Any]]:

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 
 from clearline import ledger
 from clearline.store import Store, TransactionCancelled, Write
+
+SHARDS = ledger.ShardPolicy()
 
 
 def journal(jid: str, entries: tuple[ledger.Entry, ...], currency: str = "usd") -> ledger.Journal:
@@ -20,6 +23,19 @@ def journal(jid: str, entries: tuple[ledger.Entry, ...], currency: str = "usd") 
     )
 
 
+def charge(**fields: Any) -> dict[str, Any]:
+    return {
+        "pk": "CHARGE#ch_1",
+        "sk": "CHARGE",
+        "id": "ch_1",
+        "currency": "usd",
+        "amount": 5000,
+        "amount_captured": 0,
+        "amount_refunded": 0,
+        **fields,
+    }
+
+
 def test_unbalanced_journals_cannot_be_built() -> None:
     with pytest.raises(ledger.UnbalancedJournal):
         journal("j1", (ledger.Entry("a:usd", "debit", 100), ledger.Entry("b:usd", "credit", 99)))
@@ -31,27 +47,54 @@ def test_unbalanced_journals_cannot_be_built() -> None:
                 ledger.Entry("b:usd", "credit", 100),
             ),
         )
-    with pytest.raises(ledger.UnbalancedJournal):
-        journal("j3", (ledger.Entry("a:usd", "debit", 100), ledger.Entry("a:usd", "credit", 100)))
+    with pytest.raises(ledger.UnbalancedJournal):  # one currency per journal
+        journal("j3", (ledger.Entry("a:usd", "debit", 100), ledger.Entry("b:eur", "credit", 100)))
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        ledger.capture_entries("acct_1", "usd", 5000, 150),
+        ledger.hold_entries("acct_1", "usd", 5000),
+        ledger.release_hold_entries("acct_1", "usd", 5000),
+        ledger.capture_hold_entries("acct_1", "usd", 20000, 18000, 540),
+        ledger.refund_entries("acct_1", "usd", 5000),
+    ],
+)
+def test_every_posting_rule_balances(entries: tuple[ledger.Entry, ...]) -> None:
+    journal("j", entries)  # raises if not
 
 
 def test_posting_a_capture_updates_the_sharded_balances(store: Store) -> None:
-    entries = ledger.capture_entries("acct_1", "usd", 5000, 150)
-    store.transact(journal("jnl_1", entries).writes())
+    store.put(charge(amount_captured=5000))
+    store.transact(
+        journal("jnl_1", ledger.capture_entries("acct_1", "usd", 5000, 150)).writes(SHARDS)
+    )
     payable = ledger.account_balance(store, ledger.merchant_payable("acct_1", "usd"))
     assert (payable.credits_posted, payable.debits_posted) == (4850, 0)
     assert ledger.account_balance(store, ledger.fee_revenue("usd")).credits_posted == 150
     assert ledger.account_balance(store, ledger.processor_receivable("usd")).debits_posted == 5000
     report = ledger.verify(store)
-    assert (
-        report.ok
-        and report.journals == 1
-        and report.totals["usd"] == {"debits": 5000, "credits": 5000}
+    assert report.violations == []
+    assert report.journals == 1 and report.totals["usd"] == {"debits": 5000, "credits": 5000}
+
+
+def test_capturing_part_of_a_hold_releases_all_of_it(store: Store) -> None:
+    store.put(charge(amount=20000, amount_captured=18000))
+    store.transact(journal("jnl_h", ledger.hold_entries("acct_1", "usd", 20000)).writes(SHARDS))
+    store.transact(
+        journal("jnl_c", ledger.capture_hold_entries("acct_1", "usd", 20000, 18000, 540)).writes(
+            SHARDS
+        )
     )
+    receivable = ledger.account_balance(store, ledger.processor_receivable("usd"))
+    assert receivable.debits_pending == receivable.credits_pending == 20000
+    assert receivable.debits_posted == 18000
+    assert ledger.verify(store).ok
 
 
 def test_a_journal_is_written_once(store: Store) -> None:
-    writes = journal("jnl_once", ledger.capture_entries("acct_1", "usd", 5000, 150)).writes()
+    writes = journal("jnl_once", ledger.capture_entries("acct_1", "usd", 5000, 150)).writes(SHARDS)
     store.transact(writes)
     with pytest.raises(TransactionCancelled) as raised:
         store.transact(writes)
@@ -62,15 +105,31 @@ def test_a_journal_is_written_once(store: Store) -> None:
 def test_hot_account_writes_spread_over_its_shards() -> None:
     account = ledger.merchant_payable("acct_hot", "usd")
     shards = Counter(
-        journal(f"jnl_{i}", ledger.capture_entries("acct_hot", "usd", 1000, 30)).shard_of(account)
+        journal(f"jnl_{i}", ledger.capture_entries("acct_hot", "usd", 1000, 30)).shard_of(
+            account, SHARDS
+        )
         for i in range(3200)
     )
-    assert len(shards) == ledger.MERCHANT_SHARDS
-    assert max(shards.values()) < 3 * 3200 / ledger.MERCHANT_SHARDS
+    assert len(shards) == SHARDS.merchant
+    assert max(shards.values()) < 3 * 3200 / SHARDS.merchant
+
+
+def test_shard_counts_are_configurable_per_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        ledger.SHARDS_ENV, '{"merchant_payable:acct_big": 128, "fee_revenue:usd": 8}'
+    )
+    policy = ledger.ShardPolicy.from_env()
+    assert policy.count(ledger.merchant_payable("acct_big", "usd")) == 128
+    assert policy.count(ledger.merchant_payable("acct_small", "usd")) == policy.merchant
+    assert policy.count(ledger.fee_revenue("usd")) == 8
+    assert policy.count(ledger.fee_revenue("eur")) == policy.platform
 
 
 def test_verify_finds_a_shard_that_disagrees_with_its_entries(store: Store) -> None:
-    store.transact(journal("jnl_2", ledger.capture_entries("acct_1", "usd", 1000, 30)).writes())
+    store.put(charge(amount_captured=1000))
+    store.transact(
+        journal("jnl_2", ledger.capture_entries("acct_1", "usd", 1000, 30)).writes(SHARDS)
+    )
     store.transact(
         [
             Write.add(
@@ -80,27 +139,36 @@ def test_verify_finds_a_shard_that_disagrees_with_its_entries(store: Store) -> N
         ]
     )
     report = ledger.verify(store)
-    assert not report.ok
     assert any(ledger.fee_revenue("usd") in v for v in report.violations)
 
 
-def test_verify_finds_an_unbalanced_or_mixed_currency_journal(store: Store) -> None:
+def test_verify_finds_a_charge_that_disagrees_with_its_journals(store: Store) -> None:
+    store.put(charge(amount_captured=999))
+    store.transact(
+        journal("jnl_3", ledger.capture_entries("acct_1", "usd", 1000, 30)).writes(SHARDS)
+    )
+    assert any("amount_captured 999 != journals 1000" in v for v in ledger.verify(store).violations)
+
+
+def test_verify_finds_an_unbalanced_or_mixed_currency_journal_and_orphans(store: Store) -> None:
+    entries = [
+        {"account": "a:usd", "direction": "debit", "amount": 10, "pending": False},
+        {"account": "b:eur", "direction": "credit", "amount": 9, "pending": False},
+    ]
     store.put(
         {
-            "pk": "JOURNAL#bad",
-            "sk": "JOURNAL",
+            "pk": "CHARGE#ch_gone",
+            "sk": "JOURNAL#bad",
             "id": "bad",
             "currency": "usd",
-            "charge": "ch_x",
+            "charge": "ch_gone",
             "merchant": "acct_1",
             "operation": "x",
             "created": 0,
-            "entries": [
-                {"account": "a:usd", "direction": "debit", "amount": 10, "pending": False},
-                {"account": "b:eur", "direction": "credit", "amount": 9, "pending": False},
-            ],
+            "entries": entries,
         }
     )
     violations = ledger.verify(store).violations
     assert any("debits 10 != credits 9" in v for v in violations)
     assert any("b:eur is not in usd" in v for v in violations)
+    assert any("journals of ch_gone belong to no charge" in v for v in violations)

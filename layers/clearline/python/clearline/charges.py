@@ -1,10 +1,11 @@
-"""The charge state machine: create, retrieve and list charges.
+"""The charge state machine: create, capture, retrieve and list charges.
 
 Exactly-once creation rests on three things: the charge id is derived from
 (merchant, idempotency key), the processor is called with an idempotency key derived
 from the charge id, and the charge, its audit event and its journal are written in one
-transaction that refuses to overwrite an existing charge. A retry at any point therefore
-finds the first outcome instead of making a second one.
+transaction that refuses to overwrite an existing charge. Every later change is a
+conditional update on the charge plus an item unique to (charge, operation), written in
+the same transaction as its journal: a retry or a race cannot apply it twice.
 """
 
 from __future__ import annotations
@@ -13,52 +14,60 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from clearline import ledger, money
+from clearline import balance, ledger, listing, money
+from clearline.audit import Caller, audit_item
 from clearline.errors import (
+    ApiError,
     CardError,
     ConflictError,
     InvalidRequestError,
-    ResourceMissingError,
     ServiceUnavailableError,
 )
 from clearline.ids import derived_id
 from clearline.merchants import Merchant
-from clearline.params import ChargeCreateParams
-from clearline.processor import Authorization, ProcessorClient, ProcessorUnavailable, UnknownToken
-from clearline.store import Store, StoreUnavailable, TransactionCancelled, Write
+from clearline.params import ChargeCaptureParams, ChargeCreateParams
+from clearline.processor import (
+    Authorization,
+    ProcessorClient,
+    ProcessorRejected,
+    ProcessorUnavailable,
+    UnknownToken,
+)
+from clearline.store import Store, StoreUnavailable, Write, commit
 
-LIST_INDEX = "by_merchant"
-
-# Internal states; Stripe's `status` is derived from them.
+# Internal states; Stripe's `status`, `captured` and `refunded` are derived from them.
 PENDING, AUTHORIZED, CAPTURED, FAILED = "pending", "authorized", "captured", "failed"
+CANCELED, EXPIRED = "canceled", "expired"
 
 
-def _stripe_status(state: str) -> str:
-    return {PENDING: "pending", FAILED: "failed"}.get(state, "succeeded")
-
-
-def charge_key(charge_id: str) -> tuple[str, str]:
-    return f"CHARGE#{charge_id}", "CHARGE"
-
-
-def list_partition(merchant_id: str, kind: str) -> str:
-    return f"MERCHANT#{merchant_id}#{kind}"
+def charge_pk(charge_id: str) -> str:
+    return f"CHARGE#{charge_id}"
 
 
 def charge_object(item: dict[str, Any]) -> dict[str, Any]:
     """A stored charge in Stripe's shape."""
     card = item.get("card") or {}
-    status = _stripe_status(item["state"])
+    status = {PENDING: "pending", FAILED: "failed"}.get(item["state"], "succeeded")
+    # Stripe counts the uncaptured part of a partial capture, and a voided
+    # authorization, as refunded.
+    amount_refunded = item["amount_refunded"] + item.get("amount_released", 0)
+    refunds = listing.page_in_memory(
+        list((item.get("refunds") or {}).values()),
+        url=f"/v1/charges/{item['id']}/refunds",
+        limit=10,
+        starting_after=None,
+        ending_before=None,
+    )
     return {
         "id": item["id"],
         "object": "charge",
         "amount": item["amount"],
         "amount_captured": item["amount_captured"],
-        "amount_refunded": item["amount_refunded"],
+        "amount_refunded": amount_refunded,
         "balance_transaction": item.get("balance_transaction"),
         "billing_details": {"address": None, "email": None, "name": None, "phone": None},
         "calculated_statement_descriptor": item.get("statement_descriptor") or "CLEARLINE",
-        "captured": item["state"] == CAPTURED,
+        "captured": item["amount_captured"] > 0,
         "created": item["created"],
         "currency": item["currency"],
         "description": item.get("description"),
@@ -74,14 +83,8 @@ def charge_object(item: dict[str, Any]) -> dict[str, Any]:
         "payment_method": item.get("payment_method"),
         "payment_method_details": {"card": card, "type": "card"} if card else None,
         "receipt_url": None,
-        "refunded": False,
-        "refunds": {
-            "object": "list",
-            "data": [],
-            "has_more": False,
-            "total_count": 0,
-            "url": f"/v1/charges/{item['id']}/refunds",
-        },
+        "refunded": status == "succeeded" and amount_refunded == item["amount"],
+        "refunds": {**refunds, "total_count": len(item.get("refunds") or {})},
         "statement_descriptor": item.get("statement_descriptor"),
         "status": status,
     }
@@ -111,23 +114,53 @@ def _card_error(item: dict[str, Any]) -> CardError:
         code=item["failure_code"],
         decline_code=item.get("decline_code"),
         charge=item["id"],
-        param=None,
     )
+
+
+def not_capturable(item: dict[str, Any]) -> ApiError:
+    """Why a charge cannot be captured (or voided) any more, in Stripe's words."""
+    charge_id, state = item["id"], item["state"]
+    if state == CAPTURED:
+        return InvalidRequestError(
+            f"Charge {charge_id} has already been captured.", code="charge_already_captured"
+        )
+    if state == CANCELED:
+        return InvalidRequestError(
+            f"Charge {charge_id} has already been refunded.", code="charge_already_refunded"
+        )
+    if state == EXPIRED:
+        return InvalidRequestError(
+            f"Charge {charge_id} has expired: it was not captured within the authorization "
+            "window, and its hold was released.",
+            code="charge_expired_for_capture",
+        )
+    if state == FAILED:
+        return InvalidRequestError(
+            f"Charge {charge_id} failed and has nothing to capture.", code="charge_not_capturable"
+        )
+    return ConflictError(f"Charge {charge_id} is still being processed; retry shortly.")
 
 
 class ChargeService:
     def __init__(
-        self, store: Store, processor: ProcessorClient, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        processor: ProcessorClient,
+        shards: ledger.ShardPolicy | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.processor = processor
+        self.shards = shards or ledger.ShardPolicy()
         self.clock = clock
 
-    def _existing(self, charge_id: str) -> dict[str, Any] | None:
+    def _get(self, charge_id: str) -> dict[str, Any] | None:
         try:
-            return self.store.get(*charge_key(charge_id))
+            return self.store.get(charge_pk(charge_id), "CHARGE")
         except StoreUnavailable as exc:
-            raise ServiceUnavailableError("The charge store did not answer; retry.") from exc
+            raise ServiceUnavailableError(
+                "Clearline could not reach its data store; retry."
+            ) from exc
 
     def _settled(self, item: dict[str, Any]) -> dict[str, Any]:
         """The response for a stored charge: a failed one is a 402, as it was the first time."""
@@ -135,14 +168,12 @@ class ChargeService:
             raise _card_error(item)
         return charge_object(item)
 
+    # ---- create ---------------------------------------------------------------------------
+
     def create(
-        self,
-        merchant: Merchant,
-        params: ChargeCreateParams,
-        *,
-        idempotency_key: str,
-        request_id: str,
+        self, caller: Caller, params: ChargeCreateParams, *, idempotency_key: str
     ) -> dict[str, Any]:
+        merchant = caller.merchant
         cur = money.currency(params.currency)
         money.check_charge_amount(params.amount, cur)
         token = params.source or params.payment_method
@@ -153,7 +184,7 @@ class ChargeService:
         token_param = "source" if params.source else "payment_method"
 
         charge_id = derived_id("ch", merchant.id, idempotency_key)
-        existing = self._existing(charge_id)
+        existing = self._get(charge_id)
         if existing is not None:
             if (
                 existing["merchant"] != merchant.id
@@ -183,18 +214,37 @@ class ChargeService:
             ) from exc
 
         now = self.clock()
-        item = self._charge_item(
-            merchant, params, charge_id, token, auth, now, idempotency_key, request_id
-        )
+        item = self._charge_item(merchant, params, charge_id, token, auth, now, idempotency_key)
         writes = [
             Write.put_new(item),
-            Write.put_new(self._audit_item(item, merchant, None, item["state"], request_id, now)),
+            Write.put_new(
+                audit_item(
+                    item["pk"],
+                    charge_id,
+                    caller=caller,
+                    operation="create",
+                    from_state=None,
+                    to_state=item["state"],
+                    now=now,
+                )
+            ),
         ]
-        if auth.approved:
-            writes += self._journal(merchant, item, now).writes()
-        if not self._commit(writes):
+        if item["state"] == CAPTURED:
+            writes += self._capture_records(item, merchant, params.amount, item["fee"], now, held=0)
+        elif item["state"] == AUTHORIZED:
+            journal = ledger.Journal(
+                id=derived_id("jnl", charge_id, "authorize"),
+                currency=item["currency"],
+                entries=ledger.hold_entries(merchant.id, item["currency"], params.amount),
+                charge_id=charge_id,
+                merchant_id=merchant.id,
+                operation="charge.authorize",
+                created=int(now),
+            )
+            writes += journal.writes(self.shards)
+        if commit(self.store, writes) is not None:
             # A concurrent request with the same key committed first: theirs stands.
-            item = self._existing(charge_id) or item
+            item = self._get(charge_id) or item
         return self._settled(item)
 
     def _charge_item(
@@ -206,23 +256,24 @@ class ChargeService:
         auth: Authorization,
         now: float,
         idempotency_key: str,
-        request_id: str,
     ) -> dict[str, Any]:
         state = (CAPTURED if params.capture else AUTHORIZED) if auth.approved else FAILED
-        created_ms = int(now * 1000)
+        captured = params.amount if state == CAPTURED else 0
         item: dict[str, Any] = {
-            "pk": charge_key(charge_id)[0],
+            "pk": charge_pk(charge_id),
             "sk": "CHARGE",
-            "gsi1pk": list_partition(merchant.id, "charge"),
-            "gsi1sk": f"{created_ms:013d}#{charge_id}",
+            **listing.list_keys(merchant.id, "ch", int(now * 1000), charge_id),
             "id": charge_id,
             "merchant": merchant.id,
             "state": state,
-            "version": 1,
             "amount": params.amount,
             "currency": params.currency.lower(),
-            "amount_captured": params.amount if state == CAPTURED else 0,
+            "amount_captured": captured,
             "amount_refunded": 0,
+            "amount_released": 0,
+            # What refunds may still take: decremented under a condition, never below zero.
+            "refundable": captured,
+            "refunds": {},
             "description": params.description,
             "metadata": dict(params.metadata),
             "statement_descriptor": params.statement_descriptor,
@@ -231,9 +282,7 @@ class ChargeService:
             "outcome": _outcome(auth),
             "processor_authorization": auth.id,
             "created": int(now),
-            "created_ms": created_ms,
             "idempotency_key": idempotency_key,
-            "request_id": request_id,
         }
         if state == FAILED:
             item.update(
@@ -241,70 +290,140 @@ class ChargeService:
                 decline_code=auth.decline_code,
                 failure_message=auth.message or "Your card was declined.",
             )
-        else:
-            fee = merchant.fee_for(params.amount) if state == CAPTURED else 0
-            item.update(fee=fee)
+        elif state == CAPTURED:
+            item.update(
+                fee=merchant.fee_for(captured),
+                balance_transaction=derived_id("txn", charge_id, "capture"),
+            )
         return item
 
-    @staticmethod
-    def _audit_item(
+    def _capture_records(
+        self,
         item: dict[str, Any],
         merchant: Merchant,
-        from_state: str | None,
-        to_state: str,
-        request_id: str,
+        captured: int,
+        fee: int,
         now: float,
-    ) -> dict[str, Any]:
-        return {
-            "pk": item["pk"],
-            "sk": f"AUDIT#{item['version']:04d}",
-            "actor": merchant.id,
-            "at": int(now * 1000),
-            "from_state": from_state,
-            "to_state": to_state,
-            "request_id": request_id,
-            "object": item["id"],
-        }
-
-    @staticmethod
-    def _journal(merchant: Merchant, item: dict[str, Any], now: float) -> ledger.Journal:
-        if item["state"] == CAPTURED:
-            operation = "charge.capture"
-            entries = ledger.capture_entries(
-                merchant.id, item["currency"], item["amount"], item["fee"]
-            )
-        else:
-            operation = "charge.authorize"
-            entries = ledger.authorization_hold_entries(
-                merchant.id, item["currency"], item["amount"]
-            )
-        return ledger.Journal(
-            id=derived_id("jnl", item["id"], operation),
-            currency=item["currency"],
+        *,
+        held: int,
+    ) -> list[Write]:
+        """The journal and balance transaction of a capture (of a hold of `held`, if any)."""
+        charge_id, currency = item["id"], item["currency"]
+        entries = (
+            ledger.capture_hold_entries(merchant.id, currency, held, captured, fee)
+            if held
+            else ledger.capture_entries(merchant.id, currency, captured, fee)
+        )
+        journal = ledger.Journal(
+            id=derived_id("jnl", charge_id, "capture"),
+            currency=currency,
             entries=entries,
-            charge_id=item["id"],
+            charge_id=charge_id,
             merchant_id=merchant.id,
-            operation=operation,
+            operation="charge.capture",
             created=int(now),
         )
+        txn = balance.transaction_item(
+            derived_id("txn", charge_id, "capture"),
+            merchant_id=merchant.id,
+            kind="charge",
+            source=charge_id,
+            amount=captured,
+            fee=fee,
+            currency=currency,
+            now=now,
+            description=item.get("description"),
+        )
+        return [*journal.writes(self.shards), Write.put_new(txn)]
 
-    def _commit(self, writes: list[Write]) -> bool:
-        """True if written; False if the first item (the new object) already existed."""
+    # ---- capture --------------------------------------------------------------------------
+
+    def capture(
+        self, caller: Caller, charge_id: str, params: ChargeCaptureParams
+    ) -> dict[str, Any]:
+        merchant = caller.merchant
+        item = listing.get_owned(self.store, merchant.id, charge_id, "ch")
+        if item["state"] != AUTHORIZED:
+            raise not_capturable(item)
+        amount = item["amount"] if params.amount is None else params.amount
+        if not 0 < amount <= item["amount"]:
+            raise InvalidRequestError(
+                f"Capture amount must be between 1 and the authorized {item['amount']}.",
+                param="amount",
+                code="amount_too_large" if amount > 0 else "amount_too_small",
+            )
         try:
-            self.store.transact(writes)
-            return True
-        except TransactionCancelled as exc:
-            if exc.failed_at(0):
-                return False
-            raise ConflictError("The charge was being changed by another request; retry.") from exc
-        except StoreUnavailable as exc:
-            raise ServiceUnavailableError("The charge store did not answer; retry.") from exc
+            self.processor.capture(
+                idempotency_key=f"{charge_id}:capture",
+                authorization_id=item["processor_authorization"],
+                amount=amount,
+            )
+        except ProcessorUnavailable as exc:
+            raise ServiceUnavailableError(
+                "The card processor did not answer in time; retry with the same Idempotency-Key.",
+                code="processor_unavailable",
+            ) from exc
+        except ProcessorRejected as exc:
+            # Another capture or a void got to the processor first; the charge says which.
+            current = self._get(charge_id) or item
+            if current["state"] != AUTHORIZED:
+                raise not_capturable(current) from exc
+            raise ConflictError(
+                f"Charge {charge_id} is being changed by another request; retry shortly."
+            ) from exc
+
+        now = self.clock()
+        fee = merchant.fee_for(amount)
+        txn_id = derived_id("txn", charge_id, "capture")
+        writes = [
+            Write(
+                "Update",
+                key={"pk": item["pk"], "sk": "CHARGE"},
+                update="SET #state = :captured, amount_captured = :c, amount_released = :r, "
+                "refundable = :c, fee = :fee, balance_transaction = :txn",
+                condition="#state = :authorized",
+                names={"#state": "state"},
+                values={
+                    ":captured": CAPTURED,
+                    ":authorized": AUTHORIZED,
+                    ":c": amount,
+                    ":r": item["amount"] - amount,
+                    ":fee": fee,
+                    ":txn": txn_id,
+                },
+            ),
+            Write.put_new(
+                {
+                    "pk": item["pk"],
+                    "sk": "OP#capture",
+                    "amount": amount,
+                    "request_id": caller.request_id,
+                    "at": int(now * 1000),
+                }
+            ),
+            Write.put_new(
+                audit_item(
+                    item["pk"],
+                    charge_id,
+                    caller=caller,
+                    operation="capture",
+                    from_state=AUTHORIZED,
+                    to_state=CAPTURED,
+                    now=now,
+                )
+            ),
+            *self._capture_records(item, merchant, amount, fee, now, held=item["amount"]),
+        ]
+        cancelled = commit(self.store, writes)
+        current = self._get(charge_id) or item
+        if cancelled is not None:
+            raise not_capturable(current)
+        return charge_object(current)
+
+    # ---- read -----------------------------------------------------------------------------
 
     def retrieve(self, merchant: Merchant, charge_id: str) -> dict[str, Any]:
-        item = self._existing(charge_id)
-        if item is None or item["merchant"] != merchant.id:
-            raise ResourceMissingError("charge", charge_id)
-        return charge_object(item)
+        return charge_object(listing.get_owned(self.store, merchant.id, charge_id, "ch"))
 
     def list(
         self,
@@ -314,37 +433,13 @@ class ChargeService:
         starting_after: str | None,
         ending_before: str | None,
     ) -> dict[str, Any]:
-        before = after = None
-        if starting_after:
-            before = self._cursor(merchant, starting_after, "starting_after")
-        elif ending_before:
-            after = self._cursor(merchant, ending_before, "ending_before")
-        try:
-            items = self.store.query_index(
-                LIST_INDEX,
-                "gsi1pk",
-                list_partition(merchant.id, "charge"),
-                "gsi1sk",
-                before=before,
-                after=after,
-                newest_first=after is None,
-                limit=limit + 1,
-            )
-        except StoreUnavailable as exc:
-            raise ServiceUnavailableError("The charge store did not answer; retry.") from exc
-        has_more = len(items) > limit
-        items = items[:limit]
-        if after is not None:
-            items.reverse()  # fetched oldest first to find the page just before the cursor
-        return {
-            "object": "list",
-            "url": "/v1/charges",
-            "has_more": has_more,
-            "data": [charge_object(i) for i in items],
-        }
-
-    def _cursor(self, merchant: Merchant, charge_id: str, param: str) -> str:
-        item = self._existing(charge_id)
-        if item is None or item["merchant"] != merchant.id:
-            raise ResourceMissingError("charge", charge_id, param=param)
-        return str(item["gsi1sk"])
+        return listing.page(
+            self.store,
+            merchant.id,
+            "ch",
+            url="/v1/charges",
+            render=charge_object,
+            limit=limit,
+            starting_after=starting_after,
+            ending_before=ending_before,
+        )

@@ -1,29 +1,31 @@
 """The double-entry ledger: posting rules, balanced journals, sharded account balances.
 
 Accounts (one per currency; see the README's chart of accounts):
-- `processor_receivable:{cur}`   asset: what the processor owes us for captured charges
+- `processor_receivable:{cur}`        asset: what the processor owes us for charges
 - `merchant_payable:{merchant}:{cur}` liability: what we owe the merchant
-- `fee_revenue:{cur}`            income: our fees
+- `fee_revenue:{cur}`                 income: our fees
 
-Entries are either posted (money moved) or pending (an authorization hold, as
-TigerBeetle's pending transfers): a hold is later posted or voided by a new journal,
-never by changing the old one. Journals are immutable items; balances live in shard
-items that only ever receive ADDs, so a hot account spreads its writes over N items.
+Entries are posted (money moved) or pending (an authorization hold, as TigerBeetle's
+pending transfers): a hold is later posted or voided by a new journal, never by changing
+the old one. Journals are immutable items in their charge's partition; balances live in
+shard items that only ever receive ADDs, so a hot account spreads its writes over N items.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from clearline.store import Store, Write
 
 Direction = Literal["debit", "credit"]
-
-PLATFORM_SHARDS = 64  # processor receivable and fee revenue take every charge's writes
-MERCHANT_SHARDS = 32  # one merchant may be most of the peak traffic
+COUNTERS = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
+SHARDS_ENV = "CLEARLINE_ACCOUNT_SHARDS"
 
 
 def processor_receivable(currency: str) -> str:
@@ -38,8 +40,31 @@ def fee_revenue(currency: str) -> str:
     return f"fee_revenue:{currency}"
 
 
-def shard_count(account: str) -> int:
-    return MERCHANT_SHARDS if account.startswith("merchant_payable:") else PLATFORM_SHARDS
+@dataclass(frozen=True)
+class ShardPolicy:
+    """How many balance items each account's writes spread over.
+
+    Platform accounts take a write from every charge of every merchant; a merchant's
+    accounts take all of that merchant's. At 10,000 charges per second, 64 shards keep
+    each item near 160 writes per second. Overrides name an account (or an account
+    prefix, such as `merchant_payable:acct_big`) and may only ever grow: a balance is
+    read over the current count, so shards written under a smaller count are still read.
+    """
+
+    platform: int = 64
+    merchant: int = 32
+    overrides: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> ShardPolicy:
+        raw = os.environ.get(SHARDS_ENV)
+        return cls(overrides=json.loads(raw)) if raw else cls()
+
+    def count(self, account: str) -> int:
+        matches = [prefix for prefix in self.overrides if account.startswith(prefix)]
+        if matches:
+            return int(self.overrides[max(matches, key=len)])
+        return self.merchant if account.startswith("merchant_") else self.platform
 
 
 @dataclass(frozen=True)
@@ -48,6 +73,10 @@ class Entry:
     direction: Direction
     amount: int
     pending: bool = False
+
+    @property
+    def counter(self) -> str:
+        return f"{self.direction}s_{'pending' if self.pending else 'posted'}"
 
     def as_item(self) -> dict[str, Any]:
         return {
@@ -69,9 +98,9 @@ class Journal:
     entries: tuple[Entry, ...]
     charge_id: str
     merchant_id: str
-    operation: str  # e.g. "charge.capture", "charge.authorize"
+    operation: str  # charge.capture, charge.authorize, charge.void, refund ...
     created: int
-    memo: str = ""
+    source: str = ""  # the object the movement belongs to (ch_, re_)
 
     def __post_init__(self) -> None:
         for pending in (False, True):
@@ -85,46 +114,46 @@ class Journal:
                 raise UnbalancedJournal(f"journal {self.id}: debits {debits} != credits {credits}")
         if any(e.amount < 0 for e in self.entries):
             raise UnbalancedJournal(f"journal {self.id}: negative entry")
-        accounts = [e.account for e in self.entries]
-        if len(accounts) != len(set(accounts)):
-            # A transaction may touch each shard item once; merged entries keep it so.
-            raise UnbalancedJournal(f"journal {self.id}: an account appears twice")
+        if any(not e.account.endswith(f":{self.currency}") for e in self.entries):
+            raise UnbalancedJournal(f"journal {self.id}: an entry is not in {self.currency}")
 
-    def shard_of(self, account: str) -> int:
+    def shard_of(self, account: str, shards: ShardPolicy) -> int:
         digest = hashlib.sha256(f"{self.id}:{account}".encode()).digest()
-        return int.from_bytes(digest[:4], "big") % shard_count(account)
+        return int.from_bytes(digest[:4], "big") % shards.count(account)
 
-    def writes(self) -> list[Write]:
-        """The journal item (written once) and an ADD on one shard of each account."""
+    def writes(self, shards: ShardPolicy) -> list[Write]:
+        """The journal item (written once) and one ADD on one shard of each account."""
+        entries = [e for e in self.entries if e.amount > 0]
         journal_item = {
-            "pk": f"JOURNAL#{self.id}",
-            "sk": "JOURNAL",
+            "pk": f"CHARGE#{self.charge_id}",
+            "sk": f"JOURNAL#{self.id}",
             "id": self.id,
             "currency": self.currency,
-            "entries": [e.as_item() for e in self.entries if e.amount > 0],
+            "entries": [e.as_item() for e in entries],
             "charge": self.charge_id,
             "merchant": self.merchant_id,
             "operation": self.operation,
+            "source": self.source or self.charge_id,
             "created": self.created,
-            "memo": self.memo,
         }
         writes = [Write.put_new(journal_item)]
-        for entry in self.entries:
-            if entry.amount == 0:
-                continue
-            phase = "pending" if entry.pending else "posted"
-            shard = self.shard_of(entry.account)
+        # A transaction may touch an item once: an account's counters go in one ADD.
+        per_account: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for entry in entries:
+            per_account[entry.account][entry.counter] += entry.amount
+        for account, counters in per_account.items():
+            shard = self.shard_of(account, shards)
             writes.append(
-                Write.add(
-                    {"pk": f"ACCOUNT#{entry.account}#{shard}", "sk": "BALANCE"},
-                    {f"{entry.direction}s_{phase}": entry.amount},
-                )
+                Write.add({"pk": f"ACCOUNT#{account}#{shard}", "sk": "BALANCE"}, dict(counters))
             )
         return writes
 
 
+# ---- posting rules ------------------------------------------------------------------------
+
+
 def capture_entries(merchant_id: str, currency: str, amount: int, fee: int) -> tuple[Entry, ...]:
-    """A captured charge: the processor owes us the amount; the merchant is owed it less our fee."""
+    """Captured money: the processor owes us the amount; the merchant is owed it less our fee."""
     return (
         Entry(processor_receivable(currency), "debit", amount),
         Entry(merchant_payable(merchant_id, currency), "credit", amount - fee),
@@ -132,12 +161,40 @@ def capture_entries(merchant_id: str, currency: str, amount: int, fee: int) -> t
     )
 
 
-def authorization_hold_entries(merchant_id: str, currency: str, amount: int) -> tuple[Entry, ...]:
+def hold_entries(merchant_id: str, currency: str, amount: int) -> tuple[Entry, ...]:
     """An uncaptured authorization: the same accounts, as pending amounts, with no fee yet."""
     return (
         Entry(processor_receivable(currency), "debit", amount, pending=True),
         Entry(merchant_payable(merchant_id, currency), "credit", amount, pending=True),
     )
+
+
+def release_hold_entries(merchant_id: str, currency: str, amount: int) -> tuple[Entry, ...]:
+    """Voids a hold: the pending amounts reversed."""
+    return (
+        Entry(processor_receivable(currency), "credit", amount, pending=True),
+        Entry(merchant_payable(merchant_id, currency), "debit", amount, pending=True),
+    )
+
+
+def capture_hold_entries(
+    merchant_id: str, currency: str, held: int, captured: int, fee: int
+) -> tuple[Entry, ...]:
+    """Captures part or all of a hold: the whole hold is released, the captured part posted."""
+    return release_hold_entries(merchant_id, currency, held) + capture_entries(
+        merchant_id, currency, captured, fee
+    )
+
+
+def refund_entries(merchant_id: str, currency: str, amount: int) -> tuple[Entry, ...]:
+    """A refund comes out of the merchant's balance in full: our fee is not returned."""
+    return (
+        Entry(merchant_payable(merchant_id, currency), "debit", amount),
+        Entry(processor_receivable(currency), "credit", amount),
+    )
+
+
+# ---- balances and verification ------------------------------------------------------------
 
 
 @dataclass
@@ -148,21 +205,46 @@ class AccountBalance:
     debits_pending: int = 0
     credits_pending: int = 0
 
+    def add(self, counters: Mapping[str, Any]) -> None:
+        for name in COUNTERS:
+            setattr(self, name, getattr(self, name) + int(counters.get(name, 0)))
 
-def account_balance(store: Store, account: str) -> AccountBalance:
-    """The sum of an account's shards."""
-    keys = [(f"ACCOUNT#{account}#{n}", "BALANCE") for n in range(shard_count(account))]
-    total = AccountBalance(account)
+    @property
+    def credit_balance(self) -> int:
+        """Posted credits less debits: what a liability (a merchant's payable) holds."""
+        return self.credits_posted - self.debits_posted
+
+
+def account_balances(
+    store: Store, accounts: list[str], shards: ShardPolicy
+) -> dict[str, AccountBalance]:
+    """Each account's balance: the sum of its shards, read in batches."""
+    keys = [
+        (f"ACCOUNT#{account}#{n}", "BALANCE")
+        for account in accounts
+        for n in range(shards.count(account))
+    ]
+    totals = {account: AccountBalance(account) for account in accounts}
     for shard in store.get_many(keys):
-        for name in ("debits_posted", "credits_posted", "debits_pending", "credits_pending"):
-            setattr(total, name, getattr(total, name) + int(shard.get(name, 0)))
-    return total
+        totals[_account_of(shard["pk"])].add(shard)
+    return totals
+
+
+def account_balance(
+    store: Store, account: str, shards: ShardPolicy | None = None
+) -> AccountBalance:
+    return account_balances(store, [account], shards or ShardPolicy())[account]
+
+
+def _account_of(shard_pk: str) -> str:
+    return shard_pk.removeprefix("ACCOUNT#").rsplit("#", 1)[0]
 
 
 @dataclass
 class VerifyReport:
     journals: int = 0
     accounts: int = 0
+    charges: int = 0
     totals: dict[str, dict[str, int]] = field(default_factory=dict)  # currency -> debits/credits
     violations: list[str] = field(default_factory=list)
 
@@ -171,40 +253,84 @@ class VerifyReport:
         return not self.violations
 
 
+def _check_journal(journal: dict[str, Any], report: VerifyReport) -> dict[tuple[bool, str], int]:
+    sums: dict[tuple[bool, str], int] = defaultdict(int)
+    for entry in journal["entries"]:
+        sums[(entry["pending"], entry["direction"])] += entry["amount"]
+        if not entry["account"].endswith(f":{journal['currency']}"):
+            report.violations.append(
+                f"{journal['id']}: {entry['account']} is not in {journal['currency']}"
+            )
+    for pending in (False, True):
+        debits, credits = sums[(pending, "debit")], sums[(pending, "credit")]
+        if debits != credits:
+            report.violations.append(f"{journal['id']}: debits {debits} != credits {credits}")
+    return sums
+
+
+def _check_charge(
+    charge: dict[str, Any], journals: list[dict[str, Any]], report: VerifyReport
+) -> None:
+    """A charge's captured and refunded amounts are what its journals moved."""
+    receivable = processor_receivable(charge["currency"])
+    captured = refunded = 0
+    for journal in journals:
+        for entry in journal["entries"]:
+            if entry["account"] != receivable or entry["pending"]:
+                continue
+            if entry["direction"] == "debit":
+                captured += entry["amount"]
+            elif journal["operation"] == "refund":
+                refunded += entry["amount"]
+    if captured != charge["amount_captured"]:
+        report.violations.append(
+            f"{charge['id']}: amount_captured {charge['amount_captured']} != journals {captured}"
+        )
+    if refunded != charge["amount_refunded"]:
+        report.violations.append(
+            f"{charge['id']}: amount_refunded {charge['amount_refunded']} != journals {refunded}"
+        )
+    if charge["amount_captured"] > charge["amount"]:
+        report.violations.append(f"{charge['id']}: captured more than authorized")
+    if charge["amount_refunded"] > charge["amount_captured"]:
+        report.violations.append(f"{charge['id']}: refunded more than captured")
+
+
 def verify(store: Store) -> VerifyReport:
-    """Check the whole ledger: every journal balances, and shards equal their entries."""
+    """Check the whole ledger: journals balance, shards equal entries, charges equal journals."""
     report = VerifyReport()
     from_entries: dict[str, AccountBalance] = {}
-    for journal in store.scan("JOURNAL#"):
-        report.journals += 1
-        sums: dict[tuple[bool, str], int] = defaultdict(int)
-        for entry in journal["entries"]:
-            sums[(entry["pending"], entry["direction"])] += entry["amount"]
-            if not entry["account"].endswith(f":{journal['currency']}"):
-                report.violations.append(
-                    f"{journal['id']}: {entry['account']} is not in {journal['currency']}"
-                )
-            balance = from_entries.setdefault(entry["account"], AccountBalance(entry["account"]))
-            phase = "pending" if entry["pending"] else "posted"
-            name = f"{entry['direction']}s_{phase}"
-            setattr(balance, name, getattr(balance, name) + entry["amount"])
-        for pending in (False, True):
-            debits, credits = sums[(pending, "debit")], sums[(pending, "credit")]
-            if debits != credits:
-                report.violations.append(f"{journal['id']}: debits {debits} != credits {credits}")
-        totals = report.totals.setdefault(journal["currency"], {"debits": 0, "credits": 0})
-        totals["debits"] += sums[(False, "debit")]
-        totals["credits"] += sums[(False, "credit")]
     from_shards: dict[str, AccountBalance] = {}
-    for shard in store.scan("ACCOUNT#"):
-        account = shard["pk"].removeprefix("ACCOUNT#").rsplit("#", 1)[0]
-        balance = from_shards.setdefault(account, AccountBalance(account))
-        for name in ("debits_posted", "credits_posted", "debits_pending", "credits_pending"):
-            setattr(balance, name, getattr(balance, name) + int(shard.get(name, 0)))
-    report.accounts = len(set(from_entries) | set(from_shards))
-    for account in sorted(set(from_entries) | set(from_shards)):
+    charges: dict[str, dict[str, Any]] = {}
+    journals_by_charge: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in store.scan():
+        if item["sk"] == "CHARGE":
+            charges[item["id"]] = item
+        elif item["sk"].startswith("JOURNAL#"):
+            report.journals += 1
+            journals_by_charge[item["charge"]].append(item)
+            sums = _check_journal(item, report)
+            for entry in item["entries"]:
+                balance = from_entries.setdefault(
+                    entry["account"], AccountBalance(entry["account"])
+                )
+                balance.add({Entry(**entry).counter: entry["amount"]})
+            totals = report.totals.setdefault(item["currency"], {"debits": 0, "credits": 0})
+            totals["debits"] += sums[(False, "debit")]
+            totals["credits"] += sums[(False, "credit")]
+        elif item["pk"].startswith("ACCOUNT#"):
+            account = _account_of(item["pk"])
+            from_shards.setdefault(account, AccountBalance(account)).add(item)
+    accounts = set(from_entries) | set(from_shards)
+    report.accounts = len(accounts)
+    for account in sorted(accounts):
         expected = from_entries.get(account, AccountBalance(account))
         actual = from_shards.get(account, AccountBalance(account))
         if expected != actual:
             report.violations.append(f"{account}: shards {actual} != entries {expected}")
+    for charge_id in sorted(set(journals_by_charge) - set(charges)):
+        report.violations.append(f"journals of {charge_id} belong to no charge")
+    report.charges = len(charges)
+    for charge_id, charge in charges.items():
+        _check_charge(charge, journals_by_charge.get(charge_id, []), report)
     return report

@@ -8,7 +8,7 @@ booleans for integers).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -87,6 +87,19 @@ class ChargeCreateParams(Params):
     expand: list[String] = Field(default_factory=list)
 
 
+class ChargeCaptureParams(Params):
+    amount: Integer | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+class RefundCreateParams(Params):
+    charge: String
+    amount: Integer | None = None
+    reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    expand: list[String] = Field(default_factory=list)
+
+
 P = TypeVar("P", bound=Params)
 
 
@@ -103,6 +116,8 @@ def _message(error: Any, param: str) -> str:
         return f"Received unknown parameter: {param}"
     if kind == "value_error":
         return str(error["ctx"]["error"])
+    if kind == "literal_error":
+        return f"Invalid {param}: must be one of {error['ctx']['expected']}"
     if kind in ("dict_type", "list_type", "model_type"):
         return (
             f"Invalid {param}: must be a hash" if kind != "list_type" else f"Invalid array: {param}"

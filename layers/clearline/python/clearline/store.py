@@ -176,6 +176,24 @@ class Store:
         )
         return [deserialize(raw) for raw in response.get("Items", [])]
 
+    def query_partition(self, pk: str, sk_prefix: str = "") -> list[dict[str, Any]]:
+        """Every item of one partition (whose sk starts with sk_prefix), strongly consistent."""
+        condition = "pk = :pk" + (" AND begins_with(sk, :sk)" if sk_prefix else "")
+        values = {":pk": pk, **({":sk": sk_prefix} if sk_prefix else {})}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": serialize(values),
+            "ConsistentRead": True,
+        }
+        items: list[dict[str, Any]] = []
+        while True:
+            response = self._call("query", **kwargs)
+            items.extend(deserialize(raw) for raw in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return items
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
     def scan(self, prefix: str | None = None) -> Iterator[dict[str, Any]]:
         """Every item whose pk starts with prefix: for verification tools, not request paths."""
         kwargs: dict[str, Any] = {"TableName": self.table_name}
@@ -208,3 +226,21 @@ class Store:
                 body["ExpressionAttributeNames"] = write.names
             items.append({write.action: body})
         self._call("transact_write_items", TransactItems=items)
+
+
+def commit(store: Store, writes: list[Write]) -> TransactionCancelled | None:
+    """Write all or nothing. Returns None when written, or the cancellation when a
+    condition failed (the caller knows which business rule that was). A conflict with a
+    concurrent transaction, or an unreachable store, is refused as retryable: never guessed.
+    """
+    from clearline.errors import ConflictError, ServiceUnavailableError
+
+    try:
+        store.transact(writes)
+        return None
+    except TransactionCancelled as exc:
+        if exc.condition_failed:
+            return exc
+        raise ConflictError("The object was being changed by another request; retry.") from exc
+    except StoreUnavailable as exc:
+        raise ServiceUnavailableError("Clearline could not reach its data store; retry.") from exc

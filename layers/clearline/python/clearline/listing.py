@@ -1,0 +1,111 @@
+"""Stripe's list shape over a merchant's objects, newest first, with cursor pagination.
+
+Every listable item carries `gsi1pk` (the merchant and the kind of object, named by its
+id prefix: ch, re, txn) and `gsi1sk` (creation time in milliseconds, then the id), so a
+page is one index query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from clearline.errors import ResourceMissingError, ServiceUnavailableError
+from clearline.store import Store, StoreUnavailable
+
+INDEX = "by_merchant"
+
+# id prefix -> (pk prefix, sk, the name Stripe uses in "No such ...")
+KINDS = {
+    "ch": ("CHARGE#", "CHARGE", "charge"),
+    "re": ("REFUND#", "REFUND", "refund"),
+    "txn": ("TXN#", "TXN", "balance transaction"),
+}
+
+
+def object_key(object_id: str) -> tuple[str, str]:
+    prefix = object_id.split("_", 1)[0]
+    pk_prefix, sk, _ = KINDS.get(prefix, ("UNKNOWN#", "UNKNOWN", ""))
+    return f"{pk_prefix}{object_id}", sk
+
+
+def list_keys(merchant_id: str, kind: str, created_ms: int, object_id: str) -> dict[str, str]:
+    """The index attributes that put an item in its merchant's list of `kind`."""
+    return {"gsi1pk": f"MERCHANT#{merchant_id}#{kind}", "gsi1sk": f"{created_ms:013d}#{object_id}"}
+
+
+def get_owned(
+    store: Store, merchant_id: str, object_id: str, kind: str, param: str = "id"
+) -> dict[str, Any]:
+    """The merchant's object, or 404: another merchant's object does not exist for them."""
+    try:
+        item = store.get(*object_key(object_id))
+    except StoreUnavailable as exc:
+        raise ServiceUnavailableError("Clearline could not reach its data store; retry.") from exc
+    if item is None or item.get("merchant") != merchant_id or not object_id.startswith(kind + "_"):
+        raise ResourceMissingError(KINDS.get(kind, ("", "", "object"))[2], object_id, param=param)
+    return item
+
+
+def page(
+    store: Store,
+    merchant_id: str,
+    kind: str,
+    *,
+    url: str,
+    render: Callable[[dict[str, Any]], dict[str, Any]],
+    limit: int,
+    starting_after: str | None,
+    ending_before: str | None,
+) -> dict[str, Any]:
+    before = after = None
+    if starting_after:
+        before = get_owned(store, merchant_id, starting_after, kind, "starting_after")["gsi1sk"]
+    elif ending_before:
+        after = get_owned(store, merchant_id, ending_before, kind, "ending_before")["gsi1sk"]
+    try:
+        items = store.query_index(
+            INDEX,
+            "gsi1pk",
+            f"MERCHANT#{merchant_id}#{kind}",
+            "gsi1sk",
+            before=before,
+            after=after,
+            newest_first=after is None,
+            limit=limit + 1,
+        )
+    except StoreUnavailable as exc:
+        raise ServiceUnavailableError("Clearline could not reach its data store; retry.") from exc
+    has_more = len(items) > limit
+    items = items[:limit]
+    if after is not None:
+        items.reverse()  # fetched oldest first, to find the page just before the cursor
+    return list_object(url, [render(i) for i in items], has_more)
+
+
+def list_object(url: str, data: Sequence[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {"object": "list", "url": url, "has_more": has_more, "data": list(data)}
+
+
+def page_in_memory(
+    objects: list[dict[str, Any]],
+    *,
+    url: str,
+    limit: int,
+    starting_after: str | None,
+    ending_before: str | None,
+) -> dict[str, Any]:
+    """A page of a short list held in one item (a charge's refunds), newest first."""
+    ordered = sorted(objects, key=lambda o: (o["created"], o["id"]), reverse=True)
+    ids = [o["id"] for o in ordered]
+    if starting_after:
+        if starting_after not in ids:
+            raise ResourceMissingError("refund", starting_after, param="starting_after")
+        rest = ordered[ids.index(starting_after) + 1 :]
+        return list_object(url, rest[:limit], len(rest) > limit)
+    if ending_before:
+        if ending_before not in ids:
+            raise ResourceMissingError("refund", ending_before, param="ending_before")
+        rest = ordered[: ids.index(ending_before)]
+        return list_object(url, rest[-limit:], len(rest) > limit)
+    return list_object(url, ordered[:limit], len(ordered) > limit)
