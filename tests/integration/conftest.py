@@ -86,6 +86,9 @@ class Stack:
             timeout=5,
         ).raise_for_status()
 
+    def clear_processor_faults(self) -> None:
+        requests.delete(f"{self.info.processor_url}/_sandbox/faults", timeout=5).raise_for_status()
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
