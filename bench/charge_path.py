@@ -21,13 +21,12 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import boto3
 import requests
+from in_process_api import InProcessApi
 
 from clearline.merchants import create_merchant
 from clearline.store import Store
-from clearline_local.frontdoor import build_event
-from clearline_local.lambda_runtime import REPO_ROOT, LocalLambdaContext, load_handler
+from clearline_local.lambda_runtime import REPO_ROOT
 from clearline_local.stack import LocalStack, aws_client
 
 BODY = b"amount=5000&currency=usd&source=tok_visa"
@@ -56,23 +55,10 @@ def throughput(url: str, secret: str, clients: int, charges: int) -> float:
 
 
 def dynamodb_calls_per_charge(stack: LocalStack, secret: str, charges: int) -> Counter[str]:
-    os.environ.update(stack.function_environment("api"))
     calls: Counter[str] = Counter()
-    boto3.setup_default_session()
-    assert boto3.DEFAULT_SESSION is not None
-    boto3.DEFAULT_SESSION.events.register(
-        "before-call.dynamodb", lambda model, **_: calls.update([model.name])
-    )
-    handler = load_handler(stack.topology.function("api"))
+    api = InProcessApi(stack, secret, lambda operation, _: calls.update([operation]))
     for _ in range(charges):
-        headers = [
-            ("Authorization", f"Bearer {secret}"),
-            ("Idempotency-Key", str(uuid.uuid4())),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ]
-        event = build_event("POST", "/v1/charges", headers, BODY, "127.0.0.1", "prod")
-        response = handler(event, LocalLambdaContext("api", 1024, 29, str(uuid.uuid4())))
-        assert response["statusCode"] == 200, response["body"]
+        api.post("/v1/charges", BODY)
     return calls
 
 

@@ -45,14 +45,16 @@ class ShardPolicy:
     """How many balance items each account's writes spread over.
 
     Platform accounts take a write from every charge of every merchant; a merchant's
-    accounts take all of that merchant's. At 10,000 charges per second, 64 shards keep
-    each item near 160 writes per second. Overrides name an account (or an account
-    prefix, such as `merchant_payable:acct_big`) and may only ever grow: a balance is
-    read over the current count, so shards written under a smaller count are still read.
+    accounts take all of that merchant's. A charge authorized and then captured writes
+    an account twice, so at 10,000 charges per second 128 shards keep each item near
+    160 writes per second, and 64 keep a merchant's near 300 (bench/hot_keys measures
+    it). Overrides name an account (or an account prefix, such as
+    `merchant_payable:acct_big`) and may only ever grow: a balance is read over the
+    current count, so shards written under a smaller count are still read.
     """
 
-    platform: int = 64
-    merchant: int = 32
+    platform: int = 128
+    merchant: int = 64
     overrides: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod

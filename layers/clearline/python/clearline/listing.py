@@ -1,19 +1,25 @@
 """Stripe's list shape over a merchant's objects, newest first, with cursor pagination.
 
-Every listable item carries `gsi1pk` (the merchant and the kind of object, named by its
-id prefix: ch, re, txn) and `gsi1sk` (creation time in milliseconds, then the id), so a
-page is one index query.
+Every listable item carries `gsi1pk` (the merchant, the kind of object named by its id
+prefix: ch, re, txn, and one of LIST_SHARDS shards) and `gsi1sk` (creation time in
+milliseconds, then the id). The shards keep one merchant's peak (10,000 charges a
+second) from landing on one index partition, ~300 writes a second each instead; a page
+queries every shard and merges them, newest first.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from clearline.errors import ResourceMissingError, ServiceUnavailableError
 from clearline.store import Store, StoreUnavailable
 
 INDEX = "by_merchant"
+LIST_SHARDS = 32
+_queries = ThreadPoolExecutor(max_workers=8, thread_name_prefix="list-shard")
 
 # id prefix -> (pk prefix, sk, the name Stripe uses in "No such ...")
 KINDS = {
@@ -29,9 +35,17 @@ def object_key(object_id: str) -> tuple[str, str]:
     return f"{pk_prefix}{object_id}", sk
 
 
+def _list_partition(merchant_id: str, kind: str, shard: int) -> str:
+    return f"MERCHANT#{merchant_id}#{kind}#{shard}"
+
+
 def list_keys(merchant_id: str, kind: str, created_ms: int, object_id: str) -> dict[str, str]:
     """The index attributes that put an item in its merchant's list of `kind`."""
-    return {"gsi1pk": f"MERCHANT#{merchant_id}#{kind}", "gsi1sk": f"{created_ms:013d}#{object_id}"}
+    shard = int.from_bytes(hashlib.sha256(object_id.encode()).digest()[:4], "big") % LIST_SHARDS
+    return {
+        "gsi1pk": _list_partition(merchant_id, kind, shard),
+        "gsi1sk": f"{created_ms:013d}#{object_id}",
+    }
 
 
 def get_owned(
@@ -63,19 +77,27 @@ def page(
         before = get_owned(store, merchant_id, starting_after, kind, "starting_after")["gsi1sk"]
     elif ending_before:
         after = get_owned(store, merchant_id, ending_before, kind, "ending_before")["gsi1sk"]
-    try:
-        items = store.query_index(
+    newest_first = after is None
+
+    def one_shard(shard: int) -> list[dict[str, Any]]:
+        return store.query_index(
             INDEX,
             "gsi1pk",
-            f"MERCHANT#{merchant_id}#{kind}",
+            _list_partition(merchant_id, kind, shard),
             "gsi1sk",
             before=before,
             after=after,
-            newest_first=after is None,
+            newest_first=newest_first,
             limit=limit + 1,
         )
+
+    try:
+        shards = list(_queries.map(one_shard, range(LIST_SHARDS)))
     except StoreUnavailable as exc:
         raise ServiceUnavailableError("Clearline could not reach its data store; retry.") from exc
+    items = sorted(
+        (i for shard in shards for i in shard), key=lambda i: str(i["gsi1sk"]), reverse=newest_first
+    )
     has_more = len(items) > limit
     items = items[:limit]
     if after is not None:
