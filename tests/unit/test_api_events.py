@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,15 +56,33 @@ def invoke(handler: Any, name: str, secret: str, **replace: str) -> dict[str, An
     return handler(json.loads(text), context)
 
 
-def test_every_route_has_a_sample_event() -> None:
-    assert sorted(p.stem for p in EVENTS.glob("*.json")) == [
-        "create_charge",
-        "list_charges",
-        "retrieve_charge",
-    ]
+def _routes() -> set[tuple[str, str]]:
+    """Every (method, path template) the api serves, from its OpenAPI document."""
+    load_handler(TOPOLOGY.function("api"))
+    import api_routes
+
+    schema = api_routes.app.get_openapi_json_schema()
+    return {
+        (method.upper(), path)
+        for path, ops in json.loads(schema)["paths"].items()
+        for method in ops
+    }
 
 
-def test_sample_events_through_the_handler(api: tuple[Any, str]) -> None:
+def _route_of(event: dict[str, Any]) -> tuple[str, str]:
+    for method, template in _routes():
+        pattern = "^" + re.sub(r"\{[^}]+\}", "[^/]+", template) + "$"
+        if event["httpMethod"] == method and re.match(pattern, event["path"]):
+            return method, template
+    raise AssertionError(f"no route serves {event['httpMethod']} {event['path']}")
+
+
+def test_every_route_has_a_sample_event(api: tuple[Any, str]) -> None:
+    covered = {_route_of(json.loads(p.read_text())) for p in EVENTS.glob("*.json")}
+    assert covered == _routes()
+
+
+def test_sample_events_through_the_handler(api: tuple[Any, str], store: Store) -> None:
     handler, secret = api
     created = invoke(handler, "create_charge", secret)
     assert created["statusCode"] == 200, created["body"]
@@ -76,13 +95,52 @@ def test_sample_events_through_the_handler(api: tuple[Any, str]) -> None:
     assert json.loads(replayed["body"])["id"] == charge["id"]
     assert replayed["multiValueHeaders"]["Idempotent-Replayed"] == ["true"]
 
-    fetched = invoke(handler, "retrieve_charge", secret, ch_sample=charge["id"])
-    assert fetched["statusCode"] == 200
-    assert json.loads(fetched["body"])["id"] == charge["id"]
-
+    ch = charge["id"]
+    fetched = invoke(handler, "retrieve_charge", secret, ch_sample=ch)
+    assert json.loads(fetched["body"])["id"] == ch
     listed = invoke(handler, "list_charges", secret)
-    assert listed["statusCode"] == 200
-    assert [c["id"] for c in json.loads(listed["body"])["data"]] == [charge["id"]]
+    assert [c["id"] for c in json.loads(listed["body"])["data"]] == [ch]
+
+    refund = body_of(invoke(handler, "create_refund", secret, ch_sample=ch))
+    assert (refund["amount"], refund["status"], refund["reason"]) == (
+        1000,
+        "succeeded",
+        "requested_by_customer",
+    )
+    assert (
+        body_of(invoke(handler, "retrieve_refund", secret, re_sample=refund["id"]))["id"]
+        == refund["id"]
+    )
+    for name in ("list_refunds", "list_charge_refunds"):
+        assert [r["id"] for r in body_of(invoke(handler, name, secret, ch_sample=ch))["data"]] == [
+            refund["id"]
+        ]
+
+    txns = body_of(invoke(handler, "list_balance_transactions", secret))["data"]
+    assert [t["type"] for t in txns] == ["refund", "charge"]
+    txn = body_of(invoke(handler, "retrieve_balance_transaction", secret, txn_sample=txns[1]["id"]))
+    assert (txn["amount"], txn["source"]) == (5000, ch)
+    balance = body_of(invoke(handler, "retrieve_balance", secret))
+    assert balance["pending"][0]["amount"] == 5000 - txn["fee"] - 1000
+
+    uncaptured = invoke(
+        handler,
+        "create_charge",
+        secret,
+        **{
+            "deadbe00": "deadbe77",
+            "8c1f4a5e": "11111111",
+            "source=tok_visa": "source=tok_visa&capture=false",
+        },
+    )
+    held = body_of(uncaptured)
+    captured = body_of(invoke(handler, "capture_charge", secret, ch_sample=held["id"]))
+    assert (captured["amount_captured"], captured["amount_refunded"]) == (4000, 1000)
+
+
+def body_of(response: dict[str, Any]) -> dict[str, Any]:
+    assert response["statusCode"] == 200, response["body"]
+    return dict(json.loads(response["body"]))
 
 
 def test_context_counts_down() -> None:
