@@ -1,10 +1,11 @@
-"""The Clearline stack: every table, layer, function and the REST API come from the topology."""
+"""The Clearline stack: every table, queue, bus, layer, function and the REST API come from
+the topology."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from aws_cdk import (
     Acknowledgment,
@@ -15,10 +16,15 @@ from aws_cdk import (
     Validations,
 )
 from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct, IConstruct
 
 from clearline.topology import (
@@ -26,9 +32,14 @@ from clearline.topology import (
     SERVICE_NAME,
     TOPOLOGY,
     ApiSpec,
+    BusSpec,
     FunctionSpec,
+    QueueSpec,
+    RuleSpec,
     TableSpec,
     Topology,
+    bus_env_var,
+    queue_env_var,
     table_env_var,
 )
 from infra_cdk.bundling import dependencies_layer_code
@@ -44,6 +55,24 @@ LOG_RETENTION = logs.RetentionDays.ONE_YEAR
 # Stage-wide limits sized to the design's peak of 10,000 payments per second.
 THROTTLE_RATE_LIMIT = 10_000
 THROTTLE_BURST_LIMIT = 5_000
+# Messages keep their first enqueue time when moved to a dead-letter queue, so dead-letter
+# queues keep them for SQS's maximum, longer than any source queue.
+DEAD_LETTER_RETENTION = Duration.days(14)
+# A failing stream batch blocks its shard while retried; after this many retries the
+# batch's position goes to the function's stream failure queue so later records flow.
+STREAM_RETRY_ATTEMPTS = 10
+# Keys of a topology event pattern -> fields of events.EventPattern.
+EVENT_PATTERN_FIELDS = {
+    "account": "account",
+    "detail": "detail",
+    "detail-type": "detail_type",
+    "id": "id",
+    "region": "region",
+    "resources": "resources",
+    "source": "source",
+    "time": "time",
+    "version": "version",
+}
 # One JSON line per request: enough to follow a request into the function's logs and
 # traces (requestId, xrayTraceId) and to tell API Gateway errors from function errors.
 # No headers or query strings: they can carry secret API keys.
@@ -68,13 +97,22 @@ def construct_name(key: str) -> str:
     return "".join(part.capitalize() for part in key.split("_"))
 
 
+def event_pattern(pattern: dict[str, Any]) -> events.EventPattern:
+    """A topology event pattern (EventBridge's JSON keys) as an events.EventPattern."""
+    unknown = set(pattern) - set(EVENT_PATTERN_FIELDS)
+    if unknown:
+        raise ValueError(f"unsupported event pattern keys: {sorted(unknown)}")
+    return events.EventPattern(**{EVENT_PATTERN_FIELDS[k]: v for k, v in pattern.items()})
+
+
 def acknowledge(scope: IConstruct, rule_id: str, reason: str) -> None:
     """Record a reviewed cdk-nag finding on `scope` (it covers every child construct)."""
     Validations.of(scope).acknowledge(Acknowledgment(id=rule_id, reason=reason))
 
 
 class ClearlineStack(Stack):
-    """DynamoDB tables, the two layers, one Lambda per FunctionSpec and the REST API."""
+    """DynamoDB tables, SQS queues, event buses and rules, the two layers, one Lambda per
+    FunctionSpec with its triggers, and the REST API."""
 
     def __init__(
         self, scope: Construct, construct_id: str, *, topology: Topology = TOPOLOGY
@@ -83,10 +121,17 @@ class ClearlineStack(Stack):
             scope,
             construct_id,
             description="Clearline: a Stripe-compatible payments API (API Gateway, Lambda, "
-            "DynamoDB)",
+            "DynamoDB, SQS, EventBridge)",
         )
         self.topology = topology
         self.tables = {spec.key: self._table(spec) for spec in topology.tables}
+        self.dead_letter_queues: dict[str, sqs.Queue] = {}
+        self.queues = {spec.key: self._queue(spec) for spec in topology.queues}
+        self.buses = {spec.key: self._bus(spec) for spec in topology.buses}
+        self.rules = {spec.key: self._rule(spec) for spec in topology.rules}
+        # Per function key, for the functions that have each trigger.
+        self.stream_failure_queues: dict[str, sqs.Queue] = {}
+        self.schedules: dict[str, events.Rule] = {}
         self.layers = self._layers()
         self.processor_url = (
             CfnParameter(
@@ -134,6 +179,82 @@ class ClearlineStack(Stack):
                 projection_type=dynamodb.ProjectionType.ALL,
             )
         return table
+
+    def _encrypted_queue(
+        self,
+        construct_id: str,
+        *,
+        retention: Duration,
+        visibility_timeout: Duration | None = None,
+        dead_letter_queue: sqs.DeadLetterQueue | None = None,
+    ) -> sqs.Queue:
+        # No queue_name: CloudFormation names it, as it does the tables. SQS-managed keys,
+        # not a KMS key: EventBridge can deliver to SSE-SQS queues without a key policy.
+        return sqs.Queue(
+            self,
+            construct_id,
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=retention,
+            visibility_timeout=visibility_timeout,
+            dead_letter_queue=dead_letter_queue,
+        )
+
+    def _dead_letter_queue(self, construct_id: str, description: str) -> sqs.Queue:
+        """A queue that nothing reads, with an alarm as soon as a message lands in it."""
+        queue = self._encrypted_queue(construct_id, retention=DEAD_LETTER_RETENTION)
+        cloudwatch.Alarm(
+            self,
+            f"{construct_id}Alarm",
+            alarm_description=f"{description} Inspect the messages and redrive or resolve them.",
+            metric=queue.metric_approximate_number_of_messages_visible(
+                period=Duration.minutes(1), statistic=cloudwatch.Stats.MAXIMUM
+            ),
+            threshold=0,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            # SQS stops sending metrics for an empty, idle queue.
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        return queue
+
+    def _queue(self, spec: QueueSpec) -> sqs.Queue:
+        name = construct_name(spec.key)
+        dead_letter_queue = None
+        if spec.max_receive_count is not None:
+            dlq = self._dead_letter_queue(
+                f"{name}DeadLetterQueue",
+                f"Messages of the {spec.key} queue failed {spec.max_receive_count} receives.",
+            )
+            self.dead_letter_queues[spec.key] = dlq
+            dead_letter_queue = sqs.DeadLetterQueue(
+                max_receive_count=spec.max_receive_count, queue=dlq
+            )
+        return self._encrypted_queue(
+            f"{name}Queue",
+            retention=Duration.seconds(spec.retention_seconds),
+            visibility_timeout=Duration.seconds(spec.visibility_timeout_seconds),
+            dead_letter_queue=dead_letter_queue,
+        )
+
+    def _bus(self, spec: BusSpec) -> events.EventBus:
+        # No event_bus_name: the CDK derives a unique one from the stack, so stacks never
+        # collide; spec.name is only the local stack's name.
+        return events.EventBus(
+            self, f"{construct_name(spec.key)}Bus", description=f"Clearline's {spec.key} bus"
+        )
+
+    def _rule(self, spec: RuleSpec) -> events.Rule:
+        if spec.bus not in self.buses or spec.queue not in self.queues:
+            raise ValueError(f"rule {spec.key} names an unknown bus or queue")
+        return events.Rule(
+            self,
+            f"{construct_name(spec.key)}Rule",
+            description=f"Sends matching events on the {spec.bus} bus to the {spec.queue} queue",
+            event_bus=self.buses[spec.bus],
+            event_pattern=event_pattern(spec.event_pattern),
+            targets=[targets.SqsQueue(self.queues[spec.queue])],
+        )
 
     def _layers(self) -> list[lambda_.ILayerVersion]:
         library = lambda_.LayerVersion(
@@ -186,6 +307,12 @@ class ClearlineStack(Stack):
             environment=self._environment(spec),
         )
 
+        for queue_key in spec.sends_to:
+            self.queues[queue_key].grant_send_messages(function)
+        if spec.publishes_to is not None:
+            self.buses[spec.publishes_to].grant_put_events_to(function)
+        self._triggers(spec, function)
+
         for table_key, access in spec.tables.items():
             table = self.tables[table_key]
             if access == "readwrite":
@@ -202,25 +329,96 @@ class ClearlineStack(Stack):
                     "secondary indexes; the grant covers that one table's indexes only "
                     "(<table arn>/index/*), never another table.",
                 )
-        acknowledge(
-            role,
-            "AwsSolutions-IAM5[Resource::*]",
+        wildcard_reason = (
             "Active tracing needs xray:PutTraceSegments and xray:PutTelemetryRecords, and "
-            "X-Ray does not support resource-level permissions, so the resource must be *.",
+            "X-Ray does not support resource-level permissions, so the resource must be *."
         )
+        if spec.stream_from is not None:
+            wildcard_reason += (
+                " The stream event source also needs dynamodb:ListStreams, which has no "
+                "resource-level permissions either; stream reads are granted per stream."
+            )
+        acknowledge(role, "AwsSolutions-IAM5[Resource::*]", wildcard_reason)
+        # On the CfnFunction itself, not on its event source mappings and permissions.
         acknowledge(
-            function,
+            cast(lambda_.CfnFunction, function.node.default_child),
             "AwsSolutions-L1",
             "Pinned to python3.13 on purpose: the dependencies layer is built for 3.13 "
             "wheels, and the runtime moves only together with the layer and the tests.",
         )
         return function
 
+    def _triggers(self, spec: FunctionSpec, function: lambda_.Function) -> None:
+        name = construct_name(spec.key)
+        if spec.stream_from is not None:
+            if not self.topology.table(spec.stream_from).stream:
+                raise ValueError(f"function {spec.key} streams from a table without a stream")
+            failures = self._dead_letter_queue(
+                f"{name}StreamFailureQueue",
+                f"The {spec.key} function gave up on a batch of the {spec.stream_from} "
+                "table's stream; the message locates the records, which the stream keeps "
+                "for 24 hours.",
+            )
+            self.stream_failure_queues[spec.key] = failures
+            function.add_event_source(
+                event_sources.DynamoEventSource(
+                    self.tables[spec.stream_from],
+                    starting_position=lambda_.StartingPosition.TRIM_HORIZON,
+                    batch_size=spec.batch_size,
+                    report_batch_item_failures=True,
+                    bisect_batch_on_error=True,
+                    retry_attempts=STREAM_RETRY_ATTEMPTS,
+                    on_failure=event_sources.SqsDlq(failures),
+                )
+            )
+            acknowledge(
+                cast(sqs.CfnQueue, failures.node.default_child),
+                "AwsSolutions-SQS3",
+                f"This queue is itself the dead-letter queue of the {spec.key} function's "
+                "stream event source (its on-failure destination), which the check does not "
+                "recognize as one; it is alarmed, and nothing consumes it.",
+            )
+        if spec.queue_trigger is not None:
+            queue_spec = self.topology.queue(spec.queue_trigger)
+            # Lambda refuses an SQS trigger whose visibility timeout is below the timeout.
+            if queue_spec.visibility_timeout_seconds < spec.timeout_seconds:
+                raise ValueError(
+                    f"queue {queue_spec.key}'s visibility timeout is shorter than function "
+                    f"{spec.key}'s timeout"
+                )
+            # Grants receive, delete, ChangeMessageVisibility and GetQueueAttributes.
+            function.add_event_source(
+                event_sources.SqsEventSource(
+                    self.queues[spec.queue_trigger],
+                    batch_size=spec.batch_size,
+                    report_batch_item_failures=True,
+                )
+            )
+        if spec.schedule_minutes is not None:
+            self.schedules[spec.key] = events.Rule(
+                self,
+                f"{name}Schedule",
+                description=f"Runs the {spec.key} function every {spec.schedule_minutes} min",
+                schedule=events.Schedule.rate(Duration.minutes(spec.schedule_minutes)),
+                targets=[targets.LambdaFunction(function)],
+            )
+
     def _environment(self, spec: FunctionSpec) -> dict[str, str]:
         unknown = set(spec.tables) - set(self.tables)
         if unknown:
             raise ValueError(f"function {spec.key} names unknown tables: {sorted(unknown)}")
+        queue_keys = [*spec.sends_to, *([spec.queue_trigger] if spec.queue_trigger else [])]
+        unknown = {key for key in queue_keys if key not in self.queues}
+        if spec.publishes_to is not None and spec.publishes_to not in self.buses:
+            unknown.add(spec.publishes_to)
+        if spec.stream_from is not None and spec.stream_from not in self.tables:
+            unknown.add(spec.stream_from)
+        if unknown:
+            raise ValueError(f"function {spec.key} names unknown resources: {sorted(unknown)}")
         env = {table_env_var(key): self.tables[key].table_name for key in spec.tables}
+        env |= {queue_env_var(key): self.queues[key].queue_url for key in queue_keys}
+        if spec.publishes_to is not None:
+            env[bus_env_var(spec.publishes_to)] = self.buses[spec.publishes_to].event_bus_name
         env["POWERTOOLS_SERVICE_NAME"] = SERVICE_NAME
         env["POWERTOOLS_METRICS_NAMESPACE"] = METRICS_NAMESPACE
         if spec.calls_processor and self.processor_url is not None:

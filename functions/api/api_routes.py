@@ -24,6 +24,7 @@ from clearline.cards import contains_card_number, find_card_number_param
 from clearline.charges import ChargeService
 from clearline.config import Settings
 from clearline.errors import ApiError, AuthenticationError, InvalidRequestError
+from clearline.events import event_object
 from clearline.forms import parse_body
 from clearline.idempotency import IdempotentRequests, check_key
 from clearline.ledger import ShardPolicy
@@ -37,6 +38,11 @@ from clearline.params import (
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.store import Store, StoreUnavailable
+from clearline.webhooks import (
+    WebhookEndpointCreateParams,
+    WebhookEndpoints,
+    WebhookEndpointUpdateParams,
+)
 
 MAX_BODY_BYTES = 64 * 1024  # Stripe requests are small; anything larger is a mistake or abuse
 
@@ -51,6 +57,7 @@ class Services:
     shards: ShardPolicy
     charges: ChargeService
     refunds: RefundService
+    webhook_endpoints: WebhookEndpoints
     idempotency: IdempotentRequests
 
 
@@ -68,6 +75,7 @@ def services() -> Services:
         shards,
         ChargeService(store, processor, shards),
         RefundService(store, processor, shards),
+        WebhookEndpoints(store),
         idempotency,
     )
 
@@ -401,6 +409,97 @@ def list_balance_transactions(
             limit=limit,
             starting_after=starting_after,
             ending_before=ending_before,
+        ),
+    )
+
+
+@app.get("/v1/events/<event_id>")
+def retrieve_event(event_id: str) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    item = listing.get_owned(services().store, merchant.id, event_id, "evt")
+    return _json(200, event_object(item))
+
+
+@app.get("/v1/events")
+def list_events(
+    type: Annotated[str | None, Query(max_length=100)] = None,
+    created_gt: Annotated[int | None, Query(alias="created[gt]")] = None,
+    created_gte: Annotated[int | None, Query(alias="created[gte]")] = None,
+    created_lt: Annotated[int | None, Query(alias="created[lt]")] = None,
+    created_lte: Annotated[int | None, Query(alias="created[lte]")] = None,
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    filters: list[tuple[str, str, Any]] = [] if type is None else [("type", "=", type)]
+    for operator, bound in (
+        (">", created_gt),
+        (">=", created_gte),
+        ("<", created_lt),
+        ("<=", created_lte),
+    ):
+        if bound is not None:
+            filters.append(("created", operator, bound))
+    return _json(
+        200,
+        listing.page(
+            services().store,
+            merchant.id,
+            "evt",
+            url="/v1/events",
+            render=event_object,
+            limit=limit,
+            starting_after=starting_after,
+            ending_before=ending_before,
+            filters=filters,
+        ),
+    )
+
+
+@app.post("/v1/webhook_endpoints")
+def create_webhook_endpoint() -> Response[dict[str, Any]]:
+    params = body_params()
+    merchant = secret_key_merchant()
+    endpoint = parse_params(WebhookEndpointCreateParams, params)
+    idempotency_key()
+    return idempotent_post(
+        merchant, params, lambda: services().webhook_endpoints.create(merchant, endpoint)
+    )
+
+
+@app.get("/v1/webhook_endpoints/<endpoint_id>")
+def retrieve_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    return _json(200, services().webhook_endpoints.retrieve(merchant, endpoint_id))
+
+
+@app.post("/v1/webhook_endpoints/<endpoint_id>")
+def update_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
+    params = body_params()
+    merchant = secret_key_merchant()
+    update = parse_params(WebhookEndpointUpdateParams, params)
+    idempotency_key()
+    return idempotent_post(
+        merchant, params, lambda: services().webhook_endpoints.update(merchant, endpoint_id, update)
+    )
+
+
+@app.delete("/v1/webhook_endpoints/<endpoint_id>")
+def delete_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    return _json(200, services().webhook_endpoints.delete(merchant, endpoint_id))
+
+
+@app.get("/v1/webhook_endpoints")
+def list_webhook_endpoints(
+    limit: ListLimit = 10, starting_after: Cursor = None, ending_before: Cursor = None
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    return _json(
+        200,
+        services().webhook_endpoints.list(
+            merchant, limit=limit, starting_after=starting_after, ending_before=ending_before
         ),
     )
 

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clearline_local.state import NoStackRunning, StackInfo, find_stack
@@ -28,6 +29,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         workers=args.workers,
         processor_latency_ms=args.processor_latency_ms,
         processor_timeout_seconds=args.processor_timeout,
+        extra_environment={
+            "CLEARLINE_WEBHOOK_RETRY_BASE_SECONDS": str(args.webhook_retry_base),
+            "CLEARLINE_WEBHOOK_TIMEOUT_SECONDS": str(args.webhook_timeout),
+        },
     )
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -100,6 +105,166 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
         print(f"VIOLATION {violation}")
     print("ledger OK" if report.ok else f"ledger has {len(report.violations)} violation(s)")
     return 0 if report.ok else 1
+
+
+def _function_env(info: StackInfo, key: str) -> dict[str, str]:
+    from clearline.topology import TOPOLOGY
+    from clearline_local.environment import function_environment
+
+    return function_environment(
+        TOPOLOGY,
+        key,
+        aws_endpoint_url=info.aws_endpoint_url,
+        processor_url=info.processor_url,
+        extra=info.environment,
+    )
+
+
+def _parse_time(text: str) -> datetime:
+    """An ISO time, or now plus an offset such as +8d, +2h or +90m (to move the clock)."""
+    now = datetime.now(UTC)
+    if text.startswith("+"):
+        unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[text[-1]]
+        return now + timedelta(**{unit: float(text[1:-1])})
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    """Run one function's real handler in this process against the running stack."""
+    import os
+    import uuid
+
+    from clearline.topology import TOPOLOGY
+    from clearline_local.lambda_runtime import LocalLambdaContext, load_handler
+    from clearline_local.triggers import scheduled_event
+
+    info = find_stack(args.port)
+    spec = TOPOLOGY.function(args.function)
+    os.environ.update(_function_env(info, spec.key))
+    if args.event:
+        with open(args.event) as source:
+            event = json.load(source)
+    else:
+        event = scheduled_event(f"{spec.key}-schedule", _parse_time(args.time))
+    handler = load_handler(spec)
+    result = handler(
+        event, LocalLambdaContext(spec.key, spec.memory_mb, spec.timeout_seconds, str(uuid.uuid4()))
+    )
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def cmd_webhooks_attempts(args: argparse.Namespace) -> int:
+    from clearline.webhooks import attempts_for
+
+    attempts = attempts_for(_store(find_stack(args.port)), args.event_id)
+    if not attempts:
+        print(f"no delivery attempts recorded for {args.event_id}")
+    for attempt in attempts:
+        when = datetime.fromtimestamp(attempt["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        status = attempt["status"] if attempt["status"] is not None else "---"
+        print(
+            f"{when}  {attempt['endpoint']}  {status}  {attempt['latency_ms']:>6} ms  "
+            f"{attempt['url']}  {attempt['error'] or ''}".rstrip()
+        )
+    return 0
+
+
+def _webhook_queue(info: StackInfo) -> tuple[Any, str, str]:
+    from clearline.topology import WEBHOOK_QUEUE
+    from clearline_local.environment import queue_url
+    from clearline_local.stack import aws_client
+
+    return (
+        aws_client("sqs", info.aws_endpoint_url),
+        queue_url(info.aws_endpoint_url, WEBHOOK_QUEUE.name),
+        queue_url(info.aws_endpoint_url, WEBHOOK_QUEUE.dlq_name),
+    )
+
+
+def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
+    """Queue an event for delivery again, to every subscribed endpoint (support's tool)."""
+    from clearline.events import event_object
+    from clearline.topology import EVENT_SOURCE
+
+    info = find_stack(args.port)
+    item = _store(info).get(f"EVENT#{args.event_id}", "EVENT")
+    if item is None:
+        print(f"error: no such event: {args.event_id}", file=sys.stderr)
+        return 2
+    sqs, queue, _ = _webhook_queue(info)
+    detail = {"merchant": item["merchant"], "event": event_object(item), "force": True}
+    sqs.send_message(
+        QueueUrl=queue,
+        MessageBody=json.dumps(
+            {"source": EVENT_SOURCE, "detail-type": item["type"], "detail": detail}
+        ),
+    )
+    print(f"queued {args.event_id} for redelivery")
+    return 0
+
+
+def cmd_webhooks_redrive(args: argparse.Namespace) -> int:
+    """Move every message from the webhook dead-letter queue back to the delivery queue."""
+    sqs, queue, dlq = _webhook_queue(find_stack(args.port))
+    moved = 0
+    while True:
+        messages = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10).get("Messages", [])
+        if not messages:
+            break
+        for message in messages:
+            sqs.send_message(QueueUrl=queue, MessageBody=message["Body"])
+            sqs.delete_message(QueueUrl=dlq, ReceiptHandle=message["ReceiptHandle"])
+            moved += 1
+    print(f"redrove {moved} message(s) from the dead-letter queue")
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    """Forward a merchant's events to a local URL, signed, printing each delivery."""
+    import time
+    import urllib.request
+
+    info = find_stack(args.port)
+    headers = {
+        "Authorization": f"Bearer {args.api_key}",
+        "Idempotency-Key": f"listen-{time.time()}",
+    }
+    body = f"url={args.forward_to}&enabled_events[]={args.events}".encode()
+    request = urllib.request.Request(
+        f"{info.api_url}/v1/webhook_endpoints", data=body, headers=headers, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        endpoint = json.load(response)
+    print(f"Ready! Your webhook signing secret is {endpoint['secret']}")
+    print(f"Forwarding events to {args.forward_to}  (Ctrl-C to stop)", flush=True)
+    store, seen = _store(info), set()
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.wait(0.5):
+            for item in store.scan("EVENT#"):
+                if not item["sk"].startswith("ATTEMPT#") or item["endpoint"] != endpoint["id"]:
+                    continue
+                if item["sk"] + item["pk"] in seen:
+                    continue
+                seen.add(item["sk"] + item["pk"])
+                event = store.get(item["pk"], "EVENT") or {"type": "?"}
+                print(
+                    f"{datetime.fromtimestamp(item['at'], UTC):%H:%M:%S}  --> {event['type']} "
+                    f"[{item['pk'].removeprefix('EVENT#')}]  <-- [{item['status']}] POST "
+                    f"{item['url']}",
+                    flush=True,
+                )
+    finally:
+        delete = urllib.request.Request(
+            f"{info.api_url}/v1/webhook_endpoints/{endpoint['id']}",
+            headers=headers,
+            method="DELETE",
+        )
+        urllib.request.urlopen(delete, timeout=30).close()
+    return 0
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from clearline.topology import TableSpec, Topology
@@ -40,7 +41,7 @@ def _table_request(spec: TableSpec) -> dict[str, Any]:
     return request
 
 
-def provision(topology: Topology, dynamodb: Any) -> None:
+def provision_tables(topology: Topology, dynamodb: Any) -> None:
     for spec in topology.tables:
         dynamodb.create_table(**_table_request(spec))
         if spec.ttl_attribute:
@@ -48,3 +49,42 @@ def provision(topology: Topology, dynamodb: Any) -> None:
                 TableName=spec.name,
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": spec.ttl_attribute},
             )
+
+
+def provision_messaging(topology: Topology, sqs: Any, events: Any) -> dict[str, str]:
+    """Queues (with their dead-letter queues), buses and rules; returns queue key -> ARN."""
+    arns: dict[str, str] = {}
+    for spec in topology.queues:
+        attributes = {
+            "VisibilityTimeout": str(spec.visibility_timeout_seconds),
+            "MessageRetentionPeriod": str(spec.retention_seconds),
+        }
+        if spec.max_receive_count:
+            dlq = sqs.create_queue(QueueName=spec.dlq_name)["QueueUrl"]
+            dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])
+            attributes["RedrivePolicy"] = json.dumps(
+                {
+                    "deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"],
+                    "maxReceiveCount": str(spec.max_receive_count),
+                }
+            )
+        url = sqs.create_queue(QueueName=spec.name, Attributes=attributes)["QueueUrl"]
+        arns[spec.key] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+    for bus in topology.buses:
+        events.create_event_bus(Name=bus.name)
+    for rule in topology.rules:
+        bus_name = topology.bus(rule.bus).name
+        events.put_rule(
+            Name=rule.key,
+            EventBusName=bus_name,
+            EventPattern=json.dumps(rule.event_pattern),
+            State="ENABLED",
+        )
+        events.put_targets(
+            Rule=rule.key,
+            EventBusName=bus_name,
+            Targets=[{"Id": rule.queue, "Arn": arns[rule.queue]}],
+        )
+    return arns

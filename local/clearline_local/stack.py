@@ -22,17 +22,17 @@ from moto.moto_server.werkzeug_app import (
 from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
-from clearline.topology import PROCESSOR_URL_ENV, SERVICE_NAME, TOPOLOGY, Topology, table_env_var
+from clearline.topology import TOPOLOGY, Topology
 from clearline_local import moto_transactions
+from clearline_local.environment import FAKE_CREDENTIALS, function_environment
 from clearline_local.frontdoor import FrontDoorServer
 from clearline_local.lambda_runtime import REGION, LocalFunction
-from clearline_local.provision import provision
+from clearline_local.provision import provision_messaging, provision_tables
 from clearline_local.sandbox_processor import SandboxProcessor
 from clearline_local.state import StackInfo
+from clearline_local.triggers import Trigger, start_triggers
 
 LOOPBACK = "127.0.0.1"
-# moto accepts any credentials; fixed fake ones keep boto3 from looking for real ones.
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 def free_port() -> int:
@@ -92,12 +92,15 @@ class LocalStack:
         self.port = port
         self.workers = workers
         self.topology = topology
-        self.extra_environment = extra_environment or {}
-        self.processor_timeout_seconds = processor_timeout_seconds
+        self.extra_environment = {
+            "CLEARLINE_PROCESSOR_TIMEOUT": str(processor_timeout_seconds),
+            **(extra_environment or {}),
+        }
         self.moto_port = free_port()
         self.moto = SerializedMotoServer(ip_address=LOOPBACK, port=self.moto_port, verbose=False)
         self.processor = SandboxProcessor(host=LOOPBACK, latency_ms=processor_latency_ms)
         self.functions: dict[str, LocalFunction] = {}
+        self.triggers: list[Trigger] = []
         self.front_door: FrontDoorServer | None = None
         self.info: StackInfo | None = None
 
@@ -107,33 +110,32 @@ class LocalStack:
 
     def function_environment(self, key: str) -> dict[str, str]:
         """What the CDK app sets on the function, with local names and endpoints."""
-        spec = self.topology.function(key)
-        env = {
-            **FAKE_CREDENTIALS,
-            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
-            "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
-            "POWERTOOLS_METRICS_NAMESPACE": "Clearline",
-            "CLEARLINE_PROCESSOR_TIMEOUT": str(self.processor_timeout_seconds),
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            **spec.environment,
-            **self.extra_environment,
-        }
-        for table_key in spec.tables:
-            env[table_env_var(table_key)] = self.topology.table(table_key).name
-        if spec.calls_processor:
-            env[PROCESSOR_URL_ENV] = self.processor.url
-        return env
+        return function_environment(
+            self.topology,
+            key,
+            aws_endpoint_url=self.aws_endpoint_url,
+            processor_url=self.processor.url,
+            extra=self.extra_environment,
+        )
 
     def start(self) -> StackInfo:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
         self.moto.start()
-        provision(self.topology, aws_client("dynamodb", self.aws_endpoint_url))
+        clients = {
+            name: aws_client(name, self.aws_endpoint_url)
+            for name in ("dynamodb", "dynamodbstreams", "sqs", "events")
+        }
+        provision_tables(self.topology, clients["dynamodb"])
+        queue_arns = provision_messaging(self.topology, clients["sqs"], clients["events"])
         self.processor.start()
         for spec in self.topology.functions:
-            function = LocalFunction(spec, self.function_environment(spec.key), self.workers)
+            workers = self.workers if spec.key == self.topology.api.function else 1
+            function = LocalFunction(spec, self.function_environment(spec.key), workers)
             function.warm()
             self.functions[spec.key] = function
+        self.triggers = start_triggers(
+            self.topology, self.functions, clients, queue_arns, self.aws_endpoint_url
+        )
         api = self.functions[self.topology.api.function]
         self.front_door = FrontDoorServer(LOOPBACK, self.port, api.invoke, self.topology.api.stage)
         self.front_door.start()
@@ -145,6 +147,7 @@ class LocalStack:
             processor_url=self.processor.url,
             pid=os.getpid(),
             started=time.time(),
+            environment=self.extra_environment,
         )
         self.info.write()
         return self.info
@@ -152,6 +155,8 @@ class LocalStack:
     def stop(self) -> None:
         if self.info:
             self.info.remove()
+        for trigger in self.triggers:
+            trigger.stop()
         if self.front_door:
             self.front_door.stop()
         for function in self.functions.values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from clearline.topology import IDEMPOTENCY_TABLE, MAIN_TABLE
@@ -24,6 +24,8 @@ class StackInfo:
     started: float
     main_table: str = MAIN_TABLE.name
     idempotency_table: str = IDEMPOTENCY_TABLE.name
+    # Settings the stack's functions run with beyond the topology's (retry bases, timeouts).
+    environment: dict[str, str] = field(default_factory=dict)
 
     def write(self) -> Path:
         path = state_dir() / f"{self.port}.json"

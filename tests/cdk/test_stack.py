@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from aws_cdk import Stack, Validations
+from aws_cdk import App, Stack, Validations
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
@@ -28,7 +29,11 @@ from clearline.topology import (
     SERVICE_NAME,
     TOPOLOGY,
     FunctionSpec,
+    QueueSpec,
+    RuleSpec,
     TableSpec,
+    bus_env_var,
+    queue_env_var,
     table_env_var,
 )
 from infra_cdk.app import create_app
@@ -45,6 +50,23 @@ DYNAMODB_WRITE_ACTIONS = {
     "dynamodb:UpdateItem",
     "dynamodb:DeleteItem",
     "dynamodb:BatchWriteItem",
+    "dynamodb:PartiQLInsert",
+    "dynamodb:PartiQLUpdate",
+    "dynamodb:PartiQLDelete",
+}
+DYNAMODB_STREAM_ACTIONS = {
+    "dynamodb:DescribeStream",
+    "dynamodb:GetRecords",
+    "dynamodb:GetShardIterator",
+}
+SQS_SEND_ACTIONS = {"sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"}
+# What a queue trigger needs: the function extends visibility itself for backoff.
+SQS_CONSUME_ACTIONS = {
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+    "sqs:GetQueueUrl",
 }
 
 
@@ -78,6 +100,14 @@ def resource(template: Template, resource_type: str, wanted_id: str) -> dict[str
 
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+def arn_of(resource_id: str, attribute: str = "Arn") -> dict[str, Any]:
+    return {"Fn::GetAtt": [resource_id, attribute]}
+
+
+def rate(minutes: int) -> str:
+    return f"rate({minutes} minute{'' if minutes == 1 else 's'})"
 
 
 # --- tables ------------------------------------------------------------------------------
@@ -180,6 +210,22 @@ def test_every_function_runs_as_specified(
     for name, value in spec.environment.items():
         assert env[name] == value
 
+    queue_keys = {*spec.sends_to, *([spec.queue_trigger] if spec.queue_trigger else [])}
+    for queue_key in queue_keys:
+        assert env[queue_env_var(queue_key)] == {"Ref": logical_id(stack, stack.queues[queue_key])}
+    for bus_key in [spec.publishes_to] if spec.publishes_to else []:
+        assert env[bus_env_var(bus_key)] == {"Ref": logical_id(stack, stack.buses[bus_key])}
+    # Nothing it was not given: no other table, queue or bus names.
+    expected = {table_env_var(k) for k in spec.tables} | {queue_env_var(k) for k in queue_keys}
+    if spec.publishes_to:
+        expected.add(bus_env_var(spec.publishes_to))
+    managed = {
+        name
+        for name in env
+        if name.endswith(("_TABLE", "_QUEUE_URL", "_BUS")) and name not in spec.environment
+    }
+    assert managed == expected
+
 
 def test_processor_url_is_a_parameter_with_an_https_default(template: Template) -> None:
     parameter = template.find_parameters("ProcessorUrl")["ProcessorUrl"]
@@ -206,7 +252,10 @@ def test_every_function_may_touch_only_its_own_tables(
 
     table_ids = {key: logical_id(stack, table) for key, table in stack.tables.items()}
     allowed = {table_ids[key]: access for key, access in spec.tables.items()}
+    # The stream that triggers it, read by its event source mapping; no other stream.
+    allowed_stream = arn_of(table_ids[spec.stream_from], "StreamArn") if spec.stream_from else None
     granted: set[str] = set()
+    streams_read: list[Any] = []
 
     for statement in _statements_for_role(template, role_id):
         actions = as_list(statement["Action"])
@@ -214,17 +263,351 @@ def test_every_function_may_touch_only_its_own_tables(
         if not dynamodb_actions:
             continue
         assert "dynamodb:*" not in dynamodb_actions
+        if dynamodb_actions == ["dynamodb:ListStreams"]:
+            # Only lists stream ARNs, and has no resource-level permissions.
+            assert spec.stream_from is not None, f"{spec.key} lists streams: {statement}"
+            assert statement["Resource"] == "*"
+            continue
         for resource_ref in as_list(statement["Resource"]):
             assert resource_ref != "*", f"dynamodb actions on every resource: {statement}"
+            if "StreamArn" in json.dumps(resource_ref):
+                assert resource_ref == allowed_stream, f"{spec.key} may not read {resource_ref}"
+                assert set(dynamodb_actions) <= DYNAMODB_STREAM_ACTIONS, statement
+                streams_read.append(resource_ref)
+                continue
             referenced = [tid for tid in table_ids.values() if tid in json.dumps(resource_ref)]
             assert len(referenced) == 1, f"unexpected dynamodb resource {resource_ref}"
             table_id = referenced[0]
             assert table_id in allowed, f"{spec.key} may not touch table {table_id}"
             if allowed[table_id] == "read":
-                assert not DYNAMODB_WRITE_ACTIONS & set(dynamodb_actions)
+                assert not DYNAMODB_WRITE_ACTIONS & set(dynamodb_actions), statement
             granted.add(table_id)
 
     assert granted == set(allowed), "every table in the spec is granted"
+    assert bool(streams_read) == (allowed_stream is not None), "its stream, if any, is readable"
+
+
+def _sqs_statements(template: Template, role_id: str) -> list[tuple[set[str], list[Any]]]:
+    return [
+        ({a for a in as_list(s["Action"]) if a.startswith("sqs:")}, as_list(s["Resource"]))
+        for s in _statements_for_role(template, role_id)
+        if any(a.startswith("sqs:") for a in as_list(s["Action"]))
+    ]
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_every_function_may_send_to_and_consume_only_its_own_queues(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    role = stack.functions[spec.key].role
+    assert role is not None
+    may_send = {logical_id(stack, stack.queues[key]) for key in spec.sends_to}
+    if spec.stream_from:
+        # Lambda sends a failed batch's position to the on-failure queue with this role.
+        may_send.add(logical_id(stack, stack.stream_failure_queues[spec.key]))
+    may_consume = (
+        {logical_id(stack, stack.queues[spec.queue_trigger])} if spec.queue_trigger else set()
+    )
+    sent: set[str] = set()
+    consumed: set[str] = set()
+
+    for actions, resources in _sqs_statements(template, logical_id(stack, role)):
+        assert actions <= SQS_SEND_ACTIONS | SQS_CONSUME_ACTIONS, actions
+        queue_ids = set()
+        for resource_ref in resources:
+            assert resource_ref != "*", f"sqs actions on every queue: {actions}"
+            assert resource_ref == arn_of(resource_ref["Fn::GetAtt"][0]), resource_ref
+            queue_ids.add(resource_ref["Fn::GetAtt"][0])
+        if "sqs:SendMessage" in actions:
+            assert queue_ids <= may_send, f"{spec.key} may not send to {queue_ids - may_send}"
+            sent |= queue_ids
+        if actions & (SQS_CONSUME_ACTIONS - SQS_SEND_ACTIONS):
+            assert queue_ids <= may_consume, f"{spec.key} may not consume {queue_ids}"
+            assert actions >= SQS_CONSUME_ACTIONS, "a queue trigger needs all consume actions"
+            consumed |= queue_ids
+
+    assert sent == may_send
+    assert consumed == may_consume
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_every_function_may_publish_only_to_its_bus(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    role = stack.functions[spec.key].role
+    assert role is not None
+    statements = [
+        s
+        for s in _statements_for_role(template, logical_id(stack, role))
+        if any(a.startswith("events:") for a in as_list(s["Action"]))
+    ]
+    if spec.publishes_to is None:
+        assert statements == []
+        return
+    bus_id = logical_id(stack, stack.buses[spec.publishes_to])
+    assert [(as_list(s["Action"]), s["Resource"]) for s in statements] == [
+        (["events:PutEvents"], arn_of(bus_id))
+    ]
+
+
+def test_least_privilege_tests_see_each_kind_of_grant() -> None:
+    # The generic tests above prove nothing about a kind of grant the topology lacks.
+    functions = TOPOLOGY.functions
+    assert any(f.publishes_to for f in functions), "a publisher (relay: PutEvents)"
+    assert any(f.sends_to for f in functions), "a sender (webhooks: SendMessage)"
+    assert any("read" in f.tables.values() for f in functions), "a reader (scheduler)"
+    assert any(f.stream_from for f in functions)
+    assert any(f.queue_trigger for f in functions)
+    assert any(f.schedule_minutes for f in functions)
+
+
+# --- triggers ----------------------------------------------------------------------------
+
+
+def _mappings_of(template: Template, function_id: str) -> dict[str, dict[str, Any]]:
+    """The function's event source mappings' properties, by their EventSourceArn."""
+    mappings = template.find_resources("AWS::Lambda::EventSourceMapping")
+    return {
+        json.dumps(props["EventSourceArn"], sort_keys=True): props
+        for props in (m["Properties"] for m in mappings.values())
+        if props["FunctionName"] == {"Ref": function_id}
+    }
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_every_function_has_exactly_its_event_sources(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    mappings = _mappings_of(template, logical_id(stack, stack.functions[spec.key]))
+    expected: set[str] = set()
+
+    if spec.stream_from:
+        stream = arn_of(logical_id(stack, stack.tables[spec.stream_from]), "StreamArn")
+        expected.add(json.dumps(stream, sort_keys=True))
+        props = mappings[json.dumps(stream, sort_keys=True)]
+        assert props["StartingPosition"] == "TRIM_HORIZON"
+        assert props["BatchSize"] == spec.batch_size
+        assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert props["BisectBatchOnFunctionError"] is True
+        assert 0 < props["MaximumRetryAttempts"] < 10_000, "bounded: a poison batch moves on"
+        failures = logical_id(stack, stack.stream_failure_queues[spec.key])
+        assert props["DestinationConfig"] == {"OnFailure": {"Destination": arn_of(failures)}}
+    else:
+        assert spec.key not in stack.stream_failure_queues
+
+    if spec.queue_trigger:
+        queue = arn_of(logical_id(stack, stack.queues[spec.queue_trigger]))
+        expected.add(json.dumps(queue, sort_keys=True))
+        props = mappings[json.dumps(queue, sort_keys=True)]
+        assert props["BatchSize"] == spec.batch_size
+        assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert "StartingPosition" not in props
+
+    assert set(mappings) == expected
+
+
+def test_one_event_source_mapping_per_trigger(template: Template) -> None:
+    triggers = [f.stream_from for f in TOPOLOGY.functions] + [
+        f.queue_trigger for f in TOPOLOGY.functions
+    ]
+    count = sum(1 for trigger in triggers if trigger)
+    template.resource_count_is("AWS::Lambda::EventSourceMapping", count)
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_every_scheduled_function_runs_on_its_schedule(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    function_arn = arn_of(logical_id(stack, stack.functions[spec.key]))
+    schedules = {
+        rule_id: rule["Properties"]
+        for rule_id, rule in template.find_resources("AWS::Events::Rule").items()
+        if "ScheduleExpression" in rule["Properties"]
+        and function_arn in [t["Arn"] for t in rule["Properties"]["Targets"]]
+    }
+    if not spec.schedule_minutes:
+        assert schedules == {}
+        assert spec.key not in stack.schedules
+        return
+
+    rule_id = logical_id(stack, stack.schedules[spec.key])
+    assert set(schedules) == {rule_id}
+    props = schedules[rule_id]
+    assert props["ScheduleExpression"] == rate(spec.schedule_minutes)
+    assert props["State"] == "ENABLED"
+    assert "EventBusName" not in props, "schedules run on the default bus"
+    assert [t["Arn"] for t in props["Targets"]] == [function_arn]
+    # EventBridge may invoke the function, for this rule only.
+    template.has_resource_properties(
+        "AWS::Lambda::Permission",
+        {
+            "Action": "lambda:InvokeFunction",
+            "FunctionName": function_arn,
+            "Principal": "events.amazonaws.com",
+            "SourceArn": arn_of(rule_id),
+        },
+    )
+
+
+def test_one_schedule_per_scheduled_function(template: Template) -> None:
+    scheduled = [f for f in TOPOLOGY.functions if f.schedule_minutes]
+    schedules = [
+        r
+        for r in template.find_resources("AWS::Events::Rule").values()
+        if "ScheduleExpression" in r["Properties"]
+    ]
+    assert len(schedules) == len(scheduled)
+
+
+# --- queues ------------------------------------------------------------------------------
+
+
+def _queue_policy_statements(template: Template, queue_id: str) -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = []
+    for policy in template.find_resources("AWS::SQS::QueuePolicy").values():
+        if {"Ref": queue_id} in policy["Properties"]["Queues"]:
+            statements.extend(policy["Properties"]["PolicyDocument"]["Statement"])
+    return statements
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.queues, ids=lambda spec: spec.key)
+def test_every_queue_is_configured_as_specified_with_its_dead_letter_queue(
+    stack: ClearlineStack, template: Template, spec: QueueSpec
+) -> None:
+    props = resource(template, "AWS::SQS::Queue", logical_id(stack, stack.queues[spec.key]))[
+        "Properties"
+    ]
+    assert "QueueName" not in props, "CloudFormation names the queues"
+    assert props["VisibilityTimeout"] == spec.visibility_timeout_seconds
+    assert props["MessageRetentionPeriod"] == spec.retention_seconds
+
+    if spec.max_receive_count is None:
+        assert "RedrivePolicy" not in props
+        assert spec.key not in stack.dead_letter_queues
+        return
+    dlq_id = logical_id(stack, stack.dead_letter_queues[spec.key])
+    assert props["RedrivePolicy"] == {
+        "deadLetterTargetArn": arn_of(dlq_id),
+        "maxReceiveCount": spec.max_receive_count,
+    }
+    dlq = resource(template, "AWS::SQS::Queue", dlq_id)["Properties"]
+    assert "QueueName" not in dlq
+    # A moved message keeps its first enqueue time, so the DLQ must keep it longer.
+    assert dlq["MessageRetentionPeriod"] > spec.retention_seconds
+
+
+def test_every_queue_is_encrypted_and_refuses_plain_http(template: Template) -> None:
+    queues = template.find_resources("AWS::SQS::Queue")
+    expected = (
+        len(TOPOLOGY.queues)
+        + sum(1 for q in TOPOLOGY.queues if q.max_receive_count is not None)
+        + sum(1 for f in TOPOLOGY.functions if f.stream_from)
+    )
+    assert len(queues) == expected, "each queue, its DLQ, and each stream failure queue"
+    for queue_id, queue in queues.items():
+        assert queue["Properties"]["SqsManagedSseEnabled"] is True, queue_id
+        assert {
+            "Action": "sqs:*",
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Resource": arn_of(queue_id),
+        } in _queue_policy_statements(template, queue_id), f"{queue_id} allows plain HTTP"
+
+
+def test_every_queue_that_nothing_consumes_has_an_alarm(
+    stack: ClearlineStack, template: Template
+) -> None:
+    # Dead-letter and stream failure queues: a message there is work nobody will do.
+    parked = [*stack.dead_letter_queues.values(), *stack.stream_failure_queues.values()]
+    assert len(parked) == sum(1 for q in TOPOLOGY.queues if q.max_receive_count is not None) + sum(
+        1 for f in TOPOLOGY.functions if f.stream_from
+    )
+    alarms = [a["Properties"] for a in template.find_resources("AWS::CloudWatch::Alarm").values()]
+    for queue in parked:
+        queue_id = logical_id(stack, queue)
+        matching = [
+            a
+            for a in alarms
+            if a["Dimensions"] == [{"Name": "QueueName", "Value": arn_of(queue_id, "QueueName")}]
+        ]
+        assert len(matching) == 1, f"{queue_id} has no alarm"
+        alarm = matching[0]
+        assert alarm["Namespace"] == "AWS/SQS"
+        assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+        assert alarm["Threshold"] == 0
+        assert alarm["EvaluationPeriods"] == 1
+
+
+def test_queue_triggers_outlast_their_functions() -> None:
+    # Lambda refuses an SQS trigger whose visibility timeout is below the function timeout.
+    for spec in TOPOLOGY.functions:
+        if spec.queue_trigger:
+            queue = TOPOLOGY.queue(spec.queue_trigger)
+            assert queue.visibility_timeout_seconds >= spec.timeout_seconds, spec.key
+
+
+def test_a_queue_shorter_than_its_function_is_refused() -> None:
+    consumer = next(f for f in TOPOLOGY.functions if f.queue_trigger)
+    queues = tuple(
+        dataclasses.replace(q, visibility_timeout_seconds=consumer.timeout_seconds - 1)
+        if q.key == consumer.queue_trigger
+        else q
+        for q in TOPOLOGY.queues
+    )
+    with pytest.raises(ValueError, match="visibility timeout"):
+        ClearlineStack(
+            App(context=NO_BUNDLING), "Short", topology=dataclasses.replace(TOPOLOGY, queues=queues)
+        )
+
+
+# --- event buses and rules ---------------------------------------------------------------
+
+
+def test_one_bus_per_spec_named_by_cloudformation(template: Template) -> None:
+    buses = template.find_resources("AWS::Events::EventBus")
+    assert len(buses) == len(TOPOLOGY.buses)
+    for bus in buses.values():
+        assert "Policy" not in bus["Properties"], "no resource policy: same-account only"
+        assert bus["Properties"]["Name"] not in {b.name for b in TOPOLOGY.buses}
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.rules, ids=lambda spec: spec.key)
+def test_every_rule_sends_its_events_to_its_queue(
+    stack: ClearlineStack, template: Template, spec: RuleSpec
+) -> None:
+    rule_id = logical_id(stack, stack.rules[spec.key])
+    props = resource(template, "AWS::Events::Rule", rule_id)["Properties"]
+    queue_id = logical_id(stack, stack.queues[spec.queue])
+
+    assert props["EventBusName"] == {"Ref": logical_id(stack, stack.buses[spec.bus])}
+    assert props["EventPattern"] == spec.event_pattern
+    assert props["State"] == "ENABLED"
+    assert [t["Arn"] for t in props["Targets"]] == [arn_of(queue_id)]
+    # The queue lets EventBridge send on behalf of this rule only.
+    allows = [
+        s
+        for s in _queue_policy_statements(template, queue_id)
+        if s["Effect"] == "Allow" and s["Principal"] == {"Service": "events.amazonaws.com"}
+    ]
+    assert len(allows) == 1
+    assert "sqs:SendMessage" in as_list(allows[0]["Action"])
+    assert allows[0]["Condition"] == {"ArnEquals": {"aws:SourceArn": arn_of(rule_id)}}
+
+
+def test_an_unknown_event_pattern_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="event pattern"):
+        clearline_stack.event_pattern({"source": ["clearline"], "detailType": ["x"]})
+
+
+def test_event_patterns_use_eventbridge_keys() -> None:
+    pattern = clearline_stack.event_pattern(
+        {"source": ["clearline"], "detail-type": ["charge.succeeded"], "detail": {"a": [1]}}
+    )
+    assert pattern.source == ["clearline"]
+    assert pattern.detail_type == ["charge.succeeded"]
+    assert pattern.detail == {"a": [1]}
 
 
 # --- REST API ----------------------------------------------------------------------------

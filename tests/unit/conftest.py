@@ -12,7 +12,7 @@ from moto import mock_aws
 
 from clearline.store import Store
 from clearline.topology import MAIN_TABLE, TOPOLOGY
-from clearline_local.provision import provision
+from clearline_local.provision import provision_tables
 from clearline_local.sandbox_processor import SandboxProcessor
 
 
@@ -29,7 +29,7 @@ def aws() -> Iterator[Any]:
     os.environ.pop("AWS_ENDPOINT_URL", None)
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        provision(TOPOLOGY, client)
+        provision_tables(TOPOLOGY, client)
         yield client
 
 

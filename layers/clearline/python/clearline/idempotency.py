@@ -60,6 +60,14 @@ def check_key(key: str | None) -> str:
     return key
 
 
+class _NotFinal(Exception):
+    """A result that must not be replayed: a pending charge settles on a later retry."""
+
+    def __init__(self, response: StoredResponse) -> None:
+        super().__init__("not final")
+        self.response = response
+
+
 class IdempotentRequests:
     def __init__(self, table_name: str, client: Any = None) -> None:
         self.config = IdempotencyConfig(
@@ -105,9 +113,14 @@ class IdempotentRequests:
 
         def respond() -> StoredResponse:
             try:
-                return StoredResponse(status, operation(), request_id)
+                response = StoredResponse(status, operation(), request_id)
             except CardError as exc:  # a decline is a result, replayed like a success
                 return StoredResponse(exc.status, exc.to_dict(), request_id)
+            if response.body.get("status") == "pending":
+                # Raising makes Powertools drop the record, so the retry runs again and can
+                # return the settled charge instead of a replay of "pending".
+                raise _NotFinal(response)
+            return response
 
         request = {
             "merchant": merchant_id,
@@ -118,6 +131,8 @@ class IdempotentRequests:
         }
         try:
             stored = self._run_once(request=request, operation=respond)
+        except _NotFinal as pending:
+            return pending.response
         except IdempotencyValidationError as exc:
             raise IdempotencyError(
                 "Keys for idempotent requests can only be used with the same parameters they were "

@@ -26,6 +26,7 @@ KINDS = {
     "ch": ("CHARGE#", "CHARGE", "charge"),
     "re": ("REFUND#", "REFUND", "refund"),
     "txn": ("TXN#", "TXN", "balance transaction"),
+    "evt": ("EVENT#", "EVENT", "event"),
 }
 
 
@@ -71,6 +72,7 @@ def page(
     limit: int,
     starting_after: str | None,
     ending_before: str | None,
+    filters: list[tuple[str, str, Any]] | None = None,
 ) -> dict[str, Any]:
     before = after = None
     if starting_after:
@@ -89,6 +91,7 @@ def page(
             after=after,
             newest_first=newest_first,
             limit=limit + 1,
+            filters=filters,
         )
 
     try:

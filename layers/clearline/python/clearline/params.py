@@ -85,6 +85,8 @@ class ChargeCreateParams(Params):
     metadata: Metadata = Field(default_factory=dict)
     statement_descriptor: Annotated[String, AfterValidator(_check_descriptor)] | None = None
     expand: list[String] = Field(default_factory=list)
+    # A Clearline extension: capture this authorization automatically at this Unix time.
+    capture_at: Integer | None = None
 
 
 class ChargeCaptureParams(Params):

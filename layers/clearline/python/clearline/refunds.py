@@ -17,8 +17,17 @@ from typing import Any
 
 from clearline import balance, ledger, listing
 from clearline.audit import Caller, audit_item
-from clearline.charges import AUTHORIZED, CANCELED, CAPTURED, EXPIRED, FAILED, charge_pk
+from clearline.charges import (
+    AUTHORIZED,
+    CANCELED,
+    CAPTURED,
+    EXPIRED,
+    FAILED,
+    charge_object,
+    charge_pk,
+)
 from clearline.errors import ConflictError, InvalidRequestError, ServiceUnavailableError
+from clearline.events import event_write
 from clearline.ids import derived_id
 from clearline.merchants import Merchant
 from clearline.money import currency, format_amount
@@ -200,6 +209,17 @@ class RefundService:
                 )
             ),
         ]
+        writes.append(
+            event_write(
+                caller.merchant.id,
+                "refund.created",
+                refund_object(refund),
+                operation="refund.created",
+                now=now,
+                caller=caller,
+                idempotency_key=idempotency_key,
+            )
+        )
         cancelled = commit(self.store, writes)
         if cancelled is None:
             return refund
@@ -299,6 +319,12 @@ class RefundService:
                 )
             ),
         ]
+        refunded = {
+            **charge,
+            "amount_refunded": charge["amount_refunded"] + amount,
+            "refunds": {**charge.get("refunds", {}), refund["id"]: refund_object(done)},
+        }
+        writes += self._refund_events(merchant_id, done, refunded, "refund.updated", now, caller)
         if commit(self.store, writes) is not None:  # finished by a concurrent retry
             return refund_object(self._get(refund["pk"], "REFUND") or done)
         return refund_object(done)
@@ -336,6 +362,16 @@ class RefundService:
                 )
             ),
         ]
+        writes.append(
+            event_write(
+                charge["merchant"],
+                "refund.failed",
+                refund_object(failed),
+                operation="refund.failed",
+                now=now,
+                caller=caller,
+            )
+        )
         if commit(self.store, writes) is not None:
             return refund_object(self._get(refund["pk"], "REFUND") or failed)
         return refund_object(failed)
@@ -408,6 +444,13 @@ class RefundService:
             ),
             *journal.writes(self.shards),
         ]
+        voided = {
+            **charge,
+            "state": CANCELED,
+            "amount_released": amount,
+            "refunds": {**charge.get("refunds", {}), refund_id: refund_object(refund)},
+        }
+        writes += self._refund_events(merchant.id, refund, voided, "refund.created", now, caller)
         if commit(self.store, writes) is not None:
             current = self._get(charge["pk"], "CHARGE") or charge
             if current["state"] == CANCELED:
@@ -418,6 +461,35 @@ class RefundService:
                 )
             raise ConflictError(f"Charge {charge['id']} was changed by another request; retry.")
         return refund_object(refund)
+
+    @staticmethod
+    def _refund_events(
+        merchant_id: str,
+        refund: dict[str, Any],
+        charge: dict[str, Any],
+        refund_event: str,
+        now: float,
+        caller: Caller,
+    ) -> list[Write]:
+        """The refund's own event, and charge.refunded with the charge as it now stands."""
+        return [
+            event_write(
+                merchant_id,
+                refund_event,
+                refund_object(refund),
+                operation=refund_event,
+                now=now,
+                caller=caller,
+            ),
+            event_write(
+                merchant_id,
+                "charge.refunded",
+                charge_object(charge),
+                operation=f"charge.refunded:{refund['id']}",
+                now=now,
+                caller=caller,
+            ),
+        ]
 
     # ---- read -----------------------------------------------------------------------------
 

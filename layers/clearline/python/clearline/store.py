@@ -156,7 +156,10 @@ class Store:
         after: str | None = None,
         newest_first: bool = True,
         limit: int = 10,
+        filters: list[tuple[str, str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
+        """Up to `limit` items of one index partition, optionally filtered by
+        (attribute, operator, value) conditions, reading on past filtered-out items."""
         condition = "#pk = :pk"
         names = {"#pk": pk_name}
         values: dict[str, Any] = {":pk": pk}
@@ -164,17 +167,33 @@ class Store:
             condition += " AND #sk < :cursor" if before is not None else " AND #sk > :cursor"
             names["#sk"] = sk_name
             values[":cursor"] = before if before is not None else after
-        response = self._call(
-            "query",
-            TableName=self.table_name,
-            IndexName=index,
-            KeyConditionExpression=condition,
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=serialize(values),
-            ScanIndexForward=not newest_first,
-            Limit=limit,
-        )
-        return [deserialize(raw) for raw in response.get("Items", [])]
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": index,
+            "KeyConditionExpression": condition,
+            "ScanIndexForward": not newest_first,
+            "Limit": limit,
+        }
+        if filters:
+            clauses = []
+            for i, (attribute, operator, value) in enumerate(filters):
+                names[f"#f{i}"] = attribute
+                values[f":f{i}"] = value
+                clauses.append(f"#f{i} {operator} :f{i}")
+            kwargs["FilterExpression"] = " AND ".join(clauses)
+        kwargs["ExpressionAttributeNames"] = names
+        kwargs["ExpressionAttributeValues"] = serialize(values)
+        items: list[dict[str, Any]] = []
+        while len(items) < limit:
+            response = self._call("query", **kwargs)
+            items.extend(deserialize(raw) for raw in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                break
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return items[:limit]
+
+    def delete(self, pk: str, sk: str) -> None:
+        self._call("delete_item", TableName=self.table_name, Key=serialize({"pk": pk, "sk": sk}))
 
     def query_partition(self, pk: str, sk_prefix: str = "") -> list[dict[str, Any]]:
         """Every item of one partition (whose sk starts with sk_prefix), strongly consistent."""

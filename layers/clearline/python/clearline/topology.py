@@ -8,7 +8,7 @@ resources and in-process invokers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Access = Literal["read", "readwrite"]
 
@@ -32,6 +32,36 @@ class TableSpec:
 
 
 @dataclass(frozen=True)
+class QueueSpec:
+    key: str
+    name: str
+    visibility_timeout_seconds: int = 60
+    # After this many receives a message moves to the queue's dead-letter queue.
+    max_receive_count: int | None = None
+    retention_seconds: int = 4 * 24 * 60 * 60  # longer than the 3 days of webhook retries
+
+    @property
+    def dlq_name(self) -> str:
+        return f"{self.name}-dlq"
+
+
+@dataclass(frozen=True)
+class BusSpec:
+    key: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """An EventBridge rule on a bus that sends matching events to a queue."""
+
+    key: str
+    bus: str
+    event_pattern: dict[str, Any]
+    queue: str
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     key: str
     code_dir: str  # relative to the repository root
@@ -44,6 +74,16 @@ class FunctionSpec:
     # needs the sandbox processor's URL (CLEARLINE_PROCESSOR_URL)
     calls_processor: bool = False
     environment: dict[str, str] = field(default_factory=dict)
+    # Triggers, at most one of each.
+    stream_from: str | None = None  # table key: its DynamoDB stream, batches of records
+    queue_trigger: str | None = None  # queue key: SQS batches, partial failures reported
+    schedule_minutes: int | None = None  # an EventBridge schedule: every N minutes
+    batch_size: int = 10
+    # Resources it writes to beyond its tables: each an env var and an IAM grant.
+    publishes_to: str | None = None  # bus key
+    sends_to: tuple[str, ...] = ()  # queue keys
+    # Calls merchants' webhook endpoints on the internet.
+    calls_internet: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +97,9 @@ class Topology:
     tables: tuple[TableSpec, ...]
     functions: tuple[FunctionSpec, ...]
     api: ApiSpec
+    queues: tuple[QueueSpec, ...] = ()
+    buses: tuple[BusSpec, ...] = ()
+    rules: tuple[RuleSpec, ...] = ()
 
     def table(self, key: str) -> TableSpec:
         return next(t for t in self.tables if t.key == key)
@@ -64,10 +107,26 @@ class Topology:
     def function(self, key: str) -> FunctionSpec:
         return next(f for f in self.functions if f.key == key)
 
+    def queue(self, key: str) -> QueueSpec:
+        return next(q for q in self.queues if q.key == key)
+
+    def bus(self, key: str) -> BusSpec:
+        return next(b for b in self.buses if b.key == key)
+
 
 def table_env_var(table_key: str) -> str:
     """The environment variable through which a function learns a table's name."""
     return f"CLEARLINE_{table_key.upper()}_TABLE"
+
+
+def queue_env_var(queue_key: str) -> str:
+    """The environment variable through which a function learns a queue's URL."""
+    return f"CLEARLINE_{queue_key.upper()}_QUEUE_URL"
+
+
+def bus_env_var(bus_key: str) -> str:
+    """The environment variable through which a function learns a bus's name."""
+    return f"CLEARLINE_{bus_key.upper()}_BUS"
 
 
 PROCESSOR_URL_ENV = "CLEARLINE_PROCESSOR_URL"
@@ -78,9 +137,14 @@ MAIN_TABLE = TableSpec(
     name="clearline-main",
     partition_key="pk",
     sort_key="sk",
-    # Lists of a merchant's objects, newest first.
-    indexes=(IndexSpec(name="by_merchant", partition_key="gsi1pk", sort_key="gsi1sk"),),
-    stream=True,
+    indexes=(
+        # Lists of a merchant's objects, newest first.
+        IndexSpec(name="by_merchant", partition_key="gsi1pk", sort_key="gsi1sk"),
+        # Sparse: only charges waiting for something (a capture time, an expiry, a
+        # processor answer), by when. Schedulers query it instead of scanning.
+        IndexSpec(name="by_due", partition_key="due_pk", sort_key="due_sk"),
+    ),
+    stream=True,  # the outbox: event items are relayed from the stream
 )
 
 IDEMPOTENCY_TABLE = TableSpec(
@@ -101,8 +165,102 @@ API_FUNCTION = FunctionSpec(
     calls_processor=True,
 )
 
+EVENT_BUS = BusSpec(key="events", name="clearline-events")
+EVENT_SOURCE = "clearline"
+
+WEBHOOK_QUEUE = QueueSpec(
+    key="webhooks",
+    name="clearline-webhook-deliveries",
+    visibility_timeout_seconds=60,
+    # Each receive is one delivery attempt; backoff between attempts is set per message.
+    max_receive_count=12,
+)
+CAPTURE_QUEUE = QueueSpec(
+    key="captures", name="clearline-captures", visibility_timeout_seconds=60, max_receive_count=5
+)
+
+RELAY_FUNCTION = FunctionSpec(
+    key="relay",
+    code_dir="functions/relay",
+    handler="relay_handler.lambda_handler",
+    description="Publishes outbox events from the main table's stream to the event bus",
+    timeout_seconds=30,
+    memory_mb=512,
+    stream_from="main",
+    batch_size=100,
+    publishes_to="events",
+)
+
+WEBHOOK_FUNCTION = FunctionSpec(
+    key="webhooks",
+    code_dir="functions/webhooks",
+    handler="webhook_handler.lambda_handler",
+    description="Signs and delivers events to merchants' webhook endpoints, with retries",
+    timeout_seconds=60,
+    memory_mb=512,
+    tables={"main": "readwrite"},
+    queue_trigger="webhooks",
+    batch_size=10,
+    sends_to=("webhooks",),
+    calls_internet=True,
+)
+
+SCHEDULER_FUNCTION = FunctionSpec(
+    key="scheduler",
+    code_dir="functions/scheduler",
+    handler="scheduler_handler.lambda_handler",
+    description="Finds authorizations due for capture or expiry and queues them",
+    timeout_seconds=60,
+    memory_mb=512,
+    tables={"main": "read"},
+    schedule_minutes=1,
+    sends_to=("captures",),
+)
+
+CAPTURE_FUNCTION = FunctionSpec(
+    key="capture_worker",
+    code_dir="functions/capture_worker",
+    handler="capture_handler.lambda_handler",
+    description="Captures or expires each queued authorization exactly once",
+    timeout_seconds=30,
+    memory_mb=512,
+    tables={"main": "readwrite"},
+    calls_processor=True,
+    queue_trigger="captures",
+    batch_size=10,
+)
+
+PROCESSOR_SYNC_FUNCTION = FunctionSpec(
+    key="processor_sync",
+    code_dir="functions/processor_sync",
+    handler="sync_handler.lambda_handler",
+    description="Resolves charges left pending by a processor timeout",
+    timeout_seconds=60,
+    memory_mb=512,
+    tables={"main": "readwrite"},
+    calls_processor=True,
+    schedule_minutes=1,
+)
+
 TOPOLOGY = Topology(
     tables=(MAIN_TABLE, IDEMPOTENCY_TABLE),
-    functions=(API_FUNCTION,),
+    functions=(
+        API_FUNCTION,
+        RELAY_FUNCTION,
+        WEBHOOK_FUNCTION,
+        SCHEDULER_FUNCTION,
+        CAPTURE_FUNCTION,
+        PROCESSOR_SYNC_FUNCTION,
+    ),
     api=ApiSpec(function="api"),
+    queues=(WEBHOOK_QUEUE, CAPTURE_QUEUE),
+    buses=(EVENT_BUS,),
+    rules=(
+        RuleSpec(
+            key="all_events_to_webhooks",
+            bus="events",
+            event_pattern={"source": [EVENT_SOURCE]},
+            queue="webhooks",
+        ),
+    ),
 )

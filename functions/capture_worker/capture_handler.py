@@ -1,0 +1,46 @@
+"""Capture worker: SQS batches of due authorizations -> each captured or expired once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from clearline.charges import ChargeService
+from clearline.config import Settings
+from clearline.ledger import ShardPolicy
+from clearline.processor import ProcessorClient
+from clearline.scheduling import Job, run_job
+from clearline.store import Store
+
+logger = Logger()
+processor = BatchProcessor(event_type=EventType.SQS)
+settings = Settings.from_env()
+store = Store(settings.main_table)
+charges = ChargeService(
+    store,
+    ProcessorClient(settings.processor_url, settings.processor_timeout_seconds),
+    ShardPolicy.from_env(),
+)
+
+
+def run(record: SQSRecord) -> None:
+    job = Job(**json.loads(record.body))
+    outcome = run_job(charges, store, job)
+    logger.info("job", extra={"charge": job.charge, "action": job.action, "outcome": outcome})
+
+
+@logger.inject_lambda_context(log_event=False)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return dict(
+        process_partial_response(
+            event=event, record_handler=run, processor=processor, context=context
+        )
+    )

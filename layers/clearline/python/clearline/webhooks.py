@@ -1,0 +1,315 @@
+"""Webhook endpoints, and the signed delivery of events to them.
+
+Deliveries use Stripe's signature scheme (`Stripe-Signature: t=...,v1=HMAC-SHA256(secret,
+"t.payload")`), so `stripe.Webhook.construct_event` verifies them. A merchant sees each
+event once as accepted: a delivery claims (event, endpoint) before posting and records
+the success, so relay retries and queue redeliveries skip endpoints already served.
+Every attempt is recorded, with its time, status, latency and error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from clearline import listing
+from clearline.errors import InvalidRequestError, ResourceMissingError
+from clearline.ids import new_id
+from clearline.merchants import Merchant
+from clearline.params import Params, String
+from clearline.store import Store, Write, commit
+
+ALL_EVENTS = "*"
+CLAIM_SECONDS = 120  # a claim older than this belongs to a dispatcher that died mid-delivery
+
+
+class WebhookEndpointCreateParams(Params):
+    url: String
+    enabled_events: list[String]
+    description: String | None = None
+    metadata: dict[str, String] = {}
+
+
+class WebhookEndpointUpdateParams(Params):
+    url: String | None = None
+    enabled_events: list[String] | None = None
+    description: String | None = None
+    metadata: dict[str, String] | None = None
+    disabled: bool | None = None
+
+
+def check_url(url: str, *, livemode: bool) -> None:
+    """Live endpoints must be https on public addresses; test mode may use http on loopback."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequestError("Invalid URL: it must be an absolute http(s) URL.", param="url")
+    loopback = parts.hostname in ("localhost",) or _is_loopback(parts.hostname)
+    if parts.scheme == "http" and (livemode or not loopback):
+        raise InvalidRequestError(
+            "Webhook URLs must use https (test mode also allows http on localhost).", param="url"
+        )
+    if livemode:
+        for address in _resolve(parts.hostname):
+            if address.is_private or address.is_loopback or address.is_link_local:
+                raise InvalidRequestError(
+                    "Webhook URLs must not point at private, loopback or link-local addresses.",
+                    param="url",
+                )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError as exc:
+        raise InvalidRequestError(f"Cannot resolve {host}.", param="url") from exc
+    return [ipaddress.ip_address(str(info[4][0])) for info in infos]
+
+
+def endpoint_object(item: dict[str, Any], *, with_secret: bool = False) -> dict[str, Any]:
+    shown = {
+        "id": item["id"],
+        "object": "webhook_endpoint",
+        "api_version": None,
+        "application": None,
+        "created": item["created"],
+        "description": item.get("description"),
+        "enabled_events": item["enabled_events"],
+        "livemode": False,
+        "metadata": item.get("metadata") or {},
+        "status": item["status"],
+        "url": item["url"],
+    }
+    if with_secret:  # Stripe shows the signing secret only when the endpoint is created
+        shown["secret"] = item["secret"]
+    return shown
+
+
+class WebhookEndpoints:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    def _get(self, merchant: Merchant, endpoint_id: str) -> dict[str, Any]:
+        item = self.store.get(f"MERCHANT#{merchant.id}", f"WE#{endpoint_id}")
+        if item is None:
+            raise ResourceMissingError("webhook endpoint", endpoint_id)
+        return item
+
+    def create(self, merchant: Merchant, params: WebhookEndpointCreateParams) -> dict[str, Any]:
+        check_url(params.url, livemode=merchant.livemode)
+        if not params.enabled_events:
+            raise InvalidRequestError(
+                "enabled_events must name at least one event type, or '*'.", param="enabled_events"
+            )
+        endpoint_id = new_id("we")
+        item = {
+            "pk": f"MERCHANT#{merchant.id}",
+            "sk": f"WE#{endpoint_id}",
+            "id": endpoint_id,
+            "url": params.url,
+            "enabled_events": list(params.enabled_events),
+            "description": params.description,
+            "metadata": dict(params.metadata),
+            "status": "enabled",
+            "secret": "whsec_" + secrets.token_hex(24),
+            "created": int(self.clock()),
+        }
+        self.store.put(item, if_new=True)
+        return endpoint_object(item, with_secret=True)
+
+    def retrieve(self, merchant: Merchant, endpoint_id: str) -> dict[str, Any]:
+        return endpoint_object(self._get(merchant, endpoint_id))
+
+    def update(
+        self, merchant: Merchant, endpoint_id: str, params: WebhookEndpointUpdateParams
+    ) -> dict[str, Any]:
+        item = self._get(merchant, endpoint_id)
+        if params.url is not None:
+            check_url(params.url, livemode=merchant.livemode)
+            item["url"] = params.url
+        if params.enabled_events is not None:
+            item["enabled_events"] = list(params.enabled_events)
+        if params.description is not None:
+            item["description"] = params.description
+        if params.metadata is not None:
+            item["metadata"] = {**item.get("metadata", {}), **params.metadata}
+        if params.disabled is not None:
+            item["status"] = "disabled" if params.disabled else "enabled"
+        self.store.put(item)
+        return endpoint_object(item)
+
+    def delete(self, merchant: Merchant, endpoint_id: str) -> dict[str, Any]:
+        self._get(merchant, endpoint_id)
+        self.store.delete(f"MERCHANT#{merchant.id}", f"WE#{endpoint_id}")
+        return {"id": endpoint_id, "object": "webhook_endpoint", "deleted": True}
+
+    def list(
+        self,
+        merchant: Merchant,
+        *,
+        limit: int,
+        starting_after: str | None,
+        ending_before: str | None,
+    ) -> dict[str, Any]:
+        items = self.store.query_partition(f"MERCHANT#{merchant.id}", "WE#")
+        return listing.page_in_memory(
+            [endpoint_object(i) for i in items],
+            url="/v1/webhook_endpoints",
+            limit=limit,
+            starting_after=starting_after,
+            ending_before=ending_before,
+        )
+
+
+# ---- delivery -------------------------------------------------------------------------------
+
+
+def signature_header(payload: str, secret: str, timestamp: int) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    endpoint: str
+    url: str
+    status: int | None
+    latency_ms: int
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class Dispatcher:
+    def __init__(
+        self, store: Store, timeout_seconds: float = 10.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.timeout_seconds = timeout_seconds
+        self.clock = clock
+
+    def deliver(
+        self, merchant_id: str, event: dict[str, Any], *, force: bool = False
+    ) -> list[Attempt]:
+        """Deliver to every subscribed endpoint not yet served; returns this round's attempts."""
+        attempts = []
+        for endpoint in self.store.query_partition(f"MERCHANT#{merchant_id}", "WE#"):
+            subscribed = ALL_EVENTS in endpoint["enabled_events"] or (
+                event["type"] in endpoint["enabled_events"]
+            )
+            if endpoint["status"] != "enabled" or not subscribed:
+                continue
+            if not self._claim(event["id"], endpoint["id"], force):
+                continue  # delivered already, or being delivered by another dispatcher
+            attempt = self._post(endpoint, event)
+            self._record(event["id"], attempt)
+            attempts.append(attempt)
+        return attempts
+
+    def _claim(self, event_id: str, endpoint_id: str, force: bool) -> bool:
+        now = self.clock()
+        if not force and self.store.get(f"EVENT#{event_id}", f"DELIVERED#{endpoint_id}"):
+            return False
+        claim = Write(
+            "Put",
+            item={
+                "pk": f"EVENT#{event_id}",
+                "sk": f"CLAIM#{endpoint_id}",
+                "until": int(now) + CLAIM_SECONDS,
+            },
+            condition="attribute_not_exists(pk) OR #until < :now",
+            names={"#until": "until"},
+            values={":now": int(now)},
+        )
+        return commit(self.store, [claim]) is None
+
+    def _post(self, endpoint: dict[str, Any], event: dict[str, Any]) -> Attempt:
+        payload = json.dumps(event)
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "User-Agent": "Clearline/1.0 (+webhooks)",
+            "Stripe-Signature": signature_header(payload, endpoint["secret"], int(self.clock())),
+        }
+        request = urllib.request.Request(
+            endpoint["url"], data=payload.encode(), headers=headers, method="POST"
+        )
+        started = time.monotonic()
+        status: int | None = None
+        error = None
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status, error = exc.code, f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            error = f"{type(reason).__name__}: {reason}"[:300]
+        latency = int((time.monotonic() - started) * 1000)
+        return Attempt(endpoint["id"], endpoint["url"], status, latency, error)
+
+    def _record(self, event_id: str, attempt: Attempt) -> None:
+        now = self.clock()
+        writes = [
+            Write.put_new(
+                {
+                    "pk": f"EVENT#{event_id}",
+                    "sk": f"ATTEMPT#{int(now * 1000):013d}#{attempt.endpoint}",
+                    "endpoint": attempt.endpoint,
+                    "url": attempt.url,
+                    "status": attempt.status,
+                    "latency_ms": attempt.latency_ms,
+                    "error": attempt.error,
+                    "at": int(now),
+                }
+            )
+        ]
+        if attempt.ok:
+            writes.append(
+                Write(
+                    "Put",
+                    item={
+                        "pk": f"EVENT#{event_id}",
+                        "sk": f"DELIVERED#{attempt.endpoint}",
+                        "at": int(now),
+                    },
+                )
+            )
+            writes.append(
+                Write("Delete", key={"pk": f"EVENT#{event_id}", "sk": f"CLAIM#{attempt.endpoint}"})
+            )
+        else:  # free the claim so the retry can deliver
+            writes.append(
+                Write("Delete", key={"pk": f"EVENT#{event_id}", "sk": f"CLAIM#{attempt.endpoint}"})
+            )
+        commit(self.store, writes)
+
+
+def attempts_for(store: Store, event_id: str) -> list[dict[str, Any]]:
+    return store.query_partition(f"EVENT#{event_id}", "ATTEMPT#")
+
+
+def retry_delay(attempt: int, base_seconds: float) -> int:
+    """Seconds to wait after failed attempt number `attempt` (1-based): base, 2x, 4x, ...,
+    at most 12 hours (SQS's longest visibility timeout). With a 60 s base and 12 attempts
+    the last try comes about 3 days after the first."""
+    return int(min(base_seconds * 2 ** (attempt - 1), 12 * 60 * 60))

@@ -1,0 +1,50 @@
+"""The environment each function gets locally: what the CDK app sets, with local names."""
+
+from __future__ import annotations
+
+from clearline.topology import (
+    PROCESSOR_URL_ENV,
+    SERVICE_NAME,
+    Topology,
+    bus_env_var,
+    queue_env_var,
+    table_env_var,
+)
+from clearline_local.lambda_runtime import ACCOUNT, REGION
+
+# moto accepts any credentials; fixed fake ones keep boto3 from looking for real ones.
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def queue_url(aws_endpoint_url: str, name: str) -> str:
+    return f"{aws_endpoint_url}/{ACCOUNT}/{name}"
+
+
+def function_environment(
+    topology: Topology,
+    key: str,
+    *,
+    aws_endpoint_url: str,
+    processor_url: str,
+    extra: dict[str, str],
+) -> dict[str, str]:
+    spec = topology.function(key)
+    env = {
+        **FAKE_CREDENTIALS,
+        "AWS_ENDPOINT_URL": aws_endpoint_url,
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
+        "POWERTOOLS_METRICS_NAMESPACE": "Clearline",
+        **spec.environment,
+        **extra,
+    }
+    for table_key in spec.tables:
+        env[table_env_var(table_key)] = topology.table(table_key).name
+    if spec.calls_processor:
+        env[PROCESSOR_URL_ENV] = processor_url
+    for queue_key in {*spec.sends_to, *([spec.queue_trigger] if spec.queue_trigger else [])}:
+        env[queue_env_var(queue_key)] = queue_url(aws_endpoint_url, topology.queue(queue_key).name)
+    if spec.publishes_to:
+        env[bus_env_var(spec.publishes_to)] = topology.bus(spec.publishes_to).name
+    return env
