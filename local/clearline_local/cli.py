@@ -21,11 +21,21 @@ def _store(info: StackInfo) -> Any:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from clearline.merchants import create_merchant
+    from clearline.topology import TOPOLOGY, WEBHOOK_QUEUE
     from clearline_local.stack import LocalStack
 
+    # Compressible retries: fewer attempts and shorter waits make tests run in seconds.
+    webhook_queue = dataclasses.replace(WEBHOOK_QUEUE, max_receive_count=args.webhook_max_attempts)
+    topology = dataclasses.replace(
+        TOPOLOGY,
+        queues=tuple(webhook_queue if q.key == WEBHOOK_QUEUE.key else q for q in TOPOLOGY.queues),
+    )
     stack = LocalStack(
         args.port,
+        topology=topology,
         workers=args.workers,
         processor_latency_ms=args.processor_latency_ms,
         processor_timeout_seconds=args.processor_timeout,
@@ -162,10 +172,10 @@ def cmd_webhooks_attempts(args: argparse.Namespace) -> int:
         print(f"no delivery attempts recorded for {args.event_id}")
     for attempt in attempts:
         when = datetime.fromtimestamp(attempt["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-        status = attempt["status"] if attempt["status"] is not None else "---"
+        status = attempt.get("status") or "---"
         print(
             f"{when}  {attempt['endpoint']}  {status}  {attempt['latency_ms']:>6} ms  "
-            f"{attempt['url']}  {attempt['error'] or ''}".rstrip()
+            f"{attempt['url']}  {attempt.get('error') or ''}".rstrip()
         )
     return 0
 
@@ -297,6 +307,24 @@ def parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds the api waits for the processor",
     )
+    up.add_argument(
+        "--webhook-retry-base",
+        type=float,
+        default=60.0,
+        help="seconds before the first webhook retry (doubling after)",
+    )
+    up.add_argument(
+        "--webhook-max-attempts",
+        type=int,
+        default=12,
+        help="delivery attempts before an event goes to the dead-letter queue",
+    )
+    up.add_argument(
+        "--webhook-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a webhook endpoint has to answer",
+    )
     up.set_defaults(run=cmd_up)
 
     merchants = commands.add_parser("merchants", help="manage merchants").add_subparsers(
@@ -320,6 +348,39 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("openapi", help="print the API's OpenAPI document").set_defaults(
         run=cmd_openapi
     )
+
+    invoke = commands.add_parser("invoke", help="run one function's handler against the stack")
+    invoke.add_argument("function", help="a function key of the topology, e.g. scheduler")
+    invoke.add_argument("--event", help="a JSON event file (default: a scheduled event)")
+    invoke.add_argument(
+        "--time",
+        default="+0s",
+        help="the scheduled event's time: ISO, or an offset from now like +8d",
+    )
+    invoke.add_argument("--port", type=int)
+    invoke.set_defaults(run=cmd_invoke)
+
+    webhooks = commands.add_parser("webhooks", help="webhook deliveries").add_subparsers(
+        dest="action", required=True
+    )
+    attempts = webhooks.add_parser("attempts", help="every delivery attempt of an event")
+    attempts.add_argument("event_id")
+    attempts.add_argument("--port", type=int)
+    attempts.set_defaults(run=cmd_webhooks_attempts)
+    redeliver = webhooks.add_parser("redeliver", help="deliver an event again")
+    redeliver.add_argument("event_id")
+    redeliver.add_argument("--port", type=int)
+    redeliver.set_defaults(run=cmd_webhooks_redeliver)
+    redrive = webhooks.add_parser("redrive", help="move the dead-letter queue back for delivery")
+    redrive.add_argument("--port", type=int)
+    redrive.set_defaults(run=cmd_webhooks_redrive)
+
+    listen = commands.add_parser("listen", help="forward a merchant's events to a local URL")
+    listen.add_argument("--forward-to", required=True)
+    listen.add_argument("--api-key", required=True, help="the merchant's secret key")
+    listen.add_argument("--events", default="*", help="event types to forward (default all)")
+    listen.add_argument("--port", type=int)
+    listen.set_defaults(run=cmd_listen)
     return root
 
 

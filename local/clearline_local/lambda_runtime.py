@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import sys
 import time
+import traceback
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -69,11 +70,27 @@ def _init_worker(spec: FunctionSpec, environment: dict[str, str]) -> None:
 def _invoke_in_worker(event: dict[str, Any]) -> Any:
     spec: FunctionSpec = _worker["spec"]
     context = LocalLambdaContext(spec.key, spec.memory_mb, spec.timeout_seconds, str(uuid.uuid4()))
-    return _worker["handler"](event, context)
+    try:
+        return _worker["handler"](event, context)
+    except Exception as exc:  # as Lambda reports a failed invocation: type, message, trace
+        return {
+            _ERROR: {
+                "errorType": type(exc).__name__,
+                "errorMessage": str(exc),
+                "stackTrace": traceback.format_exc().splitlines(),
+            }
+        }
+
+
+_ERROR = "__clearline_invocation_error__"
 
 
 class FunctionTimeout(Exception):
     pass
+
+
+class FunctionError(Exception):
+    """The handler raised: Lambda would report the invocation as failed."""
 
 
 class LocalFunction:
@@ -105,11 +122,15 @@ class LocalFunction:
     def invoke(self, event: dict[str, Any]) -> Any:
         future = self._pool.submit(_invoke_in_worker, event)
         try:
-            return future.result(timeout=self.spec.timeout_seconds + 1)
+            result = future.result(timeout=self.spec.timeout_seconds + 1)
         except FutureTimeout as exc:
             raise FunctionTimeout(
                 f"{self.spec.key} timed out after {self.spec.timeout_seconds}s"
             ) from exc
+        if isinstance(result, dict) and _ERROR in result:
+            error = result[_ERROR]
+            raise FunctionError(f"{self.spec.key}: {error['errorType']}: {error['errorMessage']}")
+        return result
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

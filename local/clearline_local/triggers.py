@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clearline.topology import Topology
-from clearline_local.lambda_runtime import ACCOUNT, REGION, LocalFunction
+from clearline_local.lambda_runtime import ACCOUNT, REGION, FunctionError, LocalFunction
 
 log = logging.getLogger("clearline.local")
 
@@ -45,6 +45,9 @@ class Trigger(threading.Thread):
         while not self.stopping.is_set():
             try:
                 busy = self.poll()
+            except FunctionError as exc:  # the whole batch failed: it is retried, as on AWS
+                log.warning("%s: %s", self.name, exc)
+                busy = False
             except Exception:
                 log.exception("%s failed; retrying", self.name)
                 busy = False
@@ -56,6 +59,15 @@ class Trigger(threading.Thread):
 
     def stop(self) -> None:
         self.stopping.set()
+
+
+def as_lambda_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:
+    """A stream record as Lambda delivers it: with its source ARN, times as epoch seconds."""
+    dynamodb = dict(record["dynamodb"])
+    created = dynamodb.get("ApproximateCreationDateTime")
+    if isinstance(created, datetime):
+        dynamodb["ApproximateCreationDateTime"] = created.timestamp()
+    return {**record, "dynamodb": dynamodb, "eventSourceARN": stream_arn}
 
 
 class StreamPoller(Trigger):
@@ -85,7 +97,7 @@ class StreamPoller(Trigger):
             if not backlog:
                 page = self.streams.get_records(ShardIterator=self.iterators[shard_id], Limit=100)
                 self.iterators[shard_id] = page["NextShardIterator"]
-                backlog.extend({**r, "eventSourceARN": self.stream_arn} for r in page["Records"])
+                backlog.extend(as_lambda_record(r, self.stream_arn) for r in page["Records"])
             if backlog:
                 busy = True
                 batch = backlog[: self.function.spec.batch_size]

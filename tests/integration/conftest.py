@@ -28,6 +28,8 @@ from clearline_local.state import StackInfo
 
 CLEARLINE = str(Path(sys.executable).with_name("clearline"))
 PROCESSOR_TIMEOUT_SECONDS = 1.5  # shorter than the sandbox's injected-fault delay (3 s)
+WEBHOOK_TIMEOUT_SECONDS = 2
+WEBHOOK_MAX_ATTEMPTS = 4  # retried after 1, 2 and 4 s, then the dead-letter queue
 
 
 @dataclass
@@ -110,6 +112,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "3",
                 "--processor-timeout",
                 str(PROCESSOR_TIMEOUT_SECONDS),
+                "--webhook-retry-base",
+                "1",
+                "--webhook-timeout",
+                str(WEBHOOK_TIMEOUT_SECONDS),
+                "--webhook-max-attempts",
+                str(WEBHOOK_MAX_ATTEMPTS),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -235,22 +235,22 @@ def test_another_merchant_sees_nothing(client: stripe.StripeClient, stack: Stack
 
 
 @pytest.mark.parametrize("mode", ["timeout_before", "timeout_after", "error_500"])
-def test_processor_failure_then_retry_charges_once(
-    client: stripe.StripeClient, stack: Stack, merchant: dict[str, Any], mode: str
+def test_processor_failure_leaves_a_pending_charge_that_a_retry_settles_once(
+    stack: Stack, merchant: dict[str, Any], mode: str
 ) -> None:
-    """The processor fails; the caller gets a retryable 503; the retry charges exactly once."""
+    """The processor fails: the charge is stored pending, with no money moved; a retry with
+    the same key asks the processor again with the same key, and charges exactly once."""
     idem = key()
     params = {"amount": 2500, "currency": "usd", "source": "tok_visa"}
     once = stripe.StripeClient(
         merchant["secret_key"], base_addresses={"api": stack.url}, max_network_retries=0
     )
     stack.inject_processor_fault(mode)
-    with pytest.raises(stripe.APIError) as raised:
-        once.v1.charges.create(params=params, options={"idempotency_key": idem})
-    assert raised.value.http_status == 503
-    assert charges_with_key(stack, merchant["id"], idem) == []  # fail closed: nothing stored
+    pending = once.v1.charges.create(params=params, options={"idempotency_key": idem})
+    assert (pending.status, pending.paid) == ("pending", False)
+    assert journals_for(stack, pending.id) == []
 
-    charge = client.v1.charges.create(params=params, options={"idempotency_key": idem})
-    assert charge.status == "succeeded"
+    settled = once.v1.charges.create(params=params, options={"idempotency_key": idem})
+    assert (settled.id, settled.status) == (pending.id, "succeeded")
     assert len(charges_with_key(stack, merchant["id"], idem)) == 1
-    assert len(journals_for(stack, charge.id)) == 1
+    assert len(journals_for(stack, settled.id)) == 1

@@ -123,6 +123,28 @@ def test_sample_events_through_the_handler(api: tuple[Any, str], store: Store) -
     balance = body_of(invoke(handler, "retrieve_balance", secret))
     assert balance["pending"][0]["amount"] == 5000 - txn["fee"] - 1000
 
+    events = body_of(invoke(handler, "list_events", secret))["data"]
+    assert [e["data"]["object"]["id"] for e in events] == [ch]
+    event = body_of(invoke(handler, "retrieve_event", secret, evt_sample=events[0]["id"]))
+    assert event["type"] == "charge.succeeded"
+
+    endpoint = body_of(invoke(handler, "create_webhook_endpoint", secret))
+    assert endpoint["secret"].startswith("whsec_")
+    assert endpoint["enabled_events"] == ["charge.succeeded", "charge.refunded"]
+    we = endpoint["id"]
+    assert "secret" not in body_of(
+        invoke(handler, "retrieve_webhook_endpoint", secret, we_sample=we)
+    )
+    updated = body_of(invoke(handler, "update_webhook_endpoint", secret, we_sample=we))
+    assert updated["description"] == "Orders service"
+    assert [
+        e["id"] for e in body_of(invoke(handler, "list_webhook_endpoints", secret))["data"]
+    ] == [we]
+    assert (
+        body_of(invoke(handler, "delete_webhook_endpoint", secret, we_sample=we))["deleted"] is True
+    )
+    assert body_of(invoke(handler, "list_webhook_endpoints", secret))["data"] == []
+
     uncaptured = invoke(
         handler,
         "create_charge",

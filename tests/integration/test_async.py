@@ -1,0 +1,335 @@
+"""The async spine over the local stack: outbox events, signed webhooks with retries and
+a dead-letter queue, the relay replaying a batch, scheduled captures and expiry with the
+clock moved forward, and charges left pending by processor timeouts."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+
+from clearline import ledger
+from clearline.topology import WEBHOOK_QUEUE
+from clearline_local.environment import queue_url
+from clearline_local.stack import aws_client
+from clearline_local.triggers import as_lambda_record
+
+from .conftest import WEBHOOK_TIMEOUT_SECONDS, Stack, journals_for
+
+pytestmark = pytest.mark.integration
+
+
+def key() -> str:
+    return str(uuid.uuid4())
+
+
+def eventually(check: Callable[[], Any], timeout: float = 40, message: str = "") -> Any:
+    """Polls until check() is truthy: for work the stack does in the background."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting: {message}")
+
+
+class Receiver:
+    """A merchant's webhook endpoint: verifies each delivery with the stripe SDK, and
+    answers with the scripted behaviours first ("500", "timeout"), then 200."""
+
+    def __init__(self, script: list[str] | None = None) -> None:
+        self.script = list(script or [])
+        self.secret = ""
+        self.accepted: list[stripe.Event] = []
+        self.refused = 0
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                payload = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                with receiver.lock:
+                    behaviour = receiver.script.pop(0) if receiver.script else "ok"
+                if behaviour == "timeout":
+                    time.sleep(WEBHOOK_TIMEOUT_SECONDS + 1)
+                    return
+                if behaviour == "500":
+                    receiver.refused += 1
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                event = stripe.Webhook.construct_event(
+                    payload, self.headers["Stripe-Signature"], receiver.secret
+                )
+                with receiver.lock:
+                    receiver.accepted.append(event)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/webhooks"
+
+    def ids(self) -> Counter[str]:
+        with self.lock:
+            return Counter(e.id for e in self.accepted)
+
+
+@pytest.fixture
+def shop(stack: Stack) -> Iterator[tuple[dict[str, Any], stripe.StripeClient]]:
+    merchant = stack.create_merchant("Async Shop")
+    yield merchant, stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url})
+
+
+def subscribe(sdk: stripe.StripeClient, receiver: Receiver, events: list[str]) -> None:
+    endpoint = sdk.v1.webhook_endpoints.create(
+        params={"url": receiver.url, "enabled_events": events},  # type: ignore[typeddict-item]
+        options={"idempotency_key": key()},
+    )
+    assert endpoint.secret and endpoint.secret.startswith("whsec_")
+    receiver.secret = endpoint.secret
+
+
+def charge(sdk: stripe.StripeClient, **params: Any) -> stripe.Charge:
+    return sdk.v1.charges.create(
+        params={"amount": 2000, "currency": "usd", "source": "tok_visa", **params},
+        options={"idempotency_key": key()},
+    )
+
+
+def events_of(sdk: stripe.StripeClient, object_id: str) -> list[str]:
+    return [
+        e.type
+        for e in sdk.v1.events.list(params={"limit": 100}).data
+        if e.data.object["id"] == object_id
+    ]
+
+
+def test_events_for_every_change(shop: tuple[dict[str, Any], stripe.StripeClient]) -> None:
+    _, sdk = shop
+    held = charge(sdk, capture=False)
+    sdk.v1.charges.capture(held.id, params={"amount": 1500}, options={"idempotency_key": key()})
+    refund = sdk.v1.refunds.create(
+        params={"charge": held.id, "amount": 500}, options={"idempotency_key": key()}
+    )
+    assert sorted(events_of(sdk, held.id)) == [
+        "charge.captured",
+        "charge.refunded",
+        "charge.succeeded",
+    ]
+    assert sorted(events_of(sdk, refund.id)) == ["refund.created", "refund.updated"]
+    captured = sdk.v1.events.list(params={"type": "charge.captured"}).data
+    assert [e.data.object["id"] for e in captured] == [held.id]
+    event = sdk.v1.events.retrieve(captured[0].id)
+    assert (event.type, event.data.object["amount_captured"]) == ("charge.captured", 1500)
+    later = sdk.v1.events.list(params={"created": {"gt": int(time.time()) + 60}}).data
+    assert later == []
+
+
+def test_webhook_retried_through_500_and_timeout_arrives_once(
+    stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient]
+) -> None:
+    _, sdk = shop
+    receiver = Receiver(["500", "timeout"])
+    subscribe(sdk, receiver, ["charge.succeeded"])
+    made = charge(sdk)
+    (event_id,) = eventually(lambda: list(receiver.ids()), message="a delivery to be accepted")
+    time.sleep(3)  # time for a duplicate to show up, if one were coming
+    assert receiver.ids() == Counter({event_id: 1})
+    assert receiver.accepted[0].data.object["id"] == made.id
+    assert receiver.refused == 1
+
+    shown = stack.clearline("webhooks", "attempts", event_id)
+    lines = shown.stdout.strip().splitlines()
+    assert len(lines) == 3, shown.stdout
+    assert " 500 " in lines[0]
+    assert "timed out" in lines[1].lower() or "timeout" in lines[1].lower()
+    assert " 200 " in lines[2]
+
+
+def test_permanent_failure_ends_in_the_dlq_and_redrive_delivers(
+    stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient]
+) -> None:
+    _, sdk = shop
+    receiver = Receiver(["500"] * 4)  # every attempt the queue allows
+    subscribe(sdk, receiver, ["charge.succeeded"])
+    charge(sdk)
+    sqs = aws_client("sqs", stack.info.aws_endpoint_url)
+    dlq = queue_url(stack.info.aws_endpoint_url, WEBHOOK_QUEUE.dlq_name)
+
+    def in_dlq() -> int:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+        return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
+    eventually(in_dlq, timeout=60, message="the event to reach the dead-letter queue")
+    assert receiver.refused == 4 and not receiver.accepted
+    done = stack.clearline("webhooks", "redrive")
+    assert done.returncode == 0 and "redrove 1" in done.stdout, done.stdout
+    eventually(lambda: receiver.accepted, message="the redriven delivery")
+    assert len(receiver.accepted) == 1
+
+
+def test_redeliver_sends_an_accepted_event_again(
+    stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient]
+) -> None:
+    _, sdk = shop
+    receiver = Receiver()
+    subscribe(sdk, receiver, ["charge.succeeded"])
+    charge(sdk)
+    (event_id,) = eventually(lambda: list(receiver.ids()))
+    assert stack.clearline("webhooks", "redeliver", event_id).returncode == 0
+    eventually(lambda: receiver.ids()[event_id] == 2, message="the redelivery")
+
+
+def _stream_records(stack: Stack, merchant_id: str) -> list[dict[str, Any]]:
+    """This merchant's event inserts, as the table's stream holds them."""
+    dynamodb = aws_client("dynamodb", stack.info.aws_endpoint_url)
+    streams = aws_client("dynamodbstreams", stack.info.aws_endpoint_url)
+    arn = dynamodb.describe_table(TableName=stack.info.main_table)["Table"]["LatestStreamArn"]
+    records = []
+    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+        iterator = streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            page = streams.get_records(ShardIterator=iterator, Limit=1000)
+            for record in page["Records"]:
+                image = record["dynamodb"].get("NewImage", {})
+                if (
+                    image.get("sk", {}).get("S") == "EVENT"
+                    and image["merchant"]["S"] == merchant_id
+                ):
+                    records.append(as_lambda_record(record, arn))
+            iterator = page.get("NextShardIterator") if page["Records"] else None
+    return records
+
+
+def test_a_relay_retry_after_a_partial_publish_delivers_nothing_twice(
+    stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient], tmp_path: Path
+) -> None:
+    merchant, sdk = shop
+    receiver = Receiver()
+    subscribe(sdk, receiver, ["*"])
+    for _ in range(3):
+        charge(sdk)
+    eventually(lambda: len(receiver.ids()) == 3, message="the first three deliveries")
+    records = _stream_records(stack, merchant["id"])
+    assert len(records) == 3
+    # The relay published the first record of a batch, then crashed; Lambda retries the
+    # whole batch from the start.
+    for batch in (records[:1], records):
+        event_file = tmp_path / "batch.json"
+        event_file.write_text(json.dumps({"Records": batch}))
+        done = stack.clearline("invoke", "relay", "--event", str(event_file))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == {"batchItemFailures": []}
+    time.sleep(4)  # the republished events go through the bus and queue meanwhile
+    assert set(receiver.ids().values()) == {1}
+    assert len(receiver.ids()) == 3
+
+
+def test_scheduled_capture_with_the_clock_moved_forward(
+    stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient]
+) -> None:
+    _, sdk = shop
+    capture_at = int(time.time()) + 3600
+    held = charge(sdk, capture=False, capture_at=capture_at)
+    assert held.captured is False
+    early = stack.clearline("invoke", "scheduler", "--time", "+30m")
+    assert early.returncode == 0, early.stderr
+    time.sleep(1)
+    assert sdk.v1.charges.retrieve(held.id).captured is False  # not due yet
+    due = stack.clearline("invoke", "scheduler", "--time", "+61m")
+    assert due.returncode == 0, due.stderr
+    captured = eventually(
+        lambda: (c := sdk.v1.charges.retrieve(held.id)).captured and c,
+        message="the scheduled capture",
+    )
+    assert captured.amount_captured == 2000
+    assert "charge.captured" in events_of(sdk, held.id)
+    # The scheduler may queue it again; it is captured once.
+    stack.clearline("invoke", "scheduler", "--time", "+62m")
+    time.sleep(1)
+    assert len([j for j in journals_for(stack, held.id) if j["operation"] == "charge.capture"]) == 1
+
+
+def test_capture_at_must_be_in_the_window(shop: tuple[dict[str, Any], stripe.StripeClient]) -> None:
+    _, sdk = shop
+    for capture_at in (int(time.time()) - 10, int(time.time()) + 8 * 86400):
+        with pytest.raises(stripe.InvalidRequestError) as raised:
+            charge(sdk, capture=False, capture_at=capture_at)
+        assert raised.value.param == "capture_at"
+
+
+def test_authorizations_expire_after_the_window(
+    stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient]
+) -> None:
+    merchant, sdk = shop
+    held = charge(sdk, capture=False)
+    done = stack.clearline("invoke", "scheduler", "--time", "+8d")
+    assert done.returncode == 0, done.stderr
+    expired = eventually(
+        lambda: (c := sdk.v1.charges.retrieve(held.id)).refunded and c, message="the expiry"
+    )
+    assert (expired.captured, expired.amount_refunded) == (False, 2000)
+    assert "charge.expired" in events_of(sdk, held.id)
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        sdk.v1.charges.capture(held.id, options={"idempotency_key": key()})
+    assert raised.value.code == "charge_expired_for_capture"
+    hold = ledger.account_balance(stack.store(), ledger.merchant_payable(merchant["id"], "usd"))
+    assert hold.credits_pending == hold.debits_pending
+
+
+@pytest.mark.parametrize(
+    ("mode", "settles_to"), [("timeout_after", "succeeded"), ("timeout_before", "failed")]
+)
+def test_processor_sync_settles_pending_charges(
+    stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient], mode: str, settles_to: str
+) -> None:
+    _, sdk = shop
+    stack.inject_processor_fault(mode)
+    pending = charge(sdk)
+    assert pending.status == "pending"
+    assert "charge.pending" in events_of(sdk, pending.id)
+    done = stack.clearline("invoke", "processor_sync", "--time", "+2m")
+    assert done.returncode == 0, done.stderr
+    settled = sdk.v1.charges.retrieve(pending.id)
+    assert settled.status == settles_to
+    journals = journals_for(stack, pending.id)
+    assert len(journals) == (1 if settles_to == "succeeded" else 0)
+    expected_event = "charge.succeeded" if settles_to == "succeeded" else "charge.failed"
+    assert expected_event in events_of(sdk, pending.id)
+
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+
+
+@pytest.mark.parametrize(
+    "function", ["relay", "webhooks", "scheduler", "capture_worker", "processor_sync"]
+)
+def test_sample_events_through_each_function(stack: Stack, function: str) -> None:
+    (sample,) = (EVENTS / function).glob("*.json")
+    done = stack.clearline("invoke", function, "--event", str(sample))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if "batchItemFailures" in json.dumps(result):
+        assert result == {"batchItemFailures": []}
