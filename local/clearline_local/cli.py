@@ -10,6 +10,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from clearline.topology import WEBHOOK_QUEUE
 from clearline_local.state import NoStackRunning, StackInfo, find_stack
 
 
@@ -24,7 +25,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import dataclasses
 
     from clearline.merchants import create_merchant
-    from clearline.topology import TOPOLOGY, WEBHOOK_QUEUE
+    from clearline.topology import TOPOLOGY
     from clearline_local.stack import LocalStack
 
     # Compressible retries: fewer attempts and shorter waits make tests run in seconds.
@@ -316,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--webhook-max-attempts",
         type=int,
-        default=12,
+        default=WEBHOOK_QUEUE.max_receive_count,
         help="delivery attempts before an event goes to the dead-letter queue",
     )
     up.add_argument(

@@ -173,7 +173,7 @@ WEBHOOK_QUEUE = QueueSpec(
     name="clearline-webhook-deliveries",
     visibility_timeout_seconds=60,
     # Each receive is one delivery attempt; backoff between attempts is set per message.
-    max_receive_count=12,
+    max_receive_count=16,  # 60 s doubling to 12 h: the last try about 3 days after the first
 )
 CAPTURE_QUEUE = QueueSpec(
     key="captures", name="clearline-captures", visibility_timeout_seconds=60, max_receive_count=5

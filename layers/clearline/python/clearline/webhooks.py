@@ -310,6 +310,6 @@ def attempts_for(store: Store, event_id: str) -> list[dict[str, Any]]:
 
 def retry_delay(attempt: int, base_seconds: float) -> int:
     """Seconds to wait after failed attempt number `attempt` (1-based): base, 2x, 4x, ...,
-    at most 12 hours (SQS's longest visibility timeout). With a 60 s base and 12 attempts
-    the last try comes about 3 days after the first."""
+    at most 12 hours (SQS's longest visibility timeout). With a 60 s base and 16 attempts
+    the last try comes about 3.2 days after the first."""
     return int(min(base_seconds * 2 ** (attempt - 1), 12 * 60 * 60))
