@@ -232,49 +232,56 @@ def cmd_webhooks_redrive(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    """Forward a merchant's events to a local URL, signed, printing each delivery."""
+    """Forward a merchant's events to a local URL, signed, printing each delivery.
+
+    It registers a webhook endpoint for the URL through the API (as the merchant), follows
+    the merchant's new events through the API, prints each delivery attempt the
+    dispatcher records, and removes the endpoint when stopped."""
     import time
     import urllib.request
 
+    from clearline.webhooks import attempts_for
+
     info = find_stack(args.port)
-    headers = {
-        "Authorization": f"Bearer {args.api_key}",
-        "Idempotency-Key": f"listen-{time.time()}",
-    }
-    body = f"url={args.forward_to}&enabled_events[]={args.events}".encode()
-    request = urllib.request.Request(
-        f"{info.api_url}/v1/webhook_endpoints", data=body, headers=headers, method="POST"
+    auth = {"Authorization": f"Bearer {args.api_key}"}
+
+    def call(method: str, path: str, body: bytes | None = None) -> Any:
+        headers = {**auth, "Idempotency-Key": f"listen-{time.time()}"} if body else auth
+        request = urllib.request.Request(
+            f"{info.api_url}{path}", data=body, headers=headers, method=method
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    started = int(time.time())
+    endpoint = call(
+        "POST",
+        "/v1/webhook_endpoints",
+        f"url={args.forward_to}&enabled_events[]={args.events}".encode(),
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        endpoint = json.load(response)
     print(f"Ready! Your webhook signing secret is {endpoint['secret']}")
     print(f"Forwarding events to {args.forward_to}  (Ctrl-C to stop)", flush=True)
-    store, seen = _store(info), set()
+    store, shown = _store(info), set()
     stopping = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         while not stopping.wait(0.5):
-            for item in store.scan("EVENT#"):
-                if not item["sk"].startswith("ATTEMPT#") or item["endpoint"] != endpoint["id"]:
-                    continue
-                if item["sk"] + item["pk"] in seen:
-                    continue
-                seen.add(item["sk"] + item["pk"])
-                event = store.get(item["pk"], "EVENT") or {"type": "?"}
-                print(
-                    f"{datetime.fromtimestamp(item['at'], UTC):%H:%M:%S}  --> {event['type']} "
-                    f"[{item['pk'].removeprefix('EVENT#')}]  <-- [{item['status']}] POST "
-                    f"{item['url']}",
-                    flush=True,
-                )
+            events = call("GET", f"/v1/events?limit=100&created[gte]={started}")["data"]
+            for event in reversed(events):
+                for attempt in attempts_for(store, event["id"]):
+                    if attempt["endpoint"] != endpoint["id"] or attempt["sk"] in shown:
+                        continue
+                    shown.add(attempt["sk"])
+                    status = attempt.get("status") or attempt.get("error")
+                    print(
+                        f"{datetime.fromtimestamp(attempt['at'], UTC):%H:%M:%S}  --> "
+                        f"{event['type']} [{event['id']}]  <-- [{status}] POST "
+                        f"{attempt['url']}",
+                        flush=True,
+                    )
     finally:
-        delete = urllib.request.Request(
-            f"{info.api_url}/v1/webhook_endpoints/{endpoint['id']}",
-            headers=headers,
-            method="DELETE",
-        )
-        urllib.request.urlopen(delete, timeout=30).close()
+        call("DELETE", f"/v1/webhook_endpoints/{endpoint['id']}")
     return 0
 
 

@@ -5,6 +5,7 @@ clock moved forward, and charges left pending by processor timeouts."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -23,7 +24,7 @@ from clearline_local.environment import queue_url
 from clearline_local.stack import aws_client
 from clearline_local.triggers import as_lambda_record
 
-from .conftest import WEBHOOK_TIMEOUT_SECONDS, Stack, journals_for
+from .conftest import CLEARLINE, WEBHOOK_TIMEOUT_SECONDS, Stack, journals_for
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +334,39 @@ def test_sample_events_through_each_function(stack: Stack, function: str) -> Non
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if "batchItemFailures" in json.dumps(result):
         assert result == {"batchItemFailures": []}
+
+
+def test_listen_forwards_signed_events_and_prints_each_delivery(
+    stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient]
+) -> None:
+    merchant, sdk = shop
+    receiver = Receiver()
+    listen = subprocess.Popen(
+        [
+            CLEARLINE,
+            "listen",
+            "--forward-to",
+            receiver.url,
+            "--api-key",
+            merchant["secret_key"],
+            "--port",
+            str(stack.info.port),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=stack.env,
+    )
+    try:
+        assert listen.stdout is not None
+        ready = listen.stdout.readline()
+        receiver.secret = ready.strip().rsplit(" ", 1)[-1]
+        assert receiver.secret.startswith("whsec_")
+        listen.stdout.readline()  # "Forwarding events to ..."
+        made = charge(sdk)
+        line = listen.stdout.readline()
+        assert "charge.succeeded" in line and "[200]" in line, line
+        assert receiver.accepted[0].data.object["id"] == made.id
+    finally:
+        listen.terminate()
+        assert listen.wait(timeout=30) == 0
+    assert sdk.v1.webhook_endpoints.list().data == []  # the temporary endpoint is gone
