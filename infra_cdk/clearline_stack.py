@@ -1,5 +1,5 @@
-"""The Clearline stack: every table, queue, bus, layer, function and the REST API come from
-the topology."""
+"""The Clearline stack: every table, queue, bucket, bus, layer, function and the REST API come
+from the topology."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_notifications as s3n
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct, IConstruct
 
@@ -32,6 +34,7 @@ from clearline.topology import (
     SERVICE_NAME,
     TOPOLOGY,
     ApiSpec,
+    BucketSpec,
     BusSpec,
     FunctionSpec,
     QueueSpec,
@@ -61,6 +64,26 @@ DEAD_LETTER_RETENTION = Duration.days(14)
 # A failing stream batch blocks its shard while retried; after this many retries the
 # batch's position goes to the function's stream failure queue so later records flow.
 STREAM_RETRY_ATTEMPTS = 10
+# Bucket lifecycle. Files are read in the first weeks after they land, later only for audits
+# and disputes; an overwritten or deleted version stays recoverable for a quarter.
+INFREQUENT_ACCESS_AFTER = Duration.days(30)
+NONCURRENT_VERSION_RETENTION = Duration.days(90)
+ABORT_INCOMPLETE_UPLOADS_AFTER = Duration.days(7)
+# Server access logs are kept as long as the functions' logs.
+ACCESS_LOG_RETENTION = Duration.days(365)
+# Without it, log delivery is granted through the LogDeliveryWrite ACL, which needs ACLs
+# enabled on the log bucket; a bucket policy works with ACLs disabled (bucket owner enforced).
+S3_ACCESS_LOGS_USE_BUCKET_POLICY = "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy"
+# What the wildcard actions of the CDK's bucket grants cover, for their acknowledgments.
+S3_GRANT_WILDCARDS = {
+    "s3:GetObject*": "reads objects, their versions, tags, retention and attributes",
+    "s3:GetBucket*": "reads the bucket's own settings, such as its location and versioning",
+    "s3:List*": "lists the bucket's objects, object versions and multipart uploads",
+    "s3:DeleteObject*": "deletes objects and object versions, and their tags",
+    "s3:Abort*": "aborts its own multipart uploads (AbortMultipartUpload is the only match)",
+}
+S3_READ_WILDCARDS = ("s3:GetObject*", "s3:GetBucket*", "s3:List*")
+S3_WRITE_WILDCARDS = ("s3:DeleteObject*", "s3:Abort*")
 # Keys of a topology event pattern -> fields of events.EventPattern.
 EVENT_PATTERN_FIELDS = {
     "account": "account",
@@ -121,12 +144,18 @@ class ClearlineStack(Stack):
             scope,
             construct_id,
             description="Clearline: a Stripe-compatible payments API (API Gateway, Lambda, "
-            "DynamoDB, SQS, EventBridge)",
+            "DynamoDB, SQS, EventBridge, S3)",
         )
+        # Set on the stack, before any child exists, so that it holds in every app.
+        self.node.set_context(S3_ACCESS_LOGS_USE_BUCKET_POLICY, True)
         self.topology = topology
         self.tables = {spec.key: self._table(spec) for spec in topology.tables}
         self.dead_letter_queues: dict[str, sqs.Queue] = {}
+        # Per queue key, the alarms of the queues that no function consumes.
+        self.unconsumed_queue_alarms: dict[str, cloudwatch.Alarm] = {}
         self.queues = {spec.key: self._queue(spec) for spec in topology.queues}
+        self.access_log_bucket = self._access_log_bucket() if topology.buckets else None
+        self.buckets = {spec.key: self._bucket(spec) for spec in topology.buckets}
         self.buses = {spec.key: self._bus(spec) for spec in topology.buses}
         self.rules = {spec.key: self._rule(spec) for spec in topology.rules}
         # Per function key, for the functions that have each trigger.
@@ -200,13 +229,14 @@ class ClearlineStack(Stack):
             dead_letter_queue=dead_letter_queue,
         )
 
-    def _dead_letter_queue(self, construct_id: str, description: str) -> sqs.Queue:
-        """A queue that nothing reads, with an alarm as soon as a message lands in it."""
-        queue = self._encrypted_queue(construct_id, retention=DEAD_LETTER_RETENTION)
-        cloudwatch.Alarm(
+    def _depth_alarm(
+        self, queue: sqs.Queue, construct_id: str, description: str
+    ) -> cloudwatch.Alarm:
+        """An alarm as soon as a message waits in `queue`."""
+        return cloudwatch.Alarm(
             self,
-            f"{construct_id}Alarm",
-            alarm_description=f"{description} Inspect the messages and redrive or resolve them.",
+            construct_id,
+            alarm_description=description,
             metric=queue.metric_approximate_number_of_messages_visible(
                 period=Duration.minutes(1), statistic=cloudwatch.Stats.MAXIMUM
             ),
@@ -216,10 +246,27 @@ class ClearlineStack(Stack):
             # SQS stops sending metrics for an empty, idle queue.
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
+
+    def _dead_letter_queue(self, construct_id: str, description: str) -> sqs.Queue:
+        """A queue that nothing reads, with an alarm as soon as a message lands in it."""
+        queue = self._encrypted_queue(construct_id, retention=DEAD_LETTER_RETENTION)
+        self._depth_alarm(
+            queue,
+            f"{construct_id}Alarm",
+            f"{description} Inspect the messages and redrive or resolve them.",
+        )
         return queue
 
     def _queue(self, spec: QueueSpec) -> sqs.Queue:
         name = construct_name(spec.key)
+        consumed = any(f.queue_trigger == spec.key for f in self.topology.functions)
+        if consumed and spec.max_receive_count is None:
+            # Without a receive limit, a message its consumer keeps failing is retried
+            # until it expires, silently.
+            raise ValueError(
+                f"queue {spec.key} triggers a function but has no dead-letter queue "
+                "(max_receive_count)"
+            )
         dead_letter_queue = None
         if spec.max_receive_count is not None:
             dlq = self._dead_letter_queue(
@@ -230,12 +277,98 @@ class ClearlineStack(Stack):
             dead_letter_queue = sqs.DeadLetterQueue(
                 max_receive_count=spec.max_receive_count, queue=dlq
             )
-        return self._encrypted_queue(
+        queue = self._encrypted_queue(
             f"{name}Queue",
             retention=Duration.seconds(spec.retention_seconds),
             visibility_timeout=Duration.seconds(spec.visibility_timeout_seconds),
             dead_letter_queue=dead_letter_queue,
         )
+        if not consumed:
+            # Like a dead-letter queue, a queue that no function consumes holds work that
+            # waits for a person (reconciliation mismatches, say), so a message is news.
+            self.unconsumed_queue_alarms[spec.key] = self._depth_alarm(
+                queue,
+                f"{name}QueueAlarm",
+                f"Messages wait on the {spec.key} queue, which no function consumes. "
+                "Inspect and resolve them.",
+            )
+        if dead_letter_queue is None:
+            acknowledge(
+                cast(sqs.CfnQueue, queue.node.default_child),
+                "AwsSolutions-SQS3",
+                f"Nothing consumes the {spec.key} queue automatically: people read it, so "
+                "no receive count can mark a poison message; it is alarmed as soon as a "
+                f"message arrives and keeps messages for {spec.retention_seconds // 86400} days.",
+            )
+        return queue
+
+    def _access_log_bucket(self) -> s3.Bucket:
+        """The bucket that receives every other bucket's server access logs."""
+        bucket = s3.Bucket(
+            self,
+            "AccessLogBucket",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            # Server access logging delivers to SSE-S3 buckets only, not to SSE-KMS ones.
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="ExpireAccessLogs",
+                    expiration=ACCESS_LOG_RETENTION,
+                    abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS_AFTER,
+                )
+            ],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        acknowledge(
+            cast(s3.CfnBucket, bucket.node.default_child),
+            "AwsSolutions-S1",
+            "This bucket is itself the destination of the other buckets' server access "
+            "logs; logging it into itself would log its own log deliveries without end.",
+        )
+        return bucket
+
+    def _bucket(self, spec: BucketSpec) -> s3.Bucket:
+        if (spec.notify_prefix is None) != (spec.notify_queue is None):
+            raise ValueError(f"bucket {spec.key} needs both notify_prefix and notify_queue")
+        if spec.notify_queue is not None and spec.notify_queue not in self.queues:
+            raise ValueError(f"bucket {spec.key} notifies an unknown queue: {spec.notify_queue}")
+        name = construct_name(spec.key)
+        # No bucket_name: CloudFormation names it, as it does the tables and queues.
+        bucket = s3.Bucket(
+            self,
+            f"{name}Bucket",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            versioned=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            server_access_logs_bucket=self.access_log_bucket,
+            server_access_logs_prefix=f"{spec.key}/",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="TierAndCleanUp",
+                    transitions=[
+                        s3.Transition(
+                            storage_class=s3.StorageClass.INFREQUENT_ACCESS,
+                            transition_after=INFREQUENT_ACCESS_AFTER,
+                        )
+                    ],
+                    noncurrent_version_expiration=NONCURRENT_VERSION_RETENTION,
+                    abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS_AFTER,
+                )
+            ],
+            # Settlement files are financial records: no stack change may delete them.
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        if spec.notify_queue is not None:
+            bucket.add_event_notification(
+                s3.EventType.OBJECT_CREATED,
+                s3n.SqsDestination(self.queues[spec.notify_queue]),
+                s3.NotificationKeyFilter(prefix=spec.notify_prefix),
+            )
+        return bucket
 
     def _bus(self, spec: BusSpec) -> events.EventBus:
         # No event_bus_name: the CDK derives a unique one from the stack, so stacks never
@@ -329,6 +462,8 @@ class ClearlineStack(Stack):
                     "secondary indexes; the grant covers that one table's indexes only "
                     "(<table arn>/index/*), never another table.",
                 )
+        for bucket_key, access in spec.buckets.items():
+            self._grant_bucket(spec, role, bucket_key, access)
         wildcard_reason = (
             "Active tracing needs xray:PutTraceSegments and xray:PutTelemetryRecords, and "
             "X-Ray does not support resource-level permissions, so the resource must be *."
@@ -347,6 +482,31 @@ class ClearlineStack(Stack):
             "wheels, and the runtime moves only together with the layer and the tests.",
         )
         return function
+
+    def _grant_bucket(
+        self, spec: FunctionSpec, role: iam.Role, bucket_key: str, access: str
+    ) -> None:
+        bucket = self.buckets[bucket_key]
+        wildcards = S3_READ_WILDCARDS
+        if access == "readwrite":
+            bucket.grant_read_write(role)
+            wildcards += S3_WRITE_WILDCARDS
+        else:
+            bucket.grant_read(role)
+        logical_id = self.resolve(cast(s3.CfnBucket, bucket.node.default_child).logical_id)
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::<{logical_id}.Arn>/*]",
+            f"The {spec.key} function works on any object of the {bucket_key} bucket, whose "
+            "keys it learns at run time; the grant covers that one bucket's objects only.",
+        )
+        for action in wildcards:
+            acknowledge(
+                role,
+                f"AwsSolutions-IAM5[Action::{action}]",
+                f"{action} {S3_GRANT_WILDCARDS[action]}, as the {spec.key} function's "
+                f"{access} access needs; it applies to the {bucket_key} bucket only.",
+            )
 
     def _triggers(self, spec: FunctionSpec, function: lambda_.Function) -> None:
         name = construct_name(spec.key)
@@ -413,10 +573,12 @@ class ClearlineStack(Stack):
             unknown.add(spec.publishes_to)
         if spec.stream_from is not None and spec.stream_from not in self.tables:
             unknown.add(spec.stream_from)
+        unknown |= set(spec.buckets) - set(self.buckets)
         if unknown:
             raise ValueError(f"function {spec.key} names unknown resources: {sorted(unknown)}")
         env = {table_env_var(key): self.tables[key].table_name for key in spec.tables}
         env |= {queue_env_var(key): self.queues[key].queue_url for key in queue_keys}
+        env |= {bucket_env_var(key): self.buckets[key].bucket_name for key in spec.buckets}
         if spec.publishes_to is not None:
             env[bus_env_var(spec.publishes_to)] = self.buses[spec.publishes_to].event_bus_name
         env["POWERTOOLS_SERVICE_NAME"] = SERVICE_NAME

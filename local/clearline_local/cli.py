@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -285,6 +286,142 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settlement_bucket(info: StackInfo) -> tuple[Any, str]:
+    from clearline.topology import SETTLEMENT_BUCKET
+    from clearline_local.stack import aws_client
+
+    return aws_client("s3", info.aws_endpoint_url), SETTLEMENT_BUCKET.name
+
+
+def cmd_settlements_generate(args: argparse.Namespace) -> int:
+    """The sandbox processor's settlement file for a date, optionally with faults, as CSV."""
+    import csv
+    import io
+    import urllib.request
+
+    from clearline.reconciliation import COLUMNS
+
+    info = find_stack(args.port)
+    request = urllib.request.Request(
+        f"{info.processor_url}/_sandbox/settlements",
+        method="POST",
+        data=json.dumps({"date": args.date, "lag_days": args.lag_days}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        rows = json.load(response)["rows"]
+    rows = inject_faults(rows, args)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    if args.output:
+        with open(args.output, "w") as out:
+            out.write(buffer.getvalue())
+        print(f"wrote {len(rows)} rows to {args.output}")
+    if not args.no_upload:
+        s3, bucket = _settlement_bucket(info)
+        day = datetime.fromisoformat(args.date)
+        key = f"settlements/{day:%Y/%m/%d}/batch_{day:%Y%m%d}_{int(time.time() * 1000)}.csv"
+        s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue().encode())
+        print(f"uploaded {len(rows)} rows to s3://{bucket}/{key}")
+    return 0
+
+
+def inject_faults(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The processor's mistakes the reconciler must catch (rows are numbered from 1)."""
+    rows = [dict(r) for r in rows]
+    if args.wrong_amount:
+        rows[args.wrong_amount - 1]["amount"] += 1
+    if args.wrong_currency:
+        row = rows[args.wrong_currency - 1]
+        row["currency"] = "eur" if row["currency"] != "eur" else "usd"
+    if args.duplicate_row:
+        rows.append(dict(rows[args.duplicate_row - 1]))
+    if args.extra_row:
+        template = (
+            rows[0]
+            if rows
+            else {"settlement_date": args.date, "batch_id": "batch", "currency": "usd", "fee": 0}
+        )
+        rows.append(
+            {
+                **template,
+                "processor_reference": "pa_unknown",
+                "type": "capture",
+                "amount": 1234,
+                "net": 1234,
+                "charge_id": "ch_not_ours",
+                "refund_id": "",
+            }
+        )
+    if args.missing_row:
+        del rows[args.missing_row - 1]
+    return rows
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Reconcile a local settlement file against the running stack's ledger, or with
+    `status`, summarise the reports the reconciler wrote."""
+    if args.file == "status":
+        return reconcile_status(args)
+    import hashlib
+
+    from clearline.reconciliation import Reconciler
+
+    info = find_stack(args.port)
+    with open(args.file, "rb") as raw:
+        etag = hashlib.md5(raw.read(), usedforsecurity=False).hexdigest()
+    with open(args.file) as counted:
+        total = max(0, sum(1 for _ in counted) - 1)
+
+    def progress(done: int) -> None:
+        width = 40
+        filled = width * done // max(total, 1)
+        print(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} rows",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    with open(args.file, newline="") as source:
+        report = Reconciler(_store(info)).reconcile(
+            source, file=args.file, etag=etag, progress=progress
+        )
+    print(file=sys.stderr)
+    if report.already_reconciled:
+        print(f"{args.file} (etag {etag}) was reconciled before; nothing posted again.")
+        return 0
+    print(f"{'outcome':24} {'rows':>8}")
+    for kind, count in sorted(report.counts.items()):
+        print(f"{kind:24} {count:>8}")
+    for currency, amount in sorted(report.settled.items()):
+        print(f"settled {currency:16} {amount:>8}")
+    for mismatch in report.mismatches:
+        print(f"  {mismatch.kind}: row {mismatch.row}  {mismatch.detail}")
+    return 0 if not report.mismatches else 1
+
+
+def reconcile_status(args: argparse.Namespace) -> int:
+    info = find_stack(args.port)
+    s3, bucket = _settlement_bucket(info)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="reports/").get("Contents", [])
+    if not listed:
+        print("no reconciliation reports yet")
+    print(f"{'file':60} {'rows':>6} {'matched':>8} {'mismatches':>10}")
+    for entry in sorted(listed, key=lambda e: e["LastModified"]):
+        report = json.loads(s3.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read())
+        matched = report["counts"].get("matched", 0)
+        print(
+            f"{report['file'][:60]:60} {report['rows']:>6} {matched:>8} "
+            f"{len(report['mismatches']):>10}"
+        )
+        for mismatch in report["mismatches"]:
+            print(f"    {mismatch['kind']}: row {mismatch['row']}  {mismatch['detail']}")
+    return 0
+
+
 def cmd_openapi(args: argparse.Namespace) -> int:
     import os
 
@@ -382,6 +519,27 @@ def parser() -> argparse.ArgumentParser:
     redrive = webhooks.add_parser("redrive", help="move the dead-letter queue back for delivery")
     redrive.add_argument("--port", type=int)
     redrive.set_defaults(run=cmd_webhooks_redrive)
+
+    settlements = commands.add_parser("settlements", help="processor settlement files")
+    generate = settlements.add_subparsers(dest="action", required=True).add_parser(
+        "generate", help="the sandbox processor's settlement file for a date"
+    )
+    generate.add_argument("--date", required=True, help="settlement date, YYYY-MM-DD")
+    generate.add_argument("--lag-days", type=int, default=2, help="T+N (default T+2)")
+    generate.add_argument("--missing-row", type=int, metavar="N", help="drop row N")
+    generate.add_argument("--extra-row", action="store_true", help="add a row that is not ours")
+    generate.add_argument("--wrong-amount", type=int, metavar="N", help="row N's amount + 1")
+    generate.add_argument("--wrong-currency", type=int, metavar="N", help="row N's currency")
+    generate.add_argument("--duplicate-row", type=int, metavar="N", help="repeat row N")
+    generate.add_argument("--output", help="also write the CSV to this file")
+    generate.add_argument("--no-upload", action="store_true", help="do not drop it in S3")
+    generate.add_argument("--port", type=int)
+    generate.set_defaults(run=cmd_settlements_generate)
+
+    reconcile = commands.add_parser("reconcile", help="reconcile a settlement file, or `status`")
+    reconcile.add_argument("file", help="a settlement CSV, or `status` for the reports")
+    reconcile.add_argument("--port", type=int)
+    reconcile.set_defaults(run=cmd_reconcile)
 
     listen = commands.add_parser("listen", help="forward a merchant's events to a local URL")
     listen.add_argument("--forward-to", required=True)

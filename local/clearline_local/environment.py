@@ -6,6 +6,7 @@ from clearline.topology import (
     PROCESSOR_URL_ENV,
     SERVICE_NAME,
     Topology,
+    bucket_env_var,
     bus_env_var,
     queue_env_var,
     table_env_var,
@@ -45,6 +46,8 @@ def function_environment(
         env[PROCESSOR_URL_ENV] = processor_url
     for queue_key in {*spec.sends_to, *([spec.queue_trigger] if spec.queue_trigger else [])}:
         env[queue_env_var(queue_key)] = queue_url(aws_endpoint_url, topology.queue(queue_key).name)
+    for bucket_key in spec.buckets:
+        env[bucket_env_var(bucket_key)] = topology.bucket(bucket_key).name
     if spec.publishes_to:
         env[bus_env_var(spec.publishes_to)] = topology.bus(spec.publishes_to).name
     return env

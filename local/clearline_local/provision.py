@@ -88,3 +88,28 @@ def provision_messaging(topology: Topology, sqs: Any, events: Any) -> dict[str, 
             Targets=[{"Id": rule.queue, "Arn": arns[rule.queue]}],
         )
     return arns
+
+
+def provision_buckets(topology: Topology, s3: Any, queue_arns: dict[str, str]) -> None:
+    for bucket in topology.buckets:
+        s3.create_bucket(Bucket=bucket.name)
+        s3.put_bucket_versioning(Bucket=bucket.name, VersioningConfiguration={"Status": "Enabled"})
+        if bucket.notify_queue:
+            s3.put_bucket_notification_configuration(
+                Bucket=bucket.name,
+                NotificationConfiguration={
+                    "QueueConfigurations": [
+                        {
+                            "QueueArn": queue_arns[bucket.notify_queue],
+                            "Events": ["s3:ObjectCreated:*"],
+                            "Filter": {
+                                "Key": {
+                                    "FilterRules": [
+                                        {"Name": "prefix", "Value": bucket.notify_prefix or ""}
+                                    ]
+                                }
+                            },
+                        }
+                    ]
+                },
+            )

@@ -34,6 +34,8 @@ MAX_AMOUNT = 99_999_999  # Stripe's ceiling: eight digits in the minor unit
 MAX_LATENCY_MS = 60_000
 MAX_BODY_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+SETTLEMENT_LAG_DAYS = 2  # a day's captures and refunds settle two days later (T+2)
+PROCESSOR_FEE_BASIS_POINTS = 150  # what the processor charges us on each capture
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _CURRENCY_RE = re.compile(r"^[a-z]{3}$")
@@ -238,6 +240,8 @@ class SandboxProcessor:
         self._faults: deque[str] = deque()
         self._authorizations: dict[str, _AuthorizationRecord] = {}
         self._refunds: dict[str, dict[str, Any]] = {}
+        # Money that moved (captures and refunds), in order: what settlement files report.
+        self._settleable: list[dict[str, Any]] = []
         self._idempotency: dict[str, _StoredResponse] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -356,6 +360,13 @@ class SandboxProcessor:
                 return _Response(200, {"latency_ms": self.latency_ms})
             if method == "GET":
                 return _Response(200, {"latency_ms": self.latency_ms})
+        if path == "/_sandbox/settlements" and method == "POST":
+            try:
+                day = dt.date.fromisoformat(str(body.get("date")))
+                lag = int(body.get("lag_days", SETTLEMENT_LAG_DAYS))
+            except ValueError as exc:
+                raise _RequestError(400, "invalid_date", str(exc), "date") from None
+            return _Response(200, {"rows": self.settlement_rows(day, lag)})
         if path == "/_sandbox/faults":
             if method == "POST":
                 try:
@@ -486,6 +497,7 @@ class SandboxProcessor:
             if capture:
                 record.captured = True
                 record.amount_captured = amount
+                self._settle_later(record, "capture", amount)
         self._authorizations[record.id] = record
         return record.to_json()
 
@@ -512,6 +524,7 @@ class SandboxProcessor:
         # A partial capture releases the remainder of the hold, as card networks do.
         record.captured = True
         record.amount_captured = amount
+        self._settle_later(record, "capture", amount)
         return record.to_json()
 
     def _void(self, authorization_id: str) -> dict[str, Any]:
@@ -558,7 +571,71 @@ class SandboxProcessor:
             "created": int(time.time()),
         }
         self._refunds[str(refund["id"])] = refund
+        our_refund = body.get("reference")
+        self._settle_later(
+            record,
+            "refund",
+            amount,
+            str(refund["id"]),
+            our_refund if isinstance(our_refund, str) else "",
+        )
         return dict(refund)
+
+    # -- settlement ------------------------------------------------------------------------
+
+    def _settle_later(
+        self,
+        record: _AuthorizationRecord,
+        kind: str,
+        amount: int,
+        processor_reference: str | None = None,
+        refund_id: str = "",
+    ) -> None:
+        self._settleable.append(
+            {
+                "processor_reference": processor_reference or record.id,
+                "type": kind,
+                "amount": amount,
+                "currency": record.currency,
+                "charge_id": record.reference or "",
+                "refund_id": refund_id,
+                "at": time.time(),
+            }
+        )
+
+    def settlement_rows(
+        self, settlement_date: dt.date, lag_days: int = SETTLEMENT_LAG_DAYS
+    ) -> list[dict[str, Any]]:
+        """The rows of the settlement file for `settlement_date`: the captures and refunds of
+        the business day `lag_days` before it (T+2 by default), with the processor's fee."""
+        business_day = settlement_date - dt.timedelta(days=lag_days)
+        batch_id = f"batch_{settlement_date:%Y%m%d}"
+        rows = []
+        with self._lock:
+            for op in self._settleable:
+                if dt.datetime.fromtimestamp(op["at"], dt.UTC).date() != business_day:
+                    continue
+                fee = (
+                    (op["amount"] * PROCESSOR_FEE_BASIS_POINTS + 5_000) // 10_000
+                    if op["type"] == "capture"
+                    else 0
+                )
+                sign = 1 if op["type"] == "capture" else -1
+                rows.append(
+                    {
+                        "settlement_date": settlement_date.isoformat(),
+                        "batch_id": batch_id,
+                        "processor_reference": op["processor_reference"],
+                        "type": op["type"],
+                        "amount": op["amount"],
+                        "fee": fee,
+                        "net": sign * op["amount"] - fee,
+                        "currency": op["currency"],
+                        "charge_id": op["charge_id"],
+                        "refund_id": op["refund_id"],
+                    }
+                )
+        return rows
 
 
 # --------------------------------------------------------------------------------- HTTP

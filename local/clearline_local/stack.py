@@ -27,7 +27,7 @@ from clearline_local import moto_transactions
 from clearline_local.environment import FAKE_CREDENTIALS, function_environment
 from clearline_local.frontdoor import FrontDoorServer
 from clearline_local.lambda_runtime import REGION, LocalFunction
-from clearline_local.provision import provision_messaging, provision_tables
+from clearline_local.provision import provision_buckets, provision_messaging, provision_tables
 from clearline_local.sandbox_processor import SandboxProcessor
 from clearline_local.state import StackInfo
 from clearline_local.triggers import Trigger, start_triggers
@@ -123,10 +123,11 @@ class LocalStack:
         self.moto.start()
         clients = {
             name: aws_client(name, self.aws_endpoint_url)
-            for name in ("dynamodb", "dynamodbstreams", "sqs", "events")
+            for name in ("dynamodb", "dynamodbstreams", "sqs", "events", "s3")
         }
         provision_tables(self.topology, clients["dynamodb"])
         queue_arns = provision_messaging(self.topology, clients["sqs"], clients["events"])
+        provision_buckets(self.topology, clients["s3"], queue_arns)
         self.processor.start()
         for spec in self.topology.functions:
             workers = self.workers if spec.key == self.topology.api.function else 1

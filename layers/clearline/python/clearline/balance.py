@@ -6,6 +6,8 @@ ledger journal written in the same transaction is the accounting record behind i
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 from typing import Any
 
 from clearline import ledger, listing
@@ -13,6 +15,18 @@ from clearline.money import CURRENCIES
 from clearline.store import Store
 
 AVAILABLE_AFTER_SECONDS = 2 * 24 * 60 * 60  # funds settle T+2
+SETTLEMENT_SHARDS = 8
+
+
+def business_day(timestamp: float) -> dt.date:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).date()
+
+
+def settlement_due_keys(txn_id: str, day: dt.date) -> dict[str, str]:
+    """Puts a movement in the sparse `by_due` index until the processor's settlement file
+    for its business day reports it: what is still there afterwards is missing."""
+    shard = int.from_bytes(hashlib.sha256(txn_id.encode()).digest()[:2], "big") % SETTLEMENT_SHARDS
+    return {"due_pk": f"SETTLE#{day.isoformat()}#{shard}", "due_sk": txn_id}
 
 
 def transaction_item(
@@ -81,22 +95,33 @@ def transaction_object(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def balance_object(store: Store, merchant_id: str, shards: ledger.ShardPolicy) -> dict[str, Any]:
-    """What Clearline owes the merchant, per currency, from the ledger's payable accounts.
-
-    Everything is pending until settlement moves it to available.
-    """
-    accounts = {ledger.merchant_payable(merchant_id, code): code for code in CURRENCIES}
-    balances = ledger.account_balances(store, list(accounts), shards)
-    pending = [
+    """What Clearline owes the merchant, per currency, from the ledger: `pending` until the
+    processor's settlement reaches us, then `available`."""
+    pending_accounts = {ledger.merchant_payable(merchant_id, code): code for code in CURRENCIES}
+    available_accounts = {ledger.merchant_available(merchant_id, code): code for code in CURRENCIES}
+    balances = ledger.account_balances(store, [*pending_accounts, *available_accounts], shards)
+    used = sorted(
         {
-            "amount": balance.credit_balance,
-            "currency": accounts[account],
-            "source_types": {"card": balance.credit_balance},
+            code
+            for account, code in {**pending_accounts, **available_accounts}.items()
+            if balances[account].credits_posted or balances[account].debits_posted
         }
-        for account, balance in balances.items()
-        if balance.credits_posted or balance.debits_posted
-    ] or [{"amount": 0, "currency": "usd", "source_types": {"card": 0}}]
-    available = [
-        {"amount": 0, "currency": p["currency"], "source_types": {"card": 0}} for p in pending
-    ]
-    return {"object": "balance", "available": available, "pending": pending, "livemode": False}
+    ) or ["usd"]
+
+    def entries(accounts: dict[str, str]) -> list[dict[str, Any]]:
+        by_code = {code: account for account, code in accounts.items()}
+        return [
+            {
+                "amount": balances[by_code[code]].credit_balance,
+                "currency": code,
+                "source_types": {"card": balances[by_code[code]].credit_balance},
+            }
+            for code in used
+        ]
+
+    return {
+        "object": "balance",
+        "available": entries(available_accounts),
+        "pending": entries(pending_accounts),
+        "livemode": False,
+    }

@@ -40,6 +40,18 @@ def fee_revenue(currency: str) -> str:
     return f"fee_revenue:{currency}"
 
 
+def merchant_available(merchant_id: str, currency: str) -> str:
+    return f"merchant_available:{merchant_id}:{currency}"
+
+
+def settlement_cash(currency: str) -> str:
+    return f"settlement_cash:{currency}"
+
+
+def processor_fees(currency: str) -> str:
+    return f"processor_fees:{currency}"
+
+
 @dataclass(frozen=True)
 class ShardPolicy:
     """How many balance items each account's writes spread over.
@@ -196,6 +208,31 @@ def refund_entries(merchant_id: str, currency: str, amount: int) -> tuple[Entry,
     )
 
 
+def settle_capture_entries(
+    merchant_id: str, currency: str, amount: int, processor_fee: int, merchant_net: int
+) -> tuple[Entry, ...]:
+    """The processor paid a capture: cash in (less its fee) against the receivable, and the
+    merchant's share moves from pending to available."""
+    return (
+        Entry(settlement_cash(currency), "debit", amount - processor_fee),
+        Entry(processor_fees(currency), "debit", processor_fee),
+        Entry(processor_receivable(currency), "credit", amount),
+        Entry(merchant_payable(merchant_id, currency), "debit", merchant_net),
+        Entry(merchant_available(merchant_id, currency), "credit", merchant_net),
+    )
+
+
+def settle_refund_entries(merchant_id: str, currency: str, amount: int) -> tuple[Entry, ...]:
+    """The processor took back a refund: cash out against the receivable, and the refund
+    moves from the merchant's pending balance to their available balance."""
+    return (
+        Entry(processor_receivable(currency), "debit", amount),
+        Entry(settlement_cash(currency), "credit", amount),
+        Entry(merchant_payable(merchant_id, currency), "credit", amount),
+        Entry(merchant_available(merchant_id, currency), "debit", amount),
+    )
+
+
 # ---- balances and verification ------------------------------------------------------------
 
 
@@ -280,9 +317,9 @@ def _check_charge(
         for entry in journal["entries"]:
             if entry["account"] != receivable or entry["pending"]:
                 continue
-            if entry["direction"] == "debit":
+            if journal["operation"] == "charge.capture" and entry["direction"] == "debit":
                 captured += entry["amount"]
-            elif journal["operation"] == "refund":
+            elif journal["operation"] == "refund" and entry["direction"] == "credit":
                 refunded += entry["amount"]
     if captured != charge["amount_captured"]:
         report.violations.append(

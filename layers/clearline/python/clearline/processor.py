@@ -167,10 +167,18 @@ class ProcessorClient:
         return self._parse(Authorization, data)
 
     def refund(
-        self, *, idempotency_key: str, authorization_id: str, amount: int
+        self,
+        *,
+        idempotency_key: str,
+        authorization_id: str,
+        amount: int,
+        reference: str | None = None,
     ) -> ProcessorRefund:
-        """Refund `amount` of what was captured and not yet refunded."""
-        body = {"authorization": authorization_id, "amount": amount}
+        """Refund `amount` of what was captured and not yet refunded. `reference` (our
+        refund id) comes back on the settlement file's row for this refund."""
+        body: dict[str, Any] = {"authorization": authorization_id, "amount": amount}
+        if reference is not None:
+            body["reference"] = reference
         data = self._request("POST", "/v1/refunds", body, idempotency_key)
         return self._parse(ProcessorRefund, data)
 

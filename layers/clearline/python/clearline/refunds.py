@@ -254,6 +254,7 @@ class RefundService:
                 idempotency_key=f"{refund['id']}:refund",
                 authorization_id=charge["processor_authorization"],
                 amount=refund["amount"],
+                reference=refund["id"],
             )
         except ProcessorUnavailable as exc:
             raise _processor_unavailable(exc) from exc  # stays pending; a retry finishes it

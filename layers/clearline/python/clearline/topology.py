@@ -46,6 +46,15 @@ class QueueSpec:
 
 
 @dataclass(frozen=True)
+class BucketSpec:
+    key: str
+    name: str  # local name (the CDK app lets CloudFormation name it)
+    # Objects created under this prefix are announced to this queue (S3 -> SQS).
+    notify_prefix: str | None = None
+    notify_queue: str | None = None
+
+
+@dataclass(frozen=True)
 class BusSpec:
     key: str
     name: str
@@ -82,6 +91,8 @@ class FunctionSpec:
     # Resources it writes to beyond its tables: each an env var and an IAM grant.
     publishes_to: str | None = None  # bus key
     sends_to: tuple[str, ...] = ()  # queue keys
+    # bucket key -> access; each becomes an env var naming the bucket and an IAM grant
+    buckets: dict[str, Access] = field(default_factory=dict)
     # Calls merchants' webhook endpoints on the internet.
     calls_internet: bool = False
 
@@ -100,6 +111,7 @@ class Topology:
     queues: tuple[QueueSpec, ...] = ()
     buses: tuple[BusSpec, ...] = ()
     rules: tuple[RuleSpec, ...] = ()
+    buckets: tuple[BucketSpec, ...] = ()
 
     def table(self, key: str) -> TableSpec:
         return next(t for t in self.tables if t.key == key)
@@ -113,6 +125,9 @@ class Topology:
     def bus(self, key: str) -> BusSpec:
         return next(b for b in self.buses if b.key == key)
 
+    def bucket(self, key: str) -> BucketSpec:
+        return next(b for b in self.buckets if b.key == key)
+
 
 def table_env_var(table_key: str) -> str:
     """The environment variable through which a function learns a table's name."""
@@ -122,6 +137,11 @@ def table_env_var(table_key: str) -> str:
 def queue_env_var(queue_key: str) -> str:
     """The environment variable through which a function learns a queue's URL."""
     return f"CLEARLINE_{queue_key.upper()}_QUEUE_URL"
+
+
+def bucket_env_var(bucket_key: str) -> str:
+    """The environment variable through which a function learns a bucket's name."""
+    return f"CLEARLINE_{bucket_key.upper()}_BUCKET"
 
 
 def bus_env_var(bus_key: str) -> str:
@@ -177,6 +197,23 @@ WEBHOOK_QUEUE = QueueSpec(
 )
 CAPTURE_QUEUE = QueueSpec(
     key="captures", name="clearline-captures", visibility_timeout_seconds=60, max_receive_count=5
+)
+
+SETTLEMENT_QUEUE = QueueSpec(
+    key="settlements",
+    name="clearline-settlement-files",
+    visibility_timeout_seconds=900,
+    max_receive_count=5,
+)
+# Mismatches wait here for operations; nothing consumes it automatically.
+MISMATCH_QUEUE = QueueSpec(
+    key="mismatches", name="clearline-reconciliation-mismatches", retention_seconds=14 * 86400
+)
+SETTLEMENT_BUCKET = BucketSpec(
+    key="settlements",
+    name="clearline-settlements",
+    notify_prefix="settlements/",
+    notify_queue="settlements",
 )
 
 RELAY_FUNCTION = FunctionSpec(
@@ -242,6 +279,20 @@ PROCESSOR_SYNC_FUNCTION = FunctionSpec(
     schedule_minutes=1,
 )
 
+RECONCILER_FUNCTION = FunctionSpec(
+    key="reconciler",
+    code_dir="functions/reconciler",
+    handler="reconciler_handler.lambda_handler",
+    description="Matches processor settlement files to the ledger and posts settlements",
+    timeout_seconds=900,
+    memory_mb=1024,
+    tables={"main": "readwrite"},
+    queue_trigger="settlements",
+    batch_size=1,
+    sends_to=("mismatches",),
+    buckets={"settlements": "readwrite"},
+)
+
 TOPOLOGY = Topology(
     tables=(MAIN_TABLE, IDEMPOTENCY_TABLE),
     functions=(
@@ -251,9 +302,11 @@ TOPOLOGY = Topology(
         SCHEDULER_FUNCTION,
         CAPTURE_FUNCTION,
         PROCESSOR_SYNC_FUNCTION,
+        RECONCILER_FUNCTION,
     ),
     api=ApiSpec(function="api"),
-    queues=(WEBHOOK_QUEUE, CAPTURE_QUEUE),
+    queues=(WEBHOOK_QUEUE, CAPTURE_QUEUE, SETTLEMENT_QUEUE, MISMATCH_QUEUE),
+    buckets=(SETTLEMENT_BUCKET,),
     buses=(EVENT_BUS,),
     rules=(
         RuleSpec(

@@ -1,0 +1,328 @@
+"""Reconciliation: a processor settlement file, matched row by row against the ledger.
+
+The file is read as a stream and looked up in batches of 100 rows, so memory does not
+grow with the file. Each row is matched to the balance transaction it settles (its id
+derives from our charge or refund id), and classified: matched, amount mismatch, currency
+mismatch, missing in our ledger, or duplicate. A matched row posts its settlement journal,
+exactly once: the journal id derives from the movement, and the journal records the file
+and row that posted it, so a redelivered or resumed file posts nothing twice. Movements
+that should have settled on the file's day but are absent from it are reported as
+missing in settlement: they are still in the `by_due` index under their business day.
+
+File format (CSV, with this header):
+settlement_date,batch_id,processor_reference,type,amount,fee,net,currency,charge_id,refund_id
+`type` is capture or refund; amounts are integers in minor units; `fee` is what the
+processor keeps; `net` is what it pays (negative for refunds); charge_id and refund_id are
+ours (refund_id is empty on captures).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import itertools
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from clearline import ledger
+from clearline.balance import SETTLEMENT_SHARDS
+from clearline.events import event_write
+from clearline.ids import derived_id
+from clearline.store import Store, Write, commit
+
+COLUMNS = [
+    "settlement_date",
+    "batch_id",
+    "processor_reference",
+    "type",
+    "amount",
+    "fee",
+    "net",
+    "currency",
+    "charge_id",
+    "refund_id",
+]
+LAG_DAYS = int(os.environ.get("CLEARLINE_SETTLEMENT_LAG_DAYS", "2"))
+BATCH = 100
+PLATFORM = "clearline"  # operations events belong to the platform, not to a merchant
+
+MATCHED, AMOUNT, CURRENCY, MISSING_LEDGER, DUPLICATE, MISSING_SETTLEMENT, MALFORMED = (
+    "matched",
+    "amount_mismatch",
+    "currency_mismatch",
+    "missing_in_ledger",
+    "duplicate",
+    "missing_in_settlement",
+    "malformed",
+)
+
+
+class NotASettlementFile(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Row:
+    number: int
+    settlement_date: dt.date
+    processor_reference: str
+    type: str
+    amount: int
+    fee: int
+    currency: str
+    charge_id: str
+    refund_id: str
+
+    @classmethod
+    def parse(cls, number: int, raw: dict[str, str]) -> Row:
+        kind = raw["type"]
+        if kind not in ("capture", "refund"):
+            raise ValueError(f"unknown type {kind!r}")
+        return cls(
+            number,
+            dt.date.fromisoformat(raw["settlement_date"]),
+            raw["processor_reference"],
+            kind,
+            int(raw["amount"]),
+            int(raw["fee"]),
+            raw["currency"].lower(),
+            raw["charge_id"],
+            raw["refund_id"],
+        )
+
+    def mismatch(self, kind: str, detail: str) -> Mismatch:
+        return Mismatch(
+            kind,
+            self.number,
+            self.processor_reference,
+            self.charge_id,
+            detail,
+            self.amount,
+            self.currency,
+        )
+
+    @property
+    def txn_id(self) -> str:
+        """The balance transaction this row settles."""
+        if self.type == "capture":
+            return derived_id("txn", self.charge_id, "capture")
+        return derived_id("txn", self.refund_id, "refund")
+
+
+@dataclass
+class Mismatch:
+    kind: str
+    row: int | None
+    processor_reference: str | None
+    charge_id: str | None
+    detail: str
+    amount: int = 0
+    currency: str | None = None
+
+
+@dataclass
+class Report:
+    file: str
+    etag: str
+    rows: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    settled: Counter[str] = field(default_factory=Counter)  # currency -> amount matched
+    mismatches: list[Mismatch] = field(default_factory=list)
+    already_reconciled: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "etag": self.etag,
+            "rows": self.rows,
+            "counts": dict(self.counts),
+            "settled": dict(self.settled),
+            "mismatches": [asdict(m) for m in self.mismatches],
+            "already_reconciled": self.already_reconciled,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        shards: ledger.ShardPolicy | None = None,
+        on_mismatch: Callable[[list[Mismatch]], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.shards = shards or ledger.ShardPolicy()
+        self.on_mismatch = on_mismatch or (lambda _: None)
+        self.clock = clock
+
+    def reconcile(
+        self,
+        lines: Iterable[str],
+        *,
+        file: str,
+        etag: str,
+        progress: Callable[[int], None] | None = None,
+    ) -> Report:
+        report = Report(file, etag)
+        started = time.monotonic()
+        marker = {"pk": f"RECON#{file}", "sk": etag}
+        done = self.store.get(marker["pk"], etag)
+        if done is not None and done.get("status") == "done":
+            report.already_reconciled = True  # S3 or SQS delivered the same file again
+            report.rows = done.get("rows", 0)
+            return report
+        self.store.put({**marker, "status": "processing", "started": int(self.clock())})
+
+        reader = csv.DictReader(lines)
+        if reader.fieldnames != COLUMNS:
+            raise NotASettlementFile(f"{file}: expected the columns {','.join(COLUMNS)}")
+        days: set[dt.date] = set()
+        for chunk in batched(enumerate(reader, start=1), BATCH):
+            rows: list[Row] = []
+            for number, raw in chunk:
+                try:
+                    rows.append(Row.parse(number, raw))
+                except (ValueError, KeyError, TypeError) as exc:
+                    self._mismatch(
+                        report,
+                        Mismatch(
+                            MALFORMED,
+                            number,
+                            raw.get("processor_reference"),
+                            raw.get("charge_id"),
+                            f"unreadable row: {exc}",
+                        ),
+                    )
+            days |= {row.settlement_date for row in rows}
+            found = {
+                t["id"]: t for t in self.store.get_many([(f"TXN#{r.txn_id}", "TXN") for r in rows])
+            }
+            for row in rows:
+                self._classify(report, row, found.get(row.txn_id))
+            report.rows += len(chunk)
+            if progress:
+                progress(report.rows)
+        for day in sorted(days):
+            self._missing_in_settlement(report, day - dt.timedelta(days=LAG_DAYS))
+        self.store.put(
+            {**marker, "status": "done", "rows": report.rows, "finished": int(self.clock())}
+        )
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _classify(self, report: Report, row: Row, txn: dict[str, Any] | None) -> None:
+        if txn is None:
+            self._mismatch(report, row.mismatch(MISSING_LEDGER, f"no {row.type} {row.txn_id}"))
+        elif txn["currency"] != row.currency:
+            self._mismatch(
+                report, row.mismatch(CURRENCY, f"ours {txn['currency']}, theirs {row.currency}")
+            )
+        elif abs(txn["amount"]) != row.amount:
+            self._mismatch(
+                report, row.mismatch(AMOUNT, f"ours {abs(txn['amount'])}, theirs {row.amount}")
+            )
+        elif self._settle(report, row, txn):
+            report.counts[MATCHED] += 1
+            report.settled[row.currency] += row.amount
+        else:
+            self._mismatch(report, row.mismatch(DUPLICATE, f"{row.txn_id} was already settled"))
+
+    def _settle(self, report: Report, row: Row, txn: dict[str, Any]) -> bool:
+        """Post the row's settlement journal. False if another row already settled it."""
+        merchant, cur = txn["merchant"], txn["currency"]
+        entries = (
+            ledger.settle_capture_entries(merchant, cur, row.amount, row.fee, txn["net"])
+            if row.type == "capture"
+            else ledger.settle_refund_entries(merchant, cur, row.amount)
+        )
+        journal = ledger.Journal(
+            id=derived_id("jnl", txn["id"], "settlement"),
+            currency=cur,
+            entries=entries,
+            charge_id=row.charge_id,
+            merchant_id=merchant,
+            operation="settlement",
+            created=int(self.clock()),
+            source=txn["id"],
+        )
+        writes = journal.writes(self.shards)
+        writes[0].item = {
+            **(writes[0].item or {}),
+            "file": report.file,
+            "etag": report.etag,
+            "row": row.number,
+        }
+        writes.append(
+            Write(
+                "Update",
+                key={"pk": f"TXN#{txn['id']}", "sk": "TXN"},
+                update="SET settled_by = :file REMOVE due_pk, due_sk",
+                values={":file": report.file},
+            )
+        )
+        if commit(self.store, writes) is None:
+            return True
+        posted = self.store.get(f"CHARGE#{row.charge_id}", f"JOURNAL#{journal.id}") or {}
+        # Posted by this same row of this same file in an interrupted earlier run: resumed.
+        return posted.get("file") == report.file and posted.get("row") == row.number
+
+    def _missing_in_settlement(self, report: Report, business_day: dt.date) -> None:
+        for shard in range(SETTLEMENT_SHARDS):
+            for txn in self.store.query_index(
+                "by_due",
+                "due_pk",
+                f"SETTLE#{business_day.isoformat()}#{shard}",
+                "due_sk",
+                newest_first=False,
+                limit=100_000,
+            ):
+                detail = f"{txn['type']} {txn['id']} ({txn['source']}) of {business_day}"
+                charge = txn["source"] if txn["type"] == "charge" else None
+                missing = Mismatch(
+                    MISSING_SETTLEMENT,
+                    None,
+                    None,
+                    charge,
+                    detail,
+                    abs(txn["amount"]),
+                    txn["currency"],
+                )
+                self._mismatch(report, missing)
+
+    def _mismatch(self, report: Report, mismatch: Mismatch) -> None:
+        report.counts[mismatch.kind] += 1
+        report.mismatches.append(mismatch)
+        now = self.clock()
+        data = {
+            "id": derived_id(
+                "recm", report.file, report.etag, mismatch.kind, str(mismatch.row), mismatch.detail
+            ),
+            "object": "reconciliation_mismatch",
+            "file": report.file,
+            **asdict(mismatch),
+        }
+        commit(
+            self.store,
+            [
+                event_write(
+                    PLATFORM,
+                    "reconciliation.mismatch",
+                    data,
+                    operation="reconciliation.mismatch",
+                    now=now,
+                )
+            ],
+        )
+        self.on_mismatch([mismatch])
