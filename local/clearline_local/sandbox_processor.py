@@ -242,6 +242,7 @@ class SandboxProcessor:
         self._refunds: dict[str, dict[str, Any]] = {}
         # Money that moved (captures and refunds), in order: what settlement files report.
         self._settleable: list[dict[str, Any]] = []
+        self._batches = 0
         self._idempotency: dict[str, _StoredResponse] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -606,15 +607,21 @@ class SandboxProcessor:
     def settlement_rows(
         self, settlement_date: dt.date, lag_days: int = SETTLEMENT_LAG_DAYS
     ) -> list[dict[str, Any]]:
-        """The rows of the settlement file for `settlement_date`: the captures and refunds of
-        the business day `lag_days` before it (T+2 by default), with the processor's fee."""
+        """The next settlement batch for `settlement_date`: the captures and refunds of the
+        business day `lag_days` before it (T+2 by default) not in an earlier batch, with the
+        processor's fee. Each movement settles in exactly one batch, as with acquirers."""
         business_day = settlement_date - dt.timedelta(days=lag_days)
-        batch_id = f"batch_{settlement_date:%Y%m%d}"
         rows = []
         with self._lock:
+            self._batches += 1
+            batch_id = f"batch_{settlement_date:%Y%m%d}_{self._batches}"
             for op in self._settleable:
-                if dt.datetime.fromtimestamp(op["at"], dt.UTC).date() != business_day:
+                if (
+                    op.get("batch")
+                    or dt.datetime.fromtimestamp(op["at"], dt.UTC).date() != business_day
+                ):
                     continue
+                op["batch"] = batch_id
                 fee = (
                     (op["amount"] * PROCESSOR_FEE_BASIS_POINTS + 5_000) // 10_000
                     if op["type"] == "capture"

@@ -28,10 +28,12 @@ from clearline.topology import (
     PROCESSOR_URL_ENV,
     SERVICE_NAME,
     TOPOLOGY,
+    BucketSpec,
     FunctionSpec,
     QueueSpec,
     RuleSpec,
     TableSpec,
+    bucket_env_var,
     bus_env_var,
     queue_env_var,
     table_env_var,
@@ -58,6 +60,18 @@ DYNAMODB_STREAM_ACTIONS = {
     "dynamodb:DescribeStream",
     "dynamodb:GetRecords",
     "dynamodb:GetShardIterator",
+}
+# What bucket grants may give: reads (objects, the bucket's settings, listings) and, for
+# readwrite, writes and deletes. Never the ACL, policy or configuration of the bucket.
+S3_READ_ACTIONS = {"s3:GetObject*", "s3:GetBucket*", "s3:List*"}
+S3_WRITE_ACTIONS = {
+    "s3:DeleteObject*",
+    "s3:PutObject",
+    "s3:PutObjectLegalHold",
+    "s3:PutObjectRetention",
+    "s3:PutObjectTagging",
+    "s3:PutObjectVersionTagging",
+    "s3:Abort*",
 }
 SQS_SEND_ACTIONS = {"sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"}
 # What a queue trigger needs: the function extends visibility itself for backoff.
@@ -173,7 +187,11 @@ def test_two_layers_for_python313_on_arm64(template: Template) -> None:
 
 
 def test_one_function_per_spec(template: Template) -> None:
-    template.resource_count_is("AWS::Lambda::Function", len(TOPOLOGY.functions))
+    functions = template.find_resources("AWS::Lambda::Function")
+    # Besides ours: the CDK's handler that sets bucket notifications during deployments.
+    handlers = {k for k in functions if k.startswith("BucketNotificationsHandler")}
+    assert len(handlers) == (1 if any(b.notify_queue for b in TOPOLOGY.buckets) else 0)
+    assert len(functions) - len(handlers) == len(TOPOLOGY.functions)
 
 
 @pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
@@ -215,14 +233,22 @@ def test_every_function_runs_as_specified(
         assert env[queue_env_var(queue_key)] == {"Ref": logical_id(stack, stack.queues[queue_key])}
     for bus_key in [spec.publishes_to] if spec.publishes_to else []:
         assert env[bus_env_var(bus_key)] == {"Ref": logical_id(stack, stack.buses[bus_key])}
-    # Nothing it was not given: no other table, queue or bus names.
-    expected = {table_env_var(k) for k in spec.tables} | {queue_env_var(k) for k in queue_keys}
+    for bucket_key in spec.buckets:
+        bucket_id = logical_id(stack, stack.buckets[bucket_key])
+        assert env[bucket_env_var(bucket_key)] == {"Ref": bucket_id}
+    # Nothing it was not given: no other table, queue, bus or bucket names.
+    expected = (
+        {table_env_var(k) for k in spec.tables}
+        | {queue_env_var(k) for k in queue_keys}
+        | {bucket_env_var(k) for k in spec.buckets}
+    )
     if spec.publishes_to:
         expected.add(bus_env_var(spec.publishes_to))
     managed = {
         name
         for name in env
-        if name.endswith(("_TABLE", "_QUEUE_URL", "_BUS")) and name not in spec.environment
+        if name.endswith(("_TABLE", "_QUEUE_URL", "_BUS", "_BUCKET"))
+        and name not in spec.environment
     }
     assert managed == expected
 
@@ -350,6 +376,43 @@ def test_every_function_may_publish_only_to_its_bus(
     ]
 
 
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_every_function_may_touch_only_its_own_buckets(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    role = stack.functions[spec.key].role
+    assert role is not None
+    bucket_ids = {key: logical_id(stack, bucket) for key, bucket in stack.buckets.items()}
+    granted: dict[str, set[str]] = {}
+
+    for statement in _statements_for_role(template, logical_id(stack, role)):
+        actions = {a for a in as_list(statement["Action"]) if a.startswith("s3:")}
+        if not actions:
+            continue
+        assert statement["Effect"] == "Allow"
+        assert actions <= S3_READ_ACTIONS | S3_WRITE_ACTIONS, f"{spec.key}: {actions}"
+        resources = as_list(statement["Resource"])
+        referenced = {
+            key
+            for key, bucket_id in bucket_ids.items()
+            for r in resources
+            if bucket_id in json.dumps(r)
+        }
+        assert len(referenced) == 1, f"{spec.key}: unexpected s3 resources {resources}"
+        (key,) = referenced
+        # The bucket itself (for listing) and its objects, nothing else.
+        assert resources == [
+            arn_of(bucket_ids[key]),
+            {"Fn::Join": ["", [arn_of(bucket_ids[key]), "/*"]]},
+        ], resources
+        granted.setdefault(key, set()).update(actions)
+
+    assert set(granted) == set(spec.buckets), f"{spec.key} may touch {set(granted)}"
+    for key, access in spec.buckets.items():
+        expected = S3_READ_ACTIONS | (S3_WRITE_ACTIONS if access == "readwrite" else set())
+        assert granted[key] == expected, f"{spec.key} on bucket {key}"
+
+
 def test_least_privilege_tests_see_each_kind_of_grant() -> None:
     # The generic tests above prove nothing about a kind of grant the topology lacks.
     functions = TOPOLOGY.functions
@@ -359,6 +422,7 @@ def test_least_privilege_tests_see_each_kind_of_grant() -> None:
     assert any(f.stream_from for f in functions)
     assert any(f.queue_trigger for f in functions)
     assert any(f.schedule_minutes for f in functions)
+    assert any("readwrite" in f.buckets.values() for f in functions), "a bucket writer"
 
 
 # --- triggers ----------------------------------------------------------------------------
@@ -515,14 +579,27 @@ def test_every_queue_is_encrypted_and_refuses_plain_http(template: Template) -> 
         } in _queue_policy_statements(template, queue_id), f"{queue_id} allows plain HTTP"
 
 
+def _unconsumed_queues() -> list[QueueSpec]:
+    consumed = {f.queue_trigger for f in TOPOLOGY.functions}
+    return [q for q in TOPOLOGY.queues if q.key not in consumed]
+
+
 def test_every_queue_that_nothing_consumes_has_an_alarm(
     stack: ClearlineStack, template: Template
 ) -> None:
-    # Dead-letter and stream failure queues: a message there is work nobody will do.
-    parked = [*stack.dead_letter_queues.values(), *stack.stream_failure_queues.values()]
+    # Dead-letter and stream failure queues, and topology queues that no function consumes
+    # (mismatches): a message there is work that waits for a person.
+    unconsumed = _unconsumed_queues()
+    assert unconsumed, "the topology has a queue for people (mismatches)"
+    assert set(stack.unconsumed_queue_alarms) == {q.key for q in unconsumed}
+    parked = [
+        *stack.dead_letter_queues.values(),
+        *stack.stream_failure_queues.values(),
+        *(stack.queues[q.key] for q in unconsumed),
+    ]
     assert len(parked) == sum(1 for q in TOPOLOGY.queues if q.max_receive_count is not None) + sum(
         1 for f in TOPOLOGY.functions if f.stream_from
-    )
+    ) + len(unconsumed)
     alarms = [a["Properties"] for a in template.find_resources("AWS::CloudWatch::Alarm").values()]
     for queue in parked:
         queue_id = logical_id(stack, queue)
@@ -538,6 +615,27 @@ def test_every_queue_that_nothing_consumes_has_an_alarm(
         assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
         assert alarm["Threshold"] == 0
         assert alarm["EvaluationPeriods"] == 1
+        assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_only_queues_that_nothing_consumes_go_without_a_dead_letter_queue() -> None:
+    consumed = {f.queue_trigger for f in TOPOLOGY.functions}
+    for queue in TOPOLOGY.queues:
+        if queue.key in consumed:
+            assert queue.max_receive_count is not None, queue.key
+    assert any(q.max_receive_count is None for q in _unconsumed_queues())
+
+
+def test_a_consumed_queue_without_a_dead_letter_queue_is_refused() -> None:
+    consumer = next(f for f in TOPOLOGY.functions if f.queue_trigger)
+    queues = tuple(
+        dataclasses.replace(q, max_receive_count=None) if q.key == consumer.queue_trigger else q
+        for q in TOPOLOGY.queues
+    )
+    with pytest.raises(ValueError, match="dead-letter queue"):
+        ClearlineStack(
+            App(context=NO_BUNDLING), "NoDlq", topology=dataclasses.replace(TOPOLOGY, queues=queues)
+        )
 
 
 def test_queue_triggers_outlast_their_functions() -> None:
@@ -559,6 +657,178 @@ def test_a_queue_shorter_than_its_function_is_refused() -> None:
     with pytest.raises(ValueError, match="visibility timeout"):
         ClearlineStack(
             App(context=NO_BUNDLING), "Short", topology=dataclasses.replace(TOPOLOGY, queues=queues)
+        )
+
+
+# --- buckets -----------------------------------------------------------------------------
+
+
+def _bucket_policy_statements(template: Template, bucket_id: str) -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = []
+    for policy in template.find_resources("AWS::S3::BucketPolicy").values():
+        if policy["Properties"]["Bucket"] == {"Ref": bucket_id}:
+            statements.extend(policy["Properties"]["PolicyDocument"]["Statement"])
+    return statements
+
+
+def _assert_private_encrypted_ssl_only_and_retained(
+    template: Template, bucket_id: str
+) -> dict[str, Any]:
+    bucket = resource(template, "AWS::S3::Bucket", bucket_id)
+    props = bucket["Properties"]
+    assert bucket["DeletionPolicy"] == "Retain"
+    assert bucket["UpdateReplacePolicy"] == "Retain"
+    assert "BucketName" not in props, "CloudFormation names the buckets"
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert props["BucketEncryption"] == {
+        "ServerSideEncryptionConfiguration": [
+            {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+        ]
+    }
+    assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    assert {
+        "Action": "s3:*",
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        "Effect": "Deny",
+        "Principal": {"AWS": "*"},
+        "Resource": [arn_of(bucket_id), {"Fn::Join": ["", [arn_of(bucket_id), "/*"]]}],
+    } in _bucket_policy_statements(template, bucket_id), f"{bucket_id} allows plain HTTP"
+    return cast(dict[str, Any], props)
+
+
+def test_one_bucket_per_spec_and_one_for_their_access_logs(
+    stack: ClearlineStack, template: Template
+) -> None:
+    buckets = template.find_resources("AWS::S3::Bucket")
+    assert len(buckets) == len(TOPOLOGY.buckets) + (1 if TOPOLOGY.buckets else 0)
+    assert (stack.access_log_bucket is not None) == bool(TOPOLOGY.buckets)
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.buckets, ids=lambda spec: spec.key)
+def test_every_bucket_is_private_versioned_encrypted_logged_and_tiered(
+    stack: ClearlineStack, template: Template, spec: BucketSpec
+) -> None:
+    bucket_id = logical_id(stack, stack.buckets[spec.key])
+    props = _assert_private_encrypted_ssl_only_and_retained(template, bucket_id)
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+
+    rules = props["LifecycleConfiguration"]["Rules"]
+    assert all(rule["Status"] == "Enabled" for rule in rules)
+    assert {"StorageClass": "STANDARD_IA", "TransitionInDays": 30} in [
+        t for rule in rules for t in rule.get("Transitions", [])
+    ]
+    assert {"NoncurrentDays": 90} in [r.get("NoncurrentVersionExpiration") for r in rules]
+    assert {"DaysAfterInitiation": 7} in [r.get("AbortIncompleteMultipartUpload") for r in rules]
+    assert not any("ExpirationInDays" in r for r in rules), "current versions are records"
+
+    # Server access logs go to the shared log bucket, which lets S3 logging write them
+    # for this bucket only.
+    assert stack.access_log_bucket is not None
+    log_bucket_id = logical_id(stack, stack.access_log_bucket)
+    assert props["LoggingConfiguration"] == {
+        "DestinationBucketName": {"Ref": log_bucket_id},
+        "LogFilePrefix": f"{spec.key}/",
+    }
+    delivery = [
+        s
+        for s in _bucket_policy_statements(template, log_bucket_id)
+        if s["Principal"] == {"Service": "logging.s3.amazonaws.com"}
+    ]
+    assert [
+        (s["Effect"], s["Action"], s["Condition"]["ArnLike"]["aws:SourceArn"])
+        for s in delivery
+        if s["Condition"]["ArnLike"]["aws:SourceArn"] == arn_of(bucket_id)
+    ] == [("Allow", "s3:PutObject", arn_of(bucket_id))]
+
+
+def test_the_access_log_bucket_is_private_and_expires_logs(
+    stack: ClearlineStack, template: Template
+) -> None:
+    if stack.access_log_bucket is None:
+        pytest.skip("the topology has no buckets")
+    props = _assert_private_encrypted_ssl_only_and_retained(
+        template, logical_id(stack, stack.access_log_bucket)
+    )
+    assert "LoggingConfiguration" not in props, "it does not log into itself"
+    assert "AccessControl" not in props, "log delivery is granted by policy, not by ACL"
+    rules = props["LifecycleConfiguration"]["Rules"]
+    assert [r["ExpirationInDays"] for r in rules if "ExpirationInDays" in r] == [365]
+
+
+def _notifications_of(template: Template, bucket_id: str) -> list[dict[str, Any]]:
+    return [
+        n["Properties"]["NotificationConfiguration"]
+        for n in template.find_resources("Custom::S3BucketNotifications").values()
+        if n["Properties"]["BucketName"] == {"Ref": bucket_id}
+    ]
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.buckets, ids=lambda spec: spec.key)
+def test_every_bucket_announces_new_objects_under_its_prefix_to_its_queue(
+    stack: ClearlineStack, template: Template, spec: BucketSpec
+) -> None:
+    bucket_id = logical_id(stack, stack.buckets[spec.key])
+    notifications = _notifications_of(template, bucket_id)
+    if spec.notify_queue is None:
+        assert notifications == []
+        return
+    queue_id = logical_id(stack, stack.queues[spec.notify_queue])
+    assert notifications == [
+        {
+            "QueueConfigurations": [
+                {
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {
+                        "Key": {"FilterRules": [{"Name": "prefix", "Value": spec.notify_prefix}]}
+                    },
+                    "QueueArn": arn_of(queue_id),
+                }
+            ]
+        }
+    ]
+    # The queue lets S3 send on behalf of this bucket only.
+    allows = [
+        s
+        for s in _queue_policy_statements(template, queue_id)
+        if s["Effect"] == "Allow" and s["Principal"] == {"Service": "s3.amazonaws.com"}
+    ]
+    assert len(allows) == 1
+    assert "sqs:SendMessage" in as_list(allows[0]["Action"])
+    assert allows[0]["Condition"] == {"ArnLike": {"aws:SourceArn": arn_of(bucket_id)}}
+
+
+def test_bucket_notifications_feed_a_consumed_queue() -> None:
+    consumed = {f.queue_trigger for f in TOPOLOGY.functions}
+    notifying = [b for b in TOPOLOGY.buckets if b.notify_queue]
+    assert notifying, "the topology has an S3 -> SQS notification (settlement files)"
+    for bucket in notifying:
+        assert bucket.notify_prefix, bucket.key
+        assert bucket.notify_queue in consumed, bucket.key
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"notify_queue": None}, "both notify_prefix and notify_queue"),
+        ({"notify_prefix": None}, "both notify_prefix and notify_queue"),
+        ({"notify_queue": "nowhere"}, "unknown queue"),
+    ],
+)
+def test_a_half_or_dangling_bucket_notification_is_refused(
+    change: dict[str, Any], message: str
+) -> None:
+    spec = next(b for b in TOPOLOGY.buckets if b.notify_queue)
+    buckets = tuple(
+        dataclasses.replace(b, **change) if b.key == spec.key else b for b in TOPOLOGY.buckets
+    )
+    with pytest.raises(ValueError, match=message):
+        ClearlineStack(
+            App(context=NO_BUNDLING), "Bad", topology=dataclasses.replace(TOPOLOGY, buckets=buckets)
         )
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,9 @@ class Stack:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextmanager
+def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`clearline up` in a subprocess, as a developer runs it, with compressed retries."""
     state_dir = tmp_path_factory.mktemp("state")
     log_path = tmp_path_factory.mktemp("logs") / "stack.log"
     env = {**os.environ, "CLEARLINE_STATE_DIR": str(state_dir)}
@@ -124,7 +126,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             env=env,
         )
     state_file = state_dir / f"{port}.json"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 120
     while not state_file.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
@@ -135,6 +137,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     process.terminate()  # what Ctrl-C does: a clean stop
     assert process.wait(timeout=30) == 0, log_path.read_text()[-3000:]
     assert not state_file.exists(), "a stopped stack must remove its state file"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,7 @@ def transaction_item(
         "pk": f"TXN#{txn_id}",
         "sk": "TXN",
         **listing.list_keys(merchant_id, "txn", created_ms, txn_id),
+        **settlement_due_keys(txn_id, business_day(now)),
         "id": txn_id,
         "merchant": merchant_id,
         "type": kind,

@@ -134,6 +134,8 @@ class Report:
     mismatches: list[Mismatch] = field(default_factory=list)
     already_reconciled: bool = False
     seconds: float = 0.0
+    # Movements named by a mismatched row: already reported, not "missing" too.
+    reported: set[str] = field(default_factory=set)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -225,19 +227,19 @@ class Reconciler:
     def _classify(self, report: Report, row: Row, txn: dict[str, Any] | None) -> None:
         if txn is None:
             self._mismatch(report, row.mismatch(MISSING_LEDGER, f"no {row.type} {row.txn_id}"))
-        elif txn["currency"] != row.currency:
-            self._mismatch(
-                report, row.mismatch(CURRENCY, f"ours {txn['currency']}, theirs {row.currency}")
-            )
+            return
+        if txn["currency"] != row.currency:
+            mismatch = row.mismatch(CURRENCY, f"ours {txn['currency']}, theirs {row.currency}")
         elif abs(txn["amount"]) != row.amount:
-            self._mismatch(
-                report, row.mismatch(AMOUNT, f"ours {abs(txn['amount'])}, theirs {row.amount}")
-            )
+            mismatch = row.mismatch(AMOUNT, f"ours {abs(txn['amount'])}, theirs {row.amount}")
         elif self._settle(report, row, txn):
             report.counts[MATCHED] += 1
             report.settled[row.currency] += row.amount
+            return
         else:
-            self._mismatch(report, row.mismatch(DUPLICATE, f"{row.txn_id} was already settled"))
+            mismatch = row.mismatch(DUPLICATE, f"{row.txn_id} was already settled")
+        report.reported.add(txn["id"])
+        self._mismatch(report, mismatch)
 
     def _settle(self, report: Report, row: Row, txn: dict[str, Any]) -> bool:
         """Post the row's settlement journal. False if another row already settled it."""
@@ -288,6 +290,8 @@ class Reconciler:
                 newest_first=False,
                 limit=100_000,
             ):
+                if txn["id"] in report.reported:
+                    continue
                 detail = f"{txn['type']} {txn['id']} ({txn['source']}) of {business_day}"
                 charge = txn["source"] if txn["type"] == "charge" else None
                 missing = Mismatch(

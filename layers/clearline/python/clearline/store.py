@@ -123,6 +123,7 @@ class Store:
         return deserialize(raw) if raw else None
 
     def get_many(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        keys = list(dict.fromkeys(keys))  # BatchGetItem refuses a key given twice
         found: list[dict[str, Any]] = []
         for start in range(0, len(keys), 100):
             pending: dict[str, Any] = {
