@@ -134,6 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
 class FrontDoorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the default listen backlog (5) resets bursts of clients
 
     def __init__(self, host: str, port: int, invoke: Invoke, stage: str) -> None:
         super().__init__((host, port), _Handler)

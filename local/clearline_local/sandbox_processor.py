@@ -651,6 +651,7 @@ class SandboxProcessor:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the default listen backlog (5) resets bursts of clients
 
     def __init__(
         self,
