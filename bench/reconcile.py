@@ -1,0 +1,142 @@
+"""Reconciler throughput and memory on settlement files of 10,000 and 100,000 rows, against
+a ledger seeded to match, next to a bare `csv.reader` pass over the same files.
+
+moto runs in a separate process (the local stack's serialized server), so the memory
+figure is the reconciler's own: the peak traced by tracemalloc in this process while it
+reconciles, which must not grow with the file. Throughput is bounded by moto, which
+applies each row's settlement transaction (7 items) far slower than DynamoDB would.
+
+Usage: python bench/reconcile.py [--rows 10000 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from clearline import balance
+from clearline.ids import derived_id
+from clearline.reconciliation import COLUMNS, Reconciler
+from clearline.store import Store, serialize
+from clearline.topology import MAIN_TABLE, TOPOLOGY
+from clearline_local.provision import provision_tables
+from clearline_local.stack import aws_client, free_port
+
+MOTO = """
+import logging, sys, threading
+from clearline_local.stack import SerializedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+SerializedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False).start()
+threading.Event().wait()
+"""
+
+
+def seed(store: Store, rows: int, now: float) -> None:
+    """One captured movement per row, as the charge path writes it."""
+    items = []
+    for n in range(rows):
+        charge = f"ch_bench{n:07d}"
+        items.append(
+            balance.transaction_item(
+                derived_id("txn", charge, "capture"),
+                merchant_id="acct_bench",
+                kind="charge",
+                source=charge,
+                amount=5000,
+                fee=175,
+                currency="usd",
+                now=now,
+            )
+        )
+    for start in range(0, len(items), 25):
+        store.client.batch_write_item(
+            RequestItems={
+                store.table_name: [
+                    {"PutRequest": {"Item": serialize(i)}} for i in items[start : start + 25]
+                ]
+            }
+        )
+
+
+def write_file(path: Path, rows: int, settlement_date: dt.date) -> None:
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(COLUMNS)
+        for n in range(rows):
+            writer.writerow(
+                [
+                    settlement_date.isoformat(),
+                    "batch_bench",
+                    f"pa_{n:07d}",
+                    "capture",
+                    5000,
+                    75,
+                    4925,
+                    "usd",
+                    f"ch_bench{n:07d}",
+                    "",
+                ]
+            )
+
+
+def bare_pass(path: Path) -> float:
+    started = time.perf_counter()
+    with path.open(newline="") as source:
+        count = sum(1 for _ in csv.reader(source))
+    assert count > 0
+    return time.perf_counter() - started
+
+
+def run(rows: int, workdir: Path) -> str:
+    now = time.time()
+    settlement_date = dt.datetime.fromtimestamp(now, dt.UTC).date() + dt.timedelta(days=2)
+    path = workdir / f"settlement_{rows}.csv"
+    write_file(path, rows, settlement_date)
+    port = free_port()
+    moto = subprocess.Popen([sys.executable, "-c", MOTO, str(port)])
+    try:
+        client = aws_client("dynamodb", f"http://127.0.0.1:{port}")
+        for _ in range(100):  # until the server answers
+            try:
+                client.list_tables()
+                break
+            except Exception:
+                time.sleep(0.1)
+        provision_tables(TOPOLOGY, client)
+        store = Store(MAIN_TABLE.name, client)
+        seed(store, rows, now)
+        tracemalloc.start()
+        started = time.perf_counter()
+        with path.open(newline="") as source:
+            report = Reconciler(store).reconcile(source, file=path.name, etag="bench")
+        seconds = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        moto.kill()
+    assert report.counts["matched"] == rows, report.counts
+    bare = bare_pass(path)
+    return (
+        f"{rows:>7} rows: reconciler {rows / seconds:8.0f} rows/s, peak {peak / 2**20:6.1f} MiB"
+        f" | bare csv.reader {rows / bare:10.0f} rows/s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        for rows in args.rows:
+            print(run(rows, Path(workdir)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
