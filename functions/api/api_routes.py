@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any
@@ -32,6 +33,7 @@ from clearline.merchants import Merchant, authenticate
 from clearline.params import (
     ChargeCaptureParams,
     ChargeCreateParams,
+    P,
     RefundCreateParams,
     parse_params,
 )
@@ -231,9 +233,24 @@ def refuse_card_numbers_in_query() -> None:
 
 
 def idempotent_post(
-    merchant: Merchant, params: dict[str, Any], operation: Any
+    model: type[P],
+    operation: Callable[[Caller, P, str], dict[str, Any]],
+    metric: str | None = None,
 ) -> Response[dict[str, Any]]:
+    """Every POST: refuse card numbers, authenticate, validate `model`, require an
+    Idempotency-Key, then run the operation once per key and replay its first response."""
+    params = body_params()
+    merchant = secret_key_merchant()
+    parsed = parse_params(model, params)
     key = check_key(app.current_event.headers.get("idempotency-key"))
+    who = Caller(merchant, request_id())
+
+    def run() -> dict[str, Any]:
+        result = operation(who, parsed, key)
+        if metric:
+            metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
+        return result
+
     stored = services().idempotency.run(
         merchant_id=merchant.id,
         key=key,
@@ -241,7 +258,7 @@ def idempotent_post(
         path=app.current_event.path,
         params=params,
         request_id=request_id(),
-        operation=operation,
+        operation=run,
     )
     headers = {}
     if stored.request_id != request_id():
@@ -255,27 +272,13 @@ ListLimit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=255)]
 
 
-def caller(merchant: Merchant) -> Caller:
-    return Caller(merchant, request_id())
-
-
-def idempotency_key() -> str:
-    return check_key(app.current_event.headers.get("idempotency-key"))
-
-
 @app.post("/v1/charges")
 def create_charge() -> Response[dict[str, Any]]:
-    params = body_params()
-    merchant = secret_key_merchant()
-    charge = parse_params(ChargeCreateParams, params)
-    key = idempotency_key()
-
-    def create() -> dict[str, Any]:
-        created = services().charges.create(caller(merchant), charge, idempotency_key=key)
-        metrics.add_metric(name="ChargeCreated", unit=MetricUnit.Count, value=1)
-        return created
-
-    return idempotent_post(merchant, params, create)
+    return idempotent_post(
+        ChargeCreateParams,
+        lambda who, charge, key: services().charges.create(who, charge, idempotency_key=key),
+        "ChargeCreated",
+    )
 
 
 @app.get("/v1/charges/<charge_id>")
@@ -301,32 +304,20 @@ def list_charges(
 
 @app.post("/v1/charges/<charge_id>/capture")
 def capture_charge(charge_id: str) -> Response[dict[str, Any]]:
-    params = body_params()
-    merchant = secret_key_merchant()
-    capture = parse_params(ChargeCaptureParams, params)
-    idempotency_key()
-
-    def run() -> dict[str, Any]:
-        captured = services().charges.capture(caller(merchant), charge_id, capture)
-        metrics.add_metric(name="ChargeCaptured", unit=MetricUnit.Count, value=1)
-        return captured
-
-    return idempotent_post(merchant, params, run)
+    return idempotent_post(
+        ChargeCaptureParams,
+        lambda who, capture, _: services().charges.capture(who, charge_id, capture),
+        "ChargeCaptured",
+    )
 
 
 @app.post("/v1/refunds")
 def create_refund() -> Response[dict[str, Any]]:
-    params = body_params()
-    merchant = secret_key_merchant()
-    refund = parse_params(RefundCreateParams, params)
-    key = idempotency_key()
-
-    def run() -> dict[str, Any]:
-        created = services().refunds.create(caller(merchant), refund, idempotency_key=key)
-        metrics.add_metric(name="RefundCreated", unit=MetricUnit.Count, value=1)
-        return created
-
-    return idempotent_post(merchant, params, run)
+    return idempotent_post(
+        RefundCreateParams,
+        lambda who, refund, key: services().refunds.create(who, refund, idempotency_key=key),
+        "RefundCreated",
+    )
 
 
 @app.get("/v1/refunds/<refund_id>")
@@ -459,12 +450,9 @@ def list_events(
 
 @app.post("/v1/webhook_endpoints")
 def create_webhook_endpoint() -> Response[dict[str, Any]]:
-    params = body_params()
-    merchant = secret_key_merchant()
-    endpoint = parse_params(WebhookEndpointCreateParams, params)
-    idempotency_key()
     return idempotent_post(
-        merchant, params, lambda: services().webhook_endpoints.create(merchant, endpoint)
+        WebhookEndpointCreateParams,
+        lambda who, endpoint, _: services().webhook_endpoints.create(who.merchant, endpoint),
     )
 
 
@@ -476,12 +464,11 @@ def retrieve_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
 
 @app.post("/v1/webhook_endpoints/<endpoint_id>")
 def update_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
-    params = body_params()
-    merchant = secret_key_merchant()
-    update = parse_params(WebhookEndpointUpdateParams, params)
-    idempotency_key()
     return idempotent_post(
-        merchant, params, lambda: services().webhook_endpoints.update(merchant, endpoint_id, update)
+        WebhookEndpointUpdateParams,
+        lambda who, update, _: services().webhook_endpoints.update(
+            who.merchant, endpoint_id, update
+        ),
     )
 
 

@@ -23,7 +23,8 @@ from clearline.errors import (
     CardError,
     ConflictError,
     InvalidRequestError,
-    ServiceUnavailableError,
+    processor_unavailable,
+    store_unavailable,
 )
 from clearline.events import event_write
 from clearline.ids import derived_id
@@ -135,13 +136,6 @@ def _card_error(item: dict[str, Any]) -> CardError:
     )
 
 
-def _processor_unavailable() -> ServiceUnavailableError:
-    return ServiceUnavailableError(
-        "The card processor did not answer in time; retry with the same Idempotency-Key.",
-        code="processor_unavailable",
-    )
-
-
 def not_capturable(item: dict[str, Any]) -> ApiError:
     """Why a charge cannot be captured (or voided) any more, in Stripe's words."""
     charge_id, state = item["id"], item["state"]
@@ -183,9 +177,7 @@ class ChargeService:
         try:
             return self.store.get(charge_pk(charge_id), "CHARGE")
         except StoreUnavailable as exc:
-            raise ServiceUnavailableError(
-                "Clearline could not reach its data store; retry."
-            ) from exc
+            raise store_unavailable() from exc
 
     def _merchant(self, merchant_id: str) -> Merchant:
         merchant = get_merchant(self.store, merchant_id)
@@ -541,7 +533,7 @@ class ChargeService:
                 amount=amount,
             )
         except ProcessorUnavailable as exc:
-            raise _processor_unavailable() from exc
+            raise processor_unavailable() from exc
         except ProcessorRejected as exc:
             # Another capture or a void got to the processor first; the charge says which.
             current = self._get(charge_id) or item
@@ -627,7 +619,7 @@ class ChargeService:
                 authorization_id=item["processor_authorization"],
             )
         except ProcessorUnavailable as exc:
-            raise _processor_unavailable() from exc
+            raise processor_unavailable() from exc
         except ProcessorRejected:
             return False  # captured or voided at the processor meanwhile: the charge says which
         now = self.clock()

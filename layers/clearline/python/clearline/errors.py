@@ -93,3 +93,14 @@ class ServiceUnavailableError(ApiError):
 
     def __init__(self, message: str, *, code: str = "service_unavailable") -> None:
         super().__init__(message, code=code, should_retry=True)
+
+
+def store_unavailable() -> ServiceUnavailableError:
+    return ServiceUnavailableError("Clearline could not reach its data store; retry.")
+
+
+def processor_unavailable() -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        "The card processor did not answer in time; retry with the same Idempotency-Key.",
+        code="processor_unavailable",
+    )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from clearline.errors import ResourceMissingError, ServiceUnavailableError
+from clearline.errors import ResourceMissingError, store_unavailable
 from clearline.store import Store, StoreUnavailable
 
 INDEX = "by_merchant"
@@ -56,7 +56,7 @@ def get_owned(
     try:
         item = store.get(*object_key(object_id))
     except StoreUnavailable as exc:
-        raise ServiceUnavailableError("Clearline could not reach its data store; retry.") from exc
+        raise store_unavailable() from exc
     if item is None or item.get("merchant") != merchant_id or not object_id.startswith(kind + "_"):
         raise ResourceMissingError(KINDS.get(kind, ("", "", "object"))[2], object_id, param=param)
     return item
@@ -97,7 +97,7 @@ def page(
     try:
         shards = list(_queries.map(one_shard, range(LIST_SHARDS)))
     except StoreUnavailable as exc:
-        raise ServiceUnavailableError("Clearline could not reach its data store; retry.") from exc
+        raise store_unavailable() from exc
     items = sorted(
         (i for shard in shards for i in shard), key=lambda i: str(i["gsi1sk"]), reverse=newest_first
     )

@@ -26,7 +26,12 @@ from clearline.charges import (
     charge_object,
     charge_pk,
 )
-from clearline.errors import ConflictError, InvalidRequestError, ServiceUnavailableError
+from clearline.errors import (
+    ConflictError,
+    InvalidRequestError,
+    processor_unavailable,
+    store_unavailable,
+)
 from clearline.events import event_write
 from clearline.ids import derived_id
 from clearline.merchants import Merchant
@@ -56,13 +61,6 @@ def refund_object(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _processor_unavailable(exc: Exception) -> ServiceUnavailableError:
-    return ServiceUnavailableError(
-        "The card processor did not answer in time; retry with the same Idempotency-Key.",
-        code="processor_unavailable",
-    )
-
-
 class RefundService:
     def __init__(
         self,
@@ -80,9 +78,7 @@ class RefundService:
         try:
             return self.store.get(pk, sk)
         except StoreUnavailable as exc:
-            raise ServiceUnavailableError(
-                "Clearline could not reach its data store; retry."
-            ) from exc
+            raise store_unavailable() from exc
 
     # ---- create ---------------------------------------------------------------------------
 
@@ -257,7 +253,7 @@ class RefundService:
                 reference=refund["id"],
             )
         except ProcessorUnavailable as exc:
-            raise _processor_unavailable(exc) from exc  # stays pending; a retry finishes it
+            raise processor_unavailable() from exc  # stays pending; a retry finishes it
         except ProcessorRejected as exc:
             return self._fail(caller, refund, charge, exc.message)
         return self._succeed(caller, refund, charge)
@@ -388,7 +384,7 @@ class RefundService:
                 authorization_id=charge["processor_authorization"],
             )
         except ProcessorUnavailable as exc:
-            raise _processor_unavailable(exc) from exc
+            raise processor_unavailable() from exc
         except ProcessorRejected as exc:  # captured or voided meanwhile
             raise ConflictError(
                 f"Charge {charge['id']} was changed by another request; retry to see its new state."

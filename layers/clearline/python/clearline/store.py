@@ -253,7 +253,7 @@ def commit(store: Store, writes: list[Write]) -> TransactionCancelled | None:
     condition failed (the caller knows which business rule that was). A conflict with a
     concurrent transaction, or an unreachable store, is refused as retryable: never guessed.
     """
-    from clearline.errors import ConflictError, ServiceUnavailableError
+    from clearline.errors import ConflictError, store_unavailable
 
     try:
         store.transact(writes)
@@ -263,4 +263,4 @@ def commit(store: Store, writes: list[Write]) -> TransactionCancelled | None:
             return exc
         raise ConflictError("The object was being changed by another request; retry.") from exc
     except StoreUnavailable as exc:
-        raise ServiceUnavailableError("Clearline could not reach its data store; retry.") from exc
+        raise store_unavailable() from exc
