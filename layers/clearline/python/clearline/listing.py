@@ -120,8 +120,12 @@ def page_in_memory(
     starting_after: str | None,
     ending_before: str | None,
 ) -> dict[str, Any]:
-    """A page of a short list held in one item (a charge's refunds), newest first."""
-    ordered = sorted(objects, key=lambda o: (o["created"], o["id"]), reverse=True)
+    """A page of a short list held in one item (a charge's refunds), newest first. Keys
+    starting with an underscore order the list and are not shown."""
+    newest_first = sorted(
+        objects, key=lambda o: (o["created"], o.get("_at_ms", 0), o["id"]), reverse=True
+    )
+    ordered = [{k: v for k, v in o.items() if not k.startswith("_")} for o in newest_first]
     ids = [o["id"] for o in ordered]
     if starting_after:
         if starting_after not in ids:

@@ -43,6 +43,12 @@ from clearline.store import Store, StoreUnavailable, Write, commit
 PENDING, SUCCEEDED, FAILED_REFUND = "pending", "succeeded", "failed"
 
 
+def embedded(item: dict[str, Any]) -> dict[str, Any]:
+    """A refund as its charge holds it: with the creation time in milliseconds, so a
+    charge's refunds list newest first even within one second."""
+    return {**refund_object(item), "_at_ms": item["created_ms"]}
+
+
 def refund_object(item: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": item["id"],
@@ -158,6 +164,7 @@ class RefundService:
             "reason": params.reason,
             "metadata": dict(params.metadata),
             "created": int(now),
+            "created_ms": int(now * 1000),
             "idempotency_key": idempotency_key,
         }
 
@@ -181,7 +188,7 @@ class RefundService:
                 update="SET refundable = refundable - :a, refunds.#r = :refund",
                 condition="refundable >= :a AND #state = :captured",
                 names={"#state": "state", "#r": refund_id},
-                values={":a": amount, ":captured": CAPTURED, ":refund": refund_object(refund)},
+                values={":a": amount, ":captured": CAPTURED, ":refund": embedded(refund)},
             ),
             Write.put_new(refund),
             Write.put_new(
@@ -289,7 +296,7 @@ class RefundService:
                 key={"pk": charge["pk"], "sk": "CHARGE"},
                 update="SET amount_refunded = amount_refunded + :a, refunds.#r = :refund",
                 names={"#r": refund["id"]},
-                values={":a": amount, ":refund": refund_object(done)},
+                values={":a": amount, ":refund": embedded(done)},
             ),
             Write.put_new(
                 audit_item(
@@ -319,7 +326,7 @@ class RefundService:
         refunded = {
             **charge,
             "amount_refunded": charge["amount_refunded"] + amount,
-            "refunds": {**charge.get("refunds", {}), refund["id"]: refund_object(done)},
+            "refunds": {**charge.get("refunds", {}), refund["id"]: embedded(done)},
         }
         writes += self._refund_events(merchant_id, done, refunded, "refund.updated", now, caller)
         if commit(self.store, writes) is not None:  # finished by a concurrent retry
@@ -345,7 +352,7 @@ class RefundService:
                 key={"pk": charge["pk"], "sk": "CHARGE"},
                 update="SET refundable = refundable + :a, refunds.#r = :refund",
                 names={"#r": refund["id"]},
-                values={":a": refund["amount"], ":refund": refund_object(failed)},
+                values={":a": refund["amount"], ":refund": embedded(failed)},
             ),
             Write.put_new(
                 audit_item(
@@ -415,7 +422,7 @@ class RefundService:
                     ":canceled": CANCELED,
                     ":authorized": AUTHORIZED,
                     ":a": amount,
-                    ":refund": refund_object(refund),
+                    ":refund": embedded(refund),
                 },
             ),
             Write.put_new(refund),
@@ -445,7 +452,7 @@ class RefundService:
             **charge,
             "state": CANCELED,
             "amount_released": amount,
-            "refunds": {**charge.get("refunds", {}), refund_id: refund_object(refund)},
+            "refunds": {**charge.get("refunds", {}), refund_id: embedded(refund)},
         }
         writes += self._refund_events(merchant.id, refund, voided, "refund.created", now, caller)
         if commit(self.store, writes) is not None:
