@@ -1,7 +1,7 @@
 """Stripe's list shape over a merchant's objects, newest first, with cursor pagination.
 
 Every listable item carries `gsi1pk` (the merchant, the kind of object named by its id
-prefix: ch, re, txn, and one of LIST_SHARDS shards) and `gsi1sk` (creation time in
+prefix: ch, re, txn, evt, and one of its list shards) and `gsi1sk` (creation time in
 milliseconds, then the id). The shards keep one merchant's peak (10,000 charges a
 second) from landing on one index partition, ~300 writes a second each instead; a page
 queries every shard and merges them, newest first.
@@ -19,6 +19,14 @@ from clearline.store import Store, StoreUnavailable
 
 INDEX = "by_merchant"
 LIST_SHARDS = 32
+# Each charge writes two or three events: their lists take twice the shards.
+SHARDS_BY_KIND = {"evt": 64}
+
+
+def list_shards(kind: str) -> int:
+    return SHARDS_BY_KIND.get(kind, LIST_SHARDS)
+
+
 _queries = ThreadPoolExecutor(max_workers=8, thread_name_prefix="list-shard")
 
 # id prefix -> (pk prefix, sk, the name Stripe uses in "No such ...")
@@ -42,7 +50,8 @@ def _list_partition(merchant_id: str, kind: str, shard: int) -> str:
 
 def list_keys(merchant_id: str, kind: str, created_ms: int, object_id: str) -> dict[str, str]:
     """The index attributes that put an item in its merchant's list of `kind`."""
-    shard = int.from_bytes(hashlib.sha256(object_id.encode()).digest()[:4], "big") % LIST_SHARDS
+    digest = hashlib.sha256(object_id.encode()).digest()
+    shard = int.from_bytes(digest[:4], "big") % list_shards(kind)
     return {
         "gsi1pk": _list_partition(merchant_id, kind, shard),
         "gsi1sk": f"{created_ms:013d}#{object_id}",
@@ -95,7 +104,7 @@ def page(
         )
 
     try:
-        shards = list(_queries.map(one_shard, range(LIST_SHARDS)))
+        shards = list(_queries.map(one_shard, range(list_shards(kind))))
     except StoreUnavailable as exc:
         raise store_unavailable() from exc
     items = sorted(

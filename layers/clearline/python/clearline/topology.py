@@ -191,12 +191,14 @@ EVENT_SOURCE = "clearline"
 WEBHOOK_QUEUE = QueueSpec(
     key="webhooks",
     name="clearline-webhook-deliveries",
-    visibility_timeout_seconds=60,
+    # Six times the dispatcher's timeout, as AWS advises for queues that trigger a function,
+    # so a slow batch is not received twice while it runs.
+    visibility_timeout_seconds=360,
     # Each receive is one delivery attempt; backoff between attempts is set per message.
     max_receive_count=16,  # 60 s doubling to 12 h: the last try about 3 days after the first
 )
 CAPTURE_QUEUE = QueueSpec(
-    key="captures", name="clearline-captures", visibility_timeout_seconds=60, max_receive_count=5
+    key="captures", name="clearline-captures", visibility_timeout_seconds=180, max_receive_count=5
 )
 
 SETTLEMENT_QUEUE = QueueSpec(
