@@ -160,7 +160,10 @@ def not_capturable(item: dict[str, Any]) -> ApiError:
     return ConflictError(f"Charge {charge_id} is still being processed; retry shortly.")
 
 
-class ChargeService:
+class MoneyService:
+    """What every service that moves money works with: the store, the processor, the
+    ledger's shard policy, and a clock."""
+
     def __init__(
         self,
         store: Store,
@@ -173,6 +176,8 @@ class ChargeService:
         self.shards = shards or ledger.ShardPolicy()
         self.clock = clock
 
+
+class ChargeService(MoneyService):
     def _get(self, charge_id: str) -> dict[str, Any] | None:
         try:
             return self.store.get(charge_pk(charge_id), "CHARGE")

@@ -11,8 +11,6 @@ idempotency key makes the repeated call return the first refund.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from clearline import balance, ledger, listing
@@ -23,6 +21,7 @@ from clearline.charges import (
     CAPTURED,
     EXPIRED,
     FAILED,
+    MoneyService,
     charge_object,
     charge_pk,
 )
@@ -37,8 +36,8 @@ from clearline.ids import derived_id
 from clearline.merchants import Merchant
 from clearline.money import currency, format_amount
 from clearline.params import RefundCreateParams
-from clearline.processor import ProcessorClient, ProcessorRejected, ProcessorUnavailable
-from clearline.store import Store, StoreUnavailable, Write, commit
+from clearline.processor import ProcessorRejected, ProcessorUnavailable
+from clearline.store import StoreUnavailable, Write, commit
 
 PENDING, SUCCEEDED, FAILED_REFUND = "pending", "succeeded", "failed"
 
@@ -67,19 +66,7 @@ def refund_object(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class RefundService:
-    def __init__(
-        self,
-        store: Store,
-        processor: ProcessorClient,
-        shards: ledger.ShardPolicy | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.processor = processor
-        self.shards = shards or ledger.ShardPolicy()
-        self.clock = clock
-
+class RefundService(MoneyService):
     def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
         try:
             return self.store.get(pk, sk)
