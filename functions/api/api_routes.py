@@ -355,18 +355,8 @@ def list_charge_refunds(
     starting_after: Cursor = None,
     ending_before: Cursor = None,
 ) -> Response[dict[str, Any]]:
-    refuse_card_numbers_in_query()
-    merchant = secret_key_merchant()
-    return _json(
-        200,
-        services().refunds.list(
-            merchant,
-            charge_id=charge_id,
-            limit=limit,
-            starting_after=starting_after,
-            ending_before=ending_before,
-        ),
-    )
+    # The nested form of GET /v1/refunds?charge=...
+    return list_refunds(charge_id, limit, starting_after, ending_before)
 
 
 @app.get("/v1/balance")
