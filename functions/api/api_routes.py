@@ -29,7 +29,7 @@ from clearline.events import event_object
 from clearline.forms import parse_body
 from clearline.idempotency import IdempotentRequests, check_key
 from clearline.ledger import ShardPolicy
-from clearline.merchants import Merchant, authenticate
+from clearline.merchants import KeyCache, Merchant
 from clearline.params import (
     ChargeCaptureParams,
     ChargeCreateParams,
@@ -61,6 +61,7 @@ class Services:
     refunds: RefundService
     webhook_endpoints: WebhookEndpoints
     idempotency: IdempotentRequests
+    keys: KeyCache
 
 
 @cache
@@ -79,6 +80,7 @@ def services() -> Services:
         RefundService(store, processor, shards),
         WebhookEndpoints(store),
         idempotency,
+        KeyCache(),
     )
 
 
@@ -189,7 +191,7 @@ def _api_key() -> str:
 
 
 def secret_key_merchant() -> Merchant:
-    merchant, kind = authenticate(services().store, _api_key())
+    merchant, kind = services().keys.authenticate(services().store, _api_key())
     if kind != "secret":
         raise AuthenticationError(
             "This API call cannot be made with a publishable API key. Please use a secret API key.",
@@ -442,7 +444,7 @@ def list_events(
 def create_webhook_endpoint() -> Response[dict[str, Any]]:
     return idempotent_post(
         WebhookEndpointCreateParams,
-        lambda who, endpoint, _: services().webhook_endpoints.create(who.merchant, endpoint),
+        lambda who, endpoint, _: services().webhook_endpoints.create(who, endpoint),
     )
 
 
@@ -456,16 +458,15 @@ def retrieve_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
 def update_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
     return idempotent_post(
         WebhookEndpointUpdateParams,
-        lambda who, update, _: services().webhook_endpoints.update(
-            who.merchant, endpoint_id, update
-        ),
+        lambda who, update, _: services().webhook_endpoints.update(who, endpoint_id, update),
     )
 
 
 @app.delete("/v1/webhook_endpoints/<endpoint_id>")
 def delete_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
-    return _json(200, services().webhook_endpoints.delete(merchant, endpoint_id))
+    who = Caller(merchant, request_id())
+    return _json(200, services().webhook_endpoints.delete(who, endpoint_id))
 
 
 @app.get("/v1/webhook_endpoints")

@@ -1,32 +1,39 @@
-"""Processor sync: on a schedule, settle charges left pending by processor timeouts."""
+"""The resolver function: on a schedule, settle every money operation left pending."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 
 from clearline.charges import ChargeService
 from clearline.config import Settings
 from clearline.ledger import ShardPolicy
 from clearline.processor import ProcessorClient
-from clearline.scheduling import sync_pending
+from clearline.refunds import RefundService
+from clearline.resolver import Resolver
 from clearline.store import Store
 
 logger = Logger()
+metrics = Metrics(namespace="Clearline")
 settings = Settings.from_env()
 store = Store(settings.main_table)
-charges = ChargeService(
-    store,
-    ProcessorClient(settings.processor_url, settings.processor_timeout_seconds),
-    ShardPolicy.from_env(),
+processor = ProcessorClient(settings.processor_url, settings.processor_timeout_seconds)
+shards = ShardPolicy.from_env()
+resolver = Resolver(
+    ChargeService(store, processor, shards), RefundService(store, processor, shards)
 )
 
 
 @logger.inject_lambda_context(log_event=False)
+@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    # The schedule's time, not the clock: a test moves time by sending a later one.
     now = int(datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp())
-    outcome = sync_pending(charges, store, now)
-    logger.info("processor sync", extra={**outcome, "as_of": now})
+    outcome = resolver.run(now)
+    # Alarmed when above zero: a pending operation nothing could settle needs a person.
+    metrics.add_metric("UnresolvedPendingOperations", MetricUnit.Count, outcome["unresolved"])
+    logger.info("resolver", extra={**outcome, "as_of": now})
     return outcome

@@ -348,9 +348,23 @@ class SandboxProcessor:
         except _RequestError as exc:
             return exc.response
 
+    def authorizations(self) -> list[dict[str, Any]]:
+        """Every authorization with the amounts of its refunds: what the processor believes
+        happened, for tests that hold Clearline's ledger against it."""
+        with self._lock:
+            refunds: dict[str, list[int]] = {}
+            for refund in self._refunds.values():
+                refunds.setdefault(str(refund["authorization"]), []).append(int(refund["amount"]))
+            return [
+                {**record.to_json(), "refunds": refunds.get(record.id, [])}
+                for record in self._authorizations.values()
+            ]
+
     def _handle_sandbox(self, method: str, path: str, body: dict[str, Any]) -> _Response:
         if path == "/_sandbox/health" and method == "GET":
             return _Response(200, {"status": "ok"})
+        if path == "/_sandbox/authorizations" and method == "GET":
+            return _Response(200, {"data": self.authorizations()})
         if path == "/_sandbox/config":
             if method == "POST":
                 latency: Any = body.get("latency_ms")  # validated by the setter

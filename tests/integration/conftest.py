@@ -89,6 +89,12 @@ class Stack:
             timeout=5,
         ).raise_for_status()
 
+    def processor_authorizations(self) -> list[dict[str, Any]]:
+        """What the sandbox processor holds: every authorization, with its refunds."""
+        response = requests.get(f"{self.info.processor_url}/_sandbox/authorizations", timeout=5)
+        response.raise_for_status()
+        return list(response.json()["data"])
+
     def clear_processor_faults(self) -> None:
         requests.delete(f"{self.info.processor_url}/_sandbox/faults", timeout=5).raise_for_status()
 

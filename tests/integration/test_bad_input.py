@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import requests
 
+from clearline.ids import derived_id
+
 from .conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -29,6 +31,23 @@ class Case:
     auth: str | None = "secret"  # secret | publishable | unknown | None
     headers: dict[str, str] = field(default_factory=dict)
     code: str | None = None
+
+
+JSON = "application/json"
+
+
+def charge_json(**extra: Any) -> str:
+    """A good charge as JSON with `extra` fields; escapes such as \\ud800 stay as written."""
+    fields = ['"amount": 5000', '"currency": "usd"', '"source": "tok_visa"']
+    fields += [f'"{name}": {raw}' for name, raw in extra.items()]
+    return "{" + ", ".join(fields) + "}"
+
+
+def metadata_form(count: int, key_length: int = 5, value_length: int = 5) -> str:
+    pairs = [
+        f"metadata[{str(i).rjust(key_length, 'k')}]={'v' * value_length}" for i in range(count)
+    ]
+    return GOOD + "&" + "&".join(pairs)
 
 
 CASES = [
@@ -92,13 +111,29 @@ CASES = [
     Case("missing amount", "currency=usd&source=tok_visa", 400, "amount", code="parameter_missing"),
     Case("unknown currency", "amount=5000&currency=xyz&source=tok_visa", 400, "currency"),
     Case("no source", "amount=5000&currency=usd", 400, "source"),
+    # What storage cannot hold is refused before the processor is called.
+    Case("a lone surrogate", charge_json(description='"\\ud800"'), 400, "description", JSON),
+    Case("a NUL in JSON", charge_json(description='"a\\u0000b"'), 400, "description", JSON),
+    Case("a NUL in a form", GOOD + "&description=a%00b", 400, "description"),
+    Case("an empty metadata key", charge_json(metadata='{"": "x"}'), 400, "metadata", JSON),
+    Case("a blank metadata key", charge_json(metadata='{"  ": "x"}'), 400, "metadata", JSON),
     Case(
-        "unknown token",
-        "amount=5000&currency=usd&source=tok_nonexistent",
+        "a lone surrogate in a metadata key",
+        charge_json(metadata='{"\\udc00": "x"}'),
         400,
-        "source",
-        code="resource_missing",
+        "metadata",
+        JSON,
     ),
+    Case(
+        "a lone surrogate in a metadata value",
+        charge_json(metadata='{"k": "\\ud800"}'),
+        400,
+        "metadata[k]",
+        JSON,
+    ),
+    Case("51 metadata keys", metadata_form(51), 400, "metadata"),
+    Case("a 41-character metadata key", metadata_form(1, key_length=41), 400, "metadata"),
+    Case("a 501-character metadata value", metadata_form(1, value_length=501), 400, "metadata"),
     Case(
         "long statement descriptor",
         GOOD + "&statement_descriptor=" + "X" * 23,
@@ -166,6 +201,14 @@ def _auth(case: Case, merchant: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {keys[case.auth]}"} if case.auth else {}
 
 
+def form_headers(merchant: dict[str, Any], idempotency_key: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {merchant['secret_key']}",
+        "Content-Type": FORM,
+        "Idempotency-Key": idempotency_key,
+    }
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_refused_and_writes_nothing(
     stack: Stack, merchant: dict[str, Any], case: Case
@@ -177,6 +220,7 @@ def test_bad_input_is_refused_and_writes_nothing(
         **_auth(case, merchant),
         **case.headers,
     }
+    authorizations = len(stack.processor_authorizations())
     response = requests.post(f"{stack.url}/v1/charges", data=case.body, headers=headers, timeout=30)
 
     assert response.status_code == case.status, response.text
@@ -189,6 +233,42 @@ def test_bad_input_is_refused_and_writes_nothing(
     if case.code:
         assert error["code"] == case.code
     assert stack.item_counts() == before
+    assert len(stack.processor_authorizations()) == authorizations  # never reached it
+
+
+def test_metadata_at_its_limits_is_accepted(stack: Stack, merchant: dict[str, Any]) -> None:
+    """The limits are Stripe's: 50 keys, 40-character keys, 500-character values."""
+    for body in (metadata_form(50), metadata_form(1, key_length=40, value_length=500)):
+        response = requests.post(
+            f"{stack.url}/v1/charges",
+            data=body,
+            headers=form_headers(merchant, str(uuid.uuid4())),
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+
+
+def test_an_unknown_token_withdraws_its_intent(stack: Stack, merchant: dict[str, Any]) -> None:
+    """The processor alone knows its tokens, so the intent is recorded before it is asked;
+    when it refuses the token, the intent is withdrawn: no charge, event or journal stays,
+    only the audit trail of what was tried. A retry is refused the same way."""
+    idem = str(uuid.uuid4())
+    headers = form_headers(merchant, idem)
+    body = "amount=5000&currency=usd&source=tok_nonexistent"
+    for _ in range(2):
+        response = requests.post(f"{stack.url}/v1/charges", data=body, headers=headers, timeout=30)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == ("source", "resource_missing")
+    charge_id = derived_id("ch", merchant["id"], idem)
+    left = stack.store().query_partition(f"CHARGE#{charge_id}")
+    assert left, "the attempt is audited"
+    assert all(item["sk"].startswith("AUDIT#") for item in left), left
+    assert [(a.get("from_state"), a["to_state"]) for a in left] == [
+        (None, "pending"),
+        ("pending", "rejected"),
+    ] * 2
+    assert not any(a["reference"] == charge_id for a in stack.processor_authorizations())
 
 
 def test_a_card_number_is_never_stored_or_logged(stack: Stack, merchant: dict[str, Any]) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clearline.merchants import Merchant
+if TYPE_CHECKING:  # merchants record their own creation through the transition writer
+    from clearline.merchants import Merchant
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,13 @@ def audit_item(
     from_state: str | None,
     to_state: str,
     now: float,
+    item_sk: str = "",
 ) -> dict[str, Any]:
-    """`operation` must be unique for the object (written with put_new: never twice)."""
+    """(item, operation, millisecond) must be unique: the item is written once, by put_new.
+    `item_sk` names which item of the object's partition changed (an operation record)."""
     return {
         "pk": object_pk,
-        "sk": f"AUDIT#{int(now * 1000):013d}#{operation}",
+        "sk": f"AUDIT#{int(now * 1000):013d}#{item_sk}#{operation}",
         "object": object_id,
         "operation": operation,
         "actor": caller.merchant.id if caller else "clearline",

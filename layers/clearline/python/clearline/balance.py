@@ -15,6 +15,8 @@ from clearline.money import CURRENCIES
 from clearline.store import Store
 
 AVAILABLE_AFTER_SECONDS = 2 * 24 * 60 * 60  # funds settle T+2
+# A balance transaction's settlement state: the processor's file has reported it, or not yet.
+UNSETTLED, SETTLED = "unsettled", "settled"
 SETTLEMENT_SHARDS = 8
 
 
@@ -49,6 +51,7 @@ def transaction_item(
         **settlement_due_keys(txn_id, business_day(now)),
         "id": txn_id,
         "merchant": merchant_id,
+        "settlement": UNSETTLED,
         "type": kind,
         "source": source,
         "amount": amount,

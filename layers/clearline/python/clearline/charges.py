@@ -1,11 +1,16 @@
-"""The charge state machine: create, capture, expire, retrieve and list charges.
+"""The charge state machine: create, capture, void, expire, retrieve and list charges.
 
-Exactly-once creation rests on three things: the charge id is derived from
-(merchant, idempotency key), the processor is called with an idempotency key derived
-from the charge id, and the charge, its audit event, its outbox event and its journal are
-written in one transaction that refuses to overwrite an existing charge. Every later
-change is a conditional update on the charge plus an item unique to (charge, operation),
-written in the same transaction as its journal: a retry or a race cannot apply it twice.
+Every move of money here is write-ahead. Before the processor is called, the intent is
+stored: a new charge as `pending`, a capture or void of an authorization as a pending
+operation record (`OP#capture`, `OP#void`) with the charge locked to it. The intent
+names the processor idempotency key the call uses. Only then is the processor called,
+and its answer committed by the transition writer in one transaction with the journal,
+balance transaction, audit and events. A crash anywhere leaves either nothing at the
+processor or a pending record that says what to ask it; the resolver (resolver.py)
+settles every such record to exactly what the processor did.
+
+The charge id derives from (merchant, idempotency key), so a retried request lands on
+the same charge, and every guard is a condition of the write, never a read before it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clearline import balance, ledger, listing, money
-from clearline.audit import Caller, audit_item
+from clearline.audit import Caller
 from clearline.errors import (
     ApiError,
     CardError,
@@ -26,7 +31,6 @@ from clearline.errors import (
     processor_unavailable,
     store_unavailable,
 )
-from clearline.events import event_write
 from clearline.ids import derived_id
 from clearline.merchants import Merchant, get_merchant
 from clearline.params import ChargeCaptureParams, ChargeCreateParams
@@ -37,11 +41,17 @@ from clearline.processor import (
     ProcessorUnavailable,
     UnknownToken,
 )
-from clearline.store import Store, StoreUnavailable, Write, commit
+from clearline.store import Store, StoreRejected, StoreUnavailable
+from clearline.transitions import Announcement, Change, Transition, TransitionWriter
 
 # Internal states; Stripe's `status`, `captured` and `refunded` are derived from them.
 PENDING, AUTHORIZED, CAPTURED, FAILED = "pending", "authorized", "captured", "failed"
 CANCELED, EXPIRED = "canceled", "expired"
+# Refused by the processor before anything was authorized (an unknown token): the intent
+# is withdrawn, and only its audit trail remains.
+REJECTED = "rejected"
+# An operation record's status.
+OP_PENDING, OP_SUCCEEDED, OP_FAILED = "pending", "succeeded", "failed"
 
 # Authorizations not captured within this window are voided and marked expired.
 AUTHORIZATION_WINDOW_SECONDS = int(
@@ -52,10 +62,61 @@ DUE_SHARDS = 8  # spreads the sparse `by_due` index over partitions
 DUE_AUTHORIZATION, DUE_PROCESSOR = "AUTH", "PENDING"
 
 
-def due_keys(kind: str, charge_id: str, at: int) -> dict[str, str]:
-    """Puts a charge in the sparse `by_due` index: `kind` work is due at `at` (Unix time)."""
-    shard = int.from_bytes(hashlib.sha256(charge_id.encode()).digest()[:2], "big") % DUE_SHARDS
-    return {"due_pk": f"{kind}#{shard}", "due_sk": f"{at:010d}#{charge_id}"}
+DUE_KEYS = ("due_pk", "due_sk")
+
+
+def due_keys(kind: str, object_id: str, at: int) -> dict[str, str]:
+    """Puts an item in the sparse `by_due` index: `kind` work is due at `at` (Unix time)."""
+    shard = int.from_bytes(hashlib.sha256(object_id.encode()).digest()[:2], "big") % DUE_SHARDS
+    return {"due_pk": f"{kind}#{shard}", "due_sk": f"{at:010d}#{object_id}"}
+
+
+def operation_sk(operation: str) -> str:
+    """The record of one operation on a charge: unique, so it can happen only once."""
+    return f"OP#{operation}"
+
+
+def operation_record(
+    charge: dict[str, Any],
+    operation: str,
+    *,
+    processor_key: str,
+    amount: int,
+    caller: Caller | None,
+    now: float,
+    **details: Any,
+) -> dict[str, Any]:
+    """A pending operation: what it is, the processor key it calls with, and when it is due
+    for the resolver if nothing finishes it first."""
+    return {
+        "pk": charge["pk"],
+        "sk": operation_sk(operation),
+        **due_keys(DUE_PROCESSOR, f"{charge['id']}:{operation}", int(now)),
+        "charge": charge["id"],
+        "merchant": charge["merchant"],
+        "operation": operation,
+        "processor_key": processor_key,
+        "amount": amount,
+        "request_id": caller.request_id if caller else None,
+        "created_ms": int(now * 1000),
+        **details,
+    }
+
+
+def finish_operation(record: dict[str, Any], status: str, **result: Any) -> Change:
+    """The change that closes a pending operation record (and takes it off the due index)."""
+    return Change(
+        record["pk"],
+        record["sk"],
+        record["charge"],
+        record["operation"],
+        from_state=OP_PENDING,
+        to_state=status,
+        state_attribute="status",
+        set=result,
+        remove=DUE_KEYS,
+        audited=False,
+    )
 
 
 def charge_pk(charge_id: str) -> str:
@@ -157,12 +218,16 @@ def not_capturable(item: dict[str, Any]) -> ApiError:
         return InvalidRequestError(
             f"Charge {charge_id} failed and has nothing to capture.", code="charge_not_capturable"
         )
+    if item.get("pending_op"):
+        return ConflictError(
+            f"A {item['pending_op']} of charge {charge_id} is in progress; retry shortly."
+        )
     return ConflictError(f"Charge {charge_id} is still being processed; retry shortly.")
 
 
 class MoneyService:
     """What every service that moves money works with: the store, the processor, the
-    ledger's shard policy, and a clock."""
+    ledger's shard policy, a clock, and the one transition writer."""
 
     def __init__(
         self,
@@ -175,14 +240,18 @@ class MoneyService:
         self.processor = processor
         self.shards = shards or ledger.ShardPolicy()
         self.clock = clock
+        self.writer = TransitionWriter(store, self.shards, lambda: self.clock())
+
+    def _read(self, pk: str, sk: str) -> dict[str, Any] | None:
+        try:
+            return self.store.get(pk, sk)
+        except StoreUnavailable as exc:
+            raise store_unavailable() from exc
 
 
 class ChargeService(MoneyService):
     def _get(self, charge_id: str) -> dict[str, Any] | None:
-        try:
-            return self.store.get(charge_pk(charge_id), "CHARGE")
-        except StoreUnavailable as exc:
-            raise store_unavailable() from exc
+        return self._read(charge_pk(charge_id), "CHARGE")
 
     def _merchant(self, merchant_id: str) -> Merchant:
         merchant = get_merchant(self.store, merchant_id)
@@ -207,7 +276,6 @@ class ChargeService(MoneyService):
             raise InvalidRequestError(
                 "Must provide source or payment_method.", param="source", code="parameter_missing"
             )
-        token_param = "source" if params.source else "payment_method"
         now = self.clock()
         if params.capture_at is not None:
             if params.capture:
@@ -224,80 +292,264 @@ class ChargeService(MoneyService):
                 )
 
         charge_id = derived_id("ch", merchant.id, idempotency_key)
-        existing = self._get(charge_id)
-        if existing is not None:
-            if existing["merchant"] != merchant.id:  # derived ids cannot collide; refuse if so
-                raise ConflictError("This charge id is taken; retry with another key.")
-            if existing["state"] == PENDING:
-                return self.resolve_pending(existing, caller)
-            return self._settled(existing)
-
-        try:
-            auth = self._authorize(charge_id, token, params)
-        except UnknownToken as exc:
-            raise InvalidRequestError(
-                f"No such token: '{token}'", param=token_param, code="resource_missing"
-            ) from exc
-        except ProcessorUnavailable:
-            # The processor may or may not have charged the card. The charge is stored as
-            # pending; a retry with the same key, or the processor sync, asks the processor
-            # with the same key and settles it. Nothing is ever charged twice.
-            return self._create_pending(caller, params, charge_id, token, now, idempotency_key)
-
-        item = self._charge_item(merchant, params, charge_id, token, auth, now, idempotency_key)
-        writes = [Write.put_new(item), *self._created_records(caller, item, now, None)]
-        if commit(self.store, writes) is not None:
-            # A concurrent request with the same key committed first: theirs stands.
-            item = self._get(charge_id) or item
-        return self._settled(item)
-
-    def _authorize(self, charge_id: str, token: str, params: ChargeCreateParams) -> Authorization:
-        return self.processor.authorize(
-            idempotency_key=f"{charge_id}:authorize",
-            token=token,
-            amount=params.amount,
-            currency=params.currency.lower(),
-            capture=params.capture,
-            reference=charge_id,
+        pending = self._pending_item(merchant, params, charge_id, token, now, idempotency_key)
+        created = Change(
+            pending["pk"], "CHARGE", charge_id, "create", to_state=PENDING, create=pending
         )
+        if self.writer.commit(Transition([created], caller)) is not None:
+            # The key was used before: this is a retry (or a concurrent twin) of that charge.
+            existing = self._get(charge_id)
+            if existing is None or existing["merchant"] != merchant.id:
+                raise ConflictError("This charge id is taken; retry with another key.")
+            if existing["state"] != PENDING:
+                return self._settled(existing)
+            pending = existing
+        return self._settled(self.authorize_pending(pending, caller))
 
-    def _charge_item(
+    def _pending_item(
         self,
         merchant: Merchant,
         params: ChargeCreateParams,
         charge_id: str,
         token: str,
-        auth: Authorization,
-        created: float,
+        now: float,
         idempotency_key: str,
     ) -> dict[str, Any]:
-        state = (CAPTURED if params.capture else AUTHORIZED) if auth.approved else FAILED
-        captured = params.amount if state == CAPTURED else 0
-        item: dict[str, Any] = {
+        """The write-ahead record of a charge: everything settling it needs, and due for the
+        resolver in case nobody else settles it."""
+        return {
             "pk": charge_pk(charge_id),
             "sk": "CHARGE",
-            **listing.list_keys(merchant.id, "ch", int(created * 1000), charge_id),
+            **listing.list_keys(merchant.id, "ch", int(now * 1000), charge_id),
+            **due_keys(DUE_PROCESSOR, charge_id, int(now)),
             "id": charge_id,
             "merchant": merchant.id,
-            "state": state,
+            "state": PENDING,
             "amount": params.amount,
             "currency": params.currency.lower(),
-            "amount_captured": captured,
+            "amount_captured": 0,
             "amount_refunded": 0,
             "amount_released": 0,
-            # What refunds may still take: decremented under a condition, never below zero.
-            "refundable": captured,
+            "refundable": 0,
             "refunds": {},
             "description": params.description,
             "metadata": dict(params.metadata),
             "statement_descriptor": params.statement_descriptor,
             "payment_method": token,
-            "card": auth.card.model_dump(),
-            "outcome": _outcome(auth),
-            "processor_authorization": auth.id,
-            "created": int(created),
+            "created": int(now),
             "idempotency_key": idempotency_key,
+            "processor_key": f"{charge_id}:authorize",
+            "request_params": params.model_dump(mode="json"),
         }
+
+    def authorize_pending(self, item: dict[str, Any], caller: Caller | None) -> dict[str, Any]:
+        """Call the processor for a pending charge with its key (a first call, or a retry that
+        returns the first answer) and commit what it says. Returns the charge as stored."""
+        if item.get("compensation"):  # a compensation cut short: finish it
+            self._finish_compensation_or_retry(item)
+            return self._get(item["id"]) or item
+        params = ChargeCreateParams.model_validate(item["request_params"])
+        try:
+            auth = self.processor.authorize(
+                idempotency_key=item["processor_key"],
+                token=item["payment_method"],
+                amount=params.amount,
+                currency=params.currency.lower(),
+                capture=params.capture,
+                reference=item["id"],
+            )
+        except UnknownToken:
+            return self._reject(item, caller, params)
+        except ProcessorUnavailable:
+            # The processor may or may not have charged the card. The charge stays pending;
+            # a retry with the same key, or the resolver, asks again with the same key.
+            self._announce_pending(item, caller)
+            return item
+        return self.commit_authorization(item, caller, auth)
+
+    def commit_authorization(
+        self, item: dict[str, Any], caller: Caller | None, auth: Authorization
+    ) -> dict[str, Any]:
+        """Settle a pending charge to the processor's answer, once."""
+        params = ChargeCreateParams.model_validate(item["request_params"])
+        merchant = caller.merchant if caller else self._merchant(item["merchant"])
+        final = self._charge_item(merchant, params, item, auth)
+        transition = Transition(
+            [
+                Change(
+                    item["pk"],
+                    "CHARGE",
+                    item["id"],
+                    "authorize",
+                    from_state=PENDING,
+                    to_state=final["state"],
+                    replace=final,
+                )
+            ],
+            caller,
+            idempotency_key=item["idempotency_key"],
+        )
+        kind = "charge.failed" if final["state"] == FAILED else "charge.succeeded"
+        transition.events.append(Announcement(item["merchant"], kind, charge_object(final)))
+        if final["state"] == CAPTURED:
+            self._add_capture(transition, final, final["amount"], final["fee"], held=0)
+        elif final["state"] == AUTHORIZED:
+            transition.journals.append(
+                self._journal(
+                    final,
+                    "authorize",
+                    ledger.hold_entries(item["merchant"], final["currency"], final["amount"]),
+                )
+            )
+        try:
+            cancelled = self.writer.commit(transition)
+        except StoreRejected:
+            return self._compensate(item, caller, auth)
+        if cancelled is not None:  # settled meanwhile by another path: theirs stands
+            return self._get(item["id"]) or final
+        return final
+
+    def _reject(
+        self, item: dict[str, Any], caller: Caller | None, params: ChargeCreateParams
+    ) -> dict[str, Any]:
+        """The processor does not know the token, so nothing was authorized: the intent is
+        withdrawn (its audit trail stays) and the request refused, as bad input is."""
+        withdrawn = Change(
+            item["pk"], "CHARGE", item["id"], "reject", REJECTED, from_state=PENDING, delete=True
+        )
+        self.writer.commit(Transition([withdrawn], caller))
+        param = "source" if params.source else "payment_method"
+        raise InvalidRequestError(
+            f"No such token: '{item['payment_method']}'", param=param, code="resource_missing"
+        )
+
+    def _announce_pending(self, item: dict[str, Any], caller: Caller | None) -> None:
+        """charge.pending, once: the processor's answer is not known yet."""
+        waiting = Change(
+            item["pk"], "CHARGE", item["id"], "processor_unknown", PENDING, from_state=PENDING
+        )
+        self.writer.commit(
+            Transition(
+                [waiting],
+                caller,
+                [Announcement(item["merchant"], "charge.pending", charge_object(item))],
+                idempotency_key=item["idempotency_key"],
+            )
+        )
+
+    def fail_pending(self, item: dict[str, Any], reason: str, **details: Any) -> None:
+        """Nothing is left at the processor for this charge: it failed, nobody was charged."""
+        failed = {
+            "failure_code": "processing_error",
+            "failure_message": reason,
+            "outcome": {"network_status": "not_sent_to_network", "type": "invalid"},
+            **details,
+        }
+        change = Change(
+            item["pk"],
+            "CHARGE",
+            item["id"],
+            "fail",
+            from_state=PENDING,
+            to_state=FAILED,
+            set=failed,
+            remove=DUE_KEYS,
+        )
+        snapshot = charge_object({**item, **failed, "state": FAILED})
+        self.writer.commit(
+            Transition(
+                [change],
+                None,
+                [Announcement(item["merchant"], "charge.failed", snapshot)],
+                idempotency_key=item["idempotency_key"],
+            )
+        )
+
+    # ---- compensation ---------------------------------------------------------------------
+
+    def _compensate(
+        self, item: dict[str, Any], caller: Caller | None, auth: Authorization
+    ) -> dict[str, Any]:
+        """The processor authorized, but the store refuses the charge for good: undo it at the
+        processor (void the hold, or refund the capture) and record the charge as failed.
+        The intent is written first, so a crash here is finished by the resolver."""
+        if not auth.approved:
+            self.fail_pending(item, "The charge could not be recorded; the card was declined.")
+            return self._get(item["id"]) or item
+        action = "refund" if auth.captured else "void"
+        intent = Change(
+            item["pk"],
+            "CHARGE",
+            item["id"],
+            "compensate.request",
+            PENDING,
+            from_state=PENDING,
+            set={
+                "compensation": action,
+                "processor_authorization": auth.id,
+                "compensation_amount": auth.amount_captured,
+            },
+        )
+        self.writer.commit(Transition([intent], caller))
+        current = self._get(item["id"]) or item
+        if current["state"] == PENDING:
+            self._finish_compensation_or_retry(current)
+        return self._get(item["id"]) or item
+
+    def _finish_compensation_or_retry(self, item: dict[str, Any]) -> None:
+        try:
+            self.finish_compensation(item)
+        except ProcessorUnavailable as exc:
+            raise processor_unavailable() from exc
+
+    def finish_compensation(self, item: dict[str, Any]) -> None:
+        """Undo the authorization at the processor with the compensation's own key, then
+        record the failed charge. Raises ProcessorUnavailable: the resolver tries again."""
+        key = f"{item['id']}:compensate"
+        try:
+            if item["compensation"] == "refund":
+                self.processor.refund(
+                    idempotency_key=key,
+                    authorization_id=item["processor_authorization"],
+                    amount=item["compensation_amount"],
+                    reference=item["id"],
+                )
+            else:
+                self.processor.void(
+                    idempotency_key=key, authorization_id=item["processor_authorization"]
+                )
+        except ProcessorRejected:
+            pass  # already undone (a replay the processor refuses): nothing is held
+        self.fail_pending(
+            item,
+            "The charge could not be recorded, so the payment was reversed at the processor.",
+            compensated=item["compensation"],
+        )
+
+    # ---- the settled charge ---------------------------------------------------------------
+
+    def _charge_item(
+        self,
+        merchant: Merchant,
+        params: ChargeCreateParams,
+        pending: dict[str, Any],
+        auth: Authorization,
+    ) -> dict[str, Any]:
+        state = (CAPTURED if params.capture else AUTHORIZED) if auth.approved else FAILED
+        captured = params.amount if state == CAPTURED else 0
+        charge_id, created = pending["id"], pending["created"]
+        item: dict[str, Any] = {
+            key: value for key, value in pending.items() if key not in ("request_params", *DUE_KEYS)
+        }
+        item.update(
+            state=state,
+            amount_captured=captured,
+            # What refunds may still take: decremented under a condition, never below zero.
+            refundable=captured,
+            card=auth.card.model_dump(),
+            outcome=_outcome(auth),
+            processor_authorization=auth.id,
+        )
         if state == FAILED:
             item.update(
                 failure_code=auth.code,
@@ -315,52 +567,22 @@ class ChargeService(MoneyService):
             item.update(due_keys(DUE_AUTHORIZATION, charge_id, params.capture_at or expires_at))
         return item
 
-    def _created_records(
-        self, caller: Caller | None, item: dict[str, Any], now: float, from_state: str | None
-    ) -> list[Write]:
-        """The audit event, outbox event, journal and balance transaction of a new charge."""
-        merchant_id, charge_id = item["merchant"], item["id"]
-        kind = "charge.failed" if item["state"] == FAILED else "charge.succeeded"
-        writes = [
-            Write.put_new(
-                audit_item(
-                    item["pk"],
-                    charge_id,
-                    caller=caller,
-                    operation="create" if from_state is None else "settle",
-                    from_state=from_state,
-                    to_state=item["state"],
-                    now=now,
-                )
-            ),
-            event_write(
-                merchant_id,
-                kind,
-                charge_object(item),
-                operation=kind,
-                now=now,
-                caller=caller,
-                idempotency_key=item["idempotency_key"],
-            ),
-        ]
-        if item["state"] == CAPTURED:
-            writes += self._capture_records(item, item["amount"], item["fee"], now, held=0)
-        elif item["state"] == AUTHORIZED:
-            journal = ledger.Journal(
-                id=derived_id("jnl", charge_id, "authorize"),
-                currency=item["currency"],
-                entries=ledger.hold_entries(merchant_id, item["currency"], item["amount"]),
-                charge_id=charge_id,
-                merchant_id=merchant_id,
-                operation="charge.authorize",
-                created=int(now),
-            )
-            writes += journal.writes(self.shards)
-        return writes
+    def _journal(
+        self, charge: dict[str, Any], operation: str, entries: tuple[ledger.Entry, ...]
+    ) -> ledger.Journal:
+        return ledger.Journal(
+            id=derived_id("jnl", charge["id"], operation),
+            currency=charge["currency"],
+            entries=entries,
+            charge_id=charge["id"],
+            merchant_id=charge["merchant"],
+            operation=f"charge.{operation}",
+            created=int(self.clock()),
+        )
 
-    def _capture_records(
-        self, item: dict[str, Any], captured: int, fee: int, now: float, *, held: int
-    ) -> list[Write]:
+    def _add_capture(
+        self, transition: Transition, item: dict[str, Any], captured: int, fee: int, *, held: int
+    ) -> None:
         """The journal and balance transaction of a capture (of a hold of `held`, if any)."""
         charge_id, currency, merchant_id = item["id"], item["currency"], item["merchant"]
         entries = (
@@ -368,148 +590,58 @@ class ChargeService(MoneyService):
             if held
             else ledger.capture_entries(merchant_id, currency, captured, fee)
         )
-        journal = ledger.Journal(
-            id=derived_id("jnl", charge_id, "capture"),
-            currency=currency,
-            entries=entries,
-            charge_id=charge_id,
-            merchant_id=merchant_id,
-            operation="charge.capture",
-            created=int(now),
+        transition.journals.append(self._journal(item, "capture", entries))
+        transition.records.append(
+            balance.transaction_item(
+                derived_id("txn", charge_id, "capture"),
+                merchant_id=merchant_id,
+                kind="charge",
+                source=charge_id,
+                amount=captured,
+                fee=fee,
+                currency=currency,
+                now=self.clock(),
+                description=item.get("description"),
+            )
         )
-        txn = balance.transaction_item(
-            derived_id("txn", charge_id, "capture"),
-            merchant_id=merchant_id,
-            kind="charge",
-            source=charge_id,
-            amount=captured,
-            fee=fee,
-            currency=currency,
-            now=now,
-            description=item.get("description"),
-        )
-        return [*journal.writes(self.shards), Write.put_new(txn)]
 
-    # ---- pending (the processor did not answer) -------------------------------------------
+    # ---- operations on an authorization: capture, void, expire ----------------------------
 
-    def _create_pending(
+    def _lock(
         self,
-        caller: Caller,
-        params: ChargeCreateParams,
-        charge_id: str,
-        token: str,
-        now: float,
-        idempotency_key: str,
-    ) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "pk": charge_pk(charge_id),
-            "sk": "CHARGE",
-            **listing.list_keys(caller.merchant.id, "ch", int(now * 1000), charge_id),
-            **due_keys(DUE_PROCESSOR, charge_id, int(now)),
-            "id": charge_id,
-            "merchant": caller.merchant.id,
-            "state": PENDING,
-            "amount": params.amount,
-            "currency": params.currency.lower(),
-            "amount_captured": 0,
-            "amount_refunded": 0,
-            "amount_released": 0,
-            "refundable": 0,
-            "refunds": {},
-            "description": params.description,
-            "metadata": dict(params.metadata),
-            "statement_descriptor": params.statement_descriptor,
-            "payment_method": token,
-            "created": int(now),
-            "idempotency_key": idempotency_key,
-            # What settling the charge needs, once the processor answers.
-            "request_params": params.model_dump(mode="json"),
-        }
-        writes = [
-            Write.put_new(item),
-            Write.put_new(
-                audit_item(
-                    item["pk"],
-                    charge_id,
-                    caller=caller,
-                    operation="create",
-                    from_state=None,
-                    to_state=PENDING,
-                    now=now,
-                )
-            ),
-            event_write(
-                caller.merchant.id,
-                "charge.pending",
-                charge_object(item),
-                operation="charge.pending",
-                now=now,
-                caller=caller,
-                idempotency_key=idempotency_key,
-            ),
-        ]
-        if commit(self.store, writes) is not None:
-            item = self._get(charge_id) or item
-        return self._settled(item)
-
-    def resolve_pending(
-        self, item: dict[str, Any], caller: Caller | None, auth: Authorization | None = None
-    ) -> dict[str, Any]:
-        """Settle a pending charge with the processor's answer for its key, asking for it with
-        the same key when not given. If the processor still does not answer: still pending."""
-        params = ChargeCreateParams.model_validate(item["request_params"])
-        if auth is None:
-            try:
-                auth = self._authorize(item["id"], item["payment_method"], params)
-            except ProcessorUnavailable:
-                return self._settled(item)
-        now = self.clock()
-        final = self._charge_item(
-            self._merchant(item["merchant"]),
-            params,
-            item["id"],
-            item["payment_method"],
-            auth,
-            item["created"],
-            item["idempotency_key"],
+        charge: dict[str, Any],
+        caller: Caller | None,
+        operation: str,
+        record: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """Write-ahead for an operation on an authorization: the charge is locked to it and
+        the pending record stored, in one transaction. None if the charge was not free."""
+        lock = Change(
+            charge["pk"],
+            "CHARGE",
+            charge["id"],
+            f"{operation}.request",
+            AUTHORIZED,
+            from_state=AUTHORIZED,
+            set={"pending_op": operation},
+            condition="attribute_not_exists(pending_op)",
         )
-        writes = [
-            Write(
-                "Put",
-                item=final,
-                condition="#state = :pending",
-                names={"#state": "state"},
-                values={":pending": PENDING},
-            ),
-            *self._created_records(caller, final, now, PENDING),
-        ]
-        if commit(self.store, writes) is not None:  # settled meanwhile by another path
-            final = self._get(item["id"]) or final
-        return self._settled(final)
+        create = Change(
+            record["pk"],
+            record["sk"],
+            charge["id"],
+            operation,
+            OP_PENDING,
+            state_attribute="status",
+            create=record,
+            audited=False,
+        )
+        if self.writer.commit(Transition([lock, create], caller)) is not None:
+            return None
+        return record
 
-    def fail_pending(self, item: dict[str, Any], reason: str) -> None:
-        """The processor never committed this charge: it failed, and nobody was charged."""
-        now = self.clock()
-        failed = {
-            **{k: v for k, v in item.items() if k not in ("due_pk", "due_sk")},
-            "state": FAILED,
-            "failure_code": "processing_error",
-            "failure_message": reason,
-            "outcome": {"network_status": "not_sent_to_network", "type": "invalid"},
-        }
-        writes = [
-            Write(
-                "Put",
-                item=failed,
-                condition="#state = :pending",
-                names={"#state": "state"},
-                values={":pending": PENDING},
-            ),
-            *self._created_records(None, failed, now, PENDING),
-        ]
-        commit(self.store, writes)
-
-    # ---- capture and expiry ---------------------------------------------------------------
+    def _operation(self, charge: dict[str, Any], operation: str) -> dict[str, Any] | None:
+        return self._read(charge["pk"], operation_sk(operation))
 
     def capture(
         self,
@@ -521,8 +653,12 @@ class ChargeService(MoneyService):
         """Capture an authorization. `caller` is None for Clearline's scheduled captures."""
         owner = caller.merchant.id if caller else merchant_id
         assert owner is not None
-        item = listing.get_owned(self.store, owner, charge_id, "ch")
-        if item["state"] != AUTHORIZED:
+        item = self.owned(owner, charge_id)
+        if item.get("pending_op") == "capture":  # a capture cut short: finish it
+            record = self._operation(item, "capture")
+            if record is not None and record["status"] == OP_PENDING:
+                return self._captured(self.settle_capture(item, record, caller))
+        if item["state"] != AUTHORIZED or item.get("pending_op"):
             raise not_capturable(item)
         amount = item["amount"] if params.amount is None else params.amount
         if not 0 < amount <= item["amount"]:
@@ -531,150 +667,212 @@ class ChargeService(MoneyService):
                 param="amount",
                 code="amount_too_large" if amount > 0 else "amount_too_small",
             )
+        record = self._lock(
+            item,
+            caller,
+            "capture",
+            operation_record(
+                item,
+                "capture",
+                processor_key=f"{charge_id}:capture",
+                amount=amount,
+                caller=caller,
+                now=self.clock(),
+            ),
+        )
+        if record is None:  # another operation got there first, or an earlier one failed
+            raise self._not_captured(self._get(charge_id) or item)
+        return self._captured(
+            self.settle_capture({**item, "pending_op": "capture"}, record, caller)
+        )
+
+    def _captured(self, charge: dict[str, Any]) -> dict[str, Any]:
+        """The answer to a capture this request made, given the charge as it now stands."""
+        if charge["state"] == CAPTURED:
+            return charge_object(charge)
+        raise self._not_captured(charge)
+
+    def _not_captured(self, charge: dict[str, Any]) -> ApiError:
+        if charge["state"] == AUTHORIZED and not charge.get("pending_op"):
+            previous = self._operation(charge, "capture")
+            if previous is not None and previous["status"] == OP_FAILED:
+                return InvalidRequestError(
+                    f"The processor refused to capture charge {charge['id']}: "
+                    f"{previous.get('failure_reason')}",
+                    code="charge_not_capturable",
+                )
+        return not_capturable(charge)
+
+    def settle_capture(
+        self, charge: dict[str, Any], record: dict[str, Any], caller: Caller | None
+    ) -> dict[str, Any]:
+        """Capture at the processor with the record's key and commit the answer. A processor
+        that does not answer leaves the record pending (503: retry, or the resolver will)."""
         try:
             self.processor.capture(
-                idempotency_key=f"{charge_id}:capture",
-                authorization_id=item["processor_authorization"],
-                amount=amount,
+                idempotency_key=record["processor_key"],
+                authorization_id=charge["processor_authorization"],
+                amount=record["amount"],
             )
         except ProcessorUnavailable as exc:
             raise processor_unavailable() from exc
         except ProcessorRejected as exc:
-            # Another capture or a void got to the processor first; the charge says which.
-            current = self._get(charge_id) or item
-            if current["state"] != AUTHORIZED:
-                raise not_capturable(current) from exc
-            raise ConflictError(
-                f"Charge {charge_id} is being changed by another request; retry shortly."
-            ) from exc
-
-        now = self.clock()
-        fee = self._merchant(owner).fee_for(amount)
-        txn_id = derived_id("txn", charge_id, "capture")
+            self._fail_operation(charge, record, caller, exc.message)
+            return self._get(charge["id"]) or charge
+        amount = record["amount"]
+        merchant = caller.merchant if caller else self._merchant(charge["merchant"])
+        fee = merchant.fee_for(amount)
+        txn_id = derived_id("txn", charge["id"], "capture")
         captured = {
-            **item,
-            "state": CAPTURED,
             "amount_captured": amount,
-            "amount_released": item["amount"] - amount,
+            "amount_released": charge["amount"] - amount,
             "refundable": amount,
             "fee": fee,
             "balance_transaction": txn_id,
         }
-        writes = [
-            Write(
-                "Update",
-                key={"pk": item["pk"], "sk": "CHARGE"},
-                update="SET #state = :captured, amount_captured = :c, amount_released = :r, "
-                "refundable = :c, fee = :fee, balance_transaction = :txn REMOVE due_pk, due_sk",
-                condition="#state = :authorized",
-                names={"#state": "state"},
-                values={
-                    ":captured": CAPTURED,
-                    ":authorized": AUTHORIZED,
-                    ":c": amount,
-                    ":r": item["amount"] - amount,
-                    ":fee": fee,
-                    ":txn": txn_id,
-                },
-            ),
-            Write.put_new(
-                {
-                    "pk": item["pk"],
-                    "sk": "OP#capture",
-                    "amount": amount,
-                    "request_id": caller.request_id if caller else None,
-                    "at": int(now * 1000),
-                }
-            ),
-            Write.put_new(
-                audit_item(
-                    item["pk"],
-                    charge_id,
-                    caller=caller,
-                    operation="capture",
+        after = {**charge, **captured, "state": CAPTURED}
+        after.pop("pending_op", None)
+        transition = Transition(
+            [
+                Change(
+                    charge["pk"],
+                    "CHARGE",
+                    charge["id"],
+                    "capture",
+                    CAPTURED,
                     from_state=AUTHORIZED,
-                    to_state=CAPTURED,
-                    now=now,
-                )
-            ),
-            event_write(
-                owner,
-                "charge.captured",
-                charge_object(captured),
-                operation="charge.captured",
-                now=now,
+                    set=captured,
+                    remove=("pending_op", *DUE_KEYS),
+                    condition="pending_op = :op",
+                    values={":op": "capture"},
+                ),
+                finish_operation(record, OP_SUCCEEDED),
+            ],
+            caller,
+            [Announcement(charge["merchant"], "charge.captured", charge_object(after))],
+        )
+        self._add_capture(transition, charge, amount, fee, held=charge["amount"])
+        self.writer.commit(transition)  # a guard that fails: settled meanwhile, as here
+        return self._get(charge["id"]) or after
+
+    def _fail_operation(
+        self, charge: dict[str, Any], record: dict[str, Any], caller: Caller | None, reason: str
+    ) -> None:
+        """The processor refused the operation: nothing moved. Unlock the charge."""
+        unlock = Change(
+            charge["pk"],
+            "CHARGE",
+            charge["id"],
+            f"{record['operation']}.fail",
+            AUTHORIZED,
+            from_state=AUTHORIZED,
+            remove=("pending_op",),
+            condition="pending_op = :op",
+            values={":op": record["operation"]},
+        )
+        closed = finish_operation(record, OP_FAILED, failure_reason=reason)
+        self.writer.commit(Transition([unlock, closed], caller))
+
+    def request_void(
+        self,
+        charge: dict[str, Any],
+        caller: Caller | None,
+        cause: str,
+        **details: Any,
+    ) -> dict[str, Any] | None:
+        """Write-ahead for releasing an authorization (`cause`: refund or expire). None if the
+        charge was not free to void."""
+        return self._lock(
+            charge,
+            caller,
+            "void",
+            operation_record(
+                charge,
+                "void",
+                processor_key=f"{charge['id']}:void",
+                amount=charge["amount"],
                 caller=caller,
+                now=self.clock(),
+                cause=cause,
+                **details,
             ),
-            *self._capture_records(item, amount, fee, now, held=item["amount"]),
-        ]
-        cancelled = commit(self.store, writes)
-        current = self._get(charge_id) or captured
-        if cancelled is not None:
-            raise not_capturable(current)
-        return charge_object(current)
+        )
+
+    def settle_void(
+        self,
+        charge: dict[str, Any],
+        record: dict[str, Any],
+        caller: Caller | None,
+        completion: Callable[[Transition, dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Void at the processor with the record's key and commit: the charge is canceled (a
+        refund of an uncaptured charge; `completion` adds the refund) or expired."""
+        try:
+            self.processor.void(
+                idempotency_key=record["processor_key"],
+                authorization_id=charge["processor_authorization"],
+            )
+        except ProcessorUnavailable as exc:
+            raise processor_unavailable() from exc
+        except ProcessorRejected as exc:
+            self._fail_operation(charge, record, caller, exc.message)
+            return self._get(charge["id"]) or charge
+        amount, expired = charge["amount"], record["cause"] == "expire"
+        state = EXPIRED if expired else CANCELED
+        after = {**charge, "state": state, "amount_released": amount}
+        after.pop("pending_op", None)
+        transition = Transition(
+            [
+                Change(
+                    charge["pk"],
+                    "CHARGE",
+                    charge["id"],
+                    "expire" if expired else "void",
+                    state,
+                    from_state=AUTHORIZED,
+                    set={"amount_released": amount},
+                    remove=("pending_op", *DUE_KEYS),
+                    condition="pending_op = :op",
+                    values={":op": "void"},
+                ),
+                finish_operation(record, OP_SUCCEEDED),
+            ],
+            caller,
+            journals=[
+                self._journal(
+                    charge,
+                    "void",
+                    ledger.release_hold_entries(charge["merchant"], charge["currency"], amount),
+                )
+            ],
+        )
+        if expired:
+            transition.events.append(
+                Announcement(charge["merchant"], "charge.expired", charge_object(after))
+            )
+        elif completion is not None:
+            completion(transition, after)
+        self.writer.commit(transition)  # a guard that fails: settled meanwhile, as here
+        return self._get(charge["id"]) or after
 
     def expire(self, charge_id: str) -> bool:
         """Void an authorization that was not captured in time. False if it had moved on."""
         item = self._get(charge_id)
-        if item is None or item["state"] != AUTHORIZED:
+        if item is None or item["state"] != AUTHORIZED or item.get("pending_op"):
             return False
-        try:
-            self.processor.void(
-                idempotency_key=f"{charge_id}:void",
-                authorization_id=item["processor_authorization"],
-            )
-        except ProcessorUnavailable as exc:
-            raise processor_unavailable() from exc
-        except ProcessorRejected:
-            return False  # captured or voided at the processor meanwhile: the charge says which
-        now = self.clock()
-        merchant_id, cur, amount = item["merchant"], item["currency"], item["amount"]
-        expired = {**item, "state": EXPIRED, "amount_released": amount}
-        journal = ledger.Journal(
-            id=derived_id("jnl", charge_id, "void"),
-            currency=cur,
-            entries=ledger.release_hold_entries(merchant_id, cur, amount),
-            charge_id=charge_id,
-            merchant_id=merchant_id,
-            operation="charge.expire",
-            created=int(now),
-        )
-        writes = [
-            Write(
-                "Update",
-                key={"pk": item["pk"], "sk": "CHARGE"},
-                update="SET #state = :expired, amount_released = :a REMOVE due_pk, due_sk",
-                condition="#state = :authorized",
-                names={"#state": "state"},
-                values={":expired": EXPIRED, ":authorized": AUTHORIZED, ":a": amount},
-            ),
-            Write.put_new({"pk": item["pk"], "sk": "OP#void", "at": int(now * 1000)}),
-            Write.put_new(
-                audit_item(
-                    item["pk"],
-                    charge_id,
-                    caller=None,
-                    operation="expire",
-                    from_state=AUTHORIZED,
-                    to_state=EXPIRED,
-                    now=now,
-                )
-            ),
-            event_write(
-                merchant_id,
-                "charge.expired",
-                charge_object(expired),
-                operation="charge.expired",
-                now=now,
-            ),
-            *journal.writes(self.shards),
-        ]
-        return commit(self.store, writes) is None
+        record = self.request_void(item, None, "expire")
+        if record is None:
+            return False
+        settled = self.settle_void({**item, "pending_op": "void"}, record, None)
+        return bool(settled["state"] == EXPIRED)
 
     # ---- read -----------------------------------------------------------------------------
 
     def retrieve(self, merchant: Merchant, charge_id: str) -> dict[str, Any]:
-        return charge_object(listing.get_owned(self.store, merchant.id, charge_id, "ch"))
+        return charge_object(self.owned(merchant.id, charge_id))
+
+    def owned(self, merchant_id: str, charge_id: str, param: str = "id") -> dict[str, Any]:
+        return listing.get_owned(self.store, merchant_id, charge_id, "ch", param=param)
 
     def list(
         self,

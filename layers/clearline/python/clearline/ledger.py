@@ -115,6 +115,7 @@ class Journal:
     operation: str  # charge.capture, charge.authorize, charge.void, refund ...
     created: int
     source: str = ""  # the object the movement belongs to (ch_, re_)
+    details: Mapping[str, Any] = field(default_factory=dict)  # where it came from (a file row)
 
     def __post_init__(self) -> None:
         for pending in (False, True):
@@ -149,6 +150,7 @@ class Journal:
             "operation": self.operation,
             "source": self.source or self.charge_id,
             "created": self.created,
+            **self.details,
         }
         writes = [Write.put_new(journal_item)]
         # A transaction may touch an item once: an account's counters go in one ADD.

@@ -1,7 +1,9 @@
 """Merchants and their API keys. Keys are stored only as SHA-256 hashes.
 
 A plain hash (not a slow password hash) is enough: keys are 190 bits of randomness, so
-there is nothing to brute-force, and authentication runs on every request.
+there is nothing to brute-force, and authentication runs on every request. A key's item
+carries its merchant, so authenticating is one read, and `KeyCache` keeps the answer for
+a minute per execution environment, as an API Gateway authorizer's cache would.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from clearline.errors import AuthenticationError, InvalidRequestError
 from clearline.ids import new_id
 from clearline.money import percent_of
-from clearline.store import Store, Write
+from clearline.store import Store
+from clearline.transitions import Change, Transition, TransitionWriter
 
 KeyKind = Literal["secret", "publishable"]
 
@@ -65,49 +69,31 @@ def create_merchant(
         created=int(time.time()),
     )
     secret_key, publishable_key = _new_key("sk_test_"), _new_key("pk_test_")
-    writes = [
-        Write.put_new(
-            {
-                "pk": f"MERCHANT#{merchant.id}",
-                "sk": "MERCHANT",
-                "id": merchant.id,
-                "name": merchant.name,
-                "fee_basis_points": merchant.fee_basis_points,
-                "fee_fixed": merchant.fee_fixed,
-                "created": merchant.created,
-                "livemode": merchant.livemode,
-            }
-        )
+    item = {"pk": f"MERCHANT#{merchant.id}", "sk": "MERCHANT", **asdict(merchant)}
+    keys = [
+        {
+            "pk": f"APIKEY#{hash_key(key)}",
+            "sk": "APIKEY",
+            "merchant": merchant.id,
+            "merchant_record": asdict(merchant),
+            "kind": kind,
+            "hint": key[:8] + "..." + key[-4:],
+            "created": merchant.created,
+        }
+        for key, kind in ((secret_key, "secret"), (publishable_key, "publishable"))
     ]
-    for key, kind in ((secret_key, "secret"), (publishable_key, "publishable")):
-        writes.append(
-            Write.put_new(
-                {
-                    "pk": f"APIKEY#{hash_key(key)}",
-                    "sk": "APIKEY",
-                    "merchant": merchant.id,
-                    "kind": kind,
-                    "hint": key[:8] + "..." + key[-4:],
-                    "created": merchant.created,
-                }
-            )
-        )
-    store.transact(writes)
+    opened = Change(item["pk"], "MERCHANT", merchant.id, "create", "active", create=item)
+    TransitionWriter(store).commit(Transition([opened], records=keys))
     return NewMerchant(merchant, secret_key, publishable_key)
+
+
+def _merchant_of(record: dict[str, Any]) -> Merchant:
+    return Merchant(**{name: record[name] for name in Merchant.__dataclass_fields__})
 
 
 def get_merchant(store: Store, merchant_id: str) -> Merchant | None:
     item = store.get(f"MERCHANT#{merchant_id}", "MERCHANT")
-    if item is None:
-        return None
-    return Merchant(
-        id=item["id"],
-        name=item["name"],
-        fee_basis_points=item["fee_basis_points"],
-        fee_fixed=item["fee_fixed"],
-        created=item["created"],
-        livemode=item.get("livemode", False),
-    )
+    return None if item is None else _merchant_of(item)
 
 
 def authenticate(store: Store, key: str) -> tuple[Merchant, KeyKind]:
@@ -116,7 +102,31 @@ def authenticate(store: Store, key: str) -> tuple[Merchant, KeyKind]:
     if not key.startswith(("sk_", "pk_")):
         raise AuthenticationError(f"Invalid API Key provided: {hint}", code="api_key_invalid")
     item = store.get(f"APIKEY#{hash_key(key)}", "APIKEY")
-    merchant = get_merchant(store, item["merchant"]) if item else None
-    if item is None or merchant is None:
+    if item is None:
         raise AuthenticationError(f"Invalid API Key provided: {hint}", code="api_key_invalid")
-    return merchant, item["kind"]
+    return _merchant_of(item["merchant_record"]), item["kind"]
+
+
+class KeyCache:
+    """Successful authentications, kept for `ttl_seconds` per execution environment (an
+    API Gateway authorizer caches its answers the same way). Refusals are not cached, so
+    a new key works at once; a revoked key stops working within the TTL."""
+
+    def __init__(
+        self, ttl_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self._entries: dict[str, tuple[float, Merchant, KeyKind]] = {}
+
+    def authenticate(self, store: Store, key: str) -> tuple[Merchant, KeyKind]:
+        digest = hash_key(key)
+        cached = self._entries.get(digest)
+        now = self.clock()
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        merchant, kind = authenticate(store, key)
+        if len(self._entries) > 10_000:  # bounded: a flood of keys cannot grow it for ever
+            self._entries.clear()
+        self._entries[digest] = (now + self.ttl_seconds, merchant, kind)
+        return merchant, kind

@@ -35,20 +35,43 @@ def _to_bool(value: Any) -> Any:
     raise ValueError(f"Invalid boolean: {str(value)[:50]}")
 
 
+def storable(text: str) -> str:
+    """Refuse what storage cannot hold, before anything moves: a NUL byte, or a lone
+    surrogate (JSON can spell `\\ud800`, but no UTF-8 string can carry it)."""
+    if "\x00" in text:
+        raise ValueError("Strings must not contain NUL characters.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("Strings must be valid Unicode (no unpaired surrogates).") from None
+    return text
+
+
 def _to_str(value: Any) -> Any:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
-        return str(value)
-    raise ValueError(f"Invalid string: {str(value)[:50]}")
+        return storable(str(value))
+    raise ValueError(f"Invalid string: {str(value)[:50]!r}")
+
+
+# Stripe's limits on metadata.
+METADATA_MAX_KEYS, METADATA_KEY_MAX_LENGTH, METADATA_VALUE_MAX_LENGTH = 50, 40, 500
 
 
 def _check_metadata(value: dict[str, str]) -> dict[str, str]:
-    if len(value) > 50:
-        raise ValueError("Metadata can have at most 50 keys.")
+    if len(value) > METADATA_MAX_KEYS:
+        raise ValueError(f"Metadata can have at most {METADATA_MAX_KEYS} keys.")
     for key, item in value.items():
-        if len(key) > 40:
-            raise ValueError(f"Metadata key '{key[:40]}...' is longer than 40 characters.")
-        if len(item) > 500:
-            raise ValueError(f"Metadata value for '{key}' is longer than 500 characters.")
+        storable(key)
+        if not key.strip():
+            raise ValueError("Metadata keys must not be empty.")
+        if len(key) > METADATA_KEY_MAX_LENGTH:
+            raise ValueError(
+                f"Metadata keys are at most {METADATA_KEY_MAX_LENGTH} characters long."
+            )
+        if len(item) > METADATA_VALUE_MAX_LENGTH:
+            raise ValueError(
+                f"Metadata values are at most {METADATA_VALUE_MAX_LENGTH} characters long."
+            )
     return value
 
 

@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from clearline import ledger
-from clearline.balance import SETTLEMENT_SHARDS
-from clearline.events import event_write
+from clearline.balance import SETTLED, SETTLEMENT_SHARDS, UNSETTLED
 from clearline.ids import derived_id
-from clearline.store import Store, Write, commit
+from clearline.store import Store
+from clearline.transitions import Announcement, Change, Transition, TransitionWriter
 
 COLUMNS = [
     "settlement_date",
@@ -168,6 +168,7 @@ class Reconciler:
         self.shards = shards or ledger.ShardPolicy()
         self.on_mismatch = on_mismatch or (lambda _: None)
         self.clock = clock
+        self.writer = TransitionWriter(store, self.shards, lambda: self.clock())
 
     def reconcile(
         self,
@@ -258,23 +259,20 @@ class Reconciler:
             operation="settlement",
             created=int(self.clock()),
             source=txn["id"],
+            details={"file": report.file, "etag": report.etag, "row": row.number},
         )
-        writes = journal.writes(self.shards)
-        writes[0].item = {
-            **(writes[0].item or {}),
-            "file": report.file,
-            "etag": report.etag,
-            "row": row.number,
-        }
-        writes.append(
-            Write(
-                "Update",
-                key={"pk": f"TXN#{txn['id']}", "sk": "TXN"},
-                update="SET settled_by = :file REMOVE due_pk, due_sk",
-                values={":file": report.file},
-            )
+        settled = Change(
+            f"TXN#{txn['id']}",
+            "TXN",
+            txn["id"],
+            "settle",
+            SETTLED,
+            from_state=UNSETTLED,
+            state_attribute="settlement",
+            set={"settled_by": report.file},
+            remove=("due_pk", "due_sk"),
         )
-        if commit(self.store, writes) is None:
+        if self.writer.commit(Transition([settled], journals=[journal])) is None:
             return True
         posted = self.store.get(f"CHARGE#{row.charge_id}", f"JOURNAL#{journal.id}") or {}
         # Posted by this same row of this same file in an interrupted earlier run: resumed.
@@ -308,7 +306,6 @@ class Reconciler:
     def _mismatch(self, report: Report, mismatch: Mismatch) -> None:
         report.counts[mismatch.kind] += 1
         report.mismatches.append(mismatch)
-        now = self.clock()
         data = {
             "id": derived_id(
                 "recm", report.file, report.etag, mismatch.kind, str(mismatch.row), mismatch.detail
@@ -317,16 +314,7 @@ class Reconciler:
             "file": report.file,
             **asdict(mismatch),
         }
-        commit(
-            self.store,
-            [
-                event_write(
-                    PLATFORM,
-                    "reconciliation.mismatch",
-                    data,
-                    operation="reconciliation.mismatch",
-                    now=now,
-                )
-            ],
+        self.writer.commit(
+            Transition([], events=[Announcement(PLATFORM, "reconciliation.mismatch", data)])
         )
         self.on_mismatch([mismatch])

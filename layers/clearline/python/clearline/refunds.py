@@ -1,43 +1,45 @@
 """Refunds, and voids (a refund of an uncaptured charge releases its authorization).
 
-A refund of captured money happens in two transactions around the processor call. The
-first reserves the amount with a conditional decrement of the charge's `refundable`
+A refund of captured money is write-ahead, in two transitions around the processor call.
+The first reserves the amount with a conditional decrement of the charge's `refundable`
 (so concurrent refunds can never together exceed what was captured: the limit is a
-condition, not a read followed by a write) and stores the refund as pending. The second,
-once the processor has refunded, posts the journal and marks the refund succeeded. A
-retry with the same key finds the pending refund and finishes it; the processor's own
-idempotency key makes the repeated call return the first refund.
+condition, not a read followed by a write) and stores the refund, and its operation
+record, as pending. The second, once the processor has answered, posts the journal and
+settles the refund. A retry with the same key, or the resolver, finds the pending refund
+and finishes it; the processor's idempotency key makes the repeated call return the first
+refund.
 """
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from clearline import balance, ledger, listing
-from clearline.audit import Caller, audit_item
+from clearline.audit import Caller
 from clearline.charges import (
     AUTHORIZED,
     CANCELED,
     CAPTURED,
     EXPIRED,
     FAILED,
+    OP_FAILED,
+    OP_PENDING,
+    OP_SUCCEEDED,
+    ChargeService,
     MoneyService,
     charge_object,
     charge_pk,
+    finish_operation,
+    operation_record,
 )
-from clearline.errors import (
-    ConflictError,
-    InvalidRequestError,
-    processor_unavailable,
-    store_unavailable,
-)
-from clearline.events import event_write
+from clearline.errors import ConflictError, InvalidRequestError, processor_unavailable
 from clearline.ids import derived_id
 from clearline.merchants import Merchant
 from clearline.money import currency, format_amount
 from clearline.params import RefundCreateParams
 from clearline.processor import ProcessorRejected, ProcessorUnavailable
-from clearline.store import StoreUnavailable, Write, commit
+from clearline.transitions import Announcement, Change, Transition
 
 PENDING, SUCCEEDED, FAILED_REFUND = "pending", "succeeded", "failed"
 
@@ -66,12 +68,33 @@ def refund_object(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _already_refunded(charge: dict[str, Any]) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Charge {charge['id']} has already been refunded.",
+        param="charge",
+        code="charge_already_refunded",
+    )
+
+
+def _refund_events(
+    merchant_id: str, refund: dict[str, Any], charge: dict[str, Any], refund_event: str
+) -> list[Announcement]:
+    """The refund's own event, and charge.refunded with the charge as it now stands."""
+    return [
+        Announcement(merchant_id, refund_event, refund_object(refund)),
+        Announcement(
+            merchant_id,
+            "charge.refunded",
+            charge_object(charge),
+            operation=f"charge.refunded:{refund['id']}",
+        ),
+    ]
+
+
 class RefundService(MoneyService):
-    def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
-        try:
-            return self.store.get(pk, sk)
-        except StoreUnavailable as exc:
-            raise store_unavailable() from exc
+    @cached_property
+    def charges(self) -> ChargeService:
+        return ChargeService(self.store, self.processor, self.shards, self.clock)
 
     # ---- create ---------------------------------------------------------------------------
 
@@ -80,20 +103,22 @@ class RefundService(MoneyService):
     ) -> dict[str, Any]:
         merchant = caller.merchant
         refund_id = derived_id("re", merchant.id, idempotency_key)
-        existing = self._get(f"REFUND#{refund_id}", "REFUND")
+        existing = self._read(f"REFUND#{refund_id}", "REFUND")
         if existing is not None:
             return self._resume(caller, existing)
 
-        charge = listing.get_owned(self.store, merchant.id, params.charge, "ch", param="charge")
+        charge = self.charges.owned(merchant.id, params.charge, param="charge")
+        if charge.get("pending_op") == "void":  # a void cut short: finish it, if it is ours
+            return self._resume_void(caller, charge, refund_id)
         state = charge["state"]
-        if state == AUTHORIZED:
+        if state == AUTHORIZED and not charge.get("pending_op"):
             if params.amount is not None and params.amount != charge["amount"]:
                 raise InvalidRequestError(
                     "You cannot partially refund an uncaptured charge. Instead, capture the "
                     "charge for an amount less than the original amount.",
                     param="amount",
                 )
-            return self._void(caller, charge, refund_id, params)
+            return self._void(caller, charge, refund_id, params, idempotency_key)
         if state == FAILED:
             raise InvalidRequestError(
                 f"Charge {charge['id']} failed; there is nothing to refund.",
@@ -101,17 +126,13 @@ class RefundService(MoneyService):
                 code="charge_not_refundable",
             )
         if state in (CANCELED, EXPIRED) or (state == CAPTURED and charge["refundable"] <= 0):
-            raise InvalidRequestError(
-                f"Charge {charge['id']} has already been refunded.",
-                param="charge",
-                code="charge_already_refunded",
-            )
+            raise _already_refunded(charge)
         if state != CAPTURED:
             raise ConflictError(f"Charge {charge['id']} is still being processed; retry shortly.")
         amount = charge["refundable"] if params.amount is None else params.amount
         self._check_amount(charge, amount)
-        refund = self._reserve(caller, charge, refund_id, amount, params, idempotency_key)
-        return self._complete(caller, refund)
+        refund, record = self._reserve(caller, charge, refund_id, amount, params, idempotency_key)
+        return self.settle(caller, refund, record)
 
     def _check_amount(self, charge: dict[str, Any], amount: int) -> None:
         if amount <= 0:
@@ -129,30 +150,28 @@ class RefundService(MoneyService):
 
     def _new_refund(
         self,
-        merchant: Merchant,
+        merchant_id: str,
         charge: dict[str, Any],
         refund_id: str,
         amount: int,
-        params: RefundCreateParams,
-        status: str,
+        details: dict[str, Any],
         now: float,
-        idempotency_key: str,
     ) -> dict[str, Any]:
+        """A refund item; `details` holds its reason, metadata and idempotency key."""
         return {
             "pk": f"REFUND#{refund_id}",
             "sk": "REFUND",
-            **listing.list_keys(merchant.id, "re", int(now * 1000), refund_id),
+            **listing.list_keys(merchant_id, "re", int(now * 1000), refund_id),
             "id": refund_id,
-            "merchant": merchant.id,
+            "merchant": merchant_id,
             "charge": charge["id"],
             "amount": amount,
             "currency": charge["currency"],
-            "status": status,
-            "reason": params.reason,
-            "metadata": dict(params.metadata),
+            "reason": details.get("reason"),
+            "metadata": details.get("metadata") or {},
             "created": int(now),
             "created_ms": int(now * 1000),
-            "idempotency_key": idempotency_key,
+            "idempotency_key": details.get("idempotency_key"),
         }
 
     def _reserve(
@@ -163,68 +182,78 @@ class RefundService(MoneyService):
         amount: int,
         params: RefundCreateParams,
         idempotency_key: str,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Write-ahead: the amount is reserved on the charge, and the refund and its operation
+        record stored pending with the processor key the refund will use."""
         now = self.clock()
-        refund = self._new_refund(
-            caller.merchant, charge, refund_id, amount, params, PENDING, now, idempotency_key
+        details = {
+            "reason": params.reason,
+            "metadata": dict(params.metadata),
+            "idempotency_key": idempotency_key,
+        }
+        refund = {
+            **self._new_refund(caller.merchant.id, charge, refund_id, amount, details, now),
+            "status": PENDING,
+        }
+        record = operation_record(
+            charge,
+            f"refund#{refund_id}",
+            processor_key=f"{refund_id}:refund",
+            amount=amount,
+            caller=caller,
+            now=now,
+            refund=refund_id,
         )
-        writes = [
-            Write(
-                "Update",
-                key={"pk": charge["pk"], "sk": "CHARGE"},
-                update="SET refundable = refundable - :a, refunds.#r = :refund",
-                condition="refundable >= :a AND #state = :captured",
-                names={"#state": "state", "#r": refund_id},
-                values={":a": amount, ":captured": CAPTURED, ":refund": embedded(refund)},
-            ),
-            Write.put_new(refund),
-            Write.put_new(
-                {
-                    "pk": charge["pk"],
-                    "sk": f"OP#refund#{refund_id}",
-                    "amount": amount,
-                    "request_id": caller.request_id,
-                    "at": int(now * 1000),
-                }
-            ),
-            Write.put_new(
-                audit_item(
+        reserve = Change(
+            charge["pk"],
+            "CHARGE",
+            charge["id"],
+            f"refund.request:{refund_id}",
+            CAPTURED,
+            from_state=CAPTURED,
+            set={f"refunds.{refund_id}": embedded(refund)},
+            add={"refundable": -amount},
+            condition="refundable >= :amount",
+            values={":amount": amount},
+        )
+        transition = Transition(
+            [
+                reserve,
+                Change(
                     refund["pk"],
+                    "REFUND",
                     refund_id,
-                    caller=caller,
-                    operation="request",
-                    from_state=None,
-                    to_state=PENDING,
-                    now=now,
-                )
-            ),
-        ]
-        writes.append(
-            event_write(
-                caller.merchant.id,
-                "refund.created",
-                refund_object(refund),
-                operation="refund.created",
-                now=now,
-                caller=caller,
-                idempotency_key=idempotency_key,
-            )
+                    "create",
+                    PENDING,
+                    state_attribute="status",
+                    create=refund,
+                ),
+                Change(
+                    record["pk"],
+                    record["sk"],
+                    charge["id"],
+                    record["operation"],
+                    OP_PENDING,
+                    state_attribute="status",
+                    create=record,
+                    audited=False,
+                ),
+            ],
+            caller,
+            [Announcement(caller.merchant.id, "refund.created", refund_object(refund))],
+            idempotency_key=idempotency_key,
         )
-        cancelled = commit(self.store, writes)
+        cancelled = self.writer.commit(transition)
         if cancelled is None:
-            return refund
+            return refund, record
         if cancelled.failed_at(1):  # the same key is being refunded concurrently
             raise ConflictError(
                 "A refund with this key is already in progress; retry shortly.",
                 code="idempotency_key_in_use",
             )
-        current = self._get(charge["pk"], "CHARGE") or charge
+        current = self._read(charge["pk"], "CHARGE") or charge
         if current["state"] != CAPTURED or current["refundable"] <= 0:
-            raise InvalidRequestError(
-                f"Charge {charge['id']} has already been refunded.",
-                param="charge",
-                code="charge_already_refunded",
-            )
+            raise _already_refunded(charge)
         self._check_amount(current, amount)  # another refund took part of what was left
         raise ConflictError("The charge was being changed by another request; retry.")
 
@@ -232,16 +261,23 @@ class RefundService(MoneyService):
         if refund["merchant"] != caller.merchant.id:
             raise ConflictError("This refund id is taken; retry with another key.")
         if refund["status"] == PENDING:
-            return self._complete(caller, refund)
+            charge = self._read(charge_pk(refund["charge"]), "CHARGE")
+            assert charge is not None, "a refund always has its charge"
+            record = self._read(charge["pk"], f"OP#refund#{refund['id']}")
+            assert record is not None, "a pending refund always has its operation record"
+            return self.settle(caller, refund, record)
         return refund_object(refund)
 
-    def _complete(self, caller: Caller, refund: dict[str, Any]) -> dict[str, Any]:
-        """Refund at the processor, then post it; if the processor refuses, release the hold."""
-        charge = self._get(charge_pk(refund["charge"]), "CHARGE")
+    def settle(
+        self, caller: Caller | None, refund: dict[str, Any], record: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Refund at the processor with the record's key, then commit what it did: the
+        refund succeeded (journal posted), or failed (the reservation released)."""
+        charge = self._read(charge_pk(refund["charge"]), "CHARGE")
         assert charge is not None, "a refund always has its charge"
         try:
             self.processor.refund(
-                idempotency_key=f"{refund['id']}:refund",
+                idempotency_key=record["processor_key"],
                 authorization_id=charge["processor_authorization"],
                 amount=refund["amount"],
                 reference=refund["id"],
@@ -249,55 +285,64 @@ class RefundService(MoneyService):
         except ProcessorUnavailable as exc:
             raise processor_unavailable() from exc  # stays pending; a retry finishes it
         except ProcessorRejected as exc:
-            return self._fail(caller, refund, charge, exc.message)
-        return self._succeed(caller, refund, charge)
+            return self._fail(caller, refund, record, charge, exc.message)
+        return self._succeed(caller, refund, record, charge)
 
     def _succeed(
-        self, caller: Caller, refund: dict[str, Any], charge: dict[str, Any]
+        self,
+        caller: Caller | None,
+        refund: dict[str, Any],
+        record: dict[str, Any],
+        charge: dict[str, Any],
     ) -> dict[str, Any]:
-        now = self.clock()
         merchant_id, cur, amount = charge["merchant"], charge["currency"], refund["amount"]
         txn_id = derived_id("txn", refund["id"], "refund")
         done = {**refund, "status": SUCCEEDED, "balance_transaction": txn_id}
-        journal = ledger.Journal(
-            id=derived_id("jnl", refund["id"], "refund"),
-            currency=cur,
-            entries=ledger.refund_entries(merchant_id, cur, amount),
-            charge_id=charge["id"],
-            merchant_id=merchant_id,
-            operation="refund",
-            created=int(now),
-            source=refund["id"],
-        )
-        writes = [
-            Write(
-                "Update",
-                key={"pk": refund["pk"], "sk": "REFUND"},
-                update="SET #status = :succeeded, balance_transaction = :txn",
-                condition="#status = :pending",
-                names={"#status": "status"},
-                values={":succeeded": SUCCEEDED, ":pending": PENDING, ":txn": txn_id},
-            ),
-            Write(
-                "Update",
-                key={"pk": charge["pk"], "sk": "CHARGE"},
-                update="SET amount_refunded = amount_refunded + :a, refunds.#r = :refund",
-                names={"#r": refund["id"]},
-                values={":a": amount, ":refund": embedded(done)},
-            ),
-            Write.put_new(
-                audit_item(
+        refunded = {
+            **charge,
+            "amount_refunded": charge["amount_refunded"] + amount,
+            "refunds": {**charge.get("refunds", {}), refund["id"]: embedded(done)},
+        }
+        now = self.clock()
+        transition = Transition(
+            [
+                Change(
                     refund["pk"],
+                    "REFUND",
                     refund["id"],
-                    caller=caller,
-                    operation="succeed",
+                    "succeed",
+                    SUCCEEDED,
                     from_state=PENDING,
-                    to_state=SUCCEEDED,
-                    now=now,
+                    state_attribute="status",
+                    set={"balance_transaction": txn_id},
+                ),
+                Change(
+                    charge["pk"],
+                    "CHARGE",
+                    charge["id"],
+                    f"refund.succeed:{refund['id']}",
+                    CAPTURED,
+                    from_state=CAPTURED,
+                    set={f"refunds.{refund['id']}": embedded(done)},
+                    add={"amount_refunded": amount},
+                ),
+                finish_operation(record, OP_SUCCEEDED),
+            ],
+            caller,
+            _refund_events(merchant_id, done, refunded, "refund.updated"),
+            journals=[
+                ledger.Journal(
+                    id=derived_id("jnl", refund["id"], "refund"),
+                    currency=cur,
+                    entries=ledger.refund_entries(merchant_id, cur, amount),
+                    charge_id=charge["id"],
+                    merchant_id=merchant_id,
+                    operation="refund",
+                    created=int(now),
+                    source=refund["id"],
                 )
-            ),
-            *journal.writes(self.shards),
-            Write.put_new(
+            ],
+            records=[
                 balance.transaction_item(
                     txn_id,
                     merchant_id=merchant_id,
@@ -308,179 +353,130 @@ class RefundService(MoneyService):
                     currency=cur,
                     now=now,
                 )
-            ),
-        ]
-        refunded = {
-            **charge,
-            "amount_refunded": charge["amount_refunded"] + amount,
-            "refunds": {**charge.get("refunds", {}), refund["id"]: embedded(done)},
-        }
-        writes += self._refund_events(merchant_id, done, refunded, "refund.updated", now, caller)
-        if commit(self.store, writes) is not None:  # finished by a concurrent retry
-            return refund_object(self._get(refund["pk"], "REFUND") or done)
+            ],
+        )
+        if self.writer.commit(transition) is not None:  # finished by a concurrent retry
+            return refund_object(self._read(refund["pk"], "REFUND") or done)
         return refund_object(done)
 
     def _fail(
-        self, caller: Caller, refund: dict[str, Any], charge: dict[str, Any], reason: str
+        self,
+        caller: Caller | None,
+        refund: dict[str, Any],
+        record: dict[str, Any],
+        charge: dict[str, Any],
+        reason: str,
     ) -> dict[str, Any]:
-        now = self.clock()
         failed = {**refund, "status": FAILED_REFUND, "failure_reason": reason}
-        writes = [
-            Write(
-                "Update",
-                key={"pk": refund["pk"], "sk": "REFUND"},
-                update="SET #status = :failed, failure_reason = :why",
-                condition="#status = :pending",
-                names={"#status": "status"},
-                values={":failed": FAILED_REFUND, ":pending": PENDING, ":why": reason},
-            ),
-            Write(
-                "Update",
-                key={"pk": charge["pk"], "sk": "CHARGE"},
-                update="SET refundable = refundable + :a, refunds.#r = :refund",
-                names={"#r": refund["id"]},
-                values={":a": refund["amount"], ":refund": embedded(failed)},
-            ),
-            Write.put_new(
-                audit_item(
+        transition = Transition(
+            [
+                Change(
                     refund["pk"],
+                    "REFUND",
                     refund["id"],
-                    caller=caller,
-                    operation="fail",
+                    "fail",
+                    FAILED_REFUND,
                     from_state=PENDING,
-                    to_state=FAILED_REFUND,
-                    now=now,
-                )
-            ),
-        ]
-        writes.append(
-            event_write(
-                charge["merchant"],
-                "refund.failed",
-                refund_object(failed),
-                operation="refund.failed",
-                now=now,
-                caller=caller,
-            )
+                    state_attribute="status",
+                    set={"failure_reason": reason},
+                ),
+                Change(
+                    charge["pk"],
+                    "CHARGE",
+                    charge["id"],
+                    f"refund.fail:{refund['id']}",
+                    CAPTURED,
+                    from_state=CAPTURED,
+                    set={f"refunds.{refund['id']}": embedded(failed)},
+                    add={"refundable": refund["amount"]},
+                ),
+                finish_operation(record, OP_FAILED, failure_reason=reason),
+            ],
+            caller,
+            [Announcement(charge["merchant"], "refund.failed", refund_object(failed))],
         )
-        if commit(self.store, writes) is not None:
-            return refund_object(self._get(refund["pk"], "REFUND") or failed)
+        if self.writer.commit(transition) is not None:
+            return refund_object(self._read(refund["pk"], "REFUND") or failed)
         return refund_object(failed)
 
     # ---- void -----------------------------------------------------------------------------
 
     def _void(
-        self, caller: Caller, charge: dict[str, Any], refund_id: str, params: RefundCreateParams
+        self,
+        caller: Caller,
+        charge: dict[str, Any],
+        refund_id: str,
+        params: RefundCreateParams,
+        idempotency_key: str,
     ) -> dict[str, Any]:
-        try:
-            self.processor.void(
-                idempotency_key=f"{charge['id']}:void",
-                authorization_id=charge["processor_authorization"],
-            )
-        except ProcessorUnavailable as exc:
-            raise processor_unavailable() from exc
-        except ProcessorRejected as exc:  # captured or voided meanwhile
+        record = self.charges.request_void(
+            charge,
+            caller,
+            "refund",
+            refund=refund_id,
+            reason=params.reason,
+            metadata=dict(params.metadata),
+            idempotency_key=idempotency_key,
+        )
+        if record is None:
+            current = self._read(charge["pk"], "CHARGE") or charge
+            if current["state"] in (CANCELED, EXPIRED):
+                raise _already_refunded(charge)
+            raise ConflictError(f"Charge {charge['id']} was changed by another request; retry.")
+        return self._settle_void(caller, {**charge, "pending_op": "void"}, record)
+
+    def _resume_void(
+        self, caller: Caller, charge: dict[str, Any], refund_id: str
+    ) -> dict[str, Any]:
+        record = self._read(charge["pk"], "OP#void")
+        if record is None or record["status"] != OP_PENDING or record.get("refund") != refund_id:
+            raise ConflictError(f"Charge {charge['id']} is being voided; retry shortly.")
+        return self._settle_void(caller, charge, record)
+
+    def _settle_void(
+        self, caller: Caller | None, charge: dict[str, Any], record: dict[str, Any]
+    ) -> dict[str, Any]:
+        settled = self.settle_void(caller, charge, record)
+        if settled["state"] != CANCELED:
             raise ConflictError(
                 f"Charge {charge['id']} was changed by another request; retry to see its new state."
-            ) from exc
-        now = self.clock()
-        merchant, cur, amount = caller.merchant, charge["currency"], charge["amount"]
-        refund = self._new_refund(
-            merchant, charge, refund_id, amount, params, SUCCEEDED, now, f"void:{charge['id']}"
-        )
-        journal = ledger.Journal(
-            id=derived_id("jnl", charge["id"], "void"),
-            currency=cur,
-            entries=ledger.release_hold_entries(merchant.id, cur, amount),
-            charge_id=charge["id"],
-            merchant_id=merchant.id,
-            operation="charge.void",
-            created=int(now),
-            source=refund_id,
-        )
-        writes = [
-            Write(
-                "Update",
-                key={"pk": charge["pk"], "sk": "CHARGE"},
-                update="SET #state = :canceled, amount_released = :a, refunds.#r = :refund",
-                condition="#state = :authorized",
-                names={"#state": "state", "#r": refund_id},
-                values={
-                    ":canceled": CANCELED,
-                    ":authorized": AUTHORIZED,
-                    ":a": amount,
-                    ":refund": embedded(refund),
-                },
-            ),
-            Write.put_new(refund),
-            Write.put_new(
-                {
-                    "pk": charge["pk"],
-                    "sk": "OP#void",
-                    "refund": refund_id,
-                    "request_id": caller.request_id,
-                    "at": int(now * 1000),
-                }
-            ),
-            Write.put_new(
-                audit_item(
-                    charge["pk"],
-                    charge["id"],
-                    caller=caller,
-                    operation="void",
-                    from_state=AUTHORIZED,
-                    to_state=CANCELED,
-                    now=now,
-                )
-            ),
-            *journal.writes(self.shards),
-        ]
-        voided = {
-            **charge,
-            "state": CANCELED,
-            "amount_released": amount,
-            "refunds": {**charge.get("refunds", {}), refund_id: embedded(refund)},
-        }
-        writes += self._refund_events(merchant.id, refund, voided, "refund.created", now, caller)
-        if commit(self.store, writes) is not None:
-            current = self._get(charge["pk"], "CHARGE") or charge
-            if current["state"] == CANCELED:
-                raise InvalidRequestError(
-                    f"Charge {charge['id']} has already been refunded.",
-                    param="charge",
-                    code="charge_already_refunded",
-                )
-            raise ConflictError(f"Charge {charge['id']} was changed by another request; retry.")
+            )
+        refund = self._read(f"REFUND#{record['refund']}", "REFUND")
+        assert refund is not None, "a canceled charge has its void refund"
         return refund_object(refund)
 
-    @staticmethod
-    def _refund_events(
-        merchant_id: str,
-        refund: dict[str, Any],
-        charge: dict[str, Any],
-        refund_event: str,
-        now: float,
-        caller: Caller,
-    ) -> list[Write]:
-        """The refund's own event, and charge.refunded with the charge as it now stands."""
-        return [
-            event_write(
-                merchant_id,
-                refund_event,
-                refund_object(refund),
-                operation=refund_event,
-                now=now,
-                caller=caller,
-            ),
-            event_write(
-                merchant_id,
-                "charge.refunded",
-                charge_object(charge),
-                operation=f"charge.refunded:{refund['id']}",
-                now=now,
-                caller=caller,
-            ),
-        ]
+    def settle_void(
+        self, caller: Caller | None, charge: dict[str, Any], record: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Void at the processor; the committed void carries the refund that announces it."""
+
+        def add_refund(transition: Transition, voided: dict[str, Any]) -> None:
+            refund = {
+                **self._new_refund(
+                    charge["merchant"], charge, record["refund"], charge["amount"], record, now
+                ),
+                "status": SUCCEEDED,
+            }
+            voided["refunds"] = {**charge.get("refunds", {}), refund["id"]: embedded(refund)}
+            transition.changes[0].set[f"refunds.{refund['id']}"] = embedded(refund)
+            transition.changes.append(
+                Change(
+                    refund["pk"],
+                    "REFUND",
+                    refund["id"],
+                    "create",
+                    SUCCEEDED,
+                    state_attribute="status",
+                    create=refund,
+                )
+            )
+            transition.idempotency_key = record.get("idempotency_key")
+            transition.events += _refund_events(
+                charge["merchant"], refund, voided, "refund.created"
+            )
+
+        now = self.clock()
+        return self.charges.settle_void(charge, record, caller, add_refund)
 
     # ---- read -----------------------------------------------------------------------------
 

@@ -66,6 +66,14 @@ class StoreUnavailable(Exception):
     """DynamoDB did not answer or refused for a reason other than a condition."""
 
 
+class StoreRejected(Exception):
+    """DynamoDB refused the request itself (a validation error): retrying cannot fix it."""
+
+
+# Per-item cancellation reasons that no retry of the same transaction can get past.
+_PERMANENT_REASONS = frozenset({"ValidationError", "ItemCollectionSizeLimitExceeded"})
+
+
 @dataclass
 class Write:
     """One item of a TransactWriteItems."""
@@ -105,10 +113,16 @@ class Store:
                 reasons = [
                     r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])
                 ]
+                if _PERMANENT_REASONS & set(reasons):
+                    raise StoreRejected(f"{operation} refused: {reasons}") from exc
                 raise TransactionCancelled(reasons or ["Unknown"]) from exc
             if code == "ConditionalCheckFailedException":
                 raise TransactionCancelled(["ConditionalCheckFailed"]) from exc
+            if code == "ValidationException":
+                raise StoreRejected(f"{operation} refused: {exc}") from exc
             raise StoreUnavailable(f"{operation} failed: {code}") from exc
+        except UnicodeError as exc:  # a string no encoding can carry: no retry will help
+            raise StoreRejected(f"{operation} refused: {exc}") from exc
         except Exception as exc:  # connection errors, timeouts
             raise StoreUnavailable(f"{operation} failed: {type(exc).__name__}") from exc
 
@@ -252,6 +266,7 @@ def commit(store: Store, writes: list[Write]) -> TransactionCancelled | None:
     """Write all or nothing. Returns None when written, or the cancellation when a
     condition failed (the caller knows which business rule that was). A conflict with a
     concurrent transaction, or an unreachable store, is refused as retryable: never guessed.
+    A transaction the store refuses outright raises StoreRejected.
     """
     from clearline.errors import ConflictError, store_unavailable
 

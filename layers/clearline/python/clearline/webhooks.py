@@ -24,13 +24,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from clearline import listing
-from clearline.errors import InvalidRequestError, ResourceMissingError
+from clearline.audit import Caller
+from clearline.errors import ConflictError, InvalidRequestError, ResourceMissingError
 from clearline.ids import new_id
 from clearline.merchants import Merchant
-from clearline.params import Params, String
+from clearline.params import Metadata, Params, String
 from clearline.store import Store, Write, commit
+from clearline.transitions import Change, Transition, TransitionWriter
 
 ALL_EVENTS = "*"
+ENABLED, DISABLED = "enabled", "disabled"
 CLAIM_SECONDS = 120  # a claim older than this belongs to a dispatcher that died mid-delivery
 
 
@@ -38,14 +41,14 @@ class WebhookEndpointCreateParams(Params):
     url: String
     enabled_events: list[String]
     description: String | None = None
-    metadata: dict[str, String] = {}
+    metadata: Metadata = {}
 
 
 class WebhookEndpointUpdateParams(Params):
     url: String | None = None
     enabled_events: list[String] | None = None
     description: String | None = None
-    metadata: dict[str, String] | None = None
+    metadata: Metadata | None = None
     disabled: bool | None = None
 
 
@@ -106,6 +109,7 @@ class WebhookEndpoints:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
+        self.writer = TransitionWriter(store, clock=lambda: self.clock())
 
     def _get(self, merchant: Merchant, endpoint_id: str) -> dict[str, Any]:
         item = self.store.get(f"MERCHANT#{merchant.id}", f"WE#{endpoint_id}")
@@ -113,14 +117,15 @@ class WebhookEndpoints:
             raise ResourceMissingError("webhook endpoint", endpoint_id)
         return item
 
-    def create(self, merchant: Merchant, params: WebhookEndpointCreateParams) -> dict[str, Any]:
+    def create(self, caller: Caller, params: WebhookEndpointCreateParams) -> dict[str, Any]:
+        merchant = caller.merchant
         check_url(params.url, livemode=merchant.livemode)
         if not params.enabled_events:
             raise InvalidRequestError(
                 "enabled_events must name at least one event type, or '*'.", param="enabled_events"
             )
         endpoint_id = new_id("we")
-        item = {
+        item: dict[str, Any] = {
             "pk": f"MERCHANT#{merchant.id}",
             "sk": f"WE#{endpoint_id}",
             "id": endpoint_id,
@@ -131,16 +136,48 @@ class WebhookEndpoints:
             "status": "enabled",
             "secret": "whsec_" + secrets.token_hex(24),
             "created": int(self.clock()),
+            "version": 1,
         }
-        self.store.put(item, if_new=True)
+        self._commit(
+            caller,
+            Change(
+                item["pk"],
+                item["sk"],
+                endpoint_id,
+                "create",
+                ENABLED,
+                state_attribute="status",
+                create=item,
+            ),
+        )
         return endpoint_object(item, with_secret=True)
+
+    def _commit(self, caller: Caller, change: Change) -> None:
+        """Every endpoint change is a transition: audited, and guarded by the version it
+        was read at, so a concurrent update is refused rather than lost."""
+        if self.writer.commit(Transition([change], caller)) is not None:
+            raise ConflictError("The webhook endpoint was changed by another request; retry.")
+
+    def _versioned(self, item: dict[str, Any], operation: str, to_state: str) -> Change:
+        return Change(
+            item["pk"],
+            item["sk"],
+            item["id"],
+            operation,
+            to_state,
+            from_state=item["status"],
+            state_attribute="status",
+            condition="version = :version",
+            values={":version": item["version"]},
+        )
 
     def retrieve(self, merchant: Merchant, endpoint_id: str) -> dict[str, Any]:
         return endpoint_object(self._get(merchant, endpoint_id))
 
     def update(
-        self, merchant: Merchant, endpoint_id: str, params: WebhookEndpointUpdateParams
+        self, caller: Caller, endpoint_id: str, params: WebhookEndpointUpdateParams
     ) -> dict[str, Any]:
+        merchant = caller.merchant
         item = self._get(merchant, endpoint_id)
         if params.url is not None:
             check_url(params.url, livemode=merchant.livemode)
@@ -151,14 +188,19 @@ class WebhookEndpoints:
             item["description"] = params.description
         if params.metadata is not None:
             item["metadata"] = {**item.get("metadata", {}), **params.metadata}
+        status = item["status"]
         if params.disabled is not None:
-            item["status"] = "disabled" if params.disabled else "enabled"
-        self.store.put(item)
-        return endpoint_object(item)
+            status = DISABLED if params.disabled else ENABLED
+        change = self._versioned(item, "update", status)
+        change.replace = {**item, "version": item["version"] + 1}
+        self._commit(caller, change)
+        return endpoint_object({**change.replace, "status": status})
 
-    def delete(self, merchant: Merchant, endpoint_id: str) -> dict[str, Any]:
-        self._get(merchant, endpoint_id)
-        self.store.delete(f"MERCHANT#{merchant.id}", f"WE#{endpoint_id}")
+    def delete(self, caller: Caller, endpoint_id: str) -> dict[str, Any]:
+        item = self._get(caller.merchant, endpoint_id)
+        change = self._versioned(item, "delete", "deleted")
+        change.delete = True
+        self._commit(caller, change)
         return {"id": endpoint_id, "object": "webhook_endpoint", "deleted": True}
 
     def list(

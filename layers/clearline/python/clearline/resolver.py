@@ -1,0 +1,112 @@
+"""The resolver: settles every money operation left pending, to what the processor did.
+
+A pending record is the write-ahead of a processor call whose answer was never committed:
+the processor timed out, the function died, or the commit failed. Each names the
+processor idempotency key its call uses, so the resolver can always find out:
+
+- a pending charge: the processor is asked what it committed under the key. Nothing means
+  it never saw the call, and the charge fails (nobody was charged); an answer is committed
+  as if the call had just returned. A charge whose commit the store refused for good is
+  compensated at the processor (voided or refunded) and recorded as failed.
+- a pending capture, void or refund: the call is made again with the same key. The
+  processor returns what it did the first time, or does it now if it never saw it (what
+  the merchant asked for), and the answer is committed.
+
+It runs on a schedule; the API does the same for a retried request. Records younger than
+the grace period are left alone: their request may still be at the processor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from clearline.charges import DUE_PROCESSOR, OP_PENDING, PENDING, ChargeService
+from clearline.errors import ServiceUnavailableError
+from clearline.processor import Authorization, ProcessorUnavailable
+from clearline.refunds import RefundService
+from clearline.scheduling import due_items
+
+log = logging.getLogger(__name__)
+
+# Longer than the api function's timeout (29 s) plus its processor timeout: no request
+# that wrote a record this old can still be talking to the processor.
+PENDING_GRACE_SECONDS = 60
+# A record still pending this long after it was written needs a person: it is counted as
+# unresolved, which the UnresolvedPendingOperations alarm watches.
+UNRESOLVED_AFTER_SECONDS = 15 * 60
+
+OUTCOMES = ("settled", "failed", "unreachable", "errors", "unresolved")
+
+
+class Resolver:
+    def __init__(self, charges: ChargeService, refunds: RefundService) -> None:
+        self.charges = charges
+        self.refunds = refunds
+        self.store = charges.store
+
+    def run(self, now: int) -> dict[str, int]:
+        """One pass over everything pending past the grace period. Each record is settled on
+        its own: one that cannot be (a poison record) is counted and logged, never in the
+        way of the rest."""
+        outcome: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
+        for record in due_items(self.store, DUE_PROCESSOR, now - PENDING_GRACE_SECONDS):
+            try:
+                outcome[self.resolve(record)] += 1
+                continue
+            except (ProcessorUnavailable, ServiceUnavailableError) as exc:
+                outcome["unreachable"] += 1
+                log.warning("resolver: %s left pending: %s", _name(record), exc)
+            except Exception:
+                outcome["errors"] += 1
+                log.exception("resolver: %s could not be settled", _name(record))
+            written_at = int(record["due_sk"].split("#", 1)[0])
+            if written_at <= now - UNRESOLVED_AFTER_SECONDS:
+                outcome["unresolved"] += 1
+        return dict(outcome)
+
+    def resolve(self, record: dict[str, Any]) -> str:
+        """Settle one pending record; returns "settled", or "failed" when the processor never
+        saw the call and nothing moved."""
+        if record["sk"] == "CHARGE":
+            return self._charge(record)
+        charge = self.store.get(record["pk"], "CHARGE")
+        assert charge is not None, "an operation record always has its charge"
+        if record["status"] != OP_PENDING:
+            return "settled"
+        operation = record["operation"]
+        if operation == "capture":
+            self.charges.settle_capture(charge, record, None)
+        elif operation == "void" and record["cause"] == "refund":
+            self.refunds.settle_void(None, charge, record)
+        elif operation == "void":
+            self.charges.settle_void(charge, record, None)
+        elif operation.startswith("refund#"):
+            refund = self.store.get(f"REFUND#{record['refund']}", "REFUND")
+            assert refund is not None, "a refund's operation record always has its refund"
+            self.refunds.settle(None, refund, record)
+        else:
+            raise ValueError(f"unknown operation {operation!r}")
+        return "settled"
+
+    def _charge(self, charge: dict[str, Any]) -> str:
+        if charge["state"] != PENDING:
+            return "settled"
+        if charge.get("compensation"):
+            self.charges.finish_compensation(charge)
+            return "failed"
+        committed = self.charges.processor.lookup(charge["processor_key"])
+        if committed is None:
+            self.charges.fail_pending(
+                charge,
+                "The card processor did not complete this payment; the card was not charged.",
+            )
+            return "failed"
+        # A decline settles as a failed charge: settled all the same.
+        self.charges.commit_authorization(charge, None, Authorization.model_validate(committed))
+        return "settled"
+
+
+def _name(record: dict[str, Any]) -> str:
+    return f"{record.get('id') or record.get('charge')} {record['sk']}"

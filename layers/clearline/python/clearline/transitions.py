@@ -1,0 +1,178 @@
+"""The one way to change state: declare a transition, and one writer commits it atomically.
+
+A transition names the objects it changes, each guarded by the state it must be in (or
+by being new), and what the change carries: the audit item of every object it changes
+(who, when, from-state, to-state, request id), the outbox events that announce it, the
+ledger journals and their balance deltas, and any new records (operation items, balance
+transactions). `TransitionWriter.commit` turns the declaration into one
+TransactWriteItems, so a change is either wholly there or not at all, and a guard that
+fails means somebody else already made a change: the caller decides what that means.
+
+Capabilities add declarations; none of them assembles its own transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from clearline import ledger
+from clearline.audit import Caller, audit_item
+from clearline.events import event_write
+from clearline.store import Store, TransactionCancelled, Write, commit
+
+
+@dataclass
+class Change:
+    """A change of one object's item, guarded by its state.
+
+    `create` puts a new item (refused if it exists); `replace` puts the whole item over one
+    in `from_state`; `delete` removes one in `from_state`; otherwise `set`, `add` and
+    `remove` update it in place. `condition` adds a guard beyond the state
+    (`refundable >= :amount`, `version = :version`), with its own names and values.
+    """
+
+    pk: str
+    sk: str
+    object_id: str
+    operation: str  # what happened, for the audit trail ("capture", "refund.succeed", ...)
+    to_state: str
+    from_state: str | None = None  # None: the object is created by this change
+    state_attribute: str = "state"
+    create: dict[str, Any] | None = None
+    replace: dict[str, Any] | None = None
+    delete: bool = False
+    set: dict[str, Any] = field(default_factory=dict)
+    add: dict[str, int] = field(default_factory=dict)
+    remove: tuple[str, ...] = ()
+    condition: str | None = None
+    names: dict[str, str] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    # An operation record (OP#...) changes with its object, whose change is the audited one.
+    audited: bool = True
+
+    def write(self) -> Write:
+        if self.create is not None:
+            return Write.put_new({**self.create, self.state_attribute: self.to_state})
+        guard = "#state = :from_state"
+        names = {"#state": self.state_attribute, **self.names}
+        values: dict[str, Any] = {":from_state": self.from_state, **self.values}
+        if self.condition:
+            guard = f"{guard} AND ({self.condition})"
+        if self.replace is not None:
+            item = {**self.replace, self.state_attribute: self.to_state}
+            return Write("Put", item=item, condition=guard, names=names, values=values)
+        if self.delete:
+            key = {"pk": self.pk, "sk": self.sk}
+            return Write("Delete", key=key, condition=guard, names=names, values=values)
+        assignments = {self.state_attribute: self.to_state, **self.set}
+        sets = []
+        for i, (path, value) in enumerate(assignments.items()):
+            values[f":s{i}"] = value
+            sets.append(f"{_path(path, f's{i}', names)} = :s{i}")
+        clauses = ["SET " + ", ".join(sets)]
+        if self.add:
+            adds = []
+            for i, (path, amount) in enumerate(self.add.items()):
+                values[f":a{i}"] = amount
+                adds.append(f"{_path(path, f'a{i}', names)} :a{i}")
+            clauses.append("ADD " + ", ".join(adds))
+        if self.remove:
+            removed = [_path(path, f"r{i}", names) for i, path in enumerate(self.remove)]
+            clauses.append("REMOVE " + ", ".join(removed))
+        return Write(
+            "Update",
+            key={"pk": self.pk, "sk": self.sk},
+            update=" ".join(clauses),
+            condition=guard,
+            names=names,
+            values=values,
+        )
+
+
+def _path(path: str, tag: str, names: dict[str, str]) -> str:
+    """`refunds.re_1` as `#t_0.#t_1`, every part a placeholder (ids may be reserved words)."""
+    parts = []
+    for i, part in enumerate(path.split(".")):
+        names[f"#{tag}_{i}"] = part
+        parts.append(f"#{tag}_{i}")
+    return ".".join(parts)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """An outbox event: its id derives from (data object, operation), so it exists once."""
+
+    merchant: str
+    type: str
+    data: dict[str, Any]
+    operation: str | None = None  # defaults to the event type
+
+
+@dataclass
+class Transition:
+    changes: list[Change]
+    caller: Caller | None = None
+    events: list[Announcement] = field(default_factory=list)
+    journals: list[ledger.Journal] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # new items, written once
+    idempotency_key: str | None = None  # of the request, carried on its events
+
+
+class TransitionWriter:
+    """Commits transitions. Changes come first in the transaction, in their order, so
+    `TransactionCancelled.failed_at(i)` says whether change i's guard failed."""
+
+    def __init__(
+        self,
+        store: Store,
+        shards: ledger.ShardPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.shards = shards or ledger.ShardPolicy()
+        self.clock = clock
+
+    def writes(self, transition: Transition, now: float) -> list[Write]:
+        writes = [change.write() for change in transition.changes]
+        for change in transition.changes:
+            if not change.audited:
+                continue
+            writes.append(
+                Write.put_new(
+                    audit_item(
+                        change.pk,
+                        change.object_id,
+                        caller=transition.caller,
+                        operation=change.operation,
+                        from_state=change.from_state,
+                        to_state=change.to_state,
+                        now=now,
+                        item_sk=change.sk,
+                    )
+                )
+            )
+        for event in transition.events:
+            writes.append(
+                event_write(
+                    event.merchant,
+                    event.type,
+                    event.data,
+                    operation=event.operation or event.type,
+                    now=now,
+                    caller=transition.caller,
+                    idempotency_key=transition.idempotency_key,
+                )
+            )
+        for journal in transition.journals:
+            writes += journal.writes(self.shards)
+        writes += [Write.put_new(record) for record in transition.records]
+        return writes
+
+    def commit(self, transition: Transition) -> TransactionCancelled | None:
+        """Write the transition all or nothing. None when written; the cancellation when a
+        guard failed. A conflict or an unreachable store is raised as retryable (409/503);
+        a transaction the store refuses outright raises StoreRejected."""
+        return commit(self.store, self.writes(transition, self.clock()))
