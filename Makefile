@@ -1,5 +1,7 @@
 # Two commands on a fresh machine: `make up` starts the local stack, `make test` runs every test.
 # Each installs what it needs first (a virtualenv from the lock file, and the CDK CLI from npm).
+# One tier at a time: `make unit` (moto in-process), `make integration` (over HTTP against a
+# local stack each test session starts), `make cdk` (synthesizes the CDK app).
 
 # The newest Python 3.11+ that actually runs (a version manager may list shims that do not).
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
@@ -36,6 +38,15 @@ lint: $(INSTALLED)
 
 test: $(INSTALLED) $(NODE_INSTALLED) lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: $(INSTALLED)
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+integration: $(INSTALLED)
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration
+
+cdk: $(INSTALLED) $(NODE_INSTALLED)
+	$(BIN)/pytest -q -p no:cacheprovider tests/cdk
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/charge_path.py

@@ -82,6 +82,13 @@ def test_every_route_has_a_sample_event(api: tuple[Any, str]) -> None:
     assert covered == _routes()
 
 
+def test_every_function_has_a_sample_event() -> None:
+    """events/<function>/ for every function of the topology; the integration tests run each
+    through its handler with objects of their own to work on."""
+    samples = {path.parent.name for path in EVENTS.parent.glob("*/*.json")}
+    assert samples == {function.key for function in TOPOLOGY.functions}
+
+
 def test_sample_events_through_the_handler(api: tuple[Any, str], store: Store) -> None:
     handler, secret = api
     created = invoke(handler, "create_charge", secret)
