@@ -208,12 +208,6 @@ def test_a_failed_attempt_frees_its_claim_for_the_retry(
     back.server.shutdown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dispatcher._claim reads DELIVERED# and then puts CLAIM# in a separate call; a "
-    "delivery that records DELIVERED# and deletes its claim in between lets a second "
-    "dispatcher claim and post the same event again",
-)
 def test_a_delivery_finished_between_anothers_check_and_claim_is_not_repeated(
     store: Store, subscribed: tuple[Merchant, str, Endpoint]
 ) -> None:

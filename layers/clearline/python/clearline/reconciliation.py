@@ -79,6 +79,10 @@ class Row:
 
     @classmethod
     def parse(cls, number: int, raw: dict[str, str]) -> Row:
+        # csv fills a short row's missing fields with None and gathers extra ones under
+        # None: either way the row's fields are not where the header says.
+        if None in raw or any(value is None for value in raw.values()):
+            raise ValueError("the row does not have the header's number of fields")
         kind = raw["type"]
         if kind not in ("capture", "refund"):
             raise ValueError(f"unknown type {kind!r}")

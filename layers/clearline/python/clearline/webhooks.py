@@ -283,7 +283,16 @@ class Dispatcher:
             names={"#until": "until"},
             values={":now": int(now)},
         )
-        return commit(self.store, [claim]) is None
+        writes = [claim]
+        if not force:  # checked again in the claim's transaction: a delivery may finish between
+            writes.append(
+                Write(
+                    "ConditionCheck",
+                    key={"pk": f"EVENT#{event_id}", "sk": f"DELIVERED#{endpoint_id}"},
+                    condition="attribute_not_exists(pk)",
+                )
+            )
+        return commit(self.store, writes) is None
 
     def _post(self, endpoint: dict[str, Any], event: dict[str, Any]) -> Attempt:
         payload = json.dumps(event)
