@@ -17,22 +17,28 @@ from aws_cdk import (
 )
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
+from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct, IConstruct
 
 from clearline.topology import (
+    METRICS_NAMESPACE,
+    PROCESSOR_SYNC_FUNCTION,
     PROCESSOR_URL_ENV,
     SERVICE_NAME,
     TOPOLOGY,
+    UNRESOLVED_PENDING_OPERATIONS_METRIC,
     ApiSpec,
     BucketSpec,
     BusSpec,
@@ -52,7 +58,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSET_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/*.egg-info"]
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 ARCHITECTURE = lambda_.Architecture.ARM_64
-METRICS_NAMESPACE = "Clearline"
 DEFAULT_PROCESSOR_URL = "https://sandbox-processor.invalid"
 # A year of logs covers a full audit cycle; payment disputes can surface months later.
 LOG_RETENTION = logs.RetentionDays.ONE_YEAR
@@ -62,9 +67,10 @@ THROTTLE_BURST_LIMIT = 5_000
 # Messages keep their first enqueue time when moved to a dead-letter queue, so dead-letter
 # queues keep them for SQS's maximum, longer than any source queue.
 DEAD_LETTER_RETENTION = Duration.days(14)
-# A failing stream batch blocks its shard while retried; after this many retries the
-# batch's position goes to the function's stream failure queue so later records flow.
-STREAM_RETRY_ATTEMPTS = 10
+# Function errors and pending operations are judged minute by minute and over a quarter
+# of an hour: an operation left pending that long is past what the resolver should need.
+FUNCTION_ERRORS_PERIOD = Duration.minutes(1)
+UNRESOLVED_PENDING_PERIOD = Duration.minutes(15)
 # Bucket lifecycle. Files are read in the first weeks after they land, later only for audits
 # and disputes; an overwritten or deleted version stays recoverable for a quarter.
 INFREQUENT_ACCESS_AFTER = Duration.days(30)
@@ -150,6 +156,8 @@ class ClearlineStack(Stack):
         # Set on the stack, before any child exists, so that it holds in every app.
         self.node.set_context(S3_ACCESS_LOGS_USE_BUCKET_POLICY, True)
         self.topology = topology
+        # Every alarm notifies this topic; subscribe the on-call rotation to it.
+        self.alarm_topic = self._alarm_topic()
         self.tables = {spec.key: self._table(spec) for spec in topology.tables}
         self.dead_letter_queues: dict[str, sqs.Queue] = {}
         # Per queue key, the alarms of the queues that no function consumes.
@@ -159,9 +167,12 @@ class ClearlineStack(Stack):
         self.buckets = {spec.key: self._bucket(spec) for spec in topology.buckets}
         self._acknowledge_bucket_notifications_handler()
         self.buses = {spec.key: self._bus(spec) for spec in topology.buses}
+        # Per rule key, where EventBridge puts the events it could not deliver.
+        self.rule_dead_letter_queues: dict[str, sqs.Queue] = {}
         self.rules = {spec.key: self._rule(spec) for spec in topology.rules}
         # Per function key, for the functions that have each trigger.
         self.stream_failure_queues: dict[str, sqs.Queue] = {}
+        self.function_error_alarms: dict[str, cloudwatch.Alarm] = {}
         self.schedules: dict[str, events.Rule] = {}
         self.layers = self._layers()
         self.processor_url = (
@@ -177,7 +188,82 @@ class ClearlineStack(Stack):
             else None
         )
         self.functions = {spec.key: self._function(spec) for spec in topology.functions}
+        self.unresolved_pending_alarm = (
+            self._unresolved_pending_alarm()
+            if any(spec.key == PROCESSOR_SYNC_FUNCTION.key for spec in topology.functions)
+            else None
+        )
         self.api = self._rest_api(topology.api)
+
+    def _alarm_topic(self) -> sns.Topic:
+        # A key of our own, not the AWS managed one for SNS: only a customer managed key's
+        # policy can let CloudWatch encrypt the notifications it publishes.
+        key = kms.Key(
+            self,
+            "AlarmTopicKey",
+            description="Encrypts Clearline's alarm notifications",
+            enable_key_rotation=True,
+        )
+        cloudwatch_service = iam.ServicePrincipal("cloudwatch.amazonaws.com")
+        key.grant(cloudwatch_service, "kms:Decrypt", "kms:GenerateDataKey*")
+        topic = sns.Topic(
+            self,
+            "AlarmTopic",
+            display_name="Clearline alarms",
+            master_key=key,
+            enforce_ssl=True,
+        )
+        # The SSL-only policy replaces SNS's default one, so CloudWatch is let in by name,
+        # for this account's alarms only.
+        topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                principals=[cloudwatch_service],
+                actions=["sns:Publish"],
+                resources=[topic.topic_arn],
+                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
+            )
+        )
+        return topic
+
+    def _alarm(
+        self,
+        construct_id: str,
+        description: str,
+        metric: cloudwatch.IMetric,
+        *,
+        treat_missing_data: cloudwatch.TreatMissingData = cloudwatch.TreatMissingData.NOT_BREACHING,
+    ) -> cloudwatch.Alarm:
+        """An alarm, notifying the alarm topic, as soon as `metric` is above zero."""
+        alarm = cloudwatch.Alarm(
+            self,
+            construct_id,
+            alarm_description=description,
+            metric=metric,
+            threshold=0,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=treat_missing_data,
+        )
+        alarm.add_alarm_action(cloudwatch_actions.SnsAction(self.alarm_topic))
+        return alarm
+
+    def _unresolved_pending_alarm(self) -> cloudwatch.Alarm:
+        metric = cloudwatch.Metric(
+            namespace=METRICS_NAMESPACE,
+            metric_name=UNRESOLVED_PENDING_OPERATIONS_METRIC,
+            dimensions_map={"service": SERVICE_NAME},
+            statistic=cloudwatch.Stats.MAXIMUM,
+            period=UNRESOLVED_PENDING_PERIOD,
+        )
+        return self._alarm(
+            "UnresolvedPendingOperationsAlarm",
+            "A money operation is still pending past its bound: the processor sync could not "
+            "resolve it against the processor. Check the processor, then the operation.",
+            metric,
+            # The processor sync publishes the figure on every run, zero included: no figure
+            # means it did not run, and pending operations stay unresolved just the same.
+            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+        )
 
     def _table(self, spec: TableSpec) -> dynamodb.Table:
         def string_key(name: str) -> dynamodb.Attribute:
@@ -235,18 +321,13 @@ class ClearlineStack(Stack):
         self, queue: sqs.Queue, construct_id: str, description: str
     ) -> cloudwatch.Alarm:
         """An alarm as soon as a message waits in `queue`."""
-        return cloudwatch.Alarm(
-            self,
+        # SQS stops sending metrics for an empty, idle queue: missing data is not breaching.
+        return self._alarm(
             construct_id,
-            alarm_description=description,
-            metric=queue.metric_approximate_number_of_messages_visible(
+            description,
+            queue.metric_approximate_number_of_messages_visible(
                 period=Duration.minutes(1), statistic=cloudwatch.Stats.MAXIMUM
             ),
-            threshold=0,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=1,
-            # SQS stops sending metrics for an empty, idle queue.
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
 
     def _dead_letter_queue(self, construct_id: str, description: str) -> sqs.Queue:
@@ -394,13 +475,34 @@ class ClearlineStack(Stack):
     def _rule(self, spec: RuleSpec) -> events.Rule:
         if spec.bus not in self.buses or spec.queue not in self.queues:
             raise ValueError(f"rule {spec.key} names an unknown bus or queue")
+        name = construct_name(spec.key)
+        dead_letters = self._dead_letter_queue(
+            f"{name}RuleDeadLetterQueue",
+            f"EventBridge could not deliver events of the {spec.key} rule to the {spec.queue} "
+            f"queue in {spec.retry_attempts} attempts over "
+            f"{spec.max_event_age_seconds // 3600} hours.",
+        )
+        acknowledge(
+            cast(sqs.CfnQueue, dead_letters.node.default_child),
+            "AwsSolutions-SQS3",
+            f"This queue is itself the dead-letter queue of the {spec.key} rule's target, "
+            "which the check does not recognize as one; it is alarmed, and nothing consumes it.",
+        )
+        self.rule_dead_letter_queues[spec.key] = dead_letters
         return events.Rule(
             self,
-            f"{construct_name(spec.key)}Rule",
+            f"{name}Rule",
             description=f"Sends matching events on the {spec.bus} bus to the {spec.queue} queue",
             event_bus=self.buses[spec.bus],
             event_pattern=event_pattern(spec.event_pattern),
-            targets=[targets.SqsQueue(self.queues[spec.queue])],
+            targets=[
+                targets.SqsQueue(
+                    self.queues[spec.queue],
+                    dead_letter_queue=dead_letters,
+                    retry_attempts=spec.retry_attempts,
+                    max_event_age=Duration.seconds(spec.max_event_age_seconds),
+                )
+            ],
         )
 
     def _layers(self) -> list[lambda_.ILayerVersion]:
@@ -488,6 +590,12 @@ class ClearlineStack(Stack):
                 "resource-level permissions either; stream reads are granted per stream."
             )
         acknowledge(role, "AwsSolutions-IAM5[Resource::*]", wildcard_reason)
+        self.function_error_alarms[spec.key] = self._alarm(
+            f"{name}FunctionErrorsAlarm",
+            f"The {spec.key} function failed an invocation (an unhandled error, a crash or a "
+            "timeout). Read its log group for the error.",
+            function.metric_errors(period=FUNCTION_ERRORS_PERIOD, statistic=cloudwatch.Stats.SUM),
+        )
         # On the CfnFunction itself, not on its event source mappings and permissions.
         acknowledge(
             cast(lambda_.CfnFunction, function.node.default_child),
@@ -527,30 +635,24 @@ class ClearlineStack(Stack):
         if spec.stream_from is not None:
             if not self.topology.table(spec.stream_from).stream:
                 raise ValueError(f"function {spec.key} streams from a table without a stream")
-            failures = self._dead_letter_queue(
-                f"{name}StreamFailureQueue",
-                f"The {spec.key} function gave up on a batch of the {spec.stream_from} "
-                "table's stream; the message locates the records, which the stream keeps "
-                "for 24 hours.",
-            )
-            self.stream_failure_queues[spec.key] = failures
+            failures = spec.stream_failures
+            if failures is None or failures.on_failure_queue not in self.queues:
+                # Without a bound on retries, one bad record would hold up its shard for a day.
+                raise ValueError(
+                    f"function {spec.key} streams without stream_failures naming a known queue"
+                )
+            on_failure = self.queues[failures.on_failure_queue]
+            self.stream_failure_queues[spec.key] = on_failure
             function.add_event_source(
                 event_sources.DynamoEventSource(
                     self.tables[spec.stream_from],
                     starting_position=lambda_.StartingPosition.TRIM_HORIZON,
                     batch_size=spec.batch_size,
                     report_batch_item_failures=True,
-                    bisect_batch_on_error=True,
-                    retry_attempts=STREAM_RETRY_ATTEMPTS,
-                    on_failure=event_sources.SqsDlq(failures),
+                    bisect_batch_on_error=failures.bisect_batch_on_error,
+                    retry_attempts=failures.maximum_retry_attempts,
+                    on_failure=event_sources.SqsDlq(on_failure),
                 )
-            )
-            acknowledge(
-                cast(sqs.CfnQueue, failures.node.default_child),
-                "AwsSolutions-SQS3",
-                f"This queue is itself the dead-letter queue of the {spec.key} function's "
-                "stream event source (its on-failure destination), which the check does not "
-                "recognize as one; it is alarmed, and nothing consumes it.",
             )
         if spec.queue_trigger is not None:
             queue_spec = self.topology.queue(spec.queue_trigger)

@@ -51,8 +51,19 @@ def provision_tables(topology: Topology, dynamodb: Any) -> None:
             )
 
 
+def _create_queue(sqs: Any, name: str, attributes: dict[str, str] | None = None) -> str:
+    """Creates a queue; returns its ARN."""
+    url = sqs.create_queue(QueueName=name, Attributes=attributes or {})["QueueUrl"]
+    return str(
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+    )
+
+
 def provision_messaging(topology: Topology, sqs: Any, events: Any) -> dict[str, str]:
-    """Queues (with their dead-letter queues), buses and rules; returns queue key -> ARN."""
+    """Queues (with their dead-letter queues), buses and rules (with their targets'
+    dead-letter queues and retry policies); returns queue key -> ARN."""
     arns: dict[str, str] = {}
     for spec in topology.queues:
         attributes = {
@@ -60,18 +71,13 @@ def provision_messaging(topology: Topology, sqs: Any, events: Any) -> dict[str, 
             "MessageRetentionPeriod": str(spec.retention_seconds),
         }
         if spec.max_receive_count:
-            dlq = sqs.create_queue(QueueName=spec.dlq_name)["QueueUrl"]
-            dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])
             attributes["RedrivePolicy"] = json.dumps(
                 {
-                    "deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"],
+                    "deadLetterTargetArn": _create_queue(sqs, spec.dlq_name),
                     "maxReceiveCount": str(spec.max_receive_count),
                 }
             )
-        url = sqs.create_queue(QueueName=spec.name, Attributes=attributes)["QueueUrl"]
-        arns[spec.key] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
+        arns[spec.key] = _create_queue(sqs, spec.name, attributes)
     for bus in topology.buses:
         events.create_event_bus(Name=bus.name)
     for rule in topology.rules:
@@ -85,7 +91,17 @@ def provision_messaging(topology: Topology, sqs: Any, events: Any) -> dict[str, 
         events.put_targets(
             Rule=rule.key,
             EventBusName=bus_name,
-            Targets=[{"Id": rule.queue, "Arn": arns[rule.queue]}],
+            Targets=[
+                {
+                    "Id": rule.queue,
+                    "Arn": arns[rule.queue],
+                    "DeadLetterConfig": {"Arn": _create_queue(sqs, rule.dlq_name)},
+                    "RetryPolicy": {
+                        "MaximumRetryAttempts": rule.retry_attempts,
+                        "MaximumEventAgeInSeconds": rule.max_event_age_seconds,
+                    },
+                }
+            ],
         )
     return arns
 

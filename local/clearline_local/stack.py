@@ -5,12 +5,14 @@ Everything is built from clearline.topology, the description the CDK app reads t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -29,7 +31,7 @@ from clearline_local.frontdoor import FrontDoorServer
 from clearline_local.lambda_runtime import REGION, LocalFunction
 from clearline_local.provision import provision_buckets, provision_messaging, provision_tables
 from clearline_local.sandbox_processor import SandboxProcessor
-from clearline_local.state import StackInfo
+from clearline_local.state import StackInfo, state_dir
 from clearline_local.triggers import Trigger, start_triggers
 
 LOOPBACK = "127.0.0.1"
@@ -39,6 +41,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def workers_path(port: int, directory: Path | None = None) -> Path:
+    """Where a running stack lists each function's worker pids, kept current as workers are
+    replaced (for tools and tests that stop workers to see the stack recover)."""
+    return (directory or state_dir()) / f"{port}.workers"
+
+
+def read_worker_pids(port: int, directory: Path | None = None) -> dict[str, list[int]]:
+    return {
+        key: [int(pid) for pid in pids]
+        for key, pids in json.loads(workers_path(port, directory).read_text()).items()
+    }
 
 
 def aws_client(service: str, endpoint_url: str) -> Any:
@@ -103,6 +118,8 @@ class LocalStack:
         self.triggers: list[Trigger] = []
         self.front_door: FrontDoorServer | None = None
         self.info: StackInfo | None = None
+        self._workers_lock = threading.Lock()
+        self._stopping = False
 
     @property
     def aws_endpoint_url(self) -> str:
@@ -131,7 +148,12 @@ class LocalStack:
         self.processor.start()
         for spec in self.topology.functions:
             workers = self.workers if spec.key == self.topology.api.function else 1
-            function = LocalFunction(spec, self.function_environment(spec.key), workers)
+            function = LocalFunction(
+                spec,
+                self.function_environment(spec.key),
+                workers,
+                on_environments_changed=self._write_worker_pids,
+            )
             function.warm()
             self.functions[spec.key] = function
         self.triggers = start_triggers(
@@ -151,11 +173,24 @@ class LocalStack:
             environment=self.extra_environment,
         )
         self.info.write()
+        self._write_worker_pids()
         return self.info
+
+    def _write_worker_pids(self) -> None:
+        with self._workers_lock:
+            if self.info is None or self._stopping:
+                return  # written once the port is known, until the stack stops
+            path = workers_path(self.port)
+            temp = path.with_suffix(".tmp-workers")
+            temp.write_text(json.dumps({key: f.pids() for key, f in self.functions.items()}))
+            temp.replace(path)  # readers never see a half-written file
 
     def stop(self) -> None:
         if self.info:
             self.info.remove()
+            with self._workers_lock:
+                self._stopping = True
+                workers_path(self.port).unlink(missing_ok=True)
         for trigger in self.triggers:
             trigger.stop()
         if self.front_door:

@@ -25,9 +25,13 @@ from cdk_nag import AwsSolutionsChecks
 
 import infra_cdk.clearline_stack as clearline_stack
 from clearline.topology import (
+    METRICS_NAMESPACE,
+    PROCESSOR_SYNC_FUNCTION,
     PROCESSOR_URL_ENV,
+    RELAY_FUNCTION,
     SERVICE_NAME,
     TOPOLOGY,
+    UNRESOLVED_PENDING_OPERATIONS_METRIC,
     BucketSpec,
     FunctionSpec,
     QueueSpec,
@@ -452,10 +456,16 @@ def test_every_function_has_exactly_its_event_sources(
         assert props["StartingPosition"] == "TRIM_HORIZON"
         assert props["BatchSize"] == spec.batch_size
         assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-        assert props["BisectBatchOnFunctionError"] is True
+        # As the local stream trigger does it, from the same declaration.
+        failures = spec.stream_failures
+        assert failures is not None
+        assert props["BisectBatchOnFunctionError"] is failures.bisect_batch_on_error is True
+        assert props["MaximumRetryAttempts"] == failures.maximum_retry_attempts
         assert 0 < props["MaximumRetryAttempts"] < 10_000, "bounded: a poison batch moves on"
-        failures = logical_id(stack, stack.stream_failure_queues[spec.key])
-        assert props["DestinationConfig"] == {"OnFailure": {"Destination": arn_of(failures)}}
+        on_failure = stack.queues[failures.on_failure_queue]
+        assert stack.stream_failure_queues[spec.key] is on_failure
+        destination = arn_of(logical_id(stack, on_failure))
+        assert props["DestinationConfig"] == {"OnFailure": {"Destination": destination}}
     else:
         assert spec.key not in stack.stream_failure_queues
 
@@ -468,6 +478,31 @@ def test_every_function_has_exactly_its_event_sources(
         assert "StartingPosition" not in props
 
     assert set(mappings) == expected
+
+
+def test_every_stream_trigger_gives_up_into_a_queue_that_people_read() -> None:
+    consumed = {f.queue_trigger for f in TOPOLOGY.functions}
+    streaming = [f for f in TOPOLOGY.functions if f.stream_from]
+    assert streaming, "the topology has a stream trigger (the relay)"
+    for spec in streaming:
+        assert spec.stream_failures is not None, spec.key
+        assert spec.stream_failures.on_failure_queue not in consumed, spec.key
+    relay_failures = RELAY_FUNCTION.stream_failures
+    assert relay_failures is not None
+    assert TOPOLOGY.queue(relay_failures.on_failure_queue).name == "clearline-relay-failures"
+
+
+def test_a_stream_trigger_without_failure_handling_is_refused() -> None:
+    functions = tuple(
+        dataclasses.replace(f, stream_failures=None) if f.stream_from else f
+        for f in TOPOLOGY.functions
+    )
+    with pytest.raises(ValueError, match="stream_failures"):
+        ClearlineStack(
+            App(context=NO_BUNDLING),
+            "NoStreamFailures",
+            topology=dataclasses.replace(TOPOLOGY, functions=functions),
+        )
 
 
 def test_one_event_source_mapping_per_trigger(template: Template) -> None:
@@ -565,9 +600,9 @@ def test_every_queue_is_encrypted_and_refuses_plain_http(template: Template) -> 
     expected = (
         len(TOPOLOGY.queues)
         + sum(1 for q in TOPOLOGY.queues if q.max_receive_count is not None)
-        + sum(1 for f in TOPOLOGY.functions if f.stream_from)
+        + len(TOPOLOGY.rules)
     )
-    assert len(queues) == expected, "each queue, its DLQ, and each stream failure queue"
+    assert len(queues) == expected, "each queue, its DLQ, and each rule's DLQ"
     for queue_id, queue in queues.items():
         assert queue["Properties"]["SqsManagedSseEnabled"] is True, queue_id
         assert {
@@ -584,23 +619,28 @@ def _unconsumed_queues() -> list[QueueSpec]:
     return [q for q in TOPOLOGY.queues if q.key not in consumed]
 
 
+def _alarms(template: Template) -> list[dict[str, Any]]:
+    return [a["Properties"] for a in template.find_resources("AWS::CloudWatch::Alarm").values()]
+
+
 def test_every_queue_that_nothing_consumes_has_an_alarm(
     stack: ClearlineStack, template: Template
 ) -> None:
-    # Dead-letter and stream failure queues, and topology queues that no function consumes
-    # (mismatches): a message there is work that waits for a person.
+    # Dead-letter queues (of queues and of rule targets), stream failure queues, and topology
+    # queues that no function consumes (mismatches): a message there waits for a person.
     unconsumed = _unconsumed_queues()
     assert unconsumed, "the topology has a queue for people (mismatches)"
     assert set(stack.unconsumed_queue_alarms) == {q.key for q in unconsumed}
+    assert set(stack.stream_failure_queues.values()) <= {stack.queues[q.key] for q in unconsumed}
     parked = [
         *stack.dead_letter_queues.values(),
-        *stack.stream_failure_queues.values(),
+        *stack.rule_dead_letter_queues.values(),
         *(stack.queues[q.key] for q in unconsumed),
     ]
-    assert len(parked) == sum(1 for q in TOPOLOGY.queues if q.max_receive_count is not None) + sum(
-        1 for f in TOPOLOGY.functions if f.stream_from
+    assert len(parked) == sum(1 for q in TOPOLOGY.queues if q.max_receive_count is not None) + len(
+        TOPOLOGY.rules
     ) + len(unconsumed)
-    alarms = [a["Properties"] for a in template.find_resources("AWS::CloudWatch::Alarm").values()]
+    alarms = _alarms(template)
     for queue in parked:
         queue_id = logical_id(stack, queue)
         matching = [
@@ -866,6 +906,35 @@ def test_every_rule_sends_its_events_to_its_queue(
     assert allows[0]["Condition"] == {"ArnEquals": {"aws:SourceArn": arn_of(rule_id)}}
 
 
+@pytest.mark.parametrize("spec", TOPOLOGY.rules, ids=lambda spec: spec.key)
+def test_every_rule_target_retries_then_keeps_what_it_cannot_deliver(
+    stack: ClearlineStack, template: Template, spec: RuleSpec
+) -> None:
+    props = resource(template, "AWS::Events::Rule", logical_id(stack, stack.rules[spec.key]))[
+        "Properties"
+    ]
+    dlq_id = logical_id(stack, stack.rule_dead_letter_queues[spec.key])
+    (target,) = props["Targets"]
+    assert target["RetryPolicy"] == {
+        "MaximumRetryAttempts": spec.retry_attempts,
+        "MaximumEventAgeInSeconds": spec.max_event_age_seconds,
+    }
+    assert target["DeadLetterConfig"] == {"Arn": arn_of(dlq_id)}
+    dlq = resource(template, "AWS::SQS::Queue", dlq_id)["Properties"]
+    assert dlq["MessageRetentionPeriod"] == 14 * 86400
+    # EventBridge may put this rule's undeliverable events there, and nothing else.
+    allows = [
+        s
+        for s in _queue_policy_statements(template, dlq_id)
+        if s["Effect"] == "Allow" and s["Principal"] == {"Service": "events.amazonaws.com"}
+    ]
+    assert len(allows) == 1
+    assert "sqs:SendMessage" in as_list(allows[0]["Action"])
+    assert allows[0]["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": arn_of(logical_id(stack, stack.rules[spec.key]))}
+    }
+
+
 def test_an_unknown_event_pattern_key_is_refused() -> None:
     with pytest.raises(ValueError, match="event pattern"):
         clearline_stack.event_pattern({"source": ["clearline"], "detailType": ["x"]})
@@ -878,6 +947,107 @@ def test_event_patterns_use_eventbridge_keys() -> None:
     assert pattern.source == ["clearline"]
     assert pattern.detail_type == ["charge.succeeded"]
     assert pattern.detail == {"a": [1]}
+
+
+# --- alarms ------------------------------------------------------------------------------
+
+
+def test_the_alarm_topic_is_encrypted_ssl_only_and_open_to_cloudwatch(
+    stack: ClearlineStack, template: Template
+) -> None:
+    template.resource_count_is("AWS::SNS::Topic", 1)
+    topic_id = logical_id(stack, stack.alarm_topic)
+    topic = resource(template, "AWS::SNS::Topic", topic_id)["Properties"]
+    key_id = topic["KmsMasterKeyId"]["Fn::GetAtt"][0]
+    key = resource(template, "AWS::KMS::Key", key_id)["Properties"]
+    assert key["EnableKeyRotation"] is True
+    # CloudWatch encrypts what it publishes with this key, so its policy must let it.
+    assert {
+        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+        "Effect": "Allow",
+        "Principal": {"Service": "cloudwatch.amazonaws.com"},
+        "Resource": "*",
+    } in key["KeyPolicy"]["Statement"]
+
+    (policy,) = [
+        p["Properties"]["PolicyDocument"]["Statement"]
+        for p in template.find_resources("AWS::SNS::TopicPolicy").values()
+        if {"Ref": topic_id} in p["Properties"]["Topics"]
+    ]
+    assert {
+        "Action": "sns:Publish",
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        "Effect": "Deny",
+        "Principal": "*",
+        "Resource": {"Ref": topic_id},
+        "Sid": "AllowPublishThroughSSLOnly",
+    } in policy
+    (allow,) = [s for s in policy if s["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert allow["Action"] == "sns:Publish"
+    assert allow["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+
+
+def test_every_alarm_notifies_the_alarm_topic(stack: ClearlineStack, template: Template) -> None:
+    alarms = _alarms(template)
+    expected = (
+        len(stack.dead_letter_queues)
+        + len(stack.rule_dead_letter_queues)
+        + len(stack.unconsumed_queue_alarms)
+        + len(TOPOLOGY.functions)
+        + 1  # unresolved pending operations
+    )
+    assert len(alarms) == expected
+    topic = {"Ref": logical_id(stack, stack.alarm_topic)}
+    for alarm in alarms:
+        assert alarm["AlarmActions"] == [topic], alarm["AlarmDescription"]
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_every_function_alarms_on_its_errors(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    function = {"Ref": logical_id(stack, stack.functions[spec.key])}
+    alarm = resource(
+        template, "AWS::CloudWatch::Alarm", logical_id(stack, stack.function_error_alarms[spec.key])
+    )["Properties"]
+    assert alarm["Namespace"] == "AWS/Lambda"
+    assert alarm["MetricName"] == "Errors"
+    assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": function}]
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["Threshold"] == 0
+    assert alarm["EvaluationPeriods"] == 1
+    assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_a_pending_money_operation_unresolved_past_its_bound_is_alarmed(
+    stack: ClearlineStack, template: Template
+) -> None:
+    assert stack.unresolved_pending_alarm is not None
+    alarm = resource(
+        template, "AWS::CloudWatch::Alarm", logical_id(stack, stack.unresolved_pending_alarm)
+    )["Properties"]
+    # What the processor sync publishes with Powertools Metrics (service dimension included).
+    assert alarm["Namespace"] == METRICS_NAMESPACE == "Clearline"
+    assert alarm["MetricName"] == UNRESOLVED_PENDING_OPERATIONS_METRIC
+    assert alarm["MetricName"] == "UnresolvedPendingOperations"
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": SERVICE_NAME}]
+    assert alarm["Statistic"] == "Maximum"
+    assert alarm["Period"] == 15 * 60
+    assert alarm["EvaluationPeriods"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["Threshold"] == 0
+    # The figure comes on every run; none at all means the resolver is not running.
+    assert alarm["TreatMissingData"] == "breaching"
+    # The function that publishes it is told the same namespace and service.
+    sync = resource(
+        template,
+        "AWS::Lambda::Function",
+        logical_id(stack, stack.functions[PROCESSOR_SYNC_FUNCTION.key]),
+    )["Properties"]["Environment"]["Variables"]
+    assert sync["POWERTOOLS_METRICS_NAMESPACE"] == METRICS_NAMESPACE
+    assert sync["POWERTOOLS_SERVICE_NAME"] == SERVICE_NAME
 
 
 # --- REST API ----------------------------------------------------------------------------

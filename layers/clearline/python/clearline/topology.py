@@ -62,12 +62,35 @@ class BusSpec:
 
 @dataclass(frozen=True)
 class RuleSpec:
-    """An EventBridge rule on a bus that sends matching events to a queue."""
+    """An EventBridge rule on a bus that sends matching events to a queue.
+
+    EventBridge retries a delivery it cannot make (the queue throttled or unavailable) with
+    backoff, up to these attempts and this age; then the event goes to the rule's
+    dead-letter queue instead of being dropped.
+    """
 
     key: str
     bus: str
     event_pattern: dict[str, Any]
     queue: str
+    retry_attempts: int = 185  # EventBridge's maximum
+    max_event_age_seconds: int = 24 * 60 * 60  # EventBridge's maximum
+
+    @property
+    def dlq_name(self) -> str:
+        return f"clearline-{self.key.replace('_', '-')}-dlq"
+
+
+@dataclass(frozen=True)
+class StreamFailureSpec:
+    """What a stream trigger does with records its function fails, as Lambda's event source
+    mapping does: halve a failing batch until the failing record is alone (bisect), retry
+    it a bounded number of times, then send where it lies in the stream to the on-failure
+    queue and go on with the records behind it. The shard is blocked only meanwhile."""
+
+    on_failure_queue: str  # queue key
+    bisect_batch_on_error: bool = True
+    maximum_retry_attempts: int = 10
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,7 @@ class FunctionSpec:
     environment: dict[str, str] = field(default_factory=dict)
     # Triggers, at most one of each.
     stream_from: str | None = None  # table key: its DynamoDB stream, batches of records
+    stream_failures: StreamFailureSpec | None = None  # required with stream_from
     queue_trigger: str | None = None  # queue key: SQS batches, partial failures reported
     schedule_minutes: int | None = None  # an EventBridge schedule: every N minutes
     batch_size: int = 10
@@ -151,6 +175,10 @@ def bus_env_var(bus_key: str) -> str:
 
 PROCESSOR_URL_ENV = "CLEARLINE_PROCESSOR_URL"
 SERVICE_NAME = "clearline"
+METRICS_NAMESPACE = "Clearline"
+# Published by the processor sync on every run (zero included): pending money operations
+# it could not resolve within their bound. Alarmed as soon as it is above zero.
+UNRESOLVED_PENDING_OPERATIONS_METRIC = "UnresolvedPendingOperations"
 
 MAIN_TABLE = TableSpec(
     key="main",
@@ -211,6 +239,12 @@ SETTLEMENT_QUEUE = QueueSpec(
 MISMATCH_QUEUE = QueueSpec(
     key="mismatches", name="clearline-reconciliation-mismatches", retention_seconds=14 * 86400
 )
+# Where the relay's stream trigger records the position of outbox records it gave up on
+# (a malformed event item, or EventBridge refusing it past every retry). Nothing consumes
+# it: it is alarmed, and the event item stays in the table, to be redelivered by support.
+RELAY_FAILURE_QUEUE = QueueSpec(
+    key="relay_failures", name="clearline-relay-failures", retention_seconds=14 * 86400
+)
 SETTLEMENT_BUCKET = BucketSpec(
     key="settlements",
     name="clearline-settlements",
@@ -226,6 +260,7 @@ RELAY_FUNCTION = FunctionSpec(
     timeout_seconds=30,
     memory_mb=512,
     stream_from="main",
+    stream_failures=StreamFailureSpec(on_failure_queue=RELAY_FAILURE_QUEUE.key),
     batch_size=100,
     publishes_to="events",
 )
@@ -307,7 +342,7 @@ TOPOLOGY = Topology(
         RECONCILER_FUNCTION,
     ),
     api=ApiSpec(function="api"),
-    queues=(WEBHOOK_QUEUE, CAPTURE_QUEUE, SETTLEMENT_QUEUE, MISMATCH_QUEUE),
+    queues=(WEBHOOK_QUEUE, CAPTURE_QUEUE, SETTLEMENT_QUEUE, MISMATCH_QUEUE, RELAY_FAILURE_QUEUE),
     buckets=(SETTLEMENT_BUCKET,),
     buses=(EVENT_BUS,),
     rules=(
