@@ -15,9 +15,10 @@ from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.resolver import Resolver
 from clearline.store import Store
+from clearline.topology import METRICS_NAMESPACE, UNRESOLVED_PENDING_OPERATIONS_METRIC
 
 logger = Logger()
-metrics = Metrics(namespace="Clearline")
+metrics = Metrics(namespace=METRICS_NAMESPACE)
 settings = Settings.from_env()
 store = Store(settings.main_table)
 processor = ProcessorClient(settings.processor_url, settings.processor_timeout_seconds)
@@ -34,6 +35,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     now = int(datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp())
     outcome = resolver.run(now)
     # Alarmed when above zero: a pending operation nothing could settle needs a person.
-    metrics.add_metric("UnresolvedPendingOperations", MetricUnit.Count, outcome["unresolved"])
+    metrics.add_metric(
+        UNRESOLVED_PENDING_OPERATIONS_METRIC, MetricUnit.Count, outcome["unresolved"]
+    )
     logger.info("resolver", extra={**outcome, "as_of": now})
     return outcome

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from clearline.topology import (
+    METRICS_NAMESPACE,
     PROCESSOR_URL_ENV,
     SERVICE_NAME,
     Topology,
@@ -36,7 +37,7 @@ def function_environment(
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
         "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
-        "POWERTOOLS_METRICS_NAMESPACE": "Clearline",
+        "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
         **spec.environment,
         **extra,
     }

@@ -94,9 +94,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _gateway_error(self, status: int, message: str) -> None:
+    def _gateway_error(self, status: int, message: str, request_id: str | None = None) -> None:
         body = json.dumps({"error": {"type": "api_error", "message": message}}).encode()
-        self._reply(status, {"Content-Type": ["application/json"]}, body)
+        headers = {"Content-Type": ["application/json"]}
+        if request_id:  # every response names its request, the gateway's own errors too
+            headers["Request-Id"] = [request_id]
+        self._reply(status, headers, body)
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -113,13 +116,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.client_address[0],
             self.server.stage,
         )
+        request_id = f"req_{event['requestContext']['requestId']}"
         try:
             result = self.server.invoke(event)
         except FunctionTimeout:
-            self._gateway_error(504, "Endpoint request timed out")
+            self._gateway_error(504, "Endpoint request timed out", request_id)
             return
         except Exception:  # a crashed handler is a 502 from API Gateway, too
-            self._gateway_error(502, "Internal server error")
+            self._gateway_error(502, "Internal server error", request_id)
             return
         headers: dict[str, list[str]] = {k: [v] for k, v in (result.get("headers") or {}).items()}
         for name, values in (result.get("multiValueHeaders") or {}).items():
