@@ -119,8 +119,8 @@ def test_a_file_cut_off_part_way_is_resumed_and_settles_each_row_once(
     store: Store, day: Day
 ) -> None:
     lines = [HEADER, *map(line, day.rows)]
-    with pytest.raises(ServiceUnavailableError):
-        Reconciler(CutOffAfter(store, 2)).reconcile(lines, file=FILE, etag=ETAG)
+    with pytest.raises(ServiceUnavailableError):  # the file's start, then two rows, then cut
+        Reconciler(CutOffAfter(store, 3)).reconcile(lines, file=FILE, etag=ETAG)
     assert [settled_by(store, row) for row in day.rows] == [FILE, FILE, None, None]
     marker = store.get(f"RECON#{FILE}", ETAG)
     assert marker is not None and marker["status"] == "processing"

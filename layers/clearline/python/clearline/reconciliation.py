@@ -61,6 +61,10 @@ MATCHED, AMOUNT, CURRENCY, MISSING_LEDGER, DUPLICATE, MISSING_SETTLEMENT, MALFOR
 )
 
 
+# A settlement file's state, on its marker item (one per file and ETag).
+PROCESSING, DONE = "processing", "done"
+
+
 class NotASettlementFile(ValueError):
     pass
 
@@ -186,11 +190,27 @@ class Reconciler:
         started = time.monotonic()
         marker = {"pk": f"RECON#{file}", "sk": etag}
         done = self.store.get(marker["pk"], etag)
-        if done is not None and done.get("status") == "done":
+        if done is not None and done.get("status") == DONE:
             report.already_reconciled = True  # S3 or SQS delivered the same file again
             report.rows = done.get("rows", 0)
             return report
-        self.store.put({**marker, "status": "processing", "started": int(self.clock())})
+        if done is None:  # else an interrupted run of the same file: resume it
+            started_file = {**marker, "started": int(self.clock())}
+            self.writer.commit(
+                Transition(
+                    [
+                        Change(
+                            marker["pk"],
+                            etag,
+                            file,
+                            "start",
+                            PROCESSING,
+                            state_attribute="status",
+                            create=started_file,
+                        )
+                    ]
+                )
+            )
 
         reader = csv.DictReader(lines)
         if reader.fieldnames != COLUMNS:
@@ -223,9 +243,17 @@ class Reconciler:
                 progress(report.rows)
         for day in sorted(days):
             self._missing_in_settlement(report, day - dt.timedelta(days=LAG_DAYS))
-        self.store.put(
-            {**marker, "status": "done", "rows": report.rows, "finished": int(self.clock())}
+        finished = Change(
+            marker["pk"],
+            etag,
+            file,
+            "finish",
+            DONE,
+            from_state=PROCESSING,
+            state_attribute="status",
+            set={"rows": report.rows, "finished": int(self.clock())},
         )
+        self.writer.commit(Transition([finished]))
         report.seconds = time.monotonic() - started
         return report
 
