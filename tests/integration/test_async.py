@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +31,7 @@ from clearline.topology import CAPTURE_QUEUE, WEBHOOK_QUEUE
 from clearline_local.environment import queue_url
 from clearline_local.stack import aws_client
 from clearline_local.triggers import as_lambda_record
+from tests.polling import eventually
 
 from .conftest import (
     CLEARLINE,
@@ -45,17 +46,6 @@ pytestmark = pytest.mark.integration
 
 def key() -> str:
     return str(uuid.uuid4())
-
-
-def eventually(check: Callable[[], Any], timeout: float = 40, message: str = "") -> Any:
-    """Polls until check() is truthy: for work the stack does in the background."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting: {message}")
 
 
 class Receiver:

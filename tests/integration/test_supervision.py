@@ -12,7 +12,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import stripe
 
 from clearline.topology import TOPOLOGY
 from clearline_local.stack import read_worker_pids
+from tests.polling import eventually
 
 from .conftest import Stack
 
@@ -29,16 +29,6 @@ pytestmark = pytest.mark.integration
 
 API = TOPOLOGY.api.function
 PROC_NET_TCP = Path("/proc/net/tcp")
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting: {message}")
 
 
 @pytest.fixture(scope="module")

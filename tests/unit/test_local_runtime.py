@@ -27,6 +27,7 @@ from botocore.config import Config
 from clearline.topology import MAIN_TABLE, RELAY_FAILURE_QUEUE, FunctionSpec, StreamFailureSpec
 from clearline_local.lambda_runtime import FunctionError, FunctionTimeout, LocalFunction
 from clearline_local.triggers import StreamPoller
+from tests.polling import eventually
 
 HANDLER = """
 import os
@@ -44,16 +45,6 @@ def lambda_handler(event, context):
         raise ValueError("bad event")
     return {"pid": os.getpid(), "remaining_ms": context.get_remaining_time_in_millis()}
 """
-
-
-def eventually(check: Callable[[], Any], timeout: float = 20, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting: {message}")
 
 
 @pytest.fixture

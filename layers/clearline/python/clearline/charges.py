@@ -188,6 +188,13 @@ def _outcome(auth: Authorization) -> dict[str, Any]:
     }
 
 
+def _unlocked(charge: dict[str, Any], state: str, **changes: Any) -> dict[str, Any]:
+    """The charge as a committed operation leaves it: in `state`, and free again."""
+    after = {**charge, **changes, "state": state}
+    after.pop("pending_op", None)
+    return after
+
+
 def _card_error(item: dict[str, Any]) -> CardError:
     return CardError(
         item["failure_message"],
@@ -730,8 +737,7 @@ class ChargeService(MoneyService):
             "fee": fee,
             "balance_transaction": txn_id,
         }
-        after = {**charge, **captured, "state": CAPTURED}
-        after.pop("pending_op", None)
+        after = _unlocked(charge, CAPTURED, **captured)
         transition = Transition(
             [
                 Change(
@@ -819,8 +825,7 @@ class ChargeService(MoneyService):
             return self._get(charge["id"]) or charge
         amount, expired = charge["amount"], record["cause"] == "expire"
         state = EXPIRED if expired else CANCELED
-        after = {**charge, "state": state, "amount_released": amount}
-        after.pop("pending_op", None)
+        after = _unlocked(charge, state, amount_released=amount)
         transition = Transition(
             [
                 Change(
