@@ -19,7 +19,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from clearline import balance, ledger, listing, money
 from clearline.audit import Caller
@@ -366,7 +366,7 @@ class ChargeService(MoneyService):
                 reference=item["id"],
             )
         except UnknownToken:
-            return self._reject(item, caller, params)
+            self._reject(item, caller, params)
         except ProcessorUnavailable:
             # The processor may or may not have charged the card. The charge stays pending;
             # a retry with the same key, or the resolver, asks again with the same key.
@@ -418,7 +418,7 @@ class ChargeService(MoneyService):
 
     def _reject(
         self, item: dict[str, Any], caller: Caller | None, params: ChargeCreateParams
-    ) -> dict[str, Any]:
+    ) -> NoReturn:
         """The processor does not know the token, so nothing was authorized: the intent is
         withdrawn (its audit trail stays) and the request refused, as bad input is."""
         withdrawn = Change(
