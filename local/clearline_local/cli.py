@@ -69,7 +69,10 @@ More merchants: clearline merchants create "Shop name"   (in another terminal)
 Press Ctrl-C to stop.""",
             flush=True,
         )
-        stopping.wait()
+        # Wake now and then: a signal delivered to another thread only runs its handler
+        # when the main thread next runs Python, and a wait with no timeout never does.
+        while not stopping.wait(0.5):
+            pass
     finally:
         print("Stopping the local stack...", file=sys.stderr, flush=True)
         stack.stop()
