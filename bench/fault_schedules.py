@@ -24,7 +24,7 @@ from clearline_local.provision import provision_tables
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, default=300)
     parser.add_argument("--first-seed", type=int, default=0)
     args = parser.parse_args()
     os.environ.update(
