@@ -758,8 +758,9 @@ class ChargeService(MoneyService):
             [Announcement(charge["merchant"], "charge.captured", charge_object(after))],
         )
         self._add_capture(transition, charge, amount, fee, held=charge["amount"])
-        self.writer.commit(transition)  # a guard that fails: settled meanwhile, as here
-        return self._get(charge["id"]) or after
+        if self.writer.commit(transition) is None:
+            return after
+        return self._get(charge["id"]) or after  # a guard failed: settled meanwhile
 
     def _fail_operation(
         self, charge: dict[str, Any], record: dict[str, Any], caller: Caller | None, reason: str
@@ -857,8 +858,9 @@ class ChargeService(MoneyService):
             )
         elif completion is not None:
             completion(transition, after)
-        self.writer.commit(transition)  # a guard that fails: settled meanwhile, as here
-        return self._get(charge["id"]) or after
+        if self.writer.commit(transition) is None:
+            return after
+        return self._get(charge["id"]) or after  # a guard failed: settled meanwhile
 
     def expire(self, charge_id: str) -> bool:
         """Void an authorization that was not captured in time. False if it had moved on."""

@@ -132,7 +132,7 @@ class RefundService(MoneyService):
         amount = charge["refundable"] if params.amount is None else params.amount
         self._check_amount(charge, amount)
         refund, record = self._reserve(caller, charge, refund_id, amount, params, idempotency_key)
-        return self.settle(caller, refund, record)
+        return self.settle(caller, refund, record, charge)
 
     def _check_amount(self, charge: dict[str, Any], amount: int) -> None:
         if amount <= 0:
@@ -265,16 +265,18 @@ class RefundService(MoneyService):
             assert charge is not None, "a refund always has its charge"
             record = self._read(charge["pk"], f"OP#refund#{refund['id']}")
             assert record is not None, "a pending refund always has its operation record"
-            return self.settle(caller, refund, record)
+            return self.settle(caller, refund, record, charge)
         return refund_object(refund)
 
     def settle(
-        self, caller: Caller | None, refund: dict[str, Any], record: dict[str, Any]
+        self,
+        caller: Caller | None,
+        refund: dict[str, Any],
+        record: dict[str, Any],
+        charge: dict[str, Any],
     ) -> dict[str, Any]:
         """Refund at the processor with the record's key, then commit what it did: the
         refund succeeded (journal posted), or failed (the reservation released)."""
-        charge = self._read(charge_pk(refund["charge"]), "CHARGE")
-        assert charge is not None, "a refund always has its charge"
         try:
             self.processor.refund(
                 idempotency_key=record["processor_key"],

@@ -85,7 +85,7 @@ class Resolver:
         elif operation.startswith("refund#"):
             refund = self.store.get(f"REFUND#{record['refund']}", "REFUND")
             assert refund is not None, "a refund's operation record always has its refund"
-            self.refunds.settle(None, refund, record)
+            self.refunds.settle(None, refund, record, charge)
         else:
             raise ValueError(f"unknown operation {operation!r}")
         return "settled"
