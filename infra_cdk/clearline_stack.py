@@ -32,6 +32,11 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct, IConstruct
 
+from clearline.config import (
+    WEBHOOK_ALLOW_LOOPBACK_ENV,
+    WEBHOOK_SECRET_USERS,
+    WEBHOOK_SECRETS_KEY_ENV,
+)
 from clearline.topology import (
     METRICS_NAMESPACE,
     PROCESSOR_SYNC_FUNCTION,
@@ -91,6 +96,9 @@ S3_GRANT_WILDCARDS = {
 }
 S3_READ_WILDCARDS = ("s3:GetObject*", "s3:GetBucket*", "s3:List*")
 S3_WRITE_WILDCARDS = ("s3:DeleteObject*", "s3:Abort*")
+# What each use of the webhook secrets key needs, exactly: sealing asks KMS for a data key
+# (GenerateDataKey returns it in the clear and encrypted); opening decrypts one.
+KMS_ACTIONS_FOR = {"seal": ("kms:GenerateDataKey",), "open": ("kms:Decrypt",)}
 # Keys of a topology event pattern -> fields of events.EventPattern.
 EVENT_PATTERN_FIELDS = {
     "account": "account",
@@ -187,6 +195,11 @@ class ClearlineStack(Stack):
             if any(spec.calls_processor for spec in topology.functions)
             else None
         )
+        self.webhook_secrets_key = (
+            self._webhook_secrets_key()
+            if any(spec.key in WEBHOOK_SECRET_USERS for spec in topology.functions)
+            else None
+        )
         self.functions = {spec.key: self._function(spec) for spec in topology.functions}
         self.unresolved_pending_alarm = (
             self._unresolved_pending_alarm()
@@ -224,6 +237,17 @@ class ClearlineStack(Stack):
             )
         )
         return topic
+
+    def _webhook_secrets_key(self) -> kms.Key:
+        # Each endpoint's signing secret is sealed under its own data key, which this key
+        # encrypts; losing the key would lose every secret, so no stack change deletes it.
+        return kms.Key(
+            self,
+            "WebhookSecretsKey",
+            description="Seals merchants' webhook signing secrets (envelope encryption)",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
 
     def _alarm(
         self,
@@ -522,7 +546,7 @@ class ClearlineStack(Stack):
             code=dependencies_layer_code(REPO_ROOT / "layers" / "dependencies"),
             compatible_runtimes=[RUNTIME],
             compatible_architectures=[ARCHITECTURE],
-            description="Pinned third-party packages (Powertools, pydantic)",
+            description="Pinned third-party packages (Powertools, pydantic, cryptography)",
         )
         return [library, dependencies]
 
@@ -580,6 +604,9 @@ class ClearlineStack(Stack):
                 )
         for bucket_key, access in spec.buckets.items():
             self._grant_bucket(spec, role, bucket_key, access)
+        if spec.key in WEBHOOK_SECRET_USERS and self.webhook_secrets_key is not None:
+            actions = [a for use in WEBHOOK_SECRET_USERS[spec.key] for a in KMS_ACTIONS_FOR[use]]
+            self.webhook_secrets_key.grant(role, *actions)
         wildcard_reason = (
             "Active tracing needs xray:PutTraceSegments and xray:PutTelemetryRecords, and "
             "X-Ray does not support resource-level permissions, so the resource must be *."
@@ -701,6 +728,11 @@ class ClearlineStack(Stack):
         env["POWERTOOLS_METRICS_NAMESPACE"] = METRICS_NAMESPACE
         if spec.calls_processor and self.processor_url is not None:
             env[PROCESSOR_URL_ENV] = self.processor_url.value_as_string
+        if spec.key in WEBHOOK_SECRET_USERS and self.webhook_secrets_key is not None:
+            env[WEBHOOK_SECRETS_KEY_ENV] = self.webhook_secrets_key.key_arn
+        if WEBHOOK_ALLOW_LOOPBACK_ENV in spec.environment:
+            # Webhooks to loopback are the local stack's allowance, never a deployment's.
+            raise ValueError(f"function {spec.key} sets {WEBHOOK_ALLOW_LOOPBACK_ENV}")
         clashes = env.keys() & spec.environment.keys()
         if clashes:
             raise ValueError(f"function {spec.key} overrides managed variables: {sorted(clashes)}")

@@ -67,18 +67,26 @@ class Services:
 @cache
 def services() -> Services:
     """Built once per execution environment, on first use, from the function's settings."""
+    from clearline.egress import EgressPolicy
+    from clearline.secrets import SealedFields, SecretBox
+
     settings = Settings.from_env()
     store = Store(settings.main_table)
     processor = ProcessorClient(settings.processor_url, settings.processor_timeout_seconds)
+    # Webhook signing secrets are sealed under KMS, in endpoint items and in the stored
+    # response to their create alike.
+    secret_box = SecretBox(settings.webhook_secrets_key)
     # One DynamoDB client for both tables: one connection pool, one client to build at cold start.
-    idempotency = IdempotentRequests(settings.idempotency_table, store.client)
+    idempotency = IdempotentRequests(
+        settings.idempotency_table, store.client, sealer=SealedFields(secret_box)
+    )
     shards = ShardPolicy.from_env()
     return Services(
         store,
         shards,
         ChargeService(store, processor, shards),
         RefundService(store, processor, shards),
-        WebhookEndpoints(store),
+        WebhookEndpoints(store, secrets=secret_box, egress=EgressPolicy.from_settings(settings)),
         idempotency,
         KeyCache(),
     )

@@ -20,6 +20,8 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from clearline.config import Settings
+from clearline.egress import EgressPolicy
+from clearline.secrets import SecretBox
 from clearline.store import Store
 from clearline.topology import WEBHOOK_QUEUE, queue_env_var
 from clearline.webhooks import Dispatcher, retry_delay
@@ -32,6 +34,8 @@ QUEUE_URL = os.environ[queue_env_var(WEBHOOK_QUEUE.key)]
 RETRY_BASE_SECONDS = float(os.environ.get("CLEARLINE_WEBHOOK_RETRY_BASE_SECONDS", "60"))
 dispatcher = Dispatcher(
     Store(settings.main_table),
+    secrets=SecretBox(settings.webhook_secrets_key),
+    egress=EgressPolicy.from_settings(settings),
     timeout_seconds=float(os.environ.get("CLEARLINE_WEBHOOK_TIMEOUT_SECONDS", "10")),
 )
 

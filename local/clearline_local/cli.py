@@ -86,7 +86,11 @@ def cmd_merchants_create(args: argparse.Namespace) -> int:
     info = find_stack(args.port)
     try:
         created = create_merchant(
-            _store(info), args.name, fee_percent=args.fee_percent, fee_fixed=args.fee_fixed
+            _store(info),
+            args.name,
+            fee_percent=args.fee_percent,
+            fee_fixed=args.fee_fixed,
+            livemode=args.live,
         )
     except ApiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -98,6 +102,7 @@ def cmd_merchants_create(args: argparse.Namespace) -> int:
         "publishable_key": created.publishable_key,
         "fee_percent": created.merchant.fee_basis_points / 100,
         "fee_fixed": created.merchant.fee_fixed,
+        "livemode": created.merchant.livemode,
         "api_url": info.api_url,
     }
     if args.json:
@@ -483,6 +488,11 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="print one JSON object")
     create.add_argument("--fee-percent", type=float, default=2.9)
     create.add_argument("--fee-fixed", type=int, default=30, help="minor units per charge")
+    create.add_argument(
+        "--live",
+        action="store_true",
+        help="a live-mode merchant (sk_live_ keys): its webhooks go to public https URLs only",
+    )
     create.add_argument("--port", type=int, help="the stack whose front door is on this port")
     create.set_defaults(run=cmd_merchants_create)
 

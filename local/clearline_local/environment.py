@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from clearline.config import WEBHOOK_ONLY_VARIABLES, WEBHOOK_SECRET_USERS
 from clearline.topology import (
     METRICS_NAMESPACE,
     PROCESSOR_URL_ENV,
@@ -41,6 +42,9 @@ def function_environment(
         **spec.environment,
         **extra,
     }
+    if key not in WEBHOOK_SECRET_USERS:  # as in the CDK app: only they get the webhook settings
+        for name in WEBHOOK_ONLY_VARIABLES:
+            env.pop(name, None)
     for table_key in spec.tables:
         env[table_env_var(table_key)] = topology.table(table_key).name
     if spec.calls_processor:

@@ -129,3 +129,15 @@ def provision_buckets(topology: Topology, s3: Any, queue_arns: dict[str, str]) -
                     ]
                 },
             )
+
+
+def provision_webhook_secrets_key(kms: Any) -> str:
+    """The KMS key that seals webhook signing secrets (the CDK app declares its twin, with
+    rotation on); returns its ARN."""
+    key = kms.create_key(
+        Description="Seals Clearline's webhook signing secrets",
+        KeyUsage="ENCRYPT_DECRYPT",
+        KeySpec="SYMMETRIC_DEFAULT",
+    )["KeyMetadata"]
+    kms.enable_key_rotation(KeyId=key["KeyId"])
+    return str(key["Arn"])

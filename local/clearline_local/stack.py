@@ -24,12 +24,18 @@ from moto.moto_server.werkzeug_app import (
 from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
+from clearline.config import WEBHOOK_ALLOW_LOOPBACK_ENV, WEBHOOK_SECRETS_KEY_ENV
 from clearline.topology import TOPOLOGY, Topology
 from clearline_local import moto_transactions
 from clearline_local.environment import FAKE_CREDENTIALS, function_environment
 from clearline_local.frontdoor import FrontDoorServer
 from clearline_local.lambda_runtime import REGION, LocalFunction
-from clearline_local.provision import provision_buckets, provision_messaging, provision_tables
+from clearline_local.provision import (
+    provision_buckets,
+    provision_messaging,
+    provision_tables,
+    provision_webhook_secrets_key,
+)
 from clearline_local.sandbox_processor import SandboxProcessor
 from clearline_local.state import StackInfo, state_dir
 from clearline_local.triggers import Trigger, start_triggers
@@ -140,29 +146,42 @@ class LocalStack:
         self.moto.start()
         clients = {
             name: aws_client(name, self.aws_endpoint_url)
-            for name in ("dynamodb", "dynamodbstreams", "sqs", "events", "s3")
+            for name in ("dynamodb", "dynamodbstreams", "sqs", "events", "s3", "kms")
         }
         provision_tables(self.topology, clients["dynamodb"])
         queue_arns = provision_messaging(self.topology, clients["sqs"], clients["events"])
         provision_buckets(self.topology, clients["s3"], queue_arns)
         self.processor.start()
-        for spec in self.topology.functions:
-            workers = self.workers if spec.key == self.topology.api.function else 1
-            function = LocalFunction(
-                spec,
-                self.function_environment(spec.key),
-                workers,
-                on_environments_changed=self._write_worker_pids,
+        # Bound now and served once the api is warm: the functions must know its port.
+        front_door = FrontDoorServer(LOOPBACK, self.port, self._invoke_api, self.topology.api.stage)
+        self.port = int(front_door.server_address[1])
+        own_ports = sorted({self.moto_port, self.processor.port, self.port})
+        self.extra_environment = {
+            **self.extra_environment,
+            WEBHOOK_SECRETS_KEY_ENV: provision_webhook_secrets_key(clients["kms"]),
+            # Local receivers (`clearline listen`, the tests') are on loopback, so test-mode
+            # endpoints may be too; never on the stack's own ports (moto, the processor, the
+            # front door), which would take signed POSTs as commands.
+            WEBHOOK_ALLOW_LOOPBACK_ENV: ",".join(str(port) for port in own_ports),
+        }
+        try:
+            for spec in self.topology.functions:
+                workers = self.workers if spec.key == self.topology.api.function else 1
+                function = LocalFunction(
+                    spec,
+                    self.function_environment(spec.key),
+                    workers,
+                    on_environments_changed=self._write_worker_pids,
+                )
+                function.warm()
+                self.functions[spec.key] = function
+            self.triggers = start_triggers(
+                self.topology, self.functions, clients, queue_arns, self.aws_endpoint_url
             )
-            function.warm()
-            self.functions[spec.key] = function
-        self.triggers = start_triggers(
-            self.topology, self.functions, clients, queue_arns, self.aws_endpoint_url
-        )
-        api = self.functions[self.topology.api.function]
-        self.front_door = FrontDoorServer(LOOPBACK, self.port, api.invoke, self.topology.api.stage)
-        self.front_door.start()
-        self.port = int(self.front_door.server_address[1])
+        except BaseException:
+            front_door.server_close()
+            raise
+        self.front_door = front_door.start()
         self.info = StackInfo(
             api_url=self.front_door.url,
             port=self.port,
@@ -175,6 +194,9 @@ class LocalStack:
         self.info.write()
         self._write_worker_pids()
         return self.info
+
+    def _invoke_api(self, event: dict[str, Any]) -> Any:
+        return self.functions[self.topology.api.function].invoke(event)
 
     def _write_worker_pids(self) -> None:
         with self._workers_lock:

@@ -24,6 +24,11 @@ from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
 
 import infra_cdk.clearline_stack as clearline_stack
+from clearline.config import (
+    WEBHOOK_ALLOW_LOOPBACK_ENV,
+    WEBHOOK_SECRET_USERS,
+    WEBHOOK_SECRETS_KEY_ENV,
+)
 from clearline.topology import (
     METRICS_NAMESPACE,
     PROCESSOR_SYNC_FUNCTION,
@@ -1097,6 +1102,92 @@ def test_api_stage_logs_traces_and_throttles(template: Template) -> None:
         },
     )
     template.resource_count_is("AWS::ApiGateway::Account", 1)
+
+
+# --- webhook signing secrets and where webhooks go ---------------------------------------
+
+
+def _function_env(stack: ClearlineStack, template: Template, key: str) -> dict[str, Any]:
+    function = resource(template, "AWS::Lambda::Function", logical_id(stack, stack.functions[key]))
+    return cast(dict[str, Any], function["Properties"]["Environment"]["Variables"])
+
+
+def test_the_webhook_secrets_key_rotates_and_outlives_the_stack(
+    stack: ClearlineStack, template: Template
+) -> None:
+    assert stack.webhook_secrets_key is not None
+    key = resource(template, "AWS::KMS::Key", logical_id(stack, stack.webhook_secrets_key))
+    assert key["Properties"]["EnableKeyRotation"] is True
+    # Losing the key would lose every endpoint's secret.
+    assert key["DeletionPolicy"] == "Retain"
+    assert key["UpdateReplacePolicy"] == "Retain"
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_only_the_api_and_the_dispatcher_may_use_the_webhook_secrets_key(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    assert stack.webhook_secrets_key is not None
+    key_id = logical_id(stack, stack.webhook_secrets_key)
+    role = stack.functions[spec.key].role
+    assert role is not None
+    granted: set[str] = set()
+    for statement in _statements_for_role(template, logical_id(stack, role)):
+        actions = {a for a in as_list(statement["Action"]) if a.startswith("kms:")}
+        if not actions:
+            continue
+        assert statement["Effect"] == "Allow"
+        assert as_list(statement["Resource"]) == [arn_of(key_id)], statement
+        granted |= actions
+    expected = {
+        "api": {"kms:GenerateDataKey", "kms:Decrypt"},  # seals new secrets, opens a replay
+        "webhooks": {"kms:Decrypt"},  # opens them to sign deliveries, never seals
+    }.get(spec.key, set())
+    assert granted == expected, spec.key
+    uses = WEBHOOK_SECRET_USERS.get(spec.key, ())
+    assert ("kms:Decrypt" in granted) == ("open" in uses)
+    assert ("kms:GenerateDataKey" in granted) == ("seal" in uses)
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_only_the_functions_that_use_the_key_are_told_it(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    assert stack.webhook_secrets_key is not None
+    env = _function_env(stack, template, spec.key)
+    if spec.key in ("api", "webhooks"):
+        assert env[WEBHOOK_SECRETS_KEY_ENV] == arn_of(logical_id(stack, stack.webhook_secrets_key))
+    else:
+        assert WEBHOOK_SECRETS_KEY_ENV not in env
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_no_deployed_function_may_send_webhooks_to_loopback(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    # The allowance is the local stack's alone: deployed, webhooks go to public addresses.
+    assert WEBHOOK_ALLOW_LOOPBACK_ENV not in _function_env(stack, template, spec.key)
+    assert WEBHOOK_ALLOW_LOOPBACK_ENV not in json.dumps(template.to_json())
+
+
+def test_a_function_that_would_allow_loopback_is_refused() -> None:
+    functions = tuple(
+        dataclasses.replace(f, environment={WEBHOOK_ALLOW_LOOPBACK_ENV: "4242"})
+        if f.key == "webhooks"
+        else f
+        for f in TOPOLOGY.functions
+    )
+    with pytest.raises(ValueError, match=WEBHOOK_ALLOW_LOOPBACK_ENV):
+        ClearlineStack(
+            App(context=NO_BUNDLING),
+            "LoopbackWebhooks",
+            topology=dataclasses.replace(TOPOLOGY, functions=functions),
+        )
+
+
+def test_the_layer_ships_what_sealing_secrets_needs() -> None:
+    shipped = {line.split("==")[0].lower() for line in _requirements()}
+    assert {"cryptography", "cffi", "pycparser"} <= shipped
 
 
 # --- cdk-nag -----------------------------------------------------------------------------

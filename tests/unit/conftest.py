@@ -10,15 +10,17 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from clearline.config import WEBHOOK_SECRETS_KEY_ENV
 from clearline.store import Store
 from clearline.topology import MAIN_TABLE, TOPOLOGY
-from clearline_local.provision import provision_tables
+from clearline_local.provision import provision_tables, provision_webhook_secrets_key
 from clearline_local.sandbox_processor import SandboxProcessor
 
 
 @pytest.fixture
 def aws() -> Iterator[Any]:
-    """A fresh moto account with the topology's tables; yields a DynamoDB client."""
+    """A fresh moto account with the topology's tables and the webhook secrets key;
+    yields a DynamoDB client."""
     os.environ.update(
         {
             "AWS_ACCESS_KEY_ID": "testing",
@@ -30,7 +32,10 @@ def aws() -> Iterator[Any]:
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         provision_tables(TOPOLOGY, client)
+        key = provision_webhook_secrets_key(boto3.client("kms", region_name="us-east-1"))
+        os.environ[WEBHOOK_SECRETS_KEY_ENV] = key
         yield client
+        os.environ.pop(WEBHOOK_SECRETS_KEY_ENV, None)
 
 
 @pytest.fixture

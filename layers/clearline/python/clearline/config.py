@@ -5,7 +5,44 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from clearline.topology import IDEMPOTENCY_TABLE, MAIN_TABLE, PROCESSOR_URL_ENV, table_env_var
+from clearline.topology import (
+    API_FUNCTION,
+    IDEMPOTENCY_TABLE,
+    MAIN_TABLE,
+    PROCESSOR_URL_ENV,
+    WEBHOOK_FUNCTION,
+    table_env_var,
+)
+
+# The KMS key (id or ARN) under which webhook signing secrets are sealed at rest.
+WEBHOOK_SECRETS_KEY_ENV = "CLEARLINE_WEBHOOK_SECRETS_KEY"
+# Set only by the local stack: test-mode webhook endpoints may then be on loopback, except
+# on the ports it lists (comma-separated), where the stack's own services listen. Unset,
+# as in every deployment, loopback is refused like any other address that is not public.
+WEBHOOK_ALLOW_LOOPBACK_ENV = "CLEARLINE_WEBHOOK_ALLOW_LOOPBACK"
+# The functions that hold webhook signing secrets, and what each may do with the key: the
+# api seals a new endpoint's secret (and opens it to replay the create); the dispatcher
+# only opens them, to sign deliveries.
+WEBHOOK_SECRET_USERS: dict[str, tuple[str, ...]] = {
+    API_FUNCTION.key: ("seal", "open"),
+    WEBHOOK_FUNCTION.key: ("open",),
+}
+WEBHOOK_ONLY_VARIABLES = frozenset({WEBHOOK_SECRETS_KEY_ENV, WEBHOOK_ALLOW_LOOPBACK_ENV})
+
+
+def parse_loopback_setting(value: str | None) -> frozenset[int] | None:
+    """The loopback ports that stay refused, or None when loopback is not allowed at all."""
+    if not value or not value.strip():
+        return None
+    try:
+        ports = frozenset(int(part) for part in value.split(",") if part.strip())
+    except ValueError as exc:
+        raise ValueError(
+            f"{WEBHOOK_ALLOW_LOOPBACK_ENV} must list the refused ports, comma-separated: {value!r}"
+        ) from exc
+    if not all(0 <= port <= 65535 for port in ports):
+        raise ValueError(f"{WEBHOOK_ALLOW_LOOPBACK_ENV} names a port out of range: {value!r}")
+    return ports
 
 
 @dataclass(frozen=True)
@@ -14,6 +51,10 @@ class Settings:
     idempotency_table: str
     processor_url: str
     processor_timeout_seconds: float
+    webhook_secrets_key: str = ""
+    # None: webhooks never go to loopback (every deployment). Otherwise test-mode endpoints
+    # may, except on these ports (the local stack's own services).
+    webhook_loopback_refused_ports: frozenset[int] | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -22,4 +63,8 @@ class Settings:
             idempotency_table=os.environ.get(table_env_var(IDEMPOTENCY_TABLE.key), ""),
             processor_url=os.environ.get(PROCESSOR_URL_ENV, ""),
             processor_timeout_seconds=float(os.environ.get("CLEARLINE_PROCESSOR_TIMEOUT", "10")),
+            webhook_secrets_key=os.environ.get(WEBHOOK_SECRETS_KEY_ENV, ""),
+            webhook_loopback_refused_ports=parse_loopback_setting(
+                os.environ.get(WEBHOOK_ALLOW_LOOPBACK_ENV)
+            ),
         )

@@ -4,13 +4,17 @@ A POST runs at most once per (merchant, Idempotency-Key) for 24 hours. The store
 result is the response (status and body) the first request got, so a retry replays it
 exactly. The payload hash covers method, path and parameters: the same key sent to
 another endpoint or with other parameters is refused, as Stripe refuses it.
+
+A response may carry a secret (a webhook endpoint's signing secret, on create): a
+`ResponseSealer` seals it before the record is stored and opens it on a replay, so no
+record holds one in the clear.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
@@ -31,6 +35,7 @@ from clearline.errors import (
     InvalidRequestError,
     ServiceUnavailableError,
 )
+from clearline.secrets import SecretUnavailable, digest
 
 KEY_MAX_LENGTH = 255
 EXPIRES_AFTER_SECONDS = 24 * 60 * 60
@@ -60,6 +65,24 @@ def check_key(key: str | None) -> str:
     return key
 
 
+class ResponseSealer(Protocol):
+    """Seals what must not be stored in the clear in a response body, and opens it again."""
+
+    def seal(self, body: dict[str, Any], context: Mapping[str, str]) -> dict[str, Any]: ...
+
+    def open(self, body: dict[str, Any], context: Mapping[str, str]) -> dict[str, Any]: ...
+
+
+def _record_context(request: dict[str, Any]) -> dict[str, str]:
+    """What a sealed part of a record belongs to: its merchant and key (hashed: KMS logs
+    contexts in the clear), so it opens in no other record."""
+    return {
+        "record": "idempotency",
+        "merchant": request["merchant"],
+        "idempotency_key_sha256": digest(request["key"]),
+    }
+
+
 class _NotFinal(Exception):
     """A result that must not be replayed: a pending charge settles on a later retry."""
 
@@ -69,7 +92,10 @@ class _NotFinal(Exception):
 
 
 class IdempotentRequests:
-    def __init__(self, table_name: str, client: Any = None) -> None:
+    def __init__(
+        self, table_name: str, client: Any = None, sealer: ResponseSealer | None = None
+    ) -> None:
+        self.sealer = sealer
         self.config = IdempotencyConfig(
             event_key_jmespath="[merchant, key]",
             payload_validation_jmespath="[method, path, params]",
@@ -85,11 +111,10 @@ class IdempotentRequests:
             *, request: dict[str, Any], operation: Callable[[], StoredResponse]
         ) -> dict[str, Any]:
             outcome = operation()
-            return {
-                "status": outcome.status,
-                "body": outcome.body,
-                "request_id": outcome.request_id,
-            }
+            body = outcome.body
+            if sealer is not None:  # what is returned here is what the record stores
+                body = sealer.seal(body, _record_context(request))
+            return {"status": outcome.status, "body": body, "request_id": outcome.request_id}
 
         self._run_once = run_once
 
@@ -110,16 +135,20 @@ class IdempotentRequests:
         status: int = 200,
     ) -> StoredResponse:
         """Run operation once per key; replay its stored response on a retry."""
+        fresh: list[StoredResponse] = []  # the response, when this request ran the operation
 
         def respond() -> StoredResponse:
             try:
                 response = StoredResponse(status, operation(), request_id)
             except CardError as exc:  # a decline is a result, replayed like a success
-                return StoredResponse(exc.status, exc.to_dict(), request_id)
+                response = StoredResponse(exc.status, exc.to_dict(), request_id)
+                fresh.append(response)
+                return response
             if response.body.get("status") == "pending":
                 # Raising makes Powertools drop the record, so the retry runs again and can
                 # return the settled charge instead of a replay of "pending".
                 raise _NotFinal(response)
+            fresh.append(response)
             return response
 
         request = {
@@ -149,4 +178,16 @@ class IdempotentRequests:
             ) from exc
         except (IdempotencyPersistenceLayerError, IdempotencyInconsistentStateError) as exc:
             raise ServiceUnavailableError("Idempotency records are unavailable; retry.") from exc
-        return StoredResponse(stored["status"], stored["body"], stored["request_id"])
+        except SecretUnavailable as exc:
+            raise ServiceUnavailableError("The response could not be sealed; retry.") from exc
+        if fresh:  # the stored copy may be sealed; this request has the response itself
+            return fresh[0]
+        body = stored["body"]
+        if self.sealer is not None:
+            try:
+                body = self.sealer.open(body, _record_context(request))
+            except SecretUnavailable as exc:
+                raise ServiceUnavailableError(
+                    "The stored response could not be opened; retry."
+                ) from exc
+        return StoredResponse(stored["status"], body, stored["request_id"])

@@ -53,8 +53,15 @@ def _new_key(prefix: str) -> str:
 
 
 def create_merchant(
-    store: Store, name: str, *, fee_percent: float = 2.9, fee_fixed: int = 30
+    store: Store,
+    name: str,
+    *,
+    fee_percent: float = 2.9,
+    fee_fixed: int = 30,
+    livemode: bool = False,
 ) -> NewMerchant:
+    """A merchant and its keys. A live-mode merchant's keys say so (`sk_live_`, as Stripe's
+    do), and its webhooks always get the strict rules: https to public addresses only."""
     if not name.strip():
         raise InvalidRequestError("A merchant needs a name.", param="name")
     if not 0 <= fee_percent <= 100:
@@ -67,8 +74,10 @@ def create_merchant(
         fee_basis_points=round(fee_percent * 100),
         fee_fixed=fee_fixed,
         created=int(time.time()),
+        livemode=livemode,
     )
-    secret_key, publishable_key = _new_key("sk_test_"), _new_key("pk_test_")
+    mode = "live" if livemode else "test"
+    secret_key, publishable_key = _new_key(f"sk_{mode}_"), _new_key(f"pk_{mode}_")
     item = {"pk": f"MERCHANT#{merchant.id}", "sk": "MERCHANT", **asdict(merchant)}
     keys = [
         {

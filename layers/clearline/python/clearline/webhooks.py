@@ -5,30 +5,40 @@ Deliveries use Stripe's signature scheme (`Stripe-Signature: t=...,v1=HMAC-SHA25
 event once as accepted: a delivery claims (event, endpoint) before posting and records
 the success, so relay retries and queue redeliveries skip endpoints already served.
 Every attempt is recorded, with its time, status, latency and error.
+
+Deliveries go to the public internet only (`clearline.egress`): the URL is judged when an
+endpoint is created or changed, and again, resolved afresh, before every attempt; the
+POST goes to the address that was judged. Each endpoint's signing secret is sealed at
+rest under KMS (`clearline.secrets`), bound to its merchant and endpoint, and opened only
+to sign a delivery, or shown once, in the response to the create.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
-import secrets
-import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from secrets import token_hex
 from typing import Any
 from urllib.parse import urlsplit
 
 from clearline import listing
 from clearline.audit import Caller
-from clearline.errors import ConflictError, InvalidRequestError, ResourceMissingError
+from clearline.egress import EgressPolicy, Refused, Unresolvable, post
+from clearline.errors import (
+    ConflictError,
+    InvalidRequestError,
+    ResourceMissingError,
+    ServiceUnavailableError,
+)
 from clearline.ids import new_id
 from clearline.merchants import Merchant
 from clearline.params import Metadata, Params, String
+from clearline.secrets import SecretBox, SecretUnavailable
 from clearline.store import Store, Write, commit
 from clearline.transitions import Change, Transition, TransitionWriter
 
@@ -52,41 +62,33 @@ class WebhookEndpointUpdateParams(Params):
     disabled: bool | None = None
 
 
-def check_url(url: str, *, livemode: bool) -> None:
-    """Live endpoints must be https on public addresses; test mode may use http on loopback."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequestError("Invalid URL: it must be an absolute http(s) URL.", param="url")
-    loopback = parts.hostname in ("localhost",) or _is_loopback(parts.hostname)
-    if parts.scheme == "http" and (livemode or not loopback):
-        raise InvalidRequestError(
-            "Webhook URLs must use https (test mode also allows http on localhost).", param="url"
-        )
-    if livemode:
-        for address in _resolve(parts.hostname):
-            if address.is_private or address.is_loopback or address.is_link_local:
-                raise InvalidRequestError(
-                    "Webhook URLs must not point at private, loopback or link-local addresses.",
-                    param="url",
-                )
-
-
-def _is_loopback(host: str) -> bool:
+def check_url(policy: EgressPolicy, url: str, *, livemode: bool) -> None:
+    """Refuses (400, param `url`) a URL the policy would not deliver to."""
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        policy.check(url, livemode=livemode)
+    except Unresolvable as exc:
+        # A test-mode https endpoint may be registered before its DNS exists: every
+        # delivery resolves and judges it again. A live one must resolve now.
+        if livemode or urlsplit(url).scheme != "https":
+            raise InvalidRequestError(exc.message, param="url") from exc
+    except Refused as exc:
+        raise InvalidRequestError(exc.message, param="url") from exc
 
 
-def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError as exc:
-        raise InvalidRequestError(f"Cannot resolve {host}.", param="url") from exc
-    return [ipaddress.ip_address(str(info[4][0])) for info in infos]
+def secret_context(merchant_id: str, endpoint_id: str) -> dict[str, str]:
+    """What a signing secret's envelope is bound to: it opens for this endpoint only."""
+    return {"merchant": merchant_id, "webhook_endpoint": endpoint_id}
 
 
-def endpoint_object(item: dict[str, Any], *, with_secret: bool = False) -> dict[str, Any]:
+def endpoint_secret(box: SecretBox, merchant_id: str, item: dict[str, Any]) -> str:
+    """The endpoint's signing secret, opened from its envelope, or SecretUnavailable."""
+    sealed = item.get("sealed_secret")
+    if not isinstance(sealed, dict):
+        raise SecretUnavailable("the endpoint has no sealed signing secret")
+    return box.open(sealed, secret_context(merchant_id, item["id"]))
+
+
+def endpoint_object(item: dict[str, Any], *, secret: str | None = None) -> dict[str, Any]:
     shown = {
         "id": item["id"],
         "object": "webhook_endpoint",
@@ -95,20 +97,29 @@ def endpoint_object(item: dict[str, Any], *, with_secret: bool = False) -> dict[
         "created": item["created"],
         "description": item.get("description"),
         "enabled_events": item["enabled_events"],
-        "livemode": False,
+        "livemode": bool(item.get("livemode", False)),
         "metadata": item.get("metadata") or {},
         "status": item["status"],
         "url": item["url"],
     }
-    if with_secret:  # Stripe shows the signing secret only when the endpoint is created
-        shown["secret"] = item["secret"]
+    if secret is not None:  # Stripe shows the signing secret only when the endpoint is created
+        shown["secret"] = secret
     return shown
 
 
 class WebhookEndpoints:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        *,
+        secrets: SecretBox,
+        egress: EgressPolicy | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.secrets = secrets
+        self.egress = egress or EgressPolicy()
         self.writer = TransitionWriter(store, clock=lambda: self.clock())
 
     def _get(self, merchant: Merchant, endpoint_id: str) -> dict[str, Any]:
@@ -119,12 +130,19 @@ class WebhookEndpoints:
 
     def create(self, caller: Caller, params: WebhookEndpointCreateParams) -> dict[str, Any]:
         merchant = caller.merchant
-        check_url(params.url, livemode=merchant.livemode)
+        check_url(self.egress, params.url, livemode=merchant.livemode)
         if not params.enabled_events:
             raise InvalidRequestError(
                 "enabled_events must name at least one event type, or '*'.", param="enabled_events"
             )
         endpoint_id = new_id("we")
+        secret = "whsec_" + token_hex(24)
+        try:
+            sealed = self.secrets.seal(secret, secret_context(merchant.id, endpoint_id))
+        except SecretUnavailable as exc:
+            raise ServiceUnavailableError(
+                "The webhook endpoint's signing secret could not be sealed; retry."
+            ) from exc
         item: dict[str, Any] = {
             "pk": f"MERCHANT#{merchant.id}",
             "sk": f"WE#{endpoint_id}",
@@ -134,7 +152,8 @@ class WebhookEndpoints:
             "description": params.description,
             "metadata": dict(params.metadata),
             "status": "enabled",
-            "secret": "whsec_" + secrets.token_hex(24),
+            "livemode": merchant.livemode,
+            "sealed_secret": sealed,  # never the secret itself
             "created": int(self.clock()),
             "version": 1,
         }
@@ -150,7 +169,7 @@ class WebhookEndpoints:
                 create=item,
             ),
         )
-        return endpoint_object(item, with_secret=True)
+        return endpoint_object(item, secret=secret)
 
     def _commit(self, caller: Caller, change: Change) -> None:
         """Every endpoint change is a transition: audited, and guarded by the version it
@@ -180,7 +199,7 @@ class WebhookEndpoints:
         merchant = caller.merchant
         item = self._get(merchant, endpoint_id)
         if params.url is not None:
-            check_url(params.url, livemode=merchant.livemode)
+            check_url(self.egress, params.url, livemode=merchant.livemode)
             item["url"] = params.url
         if params.enabled_events is not None:
             item["enabled_events"] = list(params.enabled_events)
@@ -244,11 +263,21 @@ class Attempt:
 
 class Dispatcher:
     def __init__(
-        self, store: Store, timeout_seconds: float = 10.0, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        *,
+        secrets: SecretBox,
+        egress: EgressPolicy | None = None,
+        timeout_seconds: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.store = store
+        self.secrets = secrets
+        self.egress = egress or EgressPolicy()
         self.timeout_seconds = timeout_seconds
         self.clock = clock
+        self.tls_context = tls_context  # None: the system's trust store
 
     def deliver(
         self, merchant_id: str, event: dict[str, Any], *, force: bool = False
@@ -263,7 +292,7 @@ class Dispatcher:
                 continue
             if not self._claim(event["id"], endpoint["id"], force):
                 continue  # delivered already, or being delivered by another dispatcher
-            attempt = self._post(endpoint, event)
+            attempt = self._post(merchant_id, endpoint, event)
             self._record(event["id"], attempt)
             attempts.append(attempt)
         return attempts
@@ -294,29 +323,43 @@ class Dispatcher:
             )
         return commit(self.store, writes) is None
 
-    def _post(self, endpoint: dict[str, Any], event: dict[str, Any]) -> Attempt:
+    def _post(self, merchant_id: str, endpoint: dict[str, Any], event: dict[str, Any]) -> Attempt:
+        """One attempt. Whatever stops it (an address that is not public now, a secret
+        that does not open, no answer) is a failed attempt with its reason, retried like
+        any other; nothing is sent unless the address was judged and the secret opened."""
+        started = time.monotonic()
+
+        def failed(reason: str) -> Attempt:
+            latency = int((time.monotonic() - started) * 1000)
+            return Attempt(endpoint["id"], endpoint["url"], None, latency, reason[:300])
+
+        try:
+            # Resolved and judged afresh: DNS may have changed since the URL was accepted.
+            # An item without its mode is judged as live: the strict rules.
+            destination = self.egress.check(
+                endpoint["url"], livemode=bool(endpoint.get("livemode", True))
+            )
+        except Refused as exc:
+            return failed(f"refused: {exc.message}")
+        try:
+            secret = endpoint_secret(self.secrets, merchant_id, endpoint)
+        except SecretUnavailable as exc:
+            return failed(f"signing secret unavailable: {exc}")
         payload = json.dumps(event)
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "User-Agent": "Clearline/1.0 (+webhooks)",
-            "Stripe-Signature": signature_header(payload, endpoint["secret"], int(self.clock())),
+            "Stripe-Signature": signature_header(payload, secret, int(self.clock())),
         }
-        request = urllib.request.Request(
-            endpoint["url"], data=payload.encode(), headers=headers, method="POST"
+        reply = post(
+            destination,
+            payload.encode(),
+            headers,
+            timeout=self.timeout_seconds,
+            context=self.tls_context,
         )
-        started = time.monotonic()
-        status: int | None = None
-        error = None
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            status, error = exc.code, f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            error = f"{type(reason).__name__}: {reason}"[:300]
         latency = int((time.monotonic() - started) * 1000)
-        return Attempt(endpoint["id"], endpoint["url"], status, latency, error)
+        return Attempt(endpoint["id"], endpoint["url"], reply.status, latency, reply.error)
 
     def _record(self, event_id: str, attempt: Attempt) -> None:
         now = self.clock()
