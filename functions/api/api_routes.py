@@ -7,28 +7,32 @@ wrong ends as a Stripe-shaped error through `on_api_error`.
 from __future__ import annotations
 
 import base64
+import binascii
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
 
+import screening
 from clearline import balance, listing
 from clearline.audit import Caller
-from clearline.cards import contains_card_number, find_card_number_param
+from clearline.cards import card_number_location, card_number_refusal
 from clearline.charges import ChargeService
 from clearline.config import Settings
 from clearline.errors import ApiError, AuthenticationError, InvalidRequestError
 from clearline.events import event_object
-from clearline.forms import parse_body
+from clearline.forms import decode, parse_body
 from clearline.idempotency import IdempotentRequests, check_key
 from clearline.ledger import ShardPolicy
+from clearline.logs import new_logger
 from clearline.merchants import KeyCache, Merchant
 from clearline.params import (
     ChargeCaptureParams,
@@ -48,7 +52,7 @@ from clearline.webhooks import (
 
 MAX_BODY_BYTES = 64 * 1024  # Stripe requests are small; anything larger is a mistake or abuse
 
-logger = Logger()
+logger = new_logger()
 metrics = Metrics()
 app = APIGatewayRestResolver(enable_validation=True)
 
@@ -168,14 +172,43 @@ def on_unexpected(error: Exception) -> Response[dict[str, Any]]:
     )
 
 
+def _methods_for(path: str) -> set[str]:
+    """The methods the routes answer for `path` (every method the API answers, for None)."""
+    # Powertools keeps its compiled routes privately; the 405 needs to see them.
+    routes = [*getattr(app, "_static_routes", []), *getattr(app, "_dynamic_routes", [])]
+    return {route.method for route in routes if route.rule.match(path)}
+
+
 @app.not_found
 def on_not_found(_: Exception) -> Response[dict[str, Any]]:
     event = app.current_event
-    return on_api_error(
-        InvalidRequestError(
-            f"Unrecognized request URL ({event.http_method}: {event.path}).", status=404
+    method = event.http_method.upper()
+    allowed = _methods_for(event.path)
+    if allowed or method not in {"GET", "POST", "DELETE"}:
+        allowed_text = ", ".join(sorted(allowed)) or "none"
+        response = on_api_error(
+            InvalidRequestError(
+                f"The {method[:20]} method is not allowed on this URL (allowed: {allowed_text}).",
+                status=405,
+                code="method_not_allowed",
+            )
         )
+        if allowed:
+            response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
+    return on_api_error(
+        InvalidRequestError(f"Unrecognized request URL ({method}: {event.path}).", status=404)
     )
+
+
+def _proxy_response(response: Response[dict[str, Any]]) -> dict[str, Any]:
+    headers = {**response.headers, "Content-Type": "application/json"}
+    return {
+        "statusCode": response.status_code,
+        "headers": headers,
+        "body": json.dumps(response.body, separators=(",", ":")),
+        "isBase64Encoded": False,
+    }
 
 
 # ---- request parts --------------------------------------------------------------------------
@@ -208,38 +241,32 @@ def secret_key_merchant() -> Merchant:
     return merchant
 
 
-def body_params() -> dict[str, Any]:
-    """The parameters of the body; refuses oversized bodies and any raw card number."""
+def _raw_body() -> bytes:
     event = app.current_event
-    body = event.decoded_body or ""
-    if len(body.encode()) > MAX_BODY_BYTES:
+    if not event.body:
+        return b""
+    if not event.is_base64_encoded:
+        return event.body.encode("utf-8", "surrogatepass")
+    try:
+        return base64.b64decode(event.body, validate=True)
+    except binascii.Error as exc:
+        raise InvalidRequestError("Invalid request body: it is not valid base64.") from exc
+
+
+def body_params() -> dict[str, Any]:
+    """The parameters of the body; refuses oversized or malformed bodies and any card number."""
+    raw = _raw_body()
+    if len(raw) > MAX_BODY_BYTES:
         raise InvalidRequestError(
             f"Request bodies are limited to {MAX_BODY_BYTES} bytes.",
             status=413,
             code="request_too_large",
         )
-    params = parse_body(body, event.headers.get("content-type"))
-    card_param = find_card_number_param(params)
-    if card_param is None and contains_card_number(body):
-        card_param = "body"
-    if card_param is not None:
-        raise InvalidRequestError(
-            "Sending card numbers directly to the Clearline API is not allowed. Collect card "
-            "details with the processor's tokenization and send the token (tok_... or pm_...).",
-            param=card_param,
-            code="card_number_in_request",
-        )
+    params = parse_body(decode(raw), app.current_event.headers.get("content-type"))
+    location = card_number_location(params)
+    if location is not None:
+        raise card_number_refusal(location)
     return params
-
-
-def refuse_card_numbers_in_query() -> None:
-    for name, value in (app.current_event.query_string_parameters or {}).items():
-        if contains_card_number(f"{name}={value}"):
-            raise InvalidRequestError(
-                "Sending card numbers directly to the Clearline API is not allowed.",
-                param=name,
-                code="card_number_in_request",
-            )
 
 
 def idempotent_post(
@@ -293,7 +320,6 @@ def create_charge() -> Response[dict[str, Any]]:
 
 @app.get("/v1/charges/<charge_id>")
 def retrieve_charge(charge_id: str) -> Response[dict[str, Any]]:
-    refuse_card_numbers_in_query()
     merchant = secret_key_merchant()
     return _json(200, services().charges.retrieve(merchant, charge_id))
 
@@ -302,7 +328,6 @@ def retrieve_charge(charge_id: str) -> Response[dict[str, Any]]:
 def list_charges(
     limit: ListLimit = 10, starting_after: Cursor = None, ending_before: Cursor = None
 ) -> Response[dict[str, Any]]:
-    refuse_card_numbers_in_query()
     merchant = secret_key_merchant()
     return _json(
         200,
@@ -332,7 +357,6 @@ def create_refund() -> Response[dict[str, Any]]:
 
 @app.get("/v1/refunds/<refund_id>")
 def retrieve_refund(refund_id: str) -> Response[dict[str, Any]]:
-    refuse_card_numbers_in_query()
     merchant = secret_key_merchant()
     return _json(200, services().refunds.retrieve(merchant, refund_id))
 
@@ -344,7 +368,6 @@ def list_refunds(
     starting_after: Cursor = None,
     ending_before: Cursor = None,
 ) -> Response[dict[str, Any]]:
-    refuse_card_numbers_in_query()
     merchant = secret_key_merchant()
     return _json(
         200,
@@ -377,7 +400,6 @@ def retrieve_balance() -> Response[dict[str, Any]]:
 
 @app.get("/v1/balance_transactions/<txn_id>")
 def retrieve_balance_transaction(txn_id: str) -> Response[dict[str, Any]]:
-    refuse_card_numbers_in_query()
     merchant = secret_key_merchant()
     item = listing.get_owned(services().store, merchant.id, txn_id, "txn")
     return _json(200, balance.transaction_object(item))
@@ -387,7 +409,6 @@ def retrieve_balance_transaction(txn_id: str) -> Response[dict[str, Any]]:
 def list_balance_transactions(
     limit: ListLimit = 10, starting_after: Cursor = None, ending_before: Cursor = None
 ) -> Response[dict[str, Any]]:
-    refuse_card_numbers_in_query()
     merchant = secret_key_merchant()
     return _json(
         200,
@@ -496,7 +517,11 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     rid = f"req_{event.get('requestContext', {}).get('requestId', '')}"
     logger.append_keys(request_id=rid)
     services().idempotency.register_lambda_context(context)
-    response = app.resolve(event, context)
+    refused = screening.refusal(event)
+    if refused is not None:  # before routing, which would echo what must not be echoed
+        response = _proxy_response(on_api_error(refused))
+    else:
+        response = app.resolve(event, context)
     if response.get("multiValueHeaders") is not None:
         response["multiValueHeaders"]["Request-Id"] = [rid]
     else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
@@ -16,11 +15,12 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from clearline.charges import ChargeService
 from clearline.config import Settings
 from clearline.ledger import ShardPolicy
+from clearline.logs import new_logger
 from clearline.processor import ProcessorClient
 from clearline.scheduling import Job, run_job
 from clearline.store import Store
 
-logger = Logger()
+logger = new_logger()
 processor = BatchProcessor(event_type=EventType.SQS)
 settings = Settings.from_env()
 store = Store(settings.main_table)

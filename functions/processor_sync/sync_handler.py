@@ -5,19 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from clearline.charges import ChargeService
 from clearline.config import Settings
 from clearline.ledger import ShardPolicy
+from clearline.logs import new_logger
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.resolver import Resolver
 from clearline.store import Store
 from clearline.topology import METRICS_NAMESPACE, UNRESOLVED_PENDING_OPERATIONS_METRIC
 
-logger = Logger()
+logger = new_logger()
 metrics = Metrics(namespace=METRICS_NAMESPACE)
 settings = Settings.from_env()
 store = Store(settings.main_table)

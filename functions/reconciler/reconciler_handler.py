@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
@@ -23,6 +23,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from clearline.config import Settings
 from clearline.ledger import ShardPolicy
+from clearline.logs import new_logger
 from clearline.reconciliation import Mismatch, Reconciler
 from clearline.store import Store
 from clearline.topology import (
@@ -32,7 +33,7 @@ from clearline.topology import (
     queue_env_var,
 )
 
-logger = Logger()
+logger = new_logger()
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 s3 = boto3.client("s3")

@@ -17,7 +17,6 @@ import os
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
@@ -25,11 +24,12 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
+from clearline.logs import new_logger
 from clearline.outbox import entry_for
 from clearline.store import deserialize
 from clearline.topology import EVENT_BUS, bus_env_var
 
-logger = Logger()
+logger = new_logger()
 # Failures are reported per record even when every record of a batch fails, so the trigger
 # always learns which record to retry rather than seeing the whole invocation fail.
 processor = BatchProcessor(

@@ -9,14 +9,14 @@ from datetime import datetime
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger
 
 from clearline.config import Settings
+from clearline.logs import new_logger
 from clearline.scheduling import due_jobs
 from clearline.store import Store
 from clearline.topology import CAPTURE_QUEUE, queue_env_var
 
-logger = Logger()
+logger = new_logger()
 store = Store(Settings.from_env().main_table)
 sqs = boto3.client("sqs")
 QUEUE_URL = os.environ[queue_env_var(CAPTURE_QUEUE.key)]

@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
@@ -21,12 +20,13 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from clearline.config import Settings
 from clearline.egress import EgressPolicy
+from clearline.logs import new_logger
 from clearline.secrets import SecretBox
 from clearline.store import Store
 from clearline.topology import WEBHOOK_QUEUE, queue_env_var
 from clearline.webhooks import Dispatcher, retry_delay
 
-logger = Logger()
+logger = new_logger()
 processor = BatchProcessor(event_type=EventType.SQS)
 settings = Settings.from_env()
 sqs = boto3.client("sqs")

@@ -92,7 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer has headers only
+            self.wfile.write(body)
 
     def _gateway_error(self, status: int, message: str, request_id: str | None = None) -> None:
         body = json.dumps({"error": {"type": "api_error", "message": message}}).encode()
@@ -132,7 +133,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
         self._reply(int(result.get("statusCode", 502)), headers, raw)
 
+    # Every method reaches the api, as through API Gateway's ANY method: the api, not the
+    # gateway, answers a method it does not support (405, in Stripe's error shape).
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _handle
+    do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _handle
 
 
 class FrontDoorServer(ThreadingHTTPServer):

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from clearline.cards import contains_card_number
 from clearline.ids import derived_id
 
 from .conftest import Stack
@@ -158,7 +159,7 @@ CASES = [
         "card number with spaces in metadata",
         GOOD + "&metadata[note]=4242 4242 4242 4242",
         400,
-        "metadata[note]",
+        "metadata",
         code="card_number_in_request",
     ),
     Case(
@@ -167,10 +168,50 @@ CASES = [
             {"amount": 5000, "currency": "usd", "source": "tok_visa", "card": {"number": CARD}}
         ),
         400,
-        "card[number]",
+        "card",
         content_type="application/json",
         code="card_number_in_request",
     ),
+    *(
+        Case(f"card number {how}", body, 400, param, code="card_number_in_request")
+        for how, body, param in [
+            ("with dots", GOOD + "&description=4242.4242.4242.4242", "description"),
+            ("with slashes", GOOD + "&metadata[n]=4242/4242/4242/4242", "metadata"),
+            ("with its CVC glued on", GOOD + f"&description={CARD}123", "description"),
+            ("as a metadata key", GOOD + f"&metadata[{CARD}]=x", "metadata"),
+            ("as a parameter name", GOOD + f"&{CARD}=x", "body"),
+            ("in a list", GOOD + "&expand[]=x&expand[]=5555-5555-5555-4444", "expand"),
+        ]
+    ),
+    Case(
+        "card number as Idempotency-Key",
+        GOOD,
+        400,
+        "header:idempotency-key",
+        headers={"Idempotency-Key": CARD},
+        code="card_number_in_request",
+    ),
+    # Malformed bodies: a clean 400, never a crash.
+    Case("JSON nested 30,000 deep", "[" * 30_000 + "]" * 30_000, 400, content_type=JSON),
+    Case(
+        "JSON nested deeper than any parameter",
+        charge_json(metadata='{"a": {"b": {"c": {"d": {"e": 1}}}}}'),
+        400,
+        content_type=JSON,
+    ),
+    Case("a form nested deeper than any parameter", GOOD + "&a[b][c][d][e][f]=1", 400),
+    Case("a form body that is not UTF-8", GOOD.encode() + b"&description=caf\xe9", 400),
+    Case("a JSON body that is not UTF-8", b'{"amount": "\xff"}', 400, content_type=JSON),
+    Case(
+        "a form sent as multipart",
+        GOOD,
+        400,
+        content_type="multipart/form-data; boundary=x",
+        code="parameter_invalid",
+    ),
+    Case("a form sent as text", GOOD, 400, content_type="text/plain"),
+    Case("a NUL in a form key", GOOD + "&metadata[a%00]=b", 400, "metadata"),
+    Case("a raw NUL in a form", GOOD.encode() + b"&description=a\x00b", 400, "description"),
     Case("no API key", GOOD, 401, auth=None, code="api_key_missing"),
     Case("unknown API key", GOOD, 401, auth="unknown", code="api_key_invalid"),
     Case("publishable key", GOOD, 401, auth="publishable", code="secret_key_required"),
@@ -234,6 +275,8 @@ def test_bad_input_is_refused_and_writes_nothing(
         assert error["code"] == case.code
     assert stack.item_counts() == before
     assert len(stack.processor_authorizations()) == authorizations  # never reached it
+    if case.code == "card_number_in_request":  # named by where it was, never echoed
+        assert not contains_card_number(response.text), response.text
 
 
 def test_metadata_at_its_limits_is_accepted(stack: Stack, merchant: dict[str, Any]) -> None:
@@ -316,3 +359,58 @@ def test_publishable_key_cannot_read_charges(stack: Stack, merchant: dict[str, A
     )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "secret_key_required"
+
+
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [
+        (f"/v1/charges/{CARD}", "path"),
+        ("/v1/charges/4242-4242-4242-4242/refunds", "path"),
+        (f"/v1/no-such-route/{CARD}", "path"),
+        (f"/v1/events?type={CARD}", "type"),
+        ("/v1/charges?limit=4242.4242.4242.4242", "limit"),
+        (f"/v1/refunds?charge=ch_1&metadata[{CARD}]=1", "query"),
+    ],
+)
+def test_a_card_number_in_the_url_is_refused_unechoed(
+    stack: Stack, merchant: dict[str, Any], path: str, param: str
+) -> None:
+    response = requests.get(f"{stack.url}{path}", auth=(merchant["secret_key"], ""), timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("card_number_in_request", param)
+    assert not contains_card_number(response.text), response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/v1/charges", "GET, POST"),
+        ("PATCH", "/v1/charges/ch_123", "GET"),
+        ("DELETE", "/v1/refunds/re_123", "GET"),
+        ("GET", "/v1/charges/ch_123/capture", "POST"),
+        ("TRACE", "/v1/charges", "GET, POST"),
+        ("OPTIONS", "/v1/balance", "GET"),
+        ("TRACE", "/anywhere", None),
+    ],
+)
+def test_an_unsupported_method_is_a_stripe_shaped_405(
+    stack: Stack, merchant: dict[str, Any], method: str, path: str, allow: str | None
+) -> None:
+    before = stack.item_counts()
+    response = requests.request(
+        method, f"{stack.url}{path}", auth=(merchant["secret_key"], ""), timeout=30
+    )
+    assert response.status_code == 405, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "method_not_allowed")
+    assert response.headers.get("Allow") == allow
+    assert response.headers["Request-Id"].startswith("req_")
+    assert stack.item_counts() == before
+
+
+def test_head_answers_headers_only(stack: Stack, merchant: dict[str, Any]) -> None:
+    response = requests.head(f"{stack.url}/v1/charges", auth=(merchant["secret_key"], ""))
+    assert response.status_code == 405
+    assert response.content == b""

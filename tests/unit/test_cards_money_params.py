@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 
 from clearline import money
-from clearline.cards import contains_card_number, find_card_number_param
+from clearline.cards import (
+    REDACTED,
+    card_number_location,
+    contains_card_number,
+    redact,
+    redact_value,
+)
 from clearline.errors import InvalidRequestError
 from clearline.merchants import Merchant
 from clearline.params import ChargeCreateParams, parse_params
@@ -17,6 +23,15 @@ from clearline.params import ChargeCreateParams, parse_params
         "4000-0566-5566-5556",
         "card 378282246310005 here",
         "6011111111111117",
+        "4242.4242.4242.4242",
+        "4242/4242/4242/4242",
+        "4242 - 4242 -- 4242 / 4242",
+        "4242424242424242123",  # the card number with its CVC glued on
+        "42424242424242421234",  # ... or its CVC or expiry
+        "ref 99 4242 4242 4242 4242",  # after an unrelated group
+        "6759649826438453",  # Maestro
+        "501800000009",  # 12 digits
+        "x4242424242424242y",  # inside a word
     ],
 )
 def test_card_numbers_are_found(text: str) -> None:
@@ -32,19 +47,34 @@ def test_card_numbers_are_found(text: str) -> None:
         "order 123456789012",
         "8c1f4a5e-5b7b-4d59-9a43-0d8f1c2b3a4d",
         "1795622029000",
+        "1764112345678",  # a timestamp in milliseconds
+        "2026-11-25 23:27:19",
+        "4242-4242",
+        "0000000000000000",  # Luhn-valid, but no card starts with 0
+        "12345678901234567890123456",  # longer than any card number
+        "APIKEY#e3b0c44298fc1c149afbf4c8996fb924278123456789012ae41e4649b934ca495991b7852b855",
     ],
 )
 def test_other_digits_are_not_card_numbers(text: str) -> None:
     assert not contains_card_number(text)
 
 
-def test_the_parameter_holding_a_card_number_is_named() -> None:
+def test_the_location_of_a_card_number_is_named_without_echoing_it() -> None:
     params = {"amount": "5000", "metadata": {"ok": "1", "note": "4242424242424242"}}
-    assert find_card_number_param(params) == "metadata[note]"
-    assert (
-        find_card_number_param({"items": [{"n": "x"}, {"n": "4242424242424242"}]}) == "items[1][n]"
-    )
-    assert find_card_number_param({"amount": "5000"}) is None
+    assert card_number_location(params) == "metadata"
+    # A key is named by the parameter that holds it, never by itself.
+    assert card_number_location({"metadata": {"4242424242424242": "x"}}) == "metadata"
+    assert card_number_location({"4242.4242.4242.4242": "x"}) == "body"
+    assert card_number_location({"items": [{"n": "x"}, {"n": 4242424242424242}]}) == "items"
+    assert card_number_location({"amount": "5000", "metadata": {"a": "b"}}) is None
+
+
+def test_redaction_leaves_everything_else() -> None:
+    text = "GET /v1/charges/4242-4242-4242-4242 at 2026-11-25 for 5000"
+    assert redact(text) == f"GET /v1/charges/{REDACTED} at 2026-11-25 for 5000"
+    logged = {"path": "/x/4242424242424242", "n": 4242424242424242, "ok": 7, "k": True}
+    assert redact_value(logged) == {"path": f"/x/{REDACTED}", "n": REDACTED, "ok": 7, "k": True}
+    assert redact_value({"4242424242424242": ["378282246310005"]}) == {REDACTED: [REDACTED]}
 
 
 def test_exponents_and_minimums() -> None:

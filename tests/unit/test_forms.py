@@ -56,3 +56,36 @@ def test_json_bodies() -> None:
 def test_no_body_is_no_params() -> None:
     assert parse_body(None, None) == {}
     assert parse_body("", "application/json") == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("[" * 30_000 + "]" * 30_000, "application/json"),
+        ('{"a": {"b": {"c": {"d": {"e": {}}}}}}', "application/json"),
+        ('{"a": "' + '\\\\"' * 10_000 + '"' * 3, "application/json"),  # hostile quoting
+        ("amount=1", "multipart/form-data; boundary=x"),
+        ("amount=1", "text/plain"),
+        ("description=a%00b", "application/x-www-form-urlencoded"),
+        ('{"metadata": {"k\\u0000": "v"}}', "application/json"),
+    ],
+)
+def test_malformed_bodies_are_a_400(body: str, content_type: str) -> None:
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_body(body, content_type)
+    assert raised.value.status == 400
+
+
+def test_brackets_inside_json_strings_are_not_nesting() -> None:
+    body = '{"description": "[[[[[[{{{{{{\\"", "metadata": {"a": "]]]]"}}'
+    assert parse_body(body, "application/json")["metadata"] == {"a": "]]]]"}
+
+
+def test_a_nul_names_its_parameter() -> None:
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_body('{"metadata": {"k": "a\\u0000"}}', "application/json")
+    assert raised.value.param == "metadata"
+
+
+def test_a_body_without_a_content_type_is_a_form() -> None:
+    assert parse_body("amount=5", None) == {"amount": "5"}

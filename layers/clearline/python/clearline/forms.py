@@ -2,6 +2,10 @@
 
 `metadata[order]=6735&expand[0]=balance_transaction` becomes
 `{"metadata": {"order": "6735"}, "expand": ["balance_transaction"]}`.
+
+Anything else is refused with a 400 before it is parsed further: bytes that are not
+UTF-8, NUL characters, nesting deeper than any Stripe parameter, and media types other
+than the two (a multipart body is not a form, whatever its fields look like).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from urllib.parse import parse_qsl
 from clearline.errors import InvalidRequestError
 
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
-_MAX_DEPTH = 5
+_MAX_DEPTH = 5  # `a[b][c][d][e]`: deeper than any Stripe parameter (shipping[address][line1])
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
 
 
 def _malformed(detail: str) -> InvalidRequestError:
@@ -69,20 +75,75 @@ def parse_form(body: str) -> dict[str, Any]:
     return result
 
 
+def _json_depth(body: str) -> int:
+    """How deeply objects and arrays nest, counted without parsing: a parser recursing
+    through 30,000 brackets would exhaust the stack before it could refuse them."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in body:  # one pass, so hostile quoting costs no more than the body's length
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def parse_json(body: str) -> dict[str, Any]:
+    if _json_depth(body) > _MAX_DEPTH:
+        raise _malformed(f"it nests objects and arrays more than {_MAX_DEPTH} deep")
     try:
         parsed = json.loads(body) if body.strip() else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise _malformed("it is not valid JSON") from exc
     if not isinstance(parsed, dict):
         raise _malformed("a JSON body must be an object")
     return parsed
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any("\x00" in str(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return isinstance(value, str) and "\x00" in value
+
+
+def decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _malformed("it is not valid UTF-8") from exc
+
+
 def parse_body(body: str | None, content_type: str | None) -> dict[str, Any]:
     if not body:
         return {}
     media_type = (content_type or "").split(";")[0].strip().lower()
-    if media_type == "application/json":
-        return parse_json(body)
-    return parse_form(body)
+    if media_type == JSON:
+        params = parse_json(body)
+    elif media_type in (FORM, ""):  # a client that names no type sends a form, as curl -d does
+        params = parse_form(body)
+    else:
+        raise InvalidRequestError(
+            f"Unsupported Content-Type {media_type[:100]!r}: send the parameters as {FORM} "
+            f"(as the Stripe libraries do) or as {JSON}.",
+            code="parameter_invalid",
+        )
+    for key, value in params.items():
+        if _holds_nul(key) or _holds_nul(value):
+            raise InvalidRequestError(
+                "Parameters may not contain NUL characters.",
+                param=None if "\x00" in key else key,
+                code="parameter_invalid",
+            )
+    return params
