@@ -511,6 +511,23 @@ def list_webhook_endpoints(
     )
 
 
+# ---- the API's own description: public, and not an operation of the document itself ----------
+
+
+@app.get("/openapi.json", include_in_schema=False)
+def openapi_json() -> Response[str]:
+    from openapi_document import document_json  # built on first use, not at cold start
+
+    return Response(status_code=200, content_type="application/json", body=document_json(app))
+
+
+@app.get("/docs", include_in_schema=False)
+def swagger_ui() -> Response[str]:
+    from openapi_document import swagger_page
+
+    return Response(status_code=200, content_type="text/html; charset=utf-8", body=swagger_page())
+
+
 def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Resolve one API Gateway event; every response carries the Request-Id."""
     started = time.monotonic()

@@ -438,9 +438,11 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
     os.environ.setdefault(table_env_var("main"), "unused")
     load_handler(TOPOLOGY.function(TOPOLOGY.api.function))
-    from api_routes import app  # importable once load_handler has put functions/api on the path
+    # Importable once load_handler has put functions/api on the path.
+    from api_routes import app
+    from openapi_document import document_json
 
-    print(app.get_openapi_json_schema(title="Clearline API", version="2026-11-01"))
+    print(document_json(app))
     return 0
 
 

@@ -1,0 +1,868 @@
+"""The API's OpenAPI 3.1 document, served at /openapi.json, and a Swagger UI page for it.
+
+Powertools describes the routes, their path and query parameters, from the handlers'
+signatures. The routes read their bodies themselves (form-encoded or JSON, see
+clearline.forms), authenticate themselves and answer Stripe-shaped errors, so Powertools
+knows none of that: this module completes its document with the request bodies (from the
+same pydantic models the routes validate with), the Idempotency-Key header, the two ways
+to present a secret key, Stripe's error responses and the objects the API returns (as the
+render functions in the library shape them). Built once per execution environment.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver
+from pydantic import BaseModel
+
+from clearline.events import API_VERSION
+from clearline.idempotency import KEY_MAX_LENGTH
+from clearline.money import CURRENCIES, MAX_AMOUNT
+from clearline.params import (
+    METADATA_KEY_MAX_LENGTH,
+    METADATA_MAX_KEYS,
+    METADATA_VALUE_MAX_LENGTH,
+    ChargeCaptureParams,
+    ChargeCreateParams,
+    RefundCreateParams,
+)
+from clearline.webhooks import WebhookEndpointCreateParams, WebhookEndpointUpdateParams
+
+TITLE = "Clearline API"
+MAX_BODY_KIB = 64  # the api function refuses larger bodies (api_routes.MAX_BODY_BYTES)
+ERROR_TYPES = ["api_error", "card_error", "idempotency_error", "invalid_request_error"]
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"basicAuth": []}]
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+Schema = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Operation:
+    operation_id: str
+    tag: str
+    summary: str
+    returns: str  # the component schema of the 200 response
+    body: type[BaseModel] | None = None  # what a POST takes
+    description: str | None = None
+
+
+# Every route the app serves, by (method, path). Building the document fails when a route is
+# missing here, or a POST has no body model, so a new route cannot ship undocumented.
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("post", "/v1/charges"): Operation(
+        "create_charge",
+        "Charges",
+        "Create a charge",
+        "charge",
+        ChargeCreateParams,
+        "Authorizes `amount` on the tokenized card (`source` or `payment_method`) and, "
+        "unless `capture` is false, captures it. A declined card is a 402 naming the "
+        "failed charge. With `capture=false`, `capture_at` (a Clearline extension) "
+        "schedules the capture inside the 7-day authorization window.",
+    ),
+    ("get", "/v1/charges/{charge_id}"): Operation(
+        "retrieve_charge", "Charges", "Retrieve a charge", "charge"
+    ),
+    ("get", "/v1/charges"): Operation(
+        "list_charges", "Charges", "List charges, newest first", "charge_list"
+    ),
+    ("post", "/v1/charges/{charge_id}/capture"): Operation(
+        "capture_charge",
+        "Charges",
+        "Capture an authorized charge",
+        "charge",
+        ChargeCaptureParams,
+        "Captures `amount` (by default all of it) of an uncaptured charge; the rest of the "
+        "hold is released and counted in `amount_refunded`.",
+    ),
+    ("post", "/v1/refunds"): Operation(
+        "create_refund",
+        "Refunds",
+        "Refund a charge",
+        "refund",
+        RefundCreateParams,
+        "Refunds `amount` (by default all that is left) of a captured charge. On an "
+        "uncaptured charge, voids the authorization instead (in full only).",
+    ),
+    ("get", "/v1/refunds/{refund_id}"): Operation(
+        "retrieve_refund", "Refunds", "Retrieve a refund", "refund"
+    ),
+    ("get", "/v1/refunds"): Operation(
+        "list_refunds", "Refunds", "List refunds, or one charge's refunds", "refund_list"
+    ),
+    ("get", "/v1/charges/{charge_id}/refunds"): Operation(
+        "list_charge_refunds", "Refunds", "List a charge's refunds", "refund_list"
+    ),
+    ("get", "/v1/balance"): Operation(
+        "retrieve_balance",
+        "Balance",
+        "Retrieve the balance",
+        "balance",
+        description="What Clearline owes the merchant, per currency: `pending` until the "
+        "processor settles the funds, then `available`.",
+    ),
+    ("get", "/v1/balance_transactions/{txn_id}"): Operation(
+        "retrieve_balance_transaction",
+        "Balance",
+        "Retrieve a balance transaction",
+        "balance_transaction",
+    ),
+    ("get", "/v1/balance_transactions"): Operation(
+        "list_balance_transactions",
+        "Balance",
+        "List balance transactions, newest first",
+        "balance_transaction_list",
+    ),
+    ("get", "/v1/events/{event_id}"): Operation(
+        "retrieve_event", "Events", "Retrieve an event", "event"
+    ),
+    ("get", "/v1/events"): Operation(
+        "list_events", "Events", "List events, newest first", "event_list"
+    ),
+    ("post", "/v1/webhook_endpoints"): Operation(
+        "create_webhook_endpoint",
+        "Webhook endpoints",
+        "Create a webhook endpoint",
+        "webhook_endpoint",
+        WebhookEndpointCreateParams,
+        "The response is the only one that shows the signing `secret` (`whsec_...`).",
+    ),
+    ("get", "/v1/webhook_endpoints/{endpoint_id}"): Operation(
+        "retrieve_webhook_endpoint",
+        "Webhook endpoints",
+        "Retrieve a webhook endpoint",
+        "webhook_endpoint",
+    ),
+    ("post", "/v1/webhook_endpoints/{endpoint_id}"): Operation(
+        "update_webhook_endpoint",
+        "Webhook endpoints",
+        "Update a webhook endpoint",
+        "webhook_endpoint",
+        WebhookEndpointUpdateParams,
+    ),
+    ("delete", "/v1/webhook_endpoints/{endpoint_id}"): Operation(
+        "delete_webhook_endpoint",
+        "Webhook endpoints",
+        "Delete a webhook endpoint",
+        "deleted_webhook_endpoint",
+    ),
+    ("get", "/v1/webhook_endpoints"): Operation(
+        "list_webhook_endpoints",
+        "Webhook endpoints",
+        "List webhook endpoints",
+        "webhook_endpoint_list",
+    ),
+}
+
+
+# Where the ids a response carries lead: OpenAPI links, so clients and fuzzers can follow
+# a created or listed object to the operations that take it.
+_ID, _FIRST_ID = "$response.body#/id", "$response.body#/data/0/id"
+
+
+def _link(target: str, body: Schema | None = None, **parameters: str) -> Schema:
+    link: Schema = {"operationId": target}
+    if parameters:
+        link["parameters"] = parameters
+    if body is not None:
+        link["requestBody"] = body
+    return link
+
+
+LINKS: dict[tuple[str, str], dict[str, Schema]] = {
+    ("post", "/v1/charges"): {
+        "RetrieveCharge": _link("retrieve_charge", charge_id=_ID),
+        "CaptureCharge": _link("capture_charge", charge_id=_ID),
+        "RefundCharge": _link("create_refund", {"charge": _ID}),
+        "ListChargeRefunds": _link("list_charge_refunds", charge_id=_ID),
+        "RetrieveBalanceTransaction": _link(
+            "retrieve_balance_transaction", txn_id="$response.body#/balance_transaction"
+        ),
+    },
+    ("post", "/v1/charges/{charge_id}/capture"): {
+        "RetrieveCharge": _link("retrieve_charge", charge_id=_ID),
+        "RefundCharge": _link("create_refund", {"charge": _ID}),
+    },
+    ("post", "/v1/refunds"): {
+        "RetrieveRefund": _link("retrieve_refund", refund_id=_ID),
+        "RetrieveCharge": _link("retrieve_charge", charge_id="$response.body#/charge"),
+    },
+    ("get", "/v1/charges"): {"RetrieveCharge": _link("retrieve_charge", charge_id=_FIRST_ID)},
+    ("get", "/v1/refunds"): {"RetrieveRefund": _link("retrieve_refund", refund_id=_FIRST_ID)},
+    ("get", "/v1/balance_transactions"): {
+        "RetrieveBalanceTransaction": _link("retrieve_balance_transaction", txn_id=_FIRST_ID),
+    },
+    ("get", "/v1/events"): {"RetrieveEvent": _link("retrieve_event", event_id=_FIRST_ID)},
+    ("post", "/v1/webhook_endpoints"): {
+        "RetrieveWebhookEndpoint": _link("retrieve_webhook_endpoint", endpoint_id=_ID),
+        "UpdateWebhookEndpoint": _link("update_webhook_endpoint", endpoint_id=_ID),
+        "DeleteWebhookEndpoint": _link("delete_webhook_endpoint", endpoint_id=_ID),
+    },
+    ("get", "/v1/webhook_endpoints"): {
+        "RetrieveWebhookEndpoint": _link("retrieve_webhook_endpoint", endpoint_id=_FIRST_ID),
+    },
+}
+
+
+# ---- request bodies ------------------------------------------------------------------------
+
+_METADATA: Schema = {
+    "type": "object",
+    "description": "Your own key-value pairs. Stripe's limits: at most "
+    f"{METADATA_MAX_KEYS} keys, keys up to {METADATA_KEY_MAX_LENGTH} characters, values up "
+    f"to {METADATA_VALUE_MAX_LENGTH}.",
+    "maxProperties": METADATA_MAX_KEYS,
+    "propertyNames": {"minLength": 1, "maxLength": METADATA_KEY_MAX_LENGTH, "pattern": r"\S"},
+    "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_MAX_LENGTH},
+}
+_AMOUNT: Schema = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": MAX_AMOUNT,
+    "description": "In the currency's minor unit (cents for usd, yen for jpy).",
+}
+_TOKEN = "A processor token for the card (`tok_...` or `pm_...`); card numbers are refused."
+_WEBHOOK_URL = "Where events are posted: https, on a public address (test mode is more lenient)."
+_EXPAND: Schema = {
+    "type": "array",
+    "items": {"type": "string"},
+    "description": "Accepted for compatibility with Stripe clients.",
+}
+
+# What the models' own schemas cannot say: limits enforced by validators and services.
+_REFINEMENTS: dict[type[BaseModel], dict[str, Schema]] = {
+    ChargeCreateParams: {
+        "amount": {
+            **_AMOUNT,
+            "description": _AMOUNT["description"] + " Each currency has a minimum (50 for usd).",
+            "examples": [2000],
+        },
+        "currency": {
+            "enum": sorted(CURRENCIES),
+            "description": "Three-letter ISO code (case-insensitive).",
+            "examples": ["usd"],
+        },
+        "source": {
+            "minLength": 1,
+            "description": _TOKEN,
+            "examples": ["tok_visa", "tok_chargeDeclined"],
+        },
+        "payment_method": {
+            "minLength": 1,
+            "description": _TOKEN + " Used when `source` is absent.",
+            "examples": ["pm_card_visa"],
+        },
+        "capture": {"description": "False places a hold to capture later."},
+        "metadata": _METADATA,
+        "statement_descriptor": {
+            "minLength": 5,
+            "maxLength": 22,
+            # Stripe asks for a Latin letter; the API takes any letter, the schema the former.
+            "pattern": "^[^<>\\\\'\"*]*[A-Za-z][^<>\\\\'\"*]*$",
+            "description": "What the cardholder's statement shows: 5 to 22 characters, at "
+            "least one letter, none of < > \\ ' \" *.",
+        },
+        "expand": _EXPAND,
+        "capture_at": {
+            "description": "With `capture=false`: the Unix time at which to capture the "
+            "authorization, in the future and within the 7-day authorization window."
+        },
+    },
+    ChargeCaptureParams: {
+        "amount": {
+            **_AMOUNT,
+            "description": "How much to capture, at most the authorized amount; by default all.",
+        },
+        "expand": _EXPAND,
+    },
+    RefundCreateParams: {
+        "charge": {"description": "The charge to refund (`ch_...`)."},
+        "amount": {**_AMOUNT, "description": "By default all that is left to refund."},
+        "metadata": _METADATA,
+        "expand": _EXPAND,
+    },
+    WebhookEndpointCreateParams: {
+        "url": {
+            "format": "uri",
+            "description": _WEBHOOK_URL,
+            "examples": ["https://example.com/clearline/webhooks"],
+        },
+        "enabled_events": {
+            "minItems": 1,
+            "description": "Event types to send, or `*` for all.",
+            "examples": [["charge.succeeded", "charge.refunded"], ["*"]],
+        },
+        "metadata": _METADATA,
+    },
+    WebhookEndpointUpdateParams: {
+        "url": {"format": "uri", "description": _WEBHOOK_URL},
+        "enabled_events": {"description": "Event types to send, or `*` for all."},
+        "metadata": {**_METADATA, "description": "Merged into the endpoint's metadata."},
+        "disabled": {"description": "True stops deliveries; false resumes them."},
+    },
+}
+
+
+# Rules across parameters, which the services check after the model has validated.
+_RULES: dict[type[BaseModel], Schema] = {
+    ChargeCreateParams: {
+        "description": "One of `source` and `payment_method` is required.",
+        "dependentSchemas": {
+            "capture_at": {"required": ["capture"], "properties": {"capture": {"const": False}}}
+        },
+    },
+}
+
+
+def _without_titles(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _without_titles(v) for k, v in schema.items() if k != "title"}
+    if isinstance(schema, list):
+        return [_without_titles(item) for item in schema]
+    return schema
+
+
+def _not_null(schema: Schema) -> Schema:
+    """An optional parameter is sent by leaving it out (a form body cannot carry a null)."""
+    options = schema.get("anyOf")
+    if options is None:
+        return schema
+    present = [option for option in options if option != {"type": "null"}]
+    if len(present) != 1:
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)}
+    return {**present[0], **rest}
+
+
+def body_schema(model: type[BaseModel]) -> Schema:
+    """The model's JSON schema, refined with the limits its validators enforce."""
+    schema = _without_titles(model.model_json_schema())
+    refinements = _REFINEMENTS.get(model, {})
+    properties = {}
+    for name, prop in schema["properties"].items():
+        properties[name] = {**_not_null(prop), **refinements.get(name, {})}
+    unknown = refinements.keys() - properties.keys()
+    if unknown:
+        raise ValueError(f"{model.__name__} has no parameters {sorted(unknown)}")
+    return {**schema, "properties": properties, **_RULES.get(model, {})}
+
+
+def _body_component_name(model: type[BaseModel]) -> str:
+    return model.__name__
+
+
+def request_body(model: type[BaseModel]) -> Schema:
+    ref = {"$ref": f"#/components/schemas/{_body_component_name(model)}"}
+    schema = body_schema(model)
+    # Stripe clients send nested values in bracket notation: metadata[order]=6735,
+    # expand[0]=balance_transaction.
+    nested = [
+        name
+        for name, prop in schema["properties"].items()
+        if prop.get("type") in ("object", "array")
+    ]
+    return {
+        "required": bool(schema.get("required")),
+        "description": "Form-encoded (nested values in bracket notation, as the Stripe SDKs "
+        "send them: `metadata[order]=6735`, `expand[0]=...`) or JSON.",
+        "content": {
+            FORM: {
+                "schema": ref,
+                "encoding": {name: {"style": "deepObject", "explode": True} for name in nested},
+            },
+            JSON: {"schema": ref},
+        },
+    }
+
+
+# ---- the objects the API returns -----------------------------------------------------------
+
+
+def _nullable(kind: str, **extra: Any) -> Schema:
+    return {"type": [kind, "null"], **extra}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(properties: dict[str, Schema], *, description: str | None = None) -> Schema:
+    """An object that always carries every listed property (the renderers write them all)."""
+    schema: Schema = {"type": "object", "required": sorted(properties), "properties": properties}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _const(value: str) -> Schema:
+    return {"type": "string", "enum": [value]}
+
+
+_STR, _INT, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
+_STR_OR_NULL, _INT_OR_NULL = _nullable("string"), _nullable("integer")
+_METADATA_OUT: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _list_of(item: str, description: str) -> Schema:
+    return _obj(
+        {
+            "object": _const("list"),
+            "data": {"type": "array", "items": _ref(item)},
+            "has_more": _BOOL,
+            "url": _STR,
+        },
+        description=description,
+    )
+
+
+def object_schemas() -> dict[str, Schema]:
+    card = _obj(
+        {
+            "brand": _STR,
+            "last4": _STR,
+            "exp_month": _INT,
+            "exp_year": _INT,
+            "funding": _STR,
+            "country": _STR_OR_NULL,
+        }
+    )
+    outcome = {
+        "type": ["object", "null"],
+        "required": ["network_status", "reason", "risk_level", "seller_message", "type"],
+        "properties": {
+            "network_status": _STR_OR_NULL,
+            "reason": _STR_OR_NULL,
+            "risk_level": _STR,
+            "seller_message": _STR_OR_NULL,
+            "type": _STR,
+        },
+        "description": "The processor's verdict; null until the processor has answered.",
+    }
+    charge_refunds = _list_of("refund", "The charge's refunds, newest first (up to 10).")
+    charge_refunds["properties"]["total_count"] = _INT
+    charge_refunds["required"] = sorted([*charge_refunds["required"], "total_count"])
+    charge = _obj(
+        {
+            "id": {"type": "string", "pattern": "^ch_"},
+            "object": _const("charge"),
+            "amount": _INT,
+            "amount_captured": _INT,
+            "amount_refunded": {
+                **_INT,
+                "description": "Refunds, plus any part of the authorization released uncaptured.",
+            },
+            "balance_transaction": _STR_OR_NULL,
+            "billing_details": _obj(
+                {
+                    "address": _nullable("object"),
+                    "email": _STR_OR_NULL,
+                    "name": _STR_OR_NULL,
+                    "phone": _STR_OR_NULL,
+                }
+            ),
+            "calculated_statement_descriptor": _STR_OR_NULL,
+            "captured": _BOOL,
+            "capture_at": {
+                **_INT_OR_NULL,
+                "description": "When a scheduled capture runs (a Clearline extension).",
+            },
+            "created": _INT,
+            "currency": _STR,
+            "description": _STR_OR_NULL,
+            "disputed": _BOOL,
+            "failure_code": _STR_OR_NULL,
+            "failure_message": _STR_OR_NULL,
+            "fraud_details": {"type": "object"},
+            "livemode": _BOOL,
+            "metadata": _METADATA_OUT,
+            "outcome": outcome,
+            "paid": _BOOL,
+            "payment_intent": _STR_OR_NULL,
+            "payment_method": _STR_OR_NULL,
+            "payment_method_details": {
+                "type": ["object", "null"],
+                "required": ["card", "type"],
+                "properties": {"card": card, "type": _const("card")},
+            },
+            "receipt_url": _STR_OR_NULL,
+            "refunded": _BOOL,
+            "refunds": charge_refunds,
+            "statement_descriptor": _STR_OR_NULL,
+            "status": {"type": "string", "enum": ["failed", "pending", "succeeded"]},
+        },
+        description="A payment on a card.",
+    )
+    refund = _obj(
+        {
+            "id": {"type": "string", "pattern": "^re_"},
+            "object": _const("refund"),
+            "amount": _INT,
+            "balance_transaction": _STR_OR_NULL,
+            "charge": _STR,
+            "created": _INT,
+            "currency": _STR,
+            "metadata": _METADATA_OUT,
+            "payment_intent": _STR_OR_NULL,
+            "reason": _nullable(
+                "string", enum=["duplicate", "fraudulent", "requested_by_customer", None]
+            ),
+            "receipt_number": _STR_OR_NULL,
+            "status": {"type": "string", "enum": ["failed", "pending", "succeeded"]},
+            "failure_reason": _STR_OR_NULL,
+        },
+        description="Money returned to the card, or a released authorization.",
+    )
+    balance_amount = _obj(
+        {
+            "amount": _INT,
+            "currency": _STR,
+            "source_types": {"type": "object", "additionalProperties": _INT},
+        }
+    )
+    balance = _obj(
+        {
+            "object": _const("balance"),
+            "available": {"type": "array", "items": balance_amount},
+            "pending": {"type": "array", "items": balance_amount},
+            "livemode": _BOOL,
+        },
+        description="What Clearline owes the merchant, per currency.",
+    )
+    fee = _obj(
+        {
+            "amount": _INT,
+            "application": _STR_OR_NULL,
+            "currency": _STR,
+            "description": _STR_OR_NULL,
+            "type": _STR,
+        }
+    )
+    kinds = ["charge", "refund"]
+    balance_transaction = _obj(
+        {
+            "id": {"type": "string", "pattern": "^txn_"},
+            "object": _const("balance_transaction"),
+            "amount": _INT,
+            "available_on": _INT,
+            "created": _INT,
+            "currency": _STR,
+            "description": _STR_OR_NULL,
+            "exchange_rate": _nullable("number"),
+            "fee": _INT,
+            "fee_details": {"type": "array", "items": fee},
+            "net": _INT,
+            "reporting_category": {"type": "string", "enum": kinds},
+            "source": {**_STR, "description": "The charge or refund that moved the money."},
+            "status": {"type": "string", "enum": ["available", "pending"]},
+            "type": {"type": "string", "enum": kinds},
+        },
+        description="One movement of the merchant's money.",
+    )
+    event = _obj(
+        {
+            "id": {"type": "string", "pattern": "^evt_"},
+            "object": _const("event"),
+            "api_version": _STR_OR_NULL,
+            "created": _INT,
+            "data": {
+                "type": "object",
+                "required": ["object"],
+                "properties": {
+                    "object": {
+                        "type": "object",
+                        "description": "The object as the change left it (a charge, a refund).",
+                    }
+                },
+            },
+            "livemode": _BOOL,
+            "pending_webhooks": _INT,
+            "request": {
+                "type": ["object", "null"],
+                "properties": {"id": _STR_OR_NULL, "idempotency_key": _STR_OR_NULL},
+            },
+            "type": {**_STR, "examples": ["charge.succeeded"]},
+        },
+        description="A change, as webhooks deliver it.",
+    )
+    webhook_endpoint = _obj(
+        {
+            "id": {"type": "string", "pattern": "^we_"},
+            "object": _const("webhook_endpoint"),
+            "api_version": _STR_OR_NULL,
+            "application": _STR_OR_NULL,
+            "created": _INT,
+            "description": _STR_OR_NULL,
+            "enabled_events": {"type": "array", "items": _STR},
+            "livemode": _BOOL,
+            "metadata": _METADATA_OUT,
+            "status": {"type": "string", "enum": ["disabled", "enabled"]},
+            "url": _STR,
+        },
+        description="Where events are delivered, signed with the endpoint's secret.",
+    )
+    webhook_endpoint["properties"]["secret"] = {
+        **_STR,
+        "description": "The signing secret (`whsec_...`); only in the response that creates "
+        "the endpoint.",
+    }
+    deleted_webhook_endpoint = _obj(
+        {
+            "id": _STR,
+            "object": _const("webhook_endpoint"),
+            "deleted": {"type": "boolean", "enum": [True]},
+        }
+    )
+    error = _obj(
+        {
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {
+                    "type": {"type": "string", "enum": ERROR_TYPES},
+                    "message": _STR,
+                    "code": {**_STR, "description": "A machine-readable reason."},
+                    "param": {**_STR, "description": "The parameter at fault."},
+                    "decline_code": {**_STR, "description": "The issuer's reason for a decline."},
+                    "charge": {**_STR, "description": "The declined charge."},
+                    "doc_url": _STR,
+                },
+            }
+        },
+        description="Every refusal, in Stripe's shape.",
+    )
+    return {
+        "charge": charge,
+        "refund": refund,
+        "balance": balance,
+        "balance_transaction": balance_transaction,
+        "event": event,
+        "webhook_endpoint": webhook_endpoint,
+        "deleted_webhook_endpoint": deleted_webhook_endpoint,
+        "charge_list": _list_of("charge", "A page of charges."),
+        "refund_list": _list_of("refund", "A page of refunds."),
+        "balance_transaction_list": _list_of("balance_transaction", "A page of movements."),
+        "event_list": _list_of("event", "A page of events."),
+        "webhook_endpoint_list": _list_of("webhook_endpoint", "A page of webhook endpoints."),
+        "error": error,
+    }
+
+
+# ---- headers and error responses -----------------------------------------------------------
+
+HEADERS: dict[str, Schema] = {
+    "Request-Id": {
+        "description": "This request's id; every log line of the request carries it.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^req_"},
+    },
+    "Stripe-Should-Retry": {
+        "description": "Whether retrying the same request (with the same Idempotency-Key) "
+        "may succeed.",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    },
+    "Idempotent-Replayed": {
+        "description": "Present on the replay of an earlier request with the same key.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+    "Original-Request": {
+        "description": "On a replay: the id of the request that produced this response.",
+        "schema": {"type": "string"},
+    },
+}
+
+# status -> (response component, description)
+ERRORS: dict[int, tuple[str, str]] = {
+    400: (
+        "BadRequest",
+        "Refused: a parameter is missing or invalid, the body is malformed or carries a card "
+        "number, the Idempotency-Key is missing or was used with other parameters "
+        "(`idempotency_error`), or the object's state does not allow the operation.",
+    ),
+    401: ("Unauthorized", "No valid secret API key."),
+    402: (
+        "CardDeclined",
+        "The card was declined (`card_error`); `error.charge` names the failed charge.",
+    ),
+    404: ("NotFound", "No such object for this merchant, or no such route."),
+    409: (
+        "Conflict",
+        "A request with the same Idempotency-Key is still in progress, or a concurrent change "
+        "to the same object came first: retry.",
+    ),
+    413: ("PayloadTooLarge", f"The request body is larger than {MAX_BODY_KIB} KiB."),
+    429: ("TooManyRequests", "Too many requests: retry later, with exponential backoff."),
+    503: (
+        "ServiceUnavailable",
+        "The data store or the card processor could not be reached; nothing is guessed. Retry "
+        "with the same Idempotency-Key.",
+    ),
+}
+EVERY_OPERATION_ERRORS = (400, 401, 404, 429, 503)
+WRITE_ERRORS = (402, 409, 413)  # POSTs (and 409 on DELETE): they change state
+
+
+def _header_refs(*names: str) -> dict[str, Schema]:
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+
+def _error_response(description: str) -> Schema:
+    return {
+        "description": description,
+        "headers": _header_refs("Request-Id", "Stripe-Should-Retry"),
+        "content": {JSON: {"schema": _ref("error")}},
+    }
+
+
+def _errors_for(method: str) -> tuple[int, ...]:
+    if method == "post":
+        return (*EVERY_OPERATION_ERRORS, *WRITE_ERRORS)
+    if method == "delete":
+        return (*EVERY_OPERATION_ERRORS, 409)
+    return EVERY_OPERATION_ERRORS
+
+
+# ---- assembly ------------------------------------------------------------------------------
+
+
+def _complete(base: Schema) -> Schema:
+    doc = copy.deepcopy(base)
+    doc["info"]["description"] = (
+        "A Stripe-compatible payments API: the unmodified Stripe SDKs create, capture, "
+        "refund and list charges against it. Authenticate with a secret API key; send an "
+        "Idempotency-Key with every POST. Amounts are integers in the currency's minor unit."
+    )
+    served = {(method, path) for path, ops in doc["paths"].items() for method in ops}
+    missing = served - OPERATIONS.keys()
+    stale = OPERATIONS.keys() - served
+    if missing or stale:
+        raise ValueError(
+            f"OPERATIONS is out of date: undocumented {sorted(missing)}, gone {sorted(stale)}"
+        )
+    body_models: dict[str, type[BaseModel]] = {}
+    for (method, path), spec in OPERATIONS.items():
+        op = doc["paths"][path][method]
+        op.update(operationId=spec.operation_id, summary=spec.summary, tags=[spec.tag])
+        if spec.description:
+            op["description"] = spec.description
+        if path.startswith("/v1/"):
+            op["security"] = SECURITY
+        for parameter in op.get("parameters", []):  # a query string cannot carry a null either
+            parameter["schema"] = _not_null(parameter["schema"])
+        if method == "post":
+            if spec.body is None:
+                raise ValueError(f"POST {path} has no body model")
+            body_models[_body_component_name(spec.body)] = spec.body
+            op["requestBody"] = request_body(spec.body)
+            op["parameters"] = [
+                *op.get("parameters", []),
+                {"$ref": "#/components/parameters/IdempotencyKey"},
+            ]
+        success_headers = ["Request-Id"]
+        if method == "post":
+            success_headers += ["Idempotent-Replayed", "Original-Request"]
+        responses: dict[str, Schema] = {
+            "200": {
+                "description": "OK",
+                "headers": _header_refs(*success_headers),
+                "content": {JSON: {"schema": _ref(spec.returns)}},
+            }
+        }
+        if (method, path) in LINKS:
+            responses["200"]["links"] = LINKS[method, path]
+        for status in sorted(_errors_for(method)):
+            responses[str(status)] = {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
+        op["responses"] = responses  # replaces Powertools' 422, which this API never sends
+
+    components = doc.setdefault("components", {})
+    # Powertools' own validation-error schemas described only the 422s.
+    components["schemas"] = {
+        **object_schemas(),
+        **{name: body_schema(model) for name, model in sorted(body_models.items())},
+    }
+    components["responses"] = {
+        name: _error_response(description) for name, description in ERRORS.values()
+    }
+    components["headers"] = HEADERS
+    components["parameters"] = {
+        "IdempotencyKey": {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": True,
+            "description": "A unique value per operation (a UUID, say). A retry with the same "
+            "key never moves money twice: it gets the first response back.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": KEY_MAX_LENGTH},
+        }
+    }
+    components["securitySchemes"] = {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The secret API key (`sk_test_...`) as the bearer token.",
+        },
+        "basicAuth": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "The secret API key as the user name, with an empty password "
+            "(`curl -u sk_test_...:`).",
+        },
+    }
+    doc["tags"] = [
+        {"name": name} for name in dict.fromkeys(spec.tag for spec in OPERATIONS.values())
+    ]
+    return doc
+
+
+@cache
+def _document_json(app: APIGatewayRestResolver) -> str:
+    base = json.loads(app.get_openapi_json_schema(title=TITLE, version=API_VERSION))
+    return json.dumps(_complete(base), indent=2)
+
+
+def document(app: APIGatewayRestResolver) -> Schema:
+    """The complete document, as a fresh dict the caller may change."""
+    return dict(json.loads(_document_json(app)))
+
+
+def document_json(app: APIGatewayRestResolver) -> str:
+    return _document_json(app)
+
+
+# ---- Swagger UI ----------------------------------------------------------------------------
+
+# Powertools ships Swagger UI's assets; inlining them keeps the page free of third-party hosts.
+_SWAGGER_UI = resources.files("aws_lambda_powertools.event_handler.openapi") / "swagger_ui"
+
+
+@cache
+def swagger_page() -> str:
+    script = (_SWAGGER_UI / "swagger-ui-bundle.min.js").read_text(encoding="utf-8")
+    style = (_SWAGGER_UI / "swagger-ui.min.css").read_text(encoding="utf-8")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{TITLE}</title>
+<style>{style}</style>
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script>{script}</script>
+<script>
+// The document sits next to this page, behind whatever stage prefix the page has.
+SwaggerUIBundle({{
+  url: window.location.pathname.replace(/\\/docs\\/?$/, "") + "/openapi.json",
+  dom_id: "#swagger-ui",
+  deepLinking: true,
+}});
+</script>
+</body>
+</html>
+"""

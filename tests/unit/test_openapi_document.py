@@ -1,0 +1,554 @@
+"""The OpenAPI document: valid OpenAPI 3.1, complete, and true to what the API sends.
+
+The last tests drive the real api handler (moto in-process, the sandbox processor) through
+every kind of object and refusal, and validate each response against the document.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import boto3
+import pytest
+import schemathesis
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_openapi
+from pydantic import BaseModel, ValidationError
+from schemathesis.core.result import Ok
+
+from clearline.config import WEBHOOK_SECRETS_KEY_ENV
+from clearline.merchants import create_merchant
+from clearline.params import ChargeCreateParams
+from clearline.store import Store
+from clearline.topology import (
+    IDEMPOTENCY_TABLE,
+    MAIN_TABLE,
+    PROCESSOR_URL_ENV,
+    TOPOLOGY,
+    table_env_var,
+)
+from clearline_local.frontdoor import build_event
+from clearline_local.lambda_runtime import LocalLambdaContext, load_handler
+from clearline_local.provision import provision_webhook_secrets_key
+from clearline_local.sandbox_processor import SandboxProcessor
+
+POST_ERRORS = {"400", "401", "402", "404", "409", "413", "429", "503"}
+EVERY_ERROR = {"400", "401", "404", "429", "503"}
+DOCUMENTATION_ROUTES = {("GET", "/openapi.json"), ("GET", "/docs")}
+
+
+LAMBDA_ENV = {
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_METRICS_NAMESPACE": "Clearline",
+    "POWERTOOLS_SERVICE_NAME": "clearline",
+}
+
+
+def _api_module() -> Any:
+    # As the function's environment sets them before its first import (Metrics reads them then).
+    for name, value in {table_env_var(MAIN_TABLE.key): "unused", **LAMBDA_ENV}.items():
+        os.environ.setdefault(name, value)
+    load_handler(TOPOLOGY.function("api"))  # puts functions/api on the path
+    import api_routes
+
+    return api_routes
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict[str, Any]:
+    app = _api_module().app
+    import openapi_document
+
+    return openapi_document.document(app)
+
+
+def operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            yield method, path, op
+
+
+def resolve(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        target: Any = doc
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def validator(doc: dict[str, Any], schema: dict[str, Any]) -> Draft202012Validator:
+    """Validates against `schema`, with the document's components in reach of its $refs."""
+    return Draft202012Validator({**schema, "components": doc["components"]})
+
+
+def component(doc: dict[str, Any], name: str) -> Draft202012Validator:
+    return validator(doc, {"$ref": f"#/components/schemas/{name}"})
+
+
+# ---- the document ----------------------------------------------------------------------------
+
+
+def test_the_document_is_valid_openapi_3_1(doc: dict[str, Any]) -> None:
+    assert doc["openapi"].startswith("3.1")
+    validate_openapi(doc)
+    refs = re.findall(r'"\$ref": "([^"]*)"', json.dumps(doc))
+    assert refs and all(ref.startswith("#/") for ref in refs)  # nothing to fetch from elsewhere
+    # ... and loads in the fuzzer the integration tests run, with every operation.
+    schema = schemathesis.openapi.from_dict(doc)
+    loaded = list(schema.get_all_operations())
+    assert all(isinstance(result, Ok) for result in loaded)  # no operation failed to load
+    labels = {result.ok().label for result in loaded if isinstance(result, Ok)}
+    assert labels == {f"{method.upper()} {path}" for method, path, _ in operations(doc)}
+
+
+def test_every_route_of_the_app_is_documented_but_the_documentation_itself(
+    doc: dict[str, Any],
+) -> None:
+    app = _api_module().app
+    routes = [*app._static_routes, *app._dynamic_routes]
+    served = {(route.method, route.openapi_path) for route in routes}
+    documented = {(method.upper(), path) for method, path, _ in operations(doc)}
+    assert served >= DOCUMENTATION_ROUTES
+    assert documented == served - DOCUMENTATION_ROUTES
+    assert not any(path in doc["paths"] for _, path in DOCUMENTATION_ROUTES)
+
+
+def test_every_post_documents_its_body_form_and_json_and_the_idempotency_key(
+    doc: dict[str, Any],
+) -> None:
+    posts = [(path, op) for method, path, op in operations(doc) if method == "post"]
+    assert len(posts) == 5
+    for path, op in posts:
+        content = op["requestBody"]["content"]
+        form = content["application/x-www-form-urlencoded"]
+        assert form["schema"] == content["application/json"]["schema"], path
+        body = resolve(doc, form["schema"])
+        assert body["type"] == "object" and body["additionalProperties"] is False, path
+        nested = {n for n, p in body["properties"].items() if p.get("type") in ("object", "array")}
+        assert nested, path  # every body takes metadata or expand
+        assert form["encoding"] == {
+            name: {"style": "deepObject", "explode": True} for name in nested
+        }, path
+        headers = [resolve(doc, p) for p in op["parameters"] if resolve(doc, p)["in"] == "header"]
+        assert [(h["name"], h["required"], h["schema"]["maxLength"]) for h in headers] == [
+            ("Idempotency-Key", True, 255)
+        ], path
+    for method, path, op in operations(doc):
+        if method != "post":
+            assert "requestBody" not in op, f"{method} {path}"
+
+
+def test_body_schemas_follow_the_parameter_models(doc: dict[str, Any]) -> None:
+    _api_module()
+    import openapi_document
+
+    bodies = {
+        (path, spec.body)
+        for (method, path), spec in openapi_document.OPERATIONS.items()
+        if method == "post"
+    }
+    for path, model in bodies:
+        assert model is not None
+        schema = resolve(
+            doc, doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        )
+        assert set(schema["properties"]) == set(model.model_fields), path
+        required = {name for name, field in model.model_fields.items() if field.is_required()}
+        assert set(schema.get("required", [])) == required, path
+        assert doc["paths"][path]["post"]["requestBody"]["required"] is bool(required), path
+
+
+CHARGE = {"amount": 5000, "currency": "usd", "source": "tok_visa"}
+
+
+@pytest.mark.parametrize(
+    ("body", "valid"),
+    [
+        (CHARGE, True),
+        ({**CHARGE, "metadata": {"order": "6735"}, "expand": ["balance_transaction"]}, True),
+        ({**CHARGE, "statement_descriptor": "CORNER SHOP"}, True),
+        ({**CHARGE, "capture": False, "capture_at": 1_900_000_000}, True),
+        ({"amount": 5000, "source": "tok_visa"}, False),  # currency is required
+        ({**CHARGE, "amount": 50.5}, False),
+        ({**CHARGE, "surprise": 1}, False),
+        ({**CHARGE, "description": "x" * 1001}, False),
+        ({**CHARGE, "statement_descriptor": "ABC"}, False),
+        ({**CHARGE, "statement_descriptor": "12345"}, False),  # no letter
+        ({**CHARGE, "metadata": {"k": "v" * 501}}, False),
+        ({**CHARGE, "metadata": {"k" * 41: "v"}}, False),
+        ({**CHARGE, "metadata": {f"k{i}": "v" for i in range(51)}}, False),
+        ({**CHARGE, "metadata": {" ": "v"}}, False),
+    ],
+)
+def test_the_charge_body_schema_agrees_with_the_model(
+    doc: dict[str, Any], body: dict[str, Any], valid: bool
+) -> None:
+    assert component(doc, "ChargeCreateParams").is_valid(body) is valid
+    assert _model_accepts(ChargeCreateParams, body) is valid
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**CHARGE, "source": ""},
+        {**CHARGE, "capture_at": 1_900_000_000},  # a scheduled capture of a captured charge
+    ],
+)
+def test_the_charge_body_schema_states_the_services_rules(
+    doc: dict[str, Any], body: dict[str, Any]
+) -> None:
+    """Valid for the model, refused by the charge service: the schema refuses them too."""
+    assert _model_accepts(ChargeCreateParams, body)
+    assert not component(doc, "ChargeCreateParams").is_valid(body)
+
+
+def _model_accepts(model: type[BaseModel], body: dict[str, Any]) -> bool:
+    try:
+        model.model_validate(body)
+    except ValidationError:
+        return False
+    return True
+
+
+def test_every_v1_operation_requires_a_secret_key(doc: dict[str, Any]) -> None:
+    schemes = doc["components"]["securitySchemes"]
+    assert {name: (s["type"], s["scheme"]) for name, s in schemes.items()} == {
+        "bearerAuth": ("http", "bearer"),
+        "basicAuth": ("http", "basic"),
+    }
+    for method, path, op in operations(doc):
+        assert path.startswith("/v1/")
+        assert op["security"] == [{"bearerAuth": []}, {"basicAuth": []}], f"{method} {path}"
+
+
+def test_stripe_error_responses_and_no_422(doc: dict[str, Any]) -> None:
+    assert "422" not in json.dumps(doc)
+    assert "HTTPValidationError" not in json.dumps(doc)
+    error = doc["components"]["schemas"]["error"]["properties"]["error"]
+    assert error["properties"]["type"]["enum"] == [
+        "api_error",
+        "card_error",
+        "idempotency_error",
+        "invalid_request_error",
+    ]
+    assert set(error["required"]) == {"type", "message"}
+    for method, path, op in operations(doc):
+        statuses = set(op["responses"]) - {"200"}
+        expected = POST_ERRORS if method == "post" else EVERY_ERROR
+        if method == "delete":
+            expected = EVERY_ERROR | {"409"}
+        assert statuses == expected, f"{method} {path}"
+        for status in statuses:
+            response = resolve(doc, op["responses"][status])
+            assert response["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/error"
+            }
+            assert "Request-Id" in response["headers"]
+
+
+def test_every_200_names_an_object_schema(doc: dict[str, Any]) -> None:
+    returned = set()
+    for method, path, op in operations(doc):
+        schema = op["responses"]["200"]["content"]["application/json"]["schema"]
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        assert name in doc["components"]["schemas"], f"{method} {path}"
+        returned.add(name)
+    assert returned == {
+        "charge",
+        "refund",
+        "balance",
+        "balance_transaction",
+        "event",
+        "webhook_endpoint",
+        "deleted_webhook_endpoint",
+        "charge_list",
+        "refund_list",
+        "balance_transaction_list",
+        "event_list",
+        "webhook_endpoint_list",
+    }
+
+
+def test_links_lead_to_operations_that_take_what_they_carry(doc: dict[str, Any]) -> None:
+    by_id = {op["operationId"]: op for _, _, op in operations(doc)}
+    links = [
+        (f"{method} {path} {name}", link)
+        for method, path, op in operations(doc)
+        for name, link in op["responses"]["200"].get("links", {}).items()
+    ]
+    assert len(links) >= 10
+    for label, link in links:
+        target = by_id[link["operationId"]]
+        names = {resolve(doc, p)["name"] for p in target.get("parameters", [])}
+        assert set(link.get("parameters", {})) <= names, label
+        if "requestBody" in link:
+            body = target["requestBody"]["content"]["application/json"]["schema"]
+            assert set(link["requestBody"]) <= set(resolve(doc, body)["properties"]), label
+
+
+def test_object_schemas_are_not_vacuous(doc: dict[str, Any]) -> None:
+    charge = component(doc, "charge")
+    assert not charge.is_valid({"id": "ch_1", "object": "charge"})  # fields missing
+    listed = component(doc, "charge_list")
+    assert not listed.is_valid({"object": "list", "data": [{}], "has_more": False, "url": "/"})
+    assert component(doc, "error").is_valid({"error": {"type": "api_error", "message": "x"}})
+    assert not component(doc, "error").is_valid({"error": {"type": "rate_limit", "message": "x"}})
+
+
+def test_the_document_is_built_once() -> None:
+    app = _api_module().app
+    import openapi_document
+
+    assert openapi_document.document_json(app) is openapi_document.document_json(app)
+    first = openapi_document.document(app)
+    first["paths"].clear()  # a caller's copy: the served document is untouched
+    assert openapi_document.document(app)["paths"]
+
+
+# ---- through the handler ---------------------------------------------------------------------
+
+
+class Api:
+    """The api handler behind a front door's event shape, checking every response against
+    the document on the way back."""
+
+    def __init__(self, handler: Any, secret: str, doc: dict[str, Any]) -> None:
+        self.handler = handler
+        self.secret = secret
+        self.doc = doc
+        self.checked: set[tuple[str, str, int]] = set()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        template: str | None = None,
+        form: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
+        raw: bytes = b"",
+        key: str | None = None,
+        auth: bool = True,
+    ) -> tuple[int, dict[str, str], Any]:
+        headers = [("Host", "127.0.0.1")]
+        if auth:
+            basic = base64.b64encode(f"{self.secret}:".encode()).decode()
+            headers.append(("Authorization", f"Basic {basic}"))
+        body = raw
+        if form is not None:
+            body = urlencode(form).encode()
+            headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+        elif json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers.append(("Content-Type", "application/json"))
+        if method == "POST":
+            headers.append(("Idempotency-Key", key if key is not None else str(uuid.uuid4())))
+        event = build_event(method, path, headers, body, "127.0.0.1", "test")
+        result = self.handler(event, LocalLambdaContext("api", 1024, 29, str(uuid.uuid4())))
+        response_headers = {k.lower(): v for k, v in (result.get("headers") or {}).items()}
+        for name, values in (result.get("multiValueHeaders") or {}).items():
+            response_headers[name.lower()] = values[-1]
+        status = int(result["statusCode"])
+        if template is not None:
+            self._conforms(method.lower(), template, status, response_headers, result["body"])
+        return status, response_headers, result["body"]
+
+    def _conforms(
+        self, method: str, template: str, status: int, headers: dict[str, str], body: str
+    ) -> None:
+        op = self.doc["paths"][template][method]
+        assert str(status) in op["responses"], f"{method} {template}: undocumented {status}"
+        response = resolve(self.doc, op["responses"][str(status)])
+        media = headers["content-type"].split(";")[0]
+        assert media in response["content"], f"{method} {template} {status}: {media}"
+        for name, header in response["headers"].items():
+            header = resolve(self.doc, header)
+            if header.get("required"):
+                assert name.lower() in headers, f"{method} {template} {status}: no {name}"
+            if name.lower() in headers:
+                assert validator(self.doc, header["schema"]).is_valid(headers[name.lower()])
+        schema = response["content"][media]["schema"]
+        errors = list(validator(self.doc, schema).iter_errors(json.loads(body)))
+        assert not errors, f"{method} {template} {status}: {[e.message for e in errors[:3]]}"
+        self.checked.add((method, template, status))
+
+    def ok(self, method: str, path: str, template: str, **kwargs: Any) -> dict[str, Any]:
+        status, _, body = self.call(method, path, template=template, **kwargs)
+        assert status == 200, body
+        return dict(json.loads(body))
+
+
+@pytest.fixture
+def api(
+    aws: Any,
+    store: Store,
+    processor: SandboxProcessor,
+    doc: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Api]:
+    kms = boto3.client("kms", region_name="us-east-1")
+    environment = {
+        table_env_var(MAIN_TABLE.key): MAIN_TABLE.name,
+        table_env_var(IDEMPOTENCY_TABLE.key): IDEMPOTENCY_TABLE.name,
+        PROCESSOR_URL_ENV: processor.url,
+        WEBHOOK_SECRETS_KEY_ENV: provision_webhook_secrets_key(kms),
+        **LAMBDA_ENV,
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    handler = load_handler(TOPOLOGY.function("api"))
+    api_routes = _api_module()
+    api_routes.services.cache_clear()  # rebuild clients inside this test's moto account
+    yield Api(handler, create_merchant(store, "Schema Shop").secret_key, doc)
+    api_routes.services.cache_clear()
+
+
+def test_the_document_and_the_swagger_page_are_served_without_a_key(
+    api: Api, doc: dict[str, Any]
+) -> None:
+    status, headers, body = api.call("GET", "/openapi.json", auth=False)
+    assert (status, headers["content-type"]) == (200, "application/json")
+    assert json.loads(body) == doc
+    status, headers, page = api.call("GET", "/docs", auth=False)
+    assert (status, headers["content-type"]) == (200, "text/html; charset=utf-8")
+    assert "SwaggerUIBundle({" in page and '"/openapi.json"' in page
+    assert page.count("</script>") == 2  # the inlined bundle cannot close its tag early
+
+
+def test_every_object_the_api_returns_matches_its_schema(api: Api) -> None:
+    charge = api.ok(
+        "POST",
+        "/v1/charges",
+        "/v1/charges",
+        form={
+            "amount": "5000",
+            "currency": "usd",
+            "source": "tok_visa",
+            "metadata[order]": "6735",
+            "description": "Two mugs",
+            "statement_descriptor": "CORNER SHOP",
+        },
+    )
+    assert charge["balance_transaction"] and charge["payment_method_details"]["card"]
+    ch = charge["id"]
+    held = api.ok(
+        "POST",
+        "/v1/charges",
+        "/v1/charges",
+        json_body={
+            "amount": 3000,
+            "currency": "eur",
+            "source": "tok_mastercard",
+            "capture": False,
+            "capture_at": int(time.time()) + 3600,
+        },
+    )
+    assert held["captured"] is False and held["balance_transaction"] is None
+    to_void = api.ok(
+        "POST",
+        "/v1/charges",
+        "/v1/charges",
+        form={"amount": "2000", "currency": "usd", "source": "tok_visa", "capture": "false"},
+    )
+    status, _, declined = api.call(
+        "POST",
+        "/v1/charges",
+        template="/v1/charges",
+        form={"amount": "2000", "currency": "usd", "source": "tok_chargeDeclined"},
+    )
+    failed_id = json.loads(declined)["error"]["charge"]
+    assert status == 402
+    failed = api.ok("GET", f"/v1/charges/{failed_id}", "/v1/charges/{charge_id}")
+    assert failed["status"] == "failed" and failed["failure_code"]
+
+    captured = api.ok(
+        "POST",
+        f"/v1/charges/{held['id']}/capture",
+        "/v1/charges/{charge_id}/capture",
+        form={"amount": "2500"},
+    )
+    assert captured["amount_refunded"] == 500
+    refund = api.ok(
+        "POST",
+        "/v1/refunds",
+        "/v1/refunds",
+        form={"charge": ch, "amount": "1000", "reason": "requested_by_customer"},
+    )
+    void = api.ok("POST", "/v1/refunds", "/v1/refunds", json_body={"charge": to_void["id"]})
+    assert void["amount"] == 2000
+    refunded = api.ok("GET", f"/v1/charges/{ch}", "/v1/charges/{charge_id}")
+    assert [r["id"] for r in refunded["refunds"]["data"]] == [refund["id"]]
+    api.ok("GET", f"/v1/refunds/{refund['id']}", "/v1/refunds/{refund_id}")
+    api.ok("GET", "/v1/refunds?limit=2", "/v1/refunds")
+    api.ok("GET", f"/v1/refunds?charge={ch}", "/v1/refunds")
+    api.ok("GET", f"/v1/charges/{ch}/refunds", "/v1/charges/{charge_id}/refunds")
+    charges = api.ok("GET", "/v1/charges?limit=3", "/v1/charges")
+    assert charges["has_more"] is True
+
+    assert api.ok("GET", "/v1/balance", "/v1/balance")["pending"]
+    txns = api.ok("GET", "/v1/balance_transactions", "/v1/balance_transactions")["data"]
+    assert {t["type"] for t in txns} == {"charge", "refund"}
+    assert any(t["fee_details"] for t in txns)
+    api.ok("GET", f"/v1/balance_transactions/{txns[0]['id']}", "/v1/balance_transactions/{txn_id}")
+    events = api.ok("GET", "/v1/events?limit=100", "/v1/events")["data"]
+    assert {"charge.succeeded", "charge.failed", "charge.captured", "refund.created"} <= {
+        e["type"] for e in events
+    }
+    for event in events:  # each event's object is a charge or a refund, in full
+        kind = event["data"]["object"]["object"]
+        assert component(api.doc, kind).is_valid(event["data"]["object"]), event["type"]
+    api.ok("GET", f"/v1/events/{events[0]['id']}", "/v1/events/{event_id}")
+
+    endpoint = api.ok(
+        "POST",
+        "/v1/webhook_endpoints",
+        "/v1/webhook_endpoints",
+        form={"url": "https://shop.example/hooks", "enabled_events[0]": "*"},
+    )
+    assert endpoint["secret"].startswith("whsec_")
+    we = endpoint["id"]
+    template = "/v1/webhook_endpoints/{endpoint_id}"
+    api.ok("GET", f"/v1/webhook_endpoints/{we}", template)
+    api.ok(
+        "POST",
+        f"/v1/webhook_endpoints/{we}",
+        template,
+        form={"disabled": "true", "metadata[team]": "payments"},
+    )
+    api.ok("GET", "/v1/webhook_endpoints", "/v1/webhook_endpoints")
+    assert api.ok("DELETE", f"/v1/webhook_endpoints/{we}", template)["deleted"] is True
+
+    assert {template for _, template, status in api.checked if status == 200} == set(
+        api.doc["paths"]
+    )
+
+
+def test_refusals_match_the_error_schema(api: Api) -> None:
+    cases: list[tuple[int, str, str, str, dict[str, Any]]] = [
+        (401, "GET", "/v1/charges", "/v1/charges", {"auth": False}),
+        (404, "GET", "/v1/charges/ch_missing", "/v1/charges/{charge_id}", {}),
+        (400, "GET", "/v1/charges?limit=0", "/v1/charges", {}),
+        (400, "POST", "/v1/charges", "/v1/charges", {"form": {"amount": "5000"}}),
+        (400, "POST", "/v1/charges", "/v1/charges", {"form": {"amount": "1"}, "key": ""}),
+        (413, "POST", "/v1/refunds", "/v1/refunds", {"raw": b"charge=" + b"x" * 70_000}),
+        (
+            400,
+            "POST",
+            "/v1/charges",
+            "/v1/charges",
+            {"form": {"amount": "50", "currency": "usd", "source": "4242424242424242"}},
+        ),
+    ]
+    for status, method, path, template, options in cases:
+        got, headers, body = api.call(method, path, template=template, **options)
+        assert got == status, (method, path, body)
+        assert headers["request-id"].startswith("req_")
