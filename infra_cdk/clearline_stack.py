@@ -69,6 +69,14 @@ LOG_RETENTION = logs.RetentionDays.ONE_YEAR
 # Stage-wide limits sized to the design's peak of 10,000 payments per second.
 THROTTLE_RATE_LIMIT = 10_000
 THROTTLE_BURST_LIMIT = 5_000
+# API Gateway's own answers, as (response, Stripe error type, code, should the caller retry).
+GATEWAY_ERRORS = (
+    (apigw.ResponseType.THROTTLED, "invalid_request_error", "rate_limit", True),
+    (apigw.ResponseType.REQUEST_TOO_LARGE, "invalid_request_error", "request_too_large", False),
+    (apigw.ResponseType.INTEGRATION_TIMEOUT, "api_error", "gateway_timeout", True),
+    (apigw.ResponseType.DEFAULT_4_XX, "invalid_request_error", "gateway_refused", False),
+    (apigw.ResponseType.DEFAULT_5_XX, "api_error", "gateway_error", True),
+)
 # Messages keep their first enqueue time when moved to a dead-letter queue, so dead-letter
 # queues keep them for SQS's maximum, longer than any source queue.
 DEAD_LETTER_RETENTION = Duration.days(14)
@@ -738,6 +746,27 @@ class ClearlineStack(Stack):
             raise ValueError(f"function {spec.key} overrides managed variables: {sorted(clashes)}")
         return env | spec.environment
 
+    def _stripe_shaped_gateway_errors(self, api: apigw.LambdaRestApi) -> None:
+        """What API Gateway answers itself (throttled, too large, timed out) in the error
+        shape the API documents, so that an SDK reads it like any other error."""
+        for response_type, error_type, code, should_retry in GATEWAY_ERRORS:
+            # $context.error.messageString is already a quoted JSON string.
+            template = (
+                f'{{"error": {{"type": "{error_type}", "code": "{code}", '
+                '"message": $context.error.messageString}}'
+            )
+            headers = {
+                "Content-Type": "'application/json'",
+                "Request-Id": "'$context.requestId'",
+                "Stripe-Should-Retry": f"'{str(should_retry).lower()}'",
+            }
+            api.add_gateway_response(
+                f"Gateway{code.title().replace('_', '')}",
+                type=response_type,
+                response_headers=headers,
+                templates={"application/json": template},
+            )
+
     def _rest_api(self, spec: ApiSpec) -> apigw.LambdaRestApi:
         access_logs = logs.LogGroup(self, "ApiAccessLogs", retention=LOG_RETENTION)
         api = apigw.LambdaRestApi(
@@ -768,6 +797,7 @@ class ClearlineStack(Stack):
         )
         api.root.add_method("ANY", request_validator=validator)
         api.root.add_proxy(any_method=False).add_method("ANY", request_validator=validator)
+        self._stripe_shaped_gateway_errors(api)
 
         # Acknowledged on the exact constructs, so a new method or stage gets checked anew.
         for method in api.methods:

@@ -138,6 +138,12 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _handle
     do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _handle
 
+    def __getattr__(self, name: str) -> Any:
+        # Any other method a client invents (QUERY, PROPFIND, ...) reaches the api too.
+        if name.startswith("do_"):
+            return self._handle
+        raise AttributeError(name)
+
 
 class FrontDoorServer(ThreadingHTTPServer):
     daemon_threads = True

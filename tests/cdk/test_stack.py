@@ -1080,6 +1080,36 @@ def test_rest_api_proxies_everything_to_the_api_function(
     )
 
 
+def test_the_gateways_own_errors_are_stripe_shaped(template: Template) -> None:
+    """A throttled request (429) or the gateway's own 413 or 5xx reads like the API's errors."""
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in template.find_resources("AWS::ApiGateway::GatewayResponse").values()
+    }
+    assert set(responses) == {
+        "THROTTLED",
+        "REQUEST_TOO_LARGE",
+        "INTEGRATION_TIMEOUT",
+        "DEFAULT_4XX",
+        "DEFAULT_5XX",
+    }
+    throttled = responses["THROTTLED"]
+    assert throttled["ResponseParameters"]["gatewayresponse.header.Stripe-Should-Retry"] == (
+        "'true'"
+    )
+    body = throttled["ResponseTemplates"]["application/json"]
+    # The template, with the message API Gateway fills in, is the documented error object.
+    error = json.loads(body.replace("$context.error.messageString", '"Too Many Requests"'))
+    assert error == {
+        "error": {
+            "type": "invalid_request_error",
+            "code": "rate_limit",
+            "message": "Too Many Requests",
+        }
+    }
+    assert "'$context.requestId'" in throttled["ResponseParameters"].values()
+
+
 def test_api_stage_logs_traces_and_throttles(template: Template) -> None:
     template.has_resource_properties(
         "AWS::ApiGateway::Stage",

@@ -392,6 +392,7 @@ def test_a_card_number_in_the_url_is_refused_unechoed(
         ("TRACE", "/v1/charges", "GET, POST"),
         ("OPTIONS", "/v1/balance", "GET"),
         ("TRACE", "/anywhere", None),
+        ("QUERY", "/v1/balance", "GET"),  # a method no server in the path knows
     ],
 )
 def test_an_unsupported_method_is_a_stripe_shaped_405(

@@ -27,6 +27,11 @@ def test_sparse_indexes_stay_a_hash() -> None:
     assert parse_form("x[0]=a&x[2]=b") == {"x": {"0": "a", "2": "b"}}
 
 
+def test_only_canonical_indexes_make_a_list() -> None:
+    assert parse_form("metadata[00]=a") == {"metadata": {"00": "a"}}
+    assert parse_form("x[0]=a&x[01]=b") == {"x": {"0": "a", "01": "b"}}
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -43,7 +43,8 @@ def _listify(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     converted = {k: _listify(v) for k, v in node.items()}
-    if converted and all(k.isdigit() for k in converted):
+    # Only canonical indexes (`0`, `1`, not `00`) make a list; `x[00]` stays a hash key.
+    if converted and all(k.isdigit() and k == str(int(k)) for k in converted):
         indexes = sorted(int(k) for k in converted)
         if indexes == list(range(len(indexes))):
             return [converted[str(i)] for i in indexes]
