@@ -4,10 +4,8 @@ point, in test and live mode, and signing secrets that are never stored in the c
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,46 +15,13 @@ import stripe
 from tests.polling import eventually
 
 from .conftest import Stack
+from .receivers import Receiver
 
 pytestmark = pytest.mark.integration
 
 
 def key() -> str:
     return str(uuid.uuid4())
-
-
-class Receiver:
-    """A merchant's webhook endpoint on loopback: keeps each delivery that verifies."""
-
-    def __init__(self) -> None:
-        self.secret = ""
-        self.accepted: list[stripe.Event] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                payload = self.rfile.read(int(self.headers["Content-Length"])).decode()
-                event = stripe.Webhook.construct_event(
-                    payload, self.headers["Stripe-Signature"], receiver.secret
-                )
-                receiver.accepted.append(event)
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/webhooks"
 
 
 @pytest.fixture
