@@ -11,8 +11,9 @@ import binascii
 import json
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Metrics
@@ -20,6 +21,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.shared.json_encoder import Encoder
 
 import screening
 from clearline import balance, listing
@@ -44,6 +46,7 @@ from clearline.params import (
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.store import Store, StoreUnavailable
+from clearline.versions import CURRENT_VERSION
 from clearline.webhooks import (
     WebhookEndpointCreateParams,
     WebhookEndpoints,
@@ -54,7 +57,9 @@ MAX_BODY_BYTES = 64 * 1024  # Stripe requests are small; anything larger is a mi
 
 logger = new_logger()
 metrics = Metrics()
-app = APIGatewayRestResolver(enable_validation=True)
+# Indented as Stripe's responses are, so that a response read by a person reads alike.
+serialize = partial(json.dumps, indent=2, cls=Encoder)
+app = APIGatewayRestResolver(enable_validation=True, serializer=serialize)
 
 
 @dataclass(frozen=True)
@@ -100,11 +105,24 @@ def request_id() -> str:
     return f"req_{app.current_event.request_context.request_id}"
 
 
+# The Stripe-Version the request asked for, checked before routing (None: it asked none).
+_asked_version: ContextVar[str | None] = ContextVar("asked_version", default=None)
+
+
+def _api_version() -> str:
+    """The version this request is answered in: the one it asked for, else its merchant's
+    pinned one, else the current one."""
+    return _asked_version.get() or app.context.get("api_version", CURRENT_VERSION)
+
+
 def _json(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Response[dict[str, Any]]:
     return Response(
-        status_code=status, content_type="application/json", body=body, headers=headers or {}
+        status_code=status,
+        content_type="application/json",
+        body=body,
+        headers={**(headers or {}), "Stripe-Version": _api_version()},
     )
 
 
@@ -206,7 +224,7 @@ def _proxy_response(response: Response[dict[str, Any]]) -> dict[str, Any]:
     return {
         "statusCode": response.status_code,
         "headers": headers,
-        "body": json.dumps(response.body, separators=(",", ":")),
+        "body": serialize(response.body),
         "isBase64Encoded": False,
     }
 
@@ -233,6 +251,7 @@ def _api_key() -> str:
 
 def secret_key_merchant() -> Merchant:
     merchant, kind = services().keys.authenticate(services().store, _api_key())
+    app.append_context(api_version=merchant.api_version)
     if kind != "secret":
         raise AuthenticationError(
             "This API call cannot be made with a publishable API key. Please use a secret API key.",
@@ -534,7 +553,13 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     rid = f"req_{event.get('requestContext', {}).get('requestId', '')}"
     logger.append_keys(request_id=rid)
     services().idempotency.register_lambda_context(context)
-    refused = screening.refusal(event)
+    _asked_version.set(None)
+    refused: ApiError | None = screening.refusal(event)
+    if refused is None:
+        try:
+            _asked_version.set(screening.asked_version(event))
+        except ApiError as error:
+            refused = error
     if refused is not None:  # before routing, which would echo what must not be echoed
         response = _proxy_response(on_api_error(refused))
     else:

@@ -32,6 +32,7 @@ from clearline.params import (
     ChargeCreateParams,
     RefundCreateParams,
 )
+from clearline.versions import CURRENT_VERSION, VERSION_PATTERN
 from clearline.webhooks import WebhookEndpointCreateParams, WebhookEndpointUpdateParams
 
 TITLE = "Clearline API"
@@ -663,6 +664,12 @@ HEADERS: dict[str, Schema] = {
         "required": True,
         "schema": {"type": "string", "pattern": "^req_"},
     },
+    "Stripe-Version": {
+        "description": "The API version the response is in: the one the request asked for, "
+        "else the account's pinned version.",
+        "required": True,
+        "schema": {"type": "string", "pattern": VERSION_PATTERN},
+    },
     "Stripe-Should-Retry": {
         "description": "Whether retrying the same request (with the same Idempotency-Key) "
         "may succeed.",
@@ -716,7 +723,7 @@ def _header_refs(*names: str) -> dict[str, Schema]:
 def _error_response(description: str) -> Schema:
     return {
         "description": description,
-        "headers": _header_refs("Request-Id", "Stripe-Should-Retry"),
+        "headers": _header_refs("Request-Id", "Stripe-Version", "Stripe-Should-Retry"),
         "content": {JSON: {"schema": _ref("error")}},
     }
 
@@ -765,7 +772,11 @@ def _complete(base: Schema) -> Schema:
                 *op.get("parameters", []),
                 {"$ref": "#/components/parameters/IdempotencyKey"},
             ]
-        success_headers = ["Request-Id"]
+        op["parameters"] = [
+            *op.get("parameters", []),
+            {"$ref": "#/components/parameters/StripeVersion"},
+        ]
+        success_headers = ["Request-Id", "Stripe-Version"]
         if method == "post":
             success_headers += ["Idempotent-Replayed", "Original-Request"]
         responses: dict[str, Schema] = {
@@ -799,7 +810,16 @@ def _complete(base: Schema) -> Schema:
             "description": "A unique value per operation (a UUID, say). A retry with the same "
             "key never moves money twice: it gets the first response back.",
             "schema": {"type": "string", "minLength": 1, "maxLength": KEY_MAX_LENGTH},
-        }
+        },
+        "StripeVersion": {
+            "name": "Stripe-Version",
+            "in": "header",
+            "required": False,
+            "description": "The API version to answer in (`YYYY-MM-DD` or `YYYY-MM-DD.name`, "
+            f"such as `{CURRENT_VERSION}`); without it, the account's pinned version. A "
+            "malformed version is a 400.",
+            "schema": {"type": "string", "pattern": VERSION_PATTERN},
+        },
     }
     components["securitySchemes"] = {
         "bearerAuth": {

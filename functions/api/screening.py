@@ -13,6 +13,8 @@ from urllib.parse import unquote
 
 from clearline.cards import card_number_refusal, contains_card_number
 from clearline.errors import InvalidRequestError
+from clearline.params import connect_not_supported
+from clearline.versions import checked_version
 
 # Idempotency-Key is stored with the request it guards; the Stripe-* headers are echoed.
 KEPT_HEADERS = ("idempotency-key", "stripe-account", "stripe-version", "stripe-context")
@@ -55,3 +57,14 @@ def refusal(event: dict[str, Any]) -> InvalidRequestError | None:
     for name in KEPT_HEADERS:
         found = found or _screen(f"header:{name}", headers.get(name) or "")
     return found
+
+
+def asked_version(event: dict[str, Any]) -> str | None:
+    """The API version the request asks for (None: the merchant's default); a 400 for a
+    malformed one, and for `Stripe-Account`: Connect is not supported, and acting on the
+    platform's own account instead would be worse than refusing."""
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    if headers.get("stripe-account"):
+        raise connect_not_supported("Stripe-Account")
+    version = headers.get("stripe-version")
+    return checked_version(version) if version else None

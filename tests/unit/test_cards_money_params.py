@@ -94,6 +94,15 @@ def test_exponents_and_minimums() -> None:
     assert raised.value.code == "amount_too_large"
 
 
+@pytest.mark.parametrize("code", ["kwd", "bhd", "jod", "omr", "tnd"])
+def test_three_decimal_currencies_move_in_tens(code: str) -> None:
+    money.check_charge_amount(1000, money.currency(code))
+    with pytest.raises(InvalidRequestError, match="divisible by 10") as raised:
+        money.check_charge_amount(1005, money.currency(code))
+    assert raised.value.param == "amount"
+    money.check_payable(1005, money.currency("usd"))  # two decimals: any amount
+
+
 def test_fees_round_half_up_in_integers_and_never_exceed_the_amount() -> None:
     merchant = Merchant("acct_1", "Shop", fee_basis_points=290, fee_fixed=30, created=0)
     assert merchant.fee_for(5000) == 145 + 30

@@ -139,12 +139,22 @@ def test_every_post_documents_its_body_form_and_json_and_the_idempotency_key(
             name: {"style": "deepObject", "explode": True} for name in nested
         }, path
         headers = [resolve(doc, p) for p in op["parameters"] if resolve(doc, p)["in"] == "header"]
-        assert [(h["name"], h["required"], h["schema"]["maxLength"]) for h in headers] == [
-            ("Idempotency-Key", True, 255)
+        assert [(h["name"], h["required"], h["schema"].get("maxLength")) for h in headers] == [
+            ("Idempotency-Key", True, 255),
+            ("Stripe-Version", False, None),
         ], path
     for method, path, op in operations(doc):
         if method != "post":
             assert "requestBody" not in op, f"{method} {path}"
+
+
+def test_every_operation_takes_and_answers_a_stripe_version(doc: dict[str, Any]) -> None:
+    for method, path, op in operations(doc):
+        names = [resolve(doc, p)["name"] for p in op["parameters"]]
+        assert "Stripe-Version" in names, f"{method} {path}"
+        for status, response in op["responses"].items():
+            headers = resolve(doc, response)["headers"]
+            assert resolve(doc, headers["Stripe-Version"])["required"], f"{path} {status}"
 
 
 def test_body_schemas_follow_the_parameter_models(doc: dict[str, Any]) -> None:

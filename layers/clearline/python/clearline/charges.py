@@ -674,6 +674,7 @@ class ChargeService(MoneyService):
                 param="amount",
                 code="amount_too_large" if amount > 0 else "amount_too_small",
             )
+        money.check_payable(amount, money.currency(item["currency"]))
         record = self._lock(
             item,
             caller,

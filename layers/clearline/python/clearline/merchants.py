@@ -20,6 +20,7 @@ from clearline.ids import new_id
 from clearline.money import percent_of
 from clearline.store import Store
 from clearline.transitions import Change, Transition, TransitionWriter
+from clearline.versions import CURRENT_VERSION
 
 KeyKind = Literal["secret", "publishable"]
 
@@ -32,6 +33,7 @@ class Merchant:
     fee_fixed: int  # minor units of the charge's currency
     created: int
     livemode: bool = False
+    api_version: str = CURRENT_VERSION  # pinned at creation, Stripe's way
 
     def fee_for(self, amount: int) -> int:
         return min(amount, percent_of(amount, self.fee_basis_points) + self.fee_fixed)
@@ -97,7 +99,10 @@ def create_merchant(
 
 
 def _merchant_of(record: dict[str, Any]) -> Merchant:
-    return Merchant(**{name: record[name] for name in Merchant.__dataclass_fields__})
+    # Fields added since a record was written take their defaults.
+    return Merchant(
+        **{name: record[name] for name in Merchant.__dataclass_fields__ if name in record}
+    )
 
 
 def get_merchant(store: Store, merchant_id: str) -> Merchant | None:

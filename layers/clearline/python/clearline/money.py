@@ -34,7 +34,10 @@ _CURRENCIES = [
     Currency("jpy", 0, 50),
     Currency("krw", 0, 100),
     Currency("bhd", 3, 500),
+    Currency("jod", 3, 500),
     Currency("kwd", 3, 500),
+    Currency("omr", 3, 500),
+    Currency("tnd", 3, 500),
 ]
 CURRENCIES: dict[str, Currency] = {c.code: c for c in _CURRENCIES}
 
@@ -56,6 +59,18 @@ def format_amount(amount: int, cur: Currency) -> str:
     return f"{amount / 10**cur.exponent:.{cur.exponent}f} {cur.code}"
 
 
+def check_payable(amount: int, cur: Currency, *, param: str = "amount") -> None:
+    """Card networks move three-decimal currencies (kwd, bhd, jod, omr, tnd) in steps of
+    ten minor units: 1.005 kwd cannot be charged, captured or refunded."""
+    if cur.exponent == 3 and amount % 10:
+        raise InvalidRequestError(
+            f"Amounts in {cur.code} must be divisible by 10 (the last digit must be 0): "
+            f"{format_amount(amount, cur)} cannot be paid by card.",
+            param=param,
+            code="parameter_invalid",
+        )
+
+
 def check_charge_amount(amount: int, cur: Currency, *, param: str = "amount") -> None:
     if amount < cur.minimum:
         raise InvalidRequestError(
@@ -69,6 +84,7 @@ def check_charge_amount(amount: int, cur: Currency, *, param: str = "amount") ->
             param=param,
             code="amount_too_large",
         )
+    check_payable(amount, cur, param=param)
 
 
 def percent_of(amount: int, basis_points: int) -> int:

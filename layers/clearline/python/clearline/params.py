@@ -127,6 +127,29 @@ class RefundCreateParams(Params):
 
 P = TypeVar("P", bound=Params)
 
+# Parameters that only mean something on a Connect platform. Silently dropping them would
+# move the money to the platform instead of the connected account, so each is refused.
+CONNECT_PARAMETERS = frozenset(
+    {
+        "application_fee",
+        "application_fee_amount",
+        "destination",
+        "on_behalf_of",
+        "transfer_data",
+        "refund_application_fee",
+        "reverse_transfer",
+    }
+)
+
+
+def connect_not_supported(param: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Connect is not supported by Clearline, so {param} cannot be used: each merchant "
+        "has its own account and API keys.",
+        param=param,
+        code="connect_not_supported",
+    )
+
 
 def _param_name(loc: tuple[int | str, ...]) -> str:
     head, *rest = [str(part) for part in loc]
@@ -152,6 +175,9 @@ def _message(error: Any, param: str) -> str:
 
 def parse_params(model: type[P], params: dict[str, Any]) -> P:
     """Validate params into `model`, or raise a 400 naming the first offending parameter."""
+    for name in params:
+        if name in CONNECT_PARAMETERS:
+            raise connect_not_supported(name)
     try:
         return model.model_validate(params)
     except ValidationError as exc:

@@ -36,7 +36,7 @@ from clearline.charges import (
 from clearline.errors import ConflictError, InvalidRequestError, processor_unavailable
 from clearline.ids import derived_id
 from clearline.merchants import Merchant
-from clearline.money import currency, format_amount
+from clearline.money import check_payable, currency, format_amount
 from clearline.params import RefundCreateParams
 from clearline.processor import ProcessorRejected, ProcessorUnavailable
 from clearline.transitions import Announcement, Change, Transition
@@ -139,8 +139,9 @@ class RefundService(MoneyService):
             raise InvalidRequestError(
                 "Refund amount must be positive.", param="amount", code="amount_too_small"
             )
+        cur = currency(charge["currency"])
+        check_payable(amount, cur)
         if amount > charge["refundable"]:
-            cur = currency(charge["currency"])
             raise InvalidRequestError(
                 f"Refund amount ({format_amount(amount, cur)}) is greater than unrefunded amount "
                 f"on charge ({format_amount(charge['refundable'], cur)})",
