@@ -326,6 +326,11 @@ def idempotent_post(
 
 ListLimit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=255)]
+# Stripe's created[gt|gte|lt|lte] (Unix seconds), declared per route so it is documented.
+CreatedGt = Annotated[int | None, Query(alias="created[gt]")]
+CreatedGte = Annotated[int | None, Query(alias="created[gte]")]
+CreatedLt = Annotated[int | None, Query(alias="created[lt]")]
+CreatedLte = Annotated[int | None, Query(alias="created[lte]")]
 
 
 @app.post("/v1/charges")
@@ -345,13 +350,23 @@ def retrieve_charge(charge_id: str) -> Response[dict[str, Any]]:
 
 @app.get("/v1/charges")
 def list_charges(
-    limit: ListLimit = 10, starting_after: Cursor = None, ending_before: Cursor = None
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
 ) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
     return _json(
         200,
         services().charges.list(
-            merchant, limit=limit, starting_after=starting_after, ending_before=ending_before
+            merchant,
+            limit=limit,
+            starting_after=starting_after,
+            ending_before=ending_before,
+            created=listing.Created(created_gt, created_gte, created_lt, created_lte),
         ),
     )
 
@@ -386,6 +401,10 @@ def list_refunds(
     limit: ListLimit = 10,
     starting_after: Cursor = None,
     ending_before: Cursor = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
 ) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
     return _json(
@@ -396,6 +415,7 @@ def list_refunds(
             limit=limit,
             starting_after=starting_after,
             ending_before=ending_before,
+            created=listing.Created(created_gt, created_gte, created_lt, created_lte),
         ),
     )
 
@@ -406,9 +426,22 @@ def list_charge_refunds(
     limit: ListLimit = 10,
     starting_after: Cursor = None,
     ending_before: Cursor = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
 ) -> Response[dict[str, Any]]:
     # The nested form of GET /v1/refunds?charge=...
-    return list_refunds(charge_id, limit, starting_after, ending_before)
+    return list_refunds(
+        charge_id,
+        limit,
+        starting_after,
+        ending_before,
+        created_gt,
+        created_gte,
+        created_lt,
+        created_lte,
+    )
 
 
 @app.get("/v1/balance")
@@ -426,7 +459,13 @@ def retrieve_balance_transaction(txn_id: str) -> Response[dict[str, Any]]:
 
 @app.get("/v1/balance_transactions")
 def list_balance_transactions(
-    limit: ListLimit = 10, starting_after: Cursor = None, ending_before: Cursor = None
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
 ) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
     return _json(
@@ -440,6 +479,7 @@ def list_balance_transactions(
             limit=limit,
             starting_after=starting_after,
             ending_before=ending_before,
+            created=listing.Created(created_gt, created_gte, created_lt, created_lte),
         ),
     )
 
@@ -454,24 +494,16 @@ def retrieve_event(event_id: str) -> Response[dict[str, Any]]:
 @app.get("/v1/events")
 def list_events(
     type: Annotated[str | None, Query(max_length=100)] = None,
-    created_gt: Annotated[int | None, Query(alias="created[gt]")] = None,
-    created_gte: Annotated[int | None, Query(alias="created[gte]")] = None,
-    created_lt: Annotated[int | None, Query(alias="created[lt]")] = None,
-    created_lte: Annotated[int | None, Query(alias="created[lte]")] = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
     limit: ListLimit = 10,
     starting_after: Cursor = None,
     ending_before: Cursor = None,
 ) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
     filters: list[tuple[str, str, Any]] = [] if type is None else [("type", "=", type)]
-    for operator, bound in (
-        (">", created_gt),
-        (">=", created_gte),
-        ("<", created_lt),
-        ("<=", created_lte),
-    ):
-        if bound is not None:
-            filters.append(("created", operator, bound))
     return _json(
         200,
         listing.page(
@@ -484,6 +516,7 @@ def list_events(
             starting_after=starting_after,
             ending_before=ending_before,
             filters=filters,
+            created=listing.Created(created_gt, created_gte, created_lt, created_lte),
         ),
     )
 

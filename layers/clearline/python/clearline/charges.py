@@ -889,6 +889,7 @@ class ChargeService(MoneyService):
         limit: int,
         starting_after: str | None,
         ending_before: str | None,
+        created: listing.Created | None = None,
     ) -> dict[str, Any]:
         return listing.page(
             self.store,
@@ -899,4 +900,5 @@ class ChargeService(MoneyService):
             limit=limit,
             starting_after=starting_after,
             ending_before=ending_before,
+            created=created,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from clearline.errors import ResourceMissingError, store_unavailable
@@ -58,6 +59,46 @@ def list_keys(merchant_id: str, kind: str, created_ms: int, object_id: str) -> d
     }
 
 
+_MAX_MS = 10**13 - 1  # the index key holds 13 digits of milliseconds
+
+
+@dataclass(frozen=True)
+class Created:
+    """Stripe's `created[gt|gte|lt|lte]` filter, in Unix seconds."""
+
+    gt: int | None = None
+    gte: int | None = None
+    lt: int | None = None
+    lte: int | None = None
+
+    def first_ms(self) -> int | None:
+        """The earliest millisecond the filter admits."""
+        starts = [s * 1000 for s in (self.gte,) if s is not None]
+        starts += [(s + 1) * 1000 for s in (self.gt,) if s is not None]
+        return min(max(max(starts), 0), _MAX_MS + 1) if starts else None
+
+    def last_ms(self) -> int | None:
+        """The latest millisecond the filter admits."""
+        ends = [s * 1000 - 1 for s in (self.lt,) if s is not None]
+        ends += [(s + 1) * 1000 - 1 for s in (self.lte,) if s is not None]
+        return max(min(min(ends), _MAX_MS), -1) if ends else None
+
+    def admits(self, created: int) -> bool:
+        first, last = self.first_ms(), self.last_ms()
+        ms = created * 1000
+        return (first is None or ms >= first) and (last is None or ms <= last)
+
+    def index_range(self) -> tuple[str | None, str | None]:
+        """Inclusive bounds on `gsi1sk` (`{created_ms:013d}#{id}`); a highest of "" is a
+        range nothing falls in."""
+        first, last = self.first_ms(), self.last_ms()
+        if (first is not None and first > _MAX_MS) or (last is not None and last < 0):
+            return None, ""
+        lowest = None if first is None else f"{first:013d}"
+        highest = None if last is None else f"{last:013d}#~"
+        return lowest, highest
+
+
 def get_owned(
     store: Store, merchant_id: str, object_id: str, kind: str, param: str = "id"
 ) -> dict[str, Any]:
@@ -82,7 +123,11 @@ def page(
     starting_after: str | None,
     ending_before: str | None,
     filters: list[tuple[str, str, Any]] | None = None,
+    created: Created | None = None,
 ) -> dict[str, Any]:
+    """A page of the merchant's objects of `kind`, newest first; `created` narrows the
+    index range each shard is queried over, so a filter reads only what it returns."""
+    lowest, highest = (created or Created()).index_range()
     before = after = None
     if starting_after:
         before = get_owned(store, merchant_id, starting_after, kind, "starting_after")["gsi1sk"]
@@ -101,6 +146,8 @@ def page(
             newest_first=newest_first,
             limit=limit + 1,
             filters=filters,
+            lowest=lowest,
+            highest=highest,
         )
 
     try:
@@ -128,9 +175,12 @@ def page_in_memory(
     limit: int,
     starting_after: str | None,
     ending_before: str | None,
+    created: Created | None = None,
 ) -> dict[str, Any]:
     """A page of a short list held in one item (a charge's refunds), newest first. Keys
     starting with an underscore order the list and are not shown."""
+    if created is not None:
+        objects = [o for o in objects if created.admits(o["created"])]
     newest_first = sorted(
         objects, key=lambda o: (o["created"], o.get("_at_ms", 0), o["id"]), reverse=True
     )

@@ -494,6 +494,7 @@ class RefundService(MoneyService):
         limit: int,
         starting_after: str | None,
         ending_before: str | None,
+        created: listing.Created | None = None,
     ) -> dict[str, Any]:
         if charge_id:
             charge = listing.get_owned(self.store, merchant.id, charge_id, "ch", param="charge")
@@ -503,6 +504,7 @@ class RefundService(MoneyService):
                 limit=limit,
                 starting_after=starting_after,
                 ending_before=ending_before,
+                created=created,
             )
         return listing.page(
             self.store,
@@ -513,4 +515,5 @@ class RefundService(MoneyService):
             limit=limit,
             starting_after=starting_after,
             ending_before=ending_before,
+            created=created,
         )

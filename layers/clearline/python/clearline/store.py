@@ -172,16 +172,38 @@ class Store:
         newest_first: bool = True,
         limit: int = 10,
         filters: list[tuple[str, str, Any]] | None = None,
+        lowest: str | None = None,
+        highest: str | None = None,
     ) -> list[dict[str, Any]]:
         """Up to `limit` items of one index partition, optionally filtered by
-        (attribute, operator, value) conditions, reading on past filtered-out items."""
+        (attribute, operator, value) conditions, reading on past filtered-out items.
+        `before`/`after` bound the sort key exclusively (a cursor), `lowest`/`highest`
+        inclusively (a range); all of them go into the key condition."""
         condition = "#pk = :pk"
         names = {"#pk": pk_name}
         values: dict[str, Any] = {":pk": pk}
-        if before is not None or after is not None:
-            condition += " AND #sk < :cursor" if before is not None else " AND #sk > :cursor"
+        if after is not None:
+            # Sort keys are fixed-shape strings, so the next one after `after` is at least
+            # `after` + " " (no key extends another).
+            lowest = max(lowest or "", after + " ")
+        if before is not None:
+            # ... and every key below `before` is at most its last character less one,
+            # followed by "~" (which sorts after every character a key holds).
+            below = before[:-1] + chr(ord(before[-1]) - 1) + "~"
+            highest = below if highest is None else min(highest, below)
+        if highest == "" or (lowest and highest is not None and lowest > highest):
+            return []  # an empty range: DynamoDB refuses BETWEEN with its ends reversed
+        if lowest and highest is not None:
+            condition += " AND #sk BETWEEN :lowest AND :highest"
+            values.update({":lowest": lowest, ":highest": highest})
+        elif lowest:
+            condition += " AND #sk >= :lowest"
+            values[":lowest"] = lowest
+        elif highest is not None:
+            condition += " AND #sk <= :highest"
+            values[":highest"] = highest
+        if lowest or highest is not None:
             names["#sk"] = sk_name
-            values[":cursor"] = before if before is not None else after
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
             "IndexName": index,
