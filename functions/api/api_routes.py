@@ -191,7 +191,7 @@ def on_unexpected(error: Exception) -> Response[dict[str, Any]]:
 
 
 def _methods_for(path: str) -> set[str]:
-    """The methods the routes answer for `path` (every method the API answers, for None)."""
+    """The methods the routes answer for `path`; empty when no route matches it."""
     # Powertools keeps its compiled routes privately; the 405 needs to see them.
     routes = [*getattr(app, "_static_routes", []), *getattr(app, "_dynamic_routes", [])]
     return {route.method for route in routes if route.rule.match(path)}
