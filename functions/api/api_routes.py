@@ -588,7 +588,8 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     services().idempotency.register_lambda_context(context)
     _asked_version.set(None)
     refused: ApiError | None = screening.refusal(event)
-    if refused is None:
+    routable = str(event.get("httpMethod", "")).upper() in _methods_for(event.get("path", ""))
+    if refused is None and routable:  # a 404 or 405 says so first, whatever the version
         try:
             _asked_version.set(screening.asked_version(event))
         except ApiError as error:

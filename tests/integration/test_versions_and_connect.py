@@ -70,6 +70,14 @@ def test_a_malformed_version_is_refused(
     error = response.json()["error"]
     assert (error["code"], error["param"]) == ("api_version_invalid", "Stripe-Version")
     assert stack.item_counts() == before
+    # A method the URL does not answer is a 405 first, whatever the version says.
+    wrong_method = requests.put(
+        f"{stack.url}/v1/balance",
+        auth=(merchant["secret_key"], ""),
+        headers={"Stripe-Version": version},
+        timeout=30,
+    )
+    assert wrong_method.status_code == 405, wrong_method.text
 
 
 def test_connect_is_refused_never_ignored(stack: Stack, merchant: dict[str, Any]) -> None:
