@@ -27,6 +27,10 @@ from clearline.store import Store
 from clearline_local.stack import aws_client, free_port
 from clearline_local.state import StackInfo
 
+from .recording import start_recording
+
+start_recording()  # every body the stripe SDK receives is kept for test_conformance.py
+
 CLEARLINE = str(Path(sys.executable).with_name("clearline"))
 PROCESSOR_TIMEOUT_SECONDS = 1.5  # shorter than the sandbox's injected-fault delay (3 s)
 WEBHOOK_TIMEOUT_SECONDS = 2
