@@ -43,8 +43,8 @@ def seed(store: Store, rows: int, now: float) -> None:
     items = []
     for n in range(rows):
         charge = f"ch_bench{n:07d}"
-        items.append(
-            balance.transaction_item(
+        items.extend(
+            balance.transaction_items(
                 derived_id("txn", charge, "capture"),
                 merchant_id="acct_bench",
                 kind="charge",

@@ -11,6 +11,7 @@ from aws_cdk import (
     Acknowledgment,
     CfnParameter,
     Duration,
+    Fn,
     RemovalPolicy,
     Stack,
     Validations,
@@ -58,6 +59,7 @@ from clearline.topology import (
     table_env_var,
 )
 from infra_cdk.bundling import dependencies_layer_code
+from presentation.links import PUBLIC_URL_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSET_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/*.egg-info"]
@@ -215,6 +217,7 @@ class ClearlineStack(Stack):
             else None
         )
         self.api = self._rest_api(topology.api)
+        self._tell_functions_the_public_url(topology.api)
 
     def _alarm_topic(self) -> sns.Topic:
         # A key of our own, not the AWS managed one for SNS: only a customer managed key's
@@ -766,6 +769,14 @@ class ClearlineStack(Stack):
                 response_headers=headers,
                 templates={"application/json": template},
             )
+
+    def _tell_functions_the_public_url(self, spec: ApiSpec) -> None:
+        """Receipt and error-code links point at the API's stage URL. Built from the API's
+        id, not its deployment, so that no function waits on a deployment that waits on it."""
+        host = [self.api.rest_api_id, ".execute-api.", self.region, ".amazonaws.com"]
+        url = Fn.join("", ["https://", *host, "/", spec.stage])
+        for function in self.functions.values():
+            function.add_environment(PUBLIC_URL_ENV, url)
 
     def _rest_api(self, spec: ApiSpec) -> apigw.LambdaRestApi:
         access_logs = logs.LogGroup(self, "ApiAccessLogs", retention=LOG_RETENTION)

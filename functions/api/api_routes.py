@@ -23,24 +23,34 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.shared.json_encoder import Encoder
 
+import pages
 import screening
-from clearline import balance, listing
+from clearline import balance, charge_search, listing
 from clearline.audit import Caller
 from clearline.cards import card_number_location, card_number_refusal
 from clearline.charges import ChargeService
 from clearline.config import Settings
-from clearline.errors import ApiError, AuthenticationError, InvalidRequestError
-from clearline.events import event_object
+from clearline.errors import (
+    ApiError,
+    AuthenticationError,
+    CardError,
+    InvalidRequestError,
+    ResourceMissingError,
+    UnknownUrlError,
+)
 from clearline.forms import decode, parse_body
-from clearline.idempotency import IdempotentRequests, check_key
+from clearline.idempotency import IdempotentRequests, Reply, check_key
 from clearline.ledger import ShardPolicy
 from clearline.logs import new_logger
 from clearline.merchants import KeyCache, Merchant
+from clearline.models import BalanceTransaction, Charge, Event, Model, Page
 from clearline.params import (
     ChargeCaptureParams,
     ChargeCreateParams,
+    ChargeUpdateParams,
     P,
     RefundCreateParams,
+    RefundUpdateParams,
     parse_params,
 )
 from clearline.processor import ProcessorClient
@@ -52,7 +62,14 @@ from clearline.webhooks import (
     WebhookEndpoints,
     WebhookEndpointUpdateParams,
 )
+from presentation.errors import error_body, error_status
+from presentation.events import render_event
+from presentation.expand import check_paths, expand
+from presentation.links import Links
+from presentation.lists import list_object, search_result
+from presentation.objects import render
 
+MAX_EVENT_TYPES = 20
 MAX_BODY_BYTES = 64 * 1024  # Stripe requests are small; anything larger is a mistake or abuse
 
 logger = new_logger()
@@ -137,14 +154,14 @@ def on_api_error(error: ApiError) -> Response[dict[str, Any]]:
     logger.info(
         "request refused",
         extra={
-            "status": error.status,
+            "status": error_status(error),
             "error_type": error.type,
             "error_code": error.code,
             "param": error.param,
             "cause": repr(error.__cause__) if error.__cause__ else None,
         },
     )
-    return _json(error.status, error.to_dict(), headers)
+    return _json(error_status(error), error_body(error, links()), headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -207,16 +224,13 @@ def on_not_found(_: Exception) -> Response[dict[str, Any]]:
         response = on_api_error(
             InvalidRequestError(
                 f"The {method[:20]} method is not allowed on this URL (allowed: {allowed_text}).",
-                status=405,
                 code="method_not_allowed",
             )
         )
         if allowed:
             response.headers["Allow"] = ", ".join(sorted(allowed))
         return response
-    return on_api_error(
-        InvalidRequestError(f"Unrecognized request URL ({method}: {event.path}).", status=404)
-    )
+    return on_api_error(UnknownUrlError(f"Unrecognized request URL ({method}: {event.path})."))
 
 
 def _proxy_response(response: Response[dict[str, Any]]) -> dict[str, Any]:
@@ -278,7 +292,6 @@ def body_params() -> dict[str, Any]:
     if len(raw) > MAX_BODY_BYTES:
         raise InvalidRequestError(
             f"Request bodies are limited to {MAX_BODY_BYTES} bytes.",
-            status=413,
             code="request_too_large",
         )
     params = parse_body(decode(raw), app.current_event.headers.get("content-type"))
@@ -288,24 +301,105 @@ def body_params() -> dict[str, Any]:
     return params
 
 
+def links() -> Links:
+    """Where this API's public pages are: its configured URL, else the one it was called at."""
+    context = app.current_event.request_context
+    called_at = f"https://{context.domain_name}/{context.stage}" if context.domain_name else ""
+    return Links.from_env(fallback=called_at)
+
+
+def array_query(name: str) -> list[str]:
+    """An array parameter from the query string, as the SDKs send it (`expand[0]=...`),
+    or as `expand[]=...` or `expand=...` by hand."""
+    params = app.current_event.multi_value_query_string_parameters or {}
+    found: list[str] = []
+    for given, values in sorted(params.items()):
+        index = given.removeprefix(name)
+        if given.startswith(name) and (
+            index in ("", "[]")
+            or (index[:1] == "[" and index[-1:] == "]" and index[1:-1].isdigit())
+        ):
+            found += values
+    return found
+
+
+def expand_query() -> list[str]:
+    return array_query("expand")
+
+
+def _facets(**asked: str | list[str] | None) -> dict[str, list[str]]:
+    """The list filters asked for, as facets of the list's index (most selective first)."""
+    return {
+        name: value if isinstance(value, list) else [value]
+        for name, value in asked.items()
+        if value
+    }
+
+
+def _fetcher(merchant: Merchant) -> Callable[[str], dict[str, Any] | None]:
+    """Renders an object an id names, if the merchant owns it (for expansion)."""
+
+    def fetch(object_id: str) -> dict[str, Any] | None:
+        try:
+            if object_id.startswith("ch_"):
+                return render(services().charges.retrieve(merchant, object_id), links())
+            if object_id.startswith("re_"):
+                return render(services().refunds.retrieve(merchant, object_id), links())
+            if object_id.startswith("txn_"):
+                item = listing.get_owned(services().store, merchant.id, object_id, "txn")
+                return render(BalanceTransaction.from_item(item), links())
+        except ResourceMissingError:
+            return None
+        return None
+
+    return fetch
+
+
+def shown(
+    merchant: Merchant, result: Model | Page[Any], paths: list[str], *, url: str = ""
+) -> dict[str, Any]:
+    """A result rendered in Stripe's shape, with `paths` expanded."""
+    if isinstance(result, Page):
+        body = list_object(url, [render(m, links()) for m in result.items], result.has_more)
+    else:
+        body = render(result, links())
+    return expand(body, paths, _fetcher(merchant)) if paths else body
+
+
+def respond(
+    merchant: Merchant, result: Model | Page[Any], root: str, *, url: str = ""
+) -> Response[dict[str, Any]]:
+    """A GET's answer: `expand[]` checked first, then the result rendered."""
+    paths = check_paths(root, expand_query())
+    return _json(200, shown(merchant, result, paths, url=url))
+
+
 def idempotent_post(
     model: type[P],
-    operation: Callable[[Caller, P, str], dict[str, Any]],
+    operation: Callable[[Caller, P, str], Model],
+    root: str,
     metric: str | None = None,
 ) -> Response[dict[str, Any]]:
-    """Every POST: refuse card numbers, authenticate, validate `model`, require an
-    Idempotency-Key, then run the operation once per key and replay its first response."""
+    """Every POST: refuse card numbers, authenticate, validate `model` (and its `expand`),
+    require an Idempotency-Key, then run the operation once per key and replay its first
+    response."""
     params = body_params()
     merchant = secret_key_merchant()
     parsed = parse_params(model, params)
+    paths = check_paths(root, getattr(parsed, "expand", []))
     key = check_key(app.current_event.headers.get("idempotency-key"))
     who = Caller(merchant, request_id())
 
-    def run() -> dict[str, Any]:
-        result = operation(who, parsed, key)
+    def run() -> Reply:
+        try:
+            result = operation(who, parsed, key)
+        except CardError as decline:  # a decline is a result, replayed like a success
+            return Reply(error_status(decline), error_body(decline, links()))
         if metric:
             metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
-        return result
+        # A charge the processor has not answered for is not final: a retry settles it.
+        final = not (isinstance(result, Charge) and result.state == "pending")
+        return Reply(200, shown(merchant, result, paths), final=final)
 
     stored = services().idempotency.run(
         merchant_id=merchant.id,
@@ -331,6 +425,9 @@ CreatedGt = Annotated[int | None, Query(alias="created[gt]")]
 CreatedGte = Annotated[int | None, Query(alias="created[gte]")]
 CreatedLt = Annotated[int | None, Query(alias="created[lt]")]
 CreatedLte = Annotated[int | None, Query(alias="created[lte]")]
+IdFilter = Annotated[str | None, Query(max_length=255)]
+# Declared so it is documented; read from every spelling the SDKs use (expand_query).
+Expand = Annotated[list[str] | None, Query(alias="expand[]")]
 
 
 @app.post("/v1/charges")
@@ -338,14 +435,42 @@ def create_charge() -> Response[dict[str, Any]]:
     return idempotent_post(
         ChargeCreateParams,
         lambda who, charge, key: services().charges.create(who, charge, idempotency_key=key),
+        "charge",
         "ChargeCreated",
     )
 
 
-@app.get("/v1/charges/<charge_id>")
-def retrieve_charge(charge_id: str) -> Response[dict[str, Any]]:
+@app.get("/v1/charges/search")
+def search_charges(
+    query: Annotated[str, Query(max_length=2000)],
+    limit: ListLimit = 10,
+    page: Annotated[str | None, Query(max_length=500)] = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
-    return _json(200, services().charges.retrieve(merchant, charge_id))
+    paths = check_paths("list:charge", expand_query())
+    parsed = charge_search.parse_charge_query(query)
+    found = charge_search.search_charges(
+        services().store, merchant.id, parsed, limit=limit, page=page
+    )
+    rendered = [render(charge, links()) for charge in found.charges]
+    body = search_result("/v1/charges/search", rendered, found.next_page)
+    return _json(200, expand(body, paths, _fetcher(merchant)) if paths else body)
+
+
+@app.get("/v1/charges/<charge_id>")
+def retrieve_charge(charge_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    return respond(merchant, services().charges.retrieve(merchant, charge_id), "charge")
+
+
+@app.post("/v1/charges/<charge_id>")
+def update_charge(charge_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        ChargeUpdateParams,
+        lambda who, update, _: services().charges.update(who, charge_id, update),
+        "charge",
+    )
 
 
 @app.get("/v1/charges")
@@ -357,18 +482,20 @@ def list_charges(
     created_gte: CreatedGte = None,
     created_lt: CreatedLt = None,
     created_lte: CreatedLte = None,
+    customer: IdFilter = None,
+    payment_intent: IdFilter = None,
+    expand_: Expand = None,
 ) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
-    return _json(
-        200,
-        services().charges.list(
-            merchant,
-            limit=limit,
-            starting_after=starting_after,
-            ending_before=ending_before,
-            created=listing.Created(created_gt, created_gte, created_lt, created_lte),
-        ),
+    page = services().charges.list(
+        merchant,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        created=listing.Created(created_gt, created_gte, created_lt, created_lte),
+        facets=_facets(customer=customer, payment_intent=payment_intent),
     )
+    return respond(merchant, page, "list:charge", url="/v1/charges")
 
 
 @app.post("/v1/charges/<charge_id>/capture")
@@ -376,6 +503,7 @@ def capture_charge(charge_id: str) -> Response[dict[str, Any]]:
     return idempotent_post(
         ChargeCaptureParams,
         lambda who, capture, _: services().charges.capture(who, charge_id, capture),
+        "charge",
         "ChargeCaptured",
     )
 
@@ -385,14 +513,24 @@ def create_refund() -> Response[dict[str, Any]]:
     return idempotent_post(
         RefundCreateParams,
         lambda who, refund, key: services().refunds.create(who, refund, idempotency_key=key),
+        "refund",
         "RefundCreated",
     )
 
 
 @app.get("/v1/refunds/<refund_id>")
-def retrieve_refund(refund_id: str) -> Response[dict[str, Any]]:
+def retrieve_refund(refund_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
-    return _json(200, services().refunds.retrieve(merchant, refund_id))
+    return respond(merchant, services().refunds.retrieve(merchant, refund_id), "refund")
+
+
+@app.post("/v1/refunds/<refund_id>")
+def update_refund(refund_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        RefundUpdateParams,
+        lambda who, update, _: services().refunds.update(who, refund_id, update),
+        "refund",
+    )
 
 
 @app.get("/v1/refunds")
@@ -405,19 +543,19 @@ def list_refunds(
     created_gte: CreatedGte = None,
     created_lt: CreatedLt = None,
     created_lte: CreatedLte = None,
+    expand_: Expand = None,
 ) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
-    return _json(
-        200,
-        services().refunds.list(
-            merchant,
-            charge_id=charge,
-            limit=limit,
-            starting_after=starting_after,
-            ending_before=ending_before,
-            created=listing.Created(created_gt, created_gte, created_lt, created_lte),
-        ),
+    page = services().refunds.list(
+        merchant,
+        charge_id=charge,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        created=listing.Created(created_gt, created_gte, created_lt, created_lte),
     )
+    url = f"/v1/charges/{charge}/refunds" if charge else "/v1/refunds"
+    return respond(merchant, page, "list:refund", url=url)
 
 
 @app.get("/v1/charges/<charge_id>/refunds")
@@ -430,6 +568,7 @@ def list_charge_refunds(
     created_gte: CreatedGte = None,
     created_lt: CreatedLt = None,
     created_lte: CreatedLte = None,
+    expand_: Expand = None,
 ) -> Response[dict[str, Any]]:
     # The nested form of GET /v1/refunds?charge=...
     return list_refunds(
@@ -447,14 +586,15 @@ def list_charge_refunds(
 @app.get("/v1/balance")
 def retrieve_balance() -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
-    return _json(200, balance.balance_object(services().store, merchant.id, services().shards))
+    found = balance.merchant_balance(services().store, merchant.id, services().shards)
+    return respond(merchant, found, "balance")
 
 
 @app.get("/v1/balance_transactions/<txn_id>")
-def retrieve_balance_transaction(txn_id: str) -> Response[dict[str, Any]]:
+def retrieve_balance_transaction(txn_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
     item = listing.get_owned(services().store, merchant.id, txn_id, "txn")
-    return _json(200, balance.transaction_object(item))
+    return respond(merchant, BalanceTransaction.from_item(item), "balance_transaction")
 
 
 @app.get("/v1/balance_transactions")
@@ -466,34 +606,44 @@ def list_balance_transactions(
     created_gte: CreatedGte = None,
     created_lt: CreatedLt = None,
     created_lte: CreatedLte = None,
+    type: Annotated[str | None, Query(max_length=100)] = None,
+    source: IdFilter = None,
+    payout: IdFilter = None,
+    currency: Annotated[str | None, Query(max_length=3)] = None,
+    expand_: Expand = None,
 ) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
-    return _json(
-        200,
-        listing.page(
-            services().store,
-            merchant.id,
-            "txn",
-            url="/v1/balance_transactions",
-            render=balance.transaction_object,
-            limit=limit,
-            starting_after=starting_after,
-            ending_before=ending_before,
-            created=listing.Created(created_gt, created_gte, created_lt, created_lte),
+    page = listing.page(
+        services().store,
+        merchant.id,
+        "txn",
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        created=listing.Created(created_gt, created_gte, created_lt, created_lte),
+        facets=_facets(
+            source=source,
+            payout=payout,
+            type=type,
+            currency=currency.lower() if currency else None,
         ),
-    )
+    ).of(BalanceTransaction.from_item)
+    return respond(merchant, page, "list:balance_transaction", url="/v1/balance_transactions")
 
 
 @app.get("/v1/events/<event_id>")
 def retrieve_event(event_id: str) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
     item = listing.get_owned(services().store, merchant.id, event_id, "evt")
-    return _json(200, event_object(item))
+    check_paths("event", expand_query())
+    return _json(200, render_event(Event.from_item(item), links()))
 
 
 @app.get("/v1/events")
 def list_events(
     type: Annotated[str | None, Query(max_length=100)] = None,
+    types_: Annotated[list[str] | None, Query(alias="types[]")] = None,
+    delivery_success: Annotated[bool | None, Query()] = None,
     created_gt: CreatedGt = None,
     created_gte: CreatedGte = None,
     created_lt: CreatedLt = None,
@@ -503,22 +653,32 @@ def list_events(
     ending_before: Cursor = None,
 ) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
-    filters: list[tuple[str, str, Any]] = [] if type is None else [("type", "=", type)]
-    return _json(
-        200,
-        listing.page(
-            services().store,
-            merchant.id,
-            "evt",
-            url="/v1/events",
-            render=event_object,
-            limit=limit,
-            starting_after=starting_after,
-            ending_before=ending_before,
-            filters=filters,
-            created=listing.Created(created_gt, created_gte, created_lt, created_lte),
-        ),
-    )
+    check_paths("list:event", expand_query())
+    types = array_query("types")
+    if type and types:
+        raise InvalidRequestError("Send type or types, not both.", param="types")
+    if len(types) > MAX_EVENT_TYPES:
+        raise InvalidRequestError(
+            f"types may name at most {MAX_EVENT_TYPES} event types.", param="types"
+        )
+    if delivery_success is not None:
+        raise InvalidRequestError(
+            "Filtering events by delivery_success is not supported; see each event's "
+            "deliveries with `clearline webhooks attempts`.",
+            param="delivery_success",
+        )
+    page = listing.page(
+        services().store,
+        merchant.id,
+        "evt",
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        created=listing.Created(created_gt, created_gte, created_lt, created_lte),
+        facets=_facets(type=type or types),
+    ).of(Event.from_item)
+    rendered = [render_event(event, links()) for event in page.items]
+    return _json(200, list_object("/v1/events", rendered, page.has_more))
 
 
 @app.post("/v1/webhook_endpoints")
@@ -526,13 +686,15 @@ def create_webhook_endpoint() -> Response[dict[str, Any]]:
     return idempotent_post(
         WebhookEndpointCreateParams,
         lambda who, endpoint, _: services().webhook_endpoints.create(who, endpoint),
+        "webhook_endpoint",
     )
 
 
 @app.get("/v1/webhook_endpoints/<endpoint_id>")
 def retrieve_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
-    return _json(200, services().webhook_endpoints.retrieve(merchant, endpoint_id))
+    found = services().webhook_endpoints.retrieve(merchant, endpoint_id)
+    return respond(merchant, found, "webhook_endpoint")
 
 
 @app.post("/v1/webhook_endpoints/<endpoint_id>")
@@ -540,6 +702,7 @@ def update_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
     return idempotent_post(
         WebhookEndpointUpdateParams,
         lambda who, update, _: services().webhook_endpoints.update(who, endpoint_id, update),
+        "webhook_endpoint",
     )
 
 
@@ -547,7 +710,7 @@ def update_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
 def delete_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
     who = Caller(merchant, request_id())
-    return _json(200, services().webhook_endpoints.delete(who, endpoint_id))
+    return respond(merchant, services().webhook_endpoints.delete(who, endpoint_id), "endpoint")
 
 
 @app.get("/v1/webhook_endpoints")
@@ -555,12 +718,45 @@ def list_webhook_endpoints(
     limit: ListLimit = 10, starting_after: Cursor = None, ending_before: Cursor = None
 ) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
-    return _json(
-        200,
-        services().webhook_endpoints.list(
-            merchant, limit=limit, starting_after=starting_after, ending_before=ending_before
-        ),
+    page = services().webhook_endpoints.list(
+        merchant, limit=limit, starting_after=starting_after, ending_before=ending_before
     )
+    return respond(merchant, page, "list:webhook_endpoint", url="/v1/webhook_endpoints")
+
+
+# ---- public pages: a customer's receipt, and what each error code means ------------------------
+
+
+def _html(status: int, page: str) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type="text/html; charset=utf-8",
+        body=page,
+        # A receipt is the customer's: no caching by shared proxies, no framing elsewhere.
+        headers={
+            "Cache-Control": "private, no-store",
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+        },
+    )
+
+
+@app.get("/receipts/<charge_id>/<token>", include_in_schema=False)
+def receipt(charge_id: str, token: str) -> Response[str]:
+    charge, merchant = services().charges.receipt(charge_id, token)
+    return _html(200, pages.receipt_page(render(charge, links()), merchant.name))
+
+
+@app.get("/errors", include_in_schema=False)
+def error_codes() -> Response[str]:
+    return _html(200, pages.error_codes_page(pages.ERROR_CODES))
+
+
+@app.get("/errors/<code>", include_in_schema=False)
+def error_code(code: str) -> Response[str]:
+    if code not in pages.ERROR_CODES:
+        raise ResourceMissingError("error code", code[:100])
+    return _html(200, pages.error_code_page(code, pages.ERROR_CODES[code]))
 
 
 # ---- the API's own description: public, and not an operation of the document itself ----------

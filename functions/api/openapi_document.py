@@ -21,7 +21,6 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from pydantic import BaseModel
 
-from clearline.events import API_VERSION
 from clearline.idempotency import KEY_MAX_LENGTH
 from clearline.money import CURRENCIES, MAX_AMOUNT
 from clearline.params import (
@@ -30,7 +29,9 @@ from clearline.params import (
     METADATA_VALUE_MAX_LENGTH,
     ChargeCaptureParams,
     ChargeCreateParams,
+    ChargeUpdateParams,
     RefundCreateParams,
+    RefundUpdateParams,
 )
 from clearline.versions import CURRENT_VERSION, VERSION_PATTERN
 from clearline.webhooks import WebhookEndpointCreateParams, WebhookEndpointUpdateParams
@@ -69,8 +70,31 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "failed charge. With `capture=false`, `capture_at` (a Clearline extension) "
         "schedules the capture inside the 7-day authorization window.",
     ),
+    ("get", "/v1/charges/search"): Operation(
+        "search_charges",
+        "Charges",
+        "Search charges",
+        "charge_search_result",
+        description="Stripe's search query language: `field:'value'`, `-` to negate, "
+        "`AND` or `OR` (not both), `>`/`<`/`>=`/`<=` on `amount` and `created`, "
+        "`metadata['key']:'value'`, `~` for a substring (3 characters or more), `null` for "
+        "no value. A malformed query is a 400 that names the position. Search is eventually "
+        "consistent: a charge is found about a second after it is written. One request "
+        "examines at most 1,000 charges, newest first (a `created` range narrows them); when "
+        "that bound is reached first, `next_page` resumes the search.",
+    ),
     ("get", "/v1/charges/{charge_id}"): Operation(
         "retrieve_charge", "Charges", "Retrieve a charge", "charge"
+    ),
+    ("post", "/v1/charges/{charge_id}"): Operation(
+        "update_charge",
+        "Charges",
+        "Update a charge",
+        "charge",
+        ChargeUpdateParams,
+        "Changes what describes a charge (never its amount): `description`, `metadata` "
+        '(a key set to "" is deleted), `receipt_email`, `shipping`, `fraud_details`, '
+        "`transfer_group`. Announced as `charge.updated` with `previous_attributes`.",
     ),
     ("get", "/v1/charges"): Operation(
         "list_charges", "Charges", "List charges, newest first", "charge_list"
@@ -95,6 +119,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("get", "/v1/refunds/{refund_id}"): Operation(
         "retrieve_refund", "Refunds", "Retrieve a refund", "refund"
+    ),
+    ("post", "/v1/refunds/{refund_id}"): Operation(
+        "update_refund",
+        "Refunds",
+        "Update a refund",
+        "refund",
+        RefundUpdateParams,
+        'Changes a refund\'s `metadata` (a key set to "" is deleted). Announced as '
+        "`refund.updated` with `previous_attributes`.",
     ),
     ("get", "/v1/refunds"): Operation(
         "list_refunds", "Refunds", "List refunds, or one charge's refunds", "refund_list"
@@ -224,6 +257,12 @@ _METADATA: Schema = {
     "propertyNames": {"minLength": 1, "maxLength": METADATA_KEY_MAX_LENGTH, "pattern": r"\S"},
     "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_MAX_LENGTH},
 }
+_METADATA_UPDATE: Schema = {
+    "anyOf": [
+        {**_METADATA, "description": 'Merged into the metadata; a key set to "" is deleted.'},
+        {"type": "string", "enum": [""], "description": '"" deletes every key.'},
+    ]
+}
 _AMOUNT: Schema = {
     "type": "integer",
     "minimum": 1,
@@ -235,7 +274,8 @@ _WEBHOOK_URL = "Where events are posted: https, on a public address (test mode i
 _EXPAND: Schema = {
     "type": "array",
     "items": {"type": "string"},
-    "description": "Accepted for compatibility with Stripe clients.",
+    "description": "Fields of the response to expand from an id to the object it names "
+    "(`balance_transaction`, `charge.balance_transaction`), up to 4 levels deep.",
 }
 
 # What the models' own schemas cannot say: limits enforced by validators and services.
@@ -284,6 +324,11 @@ _REFINEMENTS: dict[type[BaseModel], dict[str, Schema]] = {
         },
         "expand": _EXPAND,
     },
+    ChargeUpdateParams: {
+        "metadata": _METADATA_UPDATE,
+        "expand": _EXPAND,
+    },
+    RefundUpdateParams: {"metadata": _METADATA_UPDATE, "expand": _EXPAND},
     RefundCreateParams: {
         "charge": {"description": "The charge to refund (`ch_...`)."},
         "amount": {**_AMOUNT, "description": "By default all that is left to refund."},
@@ -343,13 +388,26 @@ def _not_null(schema: Schema) -> Schema:
     return {**present[0], **rest}
 
 
+_COMPONENT_REF = "#/components/schemas/{model}"
+
+
+def body_definitions(model: type[BaseModel]) -> dict[str, Schema]:
+    """The nested models a body refers to (shipping's address...), as components."""
+    schema = model.model_json_schema(ref_template=_COMPONENT_REF)
+    return {name: _without_titles(d) for name, d in schema.get("$defs", {}).items()}
+
+
 def body_schema(model: type[BaseModel]) -> Schema:
     """The model's JSON schema, refined with the limits its validators enforce."""
-    schema = _without_titles(model.model_json_schema())
+    schema = _without_titles(model.model_json_schema(ref_template=_COMPONENT_REF))
+    schema.pop("$defs", None)
     refinements = _REFINEMENTS.get(model, {})
     properties = {}
     for name, prop in schema["properties"].items():
-        properties[name] = {**_not_null(prop), **refinements.get(name, {})}
+        refined = {**_not_null(prop), **refinements.get(name, {})}
+        if "default" in refined and refined["default"] is None:  # never sent as null
+            del refined["default"]
+        properties[name] = refined
     unknown = refinements.keys() - properties.keys()
     if unknown:
         raise ValueError(f"{model.__name__} has no parameters {sorted(unknown)}")
@@ -424,6 +482,30 @@ def _list_of(item: str, description: str) -> Schema:
     )
 
 
+def _expandable(*kinds: str, nullable: bool = False) -> Schema:
+    """An id, or with `expand[]` the object it names."""
+    options: list[Schema] = [_STR, *(_ref(kind) for kind in kinds)]
+    if nullable:
+        options.append({"type": "null"})
+    return {"anyOf": options, "description": "An id; the object itself when expanded."}
+
+
+def _search_result_of(item: str, description: str) -> Schema:
+    return _obj(
+        {
+            "object": _const("search_result"),
+            "data": {"type": "array", "items": _ref(item)},
+            "has_more": _BOOL,
+            "next_page": {
+                **_STR_OR_NULL,
+                "description": "Pass as `page` to continue; null on the last page.",
+            },
+            "url": _STR,
+        },
+        description=description,
+    )
+
+
 def object_schemas() -> dict[str, Schema]:
     card = _obj(
         {
@@ -433,8 +515,33 @@ def object_schemas() -> dict[str, Schema]:
             "exp_year": _INT,
             "funding": _STR,
             "country": _STR_OR_NULL,
+            "fingerprint": {
+                **_STR_OR_NULL,
+                "description": "The same for every charge of one card number.",
+            },
+            "network": _STR_OR_NULL,
+            "checks": _nullable("object"),
+            "installments": _nullable("object"),
+            "mandate": _STR_OR_NULL,
+            "network_token": _nullable("object"),
+            "three_d_secure": _nullable("object"),
+            "wallet": _nullable("object"),
         }
     )
+    source_card = {
+        "type": ["object", "null"],
+        "required": ["id", "object", "brand", "last4", "exp_month", "exp_year", "fingerprint"],
+        "properties": {
+            "id": _STR,
+            "object": _const("card"),
+            "brand": _STR,
+            "last4": _STR,
+            "exp_month": _INT,
+            "exp_year": _INT,
+            "fingerprint": _STR_OR_NULL,
+        },
+        "description": "The card charged, as the legacy sources API shows it.",
+    }
     outcome = {
         "type": ["object", "null"],
         "required": ["network_status", "reason", "risk_level", "seller_message", "type"],
@@ -460,7 +567,7 @@ def object_schemas() -> dict[str, Schema]:
                 **_INT,
                 "description": "Refunds, plus any part of the authorization released uncaptured.",
             },
-            "balance_transaction": _STR_OR_NULL,
+            "balance_transaction": _expandable("balance_transaction", nullable=True),
             "billing_details": _obj(
                 {
                     "address": _nullable("object"),
@@ -493,9 +600,21 @@ def object_schemas() -> dict[str, Schema]:
                 "required": ["card", "type"],
                 "properties": {"card": card, "type": _const("card")},
             },
-            "receipt_url": _STR_OR_NULL,
+            "receipt_url": {
+                **_STR_OR_NULL,
+                "description": "A public page with the customer's receipt.",
+            },
+            "receipt_email": _STR_OR_NULL,
+            "receipt_number": _STR_OR_NULL,
             "refunded": _BOOL,
             "refunds": charge_refunds,
+            "customer": _STR_OR_NULL,
+            "shipping": _nullable("object"),
+            "source": source_card,
+            "statement_descriptor_suffix": _STR_OR_NULL,
+            "transfer_group": _STR_OR_NULL,
+            "failure_balance_transaction": _STR_OR_NULL,
+            "review": _STR_OR_NULL,
             "statement_descriptor": _STR_OR_NULL,
             "status": {"type": "string", "enum": ["failed", "pending", "succeeded"]},
         },
@@ -506,8 +625,8 @@ def object_schemas() -> dict[str, Schema]:
             "id": {"type": "string", "pattern": "^re_"},
             "object": _const("refund"),
             "amount": _INT,
-            "balance_transaction": _STR_OR_NULL,
-            "charge": _STR,
+            "balance_transaction": _expandable("balance_transaction", nullable=True),
+            "charge": _expandable("charge"),
             "created": _INT,
             "currency": _STR,
             "metadata": _METADATA_OUT,
@@ -517,10 +636,15 @@ def object_schemas() -> dict[str, Schema]:
             ),
             "receipt_number": _STR_OR_NULL,
             "status": {"type": "string", "enum": ["failed", "pending", "succeeded"]},
-            "failure_reason": _STR_OR_NULL,
+            "source_transfer_reversal": _STR_OR_NULL,
+            "transfer_reversal": _STR_OR_NULL,
         },
         description="Money returned to the card, or a released authorization.",
     )
+    # Present only on a failed refund, as in Stripe's schema.
+    refund["properties"]["failure_reason"] = _STR
+    refund["properties"]["description"] = _STR
+    refund["properties"]["failure_balance_transaction"] = _STR
     balance_amount = _obj(
         {
             "amount": _INT,
@@ -561,7 +685,10 @@ def object_schemas() -> dict[str, Schema]:
             "fee_details": {"type": "array", "items": fee},
             "net": _INT,
             "reporting_category": {"type": "string", "enum": kinds},
-            "source": {**_STR, "description": "The charge or refund that moved the money."},
+            "source": {
+                **_expandable("charge", "refund"),
+                "description": "The charge or refund that moved the money.",
+            },
             "status": {"type": "string", "enum": ["available", "pending"]},
             "type": {"type": "string", "enum": kinds},
         },
@@ -651,6 +778,7 @@ def object_schemas() -> dict[str, Schema]:
         "refund_list": _list_of("refund", "A page of refunds."),
         "balance_transaction_list": _list_of("balance_transaction", "A page of movements."),
         "event_list": _list_of("event", "A page of events."),
+        "charge_search_result": _search_result_of("charge", "A page of matching charges."),
         "webhook_endpoint_list": _list_of("webhook_endpoint", "A page of webhook endpoints."),
         "error": error,
     }
@@ -798,6 +926,8 @@ def _complete(base: Schema) -> Schema:
         **object_schemas(),
         **{name: body_schema(model) for name, model in sorted(body_models.items())},
     }
+    for model in body_models.values():
+        components["schemas"].update(body_definitions(model))
     components["responses"] = {
         name: _error_response(description) for name, description in ERRORS.values()
     }
@@ -842,7 +972,7 @@ def _complete(base: Schema) -> Schema:
 
 @cache
 def _document_json(app: APIGatewayRestResolver) -> str:
-    base = json.loads(app.get_openapi_json_schema(title=TITLE, version=API_VERSION))
+    base = json.loads(app.get_openapi_json_schema(title=TITLE, version=CURRENT_VERSION))
     return json.dumps(_complete(base), indent=2)
 
 

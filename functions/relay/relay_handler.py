@@ -25,9 +25,10 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from clearline.logs import new_logger
-from clearline.outbox import entry_for
 from clearline.store import deserialize
 from clearline.topology import EVENT_BUS, bus_env_var
+from presentation.links import Links
+from presentation.outbox import entry_for
 
 logger = new_logger()
 # Failures are reported per record even when every record of a batch fails, so the trigger
@@ -37,6 +38,7 @@ processor = BatchProcessor(
 )
 events = boto3.client("events")
 BUS_NAME = os.environ[bus_env_var(EVENT_BUS.key)]
+LINKS = Links.from_env()
 EVENT_PK_PREFIX = "EVENT#"
 
 
@@ -60,8 +62,8 @@ def entry(event_id: str, new_image: dict[str, Any] | None) -> dict[str, Any]:
     if not new_image:
         raise MalformedEvent(f"{event_id}: the stream record carries no new image")
     try:
-        built = entry_for(deserialize(new_image), BUS_NAME)
-    except (KeyError, TypeError, ValueError) as exc:
+        built = entry_for(deserialize(new_image), BUS_NAME, LINKS)
+    except (KeyError, TypeError, ValueError) as exc:  # a pydantic ValidationError too
         raise MalformedEvent(f"{event_id}: {type(exc).__name__}: {exc}") from exc
     if built is None:
         raise MalformedEvent(f"{event_id}: the new image is not an event item")

@@ -204,8 +204,9 @@ def _webhook_queue(info: StackInfo) -> tuple[Any, str, str]:
 
 def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
     """Queue an event for delivery again, to every subscribed endpoint (support's tool)."""
-    from clearline.events import event_object
     from clearline.topology import EVENT_SOURCE
+    from presentation.links import Links
+    from presentation.outbox import webhook_detail
 
     info = find_stack(args.port)
     item = _store(info).get(f"EVENT#{args.event_id}", "EVENT")
@@ -213,7 +214,8 @@ def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
         print(f"error: no such event: {args.event_id}", file=sys.stderr)
         return 2
     sqs, queue, _ = _webhook_queue(info)
-    detail = {"merchant": item["merchant"], "event": event_object(item), "force": True}
+    links = Links.from_env(fallback=info.api_url)
+    detail = {**webhook_detail(item, links), "force": True}
     sqs.send_message(
         QueueUrl=queue,
         MessageBody=json.dumps(

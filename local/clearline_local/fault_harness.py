@@ -258,7 +258,7 @@ class Harness:
             params = ChargeCreateParams(
                 amount=amount, currency="usd", source="tok_visa", capture=capture
             )
-            holder["charge"] = self.charges.create(caller, params, idempotency_key=idem)["id"]
+            holder["charge"] = self.charges.create(caller, params, idempotency_key=idem).id
 
         def nothing() -> None:
             return None

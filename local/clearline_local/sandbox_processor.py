@@ -11,6 +11,7 @@ Request bodies are never logged: they carry tokens and amounts that belong to me
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import re
@@ -51,6 +52,14 @@ class _TestCard:
     country: str = "US"
     # (code, decline_code, message) when the card declines every authorization
     decline: tuple[str, str, str] | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """One per card: every token of the same test card number shares it (a processor
+        derives it from the number, which the sandbox stands in for by brand, last four
+        and funding)."""
+        identity = f"{self.brand}:{self.last4}:{self.funding}".encode()
+        return hashlib.sha256(b"sandbox-fingerprint:" + identity).hexdigest()[:16]
 
 
 _DECLINED = "Your card was declined."
@@ -179,6 +188,9 @@ class _AuthorizationRecord:
                 "exp_year": self.exp_year,
                 "funding": self.card.funding,
                 "country": self.card.country,
+                "fingerprint": self.card.fingerprint,
+                "network": self.card.brand,
+                "cvc_check": "fail" if self.decline_code == "incorrect_cvc" else "pass",
             },
             "code": self.code,
             "decline_code": self.decline_code,

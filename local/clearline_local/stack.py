@@ -39,6 +39,7 @@ from clearline_local.provision import (
 from clearline_local.sandbox_processor import SandboxProcessor
 from clearline_local.state import StackInfo, state_dir
 from clearline_local.triggers import Trigger, start_triggers
+from presentation.links import PUBLIC_URL_ENV
 
 LOOPBACK = "127.0.0.1"
 
@@ -163,6 +164,8 @@ class LocalStack:
             # endpoints may be too; never on the stack's own ports (moto, the processor, the
             # front door), which would take signed POSTs as commands.
             WEBHOOK_ALLOW_LOOPBACK_ENV: ",".join(str(port) for port in own_ports),
+            # Receipts and error-code pages are served by the api, through the front door.
+            PUBLIC_URL_ENV: f"http://{LOOPBACK}:{self.port}",
         }
         try:
             for spec in self.topology.functions:

@@ -386,8 +386,8 @@ def test_a_card_number_in_the_url_is_refused_unechoed(
     ("method", "path", "allow"),
     [
         ("PUT", "/v1/charges", "GET, POST"),
-        ("PATCH", "/v1/charges/ch_123", "GET"),
-        ("DELETE", "/v1/refunds/re_123", "GET"),
+        ("PATCH", "/v1/charges/ch_123", "GET, POST"),
+        ("DELETE", "/v1/refunds/re_123", "GET, POST"),
         ("GET", "/v1/charges/ch_123/capture", "POST"),
         ("TRACE", "/v1/charges", "GET, POST"),
         ("OPTIONS", "/v1/balance", "GET"),

@@ -4,6 +4,7 @@ import pytest
 
 from clearline.errors import InvalidRequestError
 from clearline.forms import parse_body, parse_form
+from presentation.errors import error_status
 
 
 def test_bracket_notation_as_the_stripe_sdk_sends_it() -> None:
@@ -78,7 +79,7 @@ def test_no_body_is_no_params() -> None:
 def test_malformed_bodies_are_a_400(body: str, content_type: str) -> None:
     with pytest.raises(InvalidRequestError) as raised:
         parse_body(body, content_type)
-    assert raised.value.status == 400
+    assert error_status(raised.value) == 400
 
 
 def test_brackets_inside_json_strings_are_not_nesting() -> None:

@@ -3,6 +3,7 @@ composes with Stripe's cursors."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -37,19 +38,23 @@ def charges(store: Store) -> list[str]:
     return ids
 
 
+@dataclass(frozen=True)
+class Listed:
+    id: str
+    created: int
+
+
 def listed(store: Store, created: Created, **cursor: Any) -> list[str]:
     page = listing.page(
         store,
         MERCHANT,
         "ch",
-        url="/v1/charges",
-        render=lambda item: {"id": item["id"], "created": item["created"]},
         limit=cursor.pop("limit", 100),
         starting_after=cursor.get("starting_after"),
         ending_before=cursor.get("ending_before"),
         created=created,
     )
-    return [o["id"] for o in page["data"]]
+    return [item["id"] for item in page.items]
 
 
 @pytest.mark.parametrize(
@@ -83,13 +88,12 @@ def test_the_filter_and_the_cursors_compose(store: Store, charges: list[str]) ->
 
 
 def test_in_memory_lists_filter_alike() -> None:
-    objects = [{"id": f"re_{i}", "created": BASE + i} for i in range(4)]
+    objects = [Listed(f"re_{i}", BASE + i) for i in range(4)]
     page = listing.page_in_memory(
         objects,
-        url="/v1/charges/ch_1/refunds",
         limit=10,
         starting_after=None,
         ending_before=None,
         created=Created(gt=BASE, lte=BASE + 2),
     )
-    assert [o["id"] for o in page["data"]] == ["re_2", "re_1"]
+    assert [o.id for o in page.items] == ["re_2", "re_1"]

@@ -53,7 +53,7 @@ def day(store: Store) -> Iterator[Day]:
         ]
         RefundService(store, processor).create(
             caller,
-            RefundCreateParams(charge=charges[0]["id"], amount=300),
+            RefundCreateParams(charge=charges[0].id, amount=300),
             idempotency_key=str(uuid.uuid4()),
         )
         rows = sandbox.settlement_rows(dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2))

@@ -14,6 +14,7 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeSerializer
 
+from clearline.models import Charge
 from clearline.topology import EVENT_BUS, EVENT_SOURCE, RELAY_FUNCTION, bus_env_var
 from clearline_local.lambda_runtime import LocalLambdaContext, load_handler
 
@@ -39,6 +40,11 @@ def stream_record(item: dict[str, Any], event_name: str = "INSERT") -> dict[str,
     }
 
 
+A_CHARGE = Charge(
+    id="ch_1", merchant="acct_relay", state="captured", amount=5000, currency="usd", created=1
+)
+
+
 def event_item(event_id: str, **changes: Any) -> dict[str, Any]:
     item = {
         "pk": f"EVENT#{event_id}",
@@ -47,7 +53,7 @@ def event_item(event_id: str, **changes: Any) -> dict[str, Any]:
         "merchant": "acct_relay",
         "type": "charge.succeeded",
         "created": 1795608000,
-        "data": {"object": {"id": "ch_1", "object": "charge", "amount": 5000}},
+        "data": {"kind": "charge", "object": A_CHARGE.snapshot()},
         "request": {"id": "req_1", "idempotency_key": "k1"},
     }
     return {k: v for k, v in (item | changes).items() if v is not None}

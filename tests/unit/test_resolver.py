@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 from clearline.audit import Caller
 from clearline.charges import DUE_PROCESSOR, ChargeService, due_keys
 from clearline.merchants import create_merchant
+from clearline.models import Charge
 from clearline.params import ChargeCreateParams
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
@@ -23,7 +23,7 @@ def resolver_for(store: Store, processor_url: str) -> Resolver:
     return Resolver(ChargeService(store, client), RefundService(store, client))
 
 
-def pending_charge(store: Store, processor: SandboxProcessor) -> dict[str, Any]:
+def pending_charge(store: Store, processor: SandboxProcessor) -> Charge:
     """A charge the processor never answered for (it timed out before committing)."""
     merchant = create_merchant(store, "Resolver Shop").merchant
     charges = ChargeService(store, ProcessorClient(processor.url, timeout_seconds=0.3))
@@ -33,7 +33,7 @@ def pending_charge(store: Store, processor: SandboxProcessor) -> dict[str, Any]:
         ChargeCreateParams(amount=2500, currency="usd", source="tok_visa"),
         idempotency_key=str(uuid.uuid4()),
     )
-    assert created["status"] == "pending"
+    assert created.state == "pending"
     return created
 
 
@@ -50,13 +50,13 @@ def test_an_unreachable_processor_leaves_the_charge_pending_and_alarms_when_it_i
         "errors": 0,
         "unresolved": 0,
     }
-    assert store.get(f"CHARGE#{charge['id']}", "CHARGE")["state"] == "pending"
+    assert store.get(f"CHARGE#{charge.id}", "CHARGE")["state"] == "pending"
     much_later = int(time.time()) + UNRESOLVED_AFTER_SECONDS + 1
     assert unreachable.run(much_later)["unresolved"] == 1  # what the alarm watches
 
     settled = resolver_for(store, processor.url).run(much_later)
     assert (settled["failed"], settled["unresolved"]) == (1, 0)  # never reached the processor
-    assert store.get(f"CHARGE#{charge['id']}", "CHARGE")["state"] == "failed"
+    assert store.get(f"CHARGE#{charge.id}", "CHARGE")["state"] == "failed"
 
 
 def test_records_younger_than_the_grace_period_are_left_to_their_request(
@@ -65,7 +65,7 @@ def test_records_younger_than_the_grace_period_are_left_to_their_request(
     charge = pending_charge(store, processor)
     outcome = resolver_for(store, processor.url).run(int(time.time()))
     assert outcome["failed"] == outcome["settled"] == 0
-    assert store.get(f"CHARGE#{charge['id']}", "CHARGE")["state"] == "pending"
+    assert store.get(f"CHARGE#{charge.id}", "CHARGE")["state"] == "pending"
 
 
 def test_a_poison_record_does_not_stop_the_others(
@@ -84,4 +84,4 @@ def test_a_poison_record_does_not_stop_the_others(
     )
     outcome = resolver_for(store, processor.url).run(written + PENDING_GRACE_SECONDS + 1)
     assert (outcome["errors"], outcome["failed"]) == (1, 1)
-    assert store.get(f"CHARGE#{charge['id']}", "CHARGE")["state"] == "failed"
+    assert store.get(f"CHARGE#{charge.id}", "CHARGE")["state"] == "failed"

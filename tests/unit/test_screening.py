@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from presentation.errors import error_status
+
 
 def _load_screening() -> Any:
     path = Path(__file__).resolve().parents[2] / "functions" / "api" / "screening.py"
@@ -51,7 +53,7 @@ def event(
 def test_refused(request_event: dict[str, Any], param: str, code: str) -> None:
     refusal = screening.refusal(request_event)
     assert refusal is not None
-    assert (refusal.status, refusal.param, refusal.code) == (400, param, code)
+    assert (error_status(refusal), refusal.param, refusal.code) == (400, param, code)
     assert "4242" not in refusal.message and "5555" not in refusal.message
 
 

@@ -18,7 +18,7 @@ from clearline import egress
 from clearline.audit import Caller
 from clearline.egress import EgressPolicy, IPAddress
 from clearline.errors import InvalidRequestError, ServiceUnavailableError
-from clearline.idempotency import IdempotentRequests
+from clearline.idempotency import IdempotentRequests, Reply
 from clearline.merchants import Merchant, create_merchant
 from clearline.secrets import SealedFields, SecretBox
 from clearline.store import Store
@@ -37,6 +37,8 @@ from clearline.webhooks import (
     signature_header,
 )
 from clearline_local.lambda_runtime import LocalLambdaContext
+from presentation.errors import error_status
+from presentation.webhook_endpoints import render_webhook_endpoint
 
 STRICT = EgressPolicy()  # what every deployment runs with
 LOCAL = EgressPolicy(loopback_for_test_mode=True)  # the local stack's allowance
@@ -71,7 +73,7 @@ def test_urls_that_are_refused(policy: EgressPolicy, url: str, livemode: bool) -
     with pytest.raises(InvalidRequestError) as raised:
         check_url(policy, url, livemode=livemode)
     assert raised.value.param == "url"
-    assert raised.value.status == 400
+    assert error_status(raised.value) == 400
 
 
 def test_live_mode_accepts_a_public_https_address() -> None:
@@ -150,8 +152,8 @@ def subscribed(store: Store, box: SecretBox) -> Iterator[tuple[Merchant, str, En
         Caller(merchant, "req_test"),
         WebhookEndpointCreateParams(url=endpoint.url, enabled_events=["*"]),
     )
-    endpoint.secret = created["secret"]
-    yield merchant, created["id"], endpoint
+    endpoint.secret = created.secret
+    yield merchant, created.id, endpoint
     endpoint.server.shutdown()
 
 
@@ -304,8 +306,13 @@ def test_a_created_endpoint_keeps_its_secret_sealed_in_the_item_and_the_idempote
             path="/v1/webhook_endpoints",
             params=params,
             request_id=request_id,
-            operation=lambda: endpoints.create(
-                Caller(merchant, request_id), WebhookEndpointCreateParams(**params)
+            operation=lambda: Reply(
+                200,
+                render_webhook_endpoint(
+                    endpoints.create(
+                        Caller(merchant, request_id), WebhookEndpointCreateParams(**params)
+                    )
+                ),
             ),
         )
 
@@ -346,7 +353,7 @@ def test_an_idempotency_record_whose_seal_is_broken_is_not_replayed(
             path="/v1/x",
             params={},
             request_id=request_id,
-            operation=lambda: {"id": "we_1", "secret": "whsec_" + "cd" * 24},
+            operation=lambda: Reply(200, {"id": "we_1", "secret": "whsec_" + "cd" * 24}),
         )
 
     assert run("req_1").body["secret"] == "whsec_" + "cd" * 24
@@ -402,10 +409,14 @@ def test_an_envelope_moved_to_another_endpoint_fails_closed(
 ) -> None:
     merchant, endpoint_id, endpoint = subscribed
     other = Endpoint()
-    other_id = WebhookEndpoints(store, secrets=box, egress=LOCAL).create(
-        Caller(merchant, "req_test"),
-        WebhookEndpointCreateParams(url=other.url, enabled_events=["*"]),
-    )["id"]
+    other_id = (
+        WebhookEndpoints(store, secrets=box, egress=LOCAL)
+        .create(
+            Caller(merchant, "req_test"),
+            WebhookEndpointCreateParams(url=other.url, enabled_events=["*"]),
+        )
+        .id
+    )
     mine = store.get(f"MERCHANT#{merchant.id}", f"WE#{endpoint_id}")
     theirs = store.get(f"MERCHANT#{merchant.id}", f"WE#{other_id}")
     assert mine is not None and theirs is not None
@@ -516,7 +527,7 @@ def test_a_live_endpoint_gets_the_strict_rules_even_where_loopback_is_allowed(
             url=f"https://live.test:{listener.port}/hooks", enabled_events=["*"]
         ),
     )
-    assert created["livemode"] is True
+    assert created.livemode is True
     (attempt,) = Dispatcher(store, secrets=box, egress=policy).deliver(merchant.id, an_event())
     assert attempt.error is not None and "a loopback address" in attempt.error
     assert listener.connections() == 0
@@ -603,10 +614,16 @@ def test_a_refused_endpoint_does_not_hold_up_the_others(
     merchant, endpoint_id, endpoint = subscribed
     resolver = Rebinding("93.184.216.34", "10.0.0.1")
     policy = EgressPolicy(loopback_for_test_mode=True, resolver=resolver)
-    bad_id = WebhookEndpoints(store, secrets=box, egress=policy).create(
-        Caller(merchant, "req_test"),
-        WebhookEndpointCreateParams(url="https://turns-private.test/hooks", enabled_events=["*"]),
-    )["id"]
+    bad_id = (
+        WebhookEndpoints(store, secrets=box, egress=policy)
+        .create(
+            Caller(merchant, "req_test"),
+            WebhookEndpointCreateParams(
+                url="https://turns-private.test/hooks", enabled_events=["*"]
+            ),
+        )
+        .id
+    )
     event = an_event()
     attempts = Dispatcher(store, secrets=box, egress=policy).deliver(merchant.id, event)
     by_endpoint = {a.endpoint: a for a in attempts}

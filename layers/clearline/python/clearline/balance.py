@@ -1,4 +1,4 @@
-"""Balance transactions (`txn_`) and a merchant's balance, as Stripe shapes them.
+"""Balance transactions (`txn_`) and a merchant's balance.
 
 A balance transaction is the merchant-facing record of one movement of their money; the
 ledger journal written in the same transaction is the accounting record behind it.
@@ -11,6 +11,7 @@ import hashlib
 from typing import Any
 
 from clearline import ledger, listing
+from clearline.models import Balance, BalanceAmount
 from clearline.money import CURRENCIES
 from clearline.store import Store
 
@@ -31,7 +32,7 @@ def settlement_due_keys(txn_id: str, day: dt.date) -> dict[str, str]:
     return {"due_pk": f"SETTLE#{day.isoformat()}#{shard}", "due_sk": txn_id}
 
 
-def transaction_item(
+def transaction_items(
     txn_id: str,
     *,
     merchant_id: str,
@@ -42,9 +43,13 @@ def transaction_item(
     currency: str,
     now: float,
     description: str | None = None,
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """A balance transaction's item, and the index items that filter its list by type,
+    source and currency."""
     created_ms = int(now * 1000)
-    return {
+    facets = {"type": kind, "source": source, "currency": currency}
+    key = (f"TXN#{txn_id}", "TXN")
+    item = {
         "pk": f"TXN#{txn_id}",
         "sk": "TXN",
         **listing.list_keys(merchant_id, "txn", created_ms, txn_id),
@@ -62,43 +67,10 @@ def transaction_item(
         "available_on": int(now) + AVAILABLE_AFTER_SECONDS,
         "description": description,
     }
+    return [item, *listing.facet_items(merchant_id, "txn", created_ms, key, txn_id, facets)]
 
 
-def transaction_object(item: dict[str, Any]) -> dict[str, Any]:
-    fee_details = (
-        []
-        if not item["fee"]
-        else [
-            {
-                "amount": item["fee"],
-                "application": None,
-                "currency": item["currency"],
-                "description": "Clearline processing fees",
-                "type": "stripe_fee",
-            }
-        ]
-    )
-    return {
-        "id": item["id"],
-        "object": "balance_transaction",
-        "amount": item["amount"],
-        "available_on": item["available_on"],
-        "created": item["created"],
-        "currency": item["currency"],
-        "description": item.get("description"),
-        "exchange_rate": None,
-        "fee": item["fee"],
-        "fee_details": fee_details,
-        "net": item["net"],
-        "reporting_category": item["type"],
-        "source": item["source"],
-        # Funds stay pending until the processor settles them.
-        "status": "pending",
-        "type": item["type"],
-    }
-
-
-def balance_object(store: Store, merchant_id: str, shards: ledger.ShardPolicy) -> dict[str, Any]:
+def merchant_balance(store: Store, merchant_id: str, shards: ledger.ShardPolicy) -> Balance:
     """What Clearline owes the merchant, per currency, from the ledger: `pending` until the
     processor's settlement reaches us, then `available`."""
     pending_accounts = {ledger.merchant_payable(merchant_id, code): code for code in CURRENCIES}
@@ -112,20 +84,11 @@ def balance_object(store: Store, merchant_id: str, shards: ledger.ShardPolicy) -
         }
     ) or ["usd"]
 
-    def entries(accounts: dict[str, str]) -> list[dict[str, Any]]:
+    def entries(accounts: dict[str, str]) -> tuple[BalanceAmount, ...]:
         by_code = {code: account for account, code in accounts.items()}
-        return [
-            {
-                "amount": balances[by_code[code]].credit_balance,
-                "currency": code,
-                "source_types": {"card": balances[by_code[code]].credit_balance},
-            }
+        return tuple(
+            BalanceAmount(currency=code, amount=balances[by_code[code]].credit_balance)
             for code in used
-        ]
+        )
 
-    return {
-        "object": "balance",
-        "available": entries(available_accounts),
-        "pending": entries(pending_accounts),
-        "livemode": False,
-    }
+    return Balance(available=entries(available_accounts), pending=entries(pending_accounts))

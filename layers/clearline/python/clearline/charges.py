@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -28,12 +29,19 @@ from clearline.errors import (
     CardError,
     ConflictError,
     InvalidRequestError,
+    ResourceMissingError,
     processor_unavailable,
     store_unavailable,
 )
 from clearline.ids import derived_id
 from clearline.merchants import Merchant, get_merchant
-from clearline.params import ChargeCaptureParams, ChargeCreateParams
+from clearline.models import Charge, Page
+from clearline.params import (
+    ChargeCaptureParams,
+    ChargeCreateParams,
+    ChargeUpdateParams,
+    merged_metadata,
+)
 from clearline.processor import (
     Authorization,
     ProcessorClient,
@@ -123,50 +131,12 @@ def charge_pk(charge_id: str) -> str:
     return f"CHARGE#{charge_id}"
 
 
-def charge_object(item: dict[str, Any]) -> dict[str, Any]:
-    """A stored charge in Stripe's shape."""
-    card = item.get("card") or {}
-    status = {PENDING: "pending", FAILED: "failed"}.get(item["state"], "succeeded")
-    # Stripe counts the uncaptured part of a partial capture, and a voided or expired
-    # authorization, as refunded.
-    amount_refunded = item["amount_refunded"] + item.get("amount_released", 0)
-    refunds = listing.page_in_memory(
-        list((item.get("refunds") or {}).values()),
-        url=f"/v1/charges/{item['id']}/refunds",
-        limit=10,
-        starting_after=None,
-        ending_before=None,
-    )
+def _card_details(auth: Authorization) -> dict[str, Any]:
+    """The card as the charge keeps it (a CardDetails model's fields)."""
+    card = auth.card
     return {
-        "id": item["id"],
-        "object": "charge",
-        "amount": item["amount"],
-        "amount_captured": item["amount_captured"],
-        "amount_refunded": amount_refunded,
-        "balance_transaction": item.get("balance_transaction"),
-        "billing_details": {"address": None, "email": None, "name": None, "phone": None},
-        "calculated_statement_descriptor": item.get("statement_descriptor") or "CLEARLINE",
-        "captured": item["amount_captured"] > 0,
-        "capture_at": item.get("capture_at"),
-        "created": item["created"],
-        "currency": item["currency"],
-        "description": item.get("description"),
-        "disputed": False,
-        "failure_code": item.get("failure_code"),
-        "failure_message": item.get("failure_message"),
-        "fraud_details": {},
-        "livemode": False,
-        "metadata": item.get("metadata") or {},
-        "outcome": item.get("outcome"),
-        "paid": status == "succeeded",
-        "payment_intent": None,
-        "payment_method": item.get("payment_method"),
-        "payment_method_details": {"card": card, "type": "card"} if card else None,
-        "receipt_url": None,
-        "refunded": status == "succeeded" and amount_refunded == item["amount"],
-        "refunds": {**refunds, "total_count": len(item.get("refunds") or {})},
-        "statement_descriptor": item.get("statement_descriptor"),
-        "status": status,
+        **card.model_dump(exclude={"cvc_check"}),
+        "checks": {"cvc_check": card.cvc_check} if card.cvc_check else None,
     }
 
 
@@ -265,17 +235,16 @@ class ChargeService(MoneyService):
         assert merchant is not None, "a charge always has its merchant"
         return merchant
 
-    def _settled(self, item: dict[str, Any]) -> dict[str, Any]:
-        """The response for a stored charge: a failed one is a 402, as it was the first time."""
+    def _settled(self, item: dict[str, Any]) -> Charge:
+        """The answer for a stored charge: a failed one is a card error, as it was the first
+        time."""
         if item["state"] == FAILED:
             raise _card_error(item)
-        return charge_object(item)
+        return Charge.from_item(item)
 
     # ---- create ---------------------------------------------------------------------------
 
-    def create(
-        self, caller: Caller, params: ChargeCreateParams, *, idempotency_key: str
-    ) -> dict[str, Any]:
+    def create(self, caller: Caller, params: ChargeCreateParams, *, idempotency_key: str) -> Charge:
         merchant = caller.merchant
         money.check_charge_amount(params.amount, money.currency(params.currency))
         token = params.source or params.payment_method
@@ -342,7 +311,15 @@ class ChargeService(MoneyService):
             "description": params.description,
             "metadata": dict(params.metadata),
             "statement_descriptor": params.statement_descriptor,
+            "statement_descriptor_suffix": params.statement_descriptor_suffix,
+            "receipt_email": params.receipt_email,
+            "shipping": params.shipping.model_dump() if params.shipping else None,
+            "transfer_group": params.transfer_group,
             "payment_method": token,
+            # The card as a payment method of its own, named once per charge.
+            "payment_method_id": derived_id("pm", charge_id, "card"),
+            # The unguessable part of the receipt's public URL.
+            "receipt_token": secrets.token_urlsafe(24),
             "created": int(now),
             "idempotency_key": idempotency_key,
             "processor_key": f"{charge_id}:authorize",
@@ -397,7 +374,7 @@ class ChargeService(MoneyService):
             idempotency_key=item["idempotency_key"],
         )
         kind = "charge.failed" if final["state"] == FAILED else "charge.succeeded"
-        transition.events.append(Announcement(item["merchant"], kind, charge_object(final)))
+        transition.events.append(Announcement(item["merchant"], kind, Charge.from_item(final)))
         if final["state"] == CAPTURED:
             self._add_capture(transition, final, final["amount"], final["fee"], held=0)
         elif final["state"] == AUTHORIZED:
@@ -439,7 +416,7 @@ class ChargeService(MoneyService):
             Transition(
                 [waiting],
                 caller,
-                [Announcement(item["merchant"], "charge.pending", charge_object(item))],
+                [Announcement(item["merchant"], "charge.pending", Charge.from_item(item))],
                 idempotency_key=item["idempotency_key"],
             )
         )
@@ -462,7 +439,7 @@ class ChargeService(MoneyService):
             set=failed,
             remove=DUE_KEYS,
         )
-        snapshot = charge_object({**item, **failed, "state": FAILED})
+        snapshot = Charge.from_item({**item, **failed, "state": FAILED})
         self.writer.commit(
             Transition(
                 [change],
@@ -553,7 +530,7 @@ class ChargeService(MoneyService):
             amount_captured=captured,
             # What refunds may still take: decremented under a condition, never below zero.
             refundable=captured,
-            card=auth.card.model_dump(),
+            card=_card_details(auth),
             outcome=_outcome(auth),
             processor_authorization=auth.id,
         )
@@ -598,8 +575,8 @@ class ChargeService(MoneyService):
             else ledger.capture_entries(merchant_id, currency, captured, fee)
         )
         transition.journals.append(self._journal(item, "capture", entries))
-        transition.records.append(
-            balance.transaction_item(
+        transition.records.extend(
+            balance.transaction_items(
                 derived_id("txn", charge_id, "capture"),
                 merchant_id=merchant_id,
                 kind="charge",
@@ -656,7 +633,7 @@ class ChargeService(MoneyService):
         charge_id: str,
         params: ChargeCaptureParams,
         merchant_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Charge:
         """Capture an authorization. `caller` is None for Clearline's scheduled captures."""
         owner = caller.merchant.id if caller else merchant_id
         assert owner is not None
@@ -694,10 +671,10 @@ class ChargeService(MoneyService):
             self.settle_capture({**item, "pending_op": "capture"}, record, caller)
         )
 
-    def _captured(self, charge: dict[str, Any]) -> dict[str, Any]:
+    def _captured(self, charge: dict[str, Any]) -> Charge:
         """The answer to a capture this request made, given the charge as it now stands."""
         if charge["state"] == CAPTURED:
-            return charge_object(charge)
+            return Charge.from_item(charge)
         raise self._not_captured(charge)
 
     def _not_captured(self, charge: dict[str, Any]) -> ApiError:
@@ -756,7 +733,7 @@ class ChargeService(MoneyService):
                 finish_operation(record, OP_SUCCEEDED),
             ],
             caller,
-            [Announcement(charge["merchant"], "charge.captured", charge_object(after))],
+            [Announcement(charge["merchant"], "charge.captured", Charge.from_item(after))],
         )
         self._add_capture(transition, charge, amount, fee, held=charge["amount"])
         if self.writer.commit(transition) is None:
@@ -855,7 +832,7 @@ class ChargeService(MoneyService):
         )
         if expired:
             transition.events.append(
-                Announcement(charge["merchant"], "charge.expired", charge_object(after))
+                Announcement(charge["merchant"], "charge.expired", Charge.from_item(after))
             )
         elif completion is not None:
             completion(transition, after)
@@ -874,10 +851,68 @@ class ChargeService(MoneyService):
         settled = self.settle_void({**item, "pending_op": "void"}, record, None)
         return bool(settled["state"] == EXPIRED)
 
+    # ---- update ---------------------------------------------------------------------------
+
+    def update(self, caller: Caller, charge_id: str, params: ChargeUpdateParams) -> Charge:
+        """Change what describes a charge (never its money): a transition guarded by the
+        charge's state and update version, announced as charge.updated with what it was."""
+        for _ in range(3):  # a capture or refund committing meanwhile: read again
+            item = self.owned(caller.merchant.id, charge_id)
+            if item["state"] == PENDING:
+                raise ConflictError(f"Charge {charge_id} is still being processed; retry shortly.")
+            changes = self._described(item, params)
+            after = {**item, **changes}
+            version = int(item.get("version", 0))
+            change = Change(
+                item["pk"],
+                "CHARGE",
+                charge_id,
+                "update",
+                item["state"],
+                from_state=item["state"],
+                set={**changes, "version": version + 1},
+                condition="attribute_not_exists(version)" if version == 0 else "version = :v",
+                values={} if version == 0 else {":v": version},
+            )
+            announced = Announcement(
+                item["merchant"],
+                "charge.updated",
+                Charge.from_item(after),
+                operation=f"charge.updated:{version + 1}",
+                previous=Charge.from_item(item),
+            )
+            if self.writer.commit(Transition([change], caller, [announced])) is None:
+                return Charge.from_item(after)
+        raise ConflictError(f"Charge {charge_id} is changing; retry shortly.")
+
+    @staticmethod
+    def _described(item: dict[str, Any], params: ChargeUpdateParams) -> dict[str, Any]:
+        changes: dict[str, Any] = {}
+        sent = params.model_fields_set
+        for name in ("description", "receipt_email", "transfer_group"):
+            if name in sent:
+                changes[name] = getattr(params, name)
+        if "shipping" in sent:
+            changes["shipping"] = params.shipping.model_dump() if params.shipping else None
+        if params.fraud_details is not None:
+            changes["fraud_details"] = {"user_report": params.fraud_details.user_report}
+        if params.metadata is not None:
+            changes["metadata"] = merged_metadata(item.get("metadata") or {}, params.metadata)
+        return changes
+
     # ---- read -----------------------------------------------------------------------------
 
-    def retrieve(self, merchant: Merchant, charge_id: str) -> dict[str, Any]:
-        return charge_object(self.owned(merchant.id, charge_id))
+    def retrieve(self, merchant: Merchant, charge_id: str) -> Charge:
+        return Charge.from_item(self.owned(merchant.id, charge_id))
+
+    def receipt(self, charge_id: str, token: str) -> tuple[Charge, Merchant]:
+        """The charge a public receipt link names, with its merchant: only with the link's
+        unguessable token, so that no charge id alone shows anyone a receipt."""
+        item = self._get(charge_id) if charge_id.startswith("ch_") else None
+        expected = (item or {}).get("receipt_token") or ""
+        if item is None or not expected or not secrets.compare_digest(expected, token):
+            raise ResourceMissingError("receipt", charge_id)
+        return Charge.from_item(item), self._merchant(item["merchant"])
 
     def owned(self, merchant_id: str, charge_id: str, param: str = "id") -> dict[str, Any]:
         return listing.get_owned(self.store, merchant_id, charge_id, "ch", param=param)
@@ -890,15 +925,16 @@ class ChargeService(MoneyService):
         starting_after: str | None,
         ending_before: str | None,
         created: listing.Created | None = None,
-    ) -> dict[str, Any]:
-        return listing.page(
+        facets: dict[str, list[str]] | None = None,
+    ) -> Page[Charge]:
+        items = listing.page(
             self.store,
             merchant.id,
             "ch",
-            url="/v1/charges",
-            render=charge_object,
             limit=limit,
             starting_after=starting_after,
             ending_before=ending_before,
             created=created,
+            facets=facets,
         )
+        return items.of(Charge.from_item)

@@ -1,6 +1,10 @@
 """Events (`evt_`): the outbox. Each state change writes its event item in the same
 transaction as the change; the relay publishes new event items from the table's stream.
 
+An event stores a snapshot of the domain model it announces (and, for an update, the
+snapshot before it), not a rendering: the edges render it in Stripe's shape when it is
+read or published.
+
 Event ids derive from (object, operation), so an event can be written only once, and a
 consumer that sees one twice (a relay retry) can tell.
 """
@@ -12,50 +16,47 @@ from typing import Any
 from clearline import listing
 from clearline.audit import Caller
 from clearline.ids import derived_id
+from clearline.models import Model
 from clearline.store import Write
 
-API_VERSION = "2026-10-29"
 
-
-def event_write(
+def event_writes(
     merchant_id: str,
     event_type: str,
-    data_object: dict[str, Any],
+    data_object: Model,
     *,
     operation: str,
     now: float,
+    previous: Model | None = None,
     caller: Caller | None = None,
     idempotency_key: str | None = None,
-) -> Write:
-    """The put of one event item, for the transaction that makes the change it announces."""
-    event_id = derived_id("evt", data_object["id"], operation)
-    return Write.put_new(
+) -> list[Write]:
+    """The puts of one event item (and its index item by type), for the transaction that
+    makes the change it announces."""
+    snapshot = data_object.snapshot()
+    event_id = derived_id("evt", snapshot["id"], operation)
+    data: dict[str, Any] = {"kind": snapshot["kind"], "object": snapshot}
+    if previous is not None:
+        data["previous"] = previous.snapshot()
+    created_ms = int(now * 1000)
+    key = (f"EVENT#{event_id}", "EVENT")
+    by_type = listing.facet_items(
+        merchant_id, "evt", created_ms, key, event_id, {"type": event_type}
+    )
+    event = Write.put_new(
         {
-            "pk": f"EVENT#{event_id}",
-            "sk": "EVENT",
-            **listing.list_keys(merchant_id, "evt", int(now * 1000), event_id),
+            "pk": key[0],
+            "sk": key[1],
+            **listing.list_keys(merchant_id, "evt", created_ms, event_id),
             "id": event_id,
             "merchant": merchant_id,
             "type": event_type,
             "created": int(now),
-            "data": {"object": data_object},
+            "data": data,
             "request": {
                 "id": caller.request_id if caller else None,
                 "idempotency_key": idempotency_key,
             },
         }
     )
-
-
-def event_object(item: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": item["id"],
-        "object": "event",
-        "api_version": API_VERSION,
-        "created": item["created"],
-        "data": item["data"],
-        "livemode": False,
-        "pending_webhooks": 0,
-        "request": item["request"],
-        "type": item["type"],
-    }
+    return [event, *(Write.put_new(item) for item in by_type)]

@@ -29,7 +29,6 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 
 from clearline.errors import (
-    CardError,
     ConflictError,
     IdempotencyError,
     InvalidRequestError,
@@ -46,6 +45,17 @@ class StoredResponse:
     status: int
     body: dict[str, Any]
     request_id: str  # of the request that produced it: differs from the current one on a replay
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What an operation answered, rendered by the edge that ran it. Not `final` (a charge
+    still pending at the processor): not stored, so a retry runs again and can answer
+    with the settled result."""
+
+    status: int
+    body: dict[str, Any]
+    final: bool = True
 
 
 def check_key(key: str | None) -> str:
@@ -131,20 +141,16 @@ class IdempotentRequests:
         path: str,
         params: dict[str, Any],
         request_id: str,
-        operation: Callable[[], dict[str, Any]],
-        status: int = 200,
+        operation: Callable[[], Reply],
     ) -> StoredResponse:
-        """Run operation once per key; replay its stored response on a retry."""
+        """Run operation once per key; replay its stored response on a retry. An error the
+        operation raises is not stored: the request did nothing, and may be retried."""
         fresh: list[StoredResponse] = []  # the response, when this request ran the operation
 
         def respond() -> StoredResponse:
-            try:
-                response = StoredResponse(status, operation(), request_id)
-            except CardError as exc:  # a decline is a result, replayed like a success
-                response = StoredResponse(exc.status, exc.to_dict(), request_id)
-                fresh.append(response)
-                return response
-            if response.body.get("status") == "pending":
+            reply = operation()
+            response = StoredResponse(reply.status, reply.body, request_id)
+            if not reply.final:
                 # Raising makes Powertools drop the record, so the retry runs again and can
                 # return the settled charge instead of a replay of "pending".
                 raise _NotFinal(response)

@@ -10,15 +10,31 @@ queries every shard and merges them, newest first.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from clearline.errors import ResourceMissingError, store_unavailable
+from clearline.models import Page
 from clearline.store import Store, StoreUnavailable
 
+
+class Listed(Protocol):
+    """What a short in-memory list orders by."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created(self) -> int: ...
+
+
+M = TypeVar("M", bound=Listed)
+
 INDEX = "by_merchant"
+FACET_INDEX = "by_facet"
+FACET_SHARDS = 8  # per filter value: a popular event type must not be one hot partition
 LIST_SHARDS = 32
 # Each charge writes two or three events: their lists take twice the shards.
 SHARDS_BY_KIND = {"evt": 64}
@@ -57,6 +73,39 @@ def list_keys(merchant_id: str, kind: str, created_ms: int, object_id: str) -> d
         "gsi1pk": _list_partition(merchant_id, kind, shard),
         "gsi1sk": f"{created_ms:013d}#{object_id}",
     }
+
+
+def _facet_partition(merchant_id: str, kind: str, name: str, value: str, shard: int) -> str:
+    return f"MERCHANT#{merchant_id}#{kind}#{name}={value}#{shard}"
+
+
+def facet_items(
+    merchant_id: str,
+    kind: str,
+    created_ms: int,
+    object_key: tuple[str, str],
+    object_id: str,
+    facets: Mapping[str, str | None],
+) -> list[dict[str, Any]]:
+    """Index items that put an object in the filtered lists of each of its facets
+    (`type=charge.succeeded`). They live in the object's own partition, are written in the
+    transaction that writes it, and each carries every facet, so that a second filter is a
+    condition of the same index query."""
+    present = {name: value for name, value in facets.items() if value is not None}
+    digest = hashlib.sha256(object_id.encode()).digest()
+    shard = int.from_bytes(digest[:4], "big") % FACET_SHARDS
+    pk, sk = object_key
+    return [
+        {
+            "pk": pk,
+            "sk": f"FACET#{name}",
+            "gsi2pk": _facet_partition(merchant_id, kind, name, value, shard),
+            "gsi2sk": f"{created_ms:013d}#{object_id}",
+            "of_sk": sk,
+            **{f"facet_{other}": v for other, v in present.items()},
+        }
+        for name, value in present.items()
+    ]
 
 
 _MAX_MS = 10**13 - 1  # the index key holds 13 digits of milliseconds
@@ -117,14 +166,13 @@ def page(
     merchant_id: str,
     kind: str,
     *,
-    url: str,
-    render: Callable[[dict[str, Any]], dict[str, Any]],
     limit: int,
     starting_after: str | None,
     ending_before: str | None,
     filters: list[tuple[str, str, Any]] | None = None,
     created: Created | None = None,
-) -> dict[str, Any]:
+    facets: Mapping[str, Sequence[str]] | None = None,
+) -> ItemPage:
     """A page of the merchant's objects of `kind`, newest first; `created` narrows the
     index range each shard is queried over, so a filter reads only what it returns."""
     lowest, highest = (created or Created()).index_range()
@@ -135,65 +183,105 @@ def page(
         after = get_owned(store, merchant_id, ending_before, kind, "ending_before")["gsi1sk"]
     newest_first = after is None
 
-    def one_shard(shard: int) -> list[dict[str, Any]]:
+    # Without a facet, each shard of the merchant's list; with one, each shard of the list of
+    # each value asked for (the first facet), the other facets as conditions.
+    partitions: list[tuple[str, str, str, list[tuple[str, str, Any]]]]
+    if facets:
+        (name, values), *others = [(n, v) for n, v in facets.items() if v]
+        conditions = [*(filters or [])]
+        for other, other_values in others:
+            if len(other_values) != 1:
+                raise ValueError("only the first facet may ask for several values")
+            conditions.append((f"facet_{other}", "=", other_values[0]))
+        partitions = [
+            (FACET_INDEX, "gsi2pk", _facet_partition(merchant_id, kind, name, v, shard), conditions)
+            for v in dict.fromkeys(values)
+            for shard in range(FACET_SHARDS)
+        ]
+    else:
+        partitions = [
+            (INDEX, "gsi1pk", _list_partition(merchant_id, kind, shard), filters or [])
+            for shard in range(list_shards(kind))
+        ]
+
+    def one_partition(partition: tuple[str, str, str, list[tuple[str, str, Any]]]) -> Any:
+        index, pk_name, pk, conditions = partition
         return store.query_index(
-            INDEX,
-            "gsi1pk",
-            _list_partition(merchant_id, kind, shard),
-            "gsi1sk",
+            index,
+            pk_name,
+            pk,
+            "gsi2sk" if index == FACET_INDEX else "gsi1sk",
             before=before,
             after=after,
             newest_first=newest_first,
             limit=limit + 1,
-            filters=filters,
+            filters=conditions or None,
             lowest=lowest,
             highest=highest,
         )
 
     try:
-        shards = list(_queries.map(one_shard, range(list_shards(kind))))
+        found = list(_queries.map(one_partition, partitions))
+        sort_key = "gsi2sk" if facets else "gsi1sk"
+        items = sorted(
+            (i for part in found for i in part),
+            key=lambda i: str(i[sort_key]),
+            reverse=newest_first,
+        )
+        has_more = len(items) > limit
+        items = items[:limit]
+        if facets:  # facet items point at their objects: fetch them, in the same order
+            objects = {
+                (o["pk"], o["sk"]): o
+                for o in store.get_many([(i["pk"], i["of_sk"]) for i in items])
+            }
+            items = [
+                objects[(i["pk"], i["of_sk"])] for i in items if (i["pk"], i["of_sk"]) in objects
+            ]
     except StoreUnavailable as exc:
         raise store_unavailable() from exc
-    items = sorted(
-        (i for shard in shards for i in shard), key=lambda i: str(i["gsi1sk"]), reverse=newest_first
-    )
-    has_more = len(items) > limit
-    items = items[:limit]
     if after is not None:
         items.reverse()  # fetched oldest first, to find the page just before the cursor
-    return list_object(url, [render(i) for i in items], has_more)
+    return ItemPage(items, has_more)
 
 
-def list_object(url: str, data: Sequence[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {"object": "list", "url": url, "has_more": has_more, "data": list(data)}
+@dataclass(frozen=True)
+class ItemPage:
+    """A page of stored items, newest first."""
+
+    items: list[dict[str, Any]]
+    has_more: bool
+
+    def of(self, model: Callable[[dict[str, Any]], M]) -> Page[M]:
+        return Page(items=tuple(model(i) for i in self.items), has_more=self.has_more)
 
 
 def page_in_memory(
-    objects: list[dict[str, Any]],
+    objects: Sequence[M],
     *,
-    url: str,
     limit: int,
     starting_after: str | None,
     ending_before: str | None,
     created: Created | None = None,
-) -> dict[str, Any]:
-    """A page of a short list held in one item (a charge's refunds), newest first. Keys
-    starting with an underscore order the list and are not shown."""
+    kind: str = "object",
+) -> Page[M]:
+    """A page of a short list held in one item (a charge's refunds), newest first."""
     if created is not None:
-        objects = [o for o in objects if created.admits(o["created"])]
-    newest_first = sorted(
-        objects, key=lambda o: (o["created"], o.get("_at_ms", 0), o["id"]), reverse=True
+        objects = [o for o in objects if created.admits(o.created)]
+    ordered = sorted(
+        objects,
+        key=lambda o: (o.created, getattr(o, "created_ms", 0), o.id),
+        reverse=True,
     )
-    ordered = [{k: v for k, v in o.items() if not k.startswith("_")} for o in newest_first]
-    ids = [o["id"] for o in ordered]
+    ids = [o.id for o in ordered]
     if starting_after:
         if starting_after not in ids:
-            raise ResourceMissingError("refund", starting_after, param="starting_after")
+            raise ResourceMissingError(kind, starting_after, param="starting_after")
         rest = ordered[ids.index(starting_after) + 1 :]
-        return list_object(url, rest[:limit], len(rest) > limit)
+        return Page(items=tuple(rest[:limit]), has_more=len(rest) > limit)
     if ending_before:
         if ending_before not in ids:
-            raise ResourceMissingError("refund", ending_before, param="ending_before")
+            raise ResourceMissingError(kind, ending_before, param="ending_before")
         rest = ordered[: ids.index(ending_before)]
-        return list_object(url, rest[-limit:], len(rest) > limit)
-    return list_object(url, ordered[:limit], len(ordered) > limit)
+        return Page(items=tuple(rest[-limit:]), has_more=len(rest) > limit)
+    return Page(items=tuple(ordered[:limit]), has_more=len(ordered) > limit)

@@ -98,6 +98,47 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_email(value: str) -> str:
+    if len(value) > 800 or value.count("@") != 1 or not all(value.split("@")):
+        raise ValueError(f"Invalid email address: {value[:100]}")
+    return value
+
+
+Email = Annotated[String, AfterValidator(_check_email)]
+ShortText = Annotated[String, Field(max_length=5000)]
+# An update's metadata: "" for a key deletes it, and "" for the whole hash deletes all.
+MetadataUpdate = Metadata | Literal[""]
+
+
+class AddressParams(Params):
+    city: ShortText | None = None
+    country: ShortText | None = None
+    line1: ShortText | None = None
+    line2: ShortText | None = None
+    postal_code: ShortText | None = None
+    state: ShortText | None = None
+
+
+class ShippingParams(Params):
+    name: ShortText
+    address: AddressParams
+    carrier: ShortText | None = None
+    phone: ShortText | None = None
+    tracking_number: ShortText | None = None
+
+
+def _check_suffix(value: str) -> str:
+    if not 1 <= len(value) <= 22 or _DESCRIPTOR_FORBIDDEN & set(value):
+        raise ValueError(
+            "The statement descriptor suffix must be 1 to 22 characters, none of < > \\ ' \" *."
+        )
+    return value
+
+
+class FraudDetailsParams(Params):
+    user_report: Literal["fraudulent", "safe"]
+
+
 class ChargeCreateParams(Params):
     amount: Integer
     currency: String  # checked against the currency table by the charge service
@@ -107,6 +148,10 @@ class ChargeCreateParams(Params):
     description: Annotated[String, Field(max_length=1000)] | None = None
     metadata: Metadata = Field(default_factory=dict)
     statement_descriptor: Annotated[String, AfterValidator(_check_descriptor)] | None = None
+    statement_descriptor_suffix: Annotated[String, AfterValidator(_check_suffix)] | None = None
+    receipt_email: Email | None = None
+    shipping: ShippingParams | None = None
+    transfer_group: ShortText | None = None
     expand: list[String] = Field(default_factory=list)
     # A Clearline extension: capture this authorization automatically at this Unix time.
     capture_at: Integer | None = None
@@ -115,6 +160,36 @@ class ChargeCreateParams(Params):
 class ChargeCaptureParams(Params):
     amount: Integer | None = None
     expand: list[String] = Field(default_factory=list)
+
+
+class ChargeUpdateParams(Params):
+    description: Annotated[String, Field(max_length=1000)] | None = None
+    metadata: MetadataUpdate | None = None
+    receipt_email: Email | None = None
+    shipping: ShippingParams | None = None
+    fraud_details: FraudDetailsParams | None = None
+    transfer_group: ShortText | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+class RefundUpdateParams(Params):
+    metadata: MetadataUpdate | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+def merged_metadata(current: dict[str, str], update: dict[str, str] | str) -> dict[str, str]:
+    """Stripe's metadata update: keys are set, a key set to "" is deleted, and "" for the
+    whole hash deletes every key."""
+    if update == "":
+        return {}
+    assert isinstance(update, dict)
+    merged = {**current, **update}
+    merged = {key: value for key, value in merged.items() if value != ""}
+    if len(merged) > METADATA_MAX_KEYS:
+        raise InvalidRequestError(
+            f"Metadata can have at most {METADATA_MAX_KEYS} keys.", param="metadata"
+        )
+    return merged
 
 
 class RefundCreateParams(Params):

@@ -78,6 +78,10 @@ class Card(BaseModel):
     exp_year: int
     funding: str
     country: str | None = None
+    # The same for every authorization of one card number, at this processor.
+    fingerprint: str | None = None
+    network: str | None = None
+    cvc_check: str | None = None
 
 
 class Authorization(BaseModel):

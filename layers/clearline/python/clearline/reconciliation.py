@@ -31,6 +31,7 @@ from typing import Any
 from clearline import ledger
 from clearline.balance import SETTLED, SETTLEMENT_SHARDS, UNSETTLED
 from clearline.ids import derived_id
+from clearline.models import ReconciliationMismatch
 from clearline.store import Store
 from clearline.transitions import Announcement, Change, Transition, TransitionWriter
 
@@ -338,14 +339,15 @@ class Reconciler:
     def _mismatch(self, report: Report, mismatch: Mismatch) -> None:
         report.counts[mismatch.kind] += 1
         report.mismatches.append(mismatch)
-        data = {
-            "id": derived_id(
+        fields = asdict(mismatch)
+        data = ReconciliationMismatch(
+            id=derived_id(
                 "recm", report.file, report.etag, mismatch.kind, str(mismatch.row), mismatch.detail
             ),
-            "object": "reconciliation_mismatch",
-            "file": report.file,
-            **asdict(mismatch),
-        }
+            file=report.file,
+            mismatch=fields.pop("kind"),
+            **fields,
+        )
         self.writer.commit(
             Transition([], events=[Announcement(PLATFORM, "reconciliation.mismatch", data)])
         )

@@ -28,7 +28,6 @@ from clearline.charges import (
     OP_SUCCEEDED,
     ChargeService,
     MoneyService,
-    charge_object,
     charge_pk,
     finish_operation,
     operation_record,
@@ -36,8 +35,9 @@ from clearline.charges import (
 from clearline.errors import ConflictError, InvalidRequestError, processor_unavailable
 from clearline.ids import derived_id
 from clearline.merchants import Merchant
+from clearline.models import Charge, Page, Refund
 from clearline.money import check_payable, currency, format_amount
-from clearline.params import RefundCreateParams
+from clearline.params import RefundCreateParams, RefundUpdateParams, merged_metadata
 from clearline.processor import ProcessorRejected, ProcessorUnavailable
 from clearline.transitions import Announcement, Change, Transition
 
@@ -45,27 +45,8 @@ PENDING, SUCCEEDED, FAILED_REFUND = "pending", "succeeded", "failed"
 
 
 def embedded(item: dict[str, Any]) -> dict[str, Any]:
-    """A refund as its charge holds it: with the creation time in milliseconds, so a
-    charge's refunds list newest first even within one second."""
-    return {**refund_object(item), "_at_ms": item["created_ms"]}
-
-
-def refund_object(item: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": item["id"],
-        "object": "refund",
-        "amount": item["amount"],
-        "balance_transaction": item.get("balance_transaction"),
-        "charge": item["charge"],
-        "created": item["created"],
-        "currency": item["currency"],
-        "metadata": item.get("metadata") or {},
-        "payment_intent": None,
-        "reason": item.get("reason"),
-        "receipt_number": None,
-        "status": item["status"],
-        "failure_reason": item.get("failure_reason"),
-    }
+    """A refund as its charge holds it: its model's snapshot."""
+    return Refund.from_item(item).snapshot()
 
 
 def _already_refunded(charge: dict[str, Any]) -> InvalidRequestError:
@@ -81,11 +62,11 @@ def _refund_events(
 ) -> list[Announcement]:
     """The refund's own event, and charge.refunded with the charge as it now stands."""
     return [
-        Announcement(merchant_id, refund_event, refund_object(refund)),
+        Announcement(merchant_id, refund_event, Refund.from_item(refund)),
         Announcement(
             merchant_id,
             "charge.refunded",
-            charge_object(charge),
+            Charge.from_item(charge),
             operation=f"charge.refunded:{refund['id']}",
         ),
     ]
@@ -98,9 +79,7 @@ class RefundService(MoneyService):
 
     # ---- create ---------------------------------------------------------------------------
 
-    def create(
-        self, caller: Caller, params: RefundCreateParams, *, idempotency_key: str
-    ) -> dict[str, Any]:
+    def create(self, caller: Caller, params: RefundCreateParams, *, idempotency_key: str) -> Refund:
         merchant = caller.merchant
         refund_id = derived_id("re", merchant.id, idempotency_key)
         existing = self._read(f"REFUND#{refund_id}", "REFUND")
@@ -241,7 +220,7 @@ class RefundService(MoneyService):
                 ),
             ],
             caller,
-            [Announcement(caller.merchant.id, "refund.created", refund_object(refund))],
+            [Announcement(caller.merchant.id, "refund.created", Refund.from_item(refund))],
             idempotency_key=idempotency_key,
         )
         cancelled = self.writer.commit(transition)
@@ -258,7 +237,7 @@ class RefundService(MoneyService):
         self._check_amount(current, amount)  # another refund took part of what was left
         raise ConflictError("The charge was being changed by another request; retry.")
 
-    def _resume(self, caller: Caller, refund: dict[str, Any]) -> dict[str, Any]:
+    def _resume(self, caller: Caller, refund: dict[str, Any]) -> Refund:
         if refund["merchant"] != caller.merchant.id:
             raise ConflictError("This refund id is taken; retry with another key.")
         if refund["status"] == PENDING:
@@ -267,7 +246,7 @@ class RefundService(MoneyService):
             record = self._read(charge["pk"], f"OP#refund#{refund['id']}")
             assert record is not None, "a pending refund always has its operation record"
             return self.settle(caller, refund, record, charge)
-        return refund_object(refund)
+        return Refund.from_item(refund)
 
     def settle(
         self,
@@ -275,7 +254,7 @@ class RefundService(MoneyService):
         refund: dict[str, Any],
         record: dict[str, Any],
         charge: dict[str, Any],
-    ) -> dict[str, Any]:
+    ) -> Refund:
         """Refund at the processor with the record's key, then commit what it did: the
         refund succeeded (journal posted), or failed (the reservation released)."""
         try:
@@ -297,7 +276,7 @@ class RefundService(MoneyService):
         refund: dict[str, Any],
         record: dict[str, Any],
         charge: dict[str, Any],
-    ) -> dict[str, Any]:
+    ) -> Refund:
         merchant_id, cur, amount = charge["merchant"], charge["currency"], refund["amount"]
         txn_id = derived_id("txn", refund["id"], "refund")
         done = {**refund, "status": SUCCEEDED, "balance_transaction": txn_id}
@@ -345,22 +324,20 @@ class RefundService(MoneyService):
                     source=refund["id"],
                 )
             ],
-            records=[
-                balance.transaction_item(
-                    txn_id,
-                    merchant_id=merchant_id,
-                    kind="refund",
-                    source=refund["id"],
-                    amount=-amount,
-                    fee=0,
-                    currency=cur,
-                    now=now,
-                )
-            ],
+            records=balance.transaction_items(
+                txn_id,
+                merchant_id=merchant_id,
+                kind="refund",
+                source=refund["id"],
+                amount=-amount,
+                fee=0,
+                currency=cur,
+                now=now,
+            ),
         )
         if self.writer.commit(transition) is not None:  # finished by a concurrent retry
-            return refund_object(self._read(refund["pk"], "REFUND") or done)
-        return refund_object(done)
+            return Refund.from_item(self._read(refund["pk"], "REFUND") or done)
+        return Refund.from_item(done)
 
     def _fail(
         self,
@@ -369,7 +346,7 @@ class RefundService(MoneyService):
         record: dict[str, Any],
         charge: dict[str, Any],
         reason: str,
-    ) -> dict[str, Any]:
+    ) -> Refund:
         failed = {**refund, "status": FAILED_REFUND, "failure_reason": reason}
         transition = Transition(
             [
@@ -396,11 +373,11 @@ class RefundService(MoneyService):
                 finish_operation(record, OP_FAILED, failure_reason=reason),
             ],
             caller,
-            [Announcement(charge["merchant"], "refund.failed", refund_object(failed))],
+            [Announcement(charge["merchant"], "refund.failed", Refund.from_item(failed))],
         )
         if self.writer.commit(transition) is not None:
-            return refund_object(self._read(refund["pk"], "REFUND") or failed)
-        return refund_object(failed)
+            return Refund.from_item(self._read(refund["pk"], "REFUND") or failed)
+        return Refund.from_item(failed)
 
     # ---- void -----------------------------------------------------------------------------
 
@@ -411,7 +388,7 @@ class RefundService(MoneyService):
         refund_id: str,
         params: RefundCreateParams,
         idempotency_key: str,
-    ) -> dict[str, Any]:
+    ) -> Refund:
         record = self.charges.request_void(
             charge,
             caller,
@@ -428,9 +405,7 @@ class RefundService(MoneyService):
             raise ConflictError(f"Charge {charge['id']} was changed by another request; retry.")
         return self._settle_void(caller, {**charge, "pending_op": "void"}, record)
 
-    def _resume_void(
-        self, caller: Caller, charge: dict[str, Any], refund_id: str
-    ) -> dict[str, Any]:
+    def _resume_void(self, caller: Caller, charge: dict[str, Any], refund_id: str) -> Refund:
         record = self._read(charge["pk"], "OP#void")
         if record is None or record["status"] != OP_PENDING or record.get("refund") != refund_id:
             raise ConflictError(f"Charge {charge['id']} is being voided; retry shortly.")
@@ -438,7 +413,7 @@ class RefundService(MoneyService):
 
     def _settle_void(
         self, caller: Caller | None, charge: dict[str, Any], record: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> Refund:
         settled = self.settle_void(caller, charge, record)
         if settled["state"] != CANCELED:
             raise ConflictError(
@@ -446,7 +421,7 @@ class RefundService(MoneyService):
             )
         refund = self._read(f"REFUND#{record['refund']}", "REFUND")
         assert refund is not None, "a canceled charge has its void refund"
-        return refund_object(refund)
+        return Refund.from_item(refund)
 
     def settle_void(
         self, caller: Caller | None, charge: dict[str, Any], record: dict[str, Any]
@@ -481,10 +456,65 @@ class RefundService(MoneyService):
         now = self.clock()
         return self.charges.settle_void(charge, record, caller, add_refund)
 
+    # ---- update ---------------------------------------------------------------------------
+
+    def update(self, caller: Caller, refund_id: str, params: RefundUpdateParams) -> Refund:
+        """A refund's metadata, on the refund and its charge's copy alike; announced as
+        refund.updated with what it was."""
+        for _ in range(3):  # the refund settling meanwhile: read again
+            item = listing.get_owned(self.store, caller.merchant.id, refund_id, "re")
+            if params.metadata is None:
+                return Refund.from_item(item)
+            metadata = merged_metadata(item.get("metadata") or {}, params.metadata)
+            after = {**item, "metadata": metadata}
+            charge = self.charges.owned(caller.merchant.id, item["charge"])
+            version = int(item.get("version", 0))
+            transition = Transition(
+                [
+                    Change(
+                        item["pk"],
+                        "REFUND",
+                        refund_id,
+                        "update",
+                        item["status"],
+                        from_state=item["status"],
+                        state_attribute="status",
+                        set={"metadata": metadata, "version": version + 1},
+                        condition="attribute_not_exists(version)"
+                        if version == 0
+                        else "version = :v",
+                        values={} if version == 0 else {":v": version},
+                    ),
+                    Change(
+                        charge_pk(item["charge"]),
+                        "CHARGE",
+                        item["charge"],
+                        f"refund.update:{refund_id}",
+                        charge["state"],
+                        from_state=charge["state"],
+                        set={f"refunds.{refund_id}.metadata": metadata},
+                        audited=False,
+                    ),
+                ],
+                caller,
+                [
+                    Announcement(
+                        item["merchant"],
+                        "refund.updated",
+                        Refund.from_item(after),
+                        operation=f"refund.updated:{version + 1}",
+                        previous=Refund.from_item(item),
+                    )
+                ],
+            )
+            if self.writer.commit(transition) is None:
+                return Refund.from_item(after)
+        raise ConflictError(f"Refund {refund_id} is changing; retry shortly.")
+
     # ---- read -----------------------------------------------------------------------------
 
-    def retrieve(self, merchant: Merchant, refund_id: str) -> dict[str, Any]:
-        return refund_object(listing.get_owned(self.store, merchant.id, refund_id, "re"))
+    def retrieve(self, merchant: Merchant, refund_id: str) -> Refund:
+        return Refund.from_item(listing.get_owned(self.store, merchant.id, refund_id, "re"))
 
     def list(
         self,
@@ -495,25 +525,24 @@ class RefundService(MoneyService):
         starting_after: str | None,
         ending_before: str | None,
         created: listing.Created | None = None,
-    ) -> dict[str, Any]:
+    ) -> Page[Refund]:
         if charge_id:
             charge = listing.get_owned(self.store, merchant.id, charge_id, "ch", param="charge")
             return listing.page_in_memory(
-                list((charge.get("refunds") or {}).values()),
-                url=f"/v1/charges/{charge_id}/refunds",
+                Charge.from_item(charge).refunds,
                 limit=limit,
                 starting_after=starting_after,
                 ending_before=ending_before,
                 created=created,
+                kind="refund",
             )
-        return listing.page(
+        items = listing.page(
             self.store,
             merchant.id,
             "re",
-            url="/v1/refunds",
-            render=refund_object,
             limit=limit,
             starting_after=starting_after,
             ending_before=ending_before,
             created=created,
         )
+        return items.of(Refund.from_item)

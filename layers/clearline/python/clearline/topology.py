@@ -188,6 +188,9 @@ MAIN_TABLE = TableSpec(
     indexes=(
         # Lists of a merchant's objects, newest first.
         IndexSpec(name="by_merchant", partition_key="gsi1pk", sort_key="gsi1sk"),
+        # The same lists narrowed to one value of a filter (events of one type, the
+        # balance transactions of one source), from small facet items beside each object.
+        IndexSpec(name="by_facet", partition_key="gsi2pk", sort_key="gsi2sk"),
         # Sparse: only charges waiting for something (a capture time, an expiry, a
         # processor answer), by when. Schedulers query it instead of scanning.
         IndexSpec(name="by_due", partition_key="due_pk", sort_key="due_sk"),

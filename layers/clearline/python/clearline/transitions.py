@@ -20,7 +20,8 @@ from typing import Any
 
 from clearline import ledger
 from clearline.audit import Caller, audit_item
-from clearline.events import event_write
+from clearline.events import event_writes
+from clearline.models import Model
 from clearline.store import Store, TransactionCancelled, Write, commit
 
 
@@ -107,8 +108,9 @@ class Announcement:
 
     merchant: str
     type: str
-    data: dict[str, Any]
+    object: Model  # the object as the change leaves it
     operation: str | None = None  # defaults to the event type
+    previous: Model | None = None  # the object before an update
 
 
 @dataclass
@@ -155,11 +157,12 @@ class TransitionWriter:
                 )
             )
         for event in transition.events:
-            writes.append(
-                event_write(
+            writes.extend(
+                event_writes(
                     event.merchant,
                     event.type,
-                    event.data,
+                    event.object,
+                    previous=event.previous,
                     operation=event.operation or event.type,
                     now=now,
                     caller=transition.caller,

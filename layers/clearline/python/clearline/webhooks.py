@@ -37,6 +37,7 @@ from clearline.errors import (
 )
 from clearline.ids import new_id
 from clearline.merchants import Merchant
+from clearline.models import Page, WebhookEndpoint
 from clearline.params import Metadata, Params, String
 from clearline.secrets import SecretBox, SecretUnavailable
 from clearline.store import Store, Write, commit
@@ -88,25 +89,6 @@ def endpoint_secret(box: SecretBox, merchant_id: str, item: dict[str, Any]) -> s
     return box.open(sealed, secret_context(merchant_id, item["id"]))
 
 
-def endpoint_object(item: dict[str, Any], *, secret: str | None = None) -> dict[str, Any]:
-    shown = {
-        "id": item["id"],
-        "object": "webhook_endpoint",
-        "api_version": None,
-        "application": None,
-        "created": item["created"],
-        "description": item.get("description"),
-        "enabled_events": item["enabled_events"],
-        "livemode": bool(item.get("livemode", False)),
-        "metadata": item.get("metadata") or {},
-        "status": item["status"],
-        "url": item["url"],
-    }
-    if secret is not None:  # Stripe shows the signing secret only when the endpoint is created
-        shown["secret"] = secret
-    return shown
-
-
 class WebhookEndpoints:
     def __init__(
         self,
@@ -128,7 +110,7 @@ class WebhookEndpoints:
             raise ResourceMissingError("webhook endpoint", endpoint_id)
         return item
 
-    def create(self, caller: Caller, params: WebhookEndpointCreateParams) -> dict[str, Any]:
+    def create(self, caller: Caller, params: WebhookEndpointCreateParams) -> WebhookEndpoint:
         merchant = caller.merchant
         check_url(self.egress, params.url, livemode=merchant.livemode)
         if not params.enabled_events:
@@ -169,7 +151,7 @@ class WebhookEndpoints:
                 create=item,
             ),
         )
-        return endpoint_object(item, secret=secret)
+        return WebhookEndpoint.from_item(item, secret=secret)
 
     def _commit(self, caller: Caller, change: Change) -> None:
         """Every endpoint change is a transition: audited, and guarded by the version it
@@ -190,12 +172,12 @@ class WebhookEndpoints:
             values={":version": item["version"]},
         )
 
-    def retrieve(self, merchant: Merchant, endpoint_id: str) -> dict[str, Any]:
-        return endpoint_object(self._get(merchant, endpoint_id))
+    def retrieve(self, merchant: Merchant, endpoint_id: str) -> WebhookEndpoint:
+        return WebhookEndpoint.from_item(self._get(merchant, endpoint_id))
 
     def update(
         self, caller: Caller, endpoint_id: str, params: WebhookEndpointUpdateParams
-    ) -> dict[str, Any]:
+    ) -> WebhookEndpoint:
         merchant = caller.merchant
         item = self._get(merchant, endpoint_id)
         if params.url is not None:
@@ -213,14 +195,14 @@ class WebhookEndpoints:
         change = self._versioned(item, "update", status)
         change.replace = {**item, "version": item["version"] + 1}
         self._commit(caller, change)
-        return endpoint_object({**change.replace, "status": status})
+        return WebhookEndpoint.from_item({**change.replace, "status": status})
 
-    def delete(self, caller: Caller, endpoint_id: str) -> dict[str, Any]:
+    def delete(self, caller: Caller, endpoint_id: str) -> WebhookEndpoint:
         item = self._get(caller.merchant, endpoint_id)
         change = self._versioned(item, "delete", "deleted")
         change.delete = True
         self._commit(caller, change)
-        return {"id": endpoint_id, "object": "webhook_endpoint", "deleted": True}
+        return WebhookEndpoint.from_item({**item, "deleted": True})
 
     def list(
         self,
@@ -229,11 +211,11 @@ class WebhookEndpoints:
         limit: int,
         starting_after: str | None,
         ending_before: str | None,
-    ) -> dict[str, Any]:
+    ) -> Page[WebhookEndpoint]:
         items = self.store.query_partition(f"MERCHANT#{merchant.id}", "WE#")
         return listing.page_in_memory(
-            [endpoint_object(i) for i in items],
-            url="/v1/webhook_endpoints",
+            [WebhookEndpoint.from_item(i) for i in items],
+            kind="webhook endpoint",
             limit=limit,
             starting_after=starting_after,
             ending_before=ending_before,

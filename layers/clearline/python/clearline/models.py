@@ -1,0 +1,267 @@
+"""What the domain hands to its edges: typed, immutable views of stored objects.
+
+The services store items (DynamoDB attributes, index keys, processor keys) and return
+these models; the edges (the API, the relay that publishes events) render them in
+Stripe's shapes with the `presentation` package. A model carries Clearline's facts, in
+Clearline's terms (a charge's internal `state`, not Stripe's `status`/`captured`/`paid`),
+and nothing about storage.
+
+Models are also what an event snapshots, so an event can be rendered again later, the way
+the object looked when it happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The model as an event stores it (JSON-compatible, DynamoDB-storable)."""
+        return self.model_dump(mode="json")
+
+
+class CardChecks(Model):
+    cvc_check: str | None = None
+    address_line1_check: str | None = None
+    address_postal_code_check: str | None = None
+
+
+class CardDetails(Model):
+    """The card as the processor described it: never more than brand and last four."""
+
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    funding: str
+    country: str | None = None
+    fingerprint: str | None = None  # the same for every charge of one card number
+    network: str | None = None
+    checks: CardChecks | None = None
+
+
+class Outcome(Model):
+    network_status: str
+    type: str
+    reason: str | None = None
+    risk_level: str = "not_assessed"  # what Stripe says when nothing assessed the risk
+    seller_message: str | None = None
+
+
+class Address(Model):
+    city: str | None = None
+    country: str | None = None
+    line1: str | None = None
+    line2: str | None = None
+    postal_code: str | None = None
+    state: str | None = None
+
+
+class Shipping(Model):
+    name: str
+    address: Address
+    carrier: str | None = None
+    phone: str | None = None
+    tracking_number: str | None = None
+
+
+class Refund(Model):
+    kind: Literal["refund"] = "refund"
+    id: str
+    merchant: str
+    charge: str
+    amount: int
+    currency: str
+    status: str  # pending, succeeded, failed, canceled
+    created: int
+    created_ms: int = 0
+    reason: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    balance_transaction: str | None = None
+    failure_reason: str | None = None
+    failure_balance_transaction: str | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Refund:
+        return cls.model_validate(item)
+
+
+class Charge(Model):
+    kind: Literal["charge"] = "charge"
+    id: str
+    merchant: str
+    state: str  # pending, authorized, captured, failed, canceled, expired
+    amount: int
+    currency: str
+    created: int
+    amount_captured: int = 0
+    amount_refunded: int = 0
+    # The uncaptured part of a partial capture, or a voided or expired authorization.
+    amount_released: int = 0
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    statement_descriptor: str | None = None
+    statement_descriptor_suffix: str | None = None
+    receipt_email: str | None = None
+    shipping: Shipping | None = None
+    transfer_group: str | None = None
+    customer: str | None = None
+    fraud_details: dict[str, str] = Field(default_factory=dict)
+    token: str | None = None  # the source or payment method the merchant charged
+    payment_method_id: str | None = None
+    card: CardDetails | None = None
+    outcome: Outcome | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    balance_transaction: str | None = None
+    capture_at: int | None = None
+    receipt_token: str | None = None
+    refunds: tuple[Refund, ...] = ()
+
+    @property
+    def status(self) -> str:
+        """succeeded once the processor approved it (captured or not), else pending/failed."""
+        return {"pending": "pending", "failed": "failed"}.get(self.state, "succeeded")
+
+    @property
+    def total_refunded(self) -> int:
+        """Refunds, plus the uncaptured part of a partial capture or a released hold."""
+        return self.amount_refunded + self.amount_released
+
+    @property
+    def fully_refunded(self) -> bool:
+        return self.status == "succeeded" and self.total_refunded == self.amount
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Charge:
+        refunds = sorted(
+            (Refund.from_item(r) for r in (item.get("refunds") or {}).values()),
+            key=lambda r: (r.created, r.created_ms, r.id),
+            reverse=True,
+        )
+        return cls.model_validate(
+            {
+                **item,
+                "token": item.get("payment_method"),
+                "metadata": item.get("metadata") or {},
+                "fraud_details": item.get("fraud_details") or {},
+                "refunds": refunds,
+            }
+        )
+
+
+class BalanceTransaction(Model):
+    kind: Literal["balance_transaction"] = "balance_transaction"
+    id: str
+    merchant: str
+    type: str  # charge, refund
+    source: str
+    amount: int
+    fee: int
+    net: int
+    currency: str
+    created: int
+    available_on: int
+    description: str | None = None
+    settlement: str = "unsettled"
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> BalanceTransaction:
+        return cls.model_validate(item)
+
+
+class BalanceAmount(Model):
+    currency: str
+    amount: int
+
+
+class Balance(Model):
+    """What Clearline owes a merchant, per currency."""
+
+    kind: Literal["balance"] = "balance"
+    available: tuple[BalanceAmount, ...]
+    pending: tuple[BalanceAmount, ...]
+    livemode: bool = False
+
+
+class WebhookEndpoint(Model):
+    kind: Literal["webhook_endpoint"] = "webhook_endpoint"
+    id: str
+    url: str
+    enabled_events: tuple[str, ...]
+    status: str
+    created: int
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    livemode: bool = False
+    api_version: str | None = None
+    secret: str | None = None  # only in the answer to its creation
+    deleted: bool = False
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any], secret: str | None = None) -> WebhookEndpoint:
+        return cls.model_validate({**item, "secret": secret})
+
+
+class Event(Model):
+    """A change announced: the object as it stood after it, and what it was before."""
+
+    kind: Literal["event"] = "event"
+    id: str
+    merchant: str
+    type: str
+    created: int
+    object_kind: str
+    object: dict[str, Any]  # the model's snapshot
+    previous: dict[str, Any] | None = None  # the snapshot before an update
+    request_id: str | None = None
+    idempotency_key: str | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Event:
+        data = item["data"]
+        request = item.get("request") or {}
+        return cls(
+            id=item["id"],
+            merchant=item["merchant"],
+            type=item["type"],
+            created=item["created"],
+            object_kind=data["kind"],
+            object=data["object"],
+            previous=data.get("previous"),
+            request_id=request.get("id"),
+            idempotency_key=request.get("idempotency_key"),
+        )
+
+
+T = TypeVar("T")
+
+
+class ReconciliationMismatch(Model):
+    """A difference between the processor's settlement file and the ledger (for operators)."""
+
+    kind: Literal["reconciliation_mismatch"] = "reconciliation_mismatch"
+    id: str
+    file: str
+    mismatch: str  # what kind of difference
+    row: int | None = None
+    processor_reference: str | None = None
+    charge_id: str | None = None
+    detail: str
+    amount: int = 0
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list, newest first, and whether there is more beyond it."""
+
+    items: tuple[T, ...]
+    has_more: bool

@@ -1,0 +1,51 @@
+"""Any model to its Stripe object: the dispatch that events and expansion share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clearline.models import (
+    Balance,
+    BalanceTransaction,
+    Charge,
+    Model,
+    ReconciliationMismatch,
+    Refund,
+    WebhookEndpoint,
+)
+from presentation.balance import render_balance, render_balance_transaction
+from presentation.charges import render_charge
+from presentation.links import Links
+from presentation.refunds import render_refund
+from presentation.webhook_endpoints import render_webhook_endpoint
+
+MODELS: dict[str, type[Model]] = {
+    "charge": Charge,
+    "refund": Refund,
+    "balance_transaction": BalanceTransaction,
+    "balance": Balance,
+    "webhook_endpoint": WebhookEndpoint,
+    "reconciliation_mismatch": ReconciliationMismatch,
+}
+
+
+def model_of(kind: str, snapshot: dict[str, Any]) -> Model:
+    """A model again, from the snapshot an event stored."""
+    return MODELS[kind].model_validate(snapshot)
+
+
+def render(model: Model, links: Links) -> dict[str, Any]:
+    if isinstance(model, Charge):
+        return render_charge(model, links)
+    if isinstance(model, Refund):
+        return render_refund(model)
+    if isinstance(model, BalanceTransaction):
+        return render_balance_transaction(model)
+    if isinstance(model, Balance):
+        return render_balance(model)
+    if isinstance(model, WebhookEndpoint):
+        return render_webhook_endpoint(model)
+    if isinstance(model, ReconciliationMismatch):
+        rendered = model.model_dump(exclude={"kind", "mismatch"})
+        return {"object": "reconciliation_mismatch", "kind": model.mismatch, **rendered}
+    raise TypeError(f"no Stripe shape for {type(model).__name__}")
