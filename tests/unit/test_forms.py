@@ -95,3 +95,10 @@ def test_a_nul_names_its_parameter() -> None:
 
 def test_a_body_without_a_content_type_is_a_form() -> None:
     assert parse_body("amount=5", None) == {"amount": "5"}
+
+
+def test_numbered_top_level_names_stay_names() -> None:
+    # Only a parameter's value can be a list: the body is a hash of names (the fuzz found
+    # `0=true` made the whole body a list).
+    assert parse_form("0=true&1=x") == {"0": "true", "1": "x"}
+    assert parse_form("0[0]=a") == {"0": ["a"]}

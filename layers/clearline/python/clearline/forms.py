@@ -71,9 +71,8 @@ def parse_form(body: str) -> dict[str, Any]:
         if last in node:
             raise _malformed(f"parameter '{key}' given twice")
         node[last] = value
-    result = _listify(root)
-    assert isinstance(result, dict)
-    return result
+    # The body itself is a hash of named parameters, never a list (`0=a&1=b`).
+    return {name: _listify(value) for name, value in root.items()}
 
 
 def _json_depth(body: str) -> int:
