@@ -49,6 +49,7 @@ from clearline.params import (
     ChargeCreateParams,
     ChargeUpdateParams,
     P,
+    RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
     parse_params,
@@ -529,6 +530,15 @@ def update_refund(refund_id: str) -> Response[dict[str, Any]]:
     return idempotent_post(
         RefundUpdateParams,
         lambda who, update, _: services().refunds.update(who, refund_id, update),
+        "refund",
+    )
+
+
+@app.post("/v1/refunds/<refund_id>/cancel")
+def cancel_refund(refund_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        RefundCancelParams,
+        lambda who, _, __: services().refunds.cancel(who, refund_id),
         "refund",
     )
 

@@ -30,6 +30,7 @@ from clearline.params import (
     ChargeCaptureParams,
     ChargeCreateParams,
     ChargeUpdateParams,
+    RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
 )
@@ -128,6 +129,16 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         RefundUpdateParams,
         'Changes a refund\'s `metadata` (a key set to "" is deleted). Announced as '
         "`refund.updated` with `previous_attributes`.",
+    ),
+    ("post", "/v1/refunds/{refund_id}/cancel"): Operation(
+        "cancel_refund",
+        "Refunds",
+        "Cancel a pending refund",
+        "refund",
+        RefundCancelParams,
+        "Cancels a refund the processor has not made yet (status `pending`): the processor "
+        "is asked to revoke it first, and the amount is released back to the charge. A "
+        "refund the processor made meanwhile settles as made, and the cancel is a 400.",
     ),
     ("get", "/v1/refunds"): Operation(
         "list_refunds", "Refunds", "List refunds, or one charge's refunds", "refund_list"
@@ -329,6 +340,7 @@ _REFINEMENTS: dict[type[BaseModel], dict[str, Schema]] = {
         "expand": _EXPAND,
     },
     RefundUpdateParams: {"metadata": _METADATA_UPDATE, "expand": _EXPAND},
+    RefundCancelParams: {"expand": _EXPAND},
     RefundCreateParams: {
         "charge": {"description": "The charge to refund (`ch_...`)."},
         "amount": {**_AMOUNT, "description": "By default all that is left to refund."},
@@ -635,7 +647,7 @@ def object_schemas() -> dict[str, Schema]:
                 "string", enum=["duplicate", "fraudulent", "requested_by_customer", None]
             ),
             "receipt_number": _STR_OR_NULL,
-            "status": {"type": "string", "enum": ["failed", "pending", "succeeded"]},
+            "status": {"type": "string", "enum": ["canceled", "failed", "pending", "succeeded"]},
             "source_transfer_reversal": _STR_OR_NULL,
             "transfer_reversal": _STR_OR_NULL,
         },

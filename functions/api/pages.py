@@ -306,6 +306,10 @@ ERROR_CODES: dict[str, str] = {
     "charge_not_refundable": (
         "The charge failed, so no money moved and there is nothing to refund. No action is needed."
     ),
+    "refund_not_cancelable": (
+        "Only a pending refund, one the processor has not made yet, can be canceled. This one "
+        "succeeded, failed or was canceled already; its status says which."
+    ),
     "connect_not_supported": (
         "The request used a Connect feature (such as the Stripe-Account header or "
         "on_behalf_of), which Clearline does not support. Each merchant has its own account: "

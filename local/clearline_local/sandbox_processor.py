@@ -256,6 +256,7 @@ class SandboxProcessor:
         self._settleable: list[dict[str, Any]] = []
         self._batches = 0
         self._idempotency: dict[str, _StoredResponse] = {}
+        self._revoked: set[str] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -427,6 +428,8 @@ class SandboxProcessor:
             raise _RequestError(404, "not_found", f"Unrecognized request URL ({method}: {path}).")
         if method != "POST":
             raise _RequestError(405, "method_not_allowed", f"{method} is not allowed here.")
+        if len(parts) == 3 and parts[0] == "idempotency" and parts[2] == "revoke":
+            return self._revoke(parts[1])
 
         key = headers.get("idempotency-key", "")
         if not key:
@@ -444,6 +447,10 @@ class SandboxProcessor:
         # The lock spans the replay check, the operation and storing its response, so two
         # concurrent requests with one key can never both commit.
         with self._lock:
+            if key in self._revoked:
+                raise _RequestError(
+                    409, "idempotency_key_revoked", "This key was revoked before it was used."
+                )
             stored = self._idempotency.get(key)
             if stored is not None:
                 if stored.fingerprint != fingerprint:
@@ -459,6 +466,26 @@ class SandboxProcessor:
             result = operation(body)
             self._idempotency[key] = _StoredResponse(fingerprint, 200, result)
             return _Response(200, result)
+
+    def _revoke(self, key: str) -> _Response:
+        """Promise never to commit anything under `key` (so that a request still on its
+        way with it is refused), unless something was committed already: then say so,
+        with what it was. Revoking twice is revoking once."""
+        with self._lock:
+            stored = self._idempotency.get(key)
+            if stored is not None:
+                return _Response(
+                    409,
+                    {
+                        "error": {
+                            "code": "already_committed",
+                            "message": "A request with this key was already committed.",
+                        },
+                        "committed": stored.body,
+                    },
+                )
+            self._revoked.add(key)
+            return _Response(200, {"revoked": key})
 
     def _route_post(self, parts: list[str]) -> _Operation:
         if parts == ["authorizations"]:

@@ -374,3 +374,40 @@ def test_list_filters_narrow_lists_through_their_index(
         with pytest.raises(stripe.InvalidRequestError) as refused:
             sdk.v1.events.list(params=params)
         assert refused.value.param == param
+
+
+# ---- refund cancel --------------------------------------------------------------------------
+
+
+def test_a_refund_the_processor_has_not_made_can_be_canceled(
+    stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient]
+) -> None:
+    merchant, sdk = shop
+    no_retries = stripe.StripeClient(
+        merchant["secret_key"], base_addresses={"api": stack.url}, max_network_retries=0
+    )
+    created = charge(sdk, amount=5000)
+    stack.inject_processor_fault("timeout_before")  # the refund's call never reaches it
+    with pytest.raises(stripe.APIError):
+        no_retries.v1.refunds.create(params={"charge": created.id, "amount": 1500}, options=key())
+    (pending,) = sdk.v1.charges.retrieve(created.id).refunds.data
+    assert pending.status == "pending"
+
+    canceled = sdk.v1.refunds.cancel(pending.id, options=key())
+    assert canceled.status == "canceled"
+    after = sdk.v1.charges.retrieve(created.id)
+    assert (after.amount_refunded, after.refunds.data[0].status) == (0, "canceled")
+    (event,) = [
+        e
+        for e in sdk.v1.events.list(params={"type": "refund.updated", "limit": 100}).data
+        if e.data.object.id == pending.id
+    ]
+    assert event.data.previous_attributes.to_dict() == {"status": "pending"}
+    (auth,) = [a for a in stack.processor_authorizations() if a["reference"] == created.id]
+    assert auth["amount_refunded"] == 0  # nothing was refunded, and nothing will be
+
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        sdk.v1.refunds.cancel(pending.id, options=key())
+    assert refused.value.code == "refund_not_cancelable"
+    whole = sdk.v1.refunds.create(params={"charge": created.id}, options=key())
+    assert (whole.status, whole.amount) == ("succeeded", 5000)

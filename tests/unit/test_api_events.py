@@ -131,6 +131,9 @@ def test_sample_events_through_the_handler(api: tuple[Any, str], store: Store) -
     assert described["metadata"] == {"carrier": "ups"}  # "" deleted order_id
     annotated = body_of(invoke(handler, "update_refund", secret, re_sample=refund["id"]))
     assert annotated["metadata"] == {"reason_detail": "damaged"}
+    settled = invoke(handler, "cancel_refund", secret, re_sample=refund["id"])
+    assert settled["statusCode"] == 400  # made already: only a pending refund can be canceled
+    assert json.loads(settled["body"])["error"]["code"] == "refund_not_cancelable"
 
     txns = body_of(invoke(handler, "list_balance_transactions", secret))["data"]
     assert [t["type"] for t in txns] == ["refund", "charge"]

@@ -132,7 +132,7 @@ def test_every_post_documents_its_body_form_and_json_and_the_idempotency_key(
     doc: dict[str, Any],
 ) -> None:
     posts = [(path, op) for method, path, op in operations(doc) if method == "post"]
-    assert len(posts) == 7
+    assert len(posts) == 8
     for path, op in posts:
         content = op["requestBody"]["content"]
         form = content["application/x-www-form-urlencoded"]
@@ -417,6 +417,8 @@ def api(
         table_env_var(MAIN_TABLE.key): MAIN_TABLE.name,
         table_env_var(IDEMPOTENCY_TABLE.key): IDEMPOTENCY_TABLE.name,
         PROCESSOR_URL_ENV: processor.url,
+        # Shorter than the sandbox's fault delay, so that an injected timeout is one.
+        "CLEARLINE_PROCESSOR_TIMEOUT": "0.5",
         WEBHOOK_SECRETS_KEY_ENV: provision_webhook_secrets_key(kms),
         **LAMBDA_ENV,
     }
@@ -441,7 +443,9 @@ def test_the_document_and_the_swagger_page_are_served_without_a_key(
     assert page.count("</script>") == 2  # the inlined bundle cannot close its tag early
 
 
-def test_every_object_the_api_returns_matches_its_schema(api: Api) -> None:
+def test_every_object_the_api_returns_matches_its_schema(
+    api: Api, processor: SandboxProcessor
+) -> None:
     charge = api.ok(
         "POST",
         "/v1/charges",
@@ -500,10 +504,24 @@ def test_every_object_the_api_returns_matches_its_schema(api: Api) -> None:
         "/v1/refunds",
         form={"charge": ch, "amount": "1000", "reason": "requested_by_customer"},
     )
+    processor.inject_fault("timeout_before")  # the refund's processor call times out
+    status, _, _ = api.call(
+        "POST", "/v1/refunds", template="/v1/refunds", form={"charge": ch, "amount": "100"}
+    )
+    assert status == 503
+    (pending,) = [
+        r
+        for r in api.ok("GET", f"/v1/refunds?charge={ch}", "/v1/refunds")["data"]
+        if r["status"] == "pending"
+    ]
+    canceled = api.ok(
+        "POST", f"/v1/refunds/{pending['id']}/cancel", "/v1/refunds/{refund_id}/cancel"
+    )
+    assert canceled["status"] == "canceled"
     void = api.ok("POST", "/v1/refunds", "/v1/refunds", json_body={"charge": to_void["id"]})
     assert void["amount"] == 2000
     refunded = api.ok("GET", f"/v1/charges/{ch}", "/v1/charges/{charge_id}")
-    assert [r["id"] for r in refunded["refunds"]["data"]] == [refund["id"]]
+    assert [r["id"] for r in refunded["refunds"]["data"]] == [pending["id"], refund["id"]]
     api.ok("GET", "/v1/refunds?limit=2", "/v1/refunds")
     api.ok("GET", f"/v1/refunds?charge={ch}", "/v1/refunds")
     api.ok("GET", f"/v1/charges/{ch}/refunds", "/v1/charges/{charge_id}/refunds")

@@ -172,6 +172,10 @@ class ChargeUpdateParams(Params):
     expand: list[String] = Field(default_factory=list)
 
 
+class RefundCancelParams(Params):
+    expand: list[String] = Field(default_factory=list)
+
+
 class RefundUpdateParams(Params):
     metadata: MetadataUpdate | None = None
     expand: list[String] = Field(default_factory=list)

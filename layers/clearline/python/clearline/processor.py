@@ -186,6 +186,19 @@ class ProcessorClient:
         data = self._request("POST", "/v1/refunds", body, idempotency_key)
         return self._parse(ProcessorRefund, data)
 
+    def revoke(self, idempotency_key: str) -> bool:
+        """Ask the processor never to commit a request with this key. True when it is
+        revoked (nothing was committed, and nothing will be); False when a request with it
+        was committed already. Revoking twice is safe."""
+        _check_key(idempotency_key)
+        try:
+            self._request("POST", f"/v1/idempotency/{_segment(idempotency_key)}/revoke", {})
+        except ProcessorRejected as exc:
+            if exc.status == 409 and exc.code == "already_committed":
+                return False
+            raise
+        return True
+
     # -- reads ----------------------------------------------------------------------------
 
     def get_authorization(self, authorization_id: str) -> Authorization:

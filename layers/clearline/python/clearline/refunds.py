@@ -41,7 +41,9 @@ from clearline.params import RefundCreateParams, RefundUpdateParams, merged_meta
 from clearline.processor import ProcessorRejected, ProcessorUnavailable
 from clearline.transitions import Announcement, Change, Transition
 
-PENDING, SUCCEEDED, FAILED_REFUND = "pending", "succeeded", "failed"
+PENDING, SUCCEEDED, FAILED_REFUND, CANCELED_REFUND = "pending", "succeeded", "failed", "canceled"
+# The processor refuses a key we revoked, which only a cancel does.
+REVOKED = "idempotency_key_revoked"
 
 
 def embedded(item: dict[str, Any]) -> dict[str, Any]:
@@ -256,7 +258,10 @@ class RefundService(MoneyService):
         charge: dict[str, Any],
     ) -> Refund:
         """Refund at the processor with the record's key, then commit what it did: the
-        refund succeeded (journal posted), or failed (the reservation released)."""
+        refund succeeded (journal posted), or failed (the reservation released). A refund
+        whose cancel was asked for finishes its cancel instead."""
+        if record.get("cancel_requested"):
+            return self.finish_cancel(caller, refund, record, charge)
         try:
             self.processor.refund(
                 idempotency_key=record["processor_key"],
@@ -267,8 +272,115 @@ class RefundService(MoneyService):
         except ProcessorUnavailable as exc:
             raise processor_unavailable() from exc  # stays pending; a retry finishes it
         except ProcessorRejected as exc:
+            if exc.code == REVOKED:  # canceled meanwhile: nothing moved, nothing will
+                return self._commit_cancel(caller, refund, record, charge)
             return self._fail(caller, refund, record, charge, exc.message)
         return self._succeed(caller, refund, record, charge)
+
+    # ---- cancel ---------------------------------------------------------------------------
+
+    def cancel(self, caller: Caller, refund_id: str) -> Refund:
+        """Cancel a refund the processor has not made yet. Write-ahead: the wish to cancel is
+        recorded on the operation first; then the processor is asked to revoke the refund's
+        key, which it refuses if the refund was already made (then the refund is settled as
+        made, and the cancel refused); then the cancel is committed. A crash anywhere is
+        finished by a retry or the resolver, both of which see the recorded wish."""
+        refund = listing.get_owned(self.store, caller.merchant.id, refund_id, "re")
+        if refund["status"] != PENDING:
+            raise InvalidRequestError(
+                f"Refund {refund_id} is {refund['status']}: only a pending refund can be canceled.",
+                code="refund_not_cancelable",
+            )
+        charge = self._read(charge_pk(refund["charge"]), "CHARGE")
+        record = self._read(charge_pk(refund["charge"]), f"OP#refund#{refund_id}")
+        if charge is None or record is None or record["status"] != OP_PENDING:
+            raise ConflictError(f"Refund {refund_id} is being settled; retry shortly.")
+        if not record.get("cancel_requested"):
+            wish = Change(
+                record["pk"],
+                record["sk"],
+                refund["charge"],
+                f"refund.cancel.request:{refund_id}",
+                OP_PENDING,
+                from_state=OP_PENDING,
+                state_attribute="status",
+                set={"cancel_requested": True},
+                audited=False,
+            )
+            if self.writer.commit(Transition([wish], caller)) is not None:
+                raise ConflictError(f"Refund {refund_id} is being settled; retry shortly.")
+            record = {**record, "cancel_requested": True}
+        done = self.finish_cancel(caller, refund, record, charge)
+        if done.status != CANCELED_REFUND:
+            raise InvalidRequestError(
+                f"Refund {refund_id} had already been made by the processor, so it cannot be "
+                f"canceled; it is {done.status}.",
+                code="refund_not_cancelable",
+            )
+        return done
+
+    def finish_cancel(
+        self,
+        caller: Caller | None,
+        refund: dict[str, Any],
+        record: dict[str, Any],
+        charge: dict[str, Any],
+    ) -> Refund:
+        """Revoke the refund's processor key and commit what that says."""
+        try:
+            revoked = self.processor.revoke(record["processor_key"])
+        except ProcessorUnavailable as exc:
+            raise processor_unavailable() from exc  # the wish stays recorded; retry
+        if revoked:
+            return self._commit_cancel(caller, refund, record, charge)
+        # Too late: the processor made the refund. It settles as made.
+        return self._succeed(caller, refund, record, charge)
+
+    def _commit_cancel(
+        self,
+        caller: Caller | None,
+        refund: dict[str, Any],
+        record: dict[str, Any],
+        charge: dict[str, Any],
+    ) -> Refund:
+        canceled = {**refund, "status": CANCELED_REFUND}
+        transition = Transition(
+            [
+                Change(
+                    refund["pk"],
+                    "REFUND",
+                    refund["id"],
+                    "cancel",
+                    CANCELED_REFUND,
+                    from_state=PENDING,
+                    state_attribute="status",
+                ),
+                Change(
+                    charge["pk"],
+                    "CHARGE",
+                    charge["id"],
+                    f"refund.cancel:{refund['id']}",
+                    CAPTURED,
+                    from_state=CAPTURED,
+                    set={f"refunds.{refund['id']}": embedded(canceled)},
+                    add={"refundable": refund["amount"]},  # the reservation is released
+                ),
+                finish_operation(record, OP_FAILED, failure_reason="canceled"),
+            ],
+            caller,
+            [
+                Announcement(
+                    charge["merchant"],
+                    "refund.updated",
+                    Refund.from_item(canceled),
+                    operation="refund.canceled",
+                    previous=Refund.from_item(refund),
+                )
+            ],
+        )
+        if self.writer.commit(transition) is not None:  # settled meanwhile by another path
+            return Refund.from_item(self._read(refund["pk"], "REFUND") or canceled)
+        return Refund.from_item(canceled)
 
     def _succeed(
         self,
