@@ -20,6 +20,12 @@ from clearline.models import Model
 from clearline.store import Write
 
 
+def event_facets(event_type: str, *, delivered: bool) -> dict[str, str]:
+    """What an event's list can be filtered by: its type, and whether every subscribed
+    webhook endpoint has accepted it (false until the dispatcher says so)."""
+    return {"type": event_type, "delivery_success": "true" if delivered else "false"}
+
+
 def event_writes(
     merchant_id: str,
     event_type: str,
@@ -41,7 +47,7 @@ def event_writes(
     created_ms = int(now * 1000)
     key = (f"EVENT#{event_id}", "EVENT")
     by_type = listing.facet_items(
-        merchant_id, "evt", created_ms, key, event_id, {"type": event_type}
+        merchant_id, "evt", created_ms, key, event_id, event_facets(event_type, delivered=False)
     )
     event = Write.put_new(
         {

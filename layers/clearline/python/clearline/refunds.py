@@ -42,6 +42,7 @@ from clearline.processor import ProcessorRejected, ProcessorUnavailable
 from clearline.transitions import Announcement, Change, Transition
 
 PENDING, SUCCEEDED, FAILED_REFUND, CANCELED_REFUND = "pending", "succeeded", "failed", "canceled"
+PROCESSOR_DECLINED = "declined"
 # The processor refuses a key we revoked, which only a cancel does.
 REVOKED = "idempotency_key_revoked"
 
@@ -459,7 +460,9 @@ class RefundService(MoneyService):
         charge: dict[str, Any],
         reason: str,
     ) -> Refund:
-        failed = {**refund, "status": FAILED_REFUND, "failure_reason": reason}
+        # Stripe's word for a refund the processor refused; its own words stay on the
+        # operation record, for the operator.
+        failed = {**refund, "status": FAILED_REFUND, "failure_reason": PROCESSOR_DECLINED}
         transition = Transition(
             [
                 Change(
@@ -470,7 +473,7 @@ class RefundService(MoneyService):
                     FAILED_REFUND,
                     from_state=PENDING,
                     state_attribute="status",
-                    set={"failure_reason": reason},
+                    set={"failure_reason": PROCESSOR_DECLINED},
                 ),
                 Change(
                     charge["pk"],

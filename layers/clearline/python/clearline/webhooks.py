@@ -35,6 +35,7 @@ from clearline.errors import (
     ResourceMissingError,
     ServiceUnavailableError,
 )
+from clearline.events import event_facets
 from clearline.ids import new_id
 from clearline.merchants import Merchant
 from clearline.models import Page, WebhookEndpoint
@@ -266,18 +267,45 @@ class Dispatcher:
     ) -> list[Attempt]:
         """Deliver to every subscribed endpoint not yet served; returns this round's attempts."""
         attempts = []
+        subscribed_ids = []
         for endpoint in self.store.query_partition(f"MERCHANT#{merchant_id}", "WE#"):
             subscribed = ALL_EVENTS in endpoint["enabled_events"] or (
                 event["type"] in endpoint["enabled_events"]
             )
             if endpoint["status"] != "enabled" or not subscribed:
                 continue
+            subscribed_ids.append(endpoint["id"])
             if not self._claim(event["id"], endpoint["id"], force):
                 continue  # delivered already, or being delivered by another dispatcher
             attempt = self._post(merchant_id, endpoint, event)
             self._record(event["id"], attempt)
             attempts.append(attempt)
+        self._mark_delivery(merchant_id, event, subscribed_ids)
         return attempts
+
+    def _mark_delivery(self, merchant_id: str, event: dict[str, Any], endpoints: list[str]) -> None:
+        """Files the event under delivery_success=true once every subscribed endpoint has
+        accepted it. Never back to false: a dispatcher that finished earlier and saw less
+        must not undo a later one's true."""
+        delivered = {
+            item["sk"].removeprefix("DELIVERED#")
+            for item in self.store.query_partition(f"EVENT#{event['id']}", "DELIVERED#")
+        }
+        if not set(endpoints) <= delivered:
+            return
+        item = self.store.get(f"EVENT#{event['id']}", "EVENT")
+        if item is None:
+            return
+        created_ms = int(str(item["gsi1sk"]).split("#", 1)[0])
+        facets = event_facets(item["type"], delivered=True)
+        key = (item["pk"], item["sk"])
+        writes = [
+            Write("Put", item=facet)
+            for facet in listing.facet_items(
+                merchant_id, "evt", created_ms, key, item["id"], facets
+            )
+        ]
+        commit(self.store, writes)
 
     def _claim(self, event_id: str, endpoint_id: str, force: bool) -> bool:
         now = self.clock()
