@@ -30,6 +30,7 @@ from clearline.audit import Caller
 from clearline.cards import card_number_location, card_number_refusal
 from clearline.charges import ChargeService
 from clearline.config import Settings
+from clearline.customers import CustomerService
 from clearline.errors import (
     ApiError,
     AuthenticationError,
@@ -48,6 +49,8 @@ from clearline.params import (
     ChargeCaptureParams,
     ChargeCreateParams,
     ChargeUpdateParams,
+    CustomerCreateParams,
+    CustomerUpdateParams,
     P,
     RefundCancelParams,
     RefundCreateParams,
@@ -86,6 +89,7 @@ class Services:
     shards: ShardPolicy
     charges: ChargeService
     refunds: RefundService
+    customers: CustomerService
     webhook_endpoints: WebhookEndpoints
     idempotency: IdempotentRequests
     keys: KeyCache
@@ -113,6 +117,7 @@ def services() -> Services:
         shards,
         ChargeService(store, processor, shards),
         RefundService(store, processor, shards),
+        CustomerService(store),
         WebhookEndpoints(store, secrets=secret_box, egress=EgressPolicy.from_settings(settings)),
         idempotency,
         KeyCache(),
@@ -346,6 +351,8 @@ def _fetcher(merchant: Merchant) -> Callable[[str], dict[str, Any] | None]:
                 return render(services().charges.retrieve(merchant, object_id), links())
             if object_id.startswith("re_"):
                 return render(services().refunds.retrieve(merchant, object_id), links())
+            if object_id.startswith("cus_"):
+                return render(services().customers.retrieve(merchant, object_id), links())
             if object_id.startswith("txn_"):
                 item = listing.get_owned(services().store, merchant.id, object_id, "txn")
                 return render(BalanceTransaction.from_item(item), links())
@@ -671,12 +678,6 @@ def list_events(
         raise InvalidRequestError(
             f"types may name at most {MAX_EVENT_TYPES} event types.", param="types"
         )
-    if delivery_success is not None:
-        raise InvalidRequestError(
-            "Filtering events by delivery_success is not supported; see each event's "
-            "deliveries with `clearline webhooks attempts`.",
-            param="delivery_success",
-        )
     page = listing.page(
         services().store,
         merchant.id,
@@ -685,10 +686,68 @@ def list_events(
         starting_after=starting_after,
         ending_before=ending_before,
         created=listing.Created(created_gt, created_gte, created_lt, created_lte),
-        facets=_facets(type=type or types),
+        facets=_facets(
+            type=type or types,
+            delivery_success=None if delivery_success is None else str(delivery_success).lower(),
+        ),
     ).of(Event.from_item)
     rendered = [render_event(event, links()) for event in page.items]
     return _json(200, list_object("/v1/events", rendered, page.has_more))
+
+
+@app.post("/v1/customers")
+def create_customer() -> Response[dict[str, Any]]:
+    return idempotent_post(
+        CustomerCreateParams,
+        lambda who, customer, key: services().customers.create(who, customer, idempotency_key=key),
+        "customer",
+    )
+
+
+@app.get("/v1/customers/<customer_id>")
+def retrieve_customer(customer_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    return respond(merchant, services().customers.retrieve(merchant, customer_id), "customer")
+
+
+@app.post("/v1/customers/<customer_id>")
+def update_customer(customer_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        CustomerUpdateParams,
+        lambda who, update, _: services().customers.update(who, customer_id, update),
+        "customer",
+    )
+
+
+@app.delete("/v1/customers/<customer_id>")
+def delete_customer(customer_id: str) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    who = Caller(merchant, request_id())
+    return respond(merchant, services().customers.delete(who, customer_id), "customer")
+
+
+@app.get("/v1/customers")
+def list_customers(
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
+    email: Annotated[str | None, Query(max_length=512)] = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    page = services().customers.list(
+        merchant,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        created=listing.Created(created_gt, created_gte, created_lt, created_lte),
+        email=email,
+    )
+    return respond(merchant, page, "list:customer", url="/v1/customers")
 
 
 @app.post("/v1/webhook_endpoints")

@@ -30,6 +30,8 @@ from clearline.params import (
     ChargeCaptureParams,
     ChargeCreateParams,
     ChargeUpdateParams,
+    CustomerCreateParams,
+    CustomerUpdateParams,
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
@@ -171,6 +173,40 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("get", "/v1/events"): Operation(
         "list_events", "Events", "List events, newest first", "event_list"
+    ),
+    ("post", "/v1/customers"): Operation(
+        "create_customer",
+        "Customers",
+        "Create a customer",
+        "customer",
+        CustomerCreateParams,
+        "Who pays: charges take `customer` to name them, and list by it.",
+    ),
+    ("get", "/v1/customers/{customer_id}"): Operation(
+        "retrieve_customer",
+        "Customers",
+        "Retrieve a customer",
+        "customer",
+        description="A deleted customer is still found, as `deleted: true`.",
+    ),
+    ("post", "/v1/customers/{customer_id}"): Operation(
+        "update_customer",
+        "Customers",
+        "Update a customer",
+        "customer",
+        CustomerUpdateParams,
+        'Announced as `customer.updated` with `previous_attributes`; a metadata key set to "" '
+        "is deleted.",
+    ),
+    ("delete", "/v1/customers/{customer_id}"): Operation(
+        "delete_customer",
+        "Customers",
+        "Delete a customer",
+        "customer",
+        description="The customer leaves the lists and cannot be charged; its charges stay.",
+    ),
+    ("get", "/v1/customers"): Operation(
+        "list_customers", "Customers", "List customers, newest first", "customer_list"
     ),
     ("post", "/v1/webhook_endpoints"): Operation(
         "create_webhook_endpoint",
@@ -341,6 +377,8 @@ _REFINEMENTS: dict[type[BaseModel], dict[str, Schema]] = {
     },
     RefundUpdateParams: {"metadata": _METADATA_UPDATE, "expand": _EXPAND},
     RefundCancelParams: {"expand": _EXPAND},
+    CustomerCreateParams: {"metadata": _METADATA, "expand": _EXPAND},
+    CustomerUpdateParams: {"metadata": _METADATA_UPDATE, "expand": _EXPAND},
     RefundCreateParams: {
         "charge": {"description": "The charge to refund (`ch_...`)."},
         "amount": {**_AMOUNT, "description": "By default all that is left to refund."},
@@ -518,7 +556,46 @@ def _search_result_of(item: str, description: str) -> Schema:
     )
 
 
+def _customer_schema() -> Schema:
+    deleted = {
+        "type": "object",
+        "required": ["id", "object", "deleted"],
+        "properties": {"id": _STR, "object": _const("customer"), "deleted": {"const": True}},
+    }
+    live = _obj(
+        {
+            "id": {"type": "string", "pattern": "^cus_"},
+            "object": _const("customer"),
+            "address": _nullable("object"),
+            "balance": _INT,
+            "created": _INT,
+            "currency": _STR_OR_NULL,
+            "default_source": _STR_OR_NULL,
+            "delinquent": _BOOL,
+            "description": _STR_OR_NULL,
+            "discount": _nullable("object"),
+            "email": _STR_OR_NULL,
+            "invoice_prefix": _STR,
+            "invoice_settings": {"type": "object"},
+            "livemode": _BOOL,
+            "metadata": _METADATA_OUT,
+            "name": _STR_OR_NULL,
+            "next_invoice_sequence": _INT,
+            "phone": _STR_OR_NULL,
+            "preferred_locales": {"type": "array", "items": _STR},
+            "shipping": _nullable("object"),
+            "tax_exempt": _STR,
+            "test_clock": _STR_OR_NULL,
+        }
+    )
+    return {
+        "oneOf": [live, deleted],
+        "description": "Who pays; once deleted, only its id and `deleted: true`.",
+    }
+
+
 def object_schemas() -> dict[str, Schema]:
+    customer = _customer_schema()
     card = _obj(
         {
             "brand": _STR,
@@ -620,7 +697,7 @@ def object_schemas() -> dict[str, Schema]:
             "receipt_number": _STR_OR_NULL,
             "refunded": _BOOL,
             "refunds": charge_refunds,
-            "customer": _STR_OR_NULL,
+            "customer": _expandable("customer", nullable=True),
             "shipping": _nullable("object"),
             "source": source_card,
             "statement_descriptor_suffix": _STR_OR_NULL,
@@ -791,6 +868,8 @@ def object_schemas() -> dict[str, Schema]:
         "balance_transaction_list": _list_of("balance_transaction", "A page of movements."),
         "event_list": _list_of("event", "A page of events."),
         "charge_search_result": _search_result_of("charge", "A page of matching charges."),
+        "customer": customer,
+        "customer_list": _list_of("customer", "A page of customers."),
         "webhook_endpoint_list": _list_of("webhook_endpoint", "A page of webhook endpoints."),
         "error": error,
     }

@@ -147,6 +147,17 @@ def test_sample_events_through_the_handler(api: tuple[Any, str], store: Store) -
     event = body_of(invoke(handler, "retrieve_event", secret, evt_sample=events[0]["id"]))
     assert event["type"] == "charge.succeeded"
 
+    customer = body_of(invoke(handler, "create_customer", secret))
+    assert (customer["email"], customer["metadata"]) == ("jenny@example.com", {"crm_id": "C-42"})
+    cus = customer["id"]
+    assert body_of(invoke(handler, "retrieve_customer", secret, cus_sample=cus))["id"] == cus
+    changed = body_of(invoke(handler, "update_customer", secret, cus_sample=cus))
+    assert (changed["phone"], changed["metadata"]) == ("+15555550100", {})
+    listed_customers = body_of(invoke(handler, "list_customers", secret))["data"]
+    assert [c["id"] for c in listed_customers] == [cus]
+    assert body_of(invoke(handler, "delete_customer", secret, cus_sample=cus))["deleted"] is True
+    assert body_of(invoke(handler, "list_customers", secret))["data"] == []
+
     endpoint = body_of(invoke(handler, "create_webhook_endpoint", secret))
     assert endpoint["secret"].startswith("whsec_")
     assert endpoint["enabled_events"] == ["charge.succeeded", "charge.refunded"]

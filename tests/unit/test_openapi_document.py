@@ -132,7 +132,7 @@ def test_every_post_documents_its_body_form_and_json_and_the_idempotency_key(
     doc: dict[str, Any],
 ) -> None:
     posts = [(path, op) for method, path, op in operations(doc) if method == "post"]
-    assert len(posts) == 8
+    assert len(posts) == 10
     for path, op in posts:
         content = op["requestBody"]["content"]
         form = content["application/x-www-form-urlencoded"]
@@ -288,6 +288,8 @@ def test_every_200_names_an_object_schema(doc: dict[str, Any]) -> None:
         "deleted_webhook_endpoint",
         "charge_list",
         "charge_search_result",
+        "customer",
+        "customer_list",
         "refund_list",
         "balance_transaction_list",
         "event_list",
@@ -563,6 +565,13 @@ def test_every_object_the_api_returns_matches_its_schema(
         kind = event["data"]["object"]["object"]
         assert component(api.doc, kind).is_valid(event["data"]["object"]), event["type"]
     api.ok("GET", f"/v1/events/{events[0]['id']}", "/v1/events/{event_id}")
+
+    customer = api.ok("POST", "/v1/customers", "/v1/customers", form={"email": "jenny@example.com"})
+    cus = customer["id"]
+    api.ok("GET", f"/v1/customers/{cus}", "/v1/customers/{customer_id}")
+    api.ok("POST", f"/v1/customers/{cus}", "/v1/customers/{customer_id}", form={"name": "Jenny"})
+    api.ok("GET", "/v1/customers?email=jenny%40example.com", "/v1/customers")
+    assert api.ok("DELETE", f"/v1/customers/{cus}", "/v1/customers/{customer_id}")["deleted"]
 
     endpoint = api.ok(
         "POST",

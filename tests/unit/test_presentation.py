@@ -157,7 +157,7 @@ def test_an_error_with_a_code_links_its_explanation() -> None:
         ("charge", "refund"),
         ("charge", "balance_transaction.source.balance_transaction.source.x"),
         ("list:charge", "balance_transaction"),
-        ("refund", "charge.customer"),
+        ("refund", "charge.invoice"),
         ("event", "data.object"),
         ("charge", "balance_transaction..source"),
     ],

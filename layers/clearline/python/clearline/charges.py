@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 from clearline import balance, ledger, listing, money
 from clearline.audit import Caller
+from clearline.customers import CustomerService
 from clearline.errors import (
     ApiError,
     CardError,
@@ -247,7 +248,16 @@ class ChargeService(MoneyService):
     def create(self, caller: Caller, params: ChargeCreateParams, *, idempotency_key: str) -> Charge:
         merchant = caller.merchant
         money.check_charge_amount(params.amount, money.currency(params.currency))
+        if params.customer is not None:
+            CustomerService(self.store).chargeable(merchant.id, params.customer)
         token = params.source or params.payment_method
+        if not token and params.customer is not None:
+            raise InvalidRequestError(
+                f"Customer {params.customer} has no default payment method: send source or "
+                "payment_method with it.",
+                param="source",
+                code="parameter_missing",
+            )
         if not token:
             raise InvalidRequestError(
                 "Must provide source or payment_method.", param="source", code="parameter_missing"
@@ -272,7 +282,15 @@ class ChargeService(MoneyService):
         created = Change(
             pending["pk"], "CHARGE", charge_id, "create", to_state=PENDING, create=pending
         )
-        if self.writer.commit(Transition([created], caller)) is not None:
+        by_customer = listing.facet_items(
+            merchant.id,
+            "ch",
+            int(now * 1000),
+            (pending["pk"], "CHARGE"),
+            charge_id,
+            {"customer": params.customer},
+        )
+        if self.writer.commit(Transition([created], caller, index_items=by_customer)) is not None:
             # The key was used before: this is a retry (or a concurrent twin) of that charge.
             existing = self._get(charge_id)
             if existing is None or existing["merchant"] != merchant.id:
@@ -315,6 +333,7 @@ class ChargeService(MoneyService):
             "receipt_email": params.receipt_email,
             "shipping": params.shipping.model_dump() if params.shipping else None,
             "transfer_group": params.transfer_group,
+            "customer": params.customer,
             "payment_method": token,
             # The card as a payment method of its own, named once per charge.
             "payment_method_id": derived_id("pm", charge_id, "card"),

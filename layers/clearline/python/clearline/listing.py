@@ -52,6 +52,7 @@ KINDS = {
     "re": ("REFUND#", "REFUND", "refund"),
     "txn": ("TXN#", "TXN", "balance transaction"),
     "evt": ("EVENT#", "EVENT", "event"),
+    "cus": ("CUSTOMER#", "CUSTOMER", "customer"),
 }
 
 

@@ -244,6 +244,27 @@ class Event(Model):
 T = TypeVar("T")
 
 
+class Customer(Model):
+    kind: Literal["customer"] = "customer"
+    id: str
+    merchant: str
+    created: int
+    email: str | None = None
+    name: str | None = None
+    description: str | None = None
+    phone: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    address: Address | None = None
+    shipping: Shipping | None = None
+    default_payment_method: str | None = None
+    livemode: bool = False
+    deleted: bool = False
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Customer:
+        return cls.model_validate({**item, "deleted": item.get("state") == "deleted"})
+
+
 class ReconciliationMismatch(Model):
     """A difference between the processor's settlement file and the ledger (for operators)."""
 

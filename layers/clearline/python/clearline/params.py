@@ -152,6 +152,7 @@ class ChargeCreateParams(Params):
     receipt_email: Email | None = None
     shipping: ShippingParams | None = None
     transfer_group: ShortText | None = None
+    customer: String | None = None
     expand: list[String] = Field(default_factory=list)
     # A Clearline extension: capture this authorization automatically at this Unix time.
     capture_at: Integer | None = None
@@ -169,6 +170,28 @@ class ChargeUpdateParams(Params):
     shipping: ShippingParams | None = None
     fraud_details: FraudDetailsParams | None = None
     transfer_group: ShortText | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+class CustomerCreateParams(Params):
+    email: Email | None = None
+    name: ShortText | None = None
+    description: ShortText | None = None
+    phone: Annotated[String, Field(max_length=20)] | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    address: AddressParams | None = None
+    shipping: ShippingParams | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+class CustomerUpdateParams(Params):
+    email: Email | None = None
+    name: ShortText | None = None
+    description: ShortText | None = None
+    phone: Annotated[String, Field(max_length=20)] | None = None
+    metadata: MetadataUpdate | None = None
+    address: AddressParams | None = None
+    shipping: ShippingParams | None = None
     expand: list[String] = Field(default_factory=list)
 
 

@@ -120,6 +120,9 @@ class Transition:
     events: list[Announcement] = field(default_factory=list)
     journals: list[ledger.Journal] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)  # new items, written once
+    # Index items derived from an object (its facets): rewritten or removed as it changes.
+    index_items: list[dict[str, Any]] = field(default_factory=list)
+    index_removals: list[tuple[str, str]] = field(default_factory=list)
     idempotency_key: str | None = None  # of the request, carried on its events
 
 
@@ -172,6 +175,10 @@ class TransitionWriter:
         for journal in transition.journals:
             writes += journal.writes(self.shards)
         writes += [Write.put_new(record) for record in transition.records]
+        writes += [Write("Put", item=item) for item in transition.index_items]
+        writes += [
+            Write("Delete", key={"pk": pk, "sk": sk}) for pk, sk in transition.index_removals
+        ]
         return writes
 
     def commit(self, transition: Transition) -> TransactionCancelled | None:

@@ -18,6 +18,7 @@ MAX_DEPTH = 4
 # object type -> expandable field -> the types the field's id can name
 EXPANDABLE: dict[str, dict[str, tuple[str, ...]]] = {
     "charge": {
+        "customer": ("customer",),
         "balance_transaction": ("balance_transaction",),
         "failure_balance_transaction": ("balance_transaction",),
     },

@@ -8,6 +8,7 @@ from clearline.models import (
     Balance,
     BalanceTransaction,
     Charge,
+    Customer,
     Model,
     ReconciliationMismatch,
     Refund,
@@ -15,6 +16,7 @@ from clearline.models import (
 )
 from presentation.balance import render_balance, render_balance_transaction
 from presentation.charges import render_charge
+from presentation.customers import render_customer
 from presentation.links import Links
 from presentation.refunds import render_refund
 from presentation.webhook_endpoints import render_webhook_endpoint
@@ -25,6 +27,7 @@ MODELS: dict[str, type[Model]] = {
     "balance_transaction": BalanceTransaction,
     "balance": Balance,
     "webhook_endpoint": WebhookEndpoint,
+    "customer": Customer,
     "reconciliation_mismatch": ReconciliationMismatch,
 }
 
@@ -45,6 +48,8 @@ def render(model: Model, links: Links) -> dict[str, Any]:
         return render_balance(model)
     if isinstance(model, WebhookEndpoint):
         return render_webhook_endpoint(model)
+    if isinstance(model, Customer):
+        return render_customer(model)
     if isinstance(model, ReconciliationMismatch):
         rendered = model.model_dump(exclude={"kind", "mismatch"})
         return {"object": "reconciliation_mismatch", "kind": model.mismatch, **rendered}

@@ -1,0 +1,193 @@
+"""Customers (`cus_`): who pays, kept so that charges can name them.
+
+A customer moves no money, so its changes are plain transitions: each audited, announced
+(`customer.created`, `.updated`, `.deleted`) and guarded by the version it was read at, so
+a concurrent update is refused rather than lost. A deleted customer stays retrievable as
+deleted, as Stripe's do, but leaves the merchant's lists and can no longer be charged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from clearline import listing
+from clearline.audit import Caller
+from clearline.errors import ConflictError, InvalidRequestError, ResourceMissingError
+from clearline.ids import derived_id
+from clearline.merchants import Merchant
+from clearline.models import Customer, Page
+from clearline.params import CustomerCreateParams, CustomerUpdateParams, merged_metadata
+from clearline.store import Store
+from clearline.transitions import Announcement, Change, Transition, TransitionWriter
+
+ACTIVE, DELETED = "active", "deleted"
+KIND = "cus"
+
+
+def customer_pk(customer_id: str) -> str:
+    return f"CUSTOMER#{customer_id}"
+
+
+def _facets(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The index items that let a merchant list its customers by email."""
+    created_ms = int(str(item["gsi1sk"]).split("#", 1)[0])
+    key = (item["pk"], item["sk"])
+    return listing.facet_items(
+        item["merchant"], KIND, created_ms, key, item["id"], {"email": item.get("email")}
+    )
+
+
+class CustomerService:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.writer = TransitionWriter(store, clock=lambda: self.clock())
+
+    def create(
+        self, caller: Caller, params: CustomerCreateParams, *, idempotency_key: str
+    ) -> Customer:
+        merchant = caller.merchant
+        customer_id = derived_id(KIND, merchant.id, idempotency_key)
+        now = self.clock()
+        item: dict[str, Any] = {
+            "pk": customer_pk(customer_id),
+            "sk": "CUSTOMER",
+            **listing.list_keys(merchant.id, KIND, int(now * 1000), customer_id),
+            "id": customer_id,
+            "merchant": merchant.id,
+            "created": int(now),
+            "livemode": merchant.livemode,
+            "version": 1,
+            **self._described({}, params),
+        }
+        transition = Transition(
+            [Change(item["pk"], "CUSTOMER", customer_id, "create", ACTIVE, create=item)],
+            caller,
+            [Announcement(merchant.id, "customer.created", Customer.from_item(item))],
+            index_items=_facets(item),
+        )
+        if self.writer.commit(transition) is not None:  # the key was used before
+            existing = self.store.get(item["pk"], "CUSTOMER")
+            if existing is None or existing["merchant"] != merchant.id:
+                raise ConflictError("This customer id is taken; retry with another key.")
+            return Customer.from_item(existing)
+        return Customer.from_item({**item, "state": ACTIVE})
+
+    @staticmethod
+    def _described(
+        current: dict[str, Any], params: CustomerCreateParams | CustomerUpdateParams
+    ) -> dict[str, Any]:
+        """The fields a create or an update sets; an update leaves out what it does not send."""
+        changes: dict[str, Any] = {}
+        sent = params.model_fields_set
+        for name in ("email", "name", "description", "phone"):
+            if name in sent:
+                changes[name] = getattr(params, name)
+        for name in ("address", "shipping"):
+            if name in sent:
+                value = getattr(params, name)
+                changes[name] = value.model_dump() if value is not None else None
+        if params.metadata is not None:
+            changes["metadata"] = merged_metadata(current.get("metadata") or {}, params.metadata)
+        return changes
+
+    def owned(self, merchant_id: str, customer_id: str, *, param: str = "id") -> dict[str, Any]:
+        """The merchant's customer (deleted or not), or 404."""
+        item = self.store.get(customer_pk(customer_id), "CUSTOMER")
+        if item is None or item.get("merchant") != merchant_id:
+            raise ResourceMissingError("customer", customer_id, param=param)
+        return item
+
+    def chargeable(self, merchant_id: str, customer_id: str) -> dict[str, Any]:
+        """A customer a charge may name: the merchant's own, and not deleted."""
+        item = self.owned(merchant_id, customer_id, param="customer")
+        if item["state"] == DELETED:
+            raise InvalidRequestError(
+                f"Customer {customer_id} was deleted and cannot be charged.",
+                param="customer",
+                code="resource_missing",
+            )
+        return item
+
+    def retrieve(self, merchant: Merchant, customer_id: str) -> Customer:
+        return Customer.from_item(self.owned(merchant.id, customer_id))
+
+    def update(self, caller: Caller, customer_id: str, params: CustomerUpdateParams) -> Customer:
+        item = self.owned(caller.merchant.id, customer_id)
+        if item["state"] == DELETED:
+            raise InvalidRequestError(
+                f"Customer {customer_id} was deleted and cannot be updated.",
+                code="resource_missing",
+            )
+        after = {**item, **self._described(item, params)}
+        changes = {k: v for k, v in after.items() if item.get(k) != v}
+        version = int(item["version"])
+        change = self._versioned(item, "update", ACTIVE)
+        change.set = {**changes, "version": version + 1}
+        announced = Announcement(
+            item["merchant"],
+            "customer.updated",
+            Customer.from_item(after),
+            operation=f"customer.updated:{version + 1}",
+            previous=Customer.from_item(item),
+        )
+        facets = _facets(after)
+        # An email taken away takes the customer out of that email's list.
+        removals = [] if facets else [(f["pk"], f["sk"]) for f in _facets(item)]
+        self._commit(
+            Transition([change], caller, [announced], index_items=facets, index_removals=removals)
+        )
+        return Customer.from_item(after)
+
+    def delete(self, caller: Caller, customer_id: str) -> Customer:
+        item = self.owned(caller.merchant.id, customer_id)
+        if item["state"] == DELETED:
+            raise ResourceMissingError("customer", customer_id)
+        change = self._versioned(item, "delete", DELETED)
+        change.set = {"version": int(item["version"]) + 1}
+        change.remove = ("gsi1pk", "gsi1sk")  # out of the merchant's lists
+        gone = {**item, "state": DELETED}
+        announced = Announcement(item["merchant"], "customer.deleted", Customer.from_item(gone))
+        removals = [(facet["pk"], facet["sk"]) for facet in _facets(item)]
+        self._commit(Transition([change], caller, [announced], index_removals=removals))
+        return Customer.from_item(gone)
+
+    def list(
+        self,
+        merchant: Merchant,
+        *,
+        limit: int,
+        starting_after: str | None,
+        ending_before: str | None,
+        created: listing.Created | None = None,
+        email: str | None = None,
+    ) -> Page[Customer]:
+        items = listing.page(
+            self.store,
+            merchant.id,
+            KIND,
+            limit=limit,
+            starting_after=starting_after,
+            ending_before=ending_before,
+            created=created,
+            facets={"email": [email]} if email else None,
+        )
+        return items.of(Customer.from_item)
+
+    def _versioned(self, item: dict[str, Any], operation: str, to_state: str) -> Change:
+        return Change(
+            item["pk"],
+            "CUSTOMER",
+            item["id"],
+            operation,
+            to_state,
+            from_state=item["state"],
+            condition="version = :version",
+            values={":version": item["version"]},
+        )
+
+    def _commit(self, transition: Transition) -> None:
+        if self.writer.commit(transition) is not None:
+            raise ConflictError("The customer was changed by another request; retry.")
