@@ -44,7 +44,7 @@ from clearline.idempotency import IdempotentRequests, Reply, check_key
 from clearline.ledger import ShardPolicy
 from clearline.logs import new_logger
 from clearline.merchants import KeyCache, Merchant
-from clearline.models import BalanceTransaction, Charge, Event, Model, Page
+from clearline.models import BalanceTransaction, Charge, Event, Model, Page, PaymentIntent
 from clearline.params import (
     ChargeCaptureParams,
     ChargeCreateParams,
@@ -52,11 +52,17 @@ from clearline.params import (
     CustomerCreateParams,
     CustomerUpdateParams,
     P,
+    PaymentIntentCancelParams,
+    PaymentIntentCaptureParams,
+    PaymentIntentConfirmParams,
+    PaymentIntentCreateParams,
+    PaymentIntentUpdateParams,
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
     parse_params,
 )
+from clearline.payment_intents import PaymentIntentService
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.store import Store, StoreUnavailable
@@ -90,6 +96,7 @@ class Services:
     charges: ChargeService
     refunds: RefundService
     customers: CustomerService
+    payment_intents: PaymentIntentService
     webhook_endpoints: WebhookEndpoints
     idempotency: IdempotentRequests
     keys: KeyCache
@@ -112,12 +119,15 @@ def services() -> Services:
         settings.idempotency_table, store.client, sealer=SealedFields(secret_box)
     )
     shards = ShardPolicy.from_env()
+    charges = ChargeService(store, processor, shards)
+    refunds = RefundService(store, processor, shards)
     return Services(
         store,
         shards,
-        ChargeService(store, processor, shards),
-        RefundService(store, processor, shards),
+        charges,
+        refunds,
         CustomerService(store),
+        PaymentIntentService(store, charges, refunds),
         WebhookEndpoints(store, secrets=secret_box, egress=EgressPolicy.from_settings(settings)),
         idempotency,
         KeyCache(),
@@ -351,6 +361,8 @@ def _fetcher(merchant: Merchant) -> Callable[[str], dict[str, Any] | None]:
                 return render(services().charges.retrieve(merchant, object_id), links())
             if object_id.startswith("re_"):
                 return render(services().refunds.retrieve(merchant, object_id), links())
+            if object_id.startswith("pi_"):
+                return render(services().payment_intents.retrieve(merchant, object_id), links())
             if object_id.startswith("cus_"):
                 return render(services().customers.retrieve(merchant, object_id), links())
             if object_id.startswith("txn_"):
@@ -405,8 +417,12 @@ def idempotent_post(
             return Reply(error_status(decline), error_body(decline, links()))
         if metric:
             metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
-        # A charge the processor has not answered for is not final: a retry settles it.
-        final = not (isinstance(result, Charge) and result.state == "pending")
+        # A charge (or an intent's) the processor has not answered for is not final: a
+        # retry settles it.
+        final = not (
+            (isinstance(result, Charge) and result.state == "pending")
+            or (isinstance(result, PaymentIntent) and result.state == "processing")
+        )
         return Reply(200, shown(merchant, result, paths), final=final)
 
     stored = services().idempotency.run(
@@ -748,6 +764,85 @@ def list_customers(
         email=email,
     )
     return respond(merchant, page, "list:customer", url="/v1/customers")
+
+
+@app.post("/v1/payment_intents")
+def create_payment_intent() -> Response[dict[str, Any]]:
+    return idempotent_post(
+        PaymentIntentCreateParams,
+        lambda who, intent, key: services().payment_intents.create(
+            who, intent, idempotency_key=key
+        ),
+        "payment_intent",
+        "PaymentIntentCreated",
+    )
+
+
+@app.get("/v1/payment_intents/<intent_id>")
+def retrieve_payment_intent(intent_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    found = services().payment_intents.retrieve(merchant, intent_id)
+    return respond(merchant, found, "payment_intent")
+
+
+@app.post("/v1/payment_intents/<intent_id>")
+def update_payment_intent(intent_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        PaymentIntentUpdateParams,
+        lambda who, update, _: services().payment_intents.update(who, intent_id, update),
+        "payment_intent",
+    )
+
+
+@app.post("/v1/payment_intents/<intent_id>/confirm")
+def confirm_payment_intent(intent_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        PaymentIntentConfirmParams,
+        lambda who, confirm, _: services().payment_intents.confirm(who, intent_id, confirm),
+        "payment_intent",
+    )
+
+
+@app.post("/v1/payment_intents/<intent_id>/capture")
+def capture_payment_intent(intent_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        PaymentIntentCaptureParams,
+        lambda who, capture, _: services().payment_intents.capture(who, intent_id, capture),
+        "payment_intent",
+    )
+
+
+@app.post("/v1/payment_intents/<intent_id>/cancel")
+def cancel_payment_intent(intent_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        PaymentIntentCancelParams,
+        lambda who, cancel, _: services().payment_intents.cancel(who, intent_id, cancel),
+        "payment_intent",
+    )
+
+
+@app.get("/v1/payment_intents")
+def list_payment_intents(
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
+    customer: IdFilter = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    page = services().payment_intents.list(
+        merchant,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        created=listing.Created(created_gt, created_gte, created_lt, created_lte),
+        customer=customer,
+    )
+    return respond(merchant, page, "list:payment_intent", url="/v1/payment_intents")
 
 
 @app.post("/v1/webhook_endpoints")

@@ -32,6 +32,11 @@ from clearline.params import (
     ChargeUpdateParams,
     CustomerCreateParams,
     CustomerUpdateParams,
+    PaymentIntentCancelParams,
+    PaymentIntentCaptureParams,
+    PaymentIntentConfirmParams,
+    PaymentIntentCreateParams,
+    PaymentIntentUpdateParams,
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
@@ -208,6 +213,60 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/v1/customers"): Operation(
         "list_customers", "Customers", "List customers, newest first", "customer_list"
     ),
+    ("post", "/v1/payment_intents"): Operation(
+        "create_payment_intent",
+        "PaymentIntents",
+        "Create a PaymentIntent",
+        "payment_intent",
+        PaymentIntentCreateParams,
+        "A payment to collect: `amount`, `currency`, and a `payment_method` now or at "
+        "confirmation. With `confirm=true` it is confirmed at once. `capture_method=manual` "
+        "stops at `requires_capture`.",
+    ),
+    ("get", "/v1/payment_intents/{intent_id}"): Operation(
+        "retrieve_payment_intent", "PaymentIntents", "Retrieve a PaymentIntent", "payment_intent"
+    ),
+    ("post", "/v1/payment_intents/{intent_id}"): Operation(
+        "update_payment_intent",
+        "PaymentIntents",
+        "Update a PaymentIntent",
+        "payment_intent",
+        PaymentIntentUpdateParams,
+        "Before it is confirmed: `description`, `metadata`, `receipt_email`, `payment_method`.",
+    ),
+    ("post", "/v1/payment_intents/{intent_id}/confirm"): Operation(
+        "confirm_payment_intent",
+        "PaymentIntents",
+        "Confirm a PaymentIntent",
+        "payment_intent",
+        PaymentIntentConfirmParams,
+        "Charges the payment method through a charge of its own (`latest_charge`). A decline "
+        "leaves `requires_payment_method` with `last_payment_error`; a processor that does "
+        "not answer leaves `processing` until the charge settles.",
+    ),
+    ("post", "/v1/payment_intents/{intent_id}/capture"): Operation(
+        "capture_payment_intent",
+        "PaymentIntents",
+        "Capture a PaymentIntent",
+        "payment_intent",
+        PaymentIntentCaptureParams,
+        "Captures `amount_to_capture` (by default all) of a `requires_capture` intent; the "
+        "rest of the hold is released.",
+    ),
+    ("post", "/v1/payment_intents/{intent_id}/cancel"): Operation(
+        "cancel_payment_intent",
+        "PaymentIntents",
+        "Cancel a PaymentIntent",
+        "payment_intent",
+        PaymentIntentCancelParams,
+        "Before it succeeds; a held authorization is voided.",
+    ),
+    ("get", "/v1/payment_intents"): Operation(
+        "list_payment_intents",
+        "PaymentIntents",
+        "List PaymentIntents, newest first",
+        "payment_intent_list",
+    ),
     ("post", "/v1/webhook_endpoints"): Operation(
         "create_webhook_endpoint",
         "Webhook endpoints",
@@ -379,6 +438,11 @@ _REFINEMENTS: dict[type[BaseModel], dict[str, Schema]] = {
     RefundCancelParams: {"expand": _EXPAND},
     CustomerCreateParams: {"metadata": _METADATA, "expand": _EXPAND},
     CustomerUpdateParams: {"metadata": _METADATA_UPDATE, "expand": _EXPAND},
+    PaymentIntentCreateParams: {"metadata": _METADATA, "expand": _EXPAND},
+    PaymentIntentUpdateParams: {"metadata": _METADATA_UPDATE, "expand": _EXPAND},
+    PaymentIntentConfirmParams: {"expand": _EXPAND},
+    PaymentIntentCaptureParams: {"expand": _EXPAND},
+    PaymentIntentCancelParams: {"expand": _EXPAND},
     RefundCreateParams: {
         "charge": {"description": "The charge to refund (`ch_...`)."},
         "amount": {**_AMOUNT, "description": "By default all that is left to refund."},
@@ -556,6 +620,44 @@ def _search_result_of(item: str, description: str) -> Schema:
     )
 
 
+def _payment_intent_schema() -> Schema:
+    statuses = [
+        "requires_payment_method",
+        "requires_confirmation",
+        "processing",
+        "requires_capture",
+        "succeeded",
+        "canceled",
+    ]
+    return _obj(
+        {
+            "id": {"type": "string", "pattern": "^pi_"},
+            "object": _const("payment_intent"),
+            "amount": _INT,
+            "amount_capturable": _INT,
+            "amount_received": _INT,
+            "canceled_at": _INT_OR_NULL,
+            "cancellation_reason": _STR_OR_NULL,
+            "capture_method": _STR,
+            "client_secret": _STR,
+            "created": _INT,
+            "currency": _STR,
+            "customer": _expandable("customer", nullable=True),
+            "description": _STR_OR_NULL,
+            "last_payment_error": _nullable("object"),
+            "latest_charge": _expandable("charge", nullable=True),
+            "livemode": _BOOL,
+            "metadata": _METADATA_OUT,
+            "next_action": _nullable("object"),
+            "payment_method": _STR_OR_NULL,
+            "payment_method_types": {"type": "array", "items": _STR},
+            "receipt_email": _STR_OR_NULL,
+            "status": {"type": "string", "enum": statuses},
+        },
+        description="One payment to collect, through as many charges as it takes.",
+    )
+
+
 def _customer_schema() -> Schema:
     deleted = {
         "type": "object",
@@ -682,7 +784,7 @@ def object_schemas() -> dict[str, Schema]:
             "metadata": _METADATA_OUT,
             "outcome": outcome,
             "paid": _BOOL,
-            "payment_intent": _STR_OR_NULL,
+            "payment_intent": _expandable("payment_intent", nullable=True),
             "payment_method": _STR_OR_NULL,
             "payment_method_details": {
                 "type": ["object", "null"],
@@ -870,6 +972,8 @@ def object_schemas() -> dict[str, Schema]:
         "charge_search_result": _search_result_of("charge", "A page of matching charges."),
         "customer": customer,
         "customer_list": _list_of("customer", "A page of customers."),
+        "payment_intent": _payment_intent_schema(),
+        "payment_intent_list": _list_of("payment_intent", "A page of PaymentIntents."),
         "webhook_endpoint_list": _list_of("webhook_endpoint", "A page of webhook endpoints."),
         "error": error,
     }

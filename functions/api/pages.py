@@ -306,6 +306,12 @@ ERROR_CODES: dict[str, str] = {
     "charge_not_refundable": (
         "The charge failed, so no money moved and there is nothing to refund. No action is needed."
     ),
+    "payment_intent_unexpected_state": (
+        "The PaymentIntent's status does not allow this: only an intent that requires a payment "
+        "method or confirmation can be confirmed or updated, only one that requires capture "
+        "can be captured, and a succeeded or canceled one cannot be canceled. Retrieve it "
+        "and act on its status."
+    ),
     "refund_not_cancelable": (
         "Only a pending refund, one the processor has not made yet, can be canceled. This one "
         "succeeded, failed or was canceled already; its status says which."

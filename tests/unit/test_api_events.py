@@ -158,6 +158,21 @@ def test_sample_events_through_the_handler(api: tuple[Any, str], store: Store) -
     assert body_of(invoke(handler, "delete_customer", secret, cus_sample=cus))["deleted"] is True
     assert body_of(invoke(handler, "list_customers", secret))["data"] == []
 
+    intent = body_of(invoke(handler, "create_payment_intent", secret))
+    assert (intent["status"], intent["capture_method"]) == ("requires_payment_method", "manual")
+    pi = intent["id"]
+    described_intent = body_of(invoke(handler, "update_payment_intent", secret, pi_sample=pi))
+    assert described_intent["status"] == "requires_confirmation"
+    held_intent = body_of(invoke(handler, "confirm_payment_intent", secret, pi_sample=pi))
+    assert (held_intent["status"], held_intent["amount_capturable"]) == ("requires_capture", 4200)
+    paid = body_of(invoke(handler, "capture_payment_intent", secret, pi_sample=pi))
+    assert (paid["status"], paid["amount_received"]) == ("succeeded", 4000)
+    assert body_of(invoke(handler, "retrieve_payment_intent", secret, pi_sample=pi))["id"] == pi
+    listed_intents = body_of(invoke(handler, "list_payment_intents", secret))["data"]
+    assert [i["id"] for i in listed_intents] == [pi]
+    too_late = invoke(handler, "cancel_payment_intent", secret, pi_sample=pi)
+    assert json.loads(too_late["body"])["error"]["code"] == "payment_intent_unexpected_state"
+
     endpoint = body_of(invoke(handler, "create_webhook_endpoint", secret))
     assert endpoint["secret"].startswith("whsec_")
     assert endpoint["enabled_events"] == ["charge.succeeded", "charge.refunded"]

@@ -132,7 +132,7 @@ def test_every_post_documents_its_body_form_and_json_and_the_idempotency_key(
     doc: dict[str, Any],
 ) -> None:
     posts = [(path, op) for method, path, op in operations(doc) if method == "post"]
-    assert len(posts) == 10
+    assert len(posts) == 15
     for path, op in posts:
         content = op["requestBody"]["content"]
         form = content["application/x-www-form-urlencoded"]
@@ -290,6 +290,8 @@ def test_every_200_names_an_object_schema(doc: dict[str, Any]) -> None:
         "charge_search_result",
         "customer",
         "customer_list",
+        "payment_intent",
+        "payment_intent_list",
         "refund_list",
         "balance_transaction_list",
         "event_list",
@@ -572,6 +574,27 @@ def test_every_object_the_api_returns_matches_its_schema(
     api.ok("POST", f"/v1/customers/{cus}", "/v1/customers/{customer_id}", form={"name": "Jenny"})
     api.ok("GET", "/v1/customers?email=jenny%40example.com", "/v1/customers")
     assert api.ok("DELETE", f"/v1/customers/{cus}", "/v1/customers/{customer_id}")["deleted"]
+
+    template = "/v1/payment_intents/{intent_id}"
+    intent = api.ok(
+        "POST",
+        "/v1/payment_intents",
+        "/v1/payment_intents",
+        form={"amount": "3000", "currency": "usd", "capture_method": "manual"},
+    )
+    pi = intent["id"]
+    api.ok("POST", f"/v1/payment_intents/{pi}", template, form={"payment_method": "pm_card_visa"})
+    api.ok("POST", f"/v1/payment_intents/{pi}/confirm", template + "/confirm")
+    api.ok("POST", f"/v1/payment_intents/{pi}/capture", template + "/capture")
+    api.ok("GET", f"/v1/payment_intents/{pi}?expand[]=latest_charge", template)
+    api.ok("GET", "/v1/payment_intents", "/v1/payment_intents")
+    other = api.ok(
+        "POST",
+        "/v1/payment_intents",
+        "/v1/payment_intents",
+        form={"amount": "100", "currency": "usd"},
+    )
+    api.ok("POST", f"/v1/payment_intents/{other['id']}/cancel", template + "/cancel")
 
     endpoint = api.ok(
         "POST",

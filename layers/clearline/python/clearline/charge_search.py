@@ -60,7 +60,7 @@ def searchable(charge: Charge) -> dict[str, Any]:
         "description": charge.description,
         "disputed": False,
         "metadata": dict(charge.metadata),
-        "payment_intent": None,
+        "payment_intent": charge.payment_intent,
         "payment_method_details.card.brand": card.brand if card else None,
         "payment_method_details.card.fingerprint": card.fingerprint if card else None,
         "payment_method_details.card.last4": card.last4 if card else None,

@@ -245,7 +245,16 @@ class ChargeService(MoneyService):
 
     # ---- create ---------------------------------------------------------------------------
 
-    def create(self, caller: Caller, params: ChargeCreateParams, *, idempotency_key: str) -> Charge:
+    def create(
+        self,
+        caller: Caller,
+        params: ChargeCreateParams,
+        *,
+        idempotency_key: str,
+        payment_intent: str | None = None,
+    ) -> Charge:
+        """Charge a card, once per key. `payment_intent` names the intent this charge is an
+        attempt of, when it is one."""
         merchant = caller.merchant
         money.check_charge_amount(params.amount, money.currency(params.currency))
         if params.customer is not None:
@@ -279,18 +288,20 @@ class ChargeService(MoneyService):
 
         charge_id = derived_id("ch", merchant.id, idempotency_key)
         pending = self._pending_item(merchant, params, charge_id, token, now, idempotency_key)
+        pending["payment_intent"] = payment_intent
         created = Change(
             pending["pk"], "CHARGE", charge_id, "create", to_state=PENDING, create=pending
         )
-        by_customer = listing.facet_items(
+        by_customer = listing.facet_items(  # and by payment intent
             merchant.id,
             "ch",
             int(now * 1000),
             (pending["pk"], "CHARGE"),
             charge_id,
-            {"customer": params.customer},
+            {"customer": params.customer, "payment_intent": payment_intent},
         )
-        if self.writer.commit(Transition([created], caller, index_items=by_customer)) is not None:
+        indexed = Transition([created], caller, index_items=by_customer)
+        if self.writer.commit(indexed) is not None:
             # The key was used before: this is a retry (or a concurrent twin) of that charge.
             existing = self._get(charge_id)
             if existing is None or existing["merchant"] != merchant.id:

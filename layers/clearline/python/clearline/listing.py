@@ -53,6 +53,7 @@ KINDS = {
     "txn": ("TXN#", "TXN", "balance transaction"),
     "evt": ("EVENT#", "EVENT", "event"),
     "cus": ("CUSTOMER#", "CUSTOMER", "customer"),
+    "pi": ("PI#", "PI", "payment_intent"),
 }
 
 

@@ -113,6 +113,7 @@ class Charge(Model):
     shipping: Shipping | None = None
     transfer_group: str | None = None
     customer: str | None = None
+    payment_intent: str | None = None
     fraud_details: dict[str, str] = Field(default_factory=dict)
     token: str | None = None  # the source or payment method the merchant charged
     payment_method_id: str | None = None
@@ -263,6 +264,33 @@ class Customer(Model):
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Customer:
         return cls.model_validate({**item, "deleted": item.get("state") == "deleted"})
+
+
+class PaymentIntent(Model):
+    kind: Literal["payment_intent"] = "payment_intent"
+    id: str
+    merchant: str
+    state: str  # Stripe's status: requires_payment_method ... succeeded, canceled
+    amount: int
+    currency: str
+    created: int
+    capture_method: str = "automatic"
+    customer: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    receipt_email: str | None = None
+    payment_method: str | None = None
+    latest_charge: str | None = None
+    last_payment_error: dict[str, Any] | None = None
+    amount_received: int = 0
+    amount_capturable: int = 0
+    client_secret: str = ""
+    canceled_at: int | None = None
+    cancellation_reason: str | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> PaymentIntent:
+        return cls.model_validate({**item, "metadata": item.get("metadata") or {}})
 
 
 class ReconciliationMismatch(Model):

@@ -195,6 +195,46 @@ class CustomerUpdateParams(Params):
     expand: list[String] = Field(default_factory=list)
 
 
+class PaymentIntentCreateParams(Params):
+    amount: Integer
+    currency: String
+    capture_method: Literal["automatic", "automatic_async", "manual"] = "automatic"
+    confirm: Boolean = False
+    customer: String | None = None
+    description: Annotated[String, Field(max_length=1000)] | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    payment_method: String | None = None
+    payment_method_types: list[Literal["card"]] | None = None  # cards are all there is
+    receipt_email: Email | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+class PaymentIntentUpdateParams(Params):
+    description: Annotated[String, Field(max_length=1000)] | None = None
+    metadata: MetadataUpdate | None = None
+    payment_method: String | None = None
+    receipt_email: Email | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+class PaymentIntentConfirmParams(Params):
+    payment_method: String | None = None
+    receipt_email: Email | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+class PaymentIntentCaptureParams(Params):
+    amount_to_capture: Integer | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+class PaymentIntentCancelParams(Params):
+    cancellation_reason: (
+        Literal["abandoned", "duplicate", "fraudulent", "requested_by_customer"] | None
+    ) = None
+    expand: list[String] = Field(default_factory=list)
+
+
 class RefundCancelParams(Params):
     expand: list[String] = Field(default_factory=list)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from clearline.charges import DUE_PROCESSOR, OP_PENDING, PENDING, ChargeService
 from clearline.errors import ServiceUnavailableError
+from clearline.payment_intents import PaymentIntentService
 from clearline.processor import Authorization, ProcessorUnavailable
 from clearline.refunds import RefundService
 from clearline.scheduling import due_items
@@ -45,6 +46,7 @@ class Resolver:
         self.charges = charges
         self.refunds = refunds
         self.store = charges.store
+        self.payment_intents = PaymentIntentService(self.store, charges, refunds)
 
     def run(self, now: int) -> dict[str, int]:
         """One pass over everything pending past the grace period. Each record is settled on
@@ -71,6 +73,9 @@ class Resolver:
         saw the call and nothing moved."""
         if record["sk"] == "CHARGE":
             return self._charge(record)
+        if record["sk"] == "PI":  # an intent left processing: its charge, again, then follow it
+            self.payment_intents.follow(self.payment_intents.resume(record, None))
+            return "settled"
         charge = self.store.get(record["pk"], "CHARGE")
         assert charge is not None, "an operation record always has its charge"
         if record["status"] != OP_PENDING:

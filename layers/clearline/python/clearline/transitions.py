@@ -68,7 +68,10 @@ class Change:
         if self.delete:
             key = {"pk": self.pk, "sk": self.sk}
             return Write("Delete", key=key, condition=guard, names=names, values=values)
-        assignments = {self.state_attribute: self.to_state, **self.set}
+        # Storage drops nulls, so a field set to None is removed: it reads back as None.
+        assignments = {self.state_attribute: self.to_state}
+        assignments |= {path: value for path, value in self.set.items() if value is not None}
+        removed = (*self.remove, *(path for path, value in self.set.items() if value is None))
         sets = []
         for i, (path, value) in enumerate(assignments.items()):
             values[f":s{i}"] = value
@@ -80,9 +83,9 @@ class Change:
                 values[f":a{i}"] = amount
                 adds.append(f"{_path(path, f'a{i}', names)} :a{i}")
             clauses.append("ADD " + ", ".join(adds))
-        if self.remove:
-            removed = [_path(path, f"r{i}", names) for i, path in enumerate(self.remove)]
-            clauses.append("REMOVE " + ", ".join(removed))
+        if removed:
+            paths = [_path(path, f"r{i}", names) for i, path in enumerate(removed)]
+            clauses.append("REMOVE " + ", ".join(paths))
         return Write(
             "Update",
             key={"pk": self.pk, "sk": self.sk},

@@ -104,7 +104,7 @@ def render_charge(charge: Charge, links: Links) -> dict[str, Any]:
         "on_behalf_of": None,
         "outcome": charge.outcome.model_dump() if charge.outcome else None,
         "paid": status == "succeeded",
-        "payment_intent": None,
+        "payment_intent": charge.payment_intent,
         "payment_method": charge.payment_method_id if card else None,
         "payment_method_details": {"card": _card_details(card), "type": "card"} if card else None,
         "radar_options": {},

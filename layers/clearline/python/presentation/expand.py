@@ -19,6 +19,7 @@ MAX_DEPTH = 4
 EXPANDABLE: dict[str, dict[str, tuple[str, ...]]] = {
     "charge": {
         "customer": ("customer",),
+        "payment_intent": ("payment_intent",),
         "balance_transaction": ("balance_transaction",),
         "failure_balance_transaction": ("balance_transaction",),
     },
@@ -28,6 +29,10 @@ EXPANDABLE: dict[str, dict[str, tuple[str, ...]]] = {
         "failure_balance_transaction": ("balance_transaction",),
     },
     "balance_transaction": {"source": ("charge", "refund")},
+    "payment_intent": {
+        "customer": ("customer",),
+        "latest_charge": ("charge",),
+    },
 }
 
 Fetch = Callable[[str], dict[str, Any] | None]

@@ -10,6 +10,7 @@ from clearline.models import (
     Charge,
     Customer,
     Model,
+    PaymentIntent,
     ReconciliationMismatch,
     Refund,
     WebhookEndpoint,
@@ -18,6 +19,7 @@ from presentation.balance import render_balance, render_balance_transaction
 from presentation.charges import render_charge
 from presentation.customers import render_customer
 from presentation.links import Links
+from presentation.payment_intents import render_payment_intent
 from presentation.refunds import render_refund
 from presentation.webhook_endpoints import render_webhook_endpoint
 
@@ -28,6 +30,7 @@ MODELS: dict[str, type[Model]] = {
     "balance": Balance,
     "webhook_endpoint": WebhookEndpoint,
     "customer": Customer,
+    "payment_intent": PaymentIntent,
     "reconciliation_mismatch": ReconciliationMismatch,
 }
 
@@ -48,6 +51,8 @@ def render(model: Model, links: Links) -> dict[str, Any]:
         return render_balance(model)
     if isinstance(model, WebhookEndpoint):
         return render_webhook_endpoint(model)
+    if isinstance(model, PaymentIntent):
+        return render_payment_intent(model)
     if isinstance(model, Customer):
         return render_customer(model)
     if isinstance(model, ReconciliationMismatch):

@@ -1,0 +1,444 @@
+"""PaymentIntents (`pi_`): Stripe's state machine over one payment, whose money moves
+through its charges.
+
+    requires_payment_method -> requires_confirmation -> processing -> requires_capture
+                                                                    -> succeeded
+    (a decline goes back to requires_payment_method; canceled from any state before
+    succeeded, except processing)
+
+A PaymentIntent moves no money itself. Confirming one is write-ahead: the intent is put in
+`processing` naming the charge it is about to create (the charge's id derives from the
+intent and the attempt number, so creating it again is a retry of the same charge); then
+the charge is created through the charge path, which is exactly-once on its own; then the
+intent follows the charge. Whatever a crash leaves, the intent can be brought to where its
+latest charge says it should be (`follow`): on every read, on a retry, and by the resolver
+for intents left in `processing`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from clearline import listing
+from clearline.audit import Caller
+from clearline.charges import (
+    AUTHORIZED,
+    CANCELED,
+    CAPTURED,
+    DUE_KEYS,
+    DUE_PROCESSOR,
+    EXPIRED,
+    FAILED,
+    ChargeService,
+    due_keys,
+)
+from clearline.customers import CustomerService
+from clearline.errors import (
+    ApiError,
+    CardError,
+    ConflictError,
+    InvalidRequestError,
+)
+from clearline.ids import derived_id
+from clearline.merchants import Merchant
+from clearline.models import Page, PaymentIntent
+from clearline.money import check_charge_amount, currency
+from clearline.params import (
+    ChargeCaptureParams,
+    ChargeCreateParams,
+    PaymentIntentCancelParams,
+    PaymentIntentCaptureParams,
+    PaymentIntentConfirmParams,
+    PaymentIntentCreateParams,
+    PaymentIntentUpdateParams,
+    RefundCreateParams,
+    merged_metadata,
+)
+from clearline.refunds import RefundService
+from clearline.store import Store
+from clearline.transitions import Announcement, Change, Transition, TransitionWriter
+
+KIND = "pi"
+REQUIRES_PAYMENT_METHOD = "requires_payment_method"
+REQUIRES_CONFIRMATION = "requires_confirmation"
+PROCESSING = "processing"
+REQUIRES_CAPTURE = "requires_capture"
+SUCCEEDED = "succeeded"
+CANCELED_INTENT = "canceled"
+CONFIRMABLE = (REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION)
+CANCELABLE = (REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION, REQUIRES_CAPTURE)
+
+
+def intent_pk(intent_id: str) -> str:
+    return f"PI#{intent_id}"
+
+
+def attempt_key(intent_id: str, attempt: int) -> str:
+    """The idempotency key of an attempt's charge: the same attempt is the same charge."""
+    return f"{intent_id}:attempt:{attempt}"
+
+
+def unexpected_state(item: dict[str, Any], action: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"You cannot {action} this PaymentIntent because it has a status of {item['state']}.",
+        code="payment_intent_unexpected_state",
+    )
+
+
+class PaymentIntentService:
+    def __init__(
+        self,
+        store: Store,
+        charges: ChargeService,
+        refunds: RefundService,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.charges = charges
+        self.refunds = refunds
+        self.clock = clock
+        self.writer = TransitionWriter(store, clock=lambda: self.clock())
+
+    # ---- create ---------------------------------------------------------------------------
+
+    def create(
+        self, caller: Caller, params: PaymentIntentCreateParams, *, idempotency_key: str
+    ) -> PaymentIntent:
+        merchant = caller.merchant
+        check_charge_amount(params.amount, currency(params.currency))
+        if params.customer is not None:
+            CustomerService(self.store).chargeable(merchant.id, params.customer)
+        intent_id = derived_id(KIND, merchant.id, idempotency_key)
+        now = self.clock()
+        state = REQUIRES_CONFIRMATION if params.payment_method else REQUIRES_PAYMENT_METHOD
+        item: dict[str, Any] = {
+            "pk": intent_pk(intent_id),
+            "sk": "PI",
+            **listing.list_keys(merchant.id, KIND, int(now * 1000), intent_id),
+            "id": intent_id,
+            "merchant": merchant.id,
+            "amount": params.amount,
+            "currency": params.currency.lower(),
+            "capture_method": params.capture_method,
+            "customer": params.customer,
+            "description": params.description,
+            "metadata": dict(params.metadata),
+            "receipt_email": params.receipt_email,
+            "payment_method": params.payment_method,
+            "attempt": 0,
+            "amount_received": 0,
+            "amount_capturable": 0,
+            # What a browser holds to confirm the intent; never enough to read anything else.
+            "client_secret": f"{intent_id}_secret_{secrets.token_urlsafe(18)}",
+            "created": int(now),
+            "version": 1,
+        }
+        facets = listing.facet_items(
+            merchant.id,
+            KIND,
+            int(now * 1000),
+            (item["pk"], "PI"),
+            intent_id,
+            {"customer": params.customer},
+        )
+        transition = Transition(
+            [Change(item["pk"], "PI", intent_id, "create", state, create=item)],
+            caller,
+            [
+                Announcement(
+                    merchant.id,
+                    "payment_intent.created",
+                    PaymentIntent.from_item({**item, "state": state}),
+                )
+            ],
+            index_items=facets,
+        )
+        if self.writer.commit(transition) is not None:  # the key was used before
+            existing = self.store.get(item["pk"], "PI")
+            if existing is None or existing["merchant"] != merchant.id:
+                raise ConflictError("This PaymentIntent id is taken; retry with another key.")
+            return PaymentIntent.from_item(existing)
+        created = {**item, "state": state}
+        if params.confirm:
+            return self.confirm(caller, intent_id, PaymentIntentConfirmParams(), current=created)
+        return PaymentIntent.from_item(created)
+
+    # ---- update ---------------------------------------------------------------------------
+
+    def update(
+        self, caller: Caller, intent_id: str, params: PaymentIntentUpdateParams
+    ) -> PaymentIntent:
+        """What describes the intent, and its payment method, until it is confirmed."""
+        item = self.follow(self.owned(caller.merchant.id, intent_id), caller)
+        if item["state"] not in CONFIRMABLE:
+            raise unexpected_state(item, "update")
+        changes: dict[str, Any] = {}
+        for name in ("description", "receipt_email", "payment_method"):
+            if name in params.model_fields_set:
+                changes[name] = getattr(params, name)
+        if params.metadata is not None:
+            changes["metadata"] = merged_metadata(item.get("metadata") or {}, params.metadata)
+        method = changes.get("payment_method", item.get("payment_method"))
+        state = REQUIRES_CONFIRMATION if method else REQUIRES_PAYMENT_METHOD
+        return PaymentIntent.from_item(
+            self._move(item, state, caller, set=changes)  # Stripe announces no update
+        )
+
+    # ---- confirm --------------------------------------------------------------------------
+
+    def confirm(
+        self,
+        caller: Caller,
+        intent_id: str,
+        params: PaymentIntentConfirmParams,
+        *,
+        current: dict[str, Any] | None = None,
+    ) -> PaymentIntent:
+        item = current or self.follow(self.owned(caller.merchant.id, intent_id))
+        if item["state"] == PROCESSING:
+            return PaymentIntent.from_item(self.resume(item, caller))
+        if item["state"] not in CONFIRMABLE:
+            raise unexpected_state(item, "confirm")
+        payment_method = params.payment_method or item.get("payment_method")
+        if not payment_method:
+            raise InvalidRequestError(
+                "You cannot confirm this PaymentIntent because it's missing a payment method.",
+                param="payment_method",
+                code="payment_intent_unexpected_state",
+            )
+        attempt = int(item["attempt"]) + 1
+        charge_id = derived_id("ch", item["merchant"], attempt_key(item["id"], attempt))
+        changes: dict[str, Any] = {
+            "attempt": attempt,
+            "latest_charge": charge_id,
+            "payment_method": payment_method,
+            "last_payment_error": None,
+            **due_keys(DUE_PROCESSOR, item["id"], int(self.clock())),
+        }
+        if params.receipt_email is not None:
+            changes["receipt_email"] = params.receipt_email
+        processing = self._move(item, PROCESSING, caller, set=changes)
+        return PaymentIntent.from_item(self.resume(processing, caller))
+
+    def resume(self, item: dict[str, Any], caller: Caller | None) -> dict[str, Any]:
+        """Create (again: the same attempt is the same charge) the charge of a processing
+        intent, and follow it. Raises what the charge path refuses, after putting the
+        intent back where it was."""
+        params = ChargeCreateParams(
+            amount=item["amount"],
+            currency=item["currency"],
+            payment_method=item["payment_method"],
+            capture=item["capture_method"] == "automatic",
+            customer=item.get("customer"),
+            description=item.get("description"),
+            receipt_email=item.get("receipt_email"),
+        )
+        who = caller or Caller(self._merchant(item["merchant"]), "resolver")
+        try:
+            self.charges.create(
+                who,
+                params,
+                idempotency_key=attempt_key(item["id"], int(item["attempt"])),
+                payment_intent=item["id"],
+            )
+        except CardError:
+            pass  # the failed charge is stored: following it records the decline
+        except ApiError as refused:
+            # Refused before anything moved (an unknown payment method): back as it was.
+            if self.store.get(f"CHARGE#{item['latest_charge']}", "CHARGE") is None:
+                self._move(
+                    item,
+                    REQUIRES_PAYMENT_METHOD,
+                    caller,
+                    set={"payment_method": None, "latest_charge": None},
+                    remove=DUE_KEYS,
+                )
+            raise refused
+        return self.follow(self._read(item["id"]) or item, caller)
+
+    # ---- follow the latest charge ---------------------------------------------------------
+
+    def follow(self, item: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
+        """Bring the intent to where its latest charge says it should be. Moves no money:
+        only the intent's own state, guarded, so that any number of readers may do it."""
+        charge_id = item.get("latest_charge")
+        if item["state"] not in (PROCESSING, REQUIRES_CAPTURE) or not charge_id:
+            return item
+        charge = self.store.get(f"CHARGE#{charge_id}", "CHARGE")
+        if charge is None:
+            return item  # its creation is still under way (or the resolver will redo it)
+        state = charge["state"]
+        if state == FAILED:
+            error = {
+                "type": "card_error",
+                "code": charge.get("failure_code"),
+                "decline_code": charge.get("decline_code"),
+                "message": charge.get("failure_message"),
+                "charge": charge_id,
+            }
+            return self._move(
+                item,
+                REQUIRES_PAYMENT_METHOD,
+                caller,
+                set={"last_payment_error": error, "payment_method": None},
+                remove=DUE_KEYS,
+                event="payment_intent.payment_failed",
+            )
+        if state == AUTHORIZED and item["state"] == PROCESSING:
+            return self._move(
+                item,
+                REQUIRES_CAPTURE,
+                caller,
+                set={"amount_capturable": charge["amount"]},
+                remove=DUE_KEYS,
+                event="payment_intent.amount_capturable_updated",
+            )
+        if state == CAPTURED:
+            return self._move(
+                item,
+                SUCCEEDED,
+                caller,
+                set={"amount_received": charge["amount_captured"], "amount_capturable": 0},
+                remove=DUE_KEYS,
+                event="payment_intent.succeeded",
+            )
+        if state in (CANCELED, EXPIRED) and item["state"] == REQUIRES_CAPTURE:
+            reason = item.get("cancellation_reason") or "automatic"
+            return self._move(
+                item,
+                CANCELED_INTENT,
+                caller,
+                set={
+                    "amount_capturable": 0,
+                    "cancellation_reason": reason,
+                    "canceled_at": int(self.clock()),
+                },
+                event="payment_intent.canceled",
+            )
+        return item
+
+    # ---- capture and cancel ---------------------------------------------------------------
+
+    def capture(
+        self, caller: Caller, intent_id: str, params: PaymentIntentCaptureParams
+    ) -> PaymentIntent:
+        item = self.follow(self.owned(caller.merchant.id, intent_id), caller)
+        if item["state"] != REQUIRES_CAPTURE:
+            raise unexpected_state(item, "capture")
+        self.charges.capture(
+            caller, item["latest_charge"], ChargeCaptureParams(amount=params.amount_to_capture)
+        )
+        return PaymentIntent.from_item(self.follow(self._read(intent_id) or item, caller))
+
+    def cancel(
+        self, caller: Caller, intent_id: str, params: PaymentIntentCancelParams
+    ) -> PaymentIntent:
+        item = self.follow(self.owned(caller.merchant.id, intent_id), caller)
+        if item["state"] not in CANCELABLE:
+            raise unexpected_state(item, "cancel")
+        reason = params.cancellation_reason or "requested_by_customer"
+        if item["state"] != REQUIRES_CAPTURE:  # nothing is held: the intent just closes
+            canceled = self._move(
+                item,
+                CANCELED_INTENT,
+                caller,
+                set={"cancellation_reason": reason, "canceled_at": int(self.clock())},
+                event="payment_intent.canceled",
+            )
+            return PaymentIntent.from_item(canceled)
+        # The hold is released through the charge's void (exactly-once on its own); the
+        # reason is written first, so whoever follows the voided charge records it.
+        wanting = self._move(item, REQUIRES_CAPTURE, caller, set={"cancellation_reason": reason})
+        self.refunds.create(
+            caller,
+            RefundCreateParams(charge=item["latest_charge"]),
+            idempotency_key=f"{intent_id}:cancel",
+        )
+        return PaymentIntent.from_item(self.follow(self._read(intent_id) or wanting, caller))
+
+    # ---- read -----------------------------------------------------------------------------
+
+    def owned(self, merchant_id: str, intent_id: str) -> dict[str, Any]:
+        return listing.get_owned(self.store, merchant_id, intent_id, KIND)
+
+    def retrieve(self, merchant: Merchant, intent_id: str) -> PaymentIntent:
+        return PaymentIntent.from_item(self.follow(self.owned(merchant.id, intent_id)))
+
+    def list(
+        self,
+        merchant: Merchant,
+        *,
+        limit: int,
+        starting_after: str | None,
+        ending_before: str | None,
+        created: listing.Created | None = None,
+        customer: str | None = None,
+    ) -> Page[PaymentIntent]:
+        items = listing.page(
+            self.store,
+            merchant.id,
+            KIND,
+            limit=limit,
+            starting_after=starting_after,
+            ending_before=ending_before,
+            created=created,
+            facets={"customer": [customer]} if customer else None,
+        )
+        return items.of(lambda item: PaymentIntent.from_item(self.follow(item)))
+
+    # ---- the one way the intent changes ---------------------------------------------------
+
+    def _read(self, intent_id: str) -> dict[str, Any] | None:
+        return self.store.get(intent_pk(intent_id), "PI")
+
+    def _merchant(self, merchant_id: str) -> Merchant:
+        return self.charges._merchant(merchant_id)
+
+    def _move(
+        self,
+        item: dict[str, Any],
+        to_state: str,
+        caller: Caller | None,
+        *,
+        set: dict[str, Any] | None = None,
+        remove: tuple[str, ...] = (),
+        event: str | None = None,
+    ) -> dict[str, Any]:
+        """One guarded step of the intent (its state and version as read), announced by
+        `event`. Returns the intent after it; if somebody else moved it first, theirs."""
+        version = int(item["version"])
+        changes = {**(set or {}), "version": version + 1}
+        after = {**item, **changes, "state": to_state}
+        for name in remove:
+            after.pop(name, None)
+        change = Change(
+            item["pk"],
+            "PI",
+            item["id"],
+            f"{item['state']}->{to_state}",
+            to_state,
+            from_state=item["state"],
+            set=changes,
+            remove=remove,
+            condition="version = :version",
+            values={":version": version},
+        )
+        events = []
+        if event is not None:
+            events.append(
+                Announcement(
+                    item["merchant"],
+                    event,
+                    PaymentIntent.from_item(after),
+                    operation=f"{event}:{version + 1}",
+                )
+            )
+        if self.writer.commit(Transition([change], caller, events)) is not None:
+            current = self._read(item["id"])  # moved first by another request: theirs stands
+            if current is None:
+                raise ConflictError("The PaymentIntent was changed by another request; retry.")
+            return current
+        return after
