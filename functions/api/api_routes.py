@@ -569,6 +569,7 @@ def cancel_refund(refund_id: str) -> Response[dict[str, Any]]:
 @app.get("/v1/refunds")
 def list_refunds(
     charge: Annotated[str | None, Query(max_length=255)] = None,
+    payment_intent: IdFilter = None,
     limit: ListLimit = 10,
     starting_after: Cursor = None,
     ending_before: Cursor = None,
@@ -579,6 +580,12 @@ def list_refunds(
     expand_: Expand = None,
 ) -> Response[dict[str, Any]]:
     merchant = secret_key_merchant()
+    if payment_intent and not charge:  # an intent's refunds are those of its latest charge
+        charge = services().payment_intents.retrieve(merchant, payment_intent).latest_charge
+        if charge is None:
+            return respond(
+                merchant, Page(items=(), has_more=False), "list:refund", url="/v1/refunds"
+            )
     page = services().refunds.list(
         merchant,
         charge_id=charge,
@@ -606,6 +613,7 @@ def list_charge_refunds(
     # The nested form of GET /v1/refunds?charge=...
     return list_refunds(
         charge_id,
+        None,
         limit,
         starting_after,
         ending_before,

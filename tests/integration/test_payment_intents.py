@@ -85,12 +85,17 @@ def test_a_decline_asks_for_another_payment_method_and_the_next_one_pays(
         params={"amount": 1800, "currency": "usd", "payment_method": "tok_chargeDeclined"},
         options=key(),
     )
-    declined = sdk.v1.payment_intents.confirm(intent.id, options=key())
-    assert declined.status == "requires_payment_method"
-    error = declined.last_payment_error
+    with pytest.raises(stripe.CardError) as declined_error:
+        sdk.v1.payment_intents.confirm(intent.id, options=key())
+    error = declined_error.value.error
     assert (error.code, error.decline_code) == ("card_declined", "generic_decline")
+    assert error.payment_intent is not None and error.payment_intent.id == intent.id
+    assert error.payment_intent.status == "requires_payment_method"
+    declined = sdk.v1.payment_intents.retrieve(intent.id)
+    assert declined.status == "requires_payment_method"
+    assert declined.last_payment_error.decline_code == "generic_decline"
     failed_charge = sdk.v1.charges.retrieve(declined.latest_charge)
-    assert failed_charge.status == "failed"
+    assert failed_charge.status == "failed" and error.charge == failed_charge.id
 
     paid = sdk.v1.payment_intents.confirm(
         intent.id, params={"payment_method": "pm_card_visa"}, options=key()
@@ -158,3 +163,36 @@ def test_bad_intent_requests_are_refused_and_change_nothing(
     with pytest.raises(stripe.InvalidRequestError) as missing:
         elsewhere.v1.payment_intents.retrieve(intent.id)
     assert missing.value.http_status == 404
+
+
+def test_an_intent_is_refunded_through_its_successful_charge(sdk: stripe.StripeClient) -> None:
+    intent = sdk.v1.payment_intents.create(
+        params={
+            "amount": 4000,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+        },
+        options=key(),
+    )
+    refund = sdk.v1.refunds.create(
+        params={"payment_intent": intent.id, "amount": 1500}, options=key()
+    )
+    assert (refund.charge, refund.payment_intent, refund.amount) == (
+        intent.latest_charge,
+        intent.id,
+        1500,
+    )
+    listed = sdk.v1.refunds.list(params={"payment_intent": intent.id})
+    assert [r.id for r in listed.data] == [refund.id]
+    unpaid = sdk.v1.payment_intents.create(
+        params={"amount": 4000, "currency": "usd"}, options=key()
+    )
+    for params, param in [
+        ({"payment_intent": unpaid.id}, "payment_intent"),
+        ({"payment_intent": intent.id, "charge": intent.latest_charge}, "charge"),
+        ({}, "charge"),
+    ]:
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            sdk.v1.refunds.create(params=params, options=key())  # type: ignore[arg-type]
+        assert refused.value.param == param

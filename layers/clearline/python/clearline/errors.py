@@ -6,6 +6,8 @@ errors`) as `{"error": {...}}` with the HTTP status their class and code call fo
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApiError(Exception):
     type = "api_error"
@@ -43,6 +45,11 @@ class AuthenticationError(ApiError):
 
 class CardError(ApiError):
     type = "card_error"
+
+    def __init__(self, message: str, *, payment_intent: Any = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        # The intent a declined confirmation leaves, as Stripe's error carries it (a model).
+        self.payment_intent = payment_intent
 
 
 class PermissionDeniedError(ApiError):

@@ -76,6 +76,7 @@ class Refund(Model):
     id: str
     merchant: str
     charge: str
+    payment_intent: str | None = None
     amount: int
     currency: str
     status: str  # pending, succeeded, failed, canceled

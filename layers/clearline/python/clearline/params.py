@@ -260,7 +260,8 @@ def merged_metadata(current: dict[str, str], update: dict[str, str] | str) -> di
 
 
 class RefundCreateParams(Params):
-    charge: String
+    charge: String | None = None
+    payment_intent: String | None = None  # refunds the intent's successful charge
     amount: Integer | None = None
     reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
     metadata: Metadata = Field(default_factory=dict)

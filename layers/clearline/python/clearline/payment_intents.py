@@ -221,7 +221,23 @@ class PaymentIntentService:
         if params.receipt_email is not None:
             changes["receipt_email"] = params.receipt_email
         processing = self._move(item, PROCESSING, caller, set=changes)
-        return PaymentIntent.from_item(self.resume(processing, caller))
+        return self._answer(self.resume(processing, caller), charge_id)
+
+    @staticmethod
+    def _answer(item: dict[str, Any], charge_id: str) -> PaymentIntent:
+        """What a confirmation answers: the intent, or, when this attempt's charge was
+        declined, a card error that carries it (as Stripe's 402 does)."""
+        intent = PaymentIntent.from_item(item)
+        error = item.get("last_payment_error")
+        if intent.state == REQUIRES_PAYMENT_METHOD and error and error.get("charge") == charge_id:
+            raise CardError(
+                error.get("message") or "Your card was declined.",
+                code=error.get("code"),
+                decline_code=error.get("decline_code"),
+                charge=charge_id,
+                payment_intent=intent,
+            )
+        return intent
 
     def resume(self, item: dict[str, Any], caller: Caller | None) -> dict[str, Any]:
         """Create (again: the same attempt is the same charge) the charge of a processing

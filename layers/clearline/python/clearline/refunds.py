@@ -89,7 +89,7 @@ class RefundService(MoneyService):
         if existing is not None:
             return self._resume(caller, existing)
 
-        charge = self.charges.owned(merchant.id, params.charge, param="charge")
+        charge = self.charges.owned(merchant.id, self._charge_id(merchant, params), param="charge")
         if charge.get("pending_op") == "void":  # a void cut short: finish it, if it is ours
             return self._resume_void(caller, charge, refund_id)
         state = charge["state"]
@@ -115,6 +115,29 @@ class RefundService(MoneyService):
         self._check_amount(charge, amount)
         refund, record = self._reserve(caller, charge, refund_id, amount, params, idempotency_key)
         return self.settle(caller, refund, record, charge)
+
+    def _charge_id(self, merchant: Merchant, params: RefundCreateParams) -> str:
+        """The charge a refund is of: named, or the successful charge of a PaymentIntent."""
+        if (params.charge is None) == (params.payment_intent is None):
+            raise InvalidRequestError(
+                "Send one of charge and payment_intent: the payment to refund.",
+                param="charge",
+                code="parameter_missing",
+            )
+        if params.charge is not None:
+            return params.charge
+        assert params.payment_intent is not None
+        intent = listing.get_owned(
+            self.store, merchant.id, params.payment_intent, "pi", param="payment_intent"
+        )
+        if intent["state"] not in ("succeeded", "requires_capture"):
+            raise InvalidRequestError(
+                f"PaymentIntent {intent['id']} has no successful charge to refund; its status "
+                f"is {intent['state']}.",
+                param="payment_intent",
+                code="charge_not_refundable",
+            )
+        return str(intent["latest_charge"])
 
     def _check_amount(self, charge: dict[str, Any], amount: int) -> None:
         if amount <= 0:
@@ -148,6 +171,7 @@ class RefundService(MoneyService):
             "id": refund_id,
             "merchant": merchant_id,
             "charge": charge["id"],
+            "payment_intent": charge.get("payment_intent"),
             "amount": amount,
             "currency": charge["currency"],
             "reason": details.get("reason"),

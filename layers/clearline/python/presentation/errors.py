@@ -16,7 +16,9 @@ from clearline.errors import (
     ServiceUnavailableError,
     UnknownUrlError,
 )
+from clearline.models import PaymentIntent
 from presentation.links import Links
+from presentation.payment_intents import render_payment_intent
 
 # The status of an error with one of these codes, whatever its class.
 STATUS_BY_CODE = {
@@ -54,4 +56,7 @@ def error_body(error: ApiError, links: Links) -> dict[str, Any]:
             body[name] = value
     if error.code is not None and links.base_url:
         body["doc_url"] = links.error_code(error.code)
+    intent = getattr(error, "payment_intent", None)
+    if isinstance(intent, PaymentIntent):
+        body["payment_intent"] = render_payment_intent(intent)
     return {"error": body}

@@ -25,6 +25,7 @@ EXPANDABLE: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "refund": {
         "charge": ("charge",),
+        "payment_intent": ("payment_intent",),
         "balance_transaction": ("balance_transaction",),
         "failure_balance_transaction": ("balance_transaction",),
     },

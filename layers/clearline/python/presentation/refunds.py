@@ -17,7 +17,7 @@ def render_refund(refund: Refund) -> dict[str, Any]:
         "created": refund.created,
         "currency": refund.currency,
         "metadata": dict(refund.metadata),
-        "payment_intent": None,
+        "payment_intent": refund.payment_intent,
         "reason": refund.reason,
         "receipt_number": None,
         "source_transfer_reversal": None,
