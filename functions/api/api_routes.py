@@ -279,6 +279,26 @@ def _api_key() -> str:
     )
 
 
+def intent_merchant(intent_id: str, client_secret: str | None, *, expands: bool) -> Merchant:
+    """A secret key's merchant; or, for a publishable key (a browser running a checkout),
+    the merchant whose intent this is, shown by the intent's client_secret."""
+    merchant, kind = services().keys.authenticate(services().store, _api_key())
+    app.append_context(api_version=merchant.api_version)
+    if kind == "secret":
+        return merchant
+    if expands:
+        # Expanding would show a browser the charge and customer behind the intent.
+        raise InvalidRequestError("expand is not available with a publishable key.", param="expand")
+    if not client_secret:
+        raise AuthenticationError(
+            "A publishable key can only retrieve or confirm a PaymentIntent, with its "
+            "client_secret.",
+            code="secret_key_required",
+        )
+    services().payment_intents.check_client_secret(merchant, intent_id, client_secret)
+    return merchant
+
+
 def secret_key_merchant() -> Merchant:
     merchant, kind = services().keys.authenticate(services().store, _api_key())
     app.append_context(api_version=merchant.api_version)
@@ -399,12 +419,14 @@ def idempotent_post(
     operation: Callable[[Caller, P, str], Model],
     root: str,
     metric: str | None = None,
+    *,
+    authenticate: Callable[[dict[str, Any]], Merchant] | None = None,
 ) -> Response[dict[str, Any]]:
-    """Every POST: refuse card numbers, authenticate, validate `model` (and its `expand`),
-    require an Idempotency-Key, then run the operation once per key and replay its first
-    response."""
+    """Every POST: refuse card numbers, authenticate (a secret key, unless `authenticate`
+    allows more), validate `model` (and its `expand`), require an Idempotency-Key, then run
+    the operation once per key and replay its first response."""
     params = body_params()
-    merchant = secret_key_merchant()
+    merchant = authenticate(params) if authenticate else secret_key_merchant()
     parsed = parse_params(model, params)
     paths = check_paths(root, getattr(parsed, "expand", []))
     key = check_key(app.current_event.headers.get("idempotency-key"))
@@ -787,8 +809,12 @@ def create_payment_intent() -> Response[dict[str, Any]]:
 
 
 @app.get("/v1/payment_intents/<intent_id>")
-def retrieve_payment_intent(intent_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
-    merchant = secret_key_merchant()
+def retrieve_payment_intent(
+    intent_id: str,
+    client_secret: Annotated[str | None, Query(max_length=255)] = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = intent_merchant(intent_id, client_secret, expands=bool(expand_query()))
     found = services().payment_intents.retrieve(merchant, intent_id)
     return respond(merchant, found, "payment_intent")
 
@@ -808,7 +834,14 @@ def confirm_payment_intent(intent_id: str) -> Response[dict[str, Any]]:
         PaymentIntentConfirmParams,
         lambda who, confirm, _: services().payment_intents.confirm(who, intent_id, confirm),
         "payment_intent",
+        authenticate=lambda body: intent_merchant(
+            intent_id, _text(body.get("client_secret")), expands=bool(body.get("expand"))
+        ),
     )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 @app.post("/v1/payment_intents/<intent_id>/capture")

@@ -224,7 +224,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "stops at `requires_capture`.",
     ),
     ("get", "/v1/payment_intents/{intent_id}"): Operation(
-        "retrieve_payment_intent", "PaymentIntents", "Retrieve a PaymentIntent", "payment_intent"
+        "retrieve_payment_intent",
+        "PaymentIntents",
+        "Retrieve a PaymentIntent",
+        "payment_intent",
+        description="With the secret key; or with the publishable key and the intent's "
+        "`client_secret` (a browser's checkout), without `expand`.",
     ),
     ("post", "/v1/payment_intents/{intent_id}"): Operation(
         "update_payment_intent",
@@ -241,8 +246,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "payment_intent",
         PaymentIntentConfirmParams,
         "Charges the payment method through a charge of its own (`latest_charge`). A decline "
-        "leaves `requires_payment_method` with `last_payment_error`; a processor that does "
-        "not answer leaves `processing` until the charge settles.",
+        "is a 402 whose error carries the intent, left `requires_payment_method` with "
+        "`last_payment_error`; a processor that does not answer leaves `processing` until the "
+        "charge settles. A browser may confirm with the publishable key and `client_secret`.",
     ),
     ("post", "/v1/payment_intents/{intent_id}/capture"): Operation(
         "capture_payment_intent",

@@ -306,6 +306,10 @@ ERROR_CODES: dict[str, str] = {
     "charge_not_refundable": (
         "The charge failed, so no money moved and there is nothing to refund. No action is needed."
     ),
+    "payment_intent_invalid_parameter": (
+        "The client_secret sent with a publishable key does not belong to this PaymentIntent. "
+        "Pass the client_secret your server received when it created the intent, unchanged."
+    ),
     "payment_intent_unexpected_state": (
         "The PaymentIntent's status does not allow this: only an intent that requires a payment "
         "method or confirmation can be confirmed or updated, only one that requires capture "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import requests
 import stripe
 
 from .conftest import Stack
@@ -196,3 +197,46 @@ def test_an_intent_is_refunded_through_its_successful_charge(sdk: stripe.StripeC
         with pytest.raises(stripe.InvalidRequestError) as refused:
             sdk.v1.refunds.create(params=params, options=key())  # type: ignore[arg-type]
         assert refused.value.param == param
+
+
+def test_a_browser_with_the_publishable_key_reads_and_confirms_only_with_the_client_secret(
+    stack: Stack,
+) -> None:
+    merchant = stack.create_merchant("Checkout Shop")
+    server = stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url})
+    intent = server.v1.payment_intents.create(
+        params={"amount": 1999, "currency": "usd"}, options=key()
+    )
+    other = server.v1.payment_intents.create(
+        params={"amount": 500, "currency": "usd"}, options=key()
+    )
+    browser = requests.Session()
+    browser.auth = (merchant["publishable_key"], "")
+    url = f"{stack.url}/v1/payment_intents/{intent.id}"
+
+    def confirm(secret: str | None, **extra: str) -> requests.Response:
+        body = {"payment_method": "pm_card_visa", **extra}
+        if secret is not None:
+            body["client_secret"] = secret
+        return browser.post(
+            f"{url}/confirm", data=body, headers={"Idempotency-Key": str(uuid.uuid4())}
+        )
+
+    shown = browser.get(url, params={"client_secret": intent.client_secret})
+    assert shown.status_code == 200 and shown.json()["status"] == "requires_payment_method"
+    for secret, status, code in [
+        (None, 401, "secret_key_required"),
+        (other.client_secret, 400, "payment_intent_invalid_parameter"),
+        (intent.client_secret + "x", 400, "payment_intent_invalid_parameter"),
+    ]:
+        refused = confirm(secret)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (status, code)
+    expanding = confirm(intent.client_secret, **{"expand[0]": "latest_charge"})
+    assert expanding.json()["error"]["param"] == "expand"
+    assert server.v1.payment_intents.retrieve(intent.id).status == "requires_payment_method"
+
+    paid = confirm(intent.client_secret)
+    assert paid.status_code == 200 and paid.json()["status"] == "succeeded"
+    # Nothing else answers to the publishable key.
+    assert browser.get(f"{stack.url}/v1/charges").status_code == 401
+    assert browser.get(f"{stack.url}/v1/payment_intents").status_code == 401

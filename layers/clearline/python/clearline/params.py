@@ -218,6 +218,8 @@ class PaymentIntentUpdateParams(Params):
 
 
 class PaymentIntentConfirmParams(Params):
+    # What a browser, holding only the publishable key, proves it may confirm with.
+    client_secret: String | None = None
     payment_method: String | None = None
     receipt_email: Email | None = None
     expand: list[String] = Field(default_factory=list)

@@ -380,6 +380,23 @@ class PaymentIntentService:
     def owned(self, merchant_id: str, intent_id: str) -> dict[str, Any]:
         return listing.get_owned(self.store, merchant_id, intent_id, KIND)
 
+    def check_client_secret(self, merchant: Merchant, intent_id: str, client_secret: str) -> None:
+        """What a publishable key must show to read or confirm one intent: its secret.
+        Refused alike whether the intent is missing or the secret wrong."""
+        item = self.store.get(intent_pk(intent_id), "PI") if intent_id.startswith("pi_") else None
+        expected = (item or {}).get("client_secret") or ""
+        if (
+            item is None
+            or item["merchant"] != merchant.id
+            or not secrets.compare_digest(expected.encode(), client_secret.encode())
+        ):
+            raise InvalidRequestError(
+                "The client_secret provided does not match the client_secret of any "
+                "PaymentIntent of this account.",
+                param="client_secret",
+                code="payment_intent_invalid_parameter",
+            )
+
     def retrieve(self, merchant: Merchant, intent_id: str) -> PaymentIntent:
         return PaymentIntent.from_item(self.follow(self.owned(merchant.id, intent_id)))
 
