@@ -137,3 +137,34 @@ def test_bad_customer_requests_are_refused_and_change_nothing(
     assert sdk.v1.customers.retrieve(jenny.id).deleted is True
     with pytest.raises(stripe.InvalidRequestError):
         sdk.v1.customers.delete(jenny.id)  # deleted once
+
+
+def test_a_charge_or_intent_naming_only_the_customer_uses_its_default_payment_method(
+    sdk: stripe.StripeClient,
+) -> None:
+    jenny = sdk.v1.customers.create(
+        params={
+            "email": "jenny@example.com",
+            "invoice_settings": {"default_payment_method": "pm_card_visa"},
+        },
+        options=key(),
+    )
+    assert jenny.invoice_settings.default_payment_method == "pm_card_visa"
+    charged = sdk.v1.charges.create(
+        params={"amount": 2000, "currency": "usd", "customer": jenny.id}, options=key()
+    )
+    assert (charged.status, charged.payment_method_details.card.last4) == ("succeeded", "4242")
+    intent = sdk.v1.payment_intents.create(
+        params={"amount": 1500, "currency": "usd", "customer": jenny.id, "confirm": True},
+        options=key(),
+    )
+    assert intent.status == "succeeded"
+    sdk.v1.customers.update(
+        jenny.id,
+        params={"invoice_settings": {"default_payment_method": "pm_card_mastercard"}},
+        options=key(),
+    )
+    again = sdk.v1.charges.create(
+        params={"amount": 2000, "currency": "usd", "customer": jenny.id}, options=key()
+    )
+    assert again.payment_method_details.card.brand == "mastercard"

@@ -257,9 +257,13 @@ class ChargeService(MoneyService):
         attempt of, when it is one."""
         merchant = caller.merchant
         money.check_charge_amount(params.amount, money.currency(params.currency))
+        customer = None
         if params.customer is not None:
-            CustomerService(self.store).chargeable(merchant.id, params.customer)
-        token = params.source or params.payment_method
+            customer = CustomerService(self.store).chargeable(merchant.id, params.customer)
+        # Without a card of its own, a charge naming a customer uses the customer's default.
+        token = (
+            params.source or params.payment_method or (customer or {}).get("default_payment_method")
+        )
         if not token and params.customer is not None:
             raise InvalidRequestError(
                 f"Customer {params.customer} has no default payment method: send source or "

@@ -89,6 +89,8 @@ class CustomerService:
             if name in sent:
                 value = getattr(params, name)
                 changes[name] = value.model_dump() if value is not None else None
+        if params.invoice_settings is not None:
+            changes["default_payment_method"] = params.invoice_settings.default_payment_method
         if params.metadata is not None:
             changes["metadata"] = merged_metadata(current.get("metadata") or {}, params.metadata)
         return changes

@@ -173,6 +173,10 @@ class ChargeUpdateParams(Params):
     expand: list[String] = Field(default_factory=list)
 
 
+class InvoiceSettingsParams(Params):
+    default_payment_method: String | None = None  # what a charge naming only the customer uses
+
+
 class CustomerCreateParams(Params):
     email: Email | None = None
     name: ShortText | None = None
@@ -181,6 +185,7 @@ class CustomerCreateParams(Params):
     metadata: Metadata = Field(default_factory=dict)
     address: AddressParams | None = None
     shipping: ShippingParams | None = None
+    invoice_settings: InvoiceSettingsParams | None = None
     expand: list[String] = Field(default_factory=list)
 
 
@@ -192,6 +197,7 @@ class CustomerUpdateParams(Params):
     metadata: MetadataUpdate | None = None
     address: AddressParams | None = None
     shipping: ShippingParams | None = None
+    invoice_settings: InvoiceSettingsParams | None = None
     expand: list[String] = Field(default_factory=list)
 
 

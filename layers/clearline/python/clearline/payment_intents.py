@@ -203,6 +203,9 @@ class PaymentIntentService:
         if item["state"] not in CONFIRMABLE:
             raise unexpected_state(item, "confirm")
         payment_method = params.payment_method or item.get("payment_method")
+        if not payment_method and item.get("customer"):  # the customer's default card
+            customer = CustomerService(self.store).chargeable(item["merchant"], item["customer"])
+            payment_method = customer.get("default_payment_method")
         if not payment_method:
             raise InvalidRequestError(
                 "You cannot confirm this PaymentIntent because it's missing a payment method.",
