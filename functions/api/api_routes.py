@@ -25,7 +25,7 @@ from aws_lambda_powertools.shared.json_encoder import Encoder
 
 import pages
 import screening
-from clearline import balance, charge_search, listing
+from clearline import balance, listing, search
 from clearline.audit import Caller
 from clearline.cards import card_number_location, card_number_refusal
 from clearline.charges import ChargeService
@@ -493,14 +493,20 @@ def search_charges(
     page: Annotated[str | None, Query(max_length=500)] = None,
     expand_: Expand = None,
 ) -> Response[dict[str, Any]]:
+    return searched(search.CHARGES, "charge", query, limit, page)
+
+
+def searched(
+    searchable: search.Searchable[Any], kind: str, query: str, limit: int, page: str | None
+) -> Response[dict[str, Any]]:
+    """A search route's answer: the query parsed, then a bounded walk of the list."""
     merchant = secret_key_merchant()
-    paths = check_paths("list:charge", expand_query())
-    parsed = charge_search.parse_charge_query(query)
-    found = charge_search.search_charges(
-        services().store, merchant.id, parsed, limit=limit, page=page
-    )
-    rendered = [render(charge, links()) for charge in found.charges]
-    body = search_result("/v1/charges/search", rendered, found.next_page)
+    url = f"/v1/{kind}s/search"
+    paths = check_paths(f"list:{kind}", expand_query())
+    parsed = search.parse_query(query, searchable)
+    found = search.search(services().store, merchant.id, searchable, parsed, limit=limit, page=page)
+    rendered = [render(model, links()) for model in found.found]
+    body = search_result(url, rendered, found.next_page)
     return _json(200, expand(body, paths, _fetcher(merchant)) if paths else body)
 
 
@@ -748,6 +754,15 @@ def create_customer() -> Response[dict[str, Any]]:
         lambda who, customer, key: services().customers.create(who, customer, idempotency_key=key),
         "customer",
     )
+
+
+@app.get("/v1/customers/search")
+def search_customers(
+    query: Annotated[str, Query(max_length=2000)],
+    limit: ListLimit = 10,
+    page: Annotated[str | None, Query(max_length=500)] = None,
+) -> Response[dict[str, Any]]:
+    return searched(search.CUSTOMERS, "customer", query, limit, page)
 
 
 @app.get("/v1/customers/<customer_id>")

@@ -187,6 +187,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         CustomerCreateParams,
         "Who pays: charges take `customer` to name them, and list by it.",
     ),
+    ("get", "/v1/customers/search"): Operation(
+        "search_customers",
+        "Customers",
+        "Search customers",
+        "customer_search_result",
+        description="The query language of charge search, over `created`, `email`, "
+        "`metadata`, `name` and `phone`; eventually consistent, and bounded the same way.",
+    ),
     ("get", "/v1/customers/{customer_id}"): Operation(
         "retrieve_customer",
         "Customers",
@@ -978,6 +986,7 @@ def object_schemas() -> dict[str, Schema]:
         "charge_search_result": _search_result_of("charge", "A page of matching charges."),
         "customer": customer,
         "customer_list": _list_of("customer", "A page of customers."),
+        "customer_search_result": _search_result_of("customer", "A page of matching customers."),
         "payment_intent": _payment_intent_schema(),
         "payment_intent_list": _list_of("payment_intent", "A page of PaymentIntents."),
         "webhook_endpoint_list": _list_of("webhook_endpoint", "A page of webhook endpoints."),

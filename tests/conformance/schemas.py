@@ -26,8 +26,22 @@ _REF_PREFIX = "#/components/schemas/"
 
 # The Stripe objects Clearline serves, by their `object` field; each is also a schema name.
 SERVED_OBJECTS = frozenset(
-    {"charge", "refund", "balance_transaction", "balance", "event", "webhook_endpoint"}
+    {
+        "charge",
+        "refund",
+        "balance_transaction",
+        "balance",
+        "event",
+        "webhook_endpoint",
+        "customer",
+        "payment_intent",
+    }
 )
+# A deleted object is `{"id", "object", "deleted": true}`, checked against its own schema.
+_DELETED_SCHEMAS = {
+    "customer": "deleted_customer",
+    "webhook_endpoint": "deleted_webhook_endpoint",
+}
 
 Schema = dict[str, Any]
 
@@ -112,6 +126,11 @@ def _is_type(value: Any, kind: str) -> bool:
 
 def _same(value: Any, allowed: Any) -> bool:
     return type(value) is type(allowed) and value == allowed
+
+
+def _ref_name(node: Schema) -> str | None:
+    ref = node.get("$ref")
+    return ref.removeprefix(_REF_PREFIX) if isinstance(ref, str) else None
 
 
 def _object_names(node: Schema) -> list[Any]:
@@ -203,12 +222,20 @@ class _Checker:
                     self.value(item, extra, f"{path}.{key}")
 
     def any_of(self, value: Any, branches: list[Schema], path: str) -> None:
-        # An expanded Stripe object is checked against the branch for its own type.
+        # An expanded Stripe object is checked against the branch for its own type: the
+        # branch of its schema (a deleted customer is a `customer` too), else the only
+        # branch whose `object` it has.
         if isinstance(value, dict) and isinstance(value.get("object"), str):
-            for branch in branches:
-                if "$ref" in branch and value["object"] in _object_names(_resolve(branch)):
-                    self.value(value, branch, path)
-                    return
+            own = object_schema(value)
+            matching = [
+                branch
+                for branch in branches
+                if "$ref" in branch and value["object"] in _object_names(_resolve(branch))
+            ]
+            chosen = [branch for branch in matching if _ref_name(branch) == own]
+            if chosen or len(matching) == 1:
+                self.value(value, (chosen or matching)[0], path)
+                return
         trials: list[_Checker] = []
         for branch in branches:
             trial = _Checker(self.nested_objects)
@@ -257,8 +284,8 @@ def object_schema(obj: Any) -> str | None:
     kind = obj.get("object")
     if kind is None and isinstance(obj.get("error"), dict):
         return "error"
-    if kind == "webhook_endpoint" and obj.get("deleted") is True:
-        return "deleted_webhook_endpoint"
+    if isinstance(kind, str) and kind in _DELETED_SCHEMAS and obj.get("deleted") is True:
+        return _DELETED_SCHEMAS[kind]
     if isinstance(kind, str) and kind in SERVED_OBJECTS:
         return kind
     return None
@@ -266,7 +293,9 @@ def object_schema(obj: Any) -> str | None:
 
 def walk(obj: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     """(schema name, object) for obj and every Stripe object nested in it: the items of a
-    list envelope, an event's `data.object`, expanded fields, a charge's `refunds.data`.
+    list envelope, an event's `data.object`, expanded fields (a charge's `customer` or
+    `payment_intent`, a PaymentIntent's `customer` or `latest_charge`), a charge's
+    `refunds.data`, and the PaymentIntent an error body carries (`error.payment_intent`).
     An event's `previous_attributes` holds partial objects, and is not visited."""
     if isinstance(obj, list):
         for item in obj:

@@ -28,6 +28,8 @@ MUST_SEE = (
     "balance",
     "event",
     "webhook_endpoint",
+    "customer",
+    "payment_intent",
     "error",
 )
 SHOWN_PER_TYPE = 10  # violations and nested paths listed per type; the counts are complete

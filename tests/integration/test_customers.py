@@ -56,12 +56,18 @@ def test_a_customer_is_created_updated_listed_and_deleted(
     assert listed(email="jenny@example.com") == []  # the old email no longer finds her
     assert listed(limit=1, starting_after=other.id) == [jenny.id]
 
+    found = sdk.v1.customers.search(params={"query": "metadata['crm']:'C-1' OR email~'sam@'"})
+    assert [c.id for c in found.data] == [other.id, jenny.id]
+    named = sdk.v1.customers.search(params={"query": "name:'Jenny Rosen'"})
+    assert [c.id for c in named.data] == [jenny.id]
+
     deleted = sdk.v1.customers.delete(jenny.id)
     assert deleted.deleted is True
     again = sdk.v1.customers.retrieve(jenny.id)
     assert again.deleted is True  # still found, as deleted
     assert listed() == [other.id]
     assert listed(email="jenny.rosen@example.com") == []
+    assert sdk.v1.customers.search(params={"query": "name:'Jenny Rosen'"}).data == []
 
     types = [
         e.type

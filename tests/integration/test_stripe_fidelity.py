@@ -67,7 +67,7 @@ def test_expand_replaces_ids_with_the_objects_they_name(
 
 @pytest.mark.parametrize(
     "path",
-    ["customer", "balance_transaction.nothing", "data.balance_transaction", "a.b.c.d.e", ""],
+    ["invoice", "balance_transaction.nothing", "data.balance_transaction", "a.b.c.d.e", ""],
 )
 def test_a_path_that_cannot_expand_is_a_400_naming_it(
     shop: tuple[dict[str, Any], stripe.StripeClient], path: str

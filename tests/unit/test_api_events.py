@@ -155,6 +155,8 @@ def test_sample_events_through_the_handler(api: tuple[Any, str], store: Store) -
     assert (changed["phone"], changed["metadata"]) == ("+15555550100", {})
     listed_customers = body_of(invoke(handler, "list_customers", secret))["data"]
     assert [c["id"] for c in listed_customers] == [cus]
+    found_customers = body_of(invoke(handler, "search_customers", secret))["data"]
+    assert [c["id"] for c in found_customers] == [cus]
     assert body_of(invoke(handler, "delete_customer", secret, cus_sample=cus))["deleted"] is True
     assert body_of(invoke(handler, "list_customers", secret))["data"] == []
 

@@ -290,6 +290,7 @@ def test_every_200_names_an_object_schema(doc: dict[str, Any]) -> None:
         "charge_search_result",
         "customer",
         "customer_list",
+        "customer_search_result",
         "payment_intent",
         "payment_intent_list",
         "refund_list",
@@ -573,6 +574,12 @@ def test_every_object_the_api_returns_matches_its_schema(
     api.ok("GET", f"/v1/customers/{cus}", "/v1/customers/{customer_id}")
     api.ok("POST", f"/v1/customers/{cus}", "/v1/customers/{customer_id}", form={"name": "Jenny"})
     api.ok("GET", "/v1/customers?email=jenny%40example.com", "/v1/customers")
+    found_customers = api.ok(
+        "GET",
+        "/v1/customers/search?query=email%3A%27jenny%40example.com%27",
+        "/v1/customers/search",
+    )
+    assert [c["id"] for c in found_customers["data"]] == [cus]
     assert api.ok("DELETE", f"/v1/customers/{cus}", "/v1/customers/{customer_id}")["deleted"]
 
     template = "/v1/payment_intents/{intent_id}"

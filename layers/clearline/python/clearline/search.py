@@ -1,9 +1,9 @@
-"""Search over a merchant's charges with Stripe's query language.
+"""Search over a merchant's charges and customers with Stripe's query language.
 
 Like Stripe's, search reads an index that trails writes (here the merchant's list index,
 a DynamoDB global secondary index, typically well under a second behind), so a charge
 just created may not be found yet. Its cost is bounded: one request examines at most
-`SCAN_BUDGET` charges, newest first; when the budget runs out before the page is full, the
+`SCAN_BUDGET` objects, newest first; when the budget runs out before the page is full, the
 answer carries a `next_page` token that resumes where it stopped. A `created` range in the
 query narrows the index range read, so a recent window costs only what it holds.
 """
@@ -13,12 +13,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from clearline import listing
 from clearline.errors import InvalidRequestError
-from clearline.models import Charge
+from clearline.models import Charge, Customer
 from clearline.search_query import FieldType, Query, SearchQueryError, parse
 from clearline.store import Store
 
@@ -43,13 +44,27 @@ CHARGE_FIELDS: dict[str, FieldType] = {
 }
 
 
+M = TypeVar("M")
+
+
 @dataclass(frozen=True)
-class SearchPage:
-    charges: tuple[Charge, ...]
+class SearchPage(Generic[M]):
+    found: tuple[M, ...]
     next_page: str | None
 
 
-def searchable(charge: Charge) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Searchable(Generic[M]):
+    """What can be searched: the list it reads, the fields a query may name, and how a
+    stored item becomes the model and the model the record a query is matched against."""
+
+    kind: str  # the list (and id prefix)
+    fields: dict[str, FieldType]
+    model: Callable[[dict[str, Any]], M]
+    record: Callable[[M], dict[str, Any]]
+
+
+def charge_record(charge: Charge) -> dict[str, Any]:
     """A charge as the query language sees it."""
     card = charge.card
     return {
@@ -69,9 +84,32 @@ def searchable(charge: Charge) -> dict[str, Any]:
     }
 
 
-def parse_charge_query(text: str) -> Query:
+CUSTOMER_FIELDS: dict[str, FieldType] = {
+    "created": FieldType.NUMBER,
+    "email": FieldType.STRING,
+    "metadata": FieldType.METADATA,
+    "name": FieldType.STRING,
+    "phone": FieldType.STRING,
+}
+
+
+def customer_record(customer: Customer) -> dict[str, Any]:
+    return {
+        "created": customer.created,
+        "email": customer.email,
+        "metadata": dict(customer.metadata),
+        "name": customer.name,
+        "phone": customer.phone,
+    }
+
+
+CHARGES = Searchable("ch", CHARGE_FIELDS, Charge.from_item, charge_record)
+CUSTOMERS = Searchable("cus", CUSTOMER_FIELDS, Customer.from_item, customer_record)
+
+
+def parse_query(text: str, searchable: Searchable[Any]) -> Query:
     try:
-        return parse(text, CHARGE_FIELDS)
+        return parse(text, searchable.fields)
     except SearchQueryError as exc:
         raise InvalidRequestError(
             f"Invalid search query: {exc}", param="query", code="parameter_invalid"
@@ -102,7 +140,7 @@ def _page_token(last_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode()
 
 
-def _resume_after(page: str | None) -> str | None:
+def _resume_after(page: str | None, kind: str) -> str | None:
     if not page:
         return None
     try:
@@ -111,26 +149,32 @@ def _resume_after(page: str | None) -> str | None:
         raise InvalidRequestError(
             "Invalid page: use the next_page of an earlier search, unchanged.", param="page"
         ) from exc
-    if not isinstance(after, str) or not after.startswith("ch_"):
+    if not isinstance(after, str) or not after.startswith(kind + "_"):
         raise InvalidRequestError(
             "Invalid page: use the next_page of an earlier search, unchanged.", param="page"
         )
     return after
 
 
-def search_charges(
-    store: Store, merchant_id: str, query: Query, *, limit: int, page: str | None
-) -> SearchPage:
-    """Up to `limit` of the merchant's charges matching `query`, newest first."""
-    after = _resume_after(page)
+def search(
+    store: Store,
+    merchant_id: str,
+    searchable: Searchable[M],
+    query: Query,
+    *,
+    limit: int,
+    page: str | None,
+) -> SearchPage[M]:
+    """Up to `limit` of the merchant's objects matching `query`, newest first."""
+    after = _resume_after(page, searchable.kind)
     created = created_range(query)
-    found: list[Charge] = []
+    found: list[M] = []
     examined = 0
     while True:
         batch = listing.page(
             store,
             merchant_id,
-            "ch",
+            searchable.kind,
             limit=_BATCH,
             starting_after=after,
             ending_before=None,
@@ -139,14 +183,12 @@ def search_charges(
         for item in batch.items:
             examined += 1
             after = item["id"]
-            charge = Charge.from_item(item)
-            if query.matches(searchable(charge)):
-                found.append(charge)
-                if len(found) == limit:
-                    more = batch.has_more or item is not batch.items[-1]
-                    return SearchPage(tuple(found), _page_token(after) if more else None)
-            if examined >= SCAN_BUDGET:
-                more = batch.has_more or item is not batch.items[-1]
+            candidate = searchable.model(item)
+            if query.matches(searchable.record(candidate)):
+                found.append(candidate)
+            last = item is batch.items[-1]
+            if len(found) == limit or examined >= SCAN_BUDGET:
+                more = batch.has_more or not last
                 return SearchPage(tuple(found), _page_token(after) if more else None)
         if not batch.has_more:
             return SearchPage(tuple(found), None)
