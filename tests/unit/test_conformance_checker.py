@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
 
 from tests.conformance.schemas import (
+    SCHEMAS_PATH,
     check,
     defined_fields,
     expected_fields,
     object_schema,
+    schema,
     source,
     walk,
 )
@@ -150,6 +153,103 @@ def charge(**changes: Any) -> dict[str, Any]:
             "url": "/v1/charges/ch_1/refunds",
         },
         "status": "succeeded",
+        **changes,
+    }
+
+
+def customer(**changes: Any) -> dict[str, Any]:
+    """A customer with every field Stripe always returns, right in type and value."""
+    nulls = [
+        "cash_balance",
+        "currency",
+        "default_source",
+        "description",
+        "discount",
+        "phone",
+        "test_clock",
+    ]
+    return {
+        **dict.fromkeys(nulls),
+        "id": "cus_1",
+        "object": "customer",
+        "address": {
+            "city": "Lisbon",
+            "country": "PT",
+            "line1": "Rua 1",
+            "line2": None,
+            "postal_code": "1000-001",
+            "state": None,
+        },
+        "balance": 0,
+        "created": CREATED,
+        "delinquent": False,
+        "email": "jenny@example.com",
+        "invoice_prefix": "ABCD1234",
+        "invoice_settings": {
+            "custom_fields": None,
+            "default_payment_method": "pm_1",
+            "footer": None,
+            "rendering_options": None,
+        },
+        "livemode": False,
+        "metadata": {"tier": "gold"},
+        "name": "Jenny",
+        "next_invoice_sequence": 1,
+        "preferred_locales": [],
+        "shipping": None,
+        "tax_exempt": "none",
+        **changes,
+    }
+
+
+def deleted_customer(**changes: Any) -> dict[str, Any]:
+    return {"id": "cus_1", "object": "customer", "deleted": True, **changes}
+
+
+def payment_intent(**changes: Any) -> dict[str, Any]:
+    """A PaymentIntent with every field Stripe always returns, right in type and value."""
+    nulls = [
+        "application",
+        "application_fee_amount",
+        "automatic_payment_methods",
+        "canceled_at",
+        "cancellation_reason",
+        "customer",
+        "description",
+        "invoice",
+        "last_payment_error",
+        "latest_charge",
+        "next_action",
+        "on_behalf_of",
+        "payment_method",
+        "processing",
+        "receipt_email",
+        "review",
+        "setup_future_usage",
+        "shipping",
+        "statement_descriptor",
+        "statement_descriptor_suffix",
+        "transfer_data",
+        "transfer_group",
+    ]
+    return {
+        **dict.fromkeys(nulls),
+        "id": "pi_1",
+        "object": "payment_intent",
+        "amount": 2000,
+        "amount_capturable": 0,
+        "amount_details": {"tip": {}},
+        "amount_received": 0,
+        "capture_method": "automatic",
+        "client_secret": "pi_1_secret_x",
+        "confirmation_method": "automatic",
+        "created": CREATED,
+        "currency": "usd",
+        "livemode": False,
+        "metadata": {},
+        "payment_method_options": {},
+        "payment_method_types": ["card"],
+        "status": "requires_payment_method",
         **changes,
     }
 
@@ -296,10 +396,10 @@ def test_an_expanded_object_is_checked_against_its_own_type() -> None:
 
 
 def test_a_stub_accepts_any_object_but_only_an_object() -> None:
-    # `customer` is an object Clearline does not serve, stubbed in the schemas.
-    assert check(charge(customer={"id": "cus_1", "anything": [1, {"at": "all"}]}), "charge").ok
-    assert check(charge(customer=["cus_1"]), "charge").violations == [
-        "charge.customer: expected string or customer or deleted_customer, got list"
+    # `invoice` is an object Clearline does not serve, stubbed in the schemas.
+    assert check(charge(invoice={"id": "in_1", "anything": [1, {"at": "all"}]}), "charge").ok
+    assert check(charge(invoice=["in_1"]), "charge").violations == [
+        "charge.invoice: expected string or invoice, got list"
     ]
 
 
@@ -325,7 +425,7 @@ def test_object_schema_maps_responses_to_schemas() -> None:
     assert object_schema(deleted) == "deleted_webhook_endpoint"
     assert object_schema({"error": {"type": "card_error", "message": "declined"}}) == "error"
     assert object_schema({"object": "list", "data": []}) is None
-    assert object_schema({"object": "customer", "id": "cus_1"}) is None
+    assert object_schema({"object": "invoice", "id": "in_1"}) is None
     assert object_schema("ch_1") is None
 
 
@@ -366,7 +466,7 @@ def test_walk_skips_what_has_no_schema_and_partial_previous_attributes() -> None
     the_event = event(refund())
     the_event["data"]["previous_attributes"] = {"charge": {"object": "charge", "id": "ch_0"}}
     assert [name for name, _ in walk(the_event)] == ["event", "refund"]
-    assert list(walk({"object": "customer", "id": "cus_1"})) == []
+    assert list(walk({"object": "invoice", "id": "in_1"})) == []
     assert list(walk("ch_1")) == []
 
 
@@ -379,5 +479,171 @@ def test_checking_does_not_change_the_object() -> None:
 
 
 def test_an_unknown_schema_name_is_an_error() -> None:
-    with pytest.raises(ValueError, match="no schema named 'customer'"):
-        check({}, "customer")
+    with pytest.raises(ValueError, match="no schema named 'invoice'"):
+        check({}, "invoice")
+
+
+def test_the_added_schemas_name_their_source() -> None:
+    added = json.loads(SCHEMAS_PATH.read_text())["_added"]
+    names = [entry["schema"] for entry in added]
+    assert {"customer", "deleted_customer", "payment_intent"} <= set(names)
+    for entry in added:
+        assert schema(entry["schema"])["type"] == "object"
+        assert entry["source"]["repo"] == source()["repo"]
+        assert entry["source"]["commit"] == source()["commit"]
+        assert entry["source"]["pointer"] == f"#/components/schemas/{entry['schema']}"
+
+
+def test_a_correct_customer_passes() -> None:
+    report = check(customer(), "customer")
+    assert report.violations == []
+    assert report.missing == []
+    assert report.nested_missing == []
+    assert report.ok
+    assert object_schema(customer()) == "customer"
+    assert expected_fields("customer") <= report.present
+    # With a shipping address, and without the optional invoice settings.
+    shipping = {
+        "address": customer()["address"],
+        "carrier": None,
+        "name": "Jenny",
+        "phone": None,
+        "tracking_number": None,
+    }
+    without_settings = customer(shipping=shipping)
+    del without_settings["invoice_settings"]
+    assert check(without_settings, "customer").ok
+
+
+def test_a_customer_with_wrong_or_missing_fields_is_reported() -> None:
+    bad = customer(delinquent="no", tax_exempt="partial")
+    bad["invoice_settings"]["default_payment_method"] = 7
+    del bad["email"]
+    del bad["address"]["city"]
+    report = check(bad, "customer")
+    assert report.violations == [
+        "customer.delinquent: expected boolean, got str",
+        "customer.invoice_settings.default_payment_method: expected string or payment_method,"
+        " got int",
+        "customer.tax_exempt: 'partial' is not one of ['exempt', 'none', 'reverse']",
+    ]
+    assert report.missing == ["email"]
+    assert report.nested_missing == ["customer.address.city"]
+
+
+def test_a_deleted_customer_maps_to_deleted_customer_and_passes() -> None:
+    deleted = deleted_customer()
+    assert object_schema(deleted) == "deleted_customer"
+    assert check(deleted, "deleted_customer").ok
+    assert [name for name, _ in walk(deleted)] == ["deleted_customer"]
+    # `deleted` is always true, and a deleted customer has only its id besides.
+    assert check(deleted_customer(deleted=False), "deleted_customer").violations == [
+        "deleted_customer.deleted: False is not one of [True]"
+    ]
+    assert check({"object": "customer", "deleted": True}, "deleted_customer").missing == ["id"]
+
+
+def test_an_expanded_customer_is_checked_as_a_customer_or_a_deleted_one() -> None:
+    assert check(payment_intent(customer=customer()), "payment_intent").ok
+    assert check(payment_intent(customer=deleted_customer()), "payment_intent").ok
+    report = check(payment_intent(customer=customer(balance="0")), "payment_intent")
+    assert report.violations == ["payment_intent.customer.balance: expected integer, got str"]
+
+
+def test_a_correct_payment_intent_passes() -> None:
+    report = check(payment_intent(), "payment_intent")
+    assert report.violations == []
+    assert report.missing == []
+    assert report.nested_missing == []
+    assert object_schema(payment_intent()) == "payment_intent"
+    assert defined_fields("payment_intent") == report.present
+    declined = payment_intent(
+        status="requires_payment_method",
+        latest_charge="ch_1",
+        last_payment_error={
+            "type": "card_error",
+            "code": "card_declined",
+            "decline_code": "insufficient_funds",
+            "message": "Your card has insufficient funds.",
+            "charge": "ch_1",
+        },
+    )
+    assert check(declined, "payment_intent").ok
+    assert check(payment_intent(latest_charge=charge()), "payment_intent").ok
+
+
+def test_a_payment_intent_with_a_wrong_type_is_reported() -> None:
+    bad = payment_intent(
+        amount="2000",
+        status="authorized",
+        payment_method_types="card",
+        last_payment_error={"type": "card_error", "code": 402},
+        latest_charge=charge(amount_captured="2000"),
+    )
+    report = check(bad, "payment_intent")
+    assert report.violations == [
+        "payment_intent.amount: expected integer, got str",
+        "payment_intent.last_payment_error.code: expected string, got int",
+        "payment_intent.latest_charge.amount_captured: expected integer, got str",
+        "payment_intent.payment_method_types: expected array, got str",
+        "payment_intent.status: 'authorized' is not one of ['canceled', 'processing',"
+        " 'requires_action', 'requires_capture', 'requires_confirmation',"
+        " 'requires_payment_method', 'succeeded']",
+    ]
+    assert report.missing == []
+    # Checked by itself, as `walk` yields it, the expanded charge is not looked into.
+    shallow = check(bad, "payment_intent", nested_objects=False).violations
+    assert "payment_intent.latest_charge.amount_captured: expected integer, got str" not in shallow
+    assert len(shallow) == len(report.violations) - 1
+
+
+def test_walk_finds_an_errors_payment_intent() -> None:
+    intent = payment_intent(
+        latest_charge="ch_1",
+        last_payment_error={"type": "card_error", "code": "card_declined", "charge": "ch_1"},
+    )
+    body = {
+        "error": {
+            "type": "card_error",
+            "code": "card_declined",
+            "charge": "ch_1",
+            "message": "Your card was declined.",
+            "payment_intent": intent,
+        }
+    }
+    found = list(walk(body))
+    assert [name for name, _ in found] == ["error", "payment_intent"]
+    assert found[1][1] is intent
+    assert all(check(obj, name, nested_objects=False).ok for name, obj in found)
+
+    body["error"]["payment_intent"] = payment_intent(amount="2000")
+    by_type = {name: check(obj, name, nested_objects=False).violations for name, obj in walk(body)}
+    assert by_type == {
+        "error": [],
+        "payment_intent": ["payment_intent.amount: expected integer, got str"],
+    }
+
+
+def test_walk_finds_expanded_customers_payment_intents_and_latest_charges() -> None:
+    intent = payment_intent(customer=customer(), latest_charge=charge(customer=deleted_customer()))
+    found = [(name, obj.get("id")) for name, obj in walk(intent)]
+    assert found == [
+        ("payment_intent", "pi_1"),
+        ("customer", "cus_1"),
+        ("charge", "ch_1"),
+        ("deleted_customer", "cus_1"),
+        ("refund", "re_1"),
+    ]
+    the_charge = charge(customer=customer(), payment_intent=payment_intent())
+    assert [name for name, _ in walk(the_charge)] == [
+        "charge",
+        "customer",
+        "payment_intent",
+        "refund",
+    ]
+    assert all(check(obj, name).ok for name, obj in walk(intent))
+
+
+def test_a_field_returned_only_when_expanded_is_not_expected_unasked() -> None:
+    assert "cash_balance" not in expected_fields("customer")
+    assert "email" in expected_fields("customer")  # nullable, and always returned

@@ -45,7 +45,6 @@ def render_payment_intent(intent: PaymentIntent) -> dict[str, Any]:
         "review": None,
         "setup_future_usage": None,
         "shipping": None,
-        "source": None,
         "statement_descriptor": None,
         "statement_descriptor_suffix": None,
         "status": intent.state,
