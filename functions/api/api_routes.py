@@ -148,9 +148,15 @@ def _api_version() -> str:
     return _asked_version.get() or app.context.get("api_version", CURRENT_VERSION)
 
 
+# Set when a publishable key (a browser) is answered: it sees a PaymentIntent's browser view.
+_for_browser: ContextVar[bool] = ContextVar("for_browser", default=False)
+
+
 def _json(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Response[dict[str, Any]]:
+    if _for_browser.get():
+        body = browser_view(body)
     return Response(
         status_code=status,
         content_type="application/json",
@@ -279,6 +285,28 @@ def _api_key() -> str:
     )
 
 
+def browser_view(body: dict[str, Any]) -> dict[str, Any]:
+    """What a browser holding the publishable key may see of a PaymentIntent (in a response
+    or in a decline's error): its payment, never the merchant's notes about it."""
+    if body.get("object") == "payment_intent":
+        return {k: v for k, v in body.items() if k in BROWSER_FIELDS}
+    error = body.get("error")
+    if isinstance(error, dict) and isinstance(error.get("payment_intent"), dict):
+        return {"error": {**error, "payment_intent": browser_view(error["payment_intent"])}}
+    return body
+
+
+BROWSER_FIELDS = frozenset(
+    {
+        "id", "object", "amount", "amount_details", "canceled_at", "cancellation_reason",
+        "capture_method", "client_secret", "confirmation_method", "created", "currency",
+        "description", "last_payment_error", "livemode", "next_action", "payment_method",
+        "payment_method_types", "processing", "receipt_email", "setup_future_usage",
+        "shipping", "status",
+    }
+)  # fmt: skip
+
+
 def intent_merchant(intent_id: str, client_secret: str | None, *, expands: bool) -> Merchant:
     """A secret key's merchant; or, for a publishable key (a browser running a checkout),
     the merchant whose intent this is, shown by the intent's client_secret."""
@@ -296,6 +324,7 @@ def intent_merchant(intent_id: str, client_secret: str | None, *, expands: bool)
             code="secret_key_required",
         )
     services().payment_intents.check_client_secret(merchant, intent_id, client_secret)
+    _for_browser.set(True)
     return merchant
 
 
@@ -1003,6 +1032,7 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.append_keys(request_id=rid)
     services().idempotency.register_lambda_context(context)
     _asked_version.set(None)
+    _for_browser.set(False)
     refused: ApiError | None = screening.refusal(event)
     routable = str(event.get("httpMethod", "")).upper() in _methods_for(event.get("path", ""))
     if refused is None and routable:  # a 404 or 405 says so first, whatever the version

@@ -174,3 +174,21 @@ def test_a_charge_or_intent_naming_only_the_customer_uses_its_default_payment_me
         params={"amount": 2000, "currency": "usd", "customer": jenny.id}, options=key()
     )
     assert again.payment_method_details.card.brand == "mastercard"
+
+
+def test_lists_stay_whole_around_refused_charges_and_deleted_customers(
+    sdk: stripe.StripeClient,
+) -> None:
+    jenny = sdk.v1.customers.create(params={"email": "jenny@example.com"}, options=key())
+    with pytest.raises(stripe.InvalidRequestError):  # an unknown token: the charge is withdrawn
+        sdk.v1.charges.create(
+            params={"amount": 2000, "currency": "usd", "source": "tok_bogus", "customer": jenny.id},
+            options=key(),
+        )
+    none = sdk.v1.charges.list(params={"customer": jenny.id, "limit": 1})
+    assert (none.data, none.has_more) == ([], False)
+
+    sam = sdk.v1.customers.create(params={"email": "sam@example.com"}, options=key())
+    sdk.v1.customers.delete(sam.id)
+    after_deleted = sdk.v1.customers.list(params={"starting_after": sam.id})
+    assert [c.id for c in after_deleted.data] == [jenny.id]

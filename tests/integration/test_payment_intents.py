@@ -240,3 +240,34 @@ def test_a_browser_with_the_publishable_key_reads_and_confirms_only_with_the_cli
     # Nothing else answers to the publishable key.
     assert browser.get(f"{stack.url}/v1/charges").status_code == 401
     assert browser.get(f"{stack.url}/v1/payment_intents").status_code == 401
+
+
+def test_a_browser_sees_the_payment_not_the_merchants_notes_and_odd_secrets_are_refused(
+    stack: Stack,
+) -> None:
+    merchant = stack.create_merchant("Private Shop")
+    server = stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url})
+    customer = server.v1.customers.create(params={"email": "c@example.com"}, options=key())
+    intent = server.v1.payment_intents.create(
+        params={
+            "amount": 1200,
+            "currency": "usd",
+            "customer": customer.id,
+            "metadata": {"margin": "42%"},
+        },
+        options=key(),
+    )
+    browser = requests.Session()
+    browser.auth = (merchant["publishable_key"], "")
+    url = f"{stack.url}/v1/payment_intents/{intent.id}"
+    shown = browser.get(url, params={"client_secret": intent.client_secret}).json()
+    assert shown["status"] == "requires_payment_method"
+    assert "metadata" not in shown and "customer" not in shown and "latest_charge" not in shown
+    odd = browser.post(
+        f"{url}/confirm",
+        json={"client_secret": "\ud800", "payment_method": "pm_card_visa"},
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert odd.status_code == 400
+    receipt = requests.get(f"{stack.url}/receipts/{intent.id.replace('pi_', 'ch_')}/é")
+    assert receipt.status_code == 404

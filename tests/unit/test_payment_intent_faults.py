@@ -12,13 +12,17 @@ import pytest
 
 from clearline.audit import Caller
 from clearline.charges import DUE_PROCESSOR, ChargeService, due_keys
+from clearline.errors import ConflictError, InvalidRequestError
 from clearline.ids import derived_id
 from clearline.ledger import verify
 from clearline.merchants import Merchant, create_merchant
 from clearline.params import (
+    ChargeCaptureParams,
     ChargeCreateParams,
+    PaymentIntentCancelParams,
     PaymentIntentConfirmParams,
     PaymentIntentCreateParams,
+    PaymentIntentUpdateParams,
 )
 from clearline.payment_intents import PROCESSING, PaymentIntentService, attempt_key
 from clearline.processor import ProcessorClient
@@ -143,4 +147,69 @@ def test_a_processor_that_does_not_answer_leaves_the_intent_processing_until_its
         assert settled.last_payment_error is not None
         assert settled.last_payment_error["code"] == "processing_error"
     assert len(charges_of(store, intent_id)) == 1
+    assert verify(store).ok
+
+
+def test_a_confirmation_that_loses_a_race_creates_no_charge(
+    store: Store, shop: tuple[Caller, PaymentIntentService]
+) -> None:
+    caller, intents = shop
+    intent_id = new_intent(caller, intents, payment_method="pm_card_visa")
+    stale = intents.owned(caller.merchant.id, intent_id)
+    intents.update(caller, intent_id, PaymentIntentUpdateParams(description="changed meanwhile"))
+    with pytest.raises(ConflictError):
+        intents.confirm(caller, intent_id, PaymentIntentConfirmParams(), current=stale)
+    assert charges_of(store, intent_id) == []
+    assert intents.retrieve(caller.merchant, intent_id).state == "requires_confirmation"
+
+
+def test_a_cancel_never_refunds_a_capture_that_got_there_first(
+    store: Store, shop: tuple[Caller, PaymentIntentService]
+) -> None:
+    caller, intents = shop
+    intent_id = new_intent(
+        caller, intents, payment_method="pm_card_visa", capture_method="manual", confirm=True
+    )
+    held = intents.retrieve(caller.merchant, intent_id)
+    assert held.state == "requires_capture" and held.latest_charge is not None
+    # The capture wins; the cancel's void of the hold must then be refused, not a refund.
+    intents.charges.capture(caller, held.latest_charge, ChargeCaptureParams())
+    with pytest.raises(InvalidRequestError):
+        intents.refunds.void_hold(caller, held.latest_charge, idempotency_key="void-after")
+    charge = store.get(f"CHARGE#{held.latest_charge}", "CHARGE")
+    assert charge is not None and (charge["state"], charge["amount_refunded"]) == ("captured", 0)
+    with pytest.raises(InvalidRequestError) as refused:
+        intents.cancel(caller, intent_id, PaymentIntentCancelParams())
+    assert refused.value.code == "payment_intent_unexpected_state"
+    assert intents.retrieve(caller.merchant, intent_id).state == "succeeded"
+
+
+def test_automatic_async_capture_captures(shop: tuple[Caller, PaymentIntentService]) -> None:
+    caller, intents = shop
+    intent_id = new_intent(
+        caller, intents, payment_method="pm_card_visa", capture_method="automatic_async"
+    )
+    paid = intents.confirm(caller, intent_id, PaymentIntentConfirmParams())
+    assert (paid.state, paid.amount_received) == ("succeeded", 2500)
+
+
+def test_an_intent_whose_held_charge_expired_before_it_followed_is_canceled(
+    store: Store, shop: tuple[Caller, PaymentIntentService]
+) -> None:
+    caller, intents = shop
+    intent_id = new_intent(caller, intents, payment_method="pm_card_visa", capture_method="manual")
+    item = intents.owned(caller.merchant.id, intent_id)
+    charge_id = derived_id("ch", caller.merchant.id, attempt_key(intent_id, 1))
+    intents._move(item, PROCESSING, caller, set={"attempt": 1, "latest_charge": charge_id})
+    intents.charges.create(  # authorized, and the request died before the intent followed
+        caller,
+        ChargeCreateParams(
+            amount=2500, currency="usd", payment_method="pm_card_visa", capture=False
+        ),
+        idempotency_key=attempt_key(intent_id, 1),
+        payment_intent=intent_id,
+    )
+    assert intents.charges.expire(charge_id)
+    canceled = intents.retrieve(caller.merchant, intent_id)
+    assert (canceled.state, canceled.cancellation_reason) == ("canceled", "automatic")
     assert verify(store).ok

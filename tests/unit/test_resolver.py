@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from clearline.audit import Caller
 from clearline.charges import DUE_PROCESSOR, ChargeService, due_keys
+from clearline.errors import CardError
 from clearline.merchants import create_merchant
 from clearline.models import Charge
 from clearline.params import ChargeCreateParams
@@ -85,3 +88,23 @@ def test_a_poison_record_does_not_stop_the_others(
     outcome = resolver_for(store, processor.url).run(written + PENDING_GRACE_SECONDS + 1)
     assert (outcome["errors"], outcome["failed"]) == (1, 1)
     assert store.get(f"CHARGE#{charge.id}", "CHARGE")["state"] == "failed"
+
+
+def test_a_retry_after_the_resolver_failed_a_charge_is_never_authorized(
+    store: Store, processor: SandboxProcessor
+) -> None:
+    merchant = create_merchant(store, "Late Retry Shop").merchant
+    charges = ChargeService(store, ProcessorClient(processor.url, timeout_seconds=0.3))
+    key = str(uuid.uuid4())
+    params = ChargeCreateParams(amount=2500, currency="usd", source="tok_visa")
+    processor.inject_fault("timeout_before")
+    pending = charges.create(Caller(merchant, "req_first"), params, idempotency_key=key)
+    assert pending.state == "pending"
+    soon = int(time.time()) + PENDING_GRACE_SECONDS + 1
+    assert resolver_for(store, processor.url).run(soon)["failed"] == 1
+    # The merchant's retry arrives late, with the same key: the processor refuses the key
+    # the resolver revoked, so the failed charge stands and nobody is charged.
+    with pytest.raises(CardError):
+        charges.create(Caller(merchant, "req_retry"), params, idempotency_key=key)
+    assert not [a for a in processor.authorizations() if a["reference"] == pending.id]
+    assert store.get(f"CHARGE#{pending.id}", "CHARGE")["state"] == "failed"

@@ -53,6 +53,9 @@ from clearline.processor import (
 from clearline.store import Store, StoreRejected, StoreUnavailable
 from clearline.transitions import Announcement, Change, Transition, TransitionWriter
 
+# What the processor answers for a key the resolver revoked.
+REVOKED_KEY = "idempotency_key_revoked"
+
 # Internal states; Stripe's `status`, `captured` and `refunded` are derived from them.
 PENDING, AUTHORIZED, CAPTURED, FAILED = "pending", "authorized", "captured", "failed"
 CANCELED, EXPIRED = "canceled", "expired"
@@ -378,6 +381,12 @@ class ChargeService(MoneyService):
             )
         except UnknownToken:
             self._reject(item, caller, params)
+        except ProcessorRejected as exc:
+            if exc.code != REVOKED_KEY:
+                raise
+            # The resolver found nothing at the processor and revoked the key: the charge
+            # is failed (or about to be), and nothing was or will be authorized.
+            return self._get(item["id"]) or item
         except ProcessorUnavailable:
             # The processor may or may not have charged the card. The charge stays pending;
             # a retry with the same key, or the resolver, asks again with the same key.
@@ -435,7 +444,9 @@ class ChargeService(MoneyService):
         withdrawn = Change(
             item["pk"], "CHARGE", item["id"], "reject", REJECTED, from_state=PENDING, delete=True
         )
-        self.writer.commit(Transition([withdrawn], caller))
+        # Its filter index items go with it, so that no filtered list points at nothing.
+        facets = [(item["pk"], f"FACET#{name}") for name in ("customer", "payment_intent")]
+        self.writer.commit(Transition([withdrawn], caller, index_removals=facets))
         param = "source" if params.source else "payment_method"
         raise InvalidRequestError(
             f"No such token: '{item['payment_method']}'", param=param, code="resource_missing"
@@ -944,7 +955,8 @@ class ChargeService(MoneyService):
         unguessable token, so that no charge id alone shows anyone a receipt."""
         item = self._get(charge_id) if charge_id.startswith("ch_") else None
         expected = (item or {}).get("receipt_token") or ""
-        if item is None or not expected or not secrets.compare_digest(expected, token):
+        matches = secrets.compare_digest(expected.encode(), token.encode("utf-8", "replace"))
+        if item is None or not expected or not matches:
             raise ResourceMissingError("receipt", charge_id)
         return Charge.from_item(item), self._merchant(item["merchant"])
 

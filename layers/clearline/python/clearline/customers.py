@@ -149,7 +149,8 @@ class CustomerService:
             raise ResourceMissingError("customer", customer_id)
         change = self._versioned(item, "delete", DELETED)
         change.set = {"version": int(item["version"]) + 1}
-        change.remove = ("gsi1pk", "gsi1sk")  # out of the merchant's lists
+        # Out of the merchant's lists; its sort key stays, for a cursor that names it.
+        change.remove = ("gsi1pk",)
         gone = {**item, "state": DELETED}
         announced = Announcement(item["merchant"], "customer.deleted", Customer.from_item(gone))
         removals = [(facet["pk"], facet["sk"]) for facet in _facets(item)]

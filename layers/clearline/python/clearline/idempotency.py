@@ -34,6 +34,7 @@ from clearline.errors import (
     InvalidRequestError,
     ServiceUnavailableError,
 )
+from clearline.ids import RESERVED_KEY_PREFIX
 from clearline.secrets import SecretUnavailable, digest
 
 KEY_MAX_LENGTH = 255
@@ -65,6 +66,12 @@ def check_key(key: str | None) -> str:
             "never move money twice. Send a unique value (for example a UUID) per operation.",
             param="Idempotency-Key",
             code="idempotency_key_required",
+        )
+    if key.startswith(RESERVED_KEY_PREFIX):
+        raise InvalidRequestError(
+            f"Idempotency keys starting with '{RESERVED_KEY_PREFIX}' are reserved.",
+            param="Idempotency-Key",
+            code="idempotency_key_invalid",
         )
     if len(key) > KEY_MAX_LENGTH:
         raise InvalidRequestError(

@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+# Idempotency keys Clearline uses for the requests it makes itself (an intent's charges):
+# merchants' keys may not start with it, so that none can take them.
+RESERVED_KEY_PREFIX = "clearline:"
+
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 

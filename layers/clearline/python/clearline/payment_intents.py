@@ -42,7 +42,7 @@ from clearline.errors import (
     ConflictError,
     InvalidRequestError,
 )
-from clearline.ids import derived_id
+from clearline.ids import RESERVED_KEY_PREFIX, derived_id
 from clearline.merchants import Merchant
 from clearline.models import Page, PaymentIntent
 from clearline.money import check_charge_amount, currency
@@ -54,7 +54,6 @@ from clearline.params import (
     PaymentIntentConfirmParams,
     PaymentIntentCreateParams,
     PaymentIntentUpdateParams,
-    RefundCreateParams,
     merged_metadata,
 )
 from clearline.refunds import RefundService
@@ -77,8 +76,9 @@ def intent_pk(intent_id: str) -> str:
 
 
 def attempt_key(intent_id: str, attempt: int) -> str:
-    """The idempotency key of an attempt's charge: the same attempt is the same charge."""
-    return f"{intent_id}:attempt:{attempt}"
+    """The idempotency key of an attempt's charge: the same attempt is the same charge. In
+    the reserved namespace, so that no merchant's own key can take it."""
+    return f"{RESERVED_KEY_PREFIX}{intent_id}:attempt:{attempt}"
 
 
 def unexpected_state(item: dict[str, Any], action: str) -> InvalidRequestError:
@@ -223,7 +223,14 @@ class PaymentIntentService:
         }
         if params.receipt_email is not None:
             changes["receipt_email"] = params.receipt_email
-        processing = self._move(item, PROCESSING, caller, set=changes)
+        try:
+            processing = self._move(item, PROCESSING, caller, set=changes)
+        except ConflictError:
+            current = self._read(intent_id)
+            if current is None or current["state"] != PROCESSING:
+                raise
+            processing = current  # a concurrent confirmation: finish the same attempt
+            charge_id = str(current["latest_charge"])
         return self._answer(self.resume(processing, caller), charge_id)
 
     @staticmethod
@@ -246,11 +253,13 @@ class PaymentIntentService:
         """Create (again: the same attempt is the same charge) the charge of a processing
         intent, and follow it. Raises what the charge path refuses, after putting the
         intent back where it was."""
+        if item["state"] != PROCESSING:
+            return self.follow(item, caller)
         params = ChargeCreateParams(
             amount=item["amount"],
             currency=item["currency"],
             payment_method=item["payment_method"],
-            capture=item["capture_method"] == "automatic",
+            capture=item["capture_method"] != "manual",
             customer=item.get("customer"),
             description=item.get("description"),
             receipt_email=item.get("receipt_email"),
@@ -267,13 +276,14 @@ class PaymentIntentService:
             pass  # the failed charge is stored: following it records the decline
         except ApiError as refused:
             # Refused before anything moved (an unknown payment method): back as it was.
-            if self.store.get(f"CHARGE#{item['latest_charge']}", "CHARGE") is None:
+            if self.store.get(f"CHARGE#{item.get('latest_charge')}", "CHARGE") is None:
                 self._move(
                     item,
                     REQUIRES_PAYMENT_METHOD,
                     caller,
                     set={"payment_method": None, "latest_charge": None},
                     remove=DUE_KEYS,
+                    lost_ok=True,
                 )
             raise refused
         return self.follow(self._read(item["id"]) or item, caller)
@@ -305,6 +315,7 @@ class PaymentIntentService:
                 set={"last_payment_error": error, "payment_method": None},
                 remove=DUE_KEYS,
                 event="payment_intent.payment_failed",
+                lost_ok=True,
             )
         if state == AUTHORIZED and item["state"] == PROCESSING:
             return self._move(
@@ -314,6 +325,7 @@ class PaymentIntentService:
                 set={"amount_capturable": charge["amount"]},
                 remove=DUE_KEYS,
                 event="payment_intent.amount_capturable_updated",
+                lost_ok=True,
             )
         if state == CAPTURED:
             return self._move(
@@ -323,8 +335,9 @@ class PaymentIntentService:
                 set={"amount_received": charge["amount_captured"], "amount_capturable": 0},
                 remove=DUE_KEYS,
                 event="payment_intent.succeeded",
+                lost_ok=True,
             )
-        if state in (CANCELED, EXPIRED) and item["state"] == REQUIRES_CAPTURE:
+        if state in (CANCELED, EXPIRED):  # voided, or expired, before anyone captured it
             reason = item.get("cancellation_reason") or "automatic"
             return self._move(
                 item,
@@ -335,7 +348,9 @@ class PaymentIntentService:
                     "cancellation_reason": reason,
                     "canceled_at": int(self.clock()),
                 },
+                remove=DUE_KEYS,
                 event="payment_intent.canceled",
+                lost_ok=True,
             )
         return item
 
@@ -371,11 +386,17 @@ class PaymentIntentService:
         # The hold is released through the charge's void (exactly-once on its own); the
         # reason is written first, so whoever follows the voided charge records it.
         wanting = self._move(item, REQUIRES_CAPTURE, caller, set={"cancellation_reason": reason})
-        self.refunds.create(
-            caller,
-            RefundCreateParams(charge=item["latest_charge"]),
-            idempotency_key=f"{intent_id}:cancel",
-        )
+        try:  # a void, never a refund: a capture that got there first keeps the money
+            self.refunds.void_hold(
+                caller,
+                item["latest_charge"],
+                idempotency_key=f"{RESERVED_KEY_PREFIX}{intent_id}:cancel",
+            )
+        except ApiError:
+            current = self.follow(self._read(intent_id) or wanting, caller)
+            if current["state"] not in CANCELABLE:
+                raise unexpected_state(current, "cancel") from None
+            raise
         return PaymentIntent.from_item(self.follow(self._read(intent_id) or wanting, caller))
 
     # ---- read -----------------------------------------------------------------------------
@@ -391,7 +412,9 @@ class PaymentIntentService:
         if (
             item is None
             or item["merchant"] != merchant.id
-            or not secrets.compare_digest(expected.encode(), client_secret.encode())
+            or not secrets.compare_digest(
+                expected.encode(), client_secret.encode("utf-8", "replace")
+            )
         ):
             raise InvalidRequestError(
                 "The client_secret provided does not match the client_secret of any "
@@ -442,9 +465,12 @@ class PaymentIntentService:
         set: dict[str, Any] | None = None,
         remove: tuple[str, ...] = (),
         event: str | None = None,
+        lost_ok: bool = False,
     ) -> dict[str, Any]:
         """One guarded step of the intent (its state and version as read), announced by
-        `event`. Returns the intent after it; if somebody else moved it first, theirs."""
+        `event`. Returns the intent after it. If somebody else moved it first: theirs when
+        `lost_ok` (following a charge, where any follower's step is as good), else a 409,
+        so that nothing acts on an intent it no longer knows."""
         version = int(item["version"])
         changes = {**(set or {}), "version": version + 1}
         after = {**item, **changes, "state": to_state}
@@ -474,7 +500,7 @@ class PaymentIntentService:
             )
         if self.writer.commit(Transition([change], caller, events)) is not None:
             current = self._read(item["id"])  # moved first by another request: theirs stands
-            if current is None:
+            if current is None or not lost_ok:
                 raise ConflictError("The PaymentIntent was changed by another request; retry.")
             return current
         return after

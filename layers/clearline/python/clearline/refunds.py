@@ -30,6 +30,7 @@ from clearline.charges import (
     MoneyService,
     charge_pk,
     finish_operation,
+    not_capturable,
     operation_record,
 )
 from clearline.errors import ConflictError, InvalidRequestError, processor_unavailable
@@ -519,6 +520,22 @@ class RefundService(MoneyService):
         return Refund.from_item(failed)
 
     # ---- void -----------------------------------------------------------------------------
+
+    def void_hold(self, caller: Caller, charge_id: str, *, idempotency_key: str) -> Refund:
+        """Release an authorization, and never refund a capture: a charge captured first
+        keeps its money and the void is refused. The void's lock is a guarded write from
+        `authorized` with no operation pending, so a capture and a void cannot both win."""
+        refund_id = derived_id("re", caller.merchant.id, idempotency_key)
+        existing = self._read(f"REFUND#{refund_id}", "REFUND")
+        if existing is not None:
+            return self._resume(caller, existing)
+        charge = self.charges.owned(caller.merchant.id, charge_id, param="charge")
+        if charge.get("pending_op") == "void":
+            return self._resume_void(caller, charge, refund_id)
+        if charge["state"] != AUTHORIZED or charge.get("pending_op"):
+            raise not_capturable(charge)
+        params = RefundCreateParams(charge=charge_id)
+        return self._void(caller, charge, refund_id, params, idempotency_key)
 
     def _void(
         self,

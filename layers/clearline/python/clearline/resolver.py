@@ -101,13 +101,20 @@ class Resolver:
         if charge.get("compensation"):
             self.charges.finish_compensation(charge)
             return "failed"
-        committed = self.charges.processor.lookup(charge["processor_key"])
-        if committed is None:
+        key = charge["processor_key"]
+        committed = self.charges.processor.lookup(key)
+        # Nothing there yet; a retry could still be on its way with the key. Revoking it
+        # first makes "nothing" final, or shows what the retry committed.
+        if committed is None and self.charges.processor.revoke(key):
             self.charges.fail_pending(
                 charge,
                 "The card processor did not complete this payment; the card was not charged.",
             )
             return "failed"
+        if committed is None:
+            committed = self.charges.processor.lookup(key)
+        if committed is None:
+            raise ProcessorUnavailable(f"the processor says it committed {key}, but shows nothing")
         # A decline settles as a failed charge: settled all the same.
         self.charges.commit_authorization(charge, None, Authorization.model_validate(committed))
         return "settled"
