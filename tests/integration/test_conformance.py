@@ -15,23 +15,14 @@ from typing import Any
 
 import pytest
 
-from tests.conformance.schemas import check, defined_fields, walk
+from tests.conformance.schemas import SERVED_OBJECTS, check, defined_fields, walk
 
 from .recording import is_recording, recorded_bodies
 
 pytestmark = [pytest.mark.integration, pytest.mark.after_everything]
 
-MUST_SEE = (
-    "charge",
-    "refund",
-    "balance_transaction",
-    "balance",
-    "event",
-    "webhook_endpoint",
-    "customer",
-    "payment_intent",
-    "error",
-)
+# Every object Clearline serves, and its error shape, must have been seen and checked.
+MUST_SEE = (*sorted(SERVED_OBJECTS), "error")
 SHOWN_PER_TYPE = 10  # violations and nested paths listed per type; the counts are complete
 
 
