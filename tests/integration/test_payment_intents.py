@@ -39,11 +39,13 @@ def test_an_intent_confirmed_at_creation_succeeds_through_its_charge(
             "payment_method": "pm_card_visa",
             "confirm": True,
             "metadata": {"order": "6737"},
+            "setup_future_usage": "off_session",
         },
         options=key(),
     )
     assert (intent.status, intent.amount_received) == ("succeeded", 2500)
     assert intent.client_secret.startswith(f"{intent.id}_secret_")
+    assert intent.setup_future_usage == "off_session"
     charge = sdk.v1.charges.retrieve(intent.latest_charge)
     assert (charge.payment_intent, charge.amount_captured) == (intent.id, 2500)
     assert [c.id for c in sdk.v1.charges.list(params={"payment_intent": intent.id}).data] == [
@@ -134,6 +136,7 @@ def test_bad_intent_requests_are_refused_and_change_nothing(
         ({"amount": 10, "currency": "usd"}, "amount"),
         ({"amount": 1000, "currency": "usd", "capture_method": "later"}, "capture_method"),
         ({"amount": 1000, "currency": "usd", "customer": "cus_nobody"}, "customer"),
+        ({"amount": 1000, "currency": "usd", "off_session": True}, "off_session"),
     ]:
         with pytest.raises(stripe.InvalidRequestError) as refused:
             sdk.v1.payment_intents.create(params=params, options=key())  # type: ignore[arg-type]

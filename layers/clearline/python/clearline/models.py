@@ -280,6 +280,7 @@ class PaymentIntent(Model):
     description: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     receipt_email: str | None = None
+    setup_future_usage: str | None = None
     payment_method: str | None = None
     latest_charge: str | None = None
     last_payment_error: dict[str, Any] | None = None

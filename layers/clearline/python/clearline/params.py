@@ -212,6 +212,9 @@ class PaymentIntentCreateParams(Params):
     payment_method: String | None = None
     payment_method_types: list[Literal["card"]] | None = None  # cards are all there is
     receipt_email: Email | None = None
+    # Kept and shown; they matter once saved cards and 3-D Secure exist.
+    setup_future_usage: Literal["on_session", "off_session"] | None = None
+    off_session: Boolean | None = None
     expand: list[String] = Field(default_factory=list)
 
 

@@ -111,6 +111,10 @@ class PaymentIntentService:
         check_charge_amount(params.amount, currency(params.currency))
         if params.customer is not None:
             CustomerService(self.store).chargeable(merchant.id, params.customer)
+        if params.off_session and not params.confirm:
+            raise InvalidRequestError(
+                "off_session can only be sent with confirm=true.", param="off_session"
+            )
         intent_id = derived_id(KIND, merchant.id, idempotency_key)
         now = self.clock()
         state = REQUIRES_CONFIRMATION if params.payment_method else REQUIRES_PAYMENT_METHOD
@@ -127,6 +131,7 @@ class PaymentIntentService:
             "description": params.description,
             "metadata": dict(params.metadata),
             "receipt_email": params.receipt_email,
+            "setup_future_usage": params.setup_future_usage,
             "payment_method": params.payment_method,
             "attempt": 0,
             "amount_received": 0,

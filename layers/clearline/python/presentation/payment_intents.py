@@ -43,7 +43,7 @@ def render_payment_intent(intent: PaymentIntent) -> dict[str, Any]:
         "processing": None,
         "receipt_email": intent.receipt_email,
         "review": None,
-        "setup_future_usage": None,
+        "setup_future_usage": intent.setup_future_usage,
         "shipping": None,
         "statement_descriptor": None,
         "statement_descriptor_suffix": None,
