@@ -60,7 +60,7 @@ def test_the_checks_catch_money_moved_behind_clearlines_back(harness: Harness) -
         authorization_id=charge["processor_authorization"],
         amount=1,
     )
-    merchant = harness.charges._merchant(charge["merchant"])
+    merchant = harness.charges.merchant_of(charge["merchant"])
     harness.check(schedule, merchant, [charge["id"]])
     name = f"{schedule.describe()}: {charge['id']} (captured)"
     assert harness.outcome.violations == [

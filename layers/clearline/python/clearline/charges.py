@@ -234,7 +234,7 @@ class ChargeService(MoneyService):
     def _get(self, charge_id: str) -> dict[str, Any] | None:
         return self._read(charge_pk(charge_id), "CHARGE")
 
-    def _merchant(self, merchant_id: str) -> Merchant:
+    def merchant_of(self, merchant_id: str) -> Merchant:
         merchant = get_merchant(self.store, merchant_id)
         assert merchant is not None, "a charge always has its merchant"
         return merchant
@@ -399,7 +399,7 @@ class ChargeService(MoneyService):
     ) -> dict[str, Any]:
         """Settle a pending charge to the processor's answer, once."""
         params = ChargeCreateParams.model_validate(item["request_params"])
-        merchant = caller.merchant if caller else self._merchant(item["merchant"])
+        merchant = caller.merchant if caller else self.merchant_of(item["merchant"])
         final = self._charge_item(merchant, params, item, auth)
         transition = Transition(
             [
@@ -750,7 +750,7 @@ class ChargeService(MoneyService):
             self._fail_operation(charge, record, caller, exc.message)
             return self._get(charge["id"]) or charge
         amount = record["amount"]
-        merchant = caller.merchant if caller else self._merchant(charge["merchant"])
+        merchant = caller.merchant if caller else self.merchant_of(charge["merchant"])
         fee = merchant.fee_for(amount)
         txn_id = derived_id("txn", charge["id"], "capture")
         captured = {
@@ -958,7 +958,7 @@ class ChargeService(MoneyService):
         matches = secrets.compare_digest(expected.encode(), token.encode("utf-8", "replace"))
         if item is None or not expected or not matches:
             raise ResourceMissingError("receipt", charge_id)
-        return Charge.from_item(item), self._merchant(item["merchant"])
+        return Charge.from_item(item), self.merchant_of(item["merchant"])
 
     def owned(self, merchant_id: str, charge_id: str, param: str = "id") -> dict[str, Any]:
         return listing.get_owned(self.store, merchant_id, charge_id, "ch", param=param)

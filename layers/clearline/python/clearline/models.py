@@ -116,7 +116,6 @@ class Charge(Model):
     customer: str | None = None
     payment_intent: str | None = None
     fraud_details: dict[str, str] = Field(default_factory=dict)
-    token: str | None = None  # the source or payment method the merchant charged
     payment_method_id: str | None = None
     card: CardDetails | None = None
     outcome: Outcome | None = None
@@ -151,7 +150,6 @@ class Charge(Model):
         return cls.model_validate(
             {
                 **item,
-                "token": item.get("payment_method"),
                 "metadata": item.get("metadata") or {},
                 "fraud_details": item.get("fraud_details") or {},
                 "refunds": refunds,

@@ -269,7 +269,7 @@ class PaymentIntentService:
             description=item.get("description"),
             receipt_email=item.get("receipt_email"),
         )
-        who = caller or Caller(self._merchant(item["merchant"]), "resolver")
+        who = caller or Caller(self.charges.merchant_of(item["merchant"]), "resolver")
         try:
             self.charges.create(
                 who,
@@ -457,9 +457,6 @@ class PaymentIntentService:
 
     def _read(self, intent_id: str) -> dict[str, Any] | None:
         return self.store.get(intent_pk(intent_id), "PI")
-
-    def _merchant(self, merchant_id: str) -> Merchant:
-        return self.charges._merchant(merchant_id)
 
     def _move(
         self,
