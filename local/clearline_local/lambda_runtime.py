@@ -319,6 +319,9 @@ class LocalFunction:
             return environment
         fresh = self._start()
         with self._available:
+            if self._closed.is_set():  # closed while it started: it must not outlive the stack
+                fresh.stop()
+                return environment
             self._environments[self._environments.index(environment)] = fresh
         if self._on_environments_changed is not None:
             self._on_environments_changed()

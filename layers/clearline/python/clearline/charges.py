@@ -686,6 +686,12 @@ class ChargeService(MoneyService):
         if item.get("pending_op") == "capture":  # a capture cut short: finish it
             record = self._operation(item, "capture")
             if record is not None and record["status"] == OP_PENDING:
+                wanted = item["amount"] if params.amount is None else params.amount
+                if wanted != record["amount"]:  # another capture, not a retry of this one
+                    raise ConflictError(
+                        f"A capture of {record['amount']} of charge {charge_id} is in "
+                        "progress; retry shortly to see its result."
+                    )
                 return self._captured(self.settle_capture(item, record, caller))
         if item["state"] != AUTHORIZED or item.get("pending_op"):
             raise not_capturable(item)
