@@ -119,6 +119,11 @@ class FunctionSpec:
     buckets: dict[str, Access] = field(default_factory=dict)
     # Calls merchants' webhook endpoints on the internet.
     calls_internet: bool = False
+    # Calls the card vault's internal API (CLEARLINE_VAULT_URL), signed with its role.
+    calls_vault: bool = False
+    # Reads the API key items of the main table (and nothing else of it): the vault, which
+    # learns a publishable key's merchant this way.
+    reads_api_keys: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,17 @@ def bus_env_var(bus_key: str) -> str:
 
 
 PROCESSOR_URL_ENV = "CLEARLINE_PROCESSOR_URL"
+VAULT_URL_ENV = "CLEARLINE_VAULT_URL"  # the vault's origin, for Clearline's internal calls
+# In AWS the vault's stack is deployed after Clearline's (it reads Clearline's API keys), so
+# Clearline's functions learn its URL at run time from this SSM parameter, which it writes.
+VAULT_URL_PARAMETER_ENV = "CLEARLINE_VAULT_URL_PARAMETER"
+VAULT_URL_PARAMETER = "/clearline/vault/url"
+VAULT_RATE_PER_KEY_ENV = "CLEARLINE_VAULT_LIMIT_PER_KEY"  # publishable-key calls a minute
+VAULT_RATE_PER_IP_ENV = "CLEARLINE_VAULT_LIMIT_PER_IP"  # publishable-key calls a minute
+VAULT_PUBLIC_URL_ENV = "CLEARLINE_VAULT_PUBLIC_URL"  # the vault's origin, as browsers reach it
+VAULT_KEY_ENV = "CLEARLINE_VAULT_KEY_ID"  # KMS key sealing card numbers
+VAULT_FINGERPRINT_KEY_ENV = "CLEARLINE_VAULT_FINGERPRINT_KEY_ID"  # KMS HMAC key: fingerprints
+API_KEY_PREFIX = "APIKEY#"  # the partition keys of API key items, all the vault may read
 SERVICE_NAME = "clearline"
 METRICS_NAMESPACE = "Clearline"
 # Published by the processor sync on every run (zero included): pending money operations
@@ -214,6 +230,7 @@ API_FUNCTION = FunctionSpec(
     memory_mb=1024,
     tables={"main": "readwrite", "idempotency": "readwrite"},
     calls_processor=True,
+    calls_vault=True,
 )
 
 EVENT_BUS = BusSpec(key="events", name="clearline-events")
@@ -316,6 +333,7 @@ PROCESSOR_SYNC_FUNCTION = FunctionSpec(
     memory_mb=512,
     tables={"main": "readwrite"},
     calls_processor=True,
+    calls_vault=True,
     schedule_minutes=1,
 )
 
@@ -356,4 +374,35 @@ TOPOLOGY = Topology(
             queue="webhooks",
         ),
     ),
+)
+
+
+# The card vault: the only component that ever receives a card number. It is deployed as a
+# stack of its own (its own API, function, table, KMS keys and IAM boundary), so that
+# Clearline's API, tables, logs and events stay out of PCI scope. Locally it is served on
+# an origin of its own. Clearline calls its internal routes signed with its roles.
+VAULT_TABLE = TableSpec(
+    key="vault",
+    name="clearline-vault",
+    partition_key="pk",
+    sort_key="sk",
+    ttl_attribute="expires_at",  # rate-limit windows, CVCs, unredeemed tokens
+)
+
+VAULT_FUNCTION = FunctionSpec(
+    key="vault",
+    code_dir="functions/vault",
+    handler="vault_handler.lambda_handler",
+    description="The card vault: tokenizes cards from browsers, forwards them to the processor",
+    timeout_seconds=29,
+    memory_mb=512,
+    tables={"vault": "readwrite"},
+    calls_processor=True,
+    reads_api_keys=True,
+)
+
+VAULT_TOPOLOGY = Topology(
+    tables=(VAULT_TABLE,),
+    functions=(VAULT_FUNCTION,),
+    api=ApiSpec(function="vault"),
 )
