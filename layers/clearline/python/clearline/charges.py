@@ -43,6 +43,7 @@ from clearline.params import (
     ChargeUpdateParams,
     merged_metadata,
 )
+from clearline.payment_methods import PaymentMethodService
 from clearline.processor import (
     Authorization,
     ProcessorClient,
@@ -255,9 +256,11 @@ class ChargeService(MoneyService):
         *,
         idempotency_key: str,
         payment_intent: str | None = None,
+        authentication: str | None = None,
     ) -> Charge:
         """Charge a card, once per key. `payment_intent` names the intent this charge is an
-        attempt of, when it is one."""
+        attempt of, when it is one; `authentication`, the 3-D Secure authentication its
+        customer passed for this payment."""
         merchant = caller.merchant
         money.check_charge_amount(params.amount, money.currency(params.currency))
         customer = None
@@ -265,7 +268,10 @@ class ChargeService(MoneyService):
             customer = CustomerService(self.store).chargeable(merchant.id, params.customer)
         # Without a card of its own, a charge naming a customer uses the customer's default.
         token = (
-            params.source or params.payment_method or (customer or {}).get("default_payment_method")
+            params.source
+            or params.payment_method
+            or (customer or {}).get("default_payment_method")
+            or (customer or {}).get("default_source")
         )
         if not token and params.customer is not None:
             raise InvalidRequestError(
@@ -278,6 +284,23 @@ class ChargeService(MoneyService):
             raise InvalidRequestError(
                 "Must provide source or payment_method.", param="source", code="parameter_missing"
             )
+        stored = None
+        if token:
+            stored = PaymentMethodService(self.store, self.processor.vault).resolve(
+                merchant,
+                token,
+                param="source" if params.source else "payment_method",
+                request=idempotency_key,
+            )
+        if stored is not None:
+            token = stored.id
+            if stored.customer is not None and stored.customer != params.customer:
+                raise InvalidRequestError(
+                    f"The payment method {stored.id} is attached to customer "
+                    f"{stored.customer}: send customer={stored.customer} with it.",
+                    param="customer",
+                    code="payment_method_unexpected_state",
+                )
         now = self.clock()
         if params.capture_at is not None:
             if params.capture:
@@ -296,6 +319,10 @@ class ChargeService(MoneyService):
         charge_id = derived_id("ch", merchant.id, idempotency_key)
         pending = self._pending_item(merchant, params, charge_id, token, now, idempotency_key)
         pending["payment_intent"] = payment_intent
+        if stored is not None:  # the vault sends this card to the processor
+            pending["stored_card"] = True
+            pending["payment_method_id"] = stored.id
+            pending["authentication"] = authentication
         created = Change(
             pending["pk"], "CHARGE", charge_id, "create", to_state=PENDING, create=pending
         )
@@ -378,6 +405,8 @@ class ChargeService(MoneyService):
                 currency=params.currency.lower(),
                 capture=params.capture,
                 reference=item["id"],
+                stored_card_of=item["merchant"] if item.get("stored_card") else None,
+                authentication=item.get("authentication"),
             )
         except UnknownToken:
             self._reject(item, caller, params)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clearline import listing
 from clearline.audit import Caller
@@ -21,6 +21,9 @@ from clearline.models import Customer, Page
 from clearline.params import CustomerCreateParams, CustomerUpdateParams, merged_metadata
 from clearline.store import Store
 from clearline.transitions import Announcement, Change, Transition, TransitionWriter
+
+if TYPE_CHECKING:
+    from clearline.payment_methods import PaymentMethodService
 
 ACTIVE, DELETED = "active", "deleted"
 KIND = "cus"
@@ -46,10 +49,18 @@ class CustomerService:
         self.writer = TransitionWriter(store, clock=lambda: self.clock())
 
     def create(
-        self, caller: Caller, params: CustomerCreateParams, *, idempotency_key: str
+        self,
+        caller: Caller,
+        params: CustomerCreateParams,
+        *,
+        idempotency_key: str,
+        cards: PaymentMethodService | None = None,
     ) -> Customer:
+        """A customer; with `source` (a token) or `payment_method`, that card is attached to
+        it and becomes its default, in the same transaction."""
         merchant = caller.merchant
         customer_id = derived_id(KIND, merchant.id, idempotency_key)
+        card = self._first_card(caller, params, idempotency_key, cards)
         now = self.clock()
         item: dict[str, Any] = {
             "pk": customer_pk(customer_id),
@@ -62,18 +73,55 @@ class CustomerService:
             "version": 1,
             **self._described({}, params),
         }
+        if card is not None:
+            item["default_source"] = card["id"]
         transition = Transition(
             [Change(item["pk"], "CUSTOMER", customer_id, "create", ACTIVE, create=item)],
             caller,
             [Announcement(merchant.id, "customer.created", Customer.from_item(item))],
             index_items=_facets(item),
         )
+        if card is not None and cards is not None:
+            attached = cards.attaching(caller, card, customer_id)
+            transition.changes += attached.changes
+            transition.events += attached.events
+            transition.index_items += attached.index_items
         if self.writer.commit(transition) is not None:  # the key was used before
             existing = self.store.get(item["pk"], "CUSTOMER")
             if existing is None or existing["merchant"] != merchant.id:
                 raise ConflictError("This customer id is taken; retry with another key.")
             return Customer.from_item(existing)
         return Customer.from_item({**item, "state": ACTIVE})
+
+    @staticmethod
+    def _first_card(
+        caller: Caller,
+        params: CustomerCreateParams,
+        idempotency_key: str,
+        cards: PaymentMethodService | None,
+    ) -> dict[str, Any] | None:
+        """The stored card a create names, checked before anything is written."""
+        param = "source" if params.source else "payment_method"
+        reference = params.source or params.payment_method
+        if reference is None:
+            return None
+        method = (
+            None
+            if cards is None
+            else cards.resolve(
+                caller.merchant, reference, param=param, request=idempotency_key, reusable=True
+            )
+        )
+        if method is None or cards is None:
+            raise ResourceMissingError("source", reference, param=param)
+        item = cards.stored_item(caller.merchant, method.id)
+        if item.get("customer"):
+            raise InvalidRequestError(
+                f"The payment method {method.id} is attached to another customer.",
+                param=param,
+                code="payment_method_unexpected_state",
+            )
+        return item
 
     @staticmethod
     def _described(

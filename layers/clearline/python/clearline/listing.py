@@ -54,6 +54,7 @@ KINDS = {
     "evt": ("EVENT#", "EVENT", "event"),
     "cus": ("CUSTOMER#", "CUSTOMER", "customer"),
     "pi": ("PI#", "PI", "payment_intent"),
+    "pm": ("PM#", "PAYMENT_METHOD", "PaymentMethod"),
 }
 
 

@@ -257,6 +257,7 @@ class Customer(Model):
     address: Address | None = None
     shipping: Shipping | None = None
     default_payment_method: str | None = None
+    default_source: str | None = None  # the card a `source` token on create became
     livemode: bool = False
     deleted: bool = False
 
@@ -287,9 +288,49 @@ class PaymentIntent(Model):
     client_secret: str = ""
     canceled_at: int | None = None
     cancellation_reason: str | None = None
+    # While requires_action: where the customer authenticates (3-D Secure), and returns to.
+    next_action_url: str | None = None
+    return_url: str | None = None
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> PaymentIntent:
+        return cls.model_validate({**item, "metadata": item.get("metadata") or {}})
+
+
+class BillingDetails(Model):
+    address: Address | None = None
+    email: str | None = None
+    name: str | None = None
+    phone: str | None = None
+
+
+class PaymentMethodCard(Model):
+    """A stored card as the vault describes it: never the number."""
+
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    funding: str = "credit"
+    country: str | None = None
+    fingerprint: str | None = None
+    checks: CardChecks | None = None
+    three_d_secure_supported: bool = True
+
+
+class PaymentMethod(Model):
+    kind: Literal["payment_method"] = "payment_method"
+    id: str
+    merchant: str
+    created: int
+    card: PaymentMethodCard
+    billing_details: BillingDetails = Field(default_factory=BillingDetails)
+    customer: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    livemode: bool = False
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> PaymentMethod:
         return cls.model_validate({**item, "metadata": item.get("metadata") or {}})
 
 

@@ -178,6 +178,9 @@ class InvoiceSettingsParams(Params):
 
 
 class CustomerCreateParams(Params):
+    # A token (or a payment method) that becomes the customer's default card.
+    source: String | None = None
+    payment_method: String | None = None
     email: Email | None = None
     name: ShortText | None = None
     description: ShortText | None = None
@@ -201,6 +204,28 @@ class CustomerUpdateParams(Params):
     expand: list[String] = Field(default_factory=list)
 
 
+class BillingDetailsParams(Params):
+    address: AddressParams | None = None
+    email: Email | None = None
+    name: ShortText | None = None
+    phone: Annotated[String, Field(max_length=20)] | None = None
+
+
+class PaymentMethodAttachParams(Params):
+    customer: String
+    expand: list[String] = Field(default_factory=list)
+
+
+class PaymentMethodDetachParams(Params):
+    expand: list[String] = Field(default_factory=list)
+
+
+class PaymentMethodUpdateParams(Params):
+    billing_details: BillingDetailsParams | None = None
+    metadata: MetadataUpdate | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
 class PaymentIntentCreateParams(Params):
     amount: Integer
     currency: String
@@ -212,9 +237,12 @@ class PaymentIntentCreateParams(Params):
     payment_method: String | None = None
     payment_method_types: list[Literal["card"]] | None = None  # cards are all there is
     receipt_email: Email | None = None
-    # Kept and shown; they matter once saved cards and 3-D Secure exist.
+    # on_session / off_session: the card is attached to the customer once a payment works.
     setup_future_usage: Literal["on_session", "off_session"] | None = None
+    # The customer is not there to authenticate: a card that asks for it declines instead.
     off_session: Boolean | None = None
+    # Where a customer who authenticated (3-D Secure) is sent back to.
+    return_url: Annotated[String, Field(max_length=2048)] | None = None
     expand: list[String] = Field(default_factory=list)
 
 
@@ -231,6 +259,8 @@ class PaymentIntentConfirmParams(Params):
     client_secret: String | None = None
     payment_method: String | None = None
     receipt_email: Email | None = None
+    return_url: Annotated[String, Field(max_length=2048)] | None = None
+    off_session: Boolean | None = None
     expand: list[String] = Field(default_factory=list)
 
 

@@ -15,7 +15,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -29,6 +29,9 @@ __all__ = [
     "ProcessorUnavailable",
     "UnknownToken",
 ]
+
+if TYPE_CHECKING:
+    from clearline.vault_client import VaultClient
 
 _M = TypeVar("_M", bound=BaseModel)
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -121,7 +124,11 @@ class ProcessorRefund(BaseModel):
 class ProcessorClient:
     """Synchronous JSON-over-HTTP client for one processor."""
 
-    def __init__(self, base_url: str, timeout_seconds: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, timeout_seconds: float = 10.0, *, vault: VaultClient | None = None
+    ) -> None:
+        # Stored cards are authorized through the vault, which alone can send their number.
+        self.vault = vault
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"processor URL must be http(s)://host[:port], got {base_url!r}")
@@ -145,17 +152,36 @@ class ProcessorClient:
         currency: str,
         capture: bool,
         reference: str,
+        stored_card_of: str | None = None,
+        authentication: str | None = None,
     ) -> Authorization:
         """Authorize (and with `capture`, capture) `amount`. A decline is a result, not an
-        error: check `Authorization.approved`."""
-        body = {
-            "token": token,
+        error: check `Authorization.approved`.
+
+        `token` is a processor token; or, with `stored_card_of` (the merchant), a payment
+        method in the vault, which sends the card in its place under the same key, with
+        the outcome of a 3-D Secure `authentication` of it if there was one."""
+        body: dict[str, Any] = {
             "amount": amount,
             "currency": currency,
             "capture": capture,
             "reference": reference,
         }
-        data = self._request("POST", "/v1/authorizations", body, idempotency_key, token=token)
+        if stored_card_of is None:
+            data = self._request(
+                "POST", "/v1/authorizations", {"token": token, **body}, idempotency_key, token=token
+            )
+            return self._parse(Authorization, data)
+        if self.vault is None:
+            raise UnknownToken(token, f"No vault holds the payment method {token}.")
+        _check_key(idempotency_key)
+        forwarded = {
+            "merchant": stored_card_of,
+            "payment_method": token,
+            "authentication": authentication,
+            **body,
+        }
+        data = self.vault.forward_authorization(idempotency_key=idempotency_key, body=forwarded)
         return self._parse(Authorization, data)
 
     def capture(self, *, idempotency_key: str, authorization_id: str, amount: int) -> Authorization:

@@ -17,7 +17,7 @@ def render_customer(customer: Customer) -> dict[str, Any]:
         "balance": 0,
         "created": customer.created,
         "currency": None,
-        "default_source": None,
+        "default_source": customer.default_source,
         "delinquent": False,
         "description": customer.description,
         "discount": None,

@@ -11,6 +11,7 @@ from clearline.models import (
     Customer,
     Model,
     PaymentIntent,
+    PaymentMethod,
     ReconciliationMismatch,
     Refund,
     WebhookEndpoint,
@@ -20,6 +21,7 @@ from presentation.charges import render_charge
 from presentation.customers import render_customer
 from presentation.links import Links
 from presentation.payment_intents import render_payment_intent
+from presentation.payment_methods import render_payment_method
 from presentation.refunds import render_refund
 from presentation.webhook_endpoints import render_webhook_endpoint
 
@@ -31,6 +33,7 @@ MODELS: dict[str, type[Model]] = {
     "webhook_endpoint": WebhookEndpoint,
     "customer": Customer,
     "payment_intent": PaymentIntent,
+    "payment_method": PaymentMethod,
     "reconciliation_mismatch": ReconciliationMismatch,
 }
 
@@ -55,6 +58,8 @@ def render(model: Model, links: Links) -> dict[str, Any]:
         return render_payment_intent(model)
     if isinstance(model, Customer):
         return render_customer(model)
+    if isinstance(model, PaymentMethod):
+        return render_payment_method(model)
     if isinstance(model, ReconciliationMismatch):
         rendered = model.model_dump(exclude={"kind", "mismatch"})
         return {"object": "reconciliation_mismatch", "kind": model.mismatch, **rendered}
