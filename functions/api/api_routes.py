@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache, partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
@@ -57,15 +59,20 @@ from clearline.params import (
     PaymentIntentConfirmParams,
     PaymentIntentCreateParams,
     PaymentIntentUpdateParams,
+    PaymentMethodAttachParams,
+    PaymentMethodDetachParams,
+    PaymentMethodUpdateParams,
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
     parse_params,
 )
 from clearline.payment_intents import PaymentIntentService
+from clearline.payment_methods import PaymentMethodService
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.store import Store, StoreUnavailable
+from clearline.vault_client import VaultClient
 from clearline.versions import CURRENT_VERSION
 from clearline.webhooks import (
     WebhookEndpointCreateParams,
@@ -97,6 +104,7 @@ class Services:
     refunds: RefundService
     customers: CustomerService
     payment_intents: PaymentIntentService
+    payment_methods: PaymentMethodService
     webhook_endpoints: WebhookEndpoints
     idempotency: IdempotentRequests
     keys: KeyCache
@@ -110,7 +118,11 @@ def services() -> Services:
 
     settings = Settings.from_env()
     store = Store(settings.main_table)
-    processor = ProcessorClient(settings.processor_url, settings.processor_timeout_seconds)
+    processor = ProcessorClient(
+        settings.processor_url,
+        settings.processor_timeout_seconds,
+        vault=VaultClient.from_env(settings.processor_timeout_seconds),
+    )
     # Webhook signing secrets are sealed under KMS, in endpoint items and in the stored
     # response to their create alike.
     secret_box = SecretBox(settings.webhook_secrets_key)
@@ -127,7 +139,8 @@ def services() -> Services:
         charges,
         refunds,
         CustomerService(store),
-        PaymentIntentService(store, charges, refunds),
+        PaymentIntentService(store, charges, refunds, public_url=Links.from_env().base_url),
+        PaymentMethodService(store, processor.vault),
         WebhookEndpoints(store, secrets=secret_box, egress=EgressPolicy.from_settings(settings)),
         idempotency,
         KeyCache(),
@@ -268,7 +281,22 @@ def _proxy_response(response: Response[dict[str, Any]]) -> dict[str, Any]:
 # ---- request parts --------------------------------------------------------------------------
 
 
+# The publishable key a browser sent as a parameter (`key=pk_...`), as Stripe.js does: it
+# sends no Authorization header, so that its requests need no CORS preflight.
+_browser_key: ContextVar[str | None] = ContextVar("browser_key", default=None)
+
+
+def _key_parameter(params: dict[str, Any]) -> None:
+    """Takes a publishable `key` out of the parameters (it is not one of the operation's).
+    A secret key is never taken from a parameter: it would end up in URLs and logs."""
+    key = params.pop("key", None)
+    if isinstance(key, str) and key.startswith("pk_"):
+        _browser_key.set(key)
+
+
 def _api_key() -> str:
+    if _browser_key.get() is not None and not app.current_event.headers.get("authorization"):
+        return str(_browser_key.get())
     header = app.current_event.headers.get("authorization") or ""
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() == "bearer" and credentials:
@@ -455,10 +483,16 @@ def idempotent_post(
     allows more), validate `model` (and its `expand`), require an Idempotency-Key, then run
     the operation once per key and replay its first response."""
     params = body_params()
+    _key_parameter(params)
     merchant = authenticate(params) if authenticate else secret_key_merchant()
     parsed = parse_params(model, params)
     paths = check_paths(root, getattr(parsed, "expand", []))
-    key = check_key(app.current_event.headers.get("idempotency-key"))
+    key_header = app.current_event.headers.get("idempotency-key")
+    if not key_header and _for_browser.get():
+        # A browser confirming an intent sends no key, as Stripe.js does not; the intent's
+        # own state machine keeps a repeated confirmation from paying twice.
+        key_header = f"browser-{request_id()}"
+    key = check_key(key_header)
     who = Caller(merchant, request_id())
 
     def run() -> Reply:
@@ -780,7 +814,9 @@ def list_events(
 def create_customer() -> Response[dict[str, Any]]:
     return idempotent_post(
         CustomerCreateParams,
-        lambda who, customer, key: services().customers.create(who, customer, idempotency_key=key),
+        lambda who, customer, key: services().customers.create(
+            who, customer, idempotency_key=key, cards=services().payment_methods
+        ),
         "customer",
     )
 
@@ -858,6 +894,7 @@ def retrieve_payment_intent(
     client_secret: Annotated[str | None, Query(max_length=255)] = None,
     expand_: Expand = None,
 ) -> Response[dict[str, Any]]:
+    _key_parameter(dict(app.current_event.query_string_parameters or {}))
     merchant = intent_merchant(intent_id, client_secret, expands=bool(expand_query()))
     found = services().payment_intents.retrieve(merchant, intent_id)
     return respond(merchant, found, "payment_intent")
@@ -928,6 +965,109 @@ def list_payment_intents(
         customer=customer,
     )
     return respond(merchant, page, "list:payment_intent", url="/v1/payment_intents")
+
+
+@app.get("/v1/payment_intents/<intent_id>/authentication_return/<token>", include_in_schema=False)
+def authentication_return(intent_id: str, token: str) -> Response[str]:
+    """Where the vault sends a customer's browser after a 3-D Secure challenge: the intent
+    goes on with the outcome, and the browser goes on to the merchant's return_url."""
+    intent = services().payment_intents.complete_authentication(intent_id, token)
+    redirect_status = {"succeeded": "succeeded", "requires_capture": "succeeded"}.get(
+        intent.state, "failed" if intent.state == "requires_payment_method" else "pending"
+    )
+    if not intent.return_url:
+        return _html(200, pages.authentication_done_page(redirect_status))
+    query = urllib.parse.urlencode(
+        {
+            "payment_intent": intent.id,
+            "payment_intent_client_secret": intent.client_secret,
+            "redirect_status": redirect_status,
+        }
+    )
+    separator = "&" if "?" in intent.return_url else "?"
+    return Response(
+        status_code=303,
+        content_type="text/plain",
+        body="",
+        headers={"Location": f"{intent.return_url}{separator}{query}", "Cache-Control": "no-store"},
+    )
+
+
+@app.get("/v1/payment_methods/<payment_method_id>")
+def retrieve_payment_method(payment_method_id: str) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    found = services().payment_methods.owned(merchant, payment_method_id)
+    return respond(merchant, found, "payment_method")
+
+
+@app.post("/v1/payment_methods/<payment_method_id>")
+def update_payment_method(payment_method_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        PaymentMethodUpdateParams,
+        lambda who, update, _: services().payment_methods.update(who, payment_method_id, update),
+        "payment_method",
+    )
+
+
+@app.post("/v1/payment_methods/<payment_method_id>/attach")
+def attach_payment_method(payment_method_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        PaymentMethodAttachParams,
+        lambda who, attach, key: services().payment_methods.attach(
+            who, payment_method_id, attach.customer, request=key
+        ),
+        "payment_method",
+    )
+
+
+@app.post("/v1/payment_methods/<payment_method_id>/detach")
+def detach_payment_method(payment_method_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        PaymentMethodDetachParams,
+        lambda who, _, __: services().payment_methods.detach(who, payment_method_id),
+        "payment_method",
+    )
+
+
+@app.get("/v1/payment_methods")
+def list_payment_methods(
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    customer: IdFilter = None,
+    type: Annotated[Literal["card"] | None, Query()] = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    page = services().payment_methods.list(
+        merchant,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        customer=customer,
+    )
+    return respond(merchant, page, "list:payment_method", url="/v1/payment_methods")
+
+
+@app.get("/v1/customers/<customer_id>/payment_methods")
+def list_customer_payment_methods(
+    customer_id: str,
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    type: Annotated[Literal["card"] | None, Query()] = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    page = services().payment_methods.list(
+        merchant,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        customer=customer_id,
+    )
+    url = f"/v1/customers/{customer_id}/payment_methods"
+    return respond(merchant, page, "list:payment_method", url=url)
 
 
 @app.post("/v1/webhook_endpoints")
@@ -1025,6 +1165,10 @@ def swagger_ui() -> Response[str]:
     return Response(status_code=200, content_type="text/html; charset=utf-8", body=swagger_page())
 
 
+# What a browser holding a publishable key may call: retrieve and confirm an intent.
+BROWSER_ROUTE = re.compile(r"^/v1/payment_intents/pi_[A-Za-z0-9]+(/confirm)?$")
+
+
 def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Resolve one API Gateway event; every response carries the Request-Id."""
     started = time.monotonic()
@@ -1033,6 +1177,7 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     services().idempotency.register_lambda_context(context)
     _asked_version.set(None)
     _for_browser.set(False)
+    _browser_key.set(None)
     refused: ApiError | None = screening.refusal(event)
     routable = str(event.get("httpMethod", "")).upper() in _methods_for(event.get("path", ""))
     if refused is None and routable:  # a 404 or 405 says so first, whatever the version
@@ -1044,10 +1189,14 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
         response = _proxy_response(on_api_error(refused))
     else:
         response = app.resolve(event, context)
+    extra = {"Request-Id": rid}
+    if BROWSER_ROUTE.match(str(event.get("path", ""))):
+        # Checkout pages on any origin read these answers (the client_secret guards them).
+        extra["Access-Control-Allow-Origin"] = "*"
     if response.get("multiValueHeaders") is not None:
-        response["multiValueHeaders"]["Request-Id"] = [rid]
+        response["multiValueHeaders"].update({k: [v] for k, v in extra.items()})
     else:
-        response.setdefault("headers", {})["Request-Id"] = rid
+        response.setdefault("headers", {}).update(extra)
     logger.info(
         "request",
         extra={

@@ -37,6 +37,9 @@ from clearline.params import (
     PaymentIntentConfirmParams,
     PaymentIntentCreateParams,
     PaymentIntentUpdateParams,
+    PaymentMethodAttachParams,
+    PaymentMethodDetachParams,
+    PaymentMethodUpdateParams,
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
@@ -280,6 +283,52 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "PaymentIntents",
         "List PaymentIntents, newest first",
         "payment_intent_list",
+    ),
+    ("get", "/v1/payment_methods/{payment_method_id}"): Operation(
+        "retrieve_payment_method",
+        "PaymentMethods",
+        "Retrieve a PaymentMethod",
+        "payment_method",
+        description="A card the vault holds (made in a browser by clearline.js with the "
+        "publishable key): brand, last four, expiry and fingerprint, never the number.",
+    ),
+    ("post", "/v1/payment_methods/{payment_method_id}"): Operation(
+        "update_payment_method",
+        "PaymentMethods",
+        "Update a PaymentMethod",
+        "payment_method",
+        PaymentMethodUpdateParams,
+        "`metadata` and `billing_details`; announced as `payment_method.updated`.",
+    ),
+    ("post", "/v1/payment_methods/{payment_method_id}/attach"): Operation(
+        "attach_payment_method",
+        "PaymentMethods",
+        "Attach a PaymentMethod to a customer",
+        "payment_method",
+        PaymentMethodAttachParams,
+        "The card can then be charged again for that `customer` (and only with it). A test "
+        "alias (`pm_card_visa`) attaches a new card of its own.",
+    ),
+    ("post", "/v1/payment_methods/{payment_method_id}/detach"): Operation(
+        "detach_payment_method",
+        "PaymentMethods",
+        "Detach a PaymentMethod from its customer",
+        "payment_method",
+        PaymentMethodDetachParams,
+        "A customer's default card that is detached stops being its default.",
+    ),
+    ("get", "/v1/payment_methods"): Operation(
+        "list_payment_methods",
+        "PaymentMethods",
+        "List PaymentMethods, newest first",
+        "payment_method_list",
+        description="All the account's, or a `customer`'s.",
+    ),
+    ("get", "/v1/customers/{customer_id}/payment_methods"): Operation(
+        "list_customer_payment_methods",
+        "PaymentMethods",
+        "List a customer's PaymentMethods",
+        "payment_method_list",
     ),
     ("post", "/v1/webhook_endpoints"): Operation(
         "create_webhook_endpoint",
@@ -638,6 +687,7 @@ def _payment_intent_schema() -> Schema:
     statuses = [
         "requires_payment_method",
         "requires_confirmation",
+        "requires_action",
         "processing",
         "requires_capture",
         "succeeded",
@@ -669,6 +719,37 @@ def _payment_intent_schema() -> Schema:
             "status": {"type": "string", "enum": statuses},
         },
         description="One payment to collect, through as many charges as it takes.",
+    )
+
+
+def _payment_method_schema() -> Schema:
+    card = _obj(
+        {
+            "brand": _STR,
+            "checks": {"type": "object"},
+            "country": _STR_OR_NULL,
+            "exp_month": _INT,
+            "exp_year": _INT,
+            "fingerprint": _STR_OR_NULL,
+            "funding": _STR,
+            "last4": _STR,
+            "three_d_secure_usage": {"type": "object"},
+        },
+        description="The card, as the vault describes it: never its number.",
+    )
+    return _obj(
+        {
+            "id": {"type": "string", "pattern": "^pm_"},
+            "object": _const("payment_method"),
+            "billing_details": {"type": "object"},
+            "card": card,
+            "created": _INT,
+            "customer": _STR_OR_NULL,
+            "livemode": _BOOL,
+            "metadata": _METADATA_OUT,
+            "type": _const("card"),
+        },
+        description="A card a merchant may charge; the vault keeps its number.",
     )
 
 
@@ -989,6 +1070,8 @@ def object_schemas() -> dict[str, Schema]:
         "customer_search_result": _search_result_of("customer", "A page of matching customers."),
         "payment_intent": _payment_intent_schema(),
         "payment_intent_list": _list_of("payment_intent", "A page of PaymentIntents."),
+        "payment_method": _payment_method_schema(),
+        "payment_method_list": _list_of("payment_method", "A page of PaymentMethods."),
         "webhook_endpoint_list": _list_of("webhook_endpoint", "A page of webhook endpoints."),
         "error": error,
     }

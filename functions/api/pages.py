@@ -248,6 +248,19 @@ def receipt_page(charge: Mapping[str, Any], merchant_name: str) -> str:
     )
 
 
+# ---- after a 3-D Secure challenge, for an intent with no return_url ------------------------
+
+
+def authentication_done_page(redirect_status: str) -> str:
+    """What a customer sees after authenticating when the merchant gave no page to return to."""
+    said = {
+        "succeeded": "Your payment was authenticated. You can close this window.",
+        "failed": "Your payment could not be authenticated. Return to the merchant to try "
+        "another payment method.",
+    }.get(redirect_status, "Your payment is being processed. You can close this window.")
+    return _page("Payment authentication", f"<h1>Authentication complete</h1><p>{escape(said)}</p>")
+
+
 # ---- error codes --------------------------------------------------------------------------
 
 # Every `code` Clearline puts in an error body, and every `decline_code` a card error can

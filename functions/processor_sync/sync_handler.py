@@ -17,12 +17,18 @@ from clearline.refunds import RefundService
 from clearline.resolver import Resolver
 from clearline.store import Store
 from clearline.topology import METRICS_NAMESPACE, UNRESOLVED_PENDING_OPERATIONS_METRIC
+from clearline.vault_client import VaultClient
 
 logger = new_logger()
 metrics = Metrics(namespace=METRICS_NAMESPACE)
 settings = Settings.from_env()
 store = Store(settings.main_table)
-processor = ProcessorClient(settings.processor_url, settings.processor_timeout_seconds)
+# The resolver asks again, under the same key, for charges of stored cards too: via the vault.
+processor = ProcessorClient(
+    settings.processor_url,
+    settings.processor_timeout_seconds,
+    vault=VaultClient.from_env(settings.processor_timeout_seconds),
+)
 shards = ShardPolicy.from_env()
 resolver = Resolver(
     ChargeService(store, processor, shards), RefundService(store, processor, shards)

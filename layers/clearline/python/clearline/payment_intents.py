@@ -1,10 +1,16 @@
 """PaymentIntents (`pi_`): Stripe's state machine over one payment, whose money moves
 through its charges.
 
-    requires_payment_method -> requires_confirmation -> processing -> requires_capture
-                                                                    -> succeeded
-    (a decline goes back to requires_payment_method; canceled from any state before
-    succeeded, except processing)
+    requires_payment_method -> requires_confirmation -> [requires_action] -> processing
+        -> requires_capture -> succeeded
+    (a decline, or a failed authentication, goes back to requires_payment_method; canceled
+    from any state before succeeded, except processing)
+
+A card whose issuer asks for 3-D Secure puts a confirmed intent in `requires_action`: the
+vault runs the challenge, and the customer's browser comes back through
+`complete_authentication`, which goes on to `processing` with the authentication's outcome
+(the processor approves such a card only with it). An authentication moves no money, so
+it needs no write-ahead of its own; the attempt after it is written ahead like any other.
 
 A PaymentIntent moves no money itself. Confirming one is write-ahead: the intent is put in
 `processing` naming the charge it is about to create (the charge's id derives from the
@@ -41,6 +47,8 @@ from clearline.errors import (
     CardError,
     ConflictError,
     InvalidRequestError,
+    ResourceMissingError,
+    ServiceUnavailableError,
 )
 from clearline.ids import RESERVED_KEY_PREFIX, derived_id
 from clearline.merchants import Merchant
@@ -56,6 +64,8 @@ from clearline.params import (
     PaymentIntentUpdateParams,
     merged_metadata,
 )
+from clearline.payment_methods import PaymentMethodService
+from clearline.processor import ProcessorError
 from clearline.refunds import RefundService
 from clearline.store import Store
 from clearline.transitions import Announcement, Change, Transition, TransitionWriter
@@ -63,12 +73,15 @@ from clearline.transitions import Announcement, Change, Transition, TransitionWr
 KIND = "pi"
 REQUIRES_PAYMENT_METHOD = "requires_payment_method"
 REQUIRES_CONFIRMATION = "requires_confirmation"
+REQUIRES_ACTION = "requires_action"
 PROCESSING = "processing"
 REQUIRES_CAPTURE = "requires_capture"
 SUCCEEDED = "succeeded"
 CANCELED_INTENT = "canceled"
 CONFIRMABLE = (REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION)
-CANCELABLE = (REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION, REQUIRES_CAPTURE)
+CANCELABLE = (REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION, REQUIRES_ACTION, REQUIRES_CAPTURE)
+# Where a customer's browser comes back to after a 3-D Secure challenge (the vault sends it).
+AUTHENTICATION_RETURN_PATH = "/v1/payment_intents/{intent}/authentication_return/{token}"
 
 
 def intent_pk(intent_id: str) -> str:
@@ -95,11 +108,16 @@ class PaymentIntentService:
         charges: ChargeService,
         refunds: RefundService,
         clock: Callable[[], float] = time.time,
+        *,
+        public_url: str = "",
     ) -> None:
         self.store = store
         self.charges = charges
         self.refunds = refunds
         self.clock = clock
+        self.vault = charges.processor.vault
+        self.cards = PaymentMethodService(store, self.vault, clock)
+        self.public_url = public_url.rstrip("/")  # Clearline's own, as browsers reach it
         self.writer = TransitionWriter(store, clock=lambda: self.clock())
 
     # ---- create ---------------------------------------------------------------------------
@@ -116,8 +134,11 @@ class PaymentIntentService:
                 "off_session can only be sent with confirm=true.", param="off_session"
             )
         intent_id = derived_id(KIND, merchant.id, idempotency_key)
+        payment_method = params.payment_method and self._card(
+            merchant, params.payment_method, params.customer, intent_id
+        )
         now = self.clock()
-        state = REQUIRES_CONFIRMATION if params.payment_method else REQUIRES_PAYMENT_METHOD
+        state = REQUIRES_CONFIRMATION if payment_method else REQUIRES_PAYMENT_METHOD
         item: dict[str, Any] = {
             "pk": intent_pk(intent_id),
             "sk": "PI",
@@ -132,7 +153,8 @@ class PaymentIntentService:
             "metadata": dict(params.metadata),
             "receipt_email": params.receipt_email,
             "setup_future_usage": params.setup_future_usage,
-            "payment_method": params.payment_method,
+            "payment_method": payment_method,
+            "return_url": params.return_url,
             "attempt": 0,
             "amount_received": 0,
             "amount_capturable": 0,
@@ -168,7 +190,8 @@ class PaymentIntentService:
             return PaymentIntent.from_item(existing)
         created = {**item, "state": state}
         if params.confirm:
-            return self.confirm(caller, intent_id, PaymentIntentConfirmParams(), current=created)
+            confirming = PaymentIntentConfirmParams(off_session=params.off_session)
+            return self.confirm(caller, intent_id, confirming, current=created)
         return PaymentIntent.from_item(created)
 
     # ---- update ---------------------------------------------------------------------------
@@ -184,6 +207,13 @@ class PaymentIntentService:
         for name in ("description", "receipt_email", "payment_method"):
             if name in params.model_fields_set:
                 changes[name] = getattr(params, name)
+        if changes.get("payment_method"):
+            changes["payment_method"] = self._card(
+                caller.merchant,
+                changes["payment_method"],
+                item.get("customer"),
+                f"{intent_id}:update:{item['version']}",
+            )
         if params.metadata is not None:
             changes["metadata"] = merged_metadata(item.get("metadata") or {}, params.metadata)
         method = changes.get("payment_method", item.get("payment_method"))
@@ -205,18 +235,60 @@ class PaymentIntentService:
         item = current or self.follow(self.owned(caller.merchant.id, intent_id))
         if item["state"] == PROCESSING:
             return PaymentIntent.from_item(self.resume(item, caller))
-        if item["state"] not in CONFIRMABLE:
+        if item["state"] == REQUIRES_ACTION and not params.payment_method:
+            after = self._after_authentication(item, caller)
+            return self._answer(after, str(after.get("latest_charge")))
+        if item["state"] not in (*CONFIRMABLE, REQUIRES_ACTION):
             raise unexpected_state(item, "confirm")
         payment_method = params.payment_method or item.get("payment_method")
         if not payment_method and item.get("customer"):  # the customer's default card
             customer = CustomerService(self.store).chargeable(item["merchant"], item["customer"])
-            payment_method = customer.get("default_payment_method")
+            payment_method = customer.get("default_payment_method") or customer.get(
+                "default_source"
+            )
         if not payment_method:
             raise InvalidRequestError(
                 "You cannot confirm this PaymentIntent because it's missing a payment method.",
                 param="payment_method",
                 code="payment_intent_unexpected_state",
             )
+        payment_method = self._card(
+            caller.merchant,
+            payment_method,
+            item.get("customer"),
+            f"{intent_id}:confirm:{int(item['attempt']) + 1}",
+        )
+        return_url = params.return_url or item.get("return_url")
+        if not params.off_session:
+            challenge = self._challenge(item, payment_method, return_url)
+            if challenge is not None:
+                return PaymentIntent.from_item(
+                    self._move(
+                        item,
+                        REQUIRES_ACTION,
+                        caller,
+                        set={
+                            "payment_method": payment_method,
+                            "return_url": return_url,
+                            "last_payment_error": None,
+                            **challenge,
+                        },
+                        event="payment_intent.requires_action",
+                    )
+                )
+        return self._process(item, caller, payment_method, params.receipt_email, None)
+
+    def _process(
+        self,
+        item: dict[str, Any],
+        caller: Caller | None,
+        payment_method: str,
+        receipt_email: str | None,
+        authentication: str | None,
+    ) -> PaymentIntent:
+        """The write-ahead of an attempt: the intent names the charge it is about to create,
+        then the charge is created and followed."""
+        intent_id = str(item["id"])
         attempt = int(item["attempt"]) + 1
         charge_id = derived_id("ch", item["merchant"], attempt_key(item["id"], attempt))
         changes: dict[str, Any] = {
@@ -224,10 +296,12 @@ class PaymentIntentService:
             "latest_charge": charge_id,
             "payment_method": payment_method,
             "last_payment_error": None,
+            "authentication": authentication,
+            "next_action_url": None,
             **due_keys(DUE_PROCESSOR, item["id"], int(self.clock())),
         }
-        if params.receipt_email is not None:
-            changes["receipt_email"] = params.receipt_email
+        if receipt_email is not None:
+            changes["receipt_email"] = receipt_email
         try:
             processing = self._move(item, PROCESSING, caller, set=changes)
         except ConflictError:
@@ -237,6 +311,113 @@ class PaymentIntentService:
             processing = current  # a concurrent confirmation: finish the same attempt
             charge_id = str(current["latest_charge"])
         return self._answer(self.resume(processing, caller), charge_id)
+
+    # ---- 3-D Secure ---------------------------------------------------------------------
+
+    def _card(self, merchant: Merchant, reference: str, customer: str | None, request: str) -> str:
+        """The payment method an intent keeps for `reference`: a stored card's own id (an
+        alias like `pm_card_visa` becomes a card of its own), checked to be the merchant's
+        and, once attached, its customer's."""
+        stored = self.cards.resolve(merchant, reference, param="payment_method", request=request)
+        if stored is None:
+            return reference
+        if stored.customer is not None and stored.customer != customer:
+            raise InvalidRequestError(
+                f"The payment method {stored.id} is attached to customer {stored.customer}: "
+                "the PaymentIntent must name that customer to use it.",
+                param="payment_method",
+                code="payment_method_unexpected_state",
+            )
+        return stored.id
+
+    def _challenge(
+        self, item: dict[str, Any], payment_method: str, return_url: str | None
+    ) -> dict[str, Any] | None:
+        """What the intent records when the card's issuer asks the customer to authenticate
+        this payment, or None when it does not (or the card is not a stored one)."""
+        if self.vault is None or not payment_method.startswith("pm_"):
+            return None
+        token = secrets.token_urlsafe(18)
+        path = AUTHENTICATION_RETURN_PATH.format(intent=item["id"], token=token)
+        try:
+            answer = self.vault.authenticate(
+                # One authentication per version of the intent: a confirmation after a failed
+                # challenge asks for a new one; a retried confirmation finds its own.
+                idempotency_key=f"{item['id']}:authenticate:{item['version']}",
+                merchant=item["merchant"],
+                payment_method=payment_method,
+                amount=int(item["amount"]),
+                currency=str(item["currency"]),
+                reference=str(item["id"]),
+                complete_url=self.public_url + path,
+            )
+        except ProcessorError as exc:
+            raise ServiceUnavailableError(
+                "The card vault did not answer; nothing was charged. Retry shortly."
+            ) from exc
+        if answer.get("status") != "challenge_required":
+            return None
+        return {
+            "authentication": answer["id"],
+            "authentication_return_token": token,
+            "next_action_url": answer["url"],
+        }
+
+    def complete_authentication(self, intent_id: str, token: str) -> PaymentIntent:
+        """Where the customer's browser lands after the challenge: the intent goes on with
+        the authentication's outcome, which is asked of the vault (never taken from the
+        browser). Refused alike for an unknown intent and a wrong token."""
+        item = self._read(intent_id) if intent_id.startswith("pi_") else None
+        expected = (item or {}).get("authentication_return_token") or ""
+        if item is None or not secrets.compare_digest(expected.encode(), token.encode()):
+            raise ResourceMissingError("payment_intent", intent_id)
+        if item["state"] != REQUIRES_ACTION:
+            return PaymentIntent.from_item(self.follow(item))  # already went on
+        try:
+            return PaymentIntent.from_item(self._after_authentication(item, None))
+        except CardError as declined:  # the browser is shown the intent, declined or not
+            assert declined.payment_intent is not None
+            return declined.payment_intent
+
+    def _after_authentication(self, item: dict[str, Any], caller: Caller | None) -> dict[str, Any]:
+        """An intent in requires_action, moved on by its authentication's outcome: still
+        waiting, failed (back to requires_payment_method), or passed (the attempt runs)."""
+        assert self.vault is not None, "only a vault's card asks for authentication"
+        try:
+            answer = self.vault.authentication(str(item["authentication"])) or {}
+        except ProcessorError as exc:
+            raise ServiceUnavailableError(
+                "The card vault did not answer; nothing was charged. Retry shortly."
+            ) from exc
+        status = answer.get("status")
+        if status == "succeeded":
+            who = caller or Caller(self.charges.merchant_of(item["merchant"]), "authentication")
+            intent = self._process(
+                item, who, str(item["payment_method"]), None, str(item["authentication"])
+            )
+            return self._read(intent.id) or item
+        if status == "failed" or not answer:
+            error = {
+                "type": "card_error",
+                "code": "payment_intent_authentication_failure",
+                "message": "We are unable to authenticate your payment method. Please choose a "
+                "different payment method and try again.",
+                "payment_method": item.get("payment_method"),
+            }
+            return self._move(
+                item,
+                REQUIRES_PAYMENT_METHOD,
+                caller,
+                set={
+                    "last_payment_error": error,
+                    "payment_method": None,
+                    "next_action_url": None,
+                    "authentication": None,
+                },
+                event="payment_intent.payment_failed",
+                lost_ok=True,
+            )
+        return item  # the customer has not answered the challenge yet
 
     @staticmethod
     def _answer(item: dict[str, Any], charge_id: str) -> PaymentIntent:
@@ -276,6 +457,7 @@ class PaymentIntentService:
                 params,
                 idempotency_key=attempt_key(item["id"], int(item["attempt"])),
                 payment_intent=item["id"],
+                authentication=item.get("authentication"),
             )
         except CardError:
             pass  # the failed charge is stored: following it records the decline

@@ -35,7 +35,7 @@ def render_payment_intent(intent: PaymentIntent) -> dict[str, Any]:
         "latest_charge": intent.latest_charge,
         "livemode": False,
         "metadata": dict(intent.metadata),
-        "next_action": None,
+        "next_action": _next_action(intent),
         "on_behalf_of": None,
         "payment_method": intent.payment_method,
         "payment_method_options": {},
@@ -50,4 +50,14 @@ def render_payment_intent(intent: PaymentIntent) -> dict[str, Any]:
         "status": intent.state,
         "transfer_data": None,
         "transfer_group": None,
+    }
+
+
+def _next_action(intent: PaymentIntent) -> dict[str, Any] | None:
+    """Where the customer goes to authenticate, while the intent waits for it."""
+    if intent.state != "requires_action" or not intent.next_action_url:
+        return None
+    return {
+        "type": "redirect_to_url",
+        "redirect_to_url": {"url": intent.next_action_url, "return_url": intent.return_url},
     }
