@@ -21,6 +21,11 @@ from clearline_local.lambda_runtime import ACCOUNT, FunctionTimeout
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024
 
 Invoke = Callable[[dict[str, Any]], Any]
+# (method, url, headers, body) -> whether its SigV4 signature verifies
+VerifySignature = Callable[[str, str, dict[str, str], bytes], bool]
+# Paths API Gateway authorizes with IAM (the vault's internal routes) before invoking.
+IAM_AUTHORIZED_PREFIX = "/internal/"
+LOCAL_CALLER_ARN = f"arn:aws:iam::{ACCOUNT}:user/clearline-local"
 
 
 def build_event(
@@ -118,6 +123,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.stage,
         )
         request_id = f"req_{event['requestContext']['requestId']}"
+        if event["path"].startswith(IAM_AUTHORIZED_PREFIX):
+            caller = self.server.iam_caller(
+                self.command, self.headers.get("Host", ""), self.path, self.headers, body
+            )
+            if caller is None:  # API Gateway refuses before the function is invoked
+                self._gateway_error(403, "Missing or invalid request signature", request_id)
+                return
+            event["requestContext"]["identity"]["userArn"] = caller
         try:
             result = self.server.invoke(event)
         except FunctionTimeout:
@@ -150,11 +163,34 @@ class FrontDoorServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # the default listen backlog (5) resets bursts of clients
 
-    def __init__(self, host: str, port: int, invoke: Invoke, stage: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        invoke: Invoke,
+        stage: str,
+        *,
+        verify_signature: VerifySignature | None = None,
+        name: str = "front-door",
+    ) -> None:
         super().__init__((host, port), _Handler)
         self.invoke = invoke
         self.stage = stage
+        self.verify_signature = verify_signature
+        self.name = name
         self._thread: threading.Thread | None = None
+
+    def iam_caller(
+        self, method: str, host: str, raw_path: str, headers: Any, body: bytes
+    ) -> str | None:
+        """Who signed a request to an IAM-authorized path, or None: unsigned, or not
+        verified (a front door with no verifier refuses every such request)."""
+        if self.verify_signature is None:
+            return None
+        url = f"http://{host}{raw_path}"
+        if not self.verify_signature(method, url, dict(headers.items()), body):
+            return None
+        return LOCAL_CALLER_ARN
 
     @property
     def url(self) -> str:
@@ -162,10 +198,11 @@ class FrontDoorServer(ThreadingHTTPServer):
         return f"http://{host!s}:{port}"
 
     def start(self) -> FrontDoorServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="front-door", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, name=self.name, daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self.shutdown()
+        if self._thread is not None:  # shutdown() waits for a loop that never started
+            self.shutdown()
         self.server_close()
