@@ -3,22 +3,17 @@ from the topology."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, cast
 
 from aws_cdk import (
-    Acknowledgment,
+    ArnFormat,
     CfnParameter,
     Duration,
-    Fn,
     RemovalPolicy,
     Stack,
-    Validations,
 )
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
-from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -26,12 +21,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
-from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
-from constructs import Construct, IConstruct
+from constructs import Construct
 
 from clearline.config import (
     WEBHOOK_ALLOW_LOOPBACK_ENV,
@@ -39,52 +32,48 @@ from clearline.config import (
     WEBHOOK_SECRETS_KEY_ENV,
 )
 from clearline.topology import (
+    MAIN_TABLE,
     METRICS_NAMESPACE,
     PROCESSOR_SYNC_FUNCTION,
     PROCESSOR_URL_ENV,
     SERVICE_NAME,
     TOPOLOGY,
     UNRESOLVED_PENDING_OPERATIONS_METRIC,
+    VAULT_URL_PARAMETER,
+    VAULT_URL_PARAMETER_ENV,
     ApiSpec,
     BucketSpec,
     BusSpec,
     FunctionSpec,
     QueueSpec,
     RuleSpec,
-    TableSpec,
     Topology,
     bucket_env_var,
     bus_env_var,
     queue_env_var,
     table_env_var,
 )
-from infra_cdk.bundling import dependencies_layer_code
+from infra_cdk.shared import (
+    acknowledge,
+    add_stripe_shaped_gateway_errors,
+    alarm,
+    alarm_topic,
+    construct_name,
+    durable_table,
+    function_errors_alarm,
+    function_layers,
+    lambda_function,
+    processor_url_parameter,
+    stage_options,
+    stage_url,
+)
 from presentation.links import PUBLIC_URL_ENV
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ASSET_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/*.egg-info"]
-RUNTIME = lambda_.Runtime.PYTHON_3_13
-ARCHITECTURE = lambda_.Architecture.ARM_64
-DEFAULT_PROCESSOR_URL = "https://sandbox-processor.invalid"
-# A year of logs covers a full audit cycle; payment disputes can surface months later.
-LOG_RETENTION = logs.RetentionDays.ONE_YEAR
-# Stage-wide limits sized to the design's peak of 10,000 payments per second.
-THROTTLE_RATE_LIMIT = 10_000
-THROTTLE_BURST_LIMIT = 5_000
-# API Gateway's own answers, as (response, Stripe error type, code, should the caller retry).
-GATEWAY_ERRORS = (
-    (apigw.ResponseType.THROTTLED, "invalid_request_error", "rate_limit", True),
-    (apigw.ResponseType.REQUEST_TOO_LARGE, "invalid_request_error", "request_too_large", False),
-    (apigw.ResponseType.INTEGRATION_TIMEOUT, "api_error", "gateway_timeout", True),
-    (apigw.ResponseType.DEFAULT_4_XX, "invalid_request_error", "gateway_refused", False),
-    (apigw.ResponseType.DEFAULT_5_XX, "api_error", "gateway_error", True),
-)
 # Messages keep their first enqueue time when moved to a dead-letter queue, so dead-letter
 # queues keep them for SQS's maximum, longer than any source queue.
 DEAD_LETTER_RETENTION = Duration.days(14)
-# Function errors and pending operations are judged minute by minute and over a quarter
-# of an hour: an operation left pending that long is past what the resolver should need.
-FUNCTION_ERRORS_PERIOD = Duration.minutes(1)
+# Pending operations are judged over a quarter of an hour: an operation left pending that
+# long is past what the resolver should need.
 UNRESOLVED_PENDING_PERIOD = Duration.minutes(15)
 # Bucket lifecycle. Files are read in the first weeks after they land, later only for audits
 # and disputes; an overwritten or deleted version stays recoverable for a quarter.
@@ -121,28 +110,9 @@ EVENT_PATTERN_FIELDS = {
     "time": "time",
     "version": "version",
 }
-# One JSON line per request: enough to follow a request into the function's logs and
-# traces (requestId, xrayTraceId) and to tell API Gateway errors from function errors.
-# No headers or query strings: they can carry secret API keys.
-ACCESS_LOG_FIELDS = {
-    "requestId": apigw.AccessLogField.context_request_id(),
-    "xrayTraceId": apigw.AccessLogField.context_xray_trace_id(),
-    "ip": apigw.AccessLogField.context_identity_source_ip(),
-    "requestTime": apigw.AccessLogField.context_request_time(),
-    "httpMethod": apigw.AccessLogField.context_http_method(),
-    "path": apigw.AccessLogField.context_path(),
-    "status": apigw.AccessLogField.context_status(),
-    "responseLength": apigw.AccessLogField.context_response_length(),
-    "responseLatency": apigw.AccessLogField.context_response_latency(),
-    "integrationLatency": apigw.AccessLogField.context_integration_latency(),
-    "integrationStatus": apigw.AccessLogField.context_integration_status(),
-    "errorMessage": apigw.AccessLogField.context_error_message(),
-}
-
-
-def construct_name(key: str) -> str:
-    """`capture_worker` -> `CaptureWorker`, for construct ids derived from topology keys."""
-    return "".join(part.capitalize() for part in key.split("_"))
+# The vault's internal routes, on any of its APIs and stages: its stack deploys after this
+# one, so its API's id cannot be known here.
+VAULT_INTERNAL_ROUTES = "*/*/*/internal/*"
 
 
 def event_pattern(pattern: dict[str, Any]) -> events.EventPattern:
@@ -151,11 +121,6 @@ def event_pattern(pattern: dict[str, Any]) -> events.EventPattern:
     if unknown:
         raise ValueError(f"unsupported event pattern keys: {sorted(unknown)}")
     return events.EventPattern(**{EVENT_PATTERN_FIELDS[k]: v for k, v in pattern.items()})
-
-
-def acknowledge(scope: IConstruct, rule_id: str, reason: str) -> None:
-    """Record a reviewed cdk-nag finding on `scope` (it covers every child construct)."""
-    Validations.of(scope).acknowledge(Acknowledgment(id=rule_id, reason=reason))
 
 
 class ClearlineStack(Stack):
@@ -175,8 +140,8 @@ class ClearlineStack(Stack):
         self.node.set_context(S3_ACCESS_LOGS_USE_BUCKET_POLICY, True)
         self.topology = topology
         # Every alarm notifies this topic; subscribe the on-call rotation to it.
-        self.alarm_topic = self._alarm_topic()
-        self.tables = {spec.key: self._table(spec) for spec in topology.tables}
+        self.alarm_topic = alarm_topic(self, owner="Clearline")
+        self.tables = {spec.key: durable_table(self, spec) for spec in topology.tables}
         self.dead_letter_queues: dict[str, sqs.Queue] = {}
         # Per queue key, the alarms of the queues that no function consumes.
         self.unconsumed_queue_alarms: dict[str, cloudwatch.Alarm] = {}
@@ -192,16 +157,9 @@ class ClearlineStack(Stack):
         self.stream_failure_queues: dict[str, sqs.Queue] = {}
         self.function_error_alarms: dict[str, cloudwatch.Alarm] = {}
         self.schedules: dict[str, events.Rule] = {}
-        self.layers = self._layers()
-        self.processor_url = (
-            CfnParameter(
-                self,
-                "ProcessorUrl",
-                type="String",
-                default=DEFAULT_PROCESSOR_URL,
-                allowed_pattern=r"^https://\S+$",
-                description="Base URL of the card processor (HTTPS only).",
-            )
+        self.layers = function_layers(self)
+        self.processor_url: CfnParameter | None = (
+            processor_url_parameter(self)
             if any(spec.calls_processor for spec in topology.functions)
             else None
         )
@@ -217,37 +175,12 @@ class ClearlineStack(Stack):
             else None
         )
         self.api = self._rest_api(topology.api)
-        self._tell_functions_the_public_url(topology.api)
+        self.public_url = self._tell_functions_the_public_url(topology.api)
 
-    def _alarm_topic(self) -> sns.Topic:
-        # A key of our own, not the AWS managed one for SNS: only a customer managed key's
-        # policy can let CloudWatch encrypt the notifications it publishes.
-        key = kms.Key(
-            self,
-            "AlarmTopicKey",
-            description="Encrypts Clearline's alarm notifications",
-            enable_key_rotation=True,
-        )
-        cloudwatch_service = iam.ServicePrincipal("cloudwatch.amazonaws.com")
-        key.grant(cloudwatch_service, "kms:Decrypt", "kms:GenerateDataKey*")
-        topic = sns.Topic(
-            self,
-            "AlarmTopic",
-            display_name="Clearline alarms",
-            master_key=key,
-            enforce_ssl=True,
-        )
-        # The SSL-only policy replaces SNS's default one, so CloudWatch is let in by name,
-        # for this account's alarms only.
-        topic.add_to_resource_policy(
-            iam.PolicyStatement(
-                principals=[cloudwatch_service],
-                actions=["sns:Publish"],
-                resources=[topic.topic_arn],
-                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
-            )
-        )
-        return topic
+    @property
+    def main_table(self) -> dynamodb.ITable:
+        """The table that holds the API keys, which the vault's stack may read (those only)."""
+        return self.tables[MAIN_TABLE.key]
 
     def _webhook_secrets_key(self) -> kms.Key:
         # Each endpoint's signing secret is sealed under its own data key, which this key
@@ -269,18 +202,14 @@ class ClearlineStack(Stack):
         treat_missing_data: cloudwatch.TreatMissingData = cloudwatch.TreatMissingData.NOT_BREACHING,
     ) -> cloudwatch.Alarm:
         """An alarm, notifying the alarm topic, as soon as `metric` is above zero."""
-        alarm = cloudwatch.Alarm(
+        return alarm(
             self,
+            self.alarm_topic,
             construct_id,
-            alarm_description=description,
-            metric=metric,
-            threshold=0,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=1,
+            description,
+            metric,
             treat_missing_data=treat_missing_data,
         )
-        alarm.add_alarm_action(cloudwatch_actions.SnsAction(self.alarm_topic))
-        return alarm
 
     def _unresolved_pending_alarm(self) -> cloudwatch.Alarm:
         metric = cloudwatch.Metric(
@@ -299,38 +228,6 @@ class ClearlineStack(Stack):
             # means it did not run, and pending operations stay unresolved just the same.
             treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
         )
-
-    def _table(self, spec: TableSpec) -> dynamodb.Table:
-        def string_key(name: str) -> dynamodb.Attribute:
-            return dynamodb.Attribute(name=name, type=dynamodb.AttributeType.STRING)
-
-        # No table_name: CloudFormation names the table, so stacks never collide;
-        # spec.name is only the local stack's physical name.
-        table = dynamodb.Table(
-            self,
-            f"{construct_name(spec.key)}Table",
-            partition_key=string_key(spec.partition_key),
-            sort_key=string_key(spec.sort_key) if spec.sort_key else None,
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            encryption=dynamodb.TableEncryption.AWS_MANAGED,
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
-            time_to_live_attribute=spec.ttl_attribute,
-            stream=dynamodb.StreamViewType.NEW_IMAGE if spec.stream else None,
-            # The ledger is the source of truth: neither a stack update nor a delete
-            # may drop it.
-            removal_policy=RemovalPolicy.RETAIN,
-            deletion_protection=True,
-        )
-        for index in spec.indexes:
-            table.add_global_secondary_index(
-                index_name=index.name,
-                partition_key=string_key(index.partition_key),
-                sort_key=string_key(index.sort_key),
-                projection_type=dynamodb.ProjectionType.ALL,
-            )
-        return table
 
     def _encrypted_queue(
         self,
@@ -540,56 +437,11 @@ class ClearlineStack(Stack):
             ],
         )
 
-    def _layers(self) -> list[lambda_.ILayerVersion]:
-        library = lambda_.LayerVersion(
-            self,
-            "ClearlineLayer",
-            code=lambda_.Code.from_asset(
-                str(REPO_ROOT / "layers" / "clearline"), exclude=ASSET_EXCLUDES
-            ),
-            compatible_runtimes=[RUNTIME],
-            compatible_architectures=[ARCHITECTURE],
-            description="The clearline library shared by every function",
-        )
-        dependencies = lambda_.LayerVersion(
-            self,
-            "DependenciesLayer",
-            code=dependencies_layer_code(REPO_ROOT / "layers" / "dependencies"),
-            compatible_runtimes=[RUNTIME],
-            compatible_architectures=[ARCHITECTURE],
-            description="Pinned third-party packages (Powertools, pydantic, cryptography)",
-        )
-        return [library, dependencies]
-
     def _function(self, spec: FunctionSpec) -> lambda_.Function:
-        name = construct_name(spec.key)
-        log_group = logs.LogGroup(self, f"{name}FunctionLogs", retention=LOG_RETENTION)
-        # An own role instead of AWSLambdaBasicExecutionRole: the function may write to its
-        # log group only, not to every log group in the account.
-        role = iam.Role(
-            self,
-            f"{name}FunctionRole",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"Runs the {spec.key} function",
+        function = lambda_function(
+            self, spec, layers=self.layers, environment=self._environment(spec)
         )
-        log_group.grant_write(role)
-
-        function = lambda_.Function(
-            self,
-            f"{name}Function",
-            description=spec.description,
-            runtime=RUNTIME,
-            architecture=ARCHITECTURE,
-            code=lambda_.Code.from_asset(str(REPO_ROOT / spec.code_dir), exclude=ASSET_EXCLUDES),
-            handler=spec.handler,
-            timeout=Duration.seconds(spec.timeout_seconds),
-            memory_size=spec.memory_mb,
-            layers=self.layers,
-            tracing=lambda_.Tracing.ACTIVE,
-            log_group=log_group,
-            role=role,
-            environment=self._environment(spec),
-        )
+        role = cast(iam.Role, function.role)
 
         for queue_key in spec.sends_to:
             self.queues[queue_key].grant_send_messages(function)
@@ -618,30 +470,42 @@ class ClearlineStack(Stack):
         if spec.key in WEBHOOK_SECRET_USERS and self.webhook_secrets_key is not None:
             actions = [a for use in WEBHOOK_SECRET_USERS[spec.key] for a in KMS_ACTIONS_FOR[use]]
             self.webhook_secrets_key.grant(role, *actions)
-        wildcard_reason = (
-            "Active tracing needs xray:PutTraceSegments and xray:PutTelemetryRecords, and "
-            "X-Ray does not support resource-level permissions, so the resource must be *."
-        )
-        if spec.stream_from is not None:
-            wildcard_reason += (
-                " The stream event source also needs dynamodb:ListStreams, which has no "
-                "resource-level permissions either; stream reads are granted per stream."
-            )
-        acknowledge(role, "AwsSolutions-IAM5[Resource::*]", wildcard_reason)
-        self.function_error_alarms[spec.key] = self._alarm(
-            f"{name}FunctionErrorsAlarm",
-            f"The {spec.key} function failed an invocation (an unhandled error, a crash or a "
-            "timeout). Read its log group for the error.",
-            function.metric_errors(period=FUNCTION_ERRORS_PERIOD, statistic=cloudwatch.Stats.SUM),
-        )
-        # On the CfnFunction itself, not on its event source mappings and permissions.
-        acknowledge(
-            cast(lambda_.CfnFunction, function.node.default_child),
-            "AwsSolutions-L1",
-            "Pinned to python3.13 on purpose: the dependencies layer is built for 3.13 "
-            "wheels, and the runtime moves only together with the layer and the tests.",
+        if spec.calls_vault:
+            self._grant_vault_calls(spec, role)
+        self.function_error_alarms[spec.key] = function_errors_alarm(
+            self, self.alarm_topic, spec, function
         )
         return function
+
+    def _grant_vault_calls(self, spec: FunctionSpec, role: iam.Role) -> None:
+        """Reading the vault's URL from its parameter, and calling its internal routes, signed:
+        nothing of the vault's table or keys, which only the vault's own role may use."""
+        # Built from the name: the parameter belongs to the vault's stack, deployed later.
+        parameter_arn = self.format_arn(
+            service="ssm",
+            resource="parameter",
+            resource_name=VAULT_URL_PARAMETER.lstrip("/"),
+            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(actions=["ssm:GetParameter"], resources=[parameter_arn])
+        )
+        internal_routes = self.format_arn(
+            service="execute-api",
+            resource=VAULT_INTERNAL_ROUTES,
+            arn_format=ArnFormat.NO_RESOURCE_NAME,
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(actions=["execute-api:Invoke"], resources=[internal_routes])
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:execute-api:<AWS::Region>:"
+            f"<AWS::AccountId>:{VAULT_INTERNAL_ROUTES}]",
+            f"The {spec.key} function calls the card vault's internal routes, whose API is "
+            "in a later stack, so its id is unknown here: the grant covers only paths under "
+            "/internal/ of this account's and region's APIs, and only the vault serves them.",
+        )
 
     def _grant_bucket(
         self, spec: FunctionSpec, role: iam.Role, bucket_key: str, access: str
@@ -741,6 +605,9 @@ class ClearlineStack(Stack):
             env[PROCESSOR_URL_ENV] = self.processor_url.value_as_string
         if spec.key in WEBHOOK_SECRET_USERS and self.webhook_secrets_key is not None:
             env[WEBHOOK_SECRETS_KEY_ENV] = self.webhook_secrets_key.key_arn
+        if spec.calls_vault:
+            # A name, not a reference: the vault's stack writes the parameter later.
+            env[VAULT_URL_PARAMETER_ENV] = VAULT_URL_PARAMETER
         if WEBHOOK_ALLOW_LOOPBACK_ENV in spec.environment:
             # Webhooks to loopback are the local stack's allowance, never a deployment's.
             raise ValueError(f"function {spec.key} sets {WEBHOOK_ALLOW_LOOPBACK_ENV}")
@@ -749,37 +616,15 @@ class ClearlineStack(Stack):
             raise ValueError(f"function {spec.key} overrides managed variables: {sorted(clashes)}")
         return env | spec.environment
 
-    def _stripe_shaped_gateway_errors(self, api: apigw.LambdaRestApi) -> None:
-        """What API Gateway answers itself (throttled, too large, timed out) in the error
-        shape the API documents, so that an SDK reads it like any other error."""
-        for response_type, error_type, code, should_retry in GATEWAY_ERRORS:
-            # $context.error.messageString is already a quoted JSON string.
-            template = (
-                f'{{"error": {{"type": "{error_type}", "code": "{code}", '
-                '"message": $context.error.messageString}}'
-            )
-            headers = {
-                "Content-Type": "'application/json'",
-                "Request-Id": "'$context.requestId'",
-                "Stripe-Should-Retry": f"'{str(should_retry).lower()}'",
-            }
-            api.add_gateway_response(
-                f"Gateway{code.title().replace('_', '')}",
-                type=response_type,
-                response_headers=headers,
-                templates={"application/json": template},
-            )
-
-    def _tell_functions_the_public_url(self, spec: ApiSpec) -> None:
+    def _tell_functions_the_public_url(self, spec: ApiSpec) -> str:
         """Receipt and error-code links point at the API's stage URL. Built from the API's
         id, not its deployment, so that no function waits on a deployment that waits on it."""
-        host = [self.api.rest_api_id, ".execute-api.", self.region, ".amazonaws.com"]
-        url = Fn.join("", ["https://", *host, "/", spec.stage])
+        url = stage_url(self.api, spec.stage)
         for function in self.functions.values():
             function.add_environment(PUBLIC_URL_ENV, url)
+        return url
 
     def _rest_api(self, spec: ApiSpec) -> apigw.LambdaRestApi:
-        access_logs = logs.LogGroup(self, "ApiAccessLogs", retention=LOG_RETENTION)
         api = apigw.LambdaRestApi(
             self,
             "Api",
@@ -790,25 +635,14 @@ class ClearlineStack(Stack):
             endpoint_types=[apigw.EndpointType.REGIONAL],
             # The account-level role that lets API Gateway write execution logs.
             cloud_watch_role=True,
-            deploy_options=apigw.StageOptions(
-                stage_name=spec.stage,
-                access_log_destination=apigw.LogGroupLogDestination(access_logs),
-                access_log_format=apigw.AccessLogFormat.custom(json.dumps(ACCESS_LOG_FIELDS)),
-                tracing_enabled=True,
-                metrics_enabled=True,
-                logging_level=apigw.MethodLoggingLevel.ERROR,
-                # Data tracing would log full requests, secret API keys included.
-                data_trace_enabled=False,
-                throttling_rate_limit=THROTTLE_RATE_LIMIT,
-                throttling_burst_limit=THROTTLE_BURST_LIMIT,
-            ),
+            deploy_options=stage_options(self, spec.stage),
         )
         validator = api.add_request_validator(
             "RequestValidator", validate_request_body=True, validate_request_parameters=True
         )
         api.root.add_method("ANY", request_validator=validator)
         api.root.add_proxy(any_method=False).add_method("ANY", request_validator=validator)
-        self._stripe_shaped_gateway_errors(api)
+        add_stripe_shaped_gateway_errors(api)
 
         # Acknowledged on the exact constructs, so a new method or stage gets checked anew.
         for method in api.methods:

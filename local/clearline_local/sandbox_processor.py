@@ -1,17 +1,22 @@
-"""A sandbox card processor: an HTTP service on loopback with Stripe's test tokens.
+"""A sandbox card processor: an HTTP service on loopback with Stripe's test tokens and test
+card numbers.
 
 It behaves like the processors Clearline talks to in production: every POST carries an
 `Idempotency-Key`, a retried key replays the first committed response, and faults can be
 injected (timeouts before or after the commit, 5xx answers) so the exactly-once paths of
 the API can be exercised end to end. All state is in memory and guarded by one lock.
 
-Request bodies are never logged: they carry tokens and amounts that belong to merchants.
+Request bodies are never logged: they carry tokens, amounts and, from the card vault, card
+numbers. A card number is never kept whole: an authorization keeps its last four digits
+and a keyed fingerprint, and a stored idempotency fingerprint a keyed digest of the card
+(the CVC is not kept in any form).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -25,6 +30,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
+
+from clearline.cards import luhn_valid
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +49,22 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 _CURRENCY_RE = re.compile(r"^[a-z]{3}$")
 # Twelve or more digits, possibly grouped: what a card number pasted as a token looks like.
 _PAN_LIKE_RE = re.compile(r"(?:\d[ -]?){12,19}")
+_CARD_NUMBER_RE = re.compile(r"[0-9]{12,19}")
+_CVC_RE = re.compile(r"[0-9]{3,4}")
+MAX_AUTHENTICATION_ID_LENGTH = 255
+# Random per process: a fingerprint or digest cannot be matched against hashes of guessed
+# numbers computed anywhere else, and nothing derived from a number outlives the sandbox.
+_SANDBOX_SECRET = secrets.token_bytes(32)
+
+
+def _keyed_digest(purpose: str, data: str) -> str:
+    message = f"{purpose}:{data}".encode()
+    return hmac.new(_SANDBOX_SECRET, message, hashlib.sha256).hexdigest()
+
+
+def card_number_fingerprint(number: str) -> str:
+    """The same for every authorization of one card number, in this process."""
+    return _keyed_digest("card-fingerprint", number)[:16]
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,18 @@ class _TestCard:
         and funding)."""
         identity = f"{self.brand}:{self.last4}:{self.funding}".encode()
         return hashlib.sha256(b"sandbox-fingerprint:" + identity).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _CardOnRecord:
+    """What an authorization keeps of the card it was made with: never the number."""
+
+    brand: str
+    last4: str
+    funding: str
+    country: str
+    fingerprint: str
+    cvc_check: str | None
 
 
 _DECLINED = "Your card was declined."
@@ -107,6 +142,46 @@ TEST_TOKENS: dict[str, _TestCard] = {
         "visa", "9979", decline=("card_declined", "stolen_card", _DECLINED)
     ),
 }
+
+# Stripe's test card numbers, each behaving as the token of the same card does.
+TEST_CARD_NUMBERS: dict[str, _TestCard] = {
+    "4242424242424242": TEST_TOKENS["tok_visa"],
+    "4000056655665556": TEST_TOKENS["tok_visa_debit"],
+    "5555555555554444": TEST_TOKENS["tok_mastercard"],
+    "378282246310005": _TestCard("amex", "0005"),
+    "4000000000000002": TEST_TOKENS["tok_chargeDeclined"],
+    "4000000000009995": TEST_TOKENS["tok_chargeDeclinedInsufficientFunds"],
+    "4000000000000069": TEST_TOKENS["tok_chargeDeclinedExpiredCard"],
+    "4000000000000127": TEST_TOKENS["tok_chargeDeclinedIncorrectCvc"],
+    "4000000000000119": TEST_TOKENS["tok_chargeDeclinedProcessingError"],
+    "4100000000000019": TEST_TOKENS["tok_chargeDeclinedFraudulent"],
+    "4000000000009987": TEST_TOKENS["tok_chargeDeclinedLostCard"],
+    "4000000000009979": TEST_TOKENS["tok_chargeDeclinedStolenCard"],
+}
+# Stripe's 3-D Secure test cards: declined unless the request shows the cardholder
+# authenticated.
+THREE_D_SECURE_REQUIRED_NUMBERS = frozenset(
+    {"4000002500003155", "4000002760003184", "4000000000003220"}
+)
+AUTHENTICATION_REQUIRED = (
+    "card_declined",
+    "authentication_required",
+    "Your card was declined. This transaction requires authentication.",
+)
+_EXPIRED = TEST_TOKENS["tok_chargeDeclinedExpiredCard"].decline
+
+
+def card_brand(number: str) -> str:
+    """The brand of a card number by its issuer identification prefix."""
+    if number.startswith("4"):
+        return "visa"
+    if 51 <= int(number[:2]) <= 55 or 2221 <= int(number[:4]) <= 2720:
+        return "mastercard"
+    if number.startswith(("34", "37")):
+        return "amex"
+    if number.startswith(("6011", "65")):
+        return "discover"
+    return "unknown"
 
 
 def _random_id(prefix: str, length: int = 24) -> str:
@@ -156,9 +231,10 @@ class _AuthorizationRecord:
     amount: int
     currency: str
     reference: str | None
-    card: _TestCard
+    card: _CardOnRecord
     exp_month: int
     exp_year: int
+    three_d_secure: dict[str, Any] | None = None
     code: str | None = None
     decline_code: str | None = None
     message: str | None = None
@@ -170,6 +246,19 @@ class _AuthorizationRecord:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def to_json(self) -> dict[str, Any]:
+        card: dict[str, Any] = {
+            "brand": self.card.brand,
+            "last4": self.card.last4,
+            "exp_month": self.exp_month,
+            "exp_year": self.exp_year,
+            "funding": self.card.funding,
+            "country": self.card.country,
+            "fingerprint": self.card.fingerprint,
+            "network": self.card.brand,
+            "cvc_check": self.card.cvc_check,
+        }
+        if self.three_d_secure is not None:
+            card["three_d_secure"] = dict(self.three_d_secure)
         return {
             "id": self.id,
             "object": "authorization",
@@ -181,17 +270,7 @@ class _AuthorizationRecord:
             "amount_refunded": self.amount_refunded,
             "voided": self.voided,
             "reference": self.reference,
-            "card": {
-                "brand": self.card.brand,
-                "last4": self.card.last4,
-                "exp_month": self.exp_month,
-                "exp_year": self.exp_year,
-                "funding": self.card.funding,
-                "country": self.card.country,
-                "fingerprint": self.card.fingerprint,
-                "network": self.card.brand,
-                "cvc_check": "fail" if self.decline_code == "incorrect_cvc" else "pass",
-            },
+            "card": card,
             "code": self.code,
             "decline_code": self.decline_code,
             "message": self.message,
@@ -228,7 +307,146 @@ def _require_str(body: dict[str, Any], name: str) -> str:
 
 
 def _fingerprint(method: str, path: str, body: dict[str, Any]) -> str:
+    if "card" in body:
+        # Kept for as long as the key: a keyed digest tells a different card apart without
+        # keeping its number. The CVC is left out: it may not be kept in any form, and the
+        # vault discards it once the processor has answered, so a retry comes without it.
+        card = body["card"]
+        if isinstance(card, dict):
+            card = {name: value for name, value in card.items() if name != "cvc"}
+        canonical = json.dumps(card, sort_keys=True, separators=(",", ":"))
+        body = {**body, "card": _keyed_digest("request-card", canonical)}
     return json.dumps([method, path, body], sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class _PresentedCard:
+    """What an authorization request shows of a card, and how the card answers."""
+
+    card: _CardOnRecord
+    exp_month: int
+    exp_year: int
+    decline: tuple[str, str, str] | None
+    three_d_secure: dict[str, Any] | None = None
+
+
+def _token_card(token: str) -> _PresentedCard:
+    card = TEST_TOKENS.get(token)
+    if card is None:
+        # Never echo what looks like a card number back: error messages end up in logs.
+        shown = "" if _PAN_LIKE_RE.search(token) else f": '{token}'"
+        raise _RequestError(404, "unknown_token", f"No such token{shown}", "token")
+    incorrect_cvc = card.decline is not None and card.decline[1] == "incorrect_cvc"
+    return _PresentedCard(
+        card=_CardOnRecord(
+            brand=card.brand,
+            last4=card.last4,
+            funding=card.funding,
+            country=card.country,
+            fingerprint=card.fingerprint,
+            cvc_check="fail" if incorrect_cvc else "pass",
+        ),
+        # Test cards expire at the end of next year, as Stripe's tokens are always valid.
+        exp_month=12,
+        exp_year=dt.datetime.now(dt.UTC).year + 1,
+        decline=card.decline,
+    )
+
+
+def _expiry(card: dict[str, Any]) -> tuple[int, int]:
+    month, year = card.get("exp_month"), card.get("exp_year")
+    if not isinstance(month, int) or isinstance(month, bool) or not 1 <= month <= 12:
+        raise _RequestError(
+            400,
+            "invalid_expiry_month",
+            "Your card's expiration month is invalid.",
+            "card[exp_month]",
+        )
+    if isinstance(year, int) and not isinstance(year, bool) and 0 <= year <= 99:
+        year += 2000  # two digits, as printed on the card
+    if not isinstance(year, int) or isinstance(year, bool) or not 2000 <= year <= 2099:
+        raise _RequestError(
+            400, "invalid_expiry_year", "Your card's expiration year is invalid.", "card[exp_year]"
+        )
+    return month, year
+
+
+def _three_d_secure(body: dict[str, Any]) -> dict[str, Any] | None:
+    value = body.get("three_d_secure")
+    if value is None:
+        return None
+    authenticated = value.get("authenticated", False) if isinstance(value, dict) else None
+    authentication = value.get("authentication") if isinstance(value, dict) else None
+    valid_id = authentication is None or (
+        isinstance(authentication, str)
+        and len(authentication) <= MAX_AUTHENTICATION_ID_LENGTH
+        # It is echoed in the authorization, so it may not smuggle a card number in.
+        and not _PAN_LIKE_RE.search(authentication)
+    )
+    if not isinstance(authenticated, bool) or not valid_id:
+        raise _RequestError(
+            400,
+            "parameter_invalid",
+            "'three_d_secure' must be an object with a boolean 'authenticated' and an "
+            "optional 'authentication' id.",
+            "three_d_secure",
+        )
+    return {"authenticated": authenticated, "authentication": authentication}
+
+
+def _numbered_card(body: dict[str, Any]) -> _PresentedCard:
+    """The card of a request that sends its number. The number is read here, and only its
+    last four digits, brand and fingerprint leave this function."""
+    card = body.get("card")
+    if not isinstance(card, dict):
+        raise _RequestError(
+            400,
+            "parameter_invalid",
+            "'card' must be an object with number, exp_month and exp_year.",
+            "card",
+        )
+    number = card.get("number")
+    if not (isinstance(number, str) and _CARD_NUMBER_RE.fullmatch(number) and luhn_valid(number)):
+        # The message never repeats the number.
+        raise _RequestError(
+            400, "incorrect_number", "Your card number is incorrect.", "card[number]"
+        )
+    exp_month, exp_year = _expiry(card)
+    cvc = card.get("cvc")
+    if cvc is not None and not (isinstance(cvc, str) and _CVC_RE.fullmatch(cvc)):
+        raise _RequestError(
+            400, "invalid_cvc", "Your card's security code is invalid.", "card[cvc]"
+        )
+    three_d_secure = _three_d_secure(body)
+
+    known = TEST_CARD_NUMBERS.get(number)
+    now = dt.datetime.now(dt.UTC)
+    # A card is good through the last day of its expiry month.
+    if (exp_year, exp_month) < (now.year, now.month):
+        decline = _EXPIRED
+    elif known is not None:
+        decline = known.decline
+    elif number in THREE_D_SECURE_REQUIRED_NUMBERS and not (
+        three_d_secure is not None and three_d_secure["authenticated"]
+    ):
+        decline = AUTHENTICATION_REQUIRED
+    else:
+        decline = None
+    incorrect_cvc = decline is not None and decline[1] == "incorrect_cvc"
+    return _PresentedCard(
+        card=_CardOnRecord(
+            brand=known.brand if known is not None else card_brand(number),
+            last4=number[-4:],
+            funding=known.funding if known is not None else "credit",
+            country="US",
+            fingerprint=card_number_fingerprint(number),
+            cvc_check="fail" if incorrect_cvc else ("pass" if cvc is not None else None),
+        ),
+        exp_month=exp_month,
+        exp_year=exp_year,
+        decline=decline,
+        three_d_secure=three_d_secure,
+    )
 
 
 # ------------------------------------------------------------------------------ processor
@@ -511,7 +729,12 @@ class SandboxProcessor:
         return record
 
     def _authorize(self, body: dict[str, Any]) -> dict[str, Any]:
-        token = _require_str(body, "token")
+        # Either a processor token or, from the card vault, the card itself.
+        if "card" in body and "token" in body:
+            raise _RequestError(
+                400, "parameters_exclusive", "Pass either 'token' or 'card', not both.", "card"
+            )
+        token = None if "card" in body else _require_str(body, "token")
         amount = _require_int(body, "amount")
         currency = _require_str(body, "currency").lower()
         if not _CURRENCY_RE.match(currency):
@@ -527,25 +750,21 @@ class SandboxProcessor:
                 400, "parameter_invalid", "'reference' must be a string.", "reference"
             )
 
-        card = TEST_TOKENS.get(token)
-        if card is None:
-            # Never echo what looks like a card number back: error messages end up in logs.
-            shown = "" if _PAN_LIKE_RE.search(token) else f": '{token}'"
-            raise _RequestError(404, "unknown_token", f"No such token{shown}", "token")
+        presented = _numbered_card(body) if token is None else _token_card(token)
 
-        # Test cards expire at the end of next year, as Stripe's tokens are always valid.
         record = _AuthorizationRecord(
             id=_random_id("pa_"),
-            status="approved" if card.decline is None else "declined",
+            status="approved" if presented.decline is None else "declined",
             amount=amount,
             currency=currency,
             reference=reference,
-            card=card,
-            exp_month=12,
-            exp_year=dt.datetime.now(dt.UTC).year + 1,
+            card=presented.card,
+            exp_month=presented.exp_month,
+            exp_year=presented.exp_year,
+            three_d_secure=presented.three_d_secure,
         )
-        if card.decline is not None:
-            record.code, record.decline_code, record.message = card.decline
+        if presented.decline is not None:
+            record.code, record.decline_code, record.message = presented.decline
         else:
             record.network_transaction_id = _network_transaction_id()
             if capture:

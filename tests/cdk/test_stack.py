@@ -24,6 +24,8 @@ from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
 
 import infra_cdk.clearline_stack as clearline_stack
+import infra_cdk.shared as shared
+import infra_cdk.vault_stack as vault_stack
 from clearline.config import (
     WEBHOOK_ALLOW_LOOPBACK_ENV,
     WEBHOOK_SECRET_USERS,
@@ -100,7 +102,7 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(synth_dir: Path) -> ClearlineStack:
-    app, stack = create_app(NO_BUNDLING, outdir=str(synth_dir))
+    app, stack, _ = create_app(NO_BUNDLING, outdir=str(synth_dir))
     # With the cdk-nag plugin registered, this raises if any finding is unacknowledged.
     app.synth()
     return stack
@@ -1234,7 +1236,7 @@ def test_synth_has_no_unacknowledged_findings(stack: ClearlineStack, synth_dir: 
 
 
 def test_a_new_finding_fails_the_synth(tmp_path: Path) -> None:
-    app, stack = create_app(NO_BUNDLING, outdir=str(tmp_path))
+    app, stack, _ = create_app(NO_BUNDLING, outdir=str(tmp_path))
     # A table without point-in-time recovery, which nobody has acknowledged.
     dynamodb.Table(
         stack,
@@ -1250,12 +1252,14 @@ def test_a_new_finding_fails_the_synth(tmp_path: Path) -> None:
 
 def test_every_acknowledgment_matches_a_real_finding(monkeypatch: pytest.MonkeyPatch) -> None:
     recorded: list[tuple[str, str]] = []
-    monkeypatch.setattr(
-        clearline_stack,
-        "acknowledge",
-        lambda scope, rule_id, reason: recorded.append((scope.node.path, rule_id)),
-    )
-    app, _ = create_app(NO_BUNDLING)
+    # Every module that acknowledges findings, so that the vault's stack is checked too.
+    for module in (clearline_stack, shared, vault_stack):
+        monkeypatch.setattr(
+            module,
+            "acknowledge",
+            lambda scope, rule_id, reason: recorded.append((scope.node.path, rule_id)),
+        )
+    app, _, _ = create_app(NO_BUNDLING)
     findings = {
         (resource.construct_path or "", violation.rule_name)
         for violation in AwsSolutionsChecks().validate_scope(app).violations
@@ -1358,3 +1362,6 @@ def test_cdk_cli_synth(tmp_path: Path) -> None:
     template = json.loads((tmp_path / "ClearlineStack.template.json").read_text())
     types = {r["Type"] for r in template["Resources"].values()}
     assert {"AWS::DynamoDB::Table", "AWS::Lambda::Function", "AWS::ApiGateway::RestApi"} <= types
+    vault = json.loads((tmp_path / "ClearlineVaultStack.template.json").read_text())
+    vault_types = {r["Type"] for r in vault["Resources"].values()}
+    assert {"AWS::DynamoDB::Table", "AWS::KMS::Key", "AWS::SSM::Parameter"} <= vault_types

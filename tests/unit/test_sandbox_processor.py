@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import socket
 import threading
 import urllib.error
@@ -21,7 +23,7 @@ from clearline.processor import (
     ProcessorUnavailable,
     UnknownToken,
 )
-from clearline_local.sandbox_processor import SandboxProcessor
+from clearline_local.sandbox_processor import SandboxProcessor, card_brand
 
 FAULT_DELAY_SECONDS = 1.5
 CLIENT_TIMEOUT_SECONDS = 0.5  # well under the fault delay, so a fault reads as a timeout
@@ -182,6 +184,446 @@ def test_a_card_number_sent_as_a_token_is_not_echoed(processor: SandboxProcessor
 
     assert status == 404 and body["error"]["code"] == "unknown_token"
     assert "4242" not in json.dumps(body)
+
+
+# ---------------------------------------------------------------------- card numbers
+
+# Comfortably in the future, whenever the tests run.
+EXP_YEAR = dt.datetime.now(dt.UTC).year + 3
+
+
+def authorize_card(
+    processor: SandboxProcessor,
+    number: str,
+    *,
+    exp_month: int = 12,
+    exp_year: int = EXP_YEAR,
+    cvc: str | None = "123",
+    three_d_secure: dict[str, Any] | None = None,
+    amount: int = 2000,
+    capture: bool = True,
+    idempotency_key: str | None = None,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """An authorization by card number, as the card vault sends it (the client sends
+    tokens only)."""
+    card: dict[str, Any] = {"number": number, "exp_month": exp_month, "exp_year": exp_year}
+    if cvc is not None:
+        card["cvc"] = cvc
+    body: dict[str, Any] = {
+        "card": card,
+        "amount": amount,
+        "currency": "usd",
+        "capture": capture,
+        "reference": "ch_test",
+    }
+    if three_d_secure is not None:
+        body["three_d_secure"] = three_d_secure
+    return raw(
+        processor,
+        "POST",
+        "/v1/authorizations",
+        body,
+        {"Idempotency-Key": idempotency_key or key()},
+    )
+
+
+def card_authorization(processor: SandboxProcessor, number: str, **kwargs: Any) -> Authorization:
+    status, body, _ = authorize_card(processor, number, **kwargs)
+    assert status == 200, body
+    assert number not in json.dumps(body)
+    return Authorization.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    ("number", "brand", "funding"),
+    [
+        ("4242424242424242", "visa", "credit"),
+        ("4000056655665556", "visa", "debit"),
+        ("5555555555554444", "mastercard", "credit"),
+        ("378282246310005", "amex", "credit"),
+        # Not in the table: approved, branded by prefix.
+        ("5105105105105100", "mastercard", "credit"),
+        ("2223003122003222", "mastercard", "credit"),
+        ("6011111111111117", "discover", "credit"),
+        ("6555900000604105", "discover", "credit"),
+        ("3056930009020004", "unknown", "credit"),
+        ("3566002020360505", "unknown", "credit"),
+    ],
+)
+def test_card_numbers_are_approved_with_their_brand(
+    processor: SandboxProcessor, number: str, brand: str, funding: str
+) -> None:
+    auth = card_authorization(processor, number, exp_month=7, amount=1234)
+
+    assert auth.approved and auth.id.startswith("pa_")
+    assert (auth.amount, auth.currency, auth.reference) == (1234, "usd", "ch_test")
+    assert auth.captured and auth.amount_captured == 1234
+    assert (auth.card.brand, auth.card.last4, auth.card.funding) == (brand, number[-4:], funding)
+    assert (auth.card.exp_month, auth.card.exp_year) == (7, EXP_YEAR)
+    assert auth.card.country == "US" and auth.card.network == brand
+    assert auth.card.cvc_check == "pass"
+    assert auth.card.fingerprint is not None and len(auth.card.fingerprint) == 16
+    assert auth.code is None and auth.decline_code is None and auth.message is None
+    assert auth.network_transaction_id
+
+
+def test_brands_by_prefix() -> None:
+    assert card_brand("4000000000000000") == "visa"
+    assert [card_brand(f"{p}00000000000000") for p in ("50", "51", "55", "56")] == [
+        "unknown",
+        "mastercard",
+        "mastercard",
+        "unknown",
+    ]
+    assert [card_brand(f"{p}000000000000") for p in ("2220", "2221", "2720", "2721")] == [
+        "unknown",
+        "mastercard",
+        "mastercard",
+        "unknown",
+    ]
+    assert [card_brand(f"{p}0000000000000") for p in ("34", "37", "35")] == [
+        "amex",
+        "amex",
+        "unknown",
+    ]
+    assert [card_brand(f"{p}000000000000") for p in ("6011", "6500", "6012")] == [
+        "discover",
+        "discover",
+        "unknown",
+    ]
+
+
+def test_a_card_without_a_cvc_is_not_checked(processor: SandboxProcessor) -> None:
+    auth = card_authorization(processor, "4242424242424242", cvc=None)
+
+    assert auth.approved and auth.card.cvc_check is None
+
+
+@pytest.mark.parametrize(
+    ("number", "code", "decline_code", "message"),
+    [
+        ("4000000000000002", "card_declined", "generic_decline", "Your card was declined."),
+        (
+            "4000000000009995",
+            "card_declined",
+            "insufficient_funds",
+            "Your card has insufficient funds.",
+        ),
+        ("4000000000000069", "expired_card", "expired_card", "Your card has expired."),
+        (
+            "4000000000000127",
+            "incorrect_cvc",
+            "incorrect_cvc",
+            "Your card's security code is incorrect.",
+        ),
+        (
+            "4000000000000119",
+            "processing_error",
+            "processing_error",
+            "An error occurred while processing your card. Try again in a little bit.",
+        ),
+        ("4100000000000019", "card_declined", "fraudulent", "Your card was declined."),
+        ("4000000000009987", "card_declined", "lost_card", "Your card was declined."),
+        ("4000000000009979", "card_declined", "stolen_card", "Your card was declined."),
+    ],
+)
+def test_decline_card_numbers_carry_the_codes_of_their_tokens(
+    processor: SandboxProcessor, number: str, code: str, decline_code: str, message: str
+) -> None:
+    auth = card_authorization(processor, number)
+
+    assert not auth.approved and auth.status == "declined"
+    assert (auth.code, auth.decline_code, auth.message) == (code, decline_code, message)
+    assert not auth.captured and auth.amount_captured == 0
+    assert auth.network_transaction_id is None
+    assert (auth.card.brand, auth.card.last4) == ("visa", number[-4:])
+    assert auth.card.cvc_check == ("fail" if decline_code == "incorrect_cvc" else "pass")
+
+
+THREE_D_SECURE_NUMBERS = ("4000002500003155", "4000002760003184", "4000000000003220")
+
+
+@pytest.mark.parametrize("number", THREE_D_SECURE_NUMBERS)
+@pytest.mark.parametrize(
+    "three_d_secure",
+    [None, {"authenticated": False}, {"authenticated": False, "authentication": "3ds_failed"}],
+    ids=["absent", "not_authenticated", "failed"],
+)
+def test_three_d_secure_cards_decline_without_authentication(
+    processor: SandboxProcessor, number: str, three_d_secure: dict[str, Any] | None
+) -> None:
+    auth = card_authorization(processor, number, three_d_secure=three_d_secure)
+
+    assert not auth.approved and not auth.captured
+    assert (auth.code, auth.decline_code) == ("card_declined", "authentication_required")
+    assert auth.message == "Your card was declined. This transaction requires authentication."
+
+
+@pytest.mark.parametrize("number", THREE_D_SECURE_NUMBERS)
+def test_three_d_secure_cards_approve_once_authenticated(
+    processor: SandboxProcessor, number: str
+) -> None:
+    three_d_secure = {"authenticated": True, "authentication": "3ds_1AbC"}
+    status, body, _ = authorize_card(processor, number, three_d_secure=three_d_secure)
+
+    assert status == 200 and body["status"] == "approved" and body["captured"]
+    assert body["decline_code"] is None
+    assert body["card"]["three_d_secure"] == three_d_secure
+
+
+def test_an_authentication_is_no_override_for_another_decline(
+    processor: SandboxProcessor,
+) -> None:
+    auth = card_authorization(processor, "4000000000009995", three_d_secure={"authenticated": True})
+
+    assert auth.decline_code == "insufficient_funds"
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "4242424242424241",  # fails the Luhn check
+        "4242 4242 4242 4242",
+        "4242-4242-4242-4242",
+        "42424242424",  # 11 digits
+        "42424242424242424242",  # 20 digits
+        "",
+        4242424242424242,  # a number, not a string
+        None,
+    ],
+)
+def test_an_incorrect_card_number_is_refused_and_not_echoed(
+    processor: SandboxProcessor, client: ProcessorClient, number: Any
+) -> None:
+    k = key()
+    status, body, _ = authorize_card(processor, number, idempotency_key=k)
+
+    assert status == 400
+    assert body["error"]["code"] == "incorrect_number"
+    assert body["error"]["message"] == "Your card number is incorrect."
+    assert "4242" not in json.dumps(body)
+    # A refusal commits nothing, so the key stays free.
+    assert client.lookup(k) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"exp_month": 13}, "invalid_expiry_month"),
+        ({"exp_month": 0}, "invalid_expiry_month"),
+        ({"exp_month": "12"}, "invalid_expiry_month"),
+        ({"exp_year": 2100}, "invalid_expiry_year"),
+        ({"exp_year": True}, "invalid_expiry_year"),
+        ({"cvc": "12"}, "invalid_cvc"),
+        ({"cvc": "12a"}, "invalid_cvc"),
+        ({"cvc": 123}, "invalid_cvc"),
+        ({"three_d_secure": {"authenticated": "yes"}}, "parameter_invalid"),
+        ({"three_d_secure": True}, "parameter_invalid"),
+        # An authentication id is echoed, so it may not carry a card number.
+        (
+            {"three_d_secure": {"authenticated": True, "authentication": "4242424242424242"}},
+            "parameter_invalid",
+        ),
+    ],
+)
+def test_an_invalid_expiry_cvc_or_authentication_is_refused(
+    processor: SandboxProcessor, change: dict[str, Any], code: str
+) -> None:
+    status, body, _ = authorize_card(processor, "4242424242424242", **change)
+
+    assert status == 400 and body["error"]["code"] == code
+    assert "4242424242424242" not in json.dumps(body)
+
+
+VISA_CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": EXP_YEAR}
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"token": "tok_visa", "card": VISA_CARD}, "parameters_exclusive"),
+        ({"card": "4242424242424242"}, "parameter_invalid"),
+        ({"card": None}, "parameter_invalid"),
+        ({}, "parameter_missing"),  # neither: the token is asked for, as before
+    ],
+    ids=["both", "not_an_object", "null", "neither"],
+)
+def test_token_and_card_together_or_a_malformed_card_are_refused(
+    processor: SandboxProcessor, body: dict[str, Any], code: str
+) -> None:
+    status, answer, _ = raw(
+        processor,
+        "POST",
+        "/v1/authorizations",
+        {**body, "amount": 100, "currency": "usd"},
+        {"Idempotency-Key": key()},
+    )
+
+    assert status == 400 and answer["error"]["code"] == code, answer
+    assert "4242424242424242" not in json.dumps(answer)
+
+
+def test_a_two_digit_expiry_year_is_read_as_this_century(processor: SandboxProcessor) -> None:
+    auth = card_authorization(processor, "4242424242424242", exp_year=EXP_YEAR % 100)
+
+    assert auth.approved and auth.card.exp_year == EXP_YEAR
+
+
+def test_an_expired_card_is_declined(processor: SandboxProcessor) -> None:
+    today = dt.datetime.now(dt.UTC)
+    last_month = (today.replace(day=1) - dt.timedelta(days=1)).date()
+
+    for exp_month, exp_year in [(last_month.month, last_month.year), (12, today.year - 1)]:
+        auth = card_authorization(
+            processor, "4242424242424242", exp_month=exp_month, exp_year=exp_year
+        )
+        assert not auth.approved and not auth.captured
+        assert (auth.code, auth.decline_code) == ("expired_card", "expired_card")
+        assert auth.message == "Your card has expired."
+        assert (auth.card.exp_month, auth.card.exp_year) == (exp_month, exp_year)
+
+    # A card is good through its expiry month.
+    this_month = card_authorization(
+        processor, "4242424242424242", exp_month=today.month, exp_year=today.year
+    )
+    assert this_month.approved
+
+
+def test_one_card_number_has_one_fingerprint(processor: SandboxProcessor) -> None:
+    first = card_authorization(processor, "4242424242424242")
+    again = card_authorization(processor, "4242424242424242", exp_month=3, cvc=None)
+    other = card_authorization(processor, "5555555555554444")
+    # Same brand and last four, another number.
+    lookalike = card_authorization(processor, "4000000000024242")
+
+    assert first.card.fingerprint == again.card.fingerprint
+    assert first.card.fingerprint != other.card.fingerprint
+    assert (lookalike.card.brand, lookalike.card.last4) == ("visa", "4242")
+    assert first.card.fingerprint != lookalike.card.fingerprint
+
+
+def test_the_card_number_is_never_kept_echoed_or_logged(
+    processor: SandboxProcessor, client: ProcessorClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    number = "4000002760003184"
+    caplog.set_level(logging.DEBUG)
+    k = key()
+    processor.inject_fault("error_500")  # fault paths log too
+    status, _, _ = authorize_card(processor, number, idempotency_key=k)
+    assert status == 500
+    status, body, _ = authorize_card(
+        processor, number, idempotency_key=k, three_d_secure={"authenticated": True}
+    )
+    assert status == 200 and body["card"]["last4"] == "3184"
+    authorization_id = body["id"]
+
+    assert number not in json.dumps(body)
+    assert number not in json.dumps(client.lookup(k))
+    assert number not in json.dumps(client.get_authorization(authorization_id).model_dump())
+    assert number not in json.dumps(processor.authorizations())
+    assert number not in json.dumps(raw(processor, "GET", "/_sandbox/authorizations")[1])
+    # What the processor holds in memory: the authorization and the stored response, with
+    # the request's fingerprint (its card a keyed digest: neither the number nor the CVC).
+    assert number not in repr(processor._authorizations[authorization_id])
+    stored = processor._idempotency[k]
+    assert number not in repr(stored)
+    assert '"cvc"' not in stored.fingerprint and '"number"' not in stored.fingerprint
+    assert caplog.records, "requests and faults are logged"
+    assert number not in caplog.text
+
+
+def test_the_same_key_and_card_replay_the_first_response(
+    processor: SandboxProcessor, client: ProcessorClient
+) -> None:
+    k = key()
+    status, first, _ = authorize_card(processor, "4242424242424242", idempotency_key=k)
+    assert status == 200
+
+    status, replayed, headers = authorize_card(processor, "4242424242424242", idempotency_key=k)
+
+    assert status == 200 and replayed == first
+    assert headers.get("Idempotent-Replayed") == "true"
+    assert len([a for a in processor.authorizations() if a["id"] == first["id"]]) == 1
+    committed = client.lookup(k)
+    assert committed is not None and committed["id"] == first["id"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"number": "5555555555554444"},
+        {"exp_month": 11},
+        {"exp_year": EXP_YEAR + 1},
+        {"amount": 2001},
+    ],
+    ids=["number", "expiry_month", "expiry_year", "amount"],
+)
+def test_the_same_key_with_another_card_is_rejected(
+    processor: SandboxProcessor, change: dict[str, Any]
+) -> None:
+    k = key()
+    status, _, _ = authorize_card(processor, "4242424242424242", idempotency_key=k)
+    assert status == 200
+
+    status, body, _ = authorize_card(
+        processor, **{"number": "4242424242424242", **change}, idempotency_key=k
+    )
+
+    assert status == 422 and body["error"]["code"] == "idempotency_mismatch"
+
+
+def test_a_retry_without_the_cvc_replays_the_first_response(processor: SandboxProcessor) -> None:
+    # The vault discards a CVC once the processor has answered, so a retry of the same
+    # request (its answer lost on the way back to Clearline) comes without it.
+    k = key()
+    status, first, _ = authorize_card(processor, "4242424242424242", cvc="123", idempotency_key=k)
+    assert status == 200
+
+    status, replayed, headers = authorize_card(
+        processor, "4242424242424242", cvc=None, idempotency_key=k
+    )
+
+    assert status == 200 and replayed == first
+    assert headers.get("Idempotent-Replayed") == "true"
+
+
+def test_a_card_after_a_timeout_is_committed_once(
+    processor: SandboxProcessor, client: ProcessorClient
+) -> None:
+    processor.inject_fault("timeout_after")
+    k = key()
+
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        authorize_card(processor, "4242424242424242", idempotency_key=k)
+
+    committed = client.lookup(k)
+    assert committed is not None and committed["status"] == "approved"
+    status, retried, headers = authorize_card(processor, "4242424242424242", idempotency_key=k)
+    assert status == 200 and retried["id"] == committed["id"]
+    assert headers.get("Idempotent-Replayed") == "true"
+
+
+def test_a_card_authorization_captures_and_refunds_like_a_tokens(
+    processor: SandboxProcessor, client: ProcessorClient
+) -> None:
+    auth = card_authorization(processor, "378282246310005", capture=False)
+    assert auth.approved and not auth.captured
+
+    captured = client.capture(idempotency_key=key(), authorization_id=auth.id, amount=1500)
+    assert captured.captured and captured.amount_captured == 1500
+    assert captured.card == auth.card
+
+    refund = client.refund(idempotency_key=key(), authorization_id=auth.id, amount=1500)
+    assert refund.amount == 1500
+
+
+def test_token_authorizations_are_unchanged_by_cards(client: ProcessorClient) -> None:
+    auth = authorize(client, "tok_chargeDeclinedIncorrectCvc")
+
+    assert auth.card.cvc_check == "fail"
+    assert authorize(client).card.cvc_check == "pass"
+    # The same card as a token keeps its own fingerprint, stable across calls.
+    assert authorize(client).card.fingerprint == authorize(client).card.fingerprint
 
 
 # ----------------------------------------------------------------------- idempotency
