@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 PORT ?= 4242
 
-.PHONY: install up test lint unit integration cdk bench clean
+.PHONY: install browser up test lint unit integration cdk bench clean
 
 $(INSTALLED): requirements.lock pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
@@ -28,6 +28,19 @@ $(NODE_INSTALLED): package-lock.json
 
 install: $(INSTALLED)
 
+# Debian's Chromium and ChromeDriver, for the tests that drive pages in a real browser. Never
+# a downloaded browser. Where apt cannot be used, those tests skip and say why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's chromium and chromium-driver for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+		echo "WARNING: cannot install Debian's chromium here (no root, no apt): browser tests will be skipped"; \
+	fi
+
 up: $(INSTALLED)
 	$(BIN)/clearline up --port $(PORT)
 
@@ -36,13 +49,13 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(INSTALLED) $(NODE_INSTALLED) lint
+test: $(INSTALLED) $(NODE_INSTALLED) browser lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: $(INSTALLED)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
-integration: $(INSTALLED)
+integration: $(INSTALLED) browser
 	$(BIN)/pytest -q -p no:cacheprovider tests/integration
 
 cdk: $(INSTALLED) $(NODE_INSTALLED)

@@ -290,6 +290,11 @@ ERROR_CODES: dict[str, str] = {
         "version such as 2024-06-20, or leave the header out to use your account's pinned "
         "version."
     ),
+    "authentication_required": (
+        "The card's issuer asks the customer to authenticate this payment (3-D Secure), and "
+        "nobody could: the payment was off-session, or made through the Charges API. Bring the "
+        "customer back to confirm a PaymentIntent on-session, where they can pass the challenge."
+    ),
     "card_declined": (
         "The card issuer declined the payment. The decline_code, when present, says why; ask "
         "the customer to use another card or to contact their bank."
@@ -318,20 +323,6 @@ ERROR_CODES: dict[str, str] = {
     ),
     "charge_not_refundable": (
         "The charge failed, so no money moved and there is nothing to refund. No action is needed."
-    ),
-    "payment_intent_invalid_parameter": (
-        "The client_secret sent with a publishable key does not belong to this PaymentIntent. "
-        "Pass the client_secret your server received when it created the intent, unchanged."
-    ),
-    "payment_intent_unexpected_state": (
-        "The PaymentIntent's status does not allow this: only an intent that requires a payment "
-        "method or confirmation can be confirmed or updated, only one that requires capture "
-        "can be captured, and a succeeded or canceled one cannot be canceled. Retrieve it "
-        "and act on its status."
-    ),
-    "refund_not_cancelable": (
-        "Only a pending refund, one the processor has not made yet, can be canceled. This one "
-        "succeeded, failed or was canceled already; its status says which."
     ),
     "connect_not_supported": (
         "The request used a Connect feature (such as the Stripe-Account header or "
@@ -369,9 +360,29 @@ ERROR_CODES: dict[str, str] = {
         "The card's security code (CVC) is wrong. Ask the customer to enter it again, or to "
         "use another card."
     ),
+    "incorrect_number": (
+        "The card number fails its check digit (Luhn): it was mistyped. Ask the customer to "
+        "enter it again. Card numbers only ever go to the card vault, never to Clearline's API."
+    ),
     "insufficient_funds": (
         "The card does not have enough funds or credit for this payment. Ask the customer to "
         "use another card or another payment method."
+    ),
+    "invalid_cvc": (
+        "The card's security code is not valid: three digits, or four for American Express. "
+        "Ask the customer to enter it again."
+    ),
+    "invalid_expiry_month": (
+        "The card's expiry month is not a month (1 to 12), or with its year it is in the "
+        "past. Ask the customer to check the expiry date."
+    ),
+    "invalid_expiry_year": (
+        "The card's expiry year is not a year, or it is in the past. Ask the customer to check "
+        "the expiry date, or to use another card."
+    ),
+    "invalid_number": (
+        "The card number is not a card number: digits only (spaces and dashes are ignored), 12 "
+        "to 19 of them. Ask the customer to enter it again."
     ),
     "lock_timeout": (
         "Another request was changing the same object at the same time, so this one was "
@@ -402,6 +413,26 @@ ERROR_CODES: dict[str, str] = {
         "The request contained a parameter that this endpoint does not accept, often a typo "
         "or a parameter of another endpoint. Remove it, or check its spelling."
     ),
+    "payment_intent_authentication_failure": (
+        "The customer did not pass the 3-D Secure challenge, so nothing was charged. The "
+        "PaymentIntent is back at requires_payment_method: let the customer try again or choose "
+        "another card."
+    ),
+    "payment_intent_invalid_parameter": (
+        "The client_secret sent with a publishable key does not belong to this PaymentIntent. "
+        "Pass the client_secret your server received when it created the intent, unchanged."
+    ),
+    "payment_intent_unexpected_state": (
+        "The PaymentIntent's status does not allow this: only an intent that requires a payment "
+        "method or confirmation can be confirmed or updated, only one that requires capture "
+        "can be captured, and a succeeded or canceled one cannot be canceled. Retrieve it "
+        "and act on its status."
+    ),
+    "payment_method_unexpected_state": (
+        "The PaymentMethod cannot be used this way as things stand: it is attached to another "
+        "customer (detach it first, or name that customer), or it is not attached to any (so it "
+        "cannot be detached)."
+    ),
     "processing_error": (
         "An error occurred while the card was being processed, and the customer was not "
         "charged. Try again; if it keeps failing, ask the customer for another card."
@@ -410,6 +441,15 @@ ERROR_CODES: dict[str, str] = {
         "The card processor did not answer in time, so the outcome is not known yet. Retry "
         "with the same Idempotency-Key: the retry finishes the original operation and never "
         "charges twice."
+    ),
+    "rate_limit": (
+        "Too many requests with this publishable key, or from this address, in the last minute: "
+        "the card vault limits them, because card testing uses them. Wait for the seconds in the "
+        "Retry-After header before trying again."
+    ),
+    "refund_not_cancelable": (
+        "Only a pending refund, one the processor has not made yet, can be canceled. This one "
+        "succeeded, failed or was canceled already; its status says which."
     ),
     "request_too_large": (
         "The request body is larger than Clearline accepts (64 KiB). Send fewer or shorter "
@@ -433,6 +473,10 @@ ERROR_CODES: dict[str, str] = {
         "The card has been reported stolen, so the issuer declined the payment. Do not retry; "
         "tell the customer only that the card was declined and ask for another payment method."
     ),
+    "token_already_used": (
+        "The card token was used before: a token is good for one use only. Tokenize the card "
+        "again, or use the PaymentMethod the first use made."
+    ),
 }
 
 # Values that appear as `decline_code` on a card error, rather than (or as well as) `code`.
@@ -446,11 +490,19 @@ DECLINE_CODES = frozenset(
         "lost_card",
         "processing_error",
         "stolen_card",
+        "authentication_required",
     }
 )
 # Decline codes that only ever appear as `decline_code`, never as the error's `code`.
 _DECLINE_ONLY = frozenset(
-    {"fraudulent", "generic_decline", "insufficient_funds", "lost_card", "stolen_card"}
+    {
+        "authentication_required",
+        "fraudulent",
+        "generic_decline",
+        "insufficient_funds",
+        "lost_card",
+        "stolen_card",
+    }
 )
 
 

@@ -58,6 +58,7 @@ def cmd_up(args: argparse.Namespace) -> int:
   API base URL      {info.api_url}
   Secret key        {test.secret_key}
   Publishable key   {test.publishable_key}
+  Card vault        {info.vault_url}   (clearline.js, the card field, tokenization)
   Sandbox processor {info.processor_url}
   AWS (moto)        {info.aws_endpoint_url}
 

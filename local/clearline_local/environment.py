@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from clearline.config import WEBHOOK_ONLY_VARIABLES, WEBHOOK_SECRET_USERS
 from clearline.topology import (
+    MAIN_TABLE,
     METRICS_NAMESPACE,
     PROCESSOR_URL_ENV,
     SERVICE_NAME,
+    VAULT_URL_ENV,
     Topology,
     bucket_env_var,
     bus_env_var,
@@ -30,6 +32,7 @@ def function_environment(
     aws_endpoint_url: str,
     processor_url: str,
     extra: dict[str, str],
+    vault_url: str = "",
 ) -> dict[str, str]:
     spec = topology.function(key)
     env = {
@@ -49,6 +52,10 @@ def function_environment(
         env[table_env_var(table_key)] = topology.table(table_key).name
     if spec.calls_processor:
         env[PROCESSOR_URL_ENV] = processor_url
+    if spec.calls_vault and vault_url:
+        env[VAULT_URL_ENV] = vault_url
+    if spec.reads_api_keys:  # the vault: a publishable key's merchant, from Clearline's table
+        env[table_env_var(MAIN_TABLE.key)] = MAIN_TABLE.name
     for queue_key in {*spec.sends_to, *([spec.queue_trigger] if spec.queue_trigger else [])}:
         env[queue_env_var(queue_key)] = queue_url(aws_endpoint_url, topology.queue(queue_key).name)
     for bucket_key in spec.buckets:

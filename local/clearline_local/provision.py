@@ -141,3 +141,20 @@ def provision_webhook_secrets_key(kms: Any) -> str:
     )["KeyMetadata"]
     kms.enable_key_rotation(KeyId=key["KeyId"])
     return str(key["Arn"])
+
+
+def provision_vault_keys(kms: Any) -> tuple[str, str]:
+    """The vault's KMS keys (the CDK app's vault stack declares their twins): one that seals
+    card numbers, and an HMAC key whose MAC of a number is its fingerprint. Returns ARNs."""
+    sealing = kms.create_key(
+        Description="Seals the card vault's card numbers",
+        KeyUsage="ENCRYPT_DECRYPT",
+        KeySpec="SYMMETRIC_DEFAULT",
+    )["KeyMetadata"]
+    kms.enable_key_rotation(KeyId=sealing["KeyId"])
+    fingerprints = kms.create_key(
+        Description="Fingerprints the card vault's cards",
+        KeyUsage="GENERATE_VERIFY_MAC",
+        KeySpec="HMAC_256",
+    )["KeyMetadata"]
+    return str(sealing["Arn"]), str(fingerprints["Arn"])

@@ -25,8 +25,16 @@ from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
 from clearline.config import WEBHOOK_ALLOW_LOOPBACK_ENV, WEBHOOK_SECRETS_KEY_ENV
-from clearline.topology import TOPOLOGY, Topology
-from clearline_local import moto_transactions
+from clearline.topology import (
+    TOPOLOGY,
+    VAULT_FINGERPRINT_KEY_ENV,
+    VAULT_KEY_ENV,
+    VAULT_PUBLIC_URL_ENV,
+    VAULT_RATE_PER_IP_ENV,
+    VAULT_TOPOLOGY,
+    Topology,
+)
+from clearline_local import iam_signatures, moto_transactions
 from clearline_local.environment import FAKE_CREDENTIALS, function_environment
 from clearline_local.frontdoor import FrontDoorServer
 from clearline_local.lambda_runtime import REGION, LocalFunction
@@ -34,6 +42,7 @@ from clearline_local.provision import (
     provision_buckets,
     provision_messaging,
     provision_tables,
+    provision_vault_keys,
     provision_webhook_secrets_key,
 )
 from clearline_local.sandbox_processor import SandboxProcessor
@@ -42,6 +51,8 @@ from clearline_local.triggers import Trigger, start_triggers
 from presentation.links import PUBLIC_URL_ENV
 
 LOOPBACK = "127.0.0.1"
+# Every local client (the tests, a browser) comes from loopback: one address for them all.
+LOCAL_VAULT_LIMIT_PER_IP = 100_000
 
 
 def free_port() -> int:
@@ -110,8 +121,14 @@ class LocalStack:
         processor_timeout_seconds: float = 10.0,
         topology: Topology = TOPOLOGY,
         extra_environment: dict[str, str] | None = None,
+        vault_port: int | None = None,
     ) -> None:
         self.port = port
+        # The vault is an origin of its own, as in AWS: beside the api's port, or any.
+        self.vault_port = vault_port if vault_port is not None else (port + 1 if port else 0)
+        self.vault_topology = VAULT_TOPOLOGY
+        self.vault: LocalFunction | None = None
+        self.vault_door: FrontDoorServer | None = None
         self.workers = workers
         self.topology = topology
         self.extra_environment = {
@@ -132,14 +149,15 @@ class LocalStack:
     def aws_endpoint_url(self) -> str:
         return f"http://{LOOPBACK}:{self.moto_port}"
 
-    def function_environment(self, key: str) -> dict[str, str]:
+    def function_environment(self, key: str, topology: Topology | None = None) -> dict[str, str]:
         """What the CDK app sets on the function, with local names and endpoints."""
         return function_environment(
-            self.topology,
+            topology or self.topology,
             key,
             aws_endpoint_url=self.aws_endpoint_url,
             processor_url=self.processor.url,
             extra=self.extra_environment,
+            vault_url=self.vault_door.url if self.vault_door else "",
         )
 
     def start(self) -> StackInfo:
@@ -150,13 +168,24 @@ class LocalStack:
             for name in ("dynamodb", "dynamodbstreams", "sqs", "events", "s3", "kms")
         }
         provision_tables(self.topology, clients["dynamodb"])
+        provision_tables(self.vault_topology, clients["dynamodb"])
         queue_arns = provision_messaging(self.topology, clients["sqs"], clients["events"])
         provision_buckets(self.topology, clients["s3"], queue_arns)
         self.processor.start()
         # Bound now and served once the api is warm: the functions must know its port.
         front_door = FrontDoorServer(LOOPBACK, self.port, self._invoke_api, self.topology.api.stage)
         self.port = int(front_door.server_address[1])
-        own_ports = sorted({self.moto_port, self.processor.port, self.port})
+        vault_door = FrontDoorServer(
+            LOOPBACK,
+            self.vault_port,
+            self._invoke_vault,
+            self.vault_topology.api.stage,
+            verify_signature=self._verify_signature,
+            name="vault-door",
+        )
+        self.vault_door = vault_door
+        self.vault_port = int(vault_door.server_address[1])
+        own_ports = sorted({self.moto_port, self.processor.port, self.port, self.vault_port})
         self.extra_environment = {
             **self.extra_environment,
             WEBHOOK_SECRETS_KEY_ENV: provision_webhook_secrets_key(clients["kms"]),
@@ -167,7 +196,24 @@ class LocalStack:
             # Receipts and error-code pages are served by the api, through the front door.
             PUBLIC_URL_ENV: f"http://{LOOPBACK}:{self.port}",
         }
+        sealing_key, fingerprint_key = provision_vault_keys(clients["kms"])
+        vault_environment = {
+            VAULT_KEY_ENV: sealing_key,
+            VAULT_FINGERPRINT_KEY_ENV: fingerprint_key,
+            VAULT_PUBLIC_URL_ENV: vault_door.url,
+            VAULT_RATE_PER_IP_ENV: str(LOCAL_VAULT_LIMIT_PER_IP),
+        }
         try:
+            vault_spec = self.vault_topology.function(self.vault_topology.api.function)
+            self.vault = LocalFunction(
+                vault_spec,
+                {
+                    **self.function_environment(vault_spec.key, self.vault_topology),
+                    **vault_environment,
+                },
+                self.workers,
+            )
+            self.vault.warm()
             for spec in self.topology.functions:
                 workers = self.workers if spec.key == self.topology.api.function else 1
                 function = LocalFunction(
@@ -183,13 +229,16 @@ class LocalStack:
             )
         except BaseException:
             front_door.server_close()
+            vault_door.server_close()
             raise
         self.front_door = front_door.start()
+        vault_door.start()
         self.info = StackInfo(
             api_url=self.front_door.url,
             port=self.port,
             aws_endpoint_url=self.aws_endpoint_url,
             processor_url=self.processor.url,
+            vault_url=vault_door.url,
             pid=os.getpid(),
             started=time.time(),
             environment=self.extra_environment,
@@ -200,6 +249,23 @@ class LocalStack:
 
     def _invoke_api(self, event: dict[str, Any]) -> Any:
         return self.functions[self.topology.api.function].invoke(event)
+
+    def _invoke_vault(self, event: dict[str, Any]) -> Any:
+        assert self.vault is not None, "the vault's door opens after its function is warm"
+        return self.vault.invoke(event)
+
+    @staticmethod
+    def _verify_signature(method: str, url: str, headers: dict[str, str], body: bytes) -> bool:
+        """As API Gateway checks an IAM-authorized call: signed by the stack's credentials."""
+        return iam_signatures.verify(
+            method,
+            url,
+            headers,
+            body,
+            access_key=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            secret_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            region=REGION,
+        )
 
     def _write_worker_pids(self) -> None:
         with self._workers_lock:
@@ -220,7 +286,11 @@ class LocalStack:
             trigger.stop()
         if self.front_door:
             self.front_door.stop()
+        if self.vault_door:
+            self.vault_door.stop()
         for function in self.functions.values():
             function.close()
+        if self.vault:
+            self.vault.close()
         self.processor.stop()
         self.moto.stop()

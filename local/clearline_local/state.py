@@ -22,6 +22,7 @@ class StackInfo:
     processor_url: str
     pid: int
     started: float
+    vault_url: str = ""  # the card vault's origin: clearline.js, the card field, tokens
     main_table: str = MAIN_TABLE.name
     idempotency_table: str = IDEMPOTENCY_TABLE.name
     # Settings the stack's functions run with beyond the topology's (retry bases, timeouts).

@@ -19,6 +19,7 @@ from clearline.topology import (
     MAIN_TABLE,
     PROCESSOR_URL_ENV,
     TOPOLOGY,
+    VAULT_TOPOLOGY,
     table_env_var,
 )
 from clearline_local.lambda_runtime import LocalLambdaContext, load_handler
@@ -87,7 +88,8 @@ def test_every_function_has_a_sample_event() -> None:
     """events/<function>/ for every function of the topology; the integration tests run each
     through its handler with objects of their own to work on."""
     samples = {path.parent.name for path in EVENTS.parent.glob("*/*.json")}
-    assert samples == {function.key for function in TOPOLOGY.functions}
+    functions = (*TOPOLOGY.functions, *VAULT_TOPOLOGY.functions)
+    assert samples == {function.key for function in functions}
 
 
 def test_sample_events_through_the_handler(api: tuple[Any, str], store: Store) -> None:

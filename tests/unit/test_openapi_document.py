@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 import boto3
 import pytest
+import requests
 import schemathesis
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
@@ -33,12 +34,15 @@ from clearline.topology import (
     MAIN_TABLE,
     PROCESSOR_URL_ENV,
     TOPOLOGY,
+    VAULT_URL_ENV,
     table_env_var,
 )
 from clearline_local.frontdoor import build_event
 from clearline_local.lambda_runtime import LocalLambdaContext, load_handler
 from clearline_local.provision import provision_webhook_secrets_key
 from clearline_local.sandbox_processor import SandboxProcessor
+from presentation.links import PUBLIC_URL_ENV
+from tests.unit.in_process_vault import in_process_vault
 
 POST_ERRORS = {"400", "401", "402", "404", "409", "413", "429", "503"}
 EVERY_ERROR = {"400", "401", "404", "429", "503"}
@@ -346,10 +350,13 @@ class Api:
     """The api handler behind a front door's event shape, checking every response against
     the document on the way back."""
 
-    def __init__(self, handler: Any, secret: str, doc: dict[str, Any]) -> None:
+    def __init__(
+        self, handler: Any, secret: str, doc: dict[str, Any], publishable_key: str = ""
+    ) -> None:
         self.handler = handler
         self.secret = secret
         self.doc = doc
+        self.publishable_key = publishable_key
         self.checked: set[tuple[str, str, int]] = set()
 
     def call(
@@ -428,14 +435,18 @@ def api(
         # Shorter than the sandbox's fault delay, so that an injected timeout is one.
         "CLEARLINE_PROCESSOR_TIMEOUT": "0.5",
         WEBHOOK_SECRETS_KEY_ENV: provision_webhook_secrets_key(kms),
+        # Where customers come back to after a 3-D Secure challenge (the CDK app sets it).
+        PUBLIC_URL_ENV: "https://api.example.test/prod",
         **LAMBDA_ENV,
     }
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     handler = load_handler(TOPOLOGY.function("api"))
     api_routes = _api_module()
-    api_routes.services.cache_clear()  # rebuild clients inside this test's moto account
-    yield Api(handler, create_merchant(store, "Schema Shop").secret_key, doc)
+    with in_process_vault(processor.url):
+        api_routes.services.cache_clear()  # rebuild clients inside this test's moto account
+        merchant = create_merchant(store, "Schema Shop")
+        yield Api(handler, merchant.secret_key, doc, merchant.publishable_key)
     api_routes.services.cache_clear()
 
 
@@ -605,6 +616,36 @@ def test_every_object_the_api_returns_matches_its_schema(
         form={"amount": "100", "currency": "usd"},
     )
     api.ok("POST", f"/v1/payment_intents/{other['id']}/cancel", template + "/cancel")
+
+    # A card tokenized at the vault with the publishable key, then used with the secret key.
+    tokenized = requests.post(
+        f"{os.environ[VAULT_URL_ENV]}/v1/payment_methods",
+        data={
+            "key": api.publishable_key,
+            "type": "card",
+            "card[number]": "4242424242424242",
+            "card[exp_month]": "12",
+            "card[exp_year]": "2031",
+            "card[cvc]": "123",
+        },
+        timeout=10,
+    )
+    assert tokenized.status_code == 200, tokenized.text
+    pm = tokenized.json()["id"]
+    cus = api.ok("POST", "/v1/customers", "/v1/customers", form={"name": "Pat"})["id"]
+    template = "/v1/payment_methods/{payment_method_id}"
+    assert api.ok("GET", f"/v1/payment_methods/{pm}", template)["card"]["last4"] == "4242"
+    api.ok("POST", f"/v1/payment_methods/{pm}", template, form={"metadata[kind]": "work"})
+    attached = api.ok(
+        "POST", f"/v1/payment_methods/{pm}/attach", template + "/attach", form={"customer": cus}
+    )
+    assert attached["customer"] == cus
+    listed = "/v1/customers/{customer_id}/payment_methods"
+    assert [
+        m["id"] for m in api.ok("GET", f"/v1/customers/{cus}/payment_methods", listed)["data"]
+    ] == [pm]
+    api.ok("GET", f"/v1/payment_methods?customer={cus}", "/v1/payment_methods")
+    api.ok("POST", f"/v1/payment_methods/{pm}/detach", template + "/detach")
 
     endpoint = api.ok(
         "POST",

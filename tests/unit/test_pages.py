@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from clearline_local.sandbox_processor import TEST_TOKENS
+from clearline_local.sandbox_processor import AUTHENTICATION_REQUIRED, TEST_TOKENS
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where the code that builds error bodies lives: the library, the functions, the local stack.
@@ -20,6 +20,7 @@ SOURCE_DIRS = (
     ROOT / "layers" / "clearline" / "python" / "clearline",
     ROOT / "functions",
     ROOT / "local" / "clearline_local",
+    ROOT / "layers" / "clearline" / "python" / "vault",  # its card errors reach browsers
 )
 # The sandbox processor answers in the processor's own codes, which Clearline reads and
 # never returns; its declines, which Clearline does pass on, are checked on their own below.
@@ -434,6 +435,7 @@ def test_every_code_in_the_source_is_documented() -> None:
 
 def test_every_sandbox_decline_is_documented() -> None:
     declines = [card.decline for card in TEST_TOKENS.values() if card.decline is not None]
+    declines.append(AUTHENTICATION_REQUIRED)
     assert declines
     for code, decline_code, _message in declines:
         assert code in pages.ERROR_CODES
@@ -443,4 +445,5 @@ def test_every_sandbox_decline_is_documented() -> None:
 
 def test_no_documented_code_is_stale() -> None:
     declines = {name for card in TEST_TOKENS.values() if card.decline for name in card.decline[:2]}
+    declines |= set(AUTHENTICATION_REQUIRED[:2])
     assert set(pages.ERROR_CODES) - set(codes_in_source()) - declines == set()

@@ -136,12 +136,14 @@ def charge_pk(charge_id: str) -> str:
     return f"CHARGE#{charge_id}"
 
 
-def _card_details(auth: Authorization) -> dict[str, Any]:
-    """The card as the charge keeps it (a CardDetails model's fields)."""
+def _card_details(auth: Authorization, fingerprint: str | None = None) -> dict[str, Any]:
+    """The card as the charge keeps it (a CardDetails model's fields). A stored card keeps
+    the vault's fingerprint, the one its PaymentMethod shows, not the processor's."""
     card = auth.card
     return {
         **card.model_dump(exclude={"cvc_check"}),
         "checks": {"cvc_check": card.cvc_check} if card.cvc_check else None,
+        **({"fingerprint": fingerprint} if fingerprint else {}),
     }
 
 
@@ -323,6 +325,7 @@ class ChargeService(MoneyService):
             pending["stored_card"] = True
             pending["payment_method_id"] = stored.id
             pending["authentication"] = authentication
+            pending["card_fingerprint"] = stored.card.fingerprint
         created = Change(
             pending["pk"], "CHARGE", charge_id, "create", to_state=PENDING, create=pending
         )
@@ -604,7 +607,7 @@ class ChargeService(MoneyService):
             amount_captured=captured,
             # What refunds may still take: decremented under a condition, never below zero.
             refundable=captured,
-            card=_card_details(auth),
+            card=_card_details(auth, pending.get("card_fingerprint")),
             outcome=_outcome(auth),
             processor_authorization=auth.id,
         )
