@@ -35,6 +35,7 @@ SERVED_OBJECTS = frozenset(
         "webhook_endpoint",
         "customer",
         "payment_intent",
+        "payment_method",
     }
 )
 # A deleted object is `{"id", "object", "deleted": true}`, checked against its own schema.
