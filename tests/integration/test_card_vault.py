@@ -398,3 +398,50 @@ def test_publishable_key_traffic_is_rate_limited_per_key(shop: Shop) -> None:
     assert limited.status_code == 429
     assert limited.json()["error"]["code"] == "rate_limit"
     assert int(limited.headers["Retry-After"]) > 0
+
+
+def test_setup_future_usage_saves_the_card_that_paid_for_its_customer(shop: Shop) -> None:
+    customer = shop.sdk.v1.customers.create(params={"email": "sam@example.com"}, options=key())
+    pm = shop.card()
+    first = shop.sdk.v1.payment_intents.create(
+        params={
+            "amount": 1800,
+            "currency": "usd",
+            "customer": customer.id,
+            "payment_method": pm,
+            "setup_future_usage": "off_session",
+            "confirm": True,
+        },
+        options=key(),
+    )
+    assert first.status == "succeeded"
+    saved = shop.sdk.v1.customers.payment_methods.list(customer.id).data
+    assert [m.id for m in saved] == [pm]
+    # Later, without the customer present, the saved card pays again.
+    later = shop.sdk.v1.payment_intents.create(
+        params={
+            "amount": 900,
+            "currency": "usd",
+            "customer": customer.id,
+            "payment_method": pm,
+            "off_session": True,
+            "confirm": True,
+        },
+        options=key(),
+    )
+    assert later.status == "succeeded"
+    # A card that declined is not saved.
+    declined_card = shop.card(DECLINED)
+    with pytest.raises(stripe.CardError):
+        shop.sdk.v1.payment_intents.create(
+            params={
+                "amount": 900,
+                "currency": "usd",
+                "customer": customer.id,
+                "payment_method": declined_card,
+                "setup_future_usage": "off_session",
+                "confirm": True,
+            },
+            options=key(),
+        )
+    assert shop.sdk.v1.payment_methods.retrieve(declined_card).customer is None

@@ -64,7 +64,7 @@ from clearline.params import (
     PaymentIntentUpdateParams,
     merged_metadata,
 )
-from clearline.payment_methods import PaymentMethodService
+from clearline.payment_methods import PaymentMethodService, payment_method_pk
 from clearline.processor import ProcessorError
 from clearline.refunds import RefundService
 from clearline.store import Store
@@ -80,6 +80,8 @@ SUCCEEDED = "succeeded"
 CANCELED_INTENT = "canceled"
 CONFIRMABLE = (REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION)
 CANCELABLE = (REQUIRES_PAYMENT_METHOD, REQUIRES_CONFIRMATION, REQUIRES_ACTION, REQUIRES_CAPTURE)
+# How long the resolver waits for a customer to answer a 3-D Secure challenge.
+AUTHENTICATION_WINDOW_SECONDS = 60 * 60
 # Where a customer's browser comes back to after a 3-D Secure challenge (the vault sends it).
 AUTHENTICATION_RETURN_PATH = "/v1/payment_intents/{intent}/authentication_return/{token}"
 
@@ -272,6 +274,9 @@ class PaymentIntentService:
                             "return_url": return_url,
                             "last_payment_error": None,
                             **challenge,
+                            # The resolver goes on for a customer who passed the challenge
+                            # but whose browser never came back.
+                            **due_keys(DUE_PROCESSOR, item["id"], int(self.clock())),
                         },
                         event="payment_intent.requires_action",
                     )
@@ -414,10 +419,25 @@ class PaymentIntentService:
                     "next_action_url": None,
                     "authentication": None,
                 },
+                remove=DUE_KEYS,
                 event="payment_intent.payment_failed",
                 lost_ok=True,
             )
         return item  # the customer has not answered the challenge yet
+
+    def settle_authentication(self, item: dict[str, Any], now: int) -> dict[str, Any]:
+        """For the resolver: an intent waiting in requires_action goes on once its challenge
+        is answered, even if the customer's browser never came back. One nobody answered
+        within AUTHENTICATION_WINDOW_SECONDS is no longer looked at: it waits, as Stripe's
+        do, for the customer to confirm again or the merchant to cancel it."""
+        try:
+            after = self._after_authentication(item, None)
+        except CardError:  # declined after authenticating: recorded on the intent
+            return self._read(item["id"]) or item
+        waiting_since = int(str(item.get("due_sk", "0")).split("#", 1)[0])
+        if after is item and now - waiting_since > AUTHENTICATION_WINDOW_SECONDS:
+            return self._move(item, REQUIRES_ACTION, None, remove=DUE_KEYS, lost_ok=True)
+        return after
 
     @staticmethod
     def _answer(item: dict[str, Any], charge_id: str) -> PaymentIntent:
@@ -513,6 +533,7 @@ class PaymentIntentService:
                 remove=DUE_KEYS,
                 event="payment_intent.amount_capturable_updated",
                 lost_ok=True,
+                also=self._saving_card(item, caller),
             )
         if state == CAPTURED:
             return self._move(
@@ -523,6 +544,7 @@ class PaymentIntentService:
                 remove=DUE_KEYS,
                 event="payment_intent.succeeded",
                 lost_ok=True,
+                also=self._saving_card(item, caller) if item["state"] == PROCESSING else None,
             )
         if state in (CANCELED, EXPIRED):  # voided, or expired, before anyone captured it
             reason = item.get("cancellation_reason") or "automatic"
@@ -640,6 +662,17 @@ class PaymentIntentService:
     def _read(self, intent_id: str) -> dict[str, Any] | None:
         return self.store.get(intent_pk(intent_id), "PI")
 
+    def _saving_card(self, item: dict[str, Any], caller: Caller | None) -> Transition | None:
+        """With setup_future_usage, a card that worked is attached to the intent's customer,
+        in the transaction that records that it worked: saved exactly when it paid."""
+        payment_method, customer = item.get("payment_method"), item.get("customer")
+        if not (item.get("setup_future_usage") and customer and payment_method):
+            return None
+        stored = self.store.get(payment_method_pk(str(payment_method)), "PAYMENT_METHOD")
+        if stored is None or stored.get("customer"):
+            return None  # a processor's token, or already attached (to this customer)
+        return self.cards.attaching(caller, stored, str(customer))
+
     def _move(
         self,
         item: dict[str, Any],
@@ -650,6 +683,7 @@ class PaymentIntentService:
         remove: tuple[str, ...] = (),
         event: str | None = None,
         lost_ok: bool = False,
+        also: Transition | None = None,
     ) -> dict[str, Any]:
         """One guarded step of the intent (its state and version as read), announced by
         `event`. Returns the intent after it. If somebody else moved it first: theirs when
@@ -682,7 +716,12 @@ class PaymentIntentService:
                     operation=f"{event}:{version + 1}",
                 )
             )
-        if self.writer.commit(Transition([change], caller, events)) is not None:
+        transition = Transition([change], caller, events)
+        if also is not None:  # committed with the step, or not at all
+            transition.changes += also.changes
+            transition.events += also.events
+            transition.index_items += also.index_items
+        if self.writer.commit(transition) is not None:
             current = self._read(item["id"])  # moved first by another request: theirs stands
             if current is None or not lost_ok:
                 raise ConflictError("The PaymentIntent was changed by another request; retry.")

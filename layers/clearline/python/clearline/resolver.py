@@ -24,7 +24,7 @@ from typing import Any
 
 from clearline.charges import DUE_PROCESSOR, OP_PENDING, PENDING, ChargeService
 from clearline.errors import ServiceUnavailableError
-from clearline.payment_intents import PaymentIntentService
+from clearline.payment_intents import REQUIRES_ACTION, PaymentIntentService
 from clearline.processor import Authorization, ProcessorUnavailable
 from clearline.refunds import RefundService
 from clearline.scheduling import due_items
@@ -55,7 +55,7 @@ class Resolver:
         outcome: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
         for record in due_items(self.store, DUE_PROCESSOR, now - PENDING_GRACE_SECONDS):
             try:
-                outcome[self.resolve(record)] += 1
+                outcome[self.resolve(record, now)] += 1
                 continue
             except (ProcessorUnavailable, ServiceUnavailableError) as exc:
                 outcome["unreachable"] += 1
@@ -68,11 +68,14 @@ class Resolver:
                 outcome["unresolved"] += 1
         return dict(outcome)
 
-    def resolve(self, record: dict[str, Any]) -> str:
+    def resolve(self, record: dict[str, Any], now: int = 0) -> str:
         """Settle one pending record; returns "settled", or "failed" when the processor never
         saw the call and nothing moved."""
         if record["sk"] == "CHARGE":
             return self._charge(record)
+        if record["sk"] == "PI" and record["state"] == REQUIRES_ACTION:
+            self.payment_intents.settle_authentication(record, now)
+            return "settled"
         if record["sk"] == "PI":  # an intent left processing: its charge, again, then follow it
             self.payment_intents.follow(self.payment_intents.resume(record, None))
             return "settled"
