@@ -7,7 +7,6 @@ wrong ends as a Stripe-shaped error through `on_api_error`.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import time
@@ -41,7 +40,7 @@ from clearline.errors import (
     ResourceMissingError,
     UnknownUrlError,
 )
-from clearline.forms import decode, parse_body
+from clearline.forms import body_bytes, decode, parse_body
 from clearline.idempotency import IdempotentRequests, Reply, check_key
 from clearline.ledger import ShardPolicy
 from clearline.logs import new_logger
@@ -367,26 +366,10 @@ def secret_key_merchant() -> Merchant:
     return merchant
 
 
-def _raw_body() -> bytes:
-    event = app.current_event
-    if not event.body:
-        return b""
-    if not event.is_base64_encoded:
-        return event.body.encode("utf-8", "surrogatepass")
-    try:
-        return base64.b64decode(event.body, validate=True)
-    except binascii.Error as exc:
-        raise InvalidRequestError("Invalid request body: it is not valid base64.") from exc
-
-
 def body_params() -> dict[str, Any]:
     """The parameters of the body; refuses oversized or malformed bodies and any card number."""
-    raw = _raw_body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidRequestError(
-            f"Request bodies are limited to {MAX_BODY_BYTES} bytes.",
-            code="request_too_large",
-        )
+    event = app.current_event
+    raw = body_bytes(event.body, bool(event.is_base64_encoded), MAX_BODY_BYTES)
     params = parse_body(decode(raw), app.current_event.headers.get("content-type"))
     location = card_number_location(params)
     if location is not None:
@@ -840,7 +823,9 @@ def retrieve_customer(customer_id: str, expand_: Expand = None) -> Response[dict
 def update_customer(customer_id: str) -> Response[dict[str, Any]]:
     return idempotent_post(
         CustomerUpdateParams,
-        lambda who, update, _: services().customers.update(who, customer_id, update),
+        lambda who, update, _: services().customers.update(
+            who, customer_id, update, cards=services().payment_methods
+        ),
         "customer",
     )
 

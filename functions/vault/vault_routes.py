@@ -8,8 +8,6 @@ logger's own redaction: this is the one function that receives card numbers.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import secrets
@@ -55,7 +53,7 @@ from clearline.errors import (
     ServiceUnavailableError,
     UnknownUrlError,
 )
-from clearline.forms import decode, parse_body
+from clearline.forms import body_bytes, decode, parse_body
 from clearline.logs import new_logger
 from clearline.merchants import KeyCache, Merchant
 from clearline.params import parse_params
@@ -219,24 +217,9 @@ def request_id() -> str:
     return f"req_{app.current_event.request_context.request_id}"
 
 
-def _raw_body() -> bytes:
-    event = app.current_event
-    if not event.body:
-        return b""
-    if not event.is_base64_encoded:
-        return event.body.encode("utf-8", "surrogatepass")
-    try:
-        return base64.b64decode(event.body, validate=True)
-    except binascii.Error as exc:
-        raise InvalidRequestError("Invalid request body: it is not valid base64.") from exc
-
-
 def body_params() -> dict[str, Any]:
-    raw = _raw_body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidRequestError(
-            f"Request bodies are limited to {MAX_BODY_BYTES} bytes.", code="request_too_large"
-        )
+    event = app.current_event
+    raw = body_bytes(event.body, bool(event.is_base64_encoded), MAX_BODY_BYTES)
     return parse_body(decode(raw), app.current_event.headers.get("content-type"))
 
 

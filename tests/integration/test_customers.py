@@ -151,11 +151,13 @@ def test_a_charge_or_intent_naming_only_the_customer_uses_its_default_payment_me
     jenny = sdk.v1.customers.create(
         params={
             "email": "jenny@example.com",
+            "payment_method": "pm_card_visa",
             "invoice_settings": {"default_payment_method": "pm_card_visa"},
         },
         options=key(),
     )
-    assert jenny.invoice_settings.default_payment_method == "pm_card_visa"
+    visa = sdk.v1.payment_methods.retrieve(jenny.invoice_settings.default_payment_method)
+    assert (visa.card.last4, visa.customer) == ("4242", jenny.id)
     charged = sdk.v1.charges.create(
         params={"amount": 2000, "currency": "usd", "customer": jenny.id}, options=key()
     )
@@ -165,9 +167,19 @@ def test_a_charge_or_intent_naming_only_the_customer_uses_its_default_payment_me
         options=key(),
     )
     assert intent.status == "succeeded"
+    with pytest.raises(stripe.InvalidRequestError) as unattached:
+        sdk.v1.customers.update(
+            jenny.id,
+            params={"invoice_settings": {"default_payment_method": "pm_card_mastercard"}},
+            options=key(),
+        )
+    assert unattached.value.param == "invoice_settings[default_payment_method]"
+    mastercard = sdk.v1.payment_methods.attach(
+        "pm_card_mastercard", params={"customer": jenny.id}, options=key()
+    )
     sdk.v1.customers.update(
         jenny.id,
-        params={"invoice_settings": {"default_payment_method": "pm_card_mastercard"}},
+        params={"invoice_settings": {"default_payment_method": mastercard.id}},
         options=key(),
     )
     again = sdk.v1.charges.create(

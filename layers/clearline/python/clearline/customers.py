@@ -61,6 +61,18 @@ class CustomerService:
         merchant = caller.merchant
         customer_id = derived_id(KIND, merchant.id, idempotency_key)
         card = self._first_card(caller, params, idempotency_key, cards)
+        default = (
+            params.invoice_settings.default_payment_method if params.invoice_settings else None
+        )
+        brought = (params.payment_method, params.source, card and card["id"])
+        if default is not None and (card is None or default not in brought):
+            # Only a card of the customer's can be its default: on create, the one it brings.
+            raise InvalidRequestError(
+                "A customer's default payment method must be attached to it: send the card "
+                "as payment_method (or source) when creating the customer, or attach it first.",
+                param="invoice_settings[default_payment_method]",
+                code="payment_method_unexpected_state",
+            )
         now = self.clock()
         item: dict[str, Any] = {
             "pk": customer_pk(customer_id),
@@ -73,7 +85,9 @@ class CustomerService:
             "version": 1,
             **self._described({}, params),
         }
-        if card is not None:
+        if card is not None and default is not None:
+            item["default_payment_method"] = card["id"]  # the card itself, not its alias
+        elif card is not None:
             item["default_source"] = card["id"]
         transition = Transition(
             [Change(item["pk"], "CUSTOMER", customer_id, "create", ACTIVE, create=item)],
@@ -164,13 +178,33 @@ class CustomerService:
     def retrieve(self, merchant: Merchant, customer_id: str) -> Customer:
         return Customer.from_item(self.owned(merchant.id, customer_id))
 
-    def update(self, caller: Caller, customer_id: str, params: CustomerUpdateParams) -> Customer:
+    def update(
+        self,
+        caller: Caller,
+        customer_id: str,
+        params: CustomerUpdateParams,
+        *,
+        cards: PaymentMethodService | None = None,
+    ) -> Customer:
         item = self.owned(caller.merchant.id, customer_id)
         if item["state"] == DELETED:
             raise InvalidRequestError(
                 f"Customer {customer_id} was deleted and cannot be updated.",
                 code="resource_missing",
             )
+        default = (
+            params.invoice_settings.default_payment_method if params.invoice_settings else None
+        )
+        if default is not None and cards is not None:
+            param = "invoice_settings[default_payment_method]"
+            method = cards.owned(caller.merchant, default, param=param)
+            if method.customer != customer_id:
+                raise InvalidRequestError(
+                    f"The payment method {default} is not attached to customer {customer_id}: "
+                    "attach it first.",
+                    param=param,
+                    code="payment_method_unexpected_state",
+                )
         after = {**item, **self._described(item, params)}
         changes = {k: v for k, v in after.items() if item.get(k) != v}
         version = int(item["version"])

@@ -10,6 +10,8 @@ than the two (a multipart body is not a form, whatever its fields look like).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from typing import Any
@@ -116,6 +118,25 @@ def _holds_nul(value: Any) -> bool:
     if isinstance(value, list):
         return any(_holds_nul(v) for v in value)
     return isinstance(value, str) and "\x00" in value
+
+
+def body_bytes(body: str | None, base64_encoded: bool, limit: int) -> bytes:
+    """A request's body as bytes (a gateway hands it over as text, or as base64 when it is
+    binary); refuses one over `limit` bytes, or base64 that is not."""
+    if not body:
+        return b""
+    if base64_encoded:
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except binascii.Error as exc:
+            raise InvalidRequestError("Invalid request body: it is not valid base64.") from exc
+    else:
+        raw = body.encode("utf-8", "surrogatepass")
+    if len(raw) > limit:
+        raise InvalidRequestError(
+            f"Request bodies are limited to {limit} bytes.", code="request_too_large"
+        )
+    return raw
 
 
 def decode(raw: bytes) -> str:
