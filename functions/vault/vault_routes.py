@@ -9,7 +9,6 @@ logger's own redaction: this is the one function that receives card numbers.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -64,7 +63,6 @@ MAX_BODY_BYTES = 64 * 1024
 STATIC = Path(__file__).parent / "static"
 PUBLIC_PREFIX = "/v1/"  # browsers' routes: CORS open to every origin
 INTERNAL_PREFIX = "/internal/"
-_PLAIN_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?")
 
 logger = new_logger()
 app = APIGatewayRestResolver()
@@ -432,14 +430,8 @@ def challenge(authentication_id: str) -> Response[str]:
         authentication = services().authentications.get(authentication_id)
     except ResourceMissingError:
         return _html(404, pages.not_found_page(nonce), _page_csp(nonce))
-    # The answer redirects to Clearline's complete_url, and browsers hold a form's redirect
-    # to form-action too. Only a plain origin goes into the policy.
-    complete = urlsplit(authentication.complete_url)
-    complete_origin = f"{complete.scheme}://{complete.netloc}"
-    allowed = "'self'"
-    if _PLAIN_ORIGIN.fullmatch(complete_origin):
-        allowed += f" {complete_origin}"
-    csp = _page_csp(nonce, form_action=allowed)
+    # The answer comes back to this origin (the return page), so forms go nowhere else.
+    csp = _page_csp(nonce, form_action="'self'")
     return _html(200, pages.challenge_page(authentication, nonce), csp)
 
 
@@ -458,11 +450,27 @@ def answer_challenge(authentication_id: str) -> Response[str]:
         "challenge answered",
         extra=redact_value({"authentication": authentication.id, "status": authentication.status}),
     )
+    # Post, redirect, get: to this origin's return page, which sends the browser on. A form's
+    # redirects are held to its page's form-action, and the way on leaves this origin twice
+    # (Clearline's API, then the merchant's return_url), neither of which the vault knows.
     return Response(
         status_code=303,
         body="",
-        headers={"Location": authentication.complete_url, "Cache-Control": "no-store"},
+        headers={"Location": f"{authentication.id}/return", "Cache-Control": "no-store"},
     )
+
+
+@app.get("/3ds/<authentication_id>/return")
+def leave_challenge(authentication_id: str) -> Response[str]:
+    nonce = _nonce()
+    try:
+        authentication = services().authentications.get(authentication_id)
+    except ResourceMissingError:
+        return _html(404, pages.not_found_page(nonce), _page_csp(nonce))
+    if authentication.status == "challenge_required":  # not answered yet: back to it
+        return challenge(authentication_id)
+    page = pages.return_page(authentication.complete_url, nonce)
+    return _html(200, page, _page_csp(nonce))
 
 
 # ---- internal: Clearline's functions, IAM-signed -------------------------------------------------

@@ -37,6 +37,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     stack = LocalStack(
         args.port,
+        vault_port=args.vault_port,
+        checkout_port=args.checkout_port,
         topology=topology,
         workers=args.workers,
         processor_latency_ms=args.processor_latency_ms,
@@ -59,6 +61,7 @@ def cmd_up(args: argparse.Namespace) -> int:
   Secret key        {test.secret_key}
   Publishable key   {test.publishable_key}
   Card vault        {info.vault_url}   (clearline.js, the card field, tokenization)
+  Demo checkout     {info.checkout_url}   (a shop's website, paying with test cards)
   Sandbox processor {info.processor_url}
   AWS (moto)        {info.aws_endpoint_url}
 
@@ -457,6 +460,12 @@ def parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="start the local stack in the foreground")
     up.add_argument("--port", type=int, default=4242, help="front door port (0 picks a free one)")
+    up.add_argument(
+        "--vault-port", type=int, help="the card vault's port (default: --port + 1; 0: a free one)"
+    )
+    up.add_argument(
+        "--checkout-port", type=int, help="the demo checkout's port (default: --port + 2; 0: any)"
+    )
     up.add_argument("--workers", type=int, default=2, help="api Lambda execution environments")
     up.add_argument("--processor-latency-ms", type=int, default=0)
     up.add_argument(

@@ -25,6 +25,8 @@ from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
 from clearline.config import WEBHOOK_ALLOW_LOOPBACK_ENV, WEBHOOK_SECRETS_KEY_ENV
+from clearline.merchants import create_merchant
+from clearline.store import Store
 from clearline.topology import (
     TOPOLOGY,
     VAULT_FINGERPRINT_KEY_ENV,
@@ -35,6 +37,7 @@ from clearline.topology import (
     Topology,
 )
 from clearline_local import iam_signatures, moto_transactions
+from clearline_local.demo_shop import DemoShop
 from clearline_local.environment import FAKE_CREDENTIALS, function_environment
 from clearline_local.frontdoor import FrontDoorServer
 from clearline_local.lambda_runtime import REGION, LocalFunction
@@ -122,6 +125,7 @@ class LocalStack:
         topology: Topology = TOPOLOGY,
         extra_environment: dict[str, str] | None = None,
         vault_port: int | None = None,
+        checkout_port: int | None = None,
     ) -> None:
         self.port = port
         # The vault is an origin of its own, as in AWS: beside the api's port, or any.
@@ -129,6 +133,11 @@ class LocalStack:
         self.vault_topology = VAULT_TOPOLOGY
         self.vault: LocalFunction | None = None
         self.vault_door: FrontDoorServer | None = None
+        # The demo checkout is a merchant's website: an origin of its own, next to the vault's.
+        self.checkout_port = (
+            checkout_port if checkout_port is not None else (port + 2 if port else 0)
+        )
+        self.demo_shop: DemoShop | None = None
         self.workers = workers
         self.topology = topology
         self.extra_environment = {
@@ -185,7 +194,22 @@ class LocalStack:
         )
         self.vault_door = vault_door
         self.vault_port = int(vault_door.server_address[1])
-        own_ports = sorted({self.moto_port, self.processor.port, self.port, self.vault_port})
+        demo = create_merchant(
+            Store(self.topology.table("main").name, clients["dynamodb"]), "Demo shop"
+        )
+        # Bound now, serving once the api and the vault do.
+        demo_shop = DemoShop(
+            LOOPBACK,
+            self.checkout_port,
+            api_url=front_door.url,
+            vault_url=vault_door.url,
+            secret_key=demo.secret_key,
+            publishable_key=demo.publishable_key,
+        )
+        self.checkout_port = demo_shop.port
+        own_ports = sorted(
+            {self.moto_port, self.processor.port, self.port, self.vault_port, self.checkout_port}
+        )
         self.extra_environment = {
             **self.extra_environment,
             WEBHOOK_SECRETS_KEY_ENV: provision_webhook_secrets_key(clients["kms"]),
@@ -230,15 +254,21 @@ class LocalStack:
         except BaseException:
             front_door.server_close()
             vault_door.server_close()
+            demo_shop.server_close()
             raise
         self.front_door = front_door.start()
         vault_door.start()
+        self.demo_shop = demo_shop.start()
         self.info = StackInfo(
             api_url=self.front_door.url,
             port=self.port,
             aws_endpoint_url=self.aws_endpoint_url,
             processor_url=self.processor.url,
             vault_url=vault_door.url,
+            checkout_url=demo_shop.url,
+            demo_merchant_id=demo.merchant.id,
+            demo_secret_key=demo.secret_key,
+            demo_publishable_key=demo.publishable_key,
             pid=os.getpid(),
             started=time.time(),
             environment=self.extra_environment,
@@ -282,6 +312,8 @@ class LocalStack:
             with self._workers_lock:
                 self._stopping = True
                 workers_path(self.port).unlink(missing_ok=True)
+        if self.demo_shop:
+            self.demo_shop.stop()
         for trigger in self.triggers:
             trigger.stop()
         if self.front_door:

@@ -23,6 +23,11 @@ class StackInfo:
     pid: int
     started: float
     vault_url: str = ""  # the card vault's origin: clearline.js, the card field, tokens
+    checkout_url: str = ""  # the demo shop's checkout, a merchant's website of its own
+    # The demo shop's test-mode merchant, for checking its payments through the API.
+    demo_merchant_id: str = ""
+    demo_secret_key: str = ""
+    demo_publishable_key: str = ""
     main_table: str = MAIN_TABLE.name
     idempotency_table: str = IDEMPOTENCY_TABLE.name
     # Settings the stack's functions run with beyond the topology's (retry bases, timeouts).
@@ -32,7 +37,10 @@ class StackInfo:
         path = state_dir() / f"{self.port}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps(asdict(self), indent=2))
+        # Readable by its owner only: it holds the demo merchant's secret key.
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(json.dumps(asdict(self), indent=2))
         temp.replace(path)  # readers never see a half-written file
         return path
 

@@ -120,6 +120,11 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "up",
                 "--port",
                 str(port),
+                # The ports beside it may be taken: the vault and the demo shop take any.
+                "--vault-port",
+                "0",
+                "--checkout-port",
+                "0",
                 "--workers",
                 "3",
                 "--processor-timeout",

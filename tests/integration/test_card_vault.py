@@ -5,9 +5,11 @@ and customers through the unmodified SDK, charges and PaymentIntents on stored c
 
 from __future__ import annotations
 
+import html
+import re
 import uuid
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import pytest
 import requests
@@ -274,7 +276,11 @@ def _answer_challenge(url: str, outcome: str) -> dict[str, list[str]]:
     assert page.status_code == 200 and 'id="complete-authentication"' in page.text
     answer = requests.post(url, data={"outcome": outcome}, allow_redirects=False)
     assert answer.status_code == 303
-    back = requests.get(answer.headers["Location"], allow_redirects=False)
+    leaving = requests.get(urljoin(url, answer.headers["Location"]))
+    assert leaving.status_code == 200
+    refresh = re.search(r'http-equiv="refresh" content="0;url=([^"]+)"', leaving.text)
+    assert refresh is not None, leaving.text
+    back = requests.get(html.unescape(refresh.group(1)), allow_redirects=False)
     assert back.status_code == 303, back.text
     location = back.headers["Location"]
     assert location.startswith(RETURN_URL)
@@ -308,6 +314,7 @@ def test_three_d_secure_passes_through_the_challenge_and_the_payment_succeeds(
     # The customer's browser coming back again changes nothing.
     again = requests.post(url, data={"outcome": "failed"}, allow_redirects=False)
     assert again.status_code == 303
+    assert "already been answered (succeeded)" in requests.get(url).text
     assert shop.sdk.v1.payment_intents.retrieve(intent.id).status == "succeeded"
 
 

@@ -5,11 +5,13 @@ this test's moto account; the processor is the sandbox."""
 
 from __future__ import annotations
 
+import html
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 import requests
@@ -96,7 +98,10 @@ def answer(challenge_url: str, outcome: str) -> str:
     """The customer's answer at the vault; returns where their browser is sent next."""
     sent = requests.post(challenge_url, data={"outcome": outcome}, allow_redirects=False)
     assert sent.status_code == 303
-    return str(sent.headers["Location"])
+    leaving = requests.get(urljoin(challenge_url, sent.headers["Location"]), timeout=10)
+    found = re.search(r'content="0;url=([^"]+)"', leaving.text)
+    assert found is not None, leaving.text
+    return html.unescape(found.group(1))
 
 
 def charges_of(store: Store, intent_id: str) -> list[dict[str, Any]]:

@@ -897,10 +897,13 @@ def test_a_challenge_is_answered_once_and_returns_to_clearline(
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
 
     answered = vault.call("POST", f"/3ds/{challenge['id']}", form={"outcome": "succeeded"})
-    assert answered.status == 303
-    assert answered.headers["Location"] == (
-        f"{API_URL}/v1/payment_intents/pi_123/authenticated?token=abc"
-    )
+    assert answered.status == 303  # to this origin's return page, which sends the browser on
+    assert answered.headers["Location"] == f"{challenge['id']}/return"
+    leaving = vault.call("GET", f"/3ds/{challenge['id']}/return")
+    complete_url = f"{API_URL}/v1/payment_intents/pi_123/authenticated?token=abc"
+    assert leaving.status == 200
+    assert f'content="0;url={complete_url}"' in leaving.text
+    assert f'href="{complete_url}"' in leaving.text
     again = vault.call("POST", f"/3ds/{challenge['id']}", form={"outcome": "failed"})
     assert again.status == 303  # changes nothing
     odd = vault.call("POST", f"/3ds/{challenge['id']}", form={"outcome": "maybe"})

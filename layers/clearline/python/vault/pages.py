@@ -44,13 +44,13 @@ def format_amount(amount: int, currency: str) -> str:
     return f"{amount / 10**known.exponent:,.{known.exponent}f} {currency.upper()}"
 
 
-def _page(title: str, body: str, nonce: str) -> str:
+def _page(title: str, body: str, nonce: str, head: str = "") -> str:
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex">
+<meta name="robots" content="noindex">{head}
 <title>{escape(title)}</title>
 <style nonce="{escape(nonce)}">{_CSS}</style>
 </head>
@@ -89,6 +89,17 @@ def challenge_page(authentication: Authentication, nonce: str) -> str:
 <p class="muted">This is a test authentication: no bank is involved, and no real card
 can be charged.</p>"""
     return _page("Confirm your payment", body, nonce)
+
+
+def return_page(complete_url: str, nonce: str) -> str:
+    """After the answer: on to Clearline, which records it and sends the customer back to
+    the merchant. A refresh, not a form's redirect, so no form-action policy holds it."""
+    url = escape(complete_url, quote=True)
+    body = f"""<h1>Returning to the merchant</h1>
+<p class="muted">Your answer was recorded. If nothing happens,
+<a id="continue" href="{url}">continue</a>.</p>"""
+    refresh = f'\n<meta http-equiv="refresh" content="0;url={url}">'
+    return _page("Returning to the merchant", body, nonce, head=refresh)
 
 
 def notice_page(title: str, text: str, nonce: str) -> str:
