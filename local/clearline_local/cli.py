@@ -132,16 +132,25 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
 
 
 def _function_env(info: StackInfo, key: str) -> dict[str, str]:
-    from clearline.topology import TOPOLOGY
+    from clearline.topology import TOPOLOGY, VAULT_TOPOLOGY
     from clearline_local.environment import function_environment
 
+    in_vault = key in {spec.key for spec in VAULT_TOPOLOGY.functions}
     return function_environment(
-        TOPOLOGY,
+        VAULT_TOPOLOGY if in_vault else TOPOLOGY,
         key,
         aws_endpoint_url=info.aws_endpoint_url,
         processor_url=info.processor_url,
-        extra=info.environment,
+        extra={**info.environment, **(info.vault_environment if in_vault else {})},
+        vault_url=info.vault_url,
     )
+
+
+def _function_spec(key: str) -> Any:
+    from clearline.topology import TOPOLOGY, VAULT_TOPOLOGY
+
+    specs = {spec.key: spec for spec in (*TOPOLOGY.functions, *VAULT_TOPOLOGY.functions)}
+    return specs[key]
 
 
 def _parse_time(text: str) -> datetime:
@@ -158,12 +167,11 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     import os
     import uuid
 
-    from clearline.topology import TOPOLOGY
     from clearline_local.lambda_runtime import LocalLambdaContext, load_handler
     from clearline_local.triggers import scheduled_event
 
     info = find_stack(args.port)
-    spec = TOPOLOGY.function(args.function)
+    spec = _function_spec(args.function)
     os.environ.update(_function_env(info, spec.key))
     if args.event:
         with open(args.event) as source:

@@ -272,6 +272,7 @@ class LocalStack:
             pid=os.getpid(),
             started=time.time(),
             environment=self.extra_environment,
+            vault_environment=vault_environment,
         )
         self.info.write()
         self._write_worker_pids()

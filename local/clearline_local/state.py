@@ -32,6 +32,9 @@ class StackInfo:
     idempotency_table: str = IDEMPOTENCY_TABLE.name
     # Settings the stack's functions run with beyond the topology's (retry bases, timeouts).
     environment: dict[str, str] = field(default_factory=dict)
+    # The vault function's own settings (its KMS keys, its public URL), kept apart: none of
+    # Clearline's functions gets them.
+    vault_environment: dict[str, str] = field(default_factory=dict)
 
     def write(self) -> Path:
         path = state_dir() / f"{self.port}.json"

@@ -200,3 +200,44 @@ def test_the_way_back_needs_the_intents_own_token(
     with pytest.raises(ResourceMissingError):
         intents.complete_authentication(intent.id, "not-the-token")
     assert intents.retrieve(merchant.merchant, intent.id).state == REQUIRES_ACTION
+
+
+def test_a_function_without_the_vault_leaves_a_stored_cards_charge_pending(
+    store: Store,
+    processor: SandboxProcessor,
+    shop: tuple[NewMerchant, PaymentIntentService, str],
+) -> None:
+    merchant, intents, vault_url = shop
+    caller = Caller(merchant.merchant, "req_test")
+    processor.inject_fault("timeout_before")  # the first answer is lost, nothing authorized
+    intent = intents.create(
+        caller,
+        PaymentIntentCreateParams(
+            amount=2100,
+            currency="usd",
+            payment_method=card(vault_url, merchant, "4242424242424242"),
+            confirm=True,
+        ),
+        idempotency_key=str(uuid.uuid4()),
+    )
+    assert intent.state == "processing"
+    (pending,) = charges_of(store, intent.id)
+    # Set up without the vault, a function cannot know what became of the card: it must
+    # not call the charge unknown (which would withdraw it), only leave it pending.
+    blind = ChargeService(store, ProcessorClient(processor.url, timeout_seconds=0.3))
+    item = store.get(pending["pk"]["S"], "CHARGE")
+    assert item is not None
+    assert blind.authorize_pending(item, None)["state"] == "pending"
+    assert store.get(pending["pk"]["S"], "CHARGE") is not None
+    # The resolver, with the vault, settles it either way it may: the processor never saw
+    # the call (failed, nothing charged), or the retry under the same key went through.
+    resolve(intents, time.time() + PENDING_GRACE_SECONDS + 1)
+    after = intents.retrieve(merchant.merchant, intent.id)
+    assert (after.state, after.amount_received) in (
+        ("requires_payment_method", 0),
+        ("succeeded", 2100),
+    )
+    (charge,) = charges_of(store, intent.id)
+    made = [a for a in processor.authorizations() if a["reference"] == charge["id"]["S"]]
+    assert len(made) == (1 if after.state == "succeeded" else 0)
+    assert verify(store).ok

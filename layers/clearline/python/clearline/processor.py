@@ -173,7 +173,9 @@ class ProcessorClient:
             )
             return self._parse(Authorization, data)
         if self.vault is None:
-            raise UnknownToken(token, f"No vault holds the payment method {token}.")
+            # A function set up without the vault cannot know what happened to this card:
+            # the charge stays pending (never failed) until one that can asks.
+            raise ProcessorUnavailable(f"no vault is configured to authorize {token}")
         _check_key(idempotency_key)
         forwarded = {
             "merchant": stored_card_of,
