@@ -492,6 +492,21 @@ def internal_test_card() -> Response[str]:
     return _json(200, rendering.internal_payment_method_object(payment_method))
 
 
+@app.get("/internal/test_cards/<alias>")
+def internal_test_card_facts(alias: str) -> Response[str]:
+    internal_caller()
+    facts = services().cards.test_card_facts(alias)
+    return _json(
+        200,
+        {
+            "alias": alias,
+            "brand": facts.brand,
+            "last4": facts.last4,
+            "fingerprint": facts.fingerprint,
+        },
+    )
+
+
 @app.post("/internal/tokens/<token_id>/redeem")
 def internal_redeem_token(token_id: str) -> Response[str]:
     asked = parse_params(RedeemParams, internal_params())

@@ -204,10 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: DemoShop
     protocol_version = "HTTP/1.1"
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+    def log_request(self, status: int | str = "", size: int | str = "") -> None:
         # The path only: /complete's query carries the intent's client secret.
         path = urlsplit(self.path).path
-        sys.stderr.write(f"demo shop: {self.command} {path[:100]} {code}\n")
+        sys.stderr.write(f"demo shop: {self.command} {path[:100]} {status}\n")
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # request lines are logged above, and nothing else

@@ -168,6 +168,9 @@ class _Environment:
             self.process.start()
         child_end.close()  # so that the worker's death reads as the end of the pipe here
         self.initialized = False
+        # Its supervisor and a closing stack may both stop it at once (a stack stopped by a
+        # signal sent to the whole process group): the pipe must be closed only once.
+        self._stop_lock = threading.Lock()
 
     @property
     def pid(self) -> int:
@@ -197,10 +200,11 @@ class _Environment:
             ) from None
 
     def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=5)
-        self.connection.close()
+        with self._stop_lock:
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(timeout=5)
+            self.connection.close()  # a second close finds it closed and does nothing
 
 
 class LocalFunction:
@@ -266,6 +270,11 @@ class LocalFunction:
             log.error("%s (invocation failed)", message)
             raise FunctionError(message)
         return payload
+
+    def closing(self) -> None:
+        """No more replacements of environments that die from here on (the stack is
+        stopping): said of every function before any is closed."""
+        self._closed.set()
 
     def close(self) -> None:
         self._closed.set()

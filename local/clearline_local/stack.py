@@ -321,9 +321,10 @@ class LocalStack:
             self.front_door.stop()
         if self.vault_door:
             self.vault_door.stop()
-        for function in self.functions.values():
+        functions = [*self.functions.values(), *([self.vault] if self.vault else [])]
+        for function in functions:  # a signal to the process group kills every worker at once
+            function.closing()
+        for function in functions:
             function.close()
-        if self.vault:
-            self.vault.close()
         self.processor.stop()
         self.moto.stop()

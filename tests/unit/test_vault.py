@@ -763,6 +763,27 @@ def authorize(
     )
 
 
+def test_a_test_alias_is_described_with_its_numbers_fingerprint(vault: Vault) -> None:
+    typed = vault.tokenize(VISA).json
+    stored = len(vault.raw_items())
+    described = vault.internal("GET", "/internal/test_cards/tok_visa")
+    assert described.status == 200
+    assert described.json == {
+        "alias": "tok_visa",
+        "brand": "visa",
+        "last4": "4242",
+        "fingerprint": typed["card"]["fingerprint"],
+    }
+    assert vault.internal("GET", "/internal/test_cards/pm_card_visa").json["fingerprint"] == (
+        typed["card"]["fingerprint"]
+    )
+    assert vault.internal("GET", "/internal/test_cards/tok_bogus").status == 404
+    assert vault.call("GET", "/internal/test_cards/tok_visa").status == 403
+    assert len(vault.raw_items()) == stored  # describing a test card makes nothing
+    tokens = [vault.token().json["id"] for _ in range(3)]
+    assert all(t.startswith("tok_1") for t in tokens)  # never a test alias's name
+
+
 def test_an_authorization_is_forwarded_with_the_card_and_relayed(
     vault: Vault, processor: FakeProcessor
 ) -> None:

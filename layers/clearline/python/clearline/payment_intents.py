@@ -407,7 +407,6 @@ class PaymentIntentService:
                 "code": "payment_intent_authentication_failure",
                 "message": "We are unable to authenticate your payment method. Please choose a "
                 "different payment method and try again.",
-                "payment_method": item.get("payment_method"),
             }
             return self._move(
                 item,

@@ -32,6 +32,8 @@ from clearline.processor import (
 from clearline.topology import VAULT_URL_ENV, VAULT_URL_PARAMETER_ENV
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# The vault's single-use tokens start so, as Stripe's own do; Stripe's test tokens are names.
+VAULT_TOKEN_PREFIX = "tok_1"
 
 
 class VaultUnavailable(ProcessorUnavailable):
@@ -62,6 +64,7 @@ class VaultClient:
         self.region = region or os.environ.get("AWS_REGION", "us-east-1")
         self._lock = threading.Lock()
         self._opener: urllib.request.OpenerDirector | None = None
+        self._alias_fingerprints: dict[str, str | None] = {}
 
     @classmethod
     def from_env(cls, timeout_seconds: float = 10.0) -> VaultClient | None:
@@ -99,9 +102,25 @@ class VaultClient:
         body = {"merchant": merchant, "test_card": alias, "reference": reference}
         return self._maybe("POST", "/internal/payment_methods", body)
 
+    def test_card_fingerprint(self, alias: str) -> str | None:
+        """The fingerprint of the card a Stripe test alias (`tok_visa`) stands for, as the
+        vault fingerprints that number; None for what is not an alias. Kept for the life of
+        the process: the aliases and their numbers never change."""
+        with self._lock:
+            if alias in self._alias_fingerprints:
+                return self._alias_fingerprints[alias]
+        answer = self._maybe("GET", f"/internal/test_cards/{_segment(alias)}")
+        fingerprint = None if answer is None else str(answer.get("fingerprint") or "") or None
+        with self._lock:
+            if len(self._alias_fingerprints) < 1000:  # aliases are few; anything else is not
+                self._alias_fingerprints[alias] = fingerprint
+        return fingerprint
+
     def redeem_token(self, merchant: str, token: str, reference: str) -> dict[str, Any] | None:
         """The payment method a single-use token becomes, or None when the vault did not
         issue it (a processor's test token). Raises TokenAlreadyUsed."""
+        if not token.startswith(VAULT_TOKEN_PREFIX):
+            return None  # not one of the vault's: Stripe's test tokens are names (tok_visa)
         body = {"merchant": merchant, "reference": reference}
         try:
             return self._maybe("POST", f"/internal/tokens/{_segment(token)}/redeem", body)

@@ -30,6 +30,15 @@ CVC_TTL_SECONDS = 60 * 60
 TOKEN_TTL_SECONDS = 24 * 60 * 60
 
 
+# The vault's tokens start `tok_1`, as Stripe's own do; Stripe's test tokens are names
+# (`tok_visa`). So Clearline asks the vault only about tokens it could have made.
+VAULT_TOKEN_PREFIX = "tok_1"
+
+
+def vault_token_id() -> str:
+    return VAULT_TOKEN_PREFIX + new_id("tok").removeprefix("tok_")
+
+
 class CardVault:
     def __init__(
         self,
@@ -66,7 +75,7 @@ class CardVault:
     def create_token(self, merchant: Merchant, new: NewToken, client_ip: str | None) -> Token:
         now = int(self.clock())
         token = Token(
-            id=new_id("tok"),
+            id=vault_token_id(),
             merchant=merchant.id,
             created=now,
             livemode=merchant.livemode,
@@ -116,6 +125,15 @@ class CardVault:
             reference=reference,
         )
         return self._store_payment_method(payment_method, card)
+
+    def test_card_facts(self, alias: str) -> CardFacts:
+        """What a Stripe test alias's card is (brand, last four, fingerprint), without making
+        anything: for a charge on a processor's test token, so that its fingerprint is the one
+        a payment method of the same number has."""
+        card = test_card(alias, self.today())
+        if card is None:
+            raise ResourceMissingError("test card", alias, param="alias")
+        return self._facts(card)
 
     def redeem_token(self, merchant_id: str, token_id: str, reference: str) -> PaymentMethod:
         """The token's card as a payment method, made at the first redeem. A token is
