@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import signal
 import sys
@@ -20,6 +21,9 @@ def _store(info: StackInfo) -> Any:
     from clearline_local.stack import aws_client
 
     return Store(info.main_table, aws_client("dynamodb", info.aws_endpoint_url))
+
+
+STOP_DIAGNOSIS_SECONDS = 20
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -79,7 +83,10 @@ Press Ctrl-C to stop.""",
             pass
     finally:
         print("Stopping the local stack...", file=sys.stderr, flush=True)
+        # A stop that takes this long is stuck somewhere: say where, in the stack's output.
+        faulthandler.dump_traceback_later(STOP_DIAGNOSIS_SECONDS, exit=False)
         stack.stop()
+        faulthandler.cancel_dump_traceback_later()
     return 0
 
 

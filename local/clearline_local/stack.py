@@ -324,7 +324,10 @@ class LocalStack:
         functions = [*self.functions.values(), *([self.vault] if self.vault else [])]
         for function in functions:  # a signal to the process group kills every worker at once
             function.closing()
-        for function in functions:
-            function.close()
+        closers = [threading.Thread(target=function.close) for function in functions]
+        for closer in closers:  # each waits for its workers to exit: all at once, not in turn
+            closer.start()
+        for closer in closers:
+            closer.join()
         self.processor.stop()
         self.moto.stop()

@@ -150,7 +150,12 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     info = StackInfo(**json.loads(state_file.read_text()))
     yield Stack(info, log_path, env)
     process.terminate()  # what Ctrl-C does: a clean stop
-    assert process.wait(timeout=30) == 0, log_path.read_text()[-3000:]
+    try:
+        code = process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the local stack did not stop:\n{log_path.read_text()[-6000:]}")
+    assert code == 0, log_path.read_text()[-3000:]
     assert not state_file.exists(), "a stopped stack must remove its state file"
 
 

@@ -774,8 +774,9 @@ def test_a_test_alias_is_described_with_its_numbers_fingerprint(vault: Vault) ->
         "last4": "4242",
         "fingerprint": typed["card"]["fingerprint"],
     }
-    assert vault.internal("GET", "/internal/test_cards/pm_card_visa").json["fingerprint"] == (
-        typed["card"]["fingerprint"]
+    assert (
+        vault.internal("GET", "/internal/test_cards/pm_card_visa").json["fingerprint"]
+        == (typed["card"]["fingerprint"])
     )
     assert vault.internal("GET", "/internal/test_cards/tok_bogus").status == 404
     assert vault.call("GET", "/internal/test_cards/tok_visa").status == 403
