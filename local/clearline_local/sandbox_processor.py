@@ -10,15 +10,23 @@ Request bodies are never logged: they carry tokens, amounts and, from the card v
 numbers. A card number is never kept whole: an authorization keeps its last four digits
 and a keyed fingerprint, and a stored idempotency fingerprint a keyed digest of the card
 (the CVC is not kept in any form).
+
+As an acquirer does, it raises disputes: money captured on one of Stripe's dispute test
+cards is contested a little later, and every change of a dispute is posted to the
+platform as a signed notification, retried until it is answered. The platform answers a
+dispute with evidence or accepts it; the network's decision follows from the evidence.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import math
 import re
 import secrets
 import string
@@ -26,7 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -44,6 +52,22 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 SETTLEMENT_LAG_DAYS = 2  # a day's captures and refunds settle two days later (T+2)
 PROCESSOR_FEE_BASIS_POINTS = 150  # what the processor charges us on each capture
+DISPUTE_FEE = 1500  # what the acquirer charges on each chargeback, in the minor unit
+EVIDENCE_WINDOW_SECONDS = 8 * 24 * 3600  # how long the merchant has to answer a dispute
+MAX_DELAY_SECONDS = 3600.0
+SIGNATURE_HEADER = "Processor-Signature"
+NOTIFICATION_TIMEOUT_SECONDS = 5.0
+NOTIFICATION_FIRST_BACKOFF_SECONDS = 0.2
+NOTIFICATION_MAX_BACKOFF_SECONDS = 5.0
+
+# Dispute statuses, as Stripe names them: a chargeback's, then an inquiry's (`warning_`).
+NEEDS_RESPONSE, UNDER_REVIEW, WON, LOST = "needs_response", "under_review", "won", "lost"
+WARNING_NEEDS_RESPONSE, WARNING_UNDER_REVIEW, WARNING_CLOSED = (
+    "warning_needs_response",
+    "warning_under_review",
+    "warning_closed",
+)
+DISPUTE_CLOSED_STATUSES = frozenset({WON, LOST, WARNING_CLOSED})
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _CURRENCY_RE = re.compile(r"^[a-z]{3}$")
@@ -68,6 +92,20 @@ def card_number_fingerprint(number: str) -> str:
 
 
 @dataclass(frozen=True)
+class _DisputeKind:
+    """The dispute a test card's cardholder raises once money on the card is captured."""
+
+    reason: str
+    network_reason_code: str | None
+    inquiry: bool = False
+
+
+_FRAUDULENT = _DisputeKind("fraudulent", "10.4")
+_PRODUCT_NOT_RECEIVED = _DisputeKind("product_not_received", "13.1")
+_INQUIRY = _DisputeKind("general", None, inquiry=True)
+
+
+@dataclass(frozen=True)
 class _TestCard:
     brand: str
     last4: str
@@ -75,6 +113,7 @@ class _TestCard:
     country: str = "US"
     # (code, decline_code, message) when the card declines every authorization
     decline: tuple[str, str, str] | None = None
+    dispute: _DisputeKind | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -141,6 +180,10 @@ TEST_TOKENS: dict[str, _TestCard] = {
     "tok_chargeDeclinedStolenCard": _TestCard(
         "visa", "9979", decline=("card_declined", "stolen_card", _DECLINED)
     ),
+    "tok_createDispute": _TestCard("visa", "0259", dispute=_FRAUDULENT),
+    "tok_visa_createDispute": _TestCard("visa", "0259", dispute=_FRAUDULENT),
+    "tok_createDisputeProductNotReceived": _TestCard("visa", "2685", dispute=_PRODUCT_NOT_RECEIVED),
+    "tok_createDisputeInquiry": _TestCard("visa", "1976", dispute=_INQUIRY),
 }
 
 # Stripe's test card numbers, each behaving as the token of the same card does.
@@ -157,6 +200,9 @@ TEST_CARD_NUMBERS: dict[str, _TestCard] = {
     "4100000000000019": TEST_TOKENS["tok_chargeDeclinedFraudulent"],
     "4000000000009987": TEST_TOKENS["tok_chargeDeclinedLostCard"],
     "4000000000009979": TEST_TOKENS["tok_chargeDeclinedStolenCard"],
+    "4000000000000259": TEST_TOKENS["tok_createDispute"],
+    "4000000000002685": TEST_TOKENS["tok_createDisputeProductNotReceived"],
+    "4000000000001976": TEST_TOKENS["tok_createDisputeInquiry"],
 }
 # Stripe's 3-D Secure test cards: declined unless the request shows the cardholder
 # authenticated.
@@ -197,6 +243,23 @@ def _error(code: str, message: str, param: str | None = None) -> dict[str, Any]:
     if param is not None:
         error["param"] = param
     return {"error": error}
+
+
+def sign_notification(secret: str, body: bytes, timestamp: int) -> str:
+    """The `Processor-Signature` header of a notification: the time it was signed at and
+    an HMAC-SHA256 of that time and the exact body bytes, so a receiver can refuse both
+    forgeries and old notifications replayed."""
+    signed = f"{timestamp}.".encode() + body
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def _validate_delay(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number")
+    if not 0 <= value <= MAX_DELAY_SECONDS:
+        raise ValueError(f"{name} must be between 0 and {MAX_DELAY_SECONDS:g}")
+    return float(value)
 
 
 @dataclass
@@ -244,6 +307,8 @@ class _AuthorizationRecord:
     amount_refunded: int = 0
     voided: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    # Kept off the JSON: what the card's holder will contest once it is captured.
+    dispute_kind: _DisputeKind | None = None
 
     def to_json(self) -> dict[str, Any]:
         card: dict[str, Any] = {
@@ -277,6 +342,56 @@ class _AuthorizationRecord:
             "network_transaction_id": self.network_transaction_id,
             "created": self.created,
         }
+
+
+@dataclass
+class _DisputeRecord:
+    id: str
+    authorization: str
+    reference: str | None
+    amount: int
+    currency: str
+    reason: str
+    network_reason_code: str | None
+    status: str
+    evidence_due_by: int
+    created: int
+    evidence_submissions: int = 0
+    evidence: dict[str, str] | None = None
+
+    @property
+    def inquiry(self) -> bool:
+        return self.status.startswith("warning_")
+
+    @property
+    def closed(self) -> bool:
+        return self.status in DISPUTE_CLOSED_STATUSES
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)  # a deep copy: the evidence is not shared with the caller
+        return {"id": data.pop("id"), "object": "dispute", **data}
+
+
+_Movement = Literal["capture", "refund", "dispute", "dispute_reversal"]
+
+
+@dataclass(frozen=True)
+class _Settlement:
+    """How a kind of money movement settles: the way the amount goes, and the fee on it."""
+
+    sign: int
+    fee: Callable[[int], int]
+
+
+_SETTLEMENTS: dict[str, _Settlement] = {
+    "capture": _Settlement(
+        1, lambda amount: (amount * PROCESSOR_FEE_BASIS_POINTS + 5_000) // 10_000
+    ),
+    "refund": _Settlement(-1, lambda amount: 0),
+    # A chargeback takes the amount back and costs a fee; winning it returns the amount only.
+    "dispute": _Settlement(-1, lambda amount: DISPUTE_FEE),
+    "dispute_reversal": _Settlement(1, lambda amount: 0),
+}
 
 
 # ---------------------------------------------------------------------------- body parsing
@@ -328,6 +443,7 @@ class _PresentedCard:
     exp_year: int
     decline: tuple[str, str, str] | None
     three_d_secure: dict[str, Any] | None = None
+    dispute: _DisputeKind | None = None
 
 
 def _token_card(token: str) -> _PresentedCard:
@@ -350,6 +466,7 @@ def _token_card(token: str) -> _PresentedCard:
         exp_month=12,
         exp_year=dt.datetime.now(dt.UTC).year + 1,
         decline=card.decline,
+        dispute=card.dispute,
     )
 
 
@@ -446,6 +563,7 @@ def _numbered_card(body: dict[str, Any]) -> _PresentedCard:
         exp_year=exp_year,
         decline=decline,
         three_d_secure=three_d_secure,
+        dispute=known.dispute if known is not None else None,
     )
 
 
@@ -461,22 +579,53 @@ class SandboxProcessor:
         port: int = 0,
         latency_ms: int = 0,
         fault_delay_seconds: float = 3.0,
+        dispute_delay_seconds: float = 0.5,
+        decision_delay_seconds: float = 1.0,
+        notification_url: str | None = None,
+        notification_secret: str | None = None,
+        notification_attempts: int = 8,
     ) -> None:
+        if not isinstance(notification_attempts, int) or isinstance(notification_attempts, bool):
+            raise ValueError("notification_attempts must be an integer")
+        if notification_attempts < 1:
+            raise ValueError("notification_attempts must be at least 1")
         self._host = host
         self._requested_port = port
         self._fault_delay_seconds = fault_delay_seconds
         self._lock = threading.Lock()
         self._latency_ms = self._validate_latency(latency_ms)
+        self._dispute_delay_seconds = _validate_delay(
+            dispute_delay_seconds, "dispute_delay_seconds"
+        )
+        self._decision_delay_seconds = _validate_delay(
+            decision_delay_seconds, "decision_delay_seconds"
+        )
         self._faults: deque[str] = deque()
         self._authorizations: dict[str, _AuthorizationRecord] = {}
         self._refunds: dict[str, dict[str, Any]] = {}
-        # Money that moved (captures and refunds), in order: what settlement files report.
+        self._disputes: dict[str, _DisputeRecord] = {}
+        # Money that moved (captures, refunds, disputes), in order: what settlement files
+        # report.
         self._settleable: list[dict[str, Any]] = []
         self._batches = 0
         self._idempotency: dict[str, _StoredResponse] = {}
         self._revoked: set[str] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        # Dispute events still to come (openings, decisions); stop() cancels them.
+        self._timers: set[threading.Timer] = set()
+        # Notifications not yet answered by the platform, oldest first. The delivery thread
+        # waits on the condition for one to be queued or a receiver to be configured.
+        self._outbox: deque[dict[str, Any]] = deque()
+        self._outbox_changed = threading.Condition(self._lock)
+        self._delivered = 0
+        self._notification_attempts = notification_attempts
+        self._notification_url: str | None = None
+        self._notification_secret: str | None = None
+        self._delivery: threading.Thread | None = None
+        self._delivery_stop = threading.Event()
+        if notification_url is not None or notification_secret is not None:
+            self.configure_notifications(notification_url or "", notification_secret or "")
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -493,19 +642,39 @@ class SandboxProcessor:
             daemon=True,
         )
         self._thread.start()
+        # Each run has its own stop signal: a delivery thread abandoned by stop() mid-attempt
+        # never mistakes a later start for its own.
+        self._delivery_stop = threading.Event()
+        self._delivery = threading.Thread(
+            target=self._deliver_notifications,
+            args=(self._delivery_stop,),
+            name=f"sandbox-processor-notifications-{self.port}",
+            daemon=True,
+        )
+        self._delivery.start()
         return self
 
     def stop(self) -> None:
-        """Stop serving and release the port. Handlers still sleeping in a fault are
-        daemon threads and are abandoned rather than waited for."""
-        server, thread = self._server, self._thread
-        self._server, self._thread = None, None
+        """Stop serving and release the port, cancel the dispute events still to come and
+        stop delivering notifications (undelivered ones stay queued). Handlers still
+        sleeping in a fault, and a delivery attempt in flight, are daemon threads and are
+        abandoned rather than waited for."""
+        server, thread, delivery = self._server, self._thread, self._delivery
+        self._server, self._thread, self._delivery = None, None, None
         if server is None:
             return
+        with self._lock:
+            for timer in self._timers:
+                timer.cancel()
+            self._timers.clear()
+            self._delivery_stop.set()
+            self._outbox_changed.notify_all()
         server.shutdown()
         server.server_close()
         if thread is not None:
             thread.join(timeout=5)
+        if delivery is not None:
+            delivery.join(timeout=1)
 
     def __enter__(self) -> SandboxProcessor:
         return self.start()
@@ -535,6 +704,62 @@ class SandboxProcessor:
         value = self._validate_latency(value)
         with self._lock:
             self._latency_ms = value
+
+    @property
+    def dispute_delay_seconds(self) -> float:
+        """How long after a capture the cardholder of a dispute test card contests it."""
+        with self._lock:
+            return self._dispute_delay_seconds
+
+    @dispute_delay_seconds.setter
+    def dispute_delay_seconds(self, value: float) -> None:
+        value = _validate_delay(value, "dispute_delay_seconds")
+        with self._lock:
+            self._dispute_delay_seconds = value
+
+    @property
+    def decision_delay_seconds(self) -> float:
+        """How long after evidence is submitted the network decides."""
+        with self._lock:
+            return self._decision_delay_seconds
+
+    @decision_delay_seconds.setter
+    def decision_delay_seconds(self, value: float) -> None:
+        value = _validate_delay(value, "decision_delay_seconds")
+        with self._lock:
+            self._decision_delay_seconds = value
+
+    def configure_notifications(self, url: str, secret: str) -> None:
+        """Where dispute notifications go and the secret they are signed with. The
+        receiver's URL is often known only once it binds: until then they queue."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("notification_url must be an http or https URL")
+        if not secret:
+            raise ValueError("notification_secret is required to sign notifications")
+        with self._lock:
+            self._notification_url, self._notification_secret = url, secret
+            self._outbox_changed.notify_all()
+
+    def notifications_pending(self) -> list[dict[str, Any]]:
+        """The notifications not yet answered by the platform, oldest first."""
+        with self._lock:
+            return copy.deepcopy(list(self._outbox))
+
+    def redeliver(self, dispute_id: str) -> dict[str, Any]:
+        """Send the dispute's current state once more, as networks sometimes do: receivers
+        must take a notification twice without acting twice. KeyError if it is unknown."""
+        with self._lock:
+            dispute = self._disputes.get(dispute_id)
+            if dispute is None:
+                raise KeyError(dispute_id)
+            kind = "dispute.closed" if dispute.closed else "dispute.updated"
+            return copy.deepcopy(self._notify(dispute, kind))
+
+    def disputes(self) -> list[dict[str, Any]]:
+        """Every dispute, oldest first."""
+        with self._lock:
+            return [dispute.to_json() for dispute in self._disputes.values()]
 
     def inject_fault(self, mode: str, count: int = 1) -> None:
         """Make the next `count` POSTs to /v1/* fail with `mode`. Faults queue in order."""
@@ -598,14 +823,33 @@ class SandboxProcessor:
             return _Response(200, {"data": self.authorizations()})
         if path == "/_sandbox/config":
             if method == "POST":
-                latency: Any = body.get("latency_ms")  # validated by the setter
+                self._configure(body)
+            if method in ("GET", "POST"):
+                return _Response(
+                    200,
+                    {
+                        "latency_ms": self.latency_ms,
+                        "dispute_delay_seconds": self.dispute_delay_seconds,
+                        "decision_delay_seconds": self.decision_delay_seconds,
+                    },
+                )
+        if path == "/_sandbox/notifications" and method == "GET":
+            with self._lock:  # one moment's view: a delivery moves one from one to the other
+                pending, delivered = copy.deepcopy(list(self._outbox)), self._delivered
+            return _Response(200, {"pending": pending, "delivered": delivered})
+        if path == "/_sandbox/disputes" and method == "GET":
+            return _Response(200, {"data": self.disputes()})
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        if len(parts) == 4 and parts[1] == "disputes" and method == "POST":
+            if parts[3] == "decide":
+                return _Response(200, self._decide_now(parts[2], body))
+            if parts[3] == "notify":
                 try:
-                    self.latency_ms = latency
-                except ValueError as exc:
-                    raise _RequestError(400, "invalid_config", str(exc), "latency_ms") from None
-                return _Response(200, {"latency_ms": self.latency_ms})
-            if method == "GET":
-                return _Response(200, {"latency_ms": self.latency_ms})
+                    return _Response(200, self.redeliver(parts[2]))
+                except KeyError:
+                    raise _RequestError(
+                        404, "resource_missing", f"No such dispute: '{parts[2]}'"
+                    ) from None
         if path == "/_sandbox/settlements" and method == "POST":
             try:
                 day = dt.date.fromisoformat(str(body.get("date")))
@@ -627,6 +871,24 @@ class SandboxProcessor:
                 return _Response(200, {"faults": self.pending_faults()})
         raise _RequestError(404, "not_found", f"Unrecognized request URL ({method}: {path}).")
 
+    def _configure(self, body: dict[str, Any]) -> None:
+        # Every given setting is checked before any is applied: a refused request changes
+        # nothing.
+        latency: Any = body.get("latency_ms", self.latency_ms)
+        try:
+            latency = self._validate_latency(latency)
+        except ValueError as exc:
+            raise _RequestError(400, "invalid_config", str(exc), "latency_ms") from None
+        delays: dict[str, float] = {}
+        for name in ("dispute_delay_seconds", "decision_delay_seconds"):
+            try:
+                delays[name] = _validate_delay(body.get(name, getattr(self, name)), name)
+            except ValueError as exc:
+                raise _RequestError(400, "invalid_config", str(exc), name) from None
+        self.latency_ms = latency
+        self.dispute_delay_seconds = delays["dispute_delay_seconds"]
+        self.decision_delay_seconds = delays["decision_delay_seconds"]
+
     def _handle_v1(
         self, method: str, path: str, headers: dict[str, str], body: dict[str, Any]
     ) -> _Response:
@@ -636,6 +898,8 @@ class SandboxProcessor:
                 if len(parts) == 2 and parts[0] == "authorizations":
                     record = self._get_authorization(parts[1])
                     return _Response(200, record.to_json())
+                if len(parts) == 2 and parts[0] == "disputes":
+                    return _Response(200, self._get_dispute(parts[1]).to_json())
                 if len(parts) == 2 and parts[0] == "idempotency":
                     stored = self._idempotency.get(parts[1])
                     if stored is None:
@@ -716,6 +980,12 @@ class SandboxProcessor:
                 return lambda body: self._capture(authorization_id, body)
             if parts[2] == "void":
                 return lambda body: self._void(authorization_id)
+        if len(parts) == 3 and parts[0] == "disputes":
+            dispute_id = parts[1]
+            if parts[2] == "evidence":
+                return lambda body: self._submit_evidence(dispute_id, body)
+            if parts[2] == "close":
+                return lambda body: self._close_dispute(dispute_id)
         raise _RequestError(404, "not_found", "Unrecognized request URL.")
 
     # -- operations (called with the lock held) -------------------------------------------
@@ -762,15 +1032,14 @@ class SandboxProcessor:
             exp_month=presented.exp_month,
             exp_year=presented.exp_year,
             three_d_secure=presented.three_d_secure,
+            dispute_kind=presented.dispute,
         )
         if presented.decline is not None:
             record.code, record.decline_code, record.message = presented.decline
         else:
             record.network_transaction_id = _network_transaction_id()
             if capture:
-                record.captured = True
-                record.amount_captured = amount
-                self._settle_later(record, "capture", amount)
+                self._record_capture(record, amount)
         self._authorizations[record.id] = record
         return record.to_json()
 
@@ -795,10 +1064,17 @@ class SandboxProcessor:
                 "amount",
             )
         # A partial capture releases the remainder of the hold, as card networks do.
+        self._record_capture(record, amount)
+        return record.to_json()
+
+    def _record_capture(self, record: _AuthorizationRecord, amount: int) -> None:
         record.captured = True
         record.amount_captured = amount
         self._settle_later(record, "capture", amount)
-        return record.to_json()
+        kind = record.dispute_kind
+        if kind is not None:
+            # Only captured money is contested, never a hold.
+            self._later(self._dispute_delay_seconds, lambda: self._open_dispute(record, kind))
 
     def _void(self, authorization_id: str) -> dict[str, Any]:
         record = self._get_authorization(authorization_id)
@@ -854,12 +1130,211 @@ class SandboxProcessor:
         )
         return dict(refund)
 
+    # -- disputes (called with the lock held) ---------------------------------------------
+
+    def _get_dispute(self, dispute_id: str) -> _DisputeRecord:
+        dispute = self._disputes.get(dispute_id)
+        if dispute is None:
+            raise _RequestError(404, "resource_missing", f"No such dispute: '{dispute_id}'")
+        return dispute
+
+    def _open_dispute(self, record: _AuthorizationRecord, kind: _DisputeKind) -> None:
+        now = int(time.time())
+        dispute = _DisputeRecord(
+            id=_random_id("dp_"),
+            authorization=record.id,
+            reference=record.reference,
+            amount=record.amount_captured,
+            currency=record.currency,
+            reason=kind.reason,
+            network_reason_code=kind.network_reason_code,
+            status=WARNING_NEEDS_RESPONSE if kind.inquiry else NEEDS_RESPONSE,
+            evidence_due_by=now + EVIDENCE_WINDOW_SECONDS,
+            created=now,
+        )
+        self._disputes[dispute.id] = dispute
+        if not dispute.inquiry:
+            # A chargeback takes the money back at once; an inquiry only asks questions.
+            self._settle_later(record, "dispute", dispute.amount, dispute.id)
+        self._notify(dispute, "dispute.created")
+
+    def _submit_evidence(self, dispute_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        dispute = self._get_dispute(dispute_id)
+        evidence = body.get("evidence")
+        if not isinstance(evidence, dict) or not all(
+            isinstance(value, str) for value in evidence.values()
+        ):
+            raise _RequestError(
+                400,
+                "parameter_invalid",
+                "'evidence' must be an object whose values are strings.",
+                "evidence",
+            )
+        self._require_open(dispute)
+        if dispute.status not in (NEEDS_RESPONSE, WARNING_NEEDS_RESPONSE):
+            raise _RequestError(
+                409,
+                "dispute_under_review",
+                f"Dispute {dispute.id} is under review: evidence was already submitted.",
+            )
+        dispute.evidence = dict(evidence)
+        dispute.evidence_submissions += 1
+        dispute.status = WARNING_UNDER_REVIEW if dispute.inquiry else UNDER_REVIEW
+        self._notify(dispute, "dispute.updated")
+        submission = dispute.evidence_submissions
+        self._later(self._decision_delay_seconds, lambda: self._review(dispute, submission))
+        return dispute.to_json()
+
+    def _close_dispute(self, dispute_id: str) -> dict[str, Any]:
+        """The merchant accepts the dispute: a chargeback is lost, an inquiry closed."""
+        dispute = self._get_dispute(dispute_id)
+        self._require_open(dispute)
+        self._decide(dispute, WARNING_CLOSED if dispute.inquiry else LOST)
+        return dispute.to_json()
+
+    @staticmethod
+    def _require_open(dispute: _DisputeRecord) -> None:
+        if dispute.closed:
+            raise _RequestError(
+                409, "dispute_closed", f"Dispute {dispute.id} is closed ({dispute.status})."
+            )
+
+    def _review(self, dispute: _DisputeRecord, submission: int) -> None:
+        """The network's decision on the evidence of one submission, read from its
+        `uncategorized_text` as Stripe's test values are."""
+        if dispute.evidence_submissions != submission or dispute.status not in (
+            UNDER_REVIEW,
+            WARNING_UNDER_REVIEW,
+        ):
+            return  # decided (or closed) meanwhile
+        text = (dispute.evidence or {}).get("uncategorized_text", "")
+        if "winning_evidence" in text:
+            self._decide(dispute, WARNING_CLOSED if dispute.inquiry else WON)
+        elif "losing_evidence" in text:
+            self._decide(dispute, WARNING_CLOSED if dispute.inquiry else LOST)
+        elif "escalate_inquiry_evidence" in text and dispute.inquiry:
+            self._escalate(dispute)
+        # Anything else stays under review: the sandbox's network never decides it.
+
+    def _decide(self, dispute: _DisputeRecord, status: str) -> None:
+        dispute.status = status
+        if status == WON:
+            record = self._authorizations[dispute.authorization]
+            self._settle_later(record, "dispute_reversal", dispute.amount, dispute.id)
+        self._notify(dispute, "dispute.closed")
+
+    def _escalate(self, dispute: _DisputeRecord) -> None:
+        """The inquiry becomes a chargeback: the money goes, and a new deadline starts."""
+        dispute.status = NEEDS_RESPONSE
+        dispute.evidence_due_by = int(time.time()) + EVIDENCE_WINDOW_SECONDS
+        record = self._authorizations[dispute.authorization]
+        self._settle_later(record, "dispute", dispute.amount, dispute.id)
+        self._notify(dispute, "dispute.updated")
+
+    def _decide_now(self, dispute_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        status = body.get("status")
+        if not isinstance(status, str) or status not in DISPUTE_CLOSED_STATUSES:
+            raise _RequestError(
+                400,
+                "parameter_invalid",
+                "'status' must be one of 'won', 'lost' or 'warning_closed'.",
+                "status",
+            )
+        with self._lock:
+            dispute = self._get_dispute(dispute_id)
+            self._require_open(dispute)
+            if (status == WARNING_CLOSED) != dispute.inquiry:
+                raise _RequestError(
+                    400,
+                    "parameter_invalid",
+                    "An inquiry closes as 'warning_closed'; a chargeback is 'won' or 'lost'.",
+                    "status",
+                )
+            self._decide(dispute, status)
+            return dispute.to_json()
+
+    # -- timers and notifications ----------------------------------------------------------
+
+    def _later(self, delay: float, action: Callable[[], None]) -> None:
+        """Run `action` with the lock held `delay` seconds from now, on a timer thread.
+        Called with the lock held."""
+
+        def fire() -> None:
+            with self._lock:
+                if timer not in self._timers:
+                    return  # cancelled by stop() as it fired
+                self._timers.discard(timer)
+                action()
+
+        timer = threading.Timer(delay, fire)
+        timer.daemon = True
+        self._timers.add(timer)
+        timer.start()
+
+    def _notify(self, dispute: _DisputeRecord, kind: str) -> dict[str, Any]:
+        """Queue a notification of the dispute as it now is. Called with the lock held."""
+        notification = {
+            "id": _random_id("ntf_"),
+            "type": kind,
+            "created": int(time.time()),
+            "dispute": dispute.to_json(),
+        }
+        self._outbox.append(notification)
+        self._outbox_changed.notify_all()
+        return notification
+
+    def _deliver_notifications(self, stop: threading.Event) -> None:
+        """The delivery thread: the outbox in creation order, each notification until the
+        platform answers it with a 2xx or its attempts run out."""
+        while True:
+            with self._outbox_changed:
+                self._outbox_changed.wait_for(
+                    lambda: (
+                        stop.is_set() or (bool(self._outbox) and self._notification_url is not None)
+                    )
+                )
+                if stop.is_set():
+                    return
+                notification = self._outbox[0]
+            # Sent without the lock: a slow receiver must not hold up the processor.
+            outcome = self._deliver(notification, stop)
+            if outcome == "stopped":
+                return
+            with self._lock:
+                if self._outbox and self._outbox[0] is notification:
+                    self._outbox.popleft()
+                if outcome == "delivered":
+                    self._delivered += 1
+
+    def _deliver(
+        self, notification: dict[str, Any], stop: threading.Event
+    ) -> Literal["delivered", "dropped", "stopped"]:
+        body = json.dumps(notification, separators=(",", ":")).encode()
+        backoff = NOTIFICATION_FIRST_BACKOFF_SECONDS
+        for attempt in range(1, self._notification_attempts + 1):
+            with self._lock:
+                # Read for each attempt: a receiver configured anew takes the next one.
+                url, secret = self._notification_url, self._notification_secret
+            if url is not None and secret is not None and _post_notification(url, secret, body):
+                return "delivered"
+            if attempt < self._notification_attempts:
+                if stop.wait(backoff):
+                    return "stopped"
+                backoff = min(backoff * 2, NOTIFICATION_MAX_BACKOFF_SECONDS)
+        logger.warning(
+            "sandbox notification %s (%s) dropped after %d attempts",
+            notification["id"],
+            notification["type"],
+            self._notification_attempts,
+        )
+        return "dropped"
+
     # -- settlement ------------------------------------------------------------------------
 
     def _settle_later(
         self,
         record: _AuthorizationRecord,
-        kind: str,
+        kind: _Movement,
         amount: int,
         processor_reference: str | None = None,
         refund_id: str = "",
@@ -879,9 +1354,10 @@ class SandboxProcessor:
     def settlement_rows(
         self, settlement_date: dt.date, lag_days: int = SETTLEMENT_LAG_DAYS
     ) -> list[dict[str, Any]]:
-        """The next settlement batch for `settlement_date`: the captures and refunds of the
-        business day `lag_days` before it (T+2 by default) not in an earlier batch, with the
-        processor's fee. Each movement settles in exactly one batch, as with acquirers."""
+        """The next settlement batch for `settlement_date`: the captures, refunds and
+        dispute movements of the business day `lag_days` before it (T+2 by default) not in
+        an earlier batch, with the processor's fees. Each movement settles in exactly one
+        batch, as with acquirers."""
         business_day = settlement_date - dt.timedelta(days=lag_days)
         rows = []
         with self._lock:
@@ -894,12 +1370,8 @@ class SandboxProcessor:
                 ):
                     continue
                 op["batch"] = batch_id
-                fee = (
-                    (op["amount"] * PROCESSOR_FEE_BASIS_POINTS + 5_000) // 10_000
-                    if op["type"] == "capture"
-                    else 0
-                )
-                sign = 1 if op["type"] == "capture" else -1
+                settlement = _SETTLEMENTS[op["type"]]
+                fee = settlement.fee(op["amount"])
                 rows.append(
                     {
                         "settlement_date": settlement_date.isoformat(),
@@ -908,7 +1380,7 @@ class SandboxProcessor:
                         "type": op["type"],
                         "amount": op["amount"],
                         "fee": fee,
-                        "net": sign * op["amount"] - fee,
+                        "net": settlement.sign * op["amount"] - fee,
                         "currency": op["currency"],
                         "charge_id": op["charge_id"],
                         "refund_id": op["refund_id"],
@@ -918,6 +1390,36 @@ class SandboxProcessor:
 
 
 # --------------------------------------------------------------------------------- HTTP
+
+
+def _post_notification(url: str, secret: str, body: bytes) -> bool:
+    """One delivery attempt: True when the receiver answered with a 2xx. Straight to the
+    receiver (no proxy, no redirects), and the header named exactly as documented."""
+    parts = urlsplit(url)
+    connection_class: type[http.client.HTTPConnection] = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_class(
+        parts.hostname or "", parts.port, timeout=NOTIFICATION_TIMEOUT_SECONDS
+    )
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: sign_notification(secret, body, int(time.time())),
+    }
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        connection.request("POST", target, body, headers)
+        response = connection.getresponse()
+        response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        logger.info("sandbox notification to %s failed: %r", parts.hostname, exc)
+        return False
+    finally:
+        connection.close()
+    if not 200 <= response.status < 300:
+        logger.info("sandbox notification to %s answered %d", parts.hostname, response.status)
+        return False
+    return True
 
 
 class _Server(ThreadingHTTPServer):

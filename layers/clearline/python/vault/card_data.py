@@ -131,6 +131,9 @@ _TEST_NUMBERS = {
     "chargeDeclinedStolenCard": "4000000000009979",
     "threeDSecure2Required": "4000002500003155",
     "authenticationRequired": "4000002500003155",
+    "createDispute": "4000000000000259",
+    "createDisputeProductNotReceived": "4000000000002685",
+    "createDisputeInquiry": "4000000000001976",
 }
 TEST_CARD_ALIASES: dict[str, str] = {
     **{f"pm_card_{name}": number for name, number in _TEST_NUMBERS.items()},
