@@ -23,6 +23,7 @@ __all__ = [
     "Authorization",
     "Card",
     "ProcessorClient",
+    "ProcessorDispute",
     "ProcessorError",
     "ProcessorRefund",
     "ProcessorRejected",
@@ -121,17 +122,36 @@ class ProcessorRefund(BaseModel):
     authorization: str
 
 
-class ProcessorClient:
-    """Synchronous JSON-over-HTTP client for one processor."""
+class ProcessorDispute(BaseModel):
+    """A dispute as the processor (the card network, through it) reports it."""
 
-    def __init__(
-        self, base_url: str, timeout_seconds: float = 10.0, *, vault: VaultClient | None = None
-    ) -> None:
-        # Stored cards are authorized through the vault, which alone can send their number.
-        self.vault = vault
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    authorization: str
+    reference: str | None = None  # our charge id
+    amount: int
+    currency: str
+    reason: str
+    network_reason_code: str | None = None
+    status: str
+    evidence_due_by: int | None = None
+    created: int
+
+    @property
+    def inquiry(self) -> bool:
+        return self.status.startswith("warning_")
+
+
+class JsonApiClient:
+    """Synchronous JSON-over-HTTP transport for a payment partner's API (the processor, the
+    bank): idempotency keys on the calls that move money, and failures sorted into
+    unavailable (outcome unknown: retry with the key) and rejected (nothing happened)."""
+
+    def __init__(self, base_url: str, timeout_seconds: float = 10.0) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"processor URL must be http(s)://host[:port], got {base_url!r}")
+            raise ValueError(f"partner URL must be http(s)://host[:port], got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
         # A proxy from the environment must not capture calls to a processor on loopback
@@ -140,6 +160,94 @@ class ProcessorClient:
         if parsed.hostname in _LOOPBACK_HOSTS:
             handlers.append(urllib.request.ProxyHandler({}))
         self._opener = urllib.request.build_opener(*handlers)
+
+    # -- keys -----------------------------------------------------------------------------
+
+    def revoke(self, idempotency_key: str) -> bool:
+        """Ask the processor never to commit a request with this key. True when it is
+        revoked (nothing was committed, and nothing will be); False when a request with it
+        was committed already. Revoking twice is safe."""
+        _check_key(idempotency_key)
+        try:
+            self._request("POST", f"/v1/idempotency/{_segment(idempotency_key)}/revoke", {})
+        except ProcessorRejected as exc:
+            if exc.status == 409 and exc.code == "already_committed":
+                return False
+            raise
+        return True
+
+    def lookup(self, idempotency_key: str) -> dict[str, Any] | None:
+        """The response the processor committed for one of our idempotency keys, or None
+        if it never committed anything under that key (so retrying it is a first attempt).
+        """
+        _check_key(idempotency_key)
+        try:
+            return self._request("GET", f"/v1/idempotency/{_segment(idempotency_key)}")
+        except ProcessorRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # -- transport ------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        *,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        data: bytes | None = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if idempotency_key is not None:
+            _check_key(idempotency_key)
+            headers["Idempotency-Key"] = idempotency_key
+        request = urllib.request.Request(
+            self.base_url + path, data=data, headers=headers, method=method
+        )
+        try:
+            with self._opener.open(request, timeout=self.timeout_seconds) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc, token) from None
+        except (http.client.HTTPException, OSError) as exc:  # URLError is an OSError
+            # Refused, reset, dropped or timed out: the request may have been committed.
+            raise ProcessorUnavailable(f"{method} {path}: {_reason(exc)}") from exc
+        try:
+            parsed = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            # A 2xx we cannot read: the operation may have happened, so its outcome is unknown.
+            raise ProcessorUnavailable(f"{method} {path}: response is not JSON") from exc
+        if not isinstance(parsed, dict):
+            raise ProcessorUnavailable(f"{method} {path}: response is not a JSON object")
+        return parsed
+
+    @staticmethod
+    def _parse(model: type[_M], data: dict[str, Any]) -> _M:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            # The processor committed something we cannot understand: a contract breach,
+            # not a transient failure, so it is not reported as retryable.
+            raise ProcessorError(
+                f"unexpected {model.__name__} from processor: {exc.error_count()} errors"
+            ) from exc
+
+
+class ProcessorClient(JsonApiClient):
+    """The card processor's API."""
+
+    def __init__(
+        self, base_url: str, timeout_seconds: float = 10.0, *, vault: VaultClient | None = None
+    ) -> None:
+        super().__init__(base_url, timeout_seconds)
+        # Stored cards are authorized through the vault, which alone can send their number.
+        self.vault = vault
 
     # -- money-moving calls ---------------------------------------------------------------
 
@@ -214,87 +322,30 @@ class ProcessorClient:
         data = self._request("POST", "/v1/refunds", body, idempotency_key)
         return self._parse(ProcessorRefund, data)
 
-    def revoke(self, idempotency_key: str) -> bool:
-        """Ask the processor never to commit a request with this key. True when it is
-        revoked (nothing was committed, and nothing will be); False when a request with it
-        was committed already. Revoking twice is safe."""
-        _check_key(idempotency_key)
-        try:
-            self._request("POST", f"/v1/idempotency/{_segment(idempotency_key)}/revoke", {})
-        except ProcessorRejected as exc:
-            if exc.status == 409 and exc.code == "already_committed":
-                return False
-            raise
-        return True
+    def submit_dispute_evidence(
+        self, *, idempotency_key: str, dispute_id: str, evidence: dict[str, str]
+    ) -> ProcessorDispute:
+        """Send the merchant's evidence to the network; the decision comes later."""
+        path = f"/v1/disputes/{_segment(dispute_id)}/evidence"
+        data = self._request("POST", path, {"evidence": evidence}, idempotency_key)
+        return self._parse(ProcessorDispute, data)
+
+    def close_dispute(self, *, idempotency_key: str, dispute_id: str) -> ProcessorDispute:
+        """Accept the dispute: it is lost (an inquiry is closed)."""
+        path = f"/v1/disputes/{_segment(dispute_id)}/close"
+        data = self._request("POST", path, {}, idempotency_key)
+        return self._parse(ProcessorDispute, data)
 
     # -- reads ----------------------------------------------------------------------------
+
+    def get_dispute(self, dispute_id: str) -> ProcessorDispute:
+        data = self._request("GET", f"/v1/disputes/{_segment(dispute_id)}")
+        return self._parse(ProcessorDispute, data)
 
     def get_authorization(self, authorization_id: str) -> Authorization:
         """The processor's current view of an authorization."""
         data = self._request("GET", f"/v1/authorizations/{_segment(authorization_id)}")
         return self._parse(Authorization, data)
-
-    def lookup(self, idempotency_key: str) -> dict[str, Any] | None:
-        """The response the processor committed for one of our idempotency keys, or None
-        if it never committed anything under that key (so retrying it is a first attempt).
-        """
-        _check_key(idempotency_key)
-        try:
-            return self._request("GET", f"/v1/idempotency/{_segment(idempotency_key)}")
-        except ProcessorRejected as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    # -- transport ------------------------------------------------------------------------
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
-        *,
-        token: str | None = None,
-    ) -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
-        data: bytes | None = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        if idempotency_key is not None:
-            _check_key(idempotency_key)
-            headers["Idempotency-Key"] = idempotency_key
-        request = urllib.request.Request(
-            self.base_url + path, data=data, headers=headers, method=method
-        )
-        try:
-            with self._opener.open(request, timeout=self.timeout_seconds) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            raise _http_error(exc, token) from None
-        except (http.client.HTTPException, OSError) as exc:  # URLError is an OSError
-            # Refused, reset, dropped or timed out: the request may have been committed.
-            raise ProcessorUnavailable(f"{method} {path}: {_reason(exc)}") from exc
-        try:
-            parsed = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            # A 2xx we cannot read: the operation may have happened, so its outcome is unknown.
-            raise ProcessorUnavailable(f"{method} {path}: response is not JSON") from exc
-        if not isinstance(parsed, dict):
-            raise ProcessorUnavailable(f"{method} {path}: response is not a JSON object")
-        return parsed
-
-    @staticmethod
-    def _parse(model: type[_M], data: dict[str, Any]) -> _M:
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            # The processor committed something we cannot understand: a contract breach,
-            # not a transient failure, so it is not reported as retryable.
-            raise ProcessorError(
-                f"unexpected {model.__name__} from processor: {exc.error_count()} errors"
-            ) from exc
 
 
 def _segment(value: str) -> str:
