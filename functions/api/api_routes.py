@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import time
 import urllib.parse
@@ -28,15 +29,18 @@ import pages
 import screening
 from clearline import balance, listing, search
 from clearline.audit import Caller
+from clearline.bank_accounts import BankAccounts
 from clearline.cards import card_number_location, card_number_refusal
 from clearline.charges import ChargeService
 from clearline.config import Settings
 from clearline.customers import CustomerService
+from clearline.disputes import DisputeService
 from clearline.errors import (
     ApiError,
     AuthenticationError,
     CardError,
     InvalidRequestError,
+    PermissionDeniedError,
     ResourceMissingError,
     UnknownUrlError,
 )
@@ -44,14 +48,17 @@ from clearline.forms import body_bytes, decode, parse_body
 from clearline.idempotency import IdempotentRequests, Reply, check_key
 from clearline.ledger import ShardPolicy
 from clearline.logs import new_logger
-from clearline.merchants import KeyCache, Merchant
+from clearline.merchants import KeyCache, Merchant, get_merchant
 from clearline.models import BalanceTransaction, Charge, Event, Model, Page, PaymentIntent
 from clearline.params import (
+    BankAccountParams,
     ChargeCaptureParams,
     ChargeCreateParams,
     ChargeUpdateParams,
     CustomerCreateParams,
     CustomerUpdateParams,
+    DisputeCloseParams,
+    DisputeUpdateParams,
     P,
     PaymentIntentCancelParams,
     PaymentIntentCaptureParams,
@@ -61,6 +68,9 @@ from clearline.params import (
     PaymentMethodAttachParams,
     PaymentMethodDetachParams,
     PaymentMethodUpdateParams,
+    PayoutCancelParams,
+    PayoutCreateParams,
+    PayoutUpdateParams,
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
@@ -68,9 +78,13 @@ from clearline.params import (
 )
 from clearline.payment_intents import PaymentIntentService
 from clearline.payment_methods import PaymentMethodService
+from clearline.payout_jobs import PayoutJob
+from clearline.payouts import PENDING as PAYOUT_PENDING
+from clearline.payouts import PayoutService
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.store import Store, StoreUnavailable
+from clearline.topology import BANK_ACCOUNTS_KEY_ENV, PAYOUT_QUEUE, queue_env_var
 from clearline.vault_client import VaultClient
 from clearline.versions import CURRENT_VERSION
 from clearline.webhooks import (
@@ -84,6 +98,7 @@ from presentation.expand import check_paths, expand
 from presentation.links import Links
 from presentation.lists import list_object, search_result
 from presentation.objects import render
+from presentation.payouts import render_bank_account
 
 MAX_EVENT_TYPES = 20
 MAX_BODY_BYTES = 64 * 1024  # Stripe requests are small; anything larger is a mistake or abuse
@@ -104,6 +119,8 @@ class Services:
     customers: CustomerService
     payment_intents: PaymentIntentService
     payment_methods: PaymentMethodService
+    disputes: DisputeService
+    payouts: PayoutService
     webhook_endpoints: WebhookEndpoints
     idempotency: IdempotentRequests
     keys: KeyCache
@@ -140,6 +157,14 @@ def services() -> Services:
         CustomerService(store),
         PaymentIntentService(store, charges, refunds, public_url=Links.from_env().base_url),
         PaymentMethodService(store, processor.vault),
+        DisputeService(store, processor, shards),
+        # The api creates payouts and sets bank accounts; only the payout worker sends them.
+        PayoutService(
+            store,
+            BankAccounts(store, SecretBox(os.environ.get(BANK_ACCOUNTS_KEY_ENV, ""))),
+            None,
+            shards,
+        ),
         WebhookEndpoints(store, secrets=secret_box, egress=EgressPolicy.from_settings(settings)),
         idempotency,
         KeyCache(),
@@ -425,6 +450,10 @@ def _fetcher(merchant: Merchant) -> Callable[[str], dict[str, Any] | None]:
                 return render(services().payment_intents.retrieve(merchant, object_id), links())
             if object_id.startswith("cus_"):
                 return render(services().customers.retrieve(merchant, object_id), links())
+            if object_id.startswith("po_"):
+                return render(services().payouts.retrieve(merchant, object_id), links())
+            if object_id.startswith("du_"):
+                return render(services().disputes.retrieve(merchant, object_id), links())
             if object_id.startswith("txn_"):
                 item = listing.get_owned(services().store, merchant.id, object_id, "txn")
                 return render(BalanceTransaction.from_item(item), links())
@@ -1053,6 +1082,173 @@ def list_customer_payment_methods(
     )
     url = f"/v1/customers/{customer_id}/payment_methods"
     return respond(merchant, page, "list:payment_method", url=url)
+
+
+@app.get("/v1/disputes")
+def list_disputes(
+    charge: IdFilter = None,
+    payment_intent: IdFilter = None,
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    page = services().disputes.list(
+        merchant,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        created=listing.Created(created_gt, created_gte, created_lt, created_lte),
+        facets=_facets(charge=charge, payment_intent=payment_intent),
+    )
+    return respond(merchant, page, "list:dispute", url="/v1/disputes")
+
+
+@app.get("/v1/disputes/<dispute_id>")
+def retrieve_dispute(dispute_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    return respond(merchant, services().disputes.retrieve(merchant, dispute_id), "dispute")
+
+
+@app.post("/v1/disputes/<dispute_id>")
+def update_dispute(dispute_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        DisputeUpdateParams,
+        lambda who, update, _: services().disputes.update(who, dispute_id, update),
+        "dispute",
+    )
+
+
+@app.post("/v1/disputes/<dispute_id>/close")
+def close_dispute(dispute_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        DisputeCloseParams,
+        lambda who, _, __: services().disputes.close(who, dispute_id),
+        "dispute",
+    )
+
+
+@cache
+def _sqs() -> Any:
+    import boto3
+
+    return boto3.client("sqs")
+
+
+def send_to_bank(payout_id: str) -> None:
+    """Queue a new payout for the bank now; if the message is lost, the scheduler's sweep
+    finds the payout pending and queues it again."""
+    try:
+        _sqs().send_message(
+            QueueUrl=os.environ[queue_env_var(PAYOUT_QUEUE.key)],
+            MessageBody=json.dumps(PayoutJob(payout_id, "send").as_message()),
+        )
+    except Exception:
+        logger.warning("payout not queued; the sweep will send it", extra={"payout": payout_id})
+
+
+def create_payout_and_send(who: Caller, params: PayoutCreateParams, key: str) -> Model:
+    payout = services().payouts.create(who, params, idempotency_key=key)
+    if payout.status == PAYOUT_PENDING:
+        send_to_bank(payout.id)
+    return payout
+
+
+@app.post("/v1/payouts")
+def create_payout() -> Response[dict[str, Any]]:
+    return idempotent_post(PayoutCreateParams, create_payout_and_send, "payout", "PayoutCreated")
+
+
+@app.get("/v1/payouts/<payout_id>")
+def retrieve_payout(payout_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    return respond(merchant, services().payouts.retrieve(merchant, payout_id), "payout")
+
+
+@app.post("/v1/payouts/<payout_id>")
+def update_payout(payout_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        PayoutUpdateParams,
+        lambda who, update, _: services().payouts.update(who, payout_id, update),
+        "payout",
+    )
+
+
+@app.post("/v1/payouts/<payout_id>/cancel")
+def cancel_payout(payout_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        PayoutCancelParams,
+        lambda who, _, __: services().payouts.cancel(who, payout_id),
+        "payout",
+    )
+
+
+@app.get("/v1/payouts")
+def list_payouts(
+    status: Annotated[
+        Literal["pending", "in_transit", "paid", "failed", "canceled"] | None, Query()
+    ] = None,
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
+    arrival_date_gt: Annotated[int | None, Query(alias="arrival_date[gt]")] = None,
+    arrival_date_gte: Annotated[int | None, Query(alias="arrival_date[gte]")] = None,
+    arrival_date_lt: Annotated[int | None, Query(alias="arrival_date[lt]")] = None,
+    arrival_date_lte: Annotated[int | None, Query(alias="arrival_date[lte]")] = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    arrival = (arrival_date_gt, arrival_date_gte, arrival_date_lt, arrival_date_lte)
+    page = services().payouts.list(
+        merchant,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        created=listing.Created(created_gt, created_gte, created_lt, created_lte),
+        status=status,
+        arrival=listing.Created(*arrival) if any(v is not None for v in arrival) else None,
+    )
+    return respond(merchant, page, "list:payout", url="/v1/payouts")
+
+
+# ---- operators' routes (IAM-authorized by the gateway) ---------------------------------------
+
+
+def operator() -> str:
+    """The IAM principal the gateway verified for an /admin route; 403 without one."""
+    caller = app.current_event.request_context.identity.user_arn
+    if not caller:
+        raise PermissionDeniedError("Admin routes are for operators, signed with their IAM role.")
+    return caller
+
+
+@app.post("/admin/merchants/<merchant_id>/bank_accounts", include_in_schema=False)
+def set_bank_account(merchant_id: str) -> Response[dict[str, Any]]:
+    who = operator()
+    params = parse_params(BankAccountParams, body_params())
+    if get_merchant(services().store, merchant_id) is None:
+        raise ResourceMissingError("merchant", merchant_id, param="merchant")
+    account = services().payouts.accounts.set(
+        merchant_id,
+        params.currency,
+        routing_number=params.routing_number,
+        account_number=params.account_number,
+        account_holder_name=params.account_holder_name,
+    )
+    logger.info(
+        "bank account set",
+        extra={"merchant": merchant_id, "currency": account.currency, "by": who},
+    )
+    return _json(200, render_bank_account(account))
 
 
 @app.post("/v1/webhook_endpoints")

@@ -21,9 +21,11 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from pydantic import BaseModel
 
+from clearline import disputes, payouts
 from clearline.idempotency import KEY_MAX_LENGTH
 from clearline.money import CURRENCIES, MAX_AMOUNT
 from clearline.params import (
+    EVIDENCE_MAX_CHARACTERS,
     METADATA_KEY_MAX_LENGTH,
     METADATA_MAX_KEYS,
     METADATA_VALUE_MAX_LENGTH,
@@ -32,6 +34,8 @@ from clearline.params import (
     ChargeUpdateParams,
     CustomerCreateParams,
     CustomerUpdateParams,
+    DisputeCloseParams,
+    DisputeUpdateParams,
     PaymentIntentCancelParams,
     PaymentIntentCaptureParams,
     PaymentIntentConfirmParams,
@@ -40,12 +44,17 @@ from clearline.params import (
     PaymentMethodAttachParams,
     PaymentMethodDetachParams,
     PaymentMethodUpdateParams,
+    PayoutCancelParams,
+    PayoutCreateParams,
+    PayoutUpdateParams,
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
 )
 from clearline.versions import CURRENT_VERSION, VERSION_PATTERN
 from clearline.webhooks import WebhookEndpointCreateParams, WebhookEndpointUpdateParams
+from presentation.disputes import FILE_EVIDENCE, TEXT_EVIDENCE
+from presentation.payouts import DEFAULT_DESCRIPTION as PAYOUT_DESCRIPTION
 
 TITLE = "Clearline API"
 MAX_BODY_KIB = 64  # the api function refuses larger bodies (api_routes.MAX_BODY_BYTES)
@@ -330,6 +339,92 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "List a customer's PaymentMethods",
         "payment_method_list",
     ),
+    ("get", "/v1/disputes"): Operation(
+        "list_disputes",
+        "Disputes",
+        "List disputes, newest first",
+        "dispute_list",
+        description="All the account's, or a `charge`'s or a `payment_intent`'s.",
+    ),
+    ("get", "/v1/disputes/{dispute_id}"): Operation(
+        "retrieve_dispute",
+        "Disputes",
+        "Retrieve a dispute",
+        "dispute",
+        description="A cardholder's bank contests a charge. A chargeback (`needs_response`) "
+        "withdraws the amount and a dispute fee from the balance at once, and the charge "
+        "cannot be refunded while it stands; an inquiry (`warning_needs_response`) moves no "
+        "money unless it escalates. `evidence` starts prefilled from the charge (description, "
+        "receipt email, shipping, metadata); answer before `evidence_details.due_by`.",
+    ),
+    ("post", "/v1/disputes/{dispute_id}"): Operation(
+        "update_dispute",
+        "Disputes",
+        "Update or submit a dispute's evidence",
+        "dispute",
+        DisputeUpdateParams,
+        "Sets text `evidence` and `metadata`. `submit` defaults to true: the evidence is sent "
+        "to the card network at once, and the dispute is `under_review` until the network "
+        "decides; submitting again is a 400 (`dispute_already_submitted`). With "
+        "`submit=false` the evidence is only staged. When `due_by` passes, staged evidence is "
+        "submitted as it is, and a dispute with none is lost. In test mode, `winning_evidence` "
+        "or `losing_evidence` in `evidence[uncategorized_text]` makes the network decide a "
+        "chargeback `won` (the amount is reinstated, not the fee) or `lost`, and close an "
+        "inquiry.",
+    ),
+    ("post", "/v1/disputes/{dispute_id}/close"): Operation(
+        "close_dispute",
+        "Disputes",
+        "Close (accept) a dispute",
+        "dispute",
+        DisputeCloseParams,
+        "Accepts the dispute, irreversibly: a chargeback is `lost` and its amount and fee are "
+        "not returned; an inquiry is `warning_closed`. A closed dispute is a 400.",
+    ),
+    ("post", "/v1/payouts"): Operation(
+        "create_payout",
+        "Payouts",
+        "Create a payout",
+        "payout",
+        PayoutCreateParams,
+        "Sends `amount` of the available balance in `currency` to the merchant's bank account "
+        "for it (standard payouts only). The amount leaves `available` at once; the payout is "
+        "`pending` until the bank takes it (`in_transit`), then `paid` on its `arrival_date`, "
+        "or `failed` with the money returned. More than the available balance is a 400, "
+        "`balance_insufficient`; no bank account in the currency is a 400, "
+        "`payouts_not_allowed`. The bank account is set by a Clearline operator (`clearline "
+        "merchants bank-account`), not through this API.",
+    ),
+    ("get", "/v1/payouts/{payout_id}"): Operation(
+        "retrieve_payout", "Payouts", "Retrieve a payout", "payout"
+    ),
+    ("post", "/v1/payouts/{payout_id}"): Operation(
+        "update_payout",
+        "Payouts",
+        "Update a payout",
+        "payout",
+        PayoutUpdateParams,
+        'Changes a payout\'s `metadata` (a key set to "" is deleted). Announced as '
+        "`payout.updated` with `previous_attributes`.",
+    ),
+    ("post", "/v1/payouts/{payout_id}/cancel"): Operation(
+        "cancel_payout",
+        "Payouts",
+        "Cancel a pending payout",
+        "payout",
+        PayoutCancelParams,
+        "Only a `pending` payout the merchant created, and not yet sent to the bank, can be "
+        "canceled: its amount is available again. Any other (sent, settled, or automatic) is a "
+        "400, `payout_not_cancelable`.",
+    ),
+    ("get", "/v1/payouts"): Operation(
+        "list_payouts",
+        "Payouts",
+        "List payouts, newest first",
+        "payout_list",
+        description="The merchant's payouts and the daily automatic ones (`automatic: true`); "
+        "filter by `status`, `created` or `arrival_date`.",
+    ),
     ("post", "/v1/webhook_endpoints"): Operation(
         "create_webhook_endpoint",
         "Webhook endpoints",
@@ -412,6 +507,18 @@ LINKS: dict[tuple[str, str], dict[str, Schema]] = {
     ("get", "/v1/webhook_endpoints"): {
         "RetrieveWebhookEndpoint": _link("retrieve_webhook_endpoint", endpoint_id=_FIRST_ID),
     },
+    ("get", "/v1/disputes"): {"RetrieveDispute": _link("retrieve_dispute", dispute_id=_FIRST_ID)},
+    ("get", "/v1/disputes/{dispute_id}"): {
+        "RetrieveCharge": _link("retrieve_charge", charge_id="$response.body#/charge"),
+    },
+    ("post", "/v1/payouts"): {
+        "RetrievePayout": _link("retrieve_payout", payout_id=_ID),
+        "CancelPayout": _link("cancel_payout", payout_id=_ID),
+        "RetrieveBalanceTransaction": _link(
+            "retrieve_balance_transaction", txn_id="$response.body#/balance_transaction"
+        ),
+    },
+    ("get", "/v1/payouts"): {"RetrievePayout": _link("retrieve_payout", payout_id=_FIRST_ID)},
 }
 
 
@@ -437,6 +544,13 @@ _AMOUNT: Schema = {
     "minimum": 1,
     "maximum": MAX_AMOUNT,
     "description": "In the currency's minor unit (cents for usd, yen for jpy).",
+}
+_DESCRIPTOR_RULES = "5 to 22 characters, at least one letter, none of < > \\ ' \" *."
+_DESCRIPTOR: Schema = {
+    "minLength": 5,
+    "maxLength": 22,
+    # Stripe asks for a Latin letter; the API takes any letter, the schema the former.
+    "pattern": "^[^<>\\\\'\"*]*[A-Za-z][^<>\\\\'\"*]*$",
 }
 _TOKEN = "A processor token for the card (`tok_...` or `pm_...`); card numbers are refused."
 _WEBHOOK_URL = "Where events are posted: https, on a public address (test mode is more lenient)."
@@ -473,12 +587,8 @@ _REFINEMENTS: dict[type[BaseModel], dict[str, Schema]] = {
         "capture": {"description": "False places a hold to capture later."},
         "metadata": _METADATA,
         "statement_descriptor": {
-            "minLength": 5,
-            "maxLength": 22,
-            # Stripe asks for a Latin letter; the API takes any letter, the schema the former.
-            "pattern": "^[^<>\\\\'\"*]*[A-Za-z][^<>\\\\'\"*]*$",
-            "description": "What the cardholder's statement shows: 5 to 22 characters, at "
-            "least one letter, none of < > \\ ' \" *.",
+            **_DESCRIPTOR,
+            "description": "What the cardholder's statement shows: " + _DESCRIPTOR_RULES,
         },
         "expand": _EXPAND,
         "capture_at": {
@@ -512,6 +622,47 @@ _REFINEMENTS: dict[type[BaseModel], dict[str, Schema]] = {
         "metadata": _METADATA,
         "expand": _EXPAND,
     },
+    DisputeUpdateParams: {
+        "evidence": {
+            "type": "object",  # sent in bracket notation: evidence[uncategorized_text]=...
+            "description": 'Text evidence, merged into what is staged (a field set to "" '
+            f"clears it); at most {EVIDENCE_MAX_CHARACTERS:,} characters in all. File evidence "
+            "is not supported.",
+        },
+        "metadata": _METADATA_UPDATE,
+        "submit": {
+            "description": "True (the default) sends the evidence to the card network now; "
+            "false only stages it."
+        },
+        "expand": _EXPAND,
+    },
+    DisputeCloseParams: {"expand": _EXPAND},
+    PayoutCreateParams: {
+        "amount": {
+            **_AMOUNT,
+            "description": _AMOUNT["description"] + " At most the available balance.",
+            "examples": [10000],
+        },
+        "currency": {
+            "enum": sorted(CURRENCIES),
+            "description": "Three-letter ISO code (case-insensitive); the merchant needs a bank "
+            "account in it.",
+            "examples": ["usd"],
+        },
+        "destination": {
+            "description": "The bank account's id (`ba_...`). A merchant has one per "
+            "currency, used by default; any other id is refused (`resource_missing`)."
+        },
+        "metadata": _METADATA,
+        "method": {"description": "Only `standard` (instant payouts are not offered)."},
+        "statement_descriptor": {
+            **_DESCRIPTOR,
+            "description": "What the merchant's bank statement shows: " + _DESCRIPTOR_RULES,
+        },
+        "expand": _EXPAND,
+    },
+    PayoutUpdateParams: {"metadata": _METADATA_UPDATE, "expand": _EXPAND},
+    PayoutCancelParams: {"expand": _EXPAND},
     WebhookEndpointCreateParams: {
         "url": {
             "format": "uri",
@@ -753,6 +904,106 @@ def _payment_method_schema() -> Schema:
     )
 
 
+def _dispute_schema() -> Schema:
+    evidence = _obj(
+        {
+            **{name: _STR_OR_NULL for name in TEXT_EVIDENCE},
+            **{name: {"type": "null"} for name in FILE_EVIDENCE},  # no file uploads
+            "enhanced_evidence": {"type": "object"},
+        },
+        description="What the merchant answers with; text only (file evidence is always null).",
+    )
+    evidence_details = _obj(
+        {
+            "due_by": {
+                **_INT_OR_NULL,
+                "description": "When the evidence is due; past it, staged evidence is "
+                "submitted, and a dispute with none is lost.",
+            },
+            "enhanced_eligibility": {"type": "object"},
+            "has_evidence": _BOOL,
+            "past_due": _BOOL,
+            "submission_count": _INT,
+        }
+    )
+    card = _obj(
+        {
+            "brand": _STR_OR_NULL,
+            "case_type": {"type": "string", "enum": ["chargeback", "inquiry"]},
+            "network_reason_code": _STR_OR_NULL,
+        }
+    )
+    return _obj(
+        {
+            "id": {"type": "string", "pattern": "^du_"},
+            "object": _const("dispute"),
+            "amount": _INT,
+            "balance_transactions": {
+                "type": "array",
+                "items": _ref("balance_transaction"),
+                "description": "The chargeback's withdrawal (with the dispute fee), then the "
+                "reinstatement of a won dispute; none for an inquiry.",
+            },
+            "charge": _expandable("charge"),
+            "created": _INT,
+            "currency": _STR,
+            "enhanced_eligibility_types": {"type": "array", "items": _STR},
+            "evidence": evidence,
+            "evidence_details": evidence_details,
+            "is_charge_refundable": _BOOL,
+            "livemode": _BOOL,
+            "metadata": _METADATA_OUT,
+            "network_reason_code": _STR_OR_NULL,
+            "payment_intent": _expandable("payment_intent", nullable=True),
+            "payment_method_details": _obj({"card": card, "type": _const("card")}),
+            "reason": {**_STR, "examples": ["fraudulent", "product_not_received"]},
+            "status": {"type": "string", "enum": sorted(disputes.STATUSES)},
+        },
+        description="A charge the cardholder's bank contests.",
+    )
+
+
+def _payout_schema() -> Schema:
+    statuses = [payouts.PENDING, payouts.IN_TRANSIT, payouts.PAID, payouts.FAILED, payouts.CANCELED]
+    return _obj(
+        {
+            "id": {"type": "string", "pattern": "^po_"},
+            "object": _const("payout"),
+            "amount": _INT,
+            "application_fee": _STR_OR_NULL,
+            "application_fee_amount": _INT_OR_NULL,
+            "arrival_date": {
+                **_INT,
+                "description": "When the money is expected at the bank: an estimate until "
+                "the bank has taken the payout.",
+            },
+            "automatic": {**_BOOL, "description": "Made by the daily automatic payout."},
+            "balance_transaction": _expandable("balance_transaction", nullable=True),
+            "created": _INT,
+            "currency": _STR,
+            "description": {**_STR, "examples": [PAYOUT_DESCRIPTION]},
+            "destination": {**_STR_OR_NULL, "description": "The bank account's id (`ba_...`)."},
+            "failure_balance_transaction": _expandable("balance_transaction", nullable=True),
+            "failure_code": _STR_OR_NULL,
+            "failure_message": _STR_OR_NULL,
+            "livemode": _BOOL,
+            "metadata": _METADATA_OUT,
+            "method": {"type": "string", "enum": ["standard"]},
+            "original_payout": _STR_OR_NULL,
+            "reconciliation_status": {
+                "type": "string",
+                "enum": ["completed", "in_progress", "not_applicable"],
+            },
+            "reversed_by": _STR_OR_NULL,
+            "source_type": _const("card"),
+            "statement_descriptor": _STR_OR_NULL,
+            "status": {"type": "string", "enum": sorted(statuses)},
+            "type": _const("bank_account"),
+        },
+        description="Money sent from the available balance to the merchant's bank account.",
+    )
+
+
 def _customer_schema() -> Schema:
     deleted = {
         "type": "object",
@@ -956,7 +1207,8 @@ def object_schemas() -> dict[str, Schema]:
             "type": _STR,
         }
     )
-    kinds = ["charge", "refund"]
+    kinds = ["adjustment", "charge", "payout", "payout_cancel", "payout_failure", "refund"]
+    categories = ["charge", "dispute", "dispute_reversal", "payout", "payout_reversal", "refund"]
     balance_transaction = _obj(
         {
             "id": {"type": "string", "pattern": "^txn_"},
@@ -970,10 +1222,10 @@ def object_schemas() -> dict[str, Schema]:
             "fee": _INT,
             "fee_details": {"type": "array", "items": fee},
             "net": _INT,
-            "reporting_category": {"type": "string", "enum": kinds},
+            "reporting_category": {"type": "string", "enum": categories},
             "source": {
-                **_expandable("charge", "refund"),
-                "description": "The charge or refund that moved the money.",
+                **_expandable("charge", "refund", "dispute", "payout"),
+                "description": "The charge, refund, dispute or payout that moved the money.",
             },
             "status": {"type": "string", "enum": ["available", "pending"]},
             "type": {"type": "string", "enum": kinds},
@@ -992,7 +1244,8 @@ def object_schemas() -> dict[str, Schema]:
                 "properties": {
                     "object": {
                         "type": "object",
-                        "description": "The object as the change left it (a charge, a refund).",
+                        "description": "The object as the change left it (a charge, a "
+                        "refund, a dispute, a payout...).",
                     }
                 },
             },
@@ -1072,6 +1325,10 @@ def object_schemas() -> dict[str, Schema]:
         "payment_intent_list": _list_of("payment_intent", "A page of PaymentIntents."),
         "payment_method": _payment_method_schema(),
         "payment_method_list": _list_of("payment_method", "A page of PaymentMethods."),
+        "dispute": _dispute_schema(),
+        "dispute_list": _list_of("dispute", "A page of disputes."),
+        "payout": _payout_schema(),
+        "payout_list": _list_of("payout", "A page of payouts."),
         "webhook_endpoint_list": _list_of("webhook_endpoint", "A page of webhook endpoints."),
         "error": error,
     }

@@ -312,6 +312,37 @@ ERROR_CODES: dict[str, str] = {
         "The charge has been refunded in full (or its uncaptured hold was released), so there "
         "is nothing left to capture or refund. No further action is needed."
     ),
+    "charge_disputed": (
+        "The cardholder's bank has charged this payment back: the money has already been "
+        "returned to the cardholder through the dispute, so it cannot be refunded as well. "
+        "Respond to the dispute instead; if you win it, the charge becomes refundable again."
+    ),
+    "dispute_already_submitted": (
+        "Evidence for this dispute has already been submitted and is with the card network. "
+        "Wait for the decision (a charge.dispute.closed event); staged fields can no longer "
+        "be changed."
+    ),
+    "balance_insufficient": (
+        "The payout is larger than the available balance in its currency. Pay out at most "
+        "the available amount that GET /v1/balance shows, or wait for pending funds to "
+        "become available."
+    ),
+    "routing_number_invalid": (
+        "The bank account's routing number is not a valid nine-digit ABA routing number "
+        "(its check digit does not match). Check it against the merchant's bank statement; "
+        "the sandbox bank's is 110000000."
+    ),
+    "account_number_invalid": (
+        "The bank account number must be 4 to 17 digits, with no spaces or dashes."
+    ),
+    "payouts_not_allowed": (
+        "Payouts need a bank account in the payout's currency. An operator sets one with "
+        "`clearline merchants bank-account`; then retry the payout."
+    ),
+    "payout_not_cancelable": (
+        "Only a pending payout you created can be canceled: once the bank has it (in_transit) "
+        "it cannot be recalled, and automatic payouts are not canceled by request."
+    ),
     "charge_expired_for_capture": (
         "The authorization was not captured within the capture window, so the hold on the "
         "customer's card was released. Create a new charge to collect the payment."

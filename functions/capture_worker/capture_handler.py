@@ -1,4 +1,5 @@
-"""Capture worker: SQS batches of due authorizations -> each captured or expired once."""
+"""Capture worker: SQS batches of due work -> each authorization captured or expired, and
+each dispute past its evidence deadline answered, once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from clearline.charges import ChargeService
 from clearline.config import Settings
+from clearline.disputes import DisputeService
 from clearline.ledger import ShardPolicy
 from clearline.logs import new_logger
 from clearline.processor import ProcessorClient
@@ -24,16 +26,15 @@ logger = new_logger()
 processor = BatchProcessor(event_type=EventType.SQS)
 settings = Settings.from_env()
 store = Store(settings.main_table)
-charges = ChargeService(
-    store,
-    ProcessorClient(settings.processor_url, settings.processor_timeout_seconds),
-    ShardPolicy.from_env(),
-)
+processor_client = ProcessorClient(settings.processor_url, settings.processor_timeout_seconds)
+shards = ShardPolicy.from_env()
+charges = ChargeService(store, processor_client, shards)
+disputes = DisputeService(store, processor_client, shards)
 
 
 def run(record: SQSRecord) -> None:
     job = Job(**json.loads(record.body))
-    outcome = run_job(charges, store, job)
+    outcome = run_job(charges, store, job, disputes)
     logger.info("job", extra={"charge": job.charge, "action": job.action, "outcome": outcome})
 
 

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from clearline.bank import BankClient
+from clearline.bank_accounts import BankAccounts
 from clearline.charges import ChargeService
 from clearline.config import Settings
 from clearline.ledger import ShardPolicy
 from clearline.logs import new_logger
+from clearline.payouts import PayoutService
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.resolver import Resolver
+from clearline.secrets import SecretBox
 from clearline.store import Store
-from clearline.topology import METRICS_NAMESPACE, UNRESOLVED_PENDING_OPERATIONS_METRIC
+from clearline.topology import (
+    BANK_ACCOUNTS_KEY_ENV,
+    BANK_URL_ENV,
+    METRICS_NAMESPACE,
+    UNRESOLVED_PENDING_OPERATIONS_METRIC,
+)
 from clearline.vault_client import VaultClient
 
 logger = new_logger()
@@ -31,7 +41,14 @@ processor = ProcessorClient(
 )
 shards = ShardPolicy.from_env()
 resolver = Resolver(
-    ChargeService(store, processor, shards), RefundService(store, processor, shards)
+    ChargeService(store, processor, shards),
+    RefundService(store, processor, shards),
+    PayoutService(
+        store,
+        BankAccounts(store, SecretBox(os.environ.get(BANK_ACCOUNTS_KEY_ENV, ""))),
+        BankClient(os.environ[BANK_URL_ENV], settings.processor_timeout_seconds),
+        shards,
+    ),
 )
 
 

@@ -125,6 +125,98 @@ def cmd_merchants_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merchants_bank_account(args: argparse.Namespace) -> int:
+    """Set a merchant's bank account for payouts in a currency, through the api's admin
+    route, signed as an operator (SigV4), as in AWS."""
+    import urllib.error
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from clearline_local.environment import FAKE_CREDENTIALS
+    from clearline_local.lambda_runtime import REGION
+
+    info = find_stack(args.port)
+    url = f"{info.api_url}/admin/merchants/{args.merchant}/bank_accounts"
+    body = json.dumps(
+        {
+            "currency": args.currency,
+            "routing_number": args.routing_number,
+            "account_number": args.account_number,
+            **({"account_holder_name": args.holder} if args.holder else {}),
+        }
+    ).encode()
+    signed = AWSRequest("POST", url, data=body, headers={"Content-Type": "application/json"})
+    credentials = Credentials(
+        FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"], FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
+    )
+    SigV4Auth(credentials, "execute-api", REGION).add_auth(signed)
+    request = urllib.request.Request(url, body, dict(signed.headers.items()), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            account = json.load(response)
+    except urllib.error.HTTPError as exc:
+        error = json.loads(exc.read() or b"{}").get("error", {})
+        print(f"error: {error.get('message') or exc.reason}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(account))
+    else:
+        for name in ("id", "currency", "bank_name", "routing_number", "last4"):
+            print(f"{name:16} {account[name]}")
+    return 0
+
+
+def cmd_bank_report(args: argparse.Namespace) -> int:
+    """The sandbox bank's payout report for a date, as CSV, uploaded for reconciliation."""
+    import csv
+    import io
+
+    from clearline.reconciliation import BANK_REPORT_COLUMNS
+    from clearline.topology import BANK_REPORT_PREFIX
+
+    info = find_stack(args.port)
+    rows = _post_json(f"{info.bank_url}/_sandbox/reports", {"date": args.date})["rows"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=BANK_REPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    if args.output:
+        with open(args.output, "w") as out:
+            out.write(buffer.getvalue())
+        print(f"wrote {len(rows)} rows to {args.output}")
+    if not args.no_upload:
+        s3, bucket = _settlement_bucket(info)
+        day = datetime.fromisoformat(args.date)
+        key = f"{BANK_REPORT_PREFIX}{day:%Y/%m/%d}/report_{int(time.time() * 1000)}.csv"
+        s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue().encode())
+        print(f"uploaded {len(rows)} rows to s3://{bucket}/{key}")
+    return 0
+
+
+def cmd_bank_advance(args: argparse.Namespace) -> int:
+    """Move the sandbox bank's clock forward: transfers arrive (or are returned) on its time."""
+    info = find_stack(args.port)
+    now = _post_json(f"{info.bank_url}/_sandbox/clock", {"advance_seconds": args.days * 86400})
+    print(f"the bank's time is now {datetime.fromtimestamp(now['now'], UTC):%Y-%m-%d %H:%M:%S}")
+    return 0
+
+
+def _post_json(url: str, body: dict[str, Any]) -> Any:
+    import urllib.request
+
+    request = urllib.request.Request(
+        url,
+        method="POST",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
     from clearline.ledger import verify
 
@@ -524,6 +616,17 @@ def parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--port", type=int, help="the stack whose front door is on this port")
     create.set_defaults(run=cmd_merchants_create)
+    bank_account = merchants.add_parser(
+        "bank-account", help="set a merchant's bank account for payouts in a currency"
+    )
+    bank_account.add_argument("merchant", help="the merchant's id (acct_...)")
+    bank_account.add_argument("--currency", default="usd")
+    bank_account.add_argument("--routing-number", default="110000000")
+    bank_account.add_argument("--account-number", required=True)
+    bank_account.add_argument("--holder", help="the account holder's name")
+    bank_account.add_argument("--json", action="store_true", help="print one JSON object")
+    bank_account.add_argument("--port", type=int)
+    bank_account.set_defaults(run=cmd_merchants_bank_account)
 
     ledger = commands.add_parser("ledger", help="inspect the ledger").add_subparsers(
         dest="action", required=True
@@ -577,6 +680,20 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--no-upload", action="store_true", help="do not drop it in S3")
     generate.add_argument("--port", type=int)
     generate.set_defaults(run=cmd_settlements_generate)
+
+    bank = commands.add_parser("bank", help="the sandbox bank").add_subparsers(
+        dest="action", required=True
+    )
+    report = bank.add_parser("report", help="the bank's payout report for a date")
+    report.add_argument("--date", required=True, help="report date, YYYY-MM-DD (the bank's)")
+    report.add_argument("--output", help="also write the CSV here")
+    report.add_argument("--no-upload", action="store_true", help="do not upload it to S3")
+    report.add_argument("--port", type=int)
+    report.set_defaults(run=cmd_bank_report)
+    advance = bank.add_parser("advance", help="move the bank's clock forward")
+    advance.add_argument("--days", type=float, default=1.0)
+    advance.add_argument("--port", type=int)
+    advance.set_defaults(run=cmd_bank_advance)
 
     reconcile = commands.add_parser("reconcile", help="reconcile a settlement file, or `status`")
     reconcile.add_argument("file", help="a settlement CSV, or `status` for the reports")

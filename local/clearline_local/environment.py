@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from clearline.config import WEBHOOK_ONLY_VARIABLES, WEBHOOK_SECRET_USERS
 from clearline.topology import (
+    BANK_ACCOUNTS_KEY_ENV,
+    BANK_URL_ENV,
     MAIN_TABLE,
     METRICS_NAMESPACE,
+    PROCESSOR_NOTIFICATION_SECRET_ENV,
+    PROCESSOR_NOTIFICATION_SECRET_NAME,
     PROCESSOR_URL_ENV,
     SERVICE_NAME,
     VAULT_URL_ENV,
@@ -33,6 +37,8 @@ def function_environment(
     processor_url: str,
     extra: dict[str, str],
     vault_url: str = "",
+    bank_url: str = "",
+    bank_accounts_key: str = "",
 ) -> dict[str, str]:
     spec = topology.function(key)
     env = {
@@ -52,8 +58,14 @@ def function_environment(
         env[table_env_var(table_key)] = topology.table(table_key).name
     if spec.calls_processor:
         env[PROCESSOR_URL_ENV] = processor_url
+    if spec.calls_bank and bank_url:
+        env[BANK_URL_ENV] = bank_url
+    if spec.bank_account_key and bank_accounts_key:  # as in the CDK app: only its users
+        env[BANK_ACCOUNTS_KEY_ENV] = bank_accounts_key
     if spec.calls_vault and vault_url:
         env[VAULT_URL_ENV] = vault_url
+    if spec.reads_processor_secret:
+        env[PROCESSOR_NOTIFICATION_SECRET_ENV] = PROCESSOR_NOTIFICATION_SECRET_NAME
     if spec.reads_api_keys:  # the vault: a publishable key's merchant, from Clearline's table
         env[table_env_var(MAIN_TABLE.key)] = MAIN_TABLE.name
     for queue_key in {*spec.sends_to, *([spec.queue_trigger] if spec.queue_trigger else [])}:

@@ -23,8 +23,9 @@ API_GATEWAY_MAX_BODY = 10 * 1024 * 1024
 Invoke = Callable[[dict[str, Any]], Any]
 # (method, url, headers, body) -> whether its SigV4 signature verifies
 VerifySignature = Callable[[str, str, dict[str, str], bytes], bool]
-# Paths API Gateway authorizes with IAM (the vault's internal routes) before invoking.
-IAM_AUTHORIZED_PREFIX = "/internal/"
+# Paths API Gateway authorizes with IAM before invoking: the vault's internal routes, and
+# the operators' admin routes of the api.
+IAM_AUTHORIZED_PREFIXES = ("/internal/", "/admin/")
 LOCAL_CALLER_ARN = f"arn:aws:iam::{ACCOUNT}:user/clearline-local"
 
 
@@ -123,7 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.stage,
         )
         request_id = f"req_{event['requestContext']['requestId']}"
-        if event["path"].startswith(IAM_AUTHORIZED_PREFIX):
+        if event["path"].startswith(IAM_AUTHORIZED_PREFIXES):
             caller = self.server.iam_caller(
                 self.command, self.headers.get("Host", ""), self.path, self.headers, body
             )

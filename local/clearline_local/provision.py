@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
-from clearline.topology import TableSpec, Topology
+from clearline.topology import PROCESSOR_NOTIFICATION_SECRET_NAME, TableSpec, Topology
 
 
 def _table_request(spec: TableSpec) -> dict[str, Any]:
@@ -143,6 +144,18 @@ def provision_webhook_secrets_key(kms: Any) -> str:
     return str(key["Arn"])
 
 
+def provision_bank_accounts_key(kms: Any) -> str:
+    """The KMS key that seals merchants' bank account numbers (the CDK app declares its
+    twin); returns its ARN."""
+    key = kms.create_key(
+        Description="Seals merchants' bank account numbers",
+        KeyUsage="ENCRYPT_DECRYPT",
+        KeySpec="SYMMETRIC_DEFAULT",
+    )["KeyMetadata"]
+    kms.enable_key_rotation(KeyId=key["KeyId"])
+    return str(key["Arn"])
+
+
 def provision_vault_keys(kms: Any) -> tuple[str, str]:
     """The vault's KMS keys (the CDK app's vault stack declares their twins): one that seals
     card numbers, and an HMAC key whose MAC of a number is its fingerprint. Returns ARNs."""
@@ -158,3 +171,15 @@ def provision_vault_keys(kms: Any) -> tuple[str, str]:
         KeySpec="HMAC_256",
     )["KeyMetadata"]
     return str(sealing["Arn"]), str(fingerprints["Arn"])
+
+
+def provision_processor_notification_secret(secretsmanager: Any) -> str:
+    """The secret the processor signs its notifications with (the CDK app declares its
+    twin); returns its value, which the sandbox processor is given."""
+    value = secrets.token_hex(32)
+    secretsmanager.create_secret(
+        Name=PROCESSOR_NOTIFICATION_SECRET_NAME,
+        Description="Signs the card processor's notifications to Clearline",
+        SecretString=value,
+    )
+    return value

@@ -28,6 +28,7 @@ from clearline.config import WEBHOOK_ALLOW_LOOPBACK_ENV, WEBHOOK_SECRETS_KEY_ENV
 from clearline.merchants import create_merchant
 from clearline.store import Store
 from clearline.topology import (
+    PROCESSOR_NOTIFICATION_PATH,
     TOPOLOGY,
     VAULT_FINGERPRINT_KEY_ENV,
     VAULT_KEY_ENV,
@@ -42,12 +43,15 @@ from clearline_local.environment import FAKE_CREDENTIALS, function_environment
 from clearline_local.frontdoor import FrontDoorServer
 from clearline_local.lambda_runtime import REGION, LocalFunction
 from clearline_local.provision import (
+    provision_bank_accounts_key,
     provision_buckets,
     provision_messaging,
+    provision_processor_notification_secret,
     provision_tables,
     provision_vault_keys,
     provision_webhook_secrets_key,
 )
+from clearline_local.sandbox_bank import SandboxBank
 from clearline_local.sandbox_processor import SandboxProcessor
 from clearline_local.state import StackInfo, state_dir
 from clearline_local.triggers import Trigger, start_triggers
@@ -126,6 +130,7 @@ class LocalStack:
         extra_environment: dict[str, str] | None = None,
         vault_port: int | None = None,
         checkout_port: int | None = None,
+        notifications_port: int | None = None,
     ) -> None:
         self.port = port
         # The vault is an origin of its own, as in AWS: beside the api's port, or any.
@@ -138,6 +143,10 @@ class LocalStack:
             checkout_port if checkout_port is not None else (port + 2 if port else 0)
         )
         self.demo_shop: DemoShop | None = None
+        # The processor's notifications arrive at an API of their own; only the processor
+        # calls it, and it is told where, so any free port will do.
+        self.notifications_port = notifications_port or 0
+        self.notification_door: FrontDoorServer | None = None
         self.workers = workers
         self.topology = topology
         self.extra_environment = {
@@ -147,6 +156,8 @@ class LocalStack:
         self.moto_port = free_port()
         self.moto = SerializedMotoServer(ip_address=LOOPBACK, port=self.moto_port, verbose=False)
         self.processor = SandboxProcessor(host=LOOPBACK, latency_ms=processor_latency_ms)
+        self.bank = SandboxBank(host=LOOPBACK)
+        self.bank_accounts_key = ""
         self.functions: dict[str, LocalFunction] = {}
         self.triggers: list[Trigger] = []
         self.front_door: FrontDoorServer | None = None
@@ -167,6 +178,8 @@ class LocalStack:
             processor_url=self.processor.url,
             extra=self.extra_environment,
             vault_url=self.vault_door.url if self.vault_door else "",
+            bank_url=self.bank.url,
+            bank_accounts_key=self.bank_accounts_key,
         )
 
     def start(self) -> StackInfo:
@@ -174,15 +187,32 @@ class LocalStack:
         self.moto.start()
         clients = {
             name: aws_client(name, self.aws_endpoint_url)
-            for name in ("dynamodb", "dynamodbstreams", "sqs", "events", "s3", "kms")
+            for name in (
+                "dynamodb",
+                "dynamodbstreams",
+                "sqs",
+                "events",
+                "s3",
+                "kms",
+                "secretsmanager",
+            )
         }
         provision_tables(self.topology, clients["dynamodb"])
         provision_tables(self.vault_topology, clients["dynamodb"])
         queue_arns = provision_messaging(self.topology, clients["sqs"], clients["events"])
         provision_buckets(self.topology, clients["s3"], queue_arns)
         self.processor.start()
+        self.bank.start()
+        self.bank_accounts_key = provision_bank_accounts_key(clients["kms"])
+        notification_secret = provision_processor_notification_secret(clients["secretsmanager"])
         # Bound now and served once the api is warm: the functions must know its port.
-        front_door = FrontDoorServer(LOOPBACK, self.port, self._invoke_api, self.topology.api.stage)
+        front_door = FrontDoorServer(
+            LOOPBACK,
+            self.port,
+            self._invoke_api,
+            self.topology.api.stage,
+            verify_signature=self._verify_signature,  # the operators' /admin routes
+        )
         self.port = int(front_door.server_address[1])
         vault_door = FrontDoorServer(
             LOOPBACK,
@@ -194,6 +224,20 @@ class LocalStack:
         )
         self.vault_door = vault_door
         self.vault_port = int(vault_door.server_address[1])
+        # The processor's notifications reach Clearline at an API of their own, as in AWS.
+        assert self.topology.notifications is not None
+        notification_door = FrontDoorServer(
+            LOOPBACK,
+            self.notifications_port,
+            self._invoke_intake,
+            self.topology.notifications.stage,
+            name="notification-door",
+        )
+        self.notification_door = notification_door
+        self.notifications_port = int(notification_door.server_address[1])
+        self.processor.configure_notifications(
+            notification_door.url + PROCESSOR_NOTIFICATION_PATH, notification_secret
+        )
         demo = create_merchant(
             Store(self.topology.table("main").name, clients["dynamodb"]), "Demo shop"
         )
@@ -208,7 +252,15 @@ class LocalStack:
         )
         self.checkout_port = demo_shop.port
         own_ports = sorted(
-            {self.moto_port, self.processor.port, self.port, self.vault_port, self.checkout_port}
+            {
+                self.moto_port,
+                self.processor.port,
+                self.bank.port,
+                self.port,
+                self.vault_port,
+                self.checkout_port,
+                self.notifications_port,
+            }
         )
         self.extra_environment = {
             **self.extra_environment,
@@ -254,17 +306,21 @@ class LocalStack:
         except BaseException:
             front_door.server_close()
             vault_door.server_close()
+            notification_door.server_close()
             demo_shop.server_close()
             raise
         self.front_door = front_door.start()
         vault_door.start()
+        notification_door.start()
         self.demo_shop = demo_shop.start()
         self.info = StackInfo(
             api_url=self.front_door.url,
             port=self.port,
             aws_endpoint_url=self.aws_endpoint_url,
             processor_url=self.processor.url,
+            bank_url=self.bank.url,
             vault_url=vault_door.url,
+            notifications_url=notification_door.url + PROCESSOR_NOTIFICATION_PATH,
             checkout_url=demo_shop.url,
             demo_merchant_id=demo.merchant.id,
             demo_secret_key=demo.secret_key,
@@ -280,6 +336,10 @@ class LocalStack:
 
     def _invoke_api(self, event: dict[str, Any]) -> Any:
         return self.functions[self.topology.api.function].invoke(event)
+
+    def _invoke_intake(self, event: dict[str, Any]) -> Any:
+        assert self.topology.notifications is not None
+        return self.functions[self.topology.notifications.function].invoke(event)
 
     def _invoke_vault(self, event: dict[str, Any]) -> Any:
         assert self.vault is not None, "the vault's door opens after its function is warm"
@@ -321,6 +381,8 @@ class LocalStack:
             self.front_door.stop()
         if self.vault_door:
             self.vault_door.stop()
+        if self.notification_door:
+            self.notification_door.stop()
         functions = [*self.functions.values(), *([self.vault] if self.vault else [])]
         for function in functions:  # a signal to the process group kills every worker at once
             function.closing()
@@ -330,4 +392,5 @@ class LocalStack:
         for closer in closers:
             closer.join()
         self.processor.stop()
+        self.bank.stop()
         self.moto.stop()

@@ -22,8 +22,10 @@ class StackInfo:
     processor_url: str
     pid: int
     started: float
+    bank_url: str = ""  # the sandbox bank payouts are sent to
     vault_url: str = ""  # the card vault's origin: clearline.js, the card field, tokens
     checkout_url: str = ""  # the demo shop's checkout, a merchant's website of its own
+    notifications_url: str = ""  # where the processor sends its (signed) dispute notices
     # The demo shop's test-mode merchant, for checking its payments through the API.
     demo_merchant_id: str = ""
     demo_secret_key: str = ""

@@ -7,6 +7,7 @@ every kind of object and refusal, and validate each response against the documen
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import re
@@ -28,8 +29,11 @@ from schemathesis.core.result import Ok
 from clearline.config import WEBHOOK_SECRETS_KEY_ENV
 from clearline.merchants import create_merchant
 from clearline.params import ChargeCreateParams
+from clearline.processor import ProcessorDispute
+from clearline.reconciliation import COLUMNS, Reconciler
 from clearline.store import Store
 from clearline.topology import (
+    BANK_ACCOUNTS_KEY_ENV,
     IDEMPOTENCY_TABLE,
     MAIN_TABLE,
     PROCESSOR_URL_ENV,
@@ -39,7 +43,11 @@ from clearline.topology import (
 )
 from clearline_local.frontdoor import build_event
 from clearline_local.lambda_runtime import LocalLambdaContext, load_handler
-from clearline_local.provision import provision_webhook_secrets_key
+from clearline_local.provision import (
+    provision_bank_accounts_key,
+    provision_webhook_secrets_key,
+)
+from clearline_local.sandbox_bank import SUCCEEDING_ACCOUNT
 from clearline_local.sandbox_processor import SandboxProcessor
 from presentation.links import PUBLIC_URL_ENV
 from tests.unit.in_process_vault import in_process_vault
@@ -54,6 +62,8 @@ PAGE_ROUTES = {
     ("GET", "/errors/{code}"),
     ("GET", "/v1/payment_intents/{intent_id}/authentication_return/{token}"),
 }
+# Operators' routes, authorized by the gateway with IAM (the CLI signs them): not the public API.
+OPERATOR_ROUTES = {("POST", "/admin/merchants/{merchant_id}/bank_accounts")}
 
 
 LAMBDA_ENV = {
@@ -128,16 +138,17 @@ def test_every_route_of_the_app_is_documented_but_the_documentation_itself(
     routes = [*app._static_routes, *app._dynamic_routes]
     served = {(route.method, route.openapi_path) for route in routes}
     documented = {(method.upper(), path) for method, path, _ in operations(doc)}
-    assert served >= DOCUMENTATION_ROUTES | PAGE_ROUTES
-    assert documented == served - DOCUMENTATION_ROUTES - PAGE_ROUTES
-    assert not any(path in doc["paths"] for _, path in DOCUMENTATION_ROUTES)
+    assert served >= DOCUMENTATION_ROUTES | PAGE_ROUTES | OPERATOR_ROUTES
+    assert documented == served - DOCUMENTATION_ROUTES - PAGE_ROUTES - OPERATOR_ROUTES
+    assert not any(path in doc["paths"] for _, path in DOCUMENTATION_ROUTES | OPERATOR_ROUTES)
+    assert not any(path.startswith("/admin") for path in doc["paths"])
 
 
 def test_every_post_documents_its_body_form_and_json_and_the_idempotency_key(
     doc: dict[str, Any],
 ) -> None:
     posts = [(path, op) for method, path, op in operations(doc) if method == "post"]
-    assert len(posts) == 18
+    assert len(posts) == 23
     for path, op in posts:
         content = op["requestBody"]["content"]
         form = content["application/x-www-form-urlencoded"]
@@ -300,6 +311,10 @@ def test_every_200_names_an_object_schema(doc: dict[str, Any]) -> None:
         "payment_intent_list",
         "payment_method",
         "payment_method_list",
+        "dispute",
+        "dispute_list",
+        "payout",
+        "payout_list",
         "refund_list",
         "balance_transaction_list",
         "event_list",
@@ -329,6 +344,8 @@ def test_object_schemas_are_not_vacuous(doc: dict[str, Any]) -> None:
     assert not charge.is_valid({"id": "ch_1", "object": "charge"})  # fields missing
     listed = component(doc, "charge_list")
     assert not listed.is_valid({"object": "list", "data": [{}], "has_more": False, "url": "/"})
+    assert not component(doc, "dispute").is_valid({"id": "du_1", "object": "dispute"})
+    assert not component(doc, "payout").is_valid({"id": "po_1", "object": "payout"})
     assert component(doc, "error").is_valid({"error": {"type": "api_error", "message": "x"}})
     assert not component(doc, "error").is_valid({"error": {"type": "rate_limit", "message": "x"}})
 
@@ -351,12 +368,18 @@ class Api:
     the document on the way back."""
 
     def __init__(
-        self, handler: Any, secret: str, doc: dict[str, Any], publishable_key: str = ""
+        self,
+        handler: Any,
+        secret: str,
+        doc: dict[str, Any],
+        publishable_key: str = "",
+        merchant_id: str = "",
     ) -> None:
         self.handler = handler
         self.secret = secret
         self.doc = doc
         self.publishable_key = publishable_key
+        self.merchant_id = merchant_id
         self.checked: set[tuple[str, str, int]] = set()
 
     def call(
@@ -435,6 +458,7 @@ def api(
         # Shorter than the sandbox's fault delay, so that an injected timeout is one.
         "CLEARLINE_PROCESSOR_TIMEOUT": "0.5",
         WEBHOOK_SECRETS_KEY_ENV: provision_webhook_secrets_key(kms),
+        BANK_ACCOUNTS_KEY_ENV: provision_bank_accounts_key(kms),
         # Where customers come back to after a 3-D Secure challenge (the CDK app sets it).
         PUBLIC_URL_ENV: "https://api.example.test/prod",
         **LAMBDA_ENV,
@@ -446,7 +470,7 @@ def api(
     with in_process_vault(processor.url):
         api_routes.services.cache_clear()  # rebuild clients inside this test's moto account
         merchant = create_merchant(store, "Schema Shop")
-        yield Api(handler, merchant.secret_key, doc, merchant.publishable_key)
+        yield Api(handler, merchant.secret_key, doc, merchant.publishable_key, merchant.merchant.id)
     api_routes.services.cache_clear()
 
 
@@ -666,9 +690,132 @@ def test_every_object_the_api_returns_matches_its_schema(
     api.ok("GET", "/v1/webhook_endpoints", "/v1/webhook_endpoints")
     assert api.ok("DELETE", f"/v1/webhook_endpoints/{we}", template)["deleted"] is True
 
+    # Payouts, of a charge the processor's settlement file has made available.
+    api_routes = _api_module()
+    settled = api.ok(
+        "POST",
+        "/v1/charges",
+        "/v1/charges",
+        form={"amount": "10000", "currency": "usd", "source": "tok_visa"},
+    )
+    _settle(api_routes, processor, settled)
+    api_routes.services().payouts.accounts.set(
+        api.merchant_id, "usd", routing_number="110000000", account_number=SUCCEEDING_ACCOUNT
+    )
+    available = api.ok("GET", "/v1/balance", "/v1/balance")["available"]
+    usd = next(a for a in available if a["currency"] == "usd")
+    assert usd["amount"] >= 1000
+    template = "/v1/payouts/{payout_id}"
+    payout = api.ok(
+        "POST",
+        "/v1/payouts",
+        "/v1/payouts",
+        form={"amount": "1000", "currency": "usd", "description": "November"},
+    )
+    assert (payout["status"], payout["automatic"]) == ("pending", False)
+    po = payout["id"]
+    fetched = api.ok("GET", f"/v1/payouts/{po}?expand[]=balance_transaction", template)
+    assert (fetched["balance_transaction"]["type"], fetched["balance_transaction"]["amount"]) == (
+        "payout",
+        -1000,
+    )
+    api.ok("POST", f"/v1/payouts/{po}", template, form={"metadata[batch]": "11"})
+    canceled_payout = api.ok(
+        "POST",
+        f"/v1/payouts/{po}/cancel",
+        template + "/cancel",
+        form={"expand[0]": "failure_balance_transaction"},
+    )
+    assert canceled_payout["status"] == "canceled"
+    assert canceled_payout["failure_balance_transaction"]["type"] == "payout_cancel"
+    listed_payouts = api.ok("GET", "/v1/payouts?status=canceled", "/v1/payouts")["data"]
+    assert [p["id"] for p in listed_payouts] == [po]
+    status, _, refused = api.call(
+        "POST",
+        "/v1/payouts",
+        template="/v1/payouts",
+        form={"amount": str(usd["amount"] + 1), "currency": "usd"},
+    )
+    assert (status, json.loads(refused)["error"]["code"]) == (400, "balance_insufficient")
+
+    # Disputes, as the processor's notifications open them.
+    template = "/v1/disputes/{dispute_id}"
+    contested = api.ok(
+        "POST",
+        "/v1/charges",
+        "/v1/charges",
+        form={"amount": "3000", "currency": "usd", "source": "tok_createDispute"},
+    )
+    du = _opened_dispute(api_routes, processor, contested["id"])
+    listed_disputes = api.ok("GET", f"/v1/disputes?charge={contested['id']}", "/v1/disputes")
+    assert [d["id"] for d in listed_disputes["data"]] == [du]
+    dispute = api.ok("GET", f"/v1/disputes/{du}?expand[]=charge", template)
+    assert dispute["status"] == "needs_response" and dispute["charge"]["disputed"] is True
+    assert [t["reporting_category"] for t in dispute["balance_transactions"]] == ["dispute"]
+    staged = api.ok(
+        "POST",
+        f"/v1/disputes/{du}",
+        template,
+        form={"evidence[shipping_tracking_number]": "1Z999", "submit": "false"},
+    )
+    assert (staged["status"], staged["evidence_details"]["has_evidence"]) == (
+        "needs_response",
+        True,
+    )
+    submitted = api.ok(
+        "POST",
+        f"/v1/disputes/{du}",
+        template,
+        form={"evidence[uncategorized_text]": "winning_evidence", "metadata[case]": "7"},
+    )
+    assert submitted["status"] == "under_review"
+    accepted = api.ok(
+        "POST",
+        "/v1/charges",
+        "/v1/charges",
+        form={"amount": "2000", "currency": "usd", "source": "tok_createDispute"},
+    )
+    closed = api.ok(
+        "POST",
+        f"/v1/disputes/{_opened_dispute(api_routes, processor, accepted['id'])}/close",
+        template + "/close",
+    )
+    assert closed["status"] == "lost"
+    events = api.ok("GET", "/v1/events?limit=100", "/v1/events")["data"]
+    assert {"charge.dispute.created", "payout.created", "payout.canceled"} <= {
+        e["type"] for e in events
+    }
+    for event in events:
+        kind = event["data"]["object"]["object"]
+        assert component(api.doc, kind).is_valid(event["data"]["object"]), event["type"]
+
     assert {template for _, template, status in api.checked if status == 200} == set(
         api.doc["paths"]
     )
+
+
+def _settle(api_routes: Any, processor: SandboxProcessor, charge: dict[str, Any]) -> None:
+    """The processor's settlement file, with the charge's capture, reconciled."""
+    day = dt.datetime.fromtimestamp(charge["created"], dt.UTC).date() + dt.timedelta(days=2)
+    rows = [r for r in processor.settlement_rows(day) if r["charge_id"] == charge["id"]]
+    assert rows
+    lines = [",".join(COLUMNS), *(",".join(str(r[c]) for c in COLUMNS) for r in rows)]
+    reconciler = Reconciler(api_routes.services().store, api_routes.services().shards)
+    reconciler.reconcile(lines, file=f"settlements/{uuid.uuid4()}", etag="e")
+
+
+def _opened_dispute(api_routes: Any, processor: SandboxProcessor, charge_id: str) -> str:
+    """The dispute the processor raises against the charge, received as its notification
+    would be."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = requests.get(f"{processor.url}/_sandbox/disputes", timeout=5).json()["data"]
+        for record in found:
+            if record["reference"] == charge_id:
+                notice = ProcessorDispute.model_validate(record)
+                return str(api_routes.services().disputes.receive(notice).id)
+        time.sleep(0.05)
+    raise AssertionError(f"the processor raised no dispute of {charge_id}")
 
 
 def test_refusals_match_the_error_schema(api: Api) -> None:

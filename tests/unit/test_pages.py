@@ -24,7 +24,11 @@ SOURCE_DIRS = (
 )
 # The sandbox processor answers in the processor's own codes, which Clearline reads and
 # never returns; its declines, which Clearline does pass on, are checked on their own below.
-NOT_CLEARLINES = {ROOT / "local" / "clearline_local" / "sandbox_processor.py"}
+# The sandbox partners speak their own codes, which Clearline never answers with.
+NOT_CLEARLINES = {
+    ROOT / "local" / "clearline_local" / "sandbox_processor.py",
+    ROOT / "local" / "clearline_local" / "sandbox_bank.py",
+}
 
 
 def _load_pages() -> Any:

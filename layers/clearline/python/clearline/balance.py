@@ -43,9 +43,13 @@ def transaction_items(
     currency: str,
     now: float,
     description: str | None = None,
+    reporting_category: str | None = None,
+    fee_description: str | None = None,
+    settles: bool = True,
 ) -> list[dict[str, Any]]:
     """A balance transaction's item, and the index items that filter its list by type,
-    source and currency."""
+    source and currency. `settles`: the processor's settlement file will report it (a
+    payout's movements are the bank's, reconciled from its own report)."""
     created_ms = int(now * 1000)
     facets = {"type": kind, "source": source, "currency": currency}
     key = (f"TXN#{txn_id}", "TXN")
@@ -53,10 +57,10 @@ def transaction_items(
         "pk": f"TXN#{txn_id}",
         "sk": "TXN",
         **listing.list_keys(merchant_id, "txn", created_ms, txn_id),
-        **settlement_due_keys(txn_id, business_day(now)),
+        **(settlement_due_keys(txn_id, business_day(now)) if settles else {}),
         "id": txn_id,
         "merchant": merchant_id,
-        "settlement": UNSETTLED,
+        "settlement": UNSETTLED if settles else SETTLED,
         "type": kind,
         "source": source,
         "amount": amount,
@@ -64,8 +68,10 @@ def transaction_items(
         "net": amount - fee,
         "currency": currency,
         "created": int(now),
-        "available_on": int(now) + AVAILABLE_AFTER_SECONDS,
+        "available_on": int(now) + (AVAILABLE_AFTER_SECONDS if settles else 0),
         "description": description,
+        "reporting_category": reporting_category,
+        "fee_description": fee_description,
     }
     return [item, *listing.facet_items(merchant_id, "txn", created_ms, key, txn_id, facets)]
 

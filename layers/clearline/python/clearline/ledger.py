@@ -4,6 +4,11 @@ Accounts (one per currency; see the README's chart of accounts):
 - `processor_receivable:{cur}`        asset: what the processor owes us for charges
 - `merchant_payable:{merchant}:{cur}` liability: what we owe the merchant
 - `fee_revenue:{cur}`                 income: our fees
+- `merchant_available:{merchant}:{cur}` liability: what we owe the merchant, settled and
+  ready to pay out (it may go negative: a chargeback is recovered from later activity)
+- `payouts_in_transit:{merchant}:{cur}` liability: paid out, on its way to the merchant's bank
+- `settlement_cash:{cur}`             asset: cash at our bank
+- `processor_fees:{cur}`              expense: what the processor keeps
 
 Entries are posted (money moved) or pending (an authorization hold, as TigerBeetle's
 pending transfers): a hold is later posted or voided by a new journal, never by changing
@@ -50,6 +55,10 @@ def settlement_cash(currency: str) -> str:
 
 def processor_fees(currency: str) -> str:
     return f"processor_fees:{currency}"
+
+
+def payouts_in_transit(merchant_id: str, currency: str) -> str:
+    return f"payouts_in_transit:{merchant_id}:{currency}"
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,11 @@ class Journal:
     merchant_id: str
     operation: str  # charge.capture, charge.authorize, charge.void, refund ...
     created: int
-    source: str = ""  # the object the movement belongs to (ch_, re_)
+    source: str = ""  # the object the movement belongs to (ch_, re_, du_, po_)
     details: Mapping[str, Any] = field(default_factory=dict)  # where it came from (a file row)
+    # The partition the journal is kept in: its charge's, or (a payout's, which belongs to
+    # no charge) its own object's.
+    partition: str = ""
 
     def __post_init__(self) -> None:
         for pending in (False, True):
@@ -140,7 +152,7 @@ class Journal:
         """The journal item (written once) and one ADD on one shard of each account."""
         entries = [e for e in self.entries if e.amount > 0]
         journal_item = {
-            "pk": f"CHARGE#{self.charge_id}",
+            "pk": self.partition or f"CHARGE#{self.charge_id}",
             "sk": f"JOURNAL#{self.id}",
             "id": self.id,
             "currency": self.currency,
@@ -232,6 +244,81 @@ def settle_refund_entries(merchant_id: str, currency: str, amount: int) -> tuple
         Entry(settlement_cash(currency), "credit", amount),
         Entry(merchant_payable(merchant_id, currency), "credit", amount),
         Entry(merchant_available(merchant_id, currency), "debit", amount),
+    )
+
+
+def dispute_withdrawal_entries(
+    merchant_id: str, currency: str, amount: int, fee: int
+) -> tuple[Entry, ...]:
+    """A chargeback: the network takes the amount back through the processor, and the
+    merchant is debited it and the dispute fee. Like a refund, it reaches the merchant's
+    available balance when the processor's settlement reports it."""
+    return (
+        Entry(merchant_payable(merchant_id, currency), "debit", amount + fee),
+        Entry(processor_receivable(currency), "credit", amount),
+        Entry(fee_revenue(currency), "credit", fee),
+    )
+
+
+def dispute_reinstatement_entries(
+    merchant_id: str, currency: str, amount: int
+) -> tuple[Entry, ...]:
+    """A won dispute: the amount comes back (the fee does not)."""
+    return (
+        Entry(processor_receivable(currency), "debit", amount),
+        Entry(merchant_payable(merchant_id, currency), "credit", amount),
+    )
+
+
+def settle_dispute_entries(
+    merchant_id: str, currency: str, amount: int, processor_fee: int, merchant_net: int
+) -> tuple[Entry, ...]:
+    """The processor's settlement took a chargeback (and its own dispute fee) out of its
+    payment: cash out against the receivable, and the merchant's debit (`merchant_net`,
+    negative) moves from pending to available."""
+    return (
+        Entry(processor_receivable(currency), "debit", amount),
+        Entry(processor_fees(currency), "debit", processor_fee),
+        Entry(settlement_cash(currency), "credit", amount + processor_fee),
+        Entry(merchant_available(merchant_id, currency), "debit", -merchant_net),
+        Entry(merchant_payable(merchant_id, currency), "credit", -merchant_net),
+    )
+
+
+def settle_dispute_reversal_entries(
+    merchant_id: str, currency: str, amount: int
+) -> tuple[Entry, ...]:
+    """The processor paid a won dispute back: cash in, and the merchant's credit moves
+    from pending to available."""
+    return (
+        Entry(settlement_cash(currency), "debit", amount),
+        Entry(processor_receivable(currency), "credit", amount),
+        Entry(merchant_payable(merchant_id, currency), "debit", amount),
+        Entry(merchant_available(merchant_id, currency), "credit", amount),
+    )
+
+
+def payout_entries(merchant_id: str, currency: str, amount: int) -> tuple[Entry, ...]:
+    """A payout leaves the merchant's available balance for the bank."""
+    return (
+        Entry(merchant_available(merchant_id, currency), "debit", amount),
+        Entry(payouts_in_transit(merchant_id, currency), "credit", amount),
+    )
+
+
+def payout_paid_entries(merchant_id: str, currency: str, amount: int) -> tuple[Entry, ...]:
+    """The bank paid it: the cash has left our account."""
+    return (
+        Entry(payouts_in_transit(merchant_id, currency), "debit", amount),
+        Entry(settlement_cash(currency), "credit", amount),
+    )
+
+
+def payout_return_entries(merchant_id: str, currency: str, amount: int) -> tuple[Entry, ...]:
+    """A payout canceled, or returned by the bank: back to the available balance."""
+    return (
+        Entry(payouts_in_transit(merchant_id, currency), "debit", amount),
+        Entry(merchant_available(merchant_id, currency), "credit", amount),
     )
 
 
@@ -349,7 +436,8 @@ def verify(store: Store) -> VerifyReport:
             charges[item["id"]] = item
         elif item["sk"].startswith("JOURNAL#"):
             report.journals += 1
-            journals_by_charge[item["charge"]].append(item)
+            if item["charge"]:  # a payout's journals belong to no charge
+                journals_by_charge[item["charge"]].append(item)
             sums = _check_journal(item, report)
             for entry in item["entries"]:
                 balance = from_entries.setdefault(

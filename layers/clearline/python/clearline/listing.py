@@ -55,6 +55,8 @@ KINDS = {
     "cus": ("CUSTOMER#", "CUSTOMER", "customer"),
     "pi": ("PI#", "PI", "payment_intent"),
     "pm": ("PM#", "PAYMENT_METHOD", "PaymentMethod"),
+    "du": ("DISPUTE#", "DISPUTE", "dispute"),
+    "po": ("PAYOUT#", "PAYOUT", "payout"),
 }
 
 

@@ -125,6 +125,7 @@ class Charge(Model):
     capture_at: int | None = None
     receipt_token: str | None = None
     refunds: tuple[Refund, ...] = ()
+    disputed: bool = False  # true once disputed, whatever the outcome
 
     @property
     def status(self) -> str:
@@ -161,7 +162,7 @@ class BalanceTransaction(Model):
     kind: Literal["balance_transaction"] = "balance_transaction"
     id: str
     merchant: str
-    type: str  # charge, refund
+    type: str  # charge, refund, adjustment, payout, payout_cancel, payout_failure
     source: str
     amount: int
     fee: int
@@ -171,6 +172,9 @@ class BalanceTransaction(Model):
     available_on: int
     description: str | None = None
     settlement: str = "unsettled"
+    # Stripe's finer category where the type is broad (an adjustment: dispute, dispute_reversal).
+    reporting_category: str | None = None
+    fee_description: str | None = None
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> BalanceTransaction:
@@ -331,6 +335,86 @@ class PaymentMethod(Model):
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> PaymentMethod:
+        return cls.model_validate({**item, "metadata": item.get("metadata") or {}})
+
+
+class DisputeEvidenceDetails(Model):
+    due_by: int | None = None
+    has_evidence: bool = False
+    past_due: bool = False
+    submission_count: int = 0
+
+
+class Dispute(Model):
+    kind: Literal["dispute"] = "dispute"
+    id: str
+    merchant: str
+    charge: str
+    payment_intent: str | None = None
+    amount: int
+    currency: str
+    reason: str
+    status: str
+    network_reason_code: str | None = None
+    created: int
+    evidence: dict[str, str] = Field(default_factory=dict)
+    evidence_details: DisputeEvidenceDetails = Field(default_factory=DisputeEvidenceDetails)
+    balance_transactions: tuple[BalanceTransaction, ...] = ()
+    is_charge_refundable: bool = False
+    metadata: dict[str, str] = Field(default_factory=dict)
+    card_brand: str | None = None
+    inquiry: bool = False  # raised as an inquiry (it may have escalated since)
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Dispute:
+        return cls.model_validate(
+            {
+                **item,
+                "evidence": item.get("evidence") or {},
+                "metadata": item.get("metadata") or {},
+                "balance_transactions": list((item.get("balance_transactions") or {}).values()),
+            }
+        )
+
+
+class BankAccount(Model):
+    """A merchant's bank account for payouts in one currency: never its whole number."""
+
+    kind: Literal["bank_account"] = "bank_account"
+    id: str
+    merchant: str
+    currency: str
+    country: str = "US"
+    bank_name: str | None = None
+    routing_number: str
+    last4: str
+    account_holder_name: str | None = None
+    created: int
+
+
+class Payout(Model):
+    kind: Literal["payout"] = "payout"
+    id: str
+    merchant: str
+    amount: int
+    currency: str
+    status: str  # pending, in_transit, paid, failed, canceled
+    automatic: bool = False
+    method: str = "standard"
+    arrival_date: int
+    created: int
+    description: str | None = None
+    statement_descriptor: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    destination: str | None = None  # the bank account's id
+    balance_transaction: str | None = None
+    failure_balance_transaction: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    reconciliation_status: str = "not_applicable"
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Payout:
         return cls.model_validate({**item, "metadata": item.get("metadata") or {}})
 
 

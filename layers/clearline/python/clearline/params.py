@@ -309,6 +309,87 @@ class RefundCreateParams(Params):
     expand: list[String] = Field(default_factory=list)
 
 
+EvidenceText = Annotated[String, Field(max_length=20_000)]
+EVIDENCE_MAX_CHARACTERS = 150_000  # all the text fields of one submission together
+
+
+class DisputeEvidenceParams(Params):
+    """The text evidence Stripe takes (file evidence needs file uploads, which Clearline
+    does not have)."""
+
+    access_activity_log: EvidenceText | None = None
+    billing_address: EvidenceText | None = None
+    cancellation_policy_disclosure: EvidenceText | None = None
+    cancellation_rebuttal: EvidenceText | None = None
+    customer_email_address: EvidenceText | None = None
+    customer_name: EvidenceText | None = None
+    customer_purchase_ip: EvidenceText | None = None
+    duplicate_charge_explanation: EvidenceText | None = None
+    duplicate_charge_id: EvidenceText | None = None
+    product_description: EvidenceText | None = None
+    refund_policy_disclosure: EvidenceText | None = None
+    refund_refusal_explanation: EvidenceText | None = None
+    service_date: EvidenceText | None = None
+    shipping_address: EvidenceText | None = None
+    shipping_carrier: EvidenceText | None = None
+    shipping_date: EvidenceText | None = None
+    shipping_tracking_number: EvidenceText | None = None
+    uncategorized_text: EvidenceText | None = None
+
+    def as_text(self) -> dict[str, str]:
+        """The fields sent ("" clears one), checked against the whole-hash limit."""
+        sent = self.model_dump(exclude_unset=True)
+        sent = {key: value or "" for key, value in sent.items()}
+        if sum(len(value) for value in sent.values()) > EVIDENCE_MAX_CHARACTERS:
+            raise InvalidRequestError(
+                f"The evidence may hold at most {EVIDENCE_MAX_CHARACTERS} characters in all.",
+                param="evidence",
+            )
+        return sent
+
+
+class DisputeUpdateParams(Params):
+    evidence: DisputeEvidenceParams | None = None
+    metadata: MetadataUpdate | None = None
+    submit: Boolean = True
+    expand: list[String] = Field(default_factory=list)
+
+
+class DisputeCloseParams(Params):
+    expand: list[String] = Field(default_factory=list)
+
+
+StatementDescriptor = Annotated[String, Field(max_length=22), AfterValidator(_check_descriptor)]
+
+
+class PayoutCreateParams(Params):
+    amount: Integer
+    currency: Annotated[String, Field(min_length=3, max_length=3)]
+    description: ShortText | None = None
+    destination: String | None = None  # the bank account (its id): the currency's by default
+    metadata: Metadata = Field(default_factory=dict)
+    method: Literal["standard"] = "standard"  # instant payouts need a debit card destination
+    source_type: Literal["card"] = "card"
+    statement_descriptor: StatementDescriptor | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+class PayoutUpdateParams(Params):
+    metadata: MetadataUpdate | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+class BankAccountParams(Params):
+    currency: Annotated[String, Field(min_length=3, max_length=3)]
+    routing_number: Annotated[String, Field(max_length=9)]
+    account_number: Annotated[String, Field(max_length=17)]
+    account_holder_name: ShortText | None = None
+
+
+class PayoutCancelParams(Params):
+    expand: list[String] = Field(default_factory=list)
+
+
 P = TypeVar("P", bound=Params)
 
 # Parameters that only mean something on a Connect platform. Silently dropping them would

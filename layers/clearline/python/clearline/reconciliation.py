@@ -9,11 +9,19 @@ and row that posted it, so a redelivered or resumed file posts nothing twice. Mo
 that should have settled on the file's day but are absent from it are reported as
 missing in settlement: they are still in the `by_due` index under their business day.
 
+The bank's daily payout report (a CSV with BANK_REPORT_COLUMNS, which is how it is told
+apart) is reconciled the same way, row by row against our payouts: a payout still in
+transit is settled from its row (paid, or returned with its failure code) through the same
+transition the payout worker commits, so whichever comes first settles it, once; a row
+that disagrees with what we recorded is a mismatch for operations.
+
 File format (CSV, with this header):
 settlement_date,batch_id,processor_reference,type,amount,fee,net,currency,charge_id,refund_id
-`type` is capture or refund; amounts are integers in minor units; `fee` is what the
-processor keeps; `net` is what it pays (negative for refunds); charge_id and refund_id are
-ours (refund_id is empty on captures).
+`type` is capture, refund, dispute (a chargeback taken back) or dispute_reversal (a won
+dispute paid back); amounts are integers in minor units; `fee` is what the processor keeps
+(its dispute fee, on a chargeback); `net` is what it pays (negative for refunds and
+chargebacks); charge_id and refund_id are ours (refund_id is empty but on refunds). A
+dispute's processor_reference is the network's dispute id, from which ours derives.
 """
 
 from __future__ import annotations
@@ -30,8 +38,12 @@ from typing import Any
 
 from clearline import ledger
 from clearline.balance import SETTLED, SETTLEMENT_SHARDS, UNSETTLED
+from clearline.bank_accounts import BankAccounts
+from clearline.disputes import dispute_id_of, reinstatement_txn_id, withdrawal_txn_id
 from clearline.ids import derived_id
 from clearline.models import ReconciliationMismatch
+from clearline.payouts import IN_TRANSIT, PayoutService, payout_pk
+from clearline.secrets import SecretBox
 from clearline.store import Store
 from clearline.transitions import Announcement, Change, Transition, TransitionWriter
 
@@ -62,6 +74,20 @@ MATCHED, AMOUNT, CURRENCY, MISSING_LEDGER, DUPLICATE, MISSING_SETTLEMENT, MALFOR
 )
 
 
+ROW_TYPES = ("capture", "refund", "dispute", "dispute_reversal")
+BANK_REPORT_COLUMNS = [
+    "report_date",
+    "transfer_id",
+    "reference",
+    "status",
+    "amount",
+    "currency",
+    "failure_code",
+]
+STATUS = "status_mismatch"
+# What the bank's report says of a transfer, as our payout's status.
+_BANK_STATUSES = {"paid": "paid", "returned": "failed"}
+
 # A settlement file's state, on its marker item (one per file and ETag).
 PROCESSING, DONE = "processing", "done"
 
@@ -89,7 +115,7 @@ class Row:
         if None in raw or any(value is None for value in raw.values()):
             raise ValueError("the row does not have the header's number of fields")
         kind = raw["type"]
-        if kind not in ("capture", "refund"):
+        if kind not in ROW_TYPES:
             raise ValueError(f"unknown type {kind!r}")
         return cls(
             number,
@@ -119,6 +145,10 @@ class Row:
         """The balance transaction this row settles."""
         if self.type == "capture":
             return derived_id("txn", self.charge_id, "capture")
+        if self.type == "dispute":
+            return withdrawal_txn_id(dispute_id_of(self.processor_reference))
+        if self.type == "dispute_reversal":
+            return reinstatement_txn_id(dispute_id_of(self.processor_reference))
         return derived_id("txn", self.refund_id, "refund")
 
 
@@ -178,6 +208,10 @@ class Reconciler:
         self.on_mismatch = on_mismatch or (lambda _: None)
         self.clock = clock
         self.writer = TransitionWriter(store, self.shards, lambda: self.clock())
+        # Settling a payout from the bank's report calls nobody and reads no account number.
+        self.payouts = PayoutService(
+            store, BankAccounts(store, SecretBox("")), None, self.shards, lambda: self.clock()
+        )
 
     def reconcile(
         self,
@@ -214,6 +248,9 @@ class Reconciler:
             )
 
         reader = csv.DictReader(lines)
+        if reader.fieldnames == BANK_REPORT_COLUMNS:
+            self._bank_report(reader, report, progress)
+            return self._finish(report, marker, started)
         if reader.fieldnames != COLUMNS:
             raise NotASettlementFile(f"{file}: expected the columns {','.join(COLUMNS)}")
         days: set[dt.date] = set()
@@ -244,6 +281,10 @@ class Reconciler:
                 progress(report.rows)
         for day in sorted(days):
             self._missing_in_settlement(report, day - dt.timedelta(days=LAG_DAYS))
+        return self._finish(report, marker, started)
+
+    def _finish(self, report: Report, marker: dict[str, str], started: float) -> Report:
+        file, etag = report.file, report.etag
         finished = Change(
             marker["pk"],
             etag,
@@ -257,6 +298,59 @@ class Reconciler:
         self.writer.commit(Transition([finished]))
         report.seconds = time.monotonic() - started
         return report
+
+    def _bank_report(
+        self,
+        reader: csv.DictReader[str],
+        report: Report,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        for chunk in batched(enumerate(reader, start=1), BATCH):
+            keys = [(payout_pk(str(raw.get("reference"))), "PAYOUT") for _, raw in chunk]
+            found = {item["id"]: item for item in self.store.get_many(keys)}
+            for number, raw in chunk:
+                self._bank_row(report, number, raw, found.get(str(raw.get("reference"))))
+            report.rows += len(chunk)
+            if progress:
+                progress(report.rows)
+
+    def _bank_row(
+        self, report: Report, number: int, raw: dict[str, str], payout: dict[str, Any] | None
+    ) -> None:
+        def mismatch(kind: str, detail: str) -> None:
+            amount = int(raw["amount"]) if str(raw.get("amount", "")).isdigit() else 0
+            self._mismatch(
+                report,
+                Mismatch(
+                    kind, number, raw.get("transfer_id"), None, detail, amount, raw.get("currency")
+                ),
+            )
+
+        status = _BANK_STATUSES.get(str(raw.get("status")))
+        if None in raw or status is None or not str(raw.get("amount", "")).isdigit():
+            mismatch(MALFORMED, "unreadable row")
+            return
+        if payout is None:
+            mismatch(MISSING_LEDGER, f"no payout {raw['reference']}")
+            return
+        if payout["currency"] != raw["currency"].lower():
+            mismatch(CURRENCY, f"ours {payout['currency']}, the bank's {raw['currency']}")
+            return
+        if payout["amount"] != int(raw["amount"]):
+            mismatch(AMOUNT, f"ours {payout['amount']}, the bank's {raw['amount']}")
+            return
+        if payout["status"] == IN_TRANSIT:
+            bank_status = "paid" if status == "paid" else "returned"
+            self.payouts.settle(payout, bank_status, raw.get("failure_code") or None)
+            payout = self.store.get(payout["pk"], "PAYOUT") or payout
+        code = raw.get("failure_code") or None
+        if payout["status"] != status or (
+            status == "failed" and payout.get("failure_code") != code
+        ):
+            mismatch(STATUS, f"{payout['id']} is {payout['status']}, the bank says {raw['status']}")
+            return
+        report.counts[MATCHED] += 1
+        report.settled[payout["currency"]] += payout["amount"]
 
     def _classify(self, report: Report, row: Row, txn: dict[str, Any] | None) -> None:
         if txn is None:
@@ -278,11 +372,14 @@ class Reconciler:
     def _settle(self, report: Report, row: Row, txn: dict[str, Any]) -> bool:
         """Post the row's settlement journal. False if another row already settled it."""
         merchant, cur = txn["merchant"], txn["currency"]
-        entries = (
-            ledger.settle_capture_entries(merchant, cur, row.amount, row.fee, txn["net"])
-            if row.type == "capture"
-            else ledger.settle_refund_entries(merchant, cur, row.amount)
-        )
+        if row.type == "capture":
+            entries = ledger.settle_capture_entries(merchant, cur, row.amount, row.fee, txn["net"])
+        elif row.type == "dispute":
+            entries = ledger.settle_dispute_entries(merchant, cur, row.amount, row.fee, txn["net"])
+        elif row.type == "dispute_reversal":
+            entries = ledger.settle_dispute_reversal_entries(merchant, cur, row.amount)
+        else:
+            entries = ledger.settle_refund_entries(merchant, cur, row.amount)
         journal = ledger.Journal(
             id=derived_id("jnl", txn["id"], "settlement"),
             currency=cur,

@@ -61,6 +61,14 @@ def _already_refunded(charge: dict[str, Any]) -> InvalidRequestError:
     )
 
 
+def _charged_back(charge: dict[str, Any]) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Charge {charge['id']} has been charged back; cannot issue a refund.",
+        param="charge",
+        code="charge_disputed",
+    )
+
+
 def _refund_events(
     merchant_id: str, refund: dict[str, Any], charge: dict[str, Any], refund_event: str
 ) -> list[Announcement]:
@@ -112,6 +120,8 @@ class RefundService(MoneyService):
             raise _already_refunded(charge)
         if state != CAPTURED:
             raise ConflictError(f"Charge {charge['id']} is still being processed; retry shortly.")
+        if charge.get("chargeback"):  # the network has taken the money back already
+            raise _charged_back(charge)
         amount = charge["refundable"] if params.amount is None else params.amount
         self._check_amount(charge, amount)
         refund, record = self._reserve(caller, charge, refund_id, amount, params, idempotency_key)
@@ -221,7 +231,8 @@ class RefundService(MoneyService):
             from_state=CAPTURED,
             set={f"refunds.{refund_id}": embedded(refund)},
             add={"refundable": -amount},
-            condition="refundable >= :amount",
+            # A chargeback opened meanwhile took the money back: no refund on top of it.
+            condition="refundable >= :amount AND attribute_not_exists(chargeback)",
             values={":amount": amount},
         )
         transition = Transition(
@@ -260,6 +271,8 @@ class RefundService(MoneyService):
                 code="idempotency_key_in_use",
             )
         current = self._read(charge["pk"], "CHARGE") or charge
+        if current.get("chargeback"):
+            raise _charged_back(current)
         if current["state"] != CAPTURED or current["refundable"] <= 0:
             raise _already_refunded(charge)
         self._check_amount(current, amount)  # another refund took part of what was left

@@ -8,7 +8,8 @@ processor idempotency key its call uses, so the resolver can always find out:
   it never saw the call, and the charge fails (nobody was charged); an answer is committed
   as if the call had just returned. A charge whose commit the store refused for good is
   compensated at the processor (voided or refunded) and recorded as failed.
-- a pending capture, void or refund: the call is made again with the same key. The
+- a pending capture, void or refund, a dispute's evidence or acceptance, or a payout's
+  transfer to the bank: the call is made again with the same key. The
   processor returns what it did the first time, or does it now if it never saw it (what
   the merchant asked for), and the answer is committed.
 
@@ -23,8 +24,10 @@ from collections import Counter
 from typing import Any
 
 from clearline.charges import DUE_PROCESSOR, OP_PENDING, PENDING, ChargeService
+from clearline.disputes import DisputeService
 from clearline.errors import ServiceUnavailableError
 from clearline.payment_intents import REQUIRES_ACTION, PaymentIntentService
+from clearline.payouts import PayoutService
 from clearline.processor import Authorization, ProcessorUnavailable
 from clearline.refunds import RefundService
 from clearline.scheduling import due_items
@@ -42,11 +45,18 @@ OUTCOMES = ("settled", "failed", "unreachable", "errors", "unresolved")
 
 
 class Resolver:
-    def __init__(self, charges: ChargeService, refunds: RefundService) -> None:
+    def __init__(
+        self,
+        charges: ChargeService,
+        refunds: RefundService,
+        payouts: PayoutService | None = None,
+    ) -> None:
         self.charges = charges
+        self.payouts = payouts
         self.refunds = refunds
         self.store = charges.store
         self.payment_intents = PaymentIntentService(self.store, charges, refunds)
+        self.disputes = DisputeService(self.store, charges.processor, charges.shards)
 
     def run(self, now: int) -> dict[str, int]:
         """One pass over everything pending past the grace period. Each record is settled on
@@ -75,6 +85,15 @@ class Resolver:
             return self._charge(record)
         if record["sk"] == "PI" and record["state"] == REQUIRES_ACTION:
             self.payment_intents.settle_authentication(record, now)
+            return "settled"
+        if record["sk"] == "DISPUTE":  # a response to a dispute, sent or not
+            if record.get("pending"):
+                self.disputes.finish_pending(record, None)
+            return "settled"
+        if record["sk"] == "PAYOUT":  # sent to the bank, its acceptance not committed
+            if self.payouts is None:
+                raise ProcessorUnavailable("this resolver has no bank to ask")
+            self.payouts.send(record["id"])
             return "settled"
         if record["sk"] == "PI":  # an intent left processing: its charge, again, then follow it
             self.payment_intents.follow(self.payment_intents.resume(record, None))

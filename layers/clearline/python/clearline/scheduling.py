@@ -1,5 +1,6 @@
-"""Work that comes due: scheduled captures and expiring authorizations, found through the
-sparse `by_due` index, never a scan. (Operations left pending are the resolver's.)
+"""Work that comes due: scheduled captures, expiring authorizations and disputes past their
+evidence deadline, found through the sparse `by_due` index, never a scan. (Operations left
+pending are the resolver's.)
 
 Each job says what it is due for and as of when, so a worker acts on the scheduler's
 clock: a test can move time forward by sending a later schedule time, without sleeping.
@@ -17,15 +18,18 @@ from clearline.charges import (
     DUE_SHARDS,
     ChargeService,
 )
+from clearline.disputes import DUE_DISPUTE, DisputeService
 from clearline.errors import InvalidRequestError
 from clearline.params import ChargeCaptureParams
 from clearline.store import Store
 
+DISPUTE_DEADLINE = "dispute_deadline"
+
 
 @dataclass(frozen=True)
 class Job:
-    charge: str
-    action: str  # capture | expire
+    charge: str  # the charge, or for a dispute deadline the dispute
+    action: str  # capture | expire | dispute_deadline
     as_of: int
 
     def as_message(self) -> dict[str, Any]:
@@ -49,17 +53,25 @@ def due_items(store: Store, kind: str, until: int) -> list[dict[str, Any]]:
 
 
 def due_jobs(store: Store, now: int) -> list[Job]:
-    """Authorizations whose scheduled capture time or expiry has come."""
+    """Authorizations whose scheduled capture time or expiry has come, and disputes whose
+    evidence is due."""
     jobs = []
     for item in due_items(store, DUE_AUTHORIZATION, now):
         capture_at = item.get("capture_at")
         action = "capture" if capture_at is not None and capture_at <= now else "expire"
         jobs.append(Job(item["id"], action, now))
+    jobs += [Job(item["id"], DISPUTE_DEADLINE, now) for item in due_items(store, DUE_DISPUTE, now)]
     return jobs
 
 
-def run_job(charges: ChargeService, store: Store, job: Job) -> str:
-    """Capture or expire one authorization, once: a repeated job finds it done."""
+def run_job(
+    charges: ChargeService, store: Store, job: Job, disputes: DisputeService | None = None
+) -> str:
+    """Capture or expire one authorization, or close a dispute past its deadline, once: a
+    repeated job finds it done."""
+    if job.action == DISPUTE_DEADLINE:
+        assert disputes is not None, "a worker that takes dispute deadlines has disputes"
+        return disputes.past_due(job.charge, job.as_of)
     item = store.get(f"CHARGE#{job.charge}", "CHARGE")
     if item is None or item["state"] != AUTHORIZED:
         return "already settled"

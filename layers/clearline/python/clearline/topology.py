@@ -124,6 +124,12 @@ class FunctionSpec:
     # Reads the API key items of the main table (and nothing else of it): the vault, which
     # learns a publishable key's merchant this way.
     reads_api_keys: bool = False
+    # Reads the secret the processor signs its notifications with (Secrets Manager).
+    reads_processor_secret: bool = False
+    # Calls the bank's transfer API (CLEARLINE_BANK_URL), to pay merchants out.
+    calls_bank: bool = False
+    # What it may do with the KMS key that seals merchants' bank account numbers.
+    bank_account_key: tuple[Literal["seal", "open"], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,8 @@ class Topology:
     buses: tuple[BusSpec, ...] = ()
     rules: tuple[RuleSpec, ...] = ()
     buckets: tuple[BucketSpec, ...] = ()
+    # An API of its own for the processor's notifications (never the merchant API).
+    notifications: ApiSpec | None = None
 
     def table(self, key: str) -> TableSpec:
         return next(t for t in self.tables if t.key == key)
@@ -179,6 +187,8 @@ def bus_env_var(bus_key: str) -> str:
 
 
 PROCESSOR_URL_ENV = "CLEARLINE_PROCESSOR_URL"
+BANK_URL_ENV = "CLEARLINE_BANK_URL"
+BANK_ACCOUNTS_KEY_ENV = "CLEARLINE_BANK_ACCOUNTS_KEY"  # KMS key sealing bank account numbers
 VAULT_URL_ENV = "CLEARLINE_VAULT_URL"  # the vault's origin, for Clearline's internal calls
 # In AWS the vault's stack is deployed after Clearline's (it reads Clearline's API keys), so
 # Clearline's functions learn its URL at run time from this SSM parameter, which it writes.
@@ -190,6 +200,10 @@ VAULT_PUBLIC_URL_ENV = "CLEARLINE_VAULT_PUBLIC_URL"  # the vault's origin, as br
 VAULT_KEY_ENV = "CLEARLINE_VAULT_KEY_ID"  # KMS key sealing card numbers
 VAULT_FINGERPRINT_KEY_ENV = "CLEARLINE_VAULT_FINGERPRINT_KEY_ID"  # KMS HMAC key: fingerprints
 API_KEY_PREFIX = "APIKEY#"  # the partition keys of API key items, all the vault may read
+# The secret the processor signs dispute notifications with: its name in Secrets Manager.
+PROCESSOR_NOTIFICATION_SECRET_ENV = "CLEARLINE_PROCESSOR_NOTIFICATION_SECRET"
+PROCESSOR_NOTIFICATION_SECRET_NAME = "clearline/processor-notifications"
+PROCESSOR_NOTIFICATION_PATH = "/processor/notifications"
 SERVICE_NAME = "clearline"
 METRICS_NAMESPACE = "Clearline"
 # Published by the processor sync on every run (zero included): pending money operations
@@ -231,6 +245,8 @@ API_FUNCTION = FunctionSpec(
     tables={"main": "readwrite", "idempotency": "readwrite"},
     calls_processor=True,
     calls_vault=True,
+    sends_to=("payouts",),  # a new payout goes to the bank at once
+    bank_account_key=("seal",),  # the admin route that sets a merchant's bank account
 )
 
 EVENT_BUS = BusSpec(key="events", name="clearline-events")
@@ -255,6 +271,9 @@ SETTLEMENT_QUEUE = QueueSpec(
     visibility_timeout_seconds=900,
     max_receive_count=5,
 )
+PAYOUT_QUEUE = QueueSpec(
+    key="payouts", name="clearline-payouts", visibility_timeout_seconds=180, max_receive_count=5
+)
 # Mismatches wait here for operations; nothing consumes it automatically.
 MISMATCH_QUEUE = QueueSpec(
     key="mismatches", name="clearline-reconciliation-mismatches", retention_seconds=14 * 86400
@@ -268,9 +287,11 @@ RELAY_FAILURE_QUEUE = QueueSpec(
 SETTLEMENT_BUCKET = BucketSpec(
     key="settlements",
     name="clearline-settlements",
+    # The processor's settlement files, and the bank's payout reports under settlements/bank/.
     notify_prefix="settlements/",
     notify_queue="settlements",
 )
+BANK_REPORT_PREFIX = "settlements/bank/"
 
 RELAY_FUNCTION = FunctionSpec(
     key="relay",
@@ -303,12 +324,12 @@ SCHEDULER_FUNCTION = FunctionSpec(
     key="scheduler",
     code_dir="functions/scheduler",
     handler="scheduler_handler.lambda_handler",
-    description="Finds authorizations due for capture or expiry and queues them",
+    description="Queues what has come due: captures, expiries, dispute deadlines, payouts",
     timeout_seconds=60,
     memory_mb=512,
     tables={"main": "read"},
     schedule_minutes=1,
-    sends_to=("captures",),
+    sends_to=("captures", "payouts"),
 )
 
 CAPTURE_FUNCTION = FunctionSpec(
@@ -334,6 +355,8 @@ PROCESSOR_SYNC_FUNCTION = FunctionSpec(
     tables={"main": "readwrite"},
     calls_processor=True,
     calls_vault=True,
+    calls_bank=True,  # a payout left pending with its transfer key
+    bank_account_key=("open",),
     schedule_minutes=1,
 )
 
@@ -351,6 +374,44 @@ RECONCILER_FUNCTION = FunctionSpec(
     buckets={"settlements": "readwrite"},
 )
 
+PAYOUT_FUNCTION = FunctionSpec(
+    key="payout_worker",
+    code_dir="functions/payout_worker",
+    handler="payout_handler.lambda_handler",
+    description="Sends each queued payout to the bank once, and settles it on arrival",
+    timeout_seconds=30,
+    memory_mb=512,
+    tables={"main": "readwrite"},
+    calls_bank=True,
+    bank_account_key=("open",),
+    queue_trigger="payouts",
+    batch_size=10,
+)
+
+DAILY_PAYOUTS_FUNCTION = FunctionSpec(
+    key="daily_payouts",
+    code_dir="functions/daily_payouts",
+    handler="daily_payouts_handler.lambda_handler",
+    description="Pays out every merchant's available balance once a day",
+    timeout_seconds=300,
+    memory_mb=512,
+    tables={"main": "readwrite"},
+    schedule_minutes=24 * 60,
+    sends_to=("payouts",),
+)
+
+DISPUTE_INTAKE_FUNCTION = FunctionSpec(
+    key="dispute_intake",
+    code_dir="functions/dispute_intake",
+    handler="intake_handler.lambda_handler",
+    description="Opens and follows disputes from the processor's signed notifications",
+    timeout_seconds=29,
+    memory_mb=512,
+    tables={"main": "readwrite"},
+    calls_processor=True,  # to follow up a dispute, if a notice leaves it unclear
+    reads_processor_secret=True,
+)
+
 TOPOLOGY = Topology(
     tables=(MAIN_TABLE, IDEMPOTENCY_TABLE),
     functions=(
@@ -361,9 +422,20 @@ TOPOLOGY = Topology(
         CAPTURE_FUNCTION,
         PROCESSOR_SYNC_FUNCTION,
         RECONCILER_FUNCTION,
+        DISPUTE_INTAKE_FUNCTION,
+        PAYOUT_FUNCTION,
+        DAILY_PAYOUTS_FUNCTION,
     ),
     api=ApiSpec(function="api"),
-    queues=(WEBHOOK_QUEUE, CAPTURE_QUEUE, SETTLEMENT_QUEUE, MISMATCH_QUEUE, RELAY_FAILURE_QUEUE),
+    notifications=ApiSpec(function="dispute_intake"),
+    queues=(
+        WEBHOOK_QUEUE,
+        CAPTURE_QUEUE,
+        PAYOUT_QUEUE,
+        SETTLEMENT_QUEUE,
+        MISMATCH_QUEUE,
+        RELAY_FAILURE_QUEUE,
+    ),
     buckets=(SETTLEMENT_BUCKET,),
     buses=(EVENT_BUS,),
     rules=(

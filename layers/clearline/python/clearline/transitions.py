@@ -162,7 +162,7 @@ class TransitionWriter:
                     )
                 )
             )
-        for event in transition.events:
+        for order, event in enumerate(transition.events):
             writes.extend(
                 event_writes(
                     event.merchant,
@@ -170,7 +170,8 @@ class TransitionWriter:
                     event.object,
                     previous=event.previous,
                     operation=event.operation or event.type,
-                    now=now,
+                    # A millisecond apart: listed (newest first) in the order they happened.
+                    now=now + order / 1000,
                     caller=transition.caller,
                     idempotency_key=transition.idempotency_key,
                 )

@@ -6,6 +6,9 @@ from typing import Any
 
 from clearline.models import Balance, BalanceAmount, BalanceTransaction
 
+# Stripe's reporting categories where they differ from the type.
+_REPORTING_CATEGORY = {"payout_cancel": "payout_reversal", "payout_failure": "payout_reversal"}
+
 
 def render_balance_transaction(txn: BalanceTransaction) -> dict[str, Any]:
     fee_details = (
@@ -14,7 +17,7 @@ def render_balance_transaction(txn: BalanceTransaction) -> dict[str, Any]:
                 "amount": txn.fee,
                 "application": None,
                 "currency": txn.currency,
-                "description": "Clearline processing fees",
+                "description": txn.fee_description or "Clearline processing fees",
                 "type": "stripe_fee",
             }
         ]
@@ -33,7 +36,9 @@ def render_balance_transaction(txn: BalanceTransaction) -> dict[str, Any]:
         "fee": txn.fee,
         "fee_details": fee_details,
         "net": txn.net,
-        "reporting_category": txn.type,
+        "reporting_category": (
+            txn.reporting_category or _REPORTING_CATEGORY.get(txn.type, txn.type)
+        ),
         "source": txn.source,
         # Funds stay pending until the processor's settlement file reports them.
         "status": "available" if txn.settlement == "settled" else "pending",

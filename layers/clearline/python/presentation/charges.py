@@ -93,7 +93,7 @@ def render_charge(charge: Charge, links: Links) -> dict[str, Any]:
         "currency": charge.currency,
         "customer": charge.customer,
         "description": charge.description,
-        "disputed": False,
+        "disputed": charge.disputed,
         "failure_balance_transaction": None,
         "failure_code": charge.failure_code,
         "failure_message": charge.failure_message,

@@ -29,7 +29,12 @@ EXPANDABLE: dict[str, dict[str, tuple[str, ...]]] = {
         "balance_transaction": ("balance_transaction",),
         "failure_balance_transaction": ("balance_transaction",),
     },
-    "balance_transaction": {"source": ("charge", "refund")},
+    "balance_transaction": {"source": ("charge", "refund", "dispute", "payout")},
+    "dispute": {"charge": ("charge",), "payment_intent": ("payment_intent",)},
+    "payout": {
+        "balance_transaction": ("balance_transaction",),
+        "failure_balance_transaction": ("balance_transaction",),
+    },
     "payment_intent": {
         "customer": ("customer",),
         "latest_charge": ("charge",),

@@ -9,9 +9,11 @@ from clearline.models import (
     BalanceTransaction,
     Charge,
     Customer,
+    Dispute,
     Model,
     PaymentIntent,
     PaymentMethod,
+    Payout,
     ReconciliationMismatch,
     Refund,
     WebhookEndpoint,
@@ -19,9 +21,11 @@ from clearline.models import (
 from presentation.balance import render_balance, render_balance_transaction
 from presentation.charges import render_charge
 from presentation.customers import render_customer
+from presentation.disputes import render_dispute
 from presentation.links import Links
 from presentation.payment_intents import render_payment_intent
 from presentation.payment_methods import render_payment_method
+from presentation.payouts import render_payout
 from presentation.refunds import render_refund
 from presentation.webhook_endpoints import render_webhook_endpoint
 
@@ -35,6 +39,8 @@ MODELS: dict[str, type[Model]] = {
     "payment_intent": PaymentIntent,
     "payment_method": PaymentMethod,
     "reconciliation_mismatch": ReconciliationMismatch,
+    "dispute": Dispute,
+    "payout": Payout,
 }
 
 
@@ -60,6 +66,10 @@ def render(model: Model, links: Links) -> dict[str, Any]:
         return render_customer(model)
     if isinstance(model, PaymentMethod):
         return render_payment_method(model)
+    if isinstance(model, Dispute):
+        return render_dispute(model)
+    if isinstance(model, Payout):
+        return render_payout(model)
     if isinstance(model, ReconciliationMismatch):
         rendered = model.model_dump(exclude={"kind", "mismatch"})
         return {"object": "reconciliation_mismatch", "kind": model.mismatch, **rendered}
