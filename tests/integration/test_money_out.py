@@ -16,7 +16,17 @@ from typing import Any
 import pytest
 import requests
 import stripe
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
+from clearline import ledger
 from clearline.processor_notifications import signature
 from clearline.topology import PAYOUT_QUEUE
 from clearline_local.sandbox_bank import FAILING_ACCOUNTS, SUCCEEDING_ACCOUNT
@@ -421,6 +431,11 @@ def test_the_daily_run_pays_out_everything_available_and_the_banks_report_agrees
         message="the automatic payout",
     )
     assert automatic.amount == available and available_usd(sdk) == 0
+    covered = sdk.v1.balance_transactions.list(params={"payout": automatic.id}).data
+    assert sorted(t.type for t in covered) == ["charge", "charge", "payout"]
+    assert eventually(
+        lambda: sdk.v1.payouts.retrieve(automatic.id).reconciliation_status == "completed"
+    )
     again = own_stack.clearline("invoke", "daily_payouts")
     assert json.loads(again.stdout.strip().splitlines()[-1])["payouts"] == 0
     in_status(sdk, automatic.id, "in_transit")
@@ -433,3 +448,122 @@ def test_the_daily_run_pays_out_everything_available_and_the_banks_report_agrees
     assert report["counts"]["matched"] >= 1, report
     assert report["mismatches"] == []
     in_status(sdk, automatic.id, "paid")  # settled from the report, before anyone asked
+
+
+# ---- random sequences -----------------------------------------------------------------------
+
+
+class MoneyOutMachine(RuleBasedStateMachine):
+    """Charges (some of them disputed), refunds, settlement, responses to disputes, payouts
+    manual and automatic, and days passing at the bank, in any order. After every step the
+    ledger verifies, the merchant's balance is the sum of its balance transactions, and
+    what is in transit to the bank is what its unfinished payouts add up to."""
+
+    charges = Bundle("charges")
+
+    def __init__(self, stack: Stack) -> None:
+        super().__init__()
+        self.stack = stack
+        merchant = stack.create_merchant("Random Money Out", fee_percent=2.9, fee_fixed=30)
+        self.merchant_id = merchant["id"]
+        self.sdk = stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url})
+        set_account(stack, self.merchant_id, SUCCEEDING_ACCOUNT)
+
+    @rule(
+        target=charges,
+        amount=st.integers(500, 20_000),
+        token=st.sampled_from(["tok_visa"] * 3 + ["tok_createDispute", "tok_createDisputeInquiry"]),
+    )
+    def charge(self, amount: int, token: str) -> str:
+        made = charge(self.sdk, token, amount=amount)
+        if token != "tok_visa":
+            dispute_of(self.sdk, made.id)  # opened before anything else happens to it
+        return str(made.id)
+
+    @rule(charge_id=charges)
+    def refund(self, charge_id: str) -> None:
+        try:
+            self.sdk.v1.refunds.create(
+                params={"charge": charge_id, "amount": 100}, options={"idempotency_key": key()}
+            )
+        except stripe.InvalidRequestError as refused:
+            assert refused.code in (
+                "charge_disputed",
+                "amount_too_large",
+                "charge_already_refunded",
+            )
+
+    @rule(
+        charge_id=charges, answer=st.sampled_from(["winning_evidence", "losing_evidence", "close"])
+    )
+    def answer_dispute(self, charge_id: str, answer: str) -> None:
+        disputes = self.sdk.v1.disputes.list(params={"charge": charge_id}).data
+        if not disputes or disputes[0].status not in ("needs_response", "warning_needs_response"):
+            return
+        dispute = disputes[0]
+        if answer == "close":
+            assert self.sdk.v1.disputes.close(dispute.id).status in ("lost", "warning_closed")
+            return
+        self.sdk.v1.disputes.update(dispute.id, params={"evidence": {"uncategorized_text": answer}})
+        closed = ("won", "lost", "warning_closed")
+        eventually(lambda: self.sdk.v1.disputes.retrieve(dispute.id).status in closed)
+
+    @rule()
+    def settle(self) -> None:
+        settle_today(self.stack)
+
+    @rule(fraction=st.sampled_from([0.5, 1.0, 1.5]))
+    def pay_out(self, fraction: float) -> None:
+        available = available_usd(self.sdk)
+        if available <= 0:
+            return
+        amount = max(1, int(available * fraction))
+        try:
+            self.sdk.v1.payouts.create(
+                params={"amount": amount, "currency": "usd"}, options={"idempotency_key": key()}
+            )
+        except stripe.InvalidRequestError as refused:
+            assert refused.code == "balance_insufficient" and amount > available
+
+    @rule()
+    def a_day_passes(self) -> None:
+        eventually(lambda: queue_drained(self.stack, PAYOUT_QUEUE.name))
+        arrive(self.stack)
+        eventually(lambda: queue_drained(self.stack, PAYOUT_QUEUE.name))
+
+    @invariant()
+    def the_books_agree(self) -> None:
+        def agree() -> bool:
+            before = self.sdk.v1.balance.retrieve()
+            nets = sum(
+                t.net
+                for t in self.sdk.v1.balance_transactions.list(
+                    params={"limit": 100}
+                ).auto_paging_iter()
+            )
+            after = self.sdk.v1.balance.retrieve()
+            total = sum(a.amount for a in [*after.available, *after.pending] if a.currency == "usd")
+            return before == after and nets == total
+
+        eventually(agree, timeout=20, message="the balance is the sum of its transactions")
+        unfinished = sum(
+            p.amount
+            for p in self.sdk.v1.payouts.list(params={"limit": 100}).auto_paging_iter()
+            if p.status in ("pending", "in_transit")
+        )
+        store = self.stack.store()
+        account = ledger.payouts_in_transit(self.merchant_id, "usd")
+        assert ledger.account_balance(store, account).credit_balance == unfinished
+        assert ledger.verify(store).ok
+
+
+def test_random_money_out_keeps_the_books(own_stack: Stack) -> None:
+    run_state_machine_as_test(
+        lambda: MoneyOutMachine(own_stack),
+        settings=settings(
+            max_examples=3,
+            stateful_step_count=8,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )

@@ -13,7 +13,7 @@ from typing import Any
 import boto3
 import pytest
 
-from clearline import ledger
+from clearline import ledger, listing
 from clearline.audit import Caller
 from clearline.bank import BankClient
 from clearline.bank_accounts import BankAccounts
@@ -94,6 +94,11 @@ def test_a_payout_goes_in_transit_then_paid_on_its_arrival_date(
     world: dict[str, Any], processor: SandboxProcessor, bank: SandboxBank
 ) -> None:
     assert settle_funds(world, processor, [6000, 4000]) == 10000
+    (announced,) = [
+        e for e in world["store"].scan() if e["sk"] == "EVENT" and e["type"] == "balance.available"
+    ]
+    assert announced["merchant"] == world["merchant"].id
+    assert announced["data"]["object"]["available"] == [{"currency": "usd", "amount": 10000}]
     made = payout(world, 7000, description="November")
     assert (made.status, made.automatic, made.amount) == ("pending", False, 7000)
     assert available(world) == 3000  # spoken for at once
@@ -239,6 +244,24 @@ def test_the_daily_run_pays_out_the_available_balance_once_a_day(
     (made,) = payouts.pay_out_available(day)
     assert (made.amount, made.automatic) == (5000, True)
     assert payouts.pay_out_available(day) == []  # nothing left, and nothing made twice
+
+    # It names what it paid out: the two charges, and itself.
+    covered = listing.page(
+        world["store"],
+        world["merchant"].id,
+        "txn",
+        limit=10,
+        starting_after=None,
+        ending_before=None,
+        facets={"payout": [made.id]},
+    ).items
+    assert sorted((t["type"], t["amount"]) for t in covered) == [
+        ("charge", 2500),
+        ("charge", 2500),
+        ("payout", -5000),
+    ]
+    assert item(world, made.id)["reconciliation_status"] == "completed"
+    assert payouts.cover(made.id) == 0
     jobs = due_payout_jobs(world["store"], made.created + 1)
     assert [(j.payout, j.action) for j in jobs] == [(made.id, "send")]
     assert run_payout_job(payouts, jobs[0]) == "sent"

@@ -32,6 +32,12 @@ def settlement_due_keys(txn_id: str, day: dt.date) -> dict[str, str]:
     return {"due_pk": f"SETTLE#{day.isoformat()}#{shard}", "due_sk": txn_id}
 
 
+def awaiting_payout_keys(merchant_id: str, currency: str, txn_id: str, at: float) -> dict[str, str]:
+    """Puts an available movement in the sparse `by_due` index until an automatic payout
+    covers it: what the next one pays out, for `GET /v1/balance_transactions?payout=`."""
+    return {"due_pk": f"UNPAID#{merchant_id}#{currency}", "due_sk": f"{int(at):010d}#{txn_id}"}
+
+
 def transaction_items(
     txn_id: str,
     *,
@@ -46,18 +52,26 @@ def transaction_items(
     reporting_category: str | None = None,
     fee_description: str | None = None,
     settles: bool = True,
+    payout: str | None = None,
 ) -> list[dict[str, Any]]:
     """A balance transaction's item, and the index items that filter its list by type,
     source and currency. `settles`: the processor's settlement file will report it (a
-    payout's movements are the bank's, reconciled from its own report)."""
+    payout's movements are the bank's, reconciled from its own report). A payout's own
+    movements name it (`payout`); a payout's money coming back awaits the next one."""
     created_ms = int(now * 1000)
-    facets = {"type": kind, "source": source, "currency": currency}
+    facets = {"type": kind, "source": source, "currency": currency, "payout": payout}
     key = (f"TXN#{txn_id}", "TXN")
     item = {
         "pk": f"TXN#{txn_id}",
         "sk": "TXN",
         **listing.list_keys(merchant_id, "txn", created_ms, txn_id),
         **(settlement_due_keys(txn_id, business_day(now)) if settles else {}),
+        **(
+            awaiting_payout_keys(merchant_id, currency, txn_id, now)
+            if not settles and payout is None and amount > 0
+            else {}
+        ),
+        "payout": payout,
         "id": txn_id,
         "merchant": merchant_id,
         "settlement": UNSETTLED if settles else SETTLED,

@@ -40,7 +40,8 @@ def event_writes(
     """The puts of one event item (and its index item by type), for the transaction that
     makes the change it announces."""
     snapshot = data_object.snapshot()
-    event_id = derived_id("evt", snapshot["id"], operation)
+    # An object without an id (the balance) is the merchant's own.
+    event_id = derived_id("evt", snapshot.get("id") or merchant_id, operation)
     data: dict[str, Any] = {"kind": snapshot["kind"], "object": snapshot}
     if previous is not None:
         data["previous"] = previous.snapshot()

@@ -217,6 +217,7 @@ class PayoutService:
                 now=now,
                 description=details.get("description") or "CLEARLINE PAYOUT",
                 settles=False,
+                payout=payout_id if automatic else None,
             ),
         )
         cancelled = self.writer.commit(transition)
@@ -271,11 +272,80 @@ class PayoutService:
                         merchant_id=account.merchant,
                     )
                 )
+                self.cover(payout_id)
             except Exception:  # one merchant's trouble is not everyone's
                 log.exception(
                     "automatic payout of %s in %s failed", account.merchant, account.currency
                 )
         return made
+
+    def cover(self, payout_id: str) -> int:
+        """Name an automatic payout on every available movement it paid out (those that
+        became available before it was made), so `?payout=` lists them; then mark its
+        reconciliation completed. Resumable: a movement is named once, and a rerun goes on
+        from what is left. Returns how many it named this time."""
+        item = self._read(payout_id)
+        if item is None or item.get("reconciliation_status") != "in_progress":
+            return 0
+        named = 0
+        while True:
+            waiting = self.store.query_index(
+                "by_due",
+                "due_pk",
+                f"UNPAID#{item['merchant']}#{item['currency']}",
+                "due_sk",
+                before=f"{item['created']:010d}~",
+                newest_first=False,
+                limit=100,
+            )
+            for txn in waiting:
+                named += self._name_payout(item, txn)
+            if len(waiting) < 100:
+                break
+        after = {**item, "reconciliation_status": "completed"}
+        done = Change(
+            item["pk"],
+            "PAYOUT",
+            payout_id,
+            "payout.reconciliation_completed",
+            "completed",
+            from_state="in_progress",
+            state_attribute="reconciliation_status",
+        )
+        event = Announcement(
+            item["merchant"], "payout.reconciliation_completed", Payout.from_item(after)
+        )
+        self.writer.commit(Transition([done], events=[event]))
+        return named
+
+    def _name_payout(self, payout: dict[str, Any], txn: dict[str, Any]) -> int:
+        created_ms = int(txn["gsi1sk"].split("#", 1)[0])
+        facets = {
+            "payout": payout["id"],
+            "type": txn["type"],
+            "source": txn["source"],
+            "currency": txn["currency"],
+        }
+        index = listing.facet_items(
+            txn["merchant"], "txn", created_ms, (txn["pk"], "TXN"), txn["id"], facets
+        )
+        named = Change(
+            txn["pk"],
+            "TXN",
+            txn["id"],
+            "payout.cover",
+            txn["settlement"],
+            from_state=txn["settlement"],
+            state_attribute="settlement",
+            set={"payout": payout["id"]},
+            remove=DUE_KEYS,
+            condition="attribute_exists(due_pk)",
+            audited=False,
+        )
+        transition = Transition(
+            [named], index_items=[i for i in index if i["sk"] == "FACET#payout"]
+        )
+        return 1 if self.writer.commit(transition) is None else 0
 
     # ---- sending and settling ------------------------------------------------------------
 
@@ -312,6 +382,8 @@ class PayoutService:
         """Send a pending payout to the bank, once: write-ahead, then the transfer, then its
         acceptance committed. A retry, or the resolver, makes the same call with the same key."""
         item = self._read(payout_id)
+        if item is not None and item.get("reconciliation_status") == "in_progress":
+            self.cover(payout_id)  # the daily run was cut short before it named them all
         if item is None or item["status"] != PENDING:
             return "already sent"
         if self.bank is None:

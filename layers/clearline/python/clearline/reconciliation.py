@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from clearline import ledger
-from clearline.balance import SETTLED, SETTLEMENT_SHARDS, UNSETTLED
+from clearline import balance, ledger
+from clearline.balance import SETTLED, SETTLEMENT_SHARDS, UNSETTLED, awaiting_payout_keys
 from clearline.bank_accounts import BankAccounts
 from clearline.disputes import dispute_id_of, reinstatement_txn_id, withdrawal_txn_id
 from clearline.ids import derived_id
@@ -175,6 +175,8 @@ class Report:
     seconds: float = 0.0
     # Movements named by a mismatched row: already reported, not "missing" too.
     reported: set[str] = field(default_factory=set)
+    # Merchants whose money this file made available (for balance.available).
+    credited: set[str] = field(default_factory=set)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -281,7 +283,21 @@ class Reconciler:
                 progress(report.rows)
         for day in sorted(days):
             self._missing_in_settlement(report, day - dt.timedelta(days=LAG_DAYS))
+        self._announce_available(report)
         return self._finish(report, marker, started)
+
+    def _announce_available(self, report: Report) -> None:
+        """balance.available, once per merchant and file, with the balance it left: as
+        Stripe's, only for money that became available, never for a withdrawal alone."""
+        for merchant in sorted(report.credited):
+            available = balance.merchant_balance(self.store, merchant, self.shards)
+            event = Announcement(
+                merchant,
+                "balance.available",
+                available,
+                operation=f"balance.available:{report.file}:{report.etag}",
+            )
+            self.writer.commit(Transition([], events=[event]))
 
     def _finish(self, report: Report, marker: dict[str, str], started: float) -> Report:
         file, etag = report.file, report.etag
@@ -363,6 +379,8 @@ class Reconciler:
         elif self._settle(report, row, txn):
             report.counts[MATCHED] += 1
             report.settled[row.currency] += row.amount
+            if txn["net"] > 0:
+                report.credited.add(txn["merchant"])
             return
         else:
             mismatch = row.mismatch(DUPLICATE, f"{row.txn_id} was already settled")
@@ -399,8 +417,11 @@ class Reconciler:
             SETTLED,
             from_state=UNSETTLED,
             state_attribute="settlement",
-            set={"settled_by": report.file},
-            remove=("due_pk", "due_sk"),
+            # Settled is available: it waits for the next automatic payout now.
+            set={
+                "settled_by": report.file,
+                **awaiting_payout_keys(merchant, cur, txn["id"], self.clock()),
+            },
         )
         if self.writer.commit(Transition([settled], journals=[journal])) is None:
             return True
