@@ -1,4 +1,4 @@
-"""The Clearline stack: every table, queue, bucket, bus, layer, function and the REST API come
+"""The Clearline stack: every table, queue, bucket, bus, layer, function and the REST APIs come
 from the topology."""
 
 from __future__ import annotations
@@ -7,8 +7,10 @@ from typing import Any, cast
 
 from aws_cdk import (
     ArnFormat,
+    CfnOutput,
     CfnParameter,
     Duration,
+    Fn,
     RemovalPolicy,
     Stack,
 )
@@ -23,6 +25,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
+from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
@@ -32,8 +35,12 @@ from clearline.config import (
     WEBHOOK_SECRETS_KEY_ENV,
 )
 from clearline.topology import (
+    BANK_ACCOUNTS_KEY_ENV,
+    BANK_URL_ENV,
     MAIN_TABLE,
     METRICS_NAMESPACE,
+    PROCESSOR_NOTIFICATION_PATH,
+    PROCESSOR_NOTIFICATION_SECRET_ENV,
     PROCESSOR_SYNC_FUNCTION,
     PROCESSOR_URL_ENV,
     SERVICE_NAME,
@@ -95,9 +102,23 @@ S3_GRANT_WILDCARDS = {
 }
 S3_READ_WILDCARDS = ("s3:GetObject*", "s3:GetBucket*", "s3:List*")
 S3_WRITE_WILDCARDS = ("s3:DeleteObject*", "s3:Abort*")
-# What each use of the webhook secrets key needs, exactly: sealing asks KMS for a data key
-# (GenerateDataKey returns it in the clear and encrypted); opening decrypts one.
+# What each use of a key that seals secrets (webhook signing secrets, bank account numbers)
+# needs, exactly: sealing asks KMS for a data key (GenerateDataKey returns it in the clear
+# and encrypted) and encrypts with that; opening decrypts one.
 KMS_ACTIONS_FOR = {"seal": ("kms:GenerateDataKey",), "open": ("kms:Decrypt",)}
+# The bank's transfer API, set per deployment like the processor's URL.
+DEFAULT_BANK_URL = "https://sandbox-bank.invalid"
+BANK_URL_PARAMETER_ID = "BankUrl"
+# Operators' routes on the main API (/admin/...), which API Gateway serves only to callers
+# that sign their requests with IAM credentials (SigV4).
+ADMIN_PATH = "admin"
+# The processor's notifications are few (disputes), and it retries one it is refused (429
+# included): a low limit keeps a flood of forged notifications from taking the account's
+# Lambda concurrency from the payments API.
+NOTIFICATIONS_THROTTLE_RATE_LIMIT = 100
+NOTIFICATIONS_THROTTLE_BURST_LIMIT = 200
+# Generated long, and without punctuation, so it pastes into the processor's settings as is.
+NOTIFICATION_SECRET_LENGTH = 64
 # Keys of a topology event pattern -> fields of events.EventPattern.
 EVENT_PATTERN_FIELDS = {
     "account": "account",
@@ -125,7 +146,7 @@ def event_pattern(pattern: dict[str, Any]) -> events.EventPattern:
 
 class ClearlineStack(Stack):
     """DynamoDB tables, SQS queues, event buses and rules, the two layers, one Lambda per
-    FunctionSpec with its triggers, and the REST API."""
+    FunctionSpec with its triggers, the REST API, and the processor's notifications API."""
 
     def __init__(
         self, scope: Construct, construct_id: str, *, topology: Topology = TOPOLOGY
@@ -168,14 +189,38 @@ class ClearlineStack(Stack):
             if any(spec.key in WEBHOOK_SECRET_USERS for spec in topology.functions)
             else None
         )
+        self.processor_notification_secret = (
+            self._processor_notification_secret()
+            if any(spec.reads_processor_secret for spec in topology.functions)
+            else None
+        )
+        self.bank_url: CfnParameter | None = (
+            self._bank_url_parameter()
+            if any(spec.calls_bank for spec in topology.functions)
+            else None
+        )
+        self.bank_accounts_key = (
+            self._bank_accounts_key()
+            if any(spec.bank_account_key for spec in topology.functions)
+            else None
+        )
         self.functions = {spec.key: self._function(spec) for spec in topology.functions}
         self.unresolved_pending_alarm = (
             self._unresolved_pending_alarm()
             if any(spec.key == PROCESSOR_SYNC_FUNCTION.key for spec in topology.functions)
             else None
         )
+        # The main API's methods: those merchants call with API keys, and operators' /admin
+        # ones, which only IAM-signed requests reach.
+        self.public_methods: list[apigw.Method] = []
+        self.admin_methods: list[apigw.Method] = []
         self.api = self._rest_api(topology.api)
         self.public_url = self._tell_functions_the_public_url(topology.api)
+        self.notifications_api = (
+            self._notifications_api(topology.notifications)
+            if topology.notifications is not None
+            else None
+        )
 
     @property
     def main_table(self) -> dynamodb.ITable:
@@ -189,6 +234,55 @@ class ClearlineStack(Stack):
             self,
             "WebhookSecretsKey",
             description="Seals merchants' webhook signing secrets (envelope encryption)",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+
+    def _processor_notification_secret(self) -> secretsmanager.Secret:
+        # Encrypted with the AWS managed key for Secrets Manager; only the functions that read
+        # it are granted it. Named by CloudFormation, as the tables are (the topology's name
+        # is the local stack's): the output below tells operators which secret to share.
+        secret = secretsmanager.Secret(
+            self,
+            "ProcessorNotificationSecret",
+            description="Shared with the card processor, which signs its notifications "
+            "(disputes) with it; the dispute intake verifies them",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=NOTIFICATION_SECRET_LENGTH, exclude_punctuation=True
+            ),
+        )
+        acknowledge(
+            secret,
+            "AwsSolutions-SMG4",
+            "The card processor holds this same secret and signs its notifications with it, "
+            "so it cannot rotate on its own: operators rotate it together with the processor.",
+        )
+        CfnOutput(
+            self,
+            "ProcessorNotificationSecretArn",
+            value=secret.secret_arn,
+            description="The secret to configure at the card processor for signing its "
+            "notifications",
+        )
+        return secret
+
+    def _bank_url_parameter(self) -> CfnParameter:
+        return CfnParameter(
+            self,
+            BANK_URL_PARAMETER_ID,
+            type="String",
+            default=DEFAULT_BANK_URL,
+            allowed_pattern=r"^https://\S+$",
+            description="Base URL of the bank's transfer API, for payouts (HTTPS only).",
+        )
+
+    def _bank_accounts_key(self) -> kms.Key:
+        # Each bank account number is sealed under its own data key, which this key encrypts;
+        # losing the key would lose every account number, so no stack change deletes it.
+        return kms.Key(
+            self,
+            "BankAccountsKey",
+            description="Seals merchants' bank account numbers (envelope encryption)",
             enable_key_rotation=True,
             removal_policy=RemovalPolicy.RETAIN,
         )
@@ -470,6 +564,12 @@ class ClearlineStack(Stack):
         if spec.key in WEBHOOK_SECRET_USERS and self.webhook_secrets_key is not None:
             actions = [a for use in WEBHOOK_SECRET_USERS[spec.key] for a in KMS_ACTIONS_FOR[use]]
             self.webhook_secrets_key.grant(role, *actions)
+        if spec.bank_account_key and self.bank_accounts_key is not None:
+            actions = [a for use in spec.bank_account_key for a in KMS_ACTIONS_FOR[use]]
+            self.bank_accounts_key.grant(role, *actions)
+        if spec.reads_processor_secret and self.processor_notification_secret is not None:
+            # GetSecretValue and DescribeSecret, on this one secret.
+            self.processor_notification_secret.grant_read(role)
         if spec.calls_vault:
             self._grant_vault_calls(spec, role)
         self.function_error_alarms[spec.key] = function_errors_alarm(
@@ -605,6 +705,13 @@ class ClearlineStack(Stack):
             env[PROCESSOR_URL_ENV] = self.processor_url.value_as_string
         if spec.key in WEBHOOK_SECRET_USERS and self.webhook_secrets_key is not None:
             env[WEBHOOK_SECRETS_KEY_ENV] = self.webhook_secrets_key.key_arn
+        if spec.calls_bank and self.bank_url is not None:
+            env[BANK_URL_ENV] = self.bank_url.value_as_string
+        if spec.bank_account_key and self.bank_accounts_key is not None:
+            env[BANK_ACCOUNTS_KEY_ENV] = self.bank_accounts_key.key_arn
+        if spec.reads_processor_secret and self.processor_notification_secret is not None:
+            # Read with Powertools' parameters.get_secret, which takes a name or an ARN.
+            env[PROCESSOR_NOTIFICATION_SECRET_ENV] = self.processor_notification_secret.secret_arn
         if spec.calls_vault:
             # A name, not a reference: the vault's stack writes the parameter later.
             env[VAULT_URL_PARAMETER_ENV] = VAULT_URL_PARAMETER
@@ -640,12 +747,24 @@ class ClearlineStack(Stack):
         validator = api.add_request_validator(
             "RequestValidator", validate_request_body=True, validate_request_parameters=True
         )
-        api.root.add_method("ANY", request_validator=validator)
-        api.root.add_proxy(any_method=False).add_method("ANY", request_validator=validator)
+        self.public_methods.append(api.root.add_method("ANY", request_validator=validator))
+        self.public_methods.append(
+            api.root.add_proxy(any_method=False).add_method("ANY", request_validator=validator)
+        )
+        # /admin/... is matched before the greedy /{proxy+}, so no admin path is ever served
+        # without a signature; /admin itself has no method and is refused.
+        admin = api.root.add_resource(ADMIN_PATH).add_proxy(any_method=False)
+        self.admin_methods.append(
+            admin.add_method(
+                "ANY",
+                authorization_type=apigw.AuthorizationType.IAM,
+                request_validator=validator,
+            )
+        )
         add_stripe_shaped_gateway_errors(api)
 
         # Acknowledged on the exact constructs, so a new method or stage gets checked anew.
-        for method in api.methods:
+        for method in self.public_methods:
             acknowledge(
                 method,
                 "AwsSolutions-APIG4",
@@ -657,6 +776,14 @@ class ClearlineStack(Stack):
                 "AwsSolutions-COG4",
                 "Merchants are servers holding secret API keys, not Cognito users; the api "
                 "function authenticates every request, so a Cognito authorizer does not apply.",
+            )
+        for method in self.admin_methods:
+            acknowledge(
+                method,
+                "AwsSolutions-COG4",
+                "The admin routes are IAM-authorized: only operators' IAM principals allowed "
+                "execute-api:Invoke on them may call them, with signed requests; operators "
+                "are not Cognito users.",
             )
         acknowledge(
             api.deployment_stage,
@@ -670,5 +797,67 @@ class ClearlineStack(Stack):
             "AmazonAPIGatewayPushToCloudWatchLogs]",
             "API Gateway's account-level logging role uses the AWS managed push-to-CloudWatch "
             "policy, which API Gateway documents for exactly this purpose.",
+        )
+        return api
+
+    def _notifications_api(self, spec: ApiSpec) -> apigw.LambdaRestApi:
+        """An API of its own for the card processor's signed notifications, proxied to their
+        function, which verifies each signature: never routes of the merchant API."""
+        if spec.function not in self.functions:
+            raise ValueError(f"the notifications API names an unknown function: {spec.function}")
+        api = apigw.LambdaRestApi(
+            self,
+            "NotificationsApi",
+            handler=self.functions[spec.function],
+            description="Receives the card processor's signed notifications (disputes)",
+            # Methods are added below, so that they can share one request validator.
+            proxy=False,
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            # API Gateway's logging role is one per account and region: the main API sets it.
+            cloud_watch_role=False,
+            deploy_options=stage_options(
+                self,
+                spec.stage,
+                access_logs_id="NotificationsApiAccessLogs",
+                throttling_rate_limit=NOTIFICATIONS_THROTTLE_RATE_LIMIT,
+                throttling_burst_limit=NOTIFICATIONS_THROTTLE_BURST_LIMIT,
+            ),
+        )
+        # Its stage logs errors, which needs the account's logging role set first.
+        account = self.api.node.try_find_child("Account")
+        if account is not None:
+            api.deployment_stage.node.add_dependency(account)
+        validator = api.add_request_validator(
+            "RequestValidator", validate_request_body=True, validate_request_parameters=True
+        )
+        api.root.add_method("ANY", request_validator=validator)
+        api.root.add_proxy(any_method=False).add_method("ANY", request_validator=validator)
+
+        for method in api.methods:
+            acknowledge(
+                method,
+                "AwsSolutions-APIG4",
+                "Only the card processor calls this API, signing each notification with the "
+                "secret both sides hold; the function verifies the signature and its age on "
+                "every request before it acts, and refuses anything else.",
+            )
+            acknowledge(
+                method,
+                "AwsSolutions-COG4",
+                "The caller is the card processor, a server holding a shared signing secret, "
+                "not a Cognito user; the function authenticates every notification itself.",
+            )
+        acknowledge(
+            api.deployment_stage,
+            "AwsSolutions-APIG3",
+            "No WAF web ACL yet: every notification needs a valid signature with the "
+            "processor's secret, and the stage is throttled to the processor's low rate; "
+            "web ACL rules (the processor's source addresses) come with its published ranges.",
+        )
+        CfnOutput(
+            self,
+            "ProcessorNotificationsUrl",
+            value=Fn.join("", [stage_url(api, spec.stage), PROCESSOR_NOTIFICATION_PATH]),
+            description="Where the card processor sends its signed notifications",
         )
         return api

@@ -300,9 +300,17 @@ def lambda_function(
 # --- REST APIs ---------------------------------------------------------------------------
 
 
-def stage_options(scope: Construct, stage: str) -> apigw.StageOptions:
-    """A stage that logs every request as one JSON line, logs errors, traces and throttles."""
-    access_logs = logs.LogGroup(scope, "ApiAccessLogs", retention=LOG_RETENTION)
+def stage_options(
+    scope: Construct,
+    stage: str,
+    *,
+    access_logs_id: str = "ApiAccessLogs",
+    throttling_rate_limit: int = THROTTLE_RATE_LIMIT,
+    throttling_burst_limit: int = THROTTLE_BURST_LIMIT,
+) -> apigw.StageOptions:
+    """A stage that logs every request as one JSON line, logs errors, traces and throttles.
+    Each REST API of a stack needs its own `access_logs_id`."""
+    access_logs = logs.LogGroup(scope, access_logs_id, retention=LOG_RETENTION)
     return apigw.StageOptions(
         stage_name=stage,
         access_log_destination=apigw.LogGroupLogDestination(access_logs),
@@ -312,8 +320,8 @@ def stage_options(scope: Construct, stage: str) -> apigw.StageOptions:
         logging_level=apigw.MethodLoggingLevel.ERROR,
         # Data tracing would log full requests: secret API keys, card numbers.
         data_trace_enabled=False,
-        throttling_rate_limit=THROTTLE_RATE_LIMIT,
-        throttling_burst_limit=THROTTLE_BURST_LIMIT,
+        throttling_rate_limit=throttling_rate_limit,
+        throttling_burst_limit=throttling_burst_limit,
     )
 
 

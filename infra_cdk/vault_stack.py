@@ -143,6 +143,8 @@ class VaultStack(Stack):
             "buckets": topology.buckets,
         }
         unsupported = sorted(name for name, specs in extras.items() if specs)
+        if topology.notifications is not None:
+            unsupported.append("a notifications API")
         for spec in topology.functions:
             if (
                 spec.stream_from
@@ -152,6 +154,9 @@ class VaultStack(Stack):
                 or spec.sends_to
                 or spec.buckets
                 or spec.calls_vault
+                or spec.calls_bank
+                or spec.bank_account_key
+                or spec.reads_processor_secret
             ):
                 unsupported.append(f"function {spec.key}'s triggers or resources")
         if unsupported:

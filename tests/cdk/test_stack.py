@@ -32,7 +32,16 @@ from clearline.config import (
     WEBHOOK_SECRETS_KEY_ENV,
 )
 from clearline.topology import (
+    API_FUNCTION,
+    BANK_ACCOUNTS_KEY_ENV,
+    BANK_URL_ENV,
+    DAILY_PAYOUTS_FUNCTION,
+    DISPUTE_INTAKE_FUNCTION,
     METRICS_NAMESPACE,
+    PAYOUT_FUNCTION,
+    PAYOUT_QUEUE,
+    PROCESSOR_NOTIFICATION_PATH,
+    PROCESSOR_NOTIFICATION_SECRET_ENV,
     PROCESSOR_SYNC_FUNCTION,
     PROCESSOR_URL_ENV,
     RELAY_FUNCTION,
@@ -132,7 +141,19 @@ def arn_of(resource_id: str, attribute: str = "Arn") -> dict[str, Any]:
 
 
 def rate(minutes: int) -> str:
-    return f"rate({minutes} minute{'' if minutes == 1 else 's'})"
+    """The expression events.Schedule.rate renders: in the largest unit that divides it."""
+    for unit, size in (("day", 24 * 60), ("hour", 60), ("minute", 1)):
+        if minutes % size == 0:
+            count = minutes // size
+            return f"rate({count} {unit}{'' if count == 1 else 's'})"
+    raise AssertionError("unreachable")
+
+
+def test_rate_expressions_read_as_eventbridge_writes_them() -> None:
+    assert rate(1) == "rate(1 minute)"
+    assert rate(90) == "rate(90 minutes)"
+    assert rate(120) == "rate(2 hours)"
+    assert rate(24 * 60) == "rate(1 day)"
 
 
 # --- tables ------------------------------------------------------------------------------
@@ -434,6 +455,10 @@ def test_least_privilege_tests_see_each_kind_of_grant() -> None:
     assert any(f.queue_trigger for f in functions)
     assert any(f.schedule_minutes for f in functions)
     assert any("readwrite" in f.buckets.values() for f in functions), "a bucket writer"
+    assert any(f.reads_processor_secret for f in functions), "a secret reader (dispute intake)"
+    assert any("seal" in f.bank_account_key for f in functions), "a sealer (api)"
+    assert any("open" in f.bank_account_key for f in functions), "an opener (payout worker)"
+    assert any(f.calls_bank for f in functions), "a bank caller (payout worker)"
 
 
 # --- triggers ----------------------------------------------------------------------------
@@ -563,6 +588,35 @@ def test_one_schedule_per_scheduled_function(template: Template) -> None:
         if "ScheduleExpression" in r["Properties"]
     ]
     assert len(schedules) == len(scheduled)
+
+
+def test_the_payouts_queue_triggers_the_payout_worker_alone(
+    stack: ClearlineStack, template: Template
+) -> None:
+    assert PAYOUT_FUNCTION.queue_trigger == PAYOUT_QUEUE.key
+    queue = arn_of(logical_id(stack, stack.queues[PAYOUT_QUEUE.key]))
+    consumers = [
+        m["Properties"]["FunctionName"]
+        for m in template.find_resources("AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["EventSourceArn"] == queue
+    ]
+    assert consumers == [{"Ref": logical_id(stack, stack.functions[PAYOUT_FUNCTION.key])}]
+    # A payout its worker keeps failing goes to a dead-letter queue, which is alarmed.
+    assert PAYOUT_QUEUE.key in stack.dead_letter_queues
+    props = resource(template, "AWS::SQS::Queue", logical_id(stack, stack.queues[PAYOUT_QUEUE.key]))
+    assert props["Properties"]["RedrivePolicy"]["maxReceiveCount"] == PAYOUT_QUEUE.max_receive_count
+
+
+def test_daily_payouts_run_once_a_day(stack: ClearlineStack, template: Template) -> None:
+    assert DAILY_PAYOUTS_FUNCTION.schedule_minutes == 24 * 60
+    rule = resource(
+        template,
+        "AWS::Events::Rule",
+        logical_id(stack, stack.schedules[DAILY_PAYOUTS_FUNCTION.key]),
+    )["Properties"]
+    assert rule["ScheduleExpression"] == "rate(1 day)"
+    function_arn = arn_of(logical_id(stack, stack.functions[DAILY_PAYOUTS_FUNCTION.key]))
+    assert [t["Arn"] for t in rule["Targets"]] == [function_arn]
 
 
 # --- queues ------------------------------------------------------------------------------
@@ -1060,26 +1114,92 @@ def test_a_pending_money_operation_unresolved_past_its_bound_is_alarmed(
 # --- REST API ----------------------------------------------------------------------------
 
 
+def _api_methods(template: Template, api_id: str) -> dict[str, dict[str, Any]]:
+    """The properties of the REST API's methods, by logical id."""
+    return {
+        method_id: method["Properties"]
+        for method_id, method in template.find_resources("AWS::ApiGateway::Method").items()
+        if method["Properties"]["RestApiId"] == {"Ref": api_id}
+    }
+
+
+def _api_resources(template: Template, api_id: str) -> dict[str, dict[str, Any]]:
+    """The properties of the REST API's resources (paths below its root), by logical id."""
+    return {
+        resource_id: r["Properties"]
+        for resource_id, r in template.find_resources("AWS::ApiGateway::Resource").items()
+        if r["Properties"]["RestApiId"] == {"Ref": api_id}
+    }
+
+
+def test_two_rest_apis_the_merchants_and_the_processors(template: Template) -> None:
+    template.resource_count_is(
+        "AWS::ApiGateway::RestApi", 1 + (1 if TOPOLOGY.notifications is not None else 0)
+    )
+    assert TOPOLOGY.notifications is not None
+    assert TOPOLOGY.notifications.function == DISPUTE_INTAKE_FUNCTION.key
+    assert TOPOLOGY.notifications.function != TOPOLOGY.api.function
+
+
 def test_rest_api_proxies_everything_to_the_api_function(
     stack: ClearlineStack, template: Template
 ) -> None:
-    template.resource_count_is("AWS::ApiGateway::RestApi", 1)
-    template.has_resource_properties("AWS::ApiGateway::Resource", {"PathPart": "{proxy+}"})
+    api_id = logical_id(stack, stack.api)
+    root = arn_of(api_id, "RootResourceId")
+    resources = _api_resources(template, api_id)
+    (proxy_id,) = [
+        r_id
+        for r_id, r in resources.items()
+        if r["ParentId"] == root and r["PathPart"] == "{proxy+}"
+    ]
 
     function_id = logical_id(stack, stack.functions[TOPOLOGY.api.function])
-    methods = template.find_resources("AWS::ApiGateway::Method")
-    assert len(methods) == 2, "ANY on / and on /{proxy+}"
-    for method in methods.values():
-        props = method["Properties"]
+    methods = _api_methods(template, api_id)
+    assert len(methods) == 3, "ANY on /, on /{proxy+} and on /admin/{proxy+}"
+    for props in methods.values():
         assert props["HttpMethod"] == "ANY"
         assert props["Integration"]["Type"] == "AWS_PROXY"
         assert function_id in json.dumps(props["Integration"]["Uri"])
         assert "RequestValidatorId" in props
+    # The merchant routes (/v1/... through /{proxy+}) authenticate with API keys, in the
+    # function: the gateway asks no signature of them.
+    public = [p for p in methods.values() if p["ResourceId"] in (root, {"Ref": proxy_id})]
+    assert len(public) == 2
+    assert all(p["AuthorizationType"] == "NONE" for p in public)
+    assert {logical_id(stack, m) for m in stack.public_methods} == {
+        m_id for m_id, p in methods.items() if p["AuthorizationType"] == "NONE"
+    }
 
     template.has_resource_properties(
         "AWS::ApiGateway::RequestValidator",
         {"ValidateRequestBody": True, "ValidateRequestParameters": True},
     )
+
+
+def test_admin_routes_need_an_iam_signature(stack: ClearlineStack, template: Template) -> None:
+    api_id = logical_id(stack, stack.api)
+    resources = _api_resources(template, api_id)
+    (admin_id,) = [
+        r_id
+        for r_id, r in resources.items()
+        if r["ParentId"] == arn_of(api_id, "RootResourceId") and r["PathPart"] == "admin"
+    ]
+    (admin_proxy_id,) = [
+        r_id
+        for r_id, r in resources.items()
+        if r["ParentId"] == {"Ref": admin_id} and r["PathPart"] == "{proxy+}"
+    ]
+    methods = _api_methods(template, api_id)
+    # /admin itself has no method (the gateway refuses it); everything under it is signed.
+    assert [p for p in methods.values() if p["ResourceId"] == {"Ref": admin_id}] == []
+    (admin,) = [p for p in methods.values() if p["ResourceId"] == {"Ref": admin_proxy_id}]
+    assert admin["HttpMethod"] == "ANY"
+    assert admin["AuthorizationType"] == "AWS_IAM"
+    assert [logical_id(stack, m) for m in stack.admin_methods] == [
+        m_id for m_id, p in methods.items() if p["AuthorizationType"] == "AWS_IAM"
+    ]
+    # Nothing else of the API asks for IAM: merchants sign nothing.
+    assert sum(1 for p in methods.values() if p["AuthorizationType"] == "AWS_IAM") == 1
 
 
 def test_the_gateways_own_errors_are_stripe_shaped(template: Template) -> None:
@@ -1112,11 +1232,14 @@ def test_the_gateways_own_errors_are_stripe_shaped(template: Template) -> None:
     assert "'$context.requestId'" in throttled["ResponseParameters"].values()
 
 
-def test_api_stage_logs_traces_and_throttles(template: Template) -> None:
-    template.has_resource_properties(
+def _assert_stage_logs_traces_and_throttles(
+    stack: ClearlineStack, template: Template, stage: Any, name: str, rate: int, burst: int
+) -> dict[str, Any]:
+    props = resource(template, "AWS::ApiGateway::Stage", logical_id(stack, stage))
+    Template.from_json({"Resources": {"Stage": props}}).has_resource_properties(
         "AWS::ApiGateway::Stage",
         {
-            "StageName": TOPOLOGY.api.stage,
+            "StageName": name,
             "TracingEnabled": True,
             "AccessLogSetting": {"DestinationArn": Match.any_value(), "Format": Match.any_value()},
             "MethodSettings": [
@@ -1126,14 +1249,251 @@ def test_api_stage_logs_traces_and_throttles(template: Template) -> None:
                         "ResourcePath": "/*",
                         "LoggingLevel": "ERROR",
                         "DataTraceEnabled": False,
-                        "ThrottlingRateLimit": Match.any_value(),
-                        "ThrottlingBurstLimit": Match.any_value(),
+                        "ThrottlingRateLimit": rate,
+                        "ThrottlingBurstLimit": burst,
                     }
                 )
             ],
         },
     )
+    return cast(dict[str, Any], props)
+
+
+def test_api_stage_logs_traces_and_throttles(stack: ClearlineStack, template: Template) -> None:
+    _assert_stage_logs_traces_and_throttles(
+        stack,
+        template,
+        stack.api.deployment_stage,
+        TOPOLOGY.api.stage,
+        shared.THROTTLE_RATE_LIMIT,
+        shared.THROTTLE_BURST_LIMIT,
+    )
     template.resource_count_is("AWS::ApiGateway::Account", 1)
+
+
+# --- the processor's notifications --------------------------------------------------------
+
+
+def test_the_notifications_api_proxies_everything_to_the_dispute_intake(
+    stack: ClearlineStack, template: Template
+) -> None:
+    assert stack.notifications_api is not None
+    api_id = logical_id(stack, stack.notifications_api)
+    assert api_id != logical_id(stack, stack.api), "an API of its own, not the merchant API"
+    resource(template, "AWS::ApiGateway::RestApi", api_id)
+
+    intake_id = logical_id(stack, stack.functions[DISPUTE_INTAKE_FUNCTION.key])
+    methods = _api_methods(template, api_id)
+    assert len(methods) == 2, "ANY on / and on /{proxy+}"
+    for props in methods.values():
+        assert props["HttpMethod"] == "ANY"
+        assert props["Integration"]["Type"] == "AWS_PROXY"
+        assert intake_id in json.dumps(props["Integration"]["Uri"])
+        # The function verifies the processor's signature; the gateway asks none.
+        assert props["AuthorizationType"] == "NONE"
+        assert "RequestValidatorId" in props
+    (proxy,) = _api_resources(template, api_id).values()
+    assert proxy == {
+        "ParentId": arn_of(api_id, "RootResourceId"),
+        "PathPart": "{proxy+}",
+        "RestApiId": {"Ref": api_id},
+    }
+    # API Gateway may invoke the intake for this API only, and nothing invokes it otherwise.
+    permissions = [
+        p["Properties"]
+        for p in template.find_resources("AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == arn_of(intake_id)
+    ]
+    assert permissions
+    for permission in permissions:
+        assert permission["Principal"] == "apigateway.amazonaws.com"
+        assert {"Ref": api_id} in permission["SourceArn"]["Fn::Join"][1], permission
+    # And the merchant API never reaches the intake.
+    for props in _api_methods(template, logical_id(stack, stack.api)).values():
+        assert intake_id not in json.dumps(props["Integration"]["Uri"])
+
+
+def test_the_notifications_stage_logs_traces_and_throttles(
+    stack: ClearlineStack, template: Template
+) -> None:
+    assert stack.notifications_api is not None and TOPOLOGY.notifications is not None
+    stage = _assert_stage_logs_traces_and_throttles(
+        stack,
+        template,
+        stack.notifications_api.deployment_stage,
+        TOPOLOGY.notifications.stage,
+        clearline_stack.NOTIFICATIONS_THROTTLE_RATE_LIMIT,
+        clearline_stack.NOTIFICATIONS_THROTTLE_BURST_LIMIT,
+    )
+    assert 0 < clearline_stack.NOTIFICATIONS_THROTTLE_RATE_LIMIT <= shared.THROTTLE_RATE_LIMIT
+    # Access logs of its own, kept like the main API's.
+    main = resource(
+        template, "AWS::ApiGateway::Stage", logical_id(stack, stack.api.deployment_stage)
+    )
+    log_group_id = stage["Properties"]["AccessLogSetting"]["DestinationArn"]["Fn::GetAtt"][0]
+    assert log_group_id != main["Properties"]["AccessLogSetting"]["DestinationArn"]["Fn::GetAtt"][0]
+    log_group = resource(template, "AWS::Logs::LogGroup", log_group_id)
+    assert log_group["Properties"]["RetentionInDays"] == 365
+    # It logs errors through the account's logging role, which the main API sets: after it.
+    (account_id,) = template.find_resources("AWS::ApiGateway::Account")
+    assert account_id in stage.get("DependsOn", [])
+
+
+def test_the_notifications_url_is_an_output(stack: ClearlineStack, template: Template) -> None:
+    assert stack.notifications_api is not None and TOPOLOGY.notifications is not None
+    output = template.find_outputs("ProcessorNotificationsUrl")["ProcessorNotificationsUrl"]
+    parts = output["Value"]["Fn::Join"][1]
+    assert parts[0] == "https://"
+    assert {"Ref": logical_id(stack, stack.notifications_api)} in parts
+    assert parts[-1].endswith(f"/{TOPOLOGY.notifications.stage}{PROCESSOR_NOTIFICATION_PATH}")
+    assert PROCESSOR_NOTIFICATION_PATH == "/processor/notifications"
+
+
+def test_a_notifications_api_for_an_unknown_function_is_refused() -> None:
+    with pytest.raises(ValueError, match="notifications API"):
+        ClearlineStack(
+            App(context=NO_BUNDLING),
+            "NoIntake",
+            topology=dataclasses.replace(
+                TOPOLOGY, notifications=dataclasses.replace(TOPOLOGY.api, function="nowhere")
+            ),
+        )
+
+
+def test_the_notification_secret_is_generated(stack: ClearlineStack, template: Template) -> None:
+    template.resource_count_is("AWS::SecretsManager::Secret", 1)
+    assert stack.processor_notification_secret is not None
+    secret_id = logical_id(stack, stack.processor_notification_secret)
+    props = resource(template, "AWS::SecretsManager::Secret", secret_id)["Properties"]
+    assert "SecretString" not in props, "generated, never written in the template"
+    assert props["GenerateSecretString"]["PasswordLength"] >= 32
+    # No rotation schedule: the processor holds the same secret, rotated with it by hand.
+    template.resource_count_is("AWS::SecretsManager::RotationSchedule", 0)
+    output = template.find_outputs("ProcessorNotificationSecretArn")
+    assert output["ProcessorNotificationSecretArn"]["Value"] == {"Ref": secret_id}
+
+
+def _secrets_statements(template: Template, role_id: str) -> list[dict[str, Any]]:
+    return [
+        s
+        for s in _statements_for_role(template, role_id)
+        if any(a.startswith("secretsmanager:") for a in as_list(s["Action"]))
+    ]
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_only_the_dispute_intake_may_read_the_notification_secret(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    assert stack.processor_notification_secret is not None
+    secret_id = logical_id(stack, stack.processor_notification_secret)
+    role = stack.functions[spec.key].role
+    assert role is not None
+    statements = _secrets_statements(template, logical_id(stack, role))
+    env = _function_env(stack, template, spec.key)
+    assert spec.reads_processor_secret == (spec.key == DISPUTE_INTAKE_FUNCTION.key)
+    if not spec.reads_processor_secret:
+        assert statements == []
+        assert PROCESSOR_NOTIFICATION_SECRET_ENV not in env
+        return
+    (statement,) = statements
+    assert statement["Effect"] == "Allow"
+    assert as_list(statement["Resource"]) == [{"Ref": secret_id}], "that one secret"
+    assert set(as_list(statement["Action"])) == {
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:DescribeSecret",
+    }
+    # Powertools' get_secret takes the ARN as well as a name.
+    assert env[PROCESSOR_NOTIFICATION_SECRET_ENV] == {"Ref": secret_id}
+
+
+# --- payouts: the bank and its account numbers --------------------------------------------
+
+
+def test_the_bank_url_is_a_parameter_with_an_https_default(template: Template) -> None:
+    parameter = template.find_parameters("BankUrl")["BankUrl"]
+    assert parameter["Default"].startswith("https://")
+    assert parameter["AllowedPattern"] == r"^https://\S+$"
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_only_the_functions_that_call_the_bank_are_told_its_url(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    env = _function_env(stack, template, spec.key)
+    if spec.calls_bank:
+        assert env[BANK_URL_ENV] == {"Ref": "BankUrl"}
+    else:
+        assert BANK_URL_ENV not in env
+    assert spec.calls_bank == (spec.key in {PAYOUT_FUNCTION.key, PROCESSOR_SYNC_FUNCTION.key})
+
+
+def test_the_bank_accounts_key_rotates_and_outlives_the_stack(
+    stack: ClearlineStack, template: Template
+) -> None:
+    assert stack.bank_accounts_key is not None
+    key = resource(template, "AWS::KMS::Key", logical_id(stack, stack.bank_accounts_key))
+    assert key["Properties"]["EnableKeyRotation"] is True
+    # Losing the key would lose every merchant's bank account number.
+    assert key["DeletionPolicy"] == "Retain"
+    assert key["UpdateReplacePolicy"] == "Retain"
+    assert stack.bank_accounts_key is not stack.webhook_secrets_key
+
+
+def _kms_grants(template: Template, role_id: str) -> dict[str, set[str]]:
+    """The KMS actions the role is allowed, by the logical id of their key (one key each)."""
+    grants: dict[str, set[str]] = {}
+    for statement in _statements_for_role(template, role_id):
+        actions = {a for a in as_list(statement["Action"]) if a.startswith("kms:")}
+        if not actions:
+            continue
+        assert statement["Effect"] == "Allow"
+        (key_arn,) = as_list(statement["Resource"])
+        assert key_arn == arn_of(key_arn["Fn::GetAtt"][0]), statement
+        grants.setdefault(key_arn["Fn::GetAtt"][0], set()).update(actions)
+    return grants
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_only_payout_functions_may_use_the_bank_accounts_key_and_the_api_only_seals(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    assert stack.bank_accounts_key is not None
+    key_id = logical_id(stack, stack.bank_accounts_key)
+    role = stack.functions[spec.key].role
+    assert role is not None
+    granted = _kms_grants(template, logical_id(stack, role)).get(key_id, set())
+    expected = {
+        API_FUNCTION.key: {"kms:GenerateDataKey"},  # seals a number an operator sets, never opens
+        PAYOUT_FUNCTION.key: {"kms:Decrypt"},  # opens it to send a transfer
+        PROCESSOR_SYNC_FUNCTION.key: {"kms:Decrypt"},  # opens it to resolve a pending payout
+    }.get(spec.key, set())
+    assert granted == expected, spec.key
+    assert ("kms:Decrypt" in granted) == ("open" in spec.bank_account_key)
+    assert ("kms:GenerateDataKey" in granted) == ("seal" in spec.bank_account_key)
+
+    env = _function_env(stack, template, spec.key)
+    if expected:
+        assert env[BANK_ACCOUNTS_KEY_ENV] == arn_of(key_id)
+    else:
+        assert BANK_ACCOUNTS_KEY_ENV not in env
+
+
+@pytest.mark.parametrize("spec", TOPOLOGY.functions, ids=lambda spec: spec.key)
+def test_no_function_may_use_a_key_it_was_not_given(
+    stack: ClearlineStack, template: Template, spec: FunctionSpec
+) -> None:
+    role = stack.functions[spec.key].role
+    assert role is not None
+    keys = {
+        logical_id(stack, key)
+        for key, used in (
+            (stack.webhook_secrets_key, spec.key in WEBHOOK_SECRET_USERS),
+            (stack.bank_accounts_key, bool(spec.bank_account_key)),
+        )
+        if used and key is not None
+    }
+    assert set(_kms_grants(template, logical_id(stack, role))) == keys
 
 
 # --- webhook signing secrets and where webhooks go ---------------------------------------
@@ -1163,14 +1523,7 @@ def test_only_the_api_and_the_dispatcher_may_use_the_webhook_secrets_key(
     key_id = logical_id(stack, stack.webhook_secrets_key)
     role = stack.functions[spec.key].role
     assert role is not None
-    granted: set[str] = set()
-    for statement in _statements_for_role(template, logical_id(stack, role)):
-        actions = {a for a in as_list(statement["Action"]) if a.startswith("kms:")}
-        if not actions:
-            continue
-        assert statement["Effect"] == "Allow"
-        assert as_list(statement["Resource"]) == [arn_of(key_id)], statement
-        granted |= actions
+    granted = _kms_grants(template, logical_id(stack, role)).get(key_id, set())
     expected = {
         "api": {"kms:GenerateDataKey", "kms:Decrypt"},  # seals new secrets, opens a replay
         "webhooks": {"kms:Decrypt"},  # opens them to sign deliveries, never seals

@@ -35,6 +35,7 @@ from clearline.topology import (
     VAULT_TOPOLOGY,
     VAULT_URL_PARAMETER,
     VAULT_URL_PARAMETER_ENV,
+    ApiSpec,
     FunctionSpec,
     QueueSpec,
     table_env_var,
@@ -526,9 +527,19 @@ def test_a_vault_topology_with_resources_it_does_not_build_is_refused() -> None:
     queue = QueueSpec(key="extra", name="extra")
     with pytest.raises(ValueError, match="queues"):
         _standalone_vault(dataclasses.replace(VAULT_TOPOLOGY, queues=(queue,)))
-    triggered = dataclasses.replace(VAULT_FUNCTION, schedule_minutes=1)
-    with pytest.raises(ValueError, match="function vault"):
-        _standalone_vault(dataclasses.replace(VAULT_TOPOLOGY, functions=(triggered,)))
+    with pytest.raises(ValueError, match="notifications API"):
+        _standalone_vault(
+            dataclasses.replace(VAULT_TOPOLOGY, notifications=ApiSpec(function="vault"))
+        )
+    for extra in (
+        {"schedule_minutes": 1},
+        {"calls_bank": True},
+        {"bank_account_key": ("open",)},
+        {"reads_processor_secret": True},
+    ):
+        triggered = dataclasses.replace(VAULT_FUNCTION, **extra)
+        with pytest.raises(ValueError, match="function vault"):
+            _standalone_vault(dataclasses.replace(VAULT_TOPOLOGY, functions=(triggered,)))
 
 
 def test_a_vault_function_overriding_a_managed_variable_is_refused() -> None:
