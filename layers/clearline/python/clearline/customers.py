@@ -208,8 +208,7 @@ class CustomerService:
         after = {**item, **self._described(item, params)}
         changes = {k: v for k, v in after.items() if item.get(k) != v}
         version = int(item["version"])
-        change = self._versioned(item, "update", ACTIVE)
-        change.set = {**changes, "version": version + 1}
+        change = Change.versioned(item, "update", ACTIVE, set=changes)
         announced = Announcement(
             item["merchant"],
             "customer.updated",
@@ -229,8 +228,7 @@ class CustomerService:
         item = self.owned(caller.merchant.id, customer_id)
         if item["state"] == DELETED:
             raise ResourceMissingError("customer", customer_id)
-        change = self._versioned(item, "delete", DELETED)
-        change.set = {"version": int(item["version"]) + 1}
+        change = Change.versioned(item, "delete", DELETED)
         # Out of the merchant's lists; its sort key stays, for a cursor that names it.
         change.remove = ("gsi1pk",)
         gone = {**item, "state": DELETED}
@@ -260,18 +258,6 @@ class CustomerService:
             facets={"email": [email]} if email else None,
         )
         return items.of(Customer.from_item)
-
-    def _versioned(self, item: dict[str, Any], operation: str, to_state: str) -> Change:
-        return Change(
-            item["pk"],
-            "CUSTOMER",
-            item["id"],
-            operation,
-            to_state,
-            from_state=item["state"],
-            condition="version = :version",
-            values={":version": item["version"]},
-        )
 
     def _commit(self, transition: Transition) -> None:
         if self.writer.commit(transition) is not None:

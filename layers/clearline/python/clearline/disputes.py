@@ -320,8 +320,8 @@ class DisputeService(MoneyService):
             return self._move(item, status, "closed", None)
         return True
 
+    @staticmethod
     def _change(
-        self,
         item: dict[str, Any],
         operation: str,
         to_status: str,
@@ -329,19 +329,8 @@ class DisputeService(MoneyService):
         set: dict[str, Any] | None = None,
         remove: tuple[str, ...] = (),
     ) -> Change:
-        return Change(
-            item["pk"],
-            "DISPUTE",
-            item["id"],
-            operation,
-            to_status,
-            from_state=item["status"],
-            state_attribute="status",
-            set=set or {},
-            add={"version": 1},
-            remove=remove,
-            condition="version = :version",
-            values={":version": item["version"]},
+        return Change.versioned(
+            item, operation, to_status, state_attribute="status", set=set, remove=remove
         )
 
     def _move(

@@ -91,19 +91,6 @@ def _facets(item: dict[str, Any]) -> list[dict[str, Any]]:
     )
 
 
-def _versioned(item: dict[str, Any], operation: str) -> Change:
-    return Change(
-        item["pk"],
-        SK,
-        item["id"],
-        operation,
-        ACTIVE,
-        from_state=ACTIVE,
-        condition="version = :version",
-        values={":version": item["version"]},
-    )
-
-
 class PaymentMethodService:
     def __init__(
         self, store: Store, vault: VaultClient | None, clock: Callable[[], float] = time.time
@@ -244,8 +231,7 @@ class PaymentMethodService:
         """The transition that attaches a payment method to a customer (for a caller that
         adds more to it: a customer created with its card)."""
         after = {**item, "customer": customer_id}
-        change = _versioned(item, "attach")
-        change.set = {"customer": customer_id, "version": int(item["version"]) + 1}
+        change = Change.versioned(item, "attach", ACTIVE, set={"customer": customer_id})
         return Transition(
             [change],
             caller,
@@ -267,8 +253,7 @@ class PaymentMethodService:
                 code="payment_method_unexpected_state",
             )
         after = {**item, "customer": None}
-        change = _versioned(item, "detach")
-        change.set = {"customer": None, "version": int(item["version"]) + 1}
+        change = Change.versioned(item, "detach", ACTIVE, set={"customer": None})
         changes = [change]
         events = [
             Announcement(
@@ -287,19 +272,7 @@ class PaymentMethodService:
         }
         if customer is not None and defaults:
             version = int(customer["version"])
-            changes.append(
-                Change(
-                    customer["pk"],
-                    "CUSTOMER",
-                    customer["id"],
-                    "update",
-                    customer["state"],
-                    from_state=customer["state"],
-                    condition="version = :version",
-                    values={":version": customer["version"]},
-                    set={**defaults, "version": version + 1},
-                )
-            )
+            changes.append(Change.versioned(customer, "update", customer["state"], set=defaults))
             events.append(
                 Announcement(
                     customer["merchant"],
@@ -326,8 +299,7 @@ class PaymentMethodService:
         if not changes:
             return PaymentMethod.from_item(item)
         after = {**item, **changes}
-        change = _versioned(item, "update")
-        change.set = {**changes, "version": int(item["version"]) + 1}
+        change = Change.versioned(item, "update", ACTIVE, set=changes)
         announced = Announcement(
             item["merchant"],
             "payment_method.updated",

@@ -352,8 +352,8 @@ class PayoutService:
     def _read(self, payout_id: str) -> dict[str, Any] | None:
         return self.store.get(payout_pk(payout_id), "PAYOUT")
 
+    @staticmethod
     def _change(
-        self,
         item: dict[str, Any],
         operation: str,
         to_status: str,
@@ -362,20 +362,14 @@ class PayoutService:
         remove: tuple[str, ...] = (),
         condition: str | None = None,
     ) -> Change:
-        guard = "version = :version" + (f" AND {condition}" if condition else "")
-        return Change(
-            item["pk"],
-            "PAYOUT",
-            item["id"],
+        return Change.versioned(
+            item,
             operation,
             to_status,
-            from_state=item["status"],
             state_attribute="status",
-            set=set or {},
-            add={"version": 1},
+            set=set,
             remove=remove,
-            condition=guard,
-            values={":version": item["version"]},
+            condition=condition,
         )
 
     def send(self, payout_id: str) -> str:

@@ -54,6 +54,37 @@ class Change:
     # An operation record (OP#...) changes with its object, whose change is the audited one.
     audited: bool = True
 
+    @classmethod
+    def versioned(
+        cls,
+        item: dict[str, Any],
+        operation: str,
+        to_state: str,
+        *,
+        state_attribute: str = "state",
+        set: dict[str, Any] | None = None,
+        remove: tuple[str, ...] = (),
+        condition: str | None = None,
+    ) -> Change:
+        """A change of a stored item guarded by its state and by the version it was read
+        at, which the change moves on by one: anybody's change in between makes this one
+        fail, and the caller reads again."""
+        guard = "version = :version" + (f" AND {condition}" if condition else "")
+        return cls(
+            item["pk"],
+            item["sk"],
+            item["id"],
+            operation,
+            to_state,
+            from_state=item[state_attribute],
+            state_attribute=state_attribute,
+            set=set or {},
+            add={"version": 1},
+            remove=remove,
+            condition=guard,
+            values={":version": item["version"]},
+        )
+
     def write(self) -> Write:
         if self.create is not None:
             return Write.put_new({**self.create, self.state_attribute: self.to_state})
