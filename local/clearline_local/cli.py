@@ -171,16 +171,31 @@ def cmd_merchants_bank_account(args: argparse.Namespace) -> int:
 
 def cmd_bank_report(args: argparse.Namespace) -> int:
     """The sandbox bank's payout report for a date, as CSV, uploaded for reconciliation."""
-    import csv
-    import io
-
     from clearline.reconciliation import BANK_REPORT_COLUMNS
     from clearline.topology import BANK_REPORT_PREFIX
 
     info = find_stack(args.port)
     rows = _post_json(f"{info.bank_url}/_sandbox/reports", {"date": args.date})["rows"]
+    day = datetime.fromisoformat(args.date)
+    key = f"{BANK_REPORT_PREFIX}{day:%Y/%m/%d}/report_{int(time.time() * 1000)}.csv"
+    _publish_csv(info, rows, BANK_REPORT_COLUMNS, key, args)
+    return 0
+
+
+def _publish_csv(
+    info: StackInfo,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    key: str,
+    args: argparse.Namespace,
+) -> None:
+    """Rows as CSV: written to `--output` if asked, and uploaded to the settlement bucket
+    under `key` (which the reconciler picks up) unless `--no-upload`."""
+    import csv
+    import io
+
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=BANK_REPORT_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     if args.output:
@@ -189,11 +204,8 @@ def cmd_bank_report(args: argparse.Namespace) -> int:
         print(f"wrote {len(rows)} rows to {args.output}")
     if not args.no_upload:
         s3, bucket = _settlement_bucket(info)
-        day = datetime.fromisoformat(args.date)
-        key = f"{BANK_REPORT_PREFIX}{day:%Y/%m/%d}/report_{int(time.time() * 1000)}.csv"
         s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue().encode())
         print(f"uploaded {len(rows)} rows to s3://{bucket}/{key}")
-    return 0
 
 
 def cmd_bank_advance(args: argparse.Namespace) -> int:
@@ -416,36 +428,15 @@ def _settlement_bucket(info: StackInfo) -> tuple[Any, str]:
 
 def cmd_settlements_generate(args: argparse.Namespace) -> int:
     """The sandbox processor's settlement file for a date, optionally with faults, as CSV."""
-    import csv
-    import io
-    import urllib.request
-
     from clearline.reconciliation import COLUMNS
 
     info = find_stack(args.port)
-    request = urllib.request.Request(
-        f"{info.processor_url}/_sandbox/settlements",
-        method="POST",
-        data=json.dumps({"date": args.date, "lag_days": args.lag_days}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        rows = json.load(response)["rows"]
+    asked = {"date": args.date, "lag_days": args.lag_days}
+    rows = _post_json(f"{info.processor_url}/_sandbox/settlements", asked)["rows"]
     rows = inject_faults(rows, args)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    if args.output:
-        with open(args.output, "w") as out:
-            out.write(buffer.getvalue())
-        print(f"wrote {len(rows)} rows to {args.output}")
-    if not args.no_upload:
-        s3, bucket = _settlement_bucket(info)
-        day = datetime.fromisoformat(args.date)
-        key = f"settlements/{day:%Y/%m/%d}/batch_{day:%Y%m%d}_{int(time.time() * 1000)}.csv"
-        s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue().encode())
-        print(f"uploaded {len(rows)} rows to s3://{bucket}/{key}")
+    day = datetime.fromisoformat(args.date)
+    key = f"settlements/{day:%Y/%m/%d}/batch_{day:%Y%m%d}_{int(time.time() * 1000)}.csv"
+    _publish_csv(info, rows, COLUMNS, key, args)
     return 0
 
 
