@@ -36,6 +36,8 @@ SERVED_OBJECTS = frozenset(
         "customer",
         "payment_intent",
         "payment_method",
+        "dispute",
+        "payout",
     }
 )
 # A deleted object is `{"id", "object", "deleted": true}`, checked against its own schema.
