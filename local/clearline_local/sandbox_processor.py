@@ -4,7 +4,8 @@ card numbers.
 It behaves like the processors Clearline talks to in production: every POST carries an
 `Idempotency-Key`, a retried key replays the first committed response, and faults can be
 injected (timeouts before or after the commit, 5xx answers) so the exactly-once paths of
-the API can be exercised end to end. All state is in memory and guarded by one lock.
+the API can be exercised end to end (that machinery is `sandbox_http`'s, shared with the
+sandbox bank). All state is in memory and guarded by one lock.
 
 Request bodies are never logged: they carry tokens, amounts and, from the card vault, card
 numbers. A card number is never kept whole: an authorization keeps its last four digits
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import http.client
@@ -35,21 +37,33 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 from clearline.cards import luhn_valid
 
+# The limits and fault modes both sandboxes share, imported from here by their callers.
+from clearline_local.sandbox_http import FAULT_MODES as FAULT_MODES
+from clearline_local.sandbox_http import MAX_AMOUNT as MAX_AMOUNT
+from clearline_local.sandbox_http import MAX_BODY_BYTES as MAX_BODY_BYTES
+from clearline_local.sandbox_http import MAX_IDEMPOTENCY_KEY_LENGTH as MAX_IDEMPOTENCY_KEY_LENGTH
+from clearline_local.sandbox_http import MAX_LATENCY_MS as MAX_LATENCY_MS
+from clearline_local.sandbox_http import FaultMode as FaultMode
+from clearline_local.sandbox_http import (
+    Operation,
+    RequestError,
+    Response,
+    SandboxService,
+    keyed_digest,
+    random_id,
+    request_fingerprint,
+    require_currency,
+    require_int,
+    require_str,
+)
+
 logger = logging.getLogger(__name__)
 
-FaultMode = Literal["timeout_before", "timeout_after", "error_500"]
-FAULT_MODES: tuple[str, ...] = ("timeout_before", "timeout_after", "error_500")
-
-MAX_AMOUNT = 99_999_999  # Stripe's ceiling: eight digits in the minor unit
-MAX_LATENCY_MS = 60_000
-MAX_BODY_BYTES = 64 * 1024
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 SETTLEMENT_LAG_DAYS = 2  # a day's captures and refunds settle two days later (T+2)
 PROCESSOR_FEE_BASIS_POINTS = 150  # what the processor charges us on each capture
 DISPUTE_FEE = 1500  # what the acquirer charges on each chargeback, in the minor unit
@@ -69,26 +83,16 @@ WARNING_NEEDS_RESPONSE, WARNING_UNDER_REVIEW, WARNING_CLOSED = (
 )
 DISPUTE_CLOSED_STATUSES = frozenset({WON, LOST, WARNING_CLOSED})
 
-_ID_ALPHABET = string.ascii_letters + string.digits
-_CURRENCY_RE = re.compile(r"^[a-z]{3}$")
 # Twelve or more digits, possibly grouped: what a card number pasted as a token looks like.
 _PAN_LIKE_RE = re.compile(r"(?:\d[ -]?){12,19}")
 _CARD_NUMBER_RE = re.compile(r"[0-9]{12,19}")
 _CVC_RE = re.compile(r"[0-9]{3,4}")
 MAX_AUTHENTICATION_ID_LENGTH = 255
-# Random per process: a fingerprint or digest cannot be matched against hashes of guessed
-# numbers computed anywhere else, and nothing derived from a number outlives the sandbox.
-_SANDBOX_SECRET = secrets.token_bytes(32)
-
-
-def _keyed_digest(purpose: str, data: str) -> str:
-    message = f"{purpose}:{data}".encode()
-    return hmac.new(_SANDBOX_SECRET, message, hashlib.sha256).hexdigest()
 
 
 def card_number_fingerprint(number: str) -> str:
     """The same for every authorization of one card number, in this process."""
-    return _keyed_digest("card-fingerprint", number)[:16]
+    return keyed_digest("card-fingerprint", number)[:16]
 
 
 @dataclass(frozen=True)
@@ -230,19 +234,8 @@ def card_brand(number: str) -> str:
     return "unknown"
 
 
-def _random_id(prefix: str, length: int = 24) -> str:
-    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
-
-
 def _network_transaction_id() -> str:
     return "".join(secrets.choice(string.digits) for _ in range(15))
-
-
-def _error(code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if param is not None:
-        error["param"] = param
-    return {"error": error}
 
 
 def sign_notification(secret: str, body: bytes, timestamp: int) -> str:
@@ -260,31 +253,6 @@ def _validate_delay(value: object, name: str) -> float:
     if not 0 <= value <= MAX_DELAY_SECONDS:
         raise ValueError(f"{name} must be between 0 and {MAX_DELAY_SECONDS:g}")
     return float(value)
-
-
-@dataclass
-class _Response:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class _RequestError(Exception):
-    """Refuses a request before anything is committed (nothing is stored for its key)."""
-
-    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.response = _Response(status, _error(code, message, param))
-
-
-_Operation = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-@dataclass
-class _StoredResponse:
-    fingerprint: str
-    status: int
-    body: dict[str, Any]
 
 
 @dataclass
@@ -397,43 +365,6 @@ _SETTLEMENTS: dict[str, _Settlement] = {
 # ---------------------------------------------------------------------------- body parsing
 
 
-def _require_int(
-    body: dict[str, Any], name: str, *, default: int | None = None, minimum: int = 1
-) -> int:
-    value = body.get(name, default)
-    # bool is an int subclass; `true` is never an amount
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _RequestError(400, "parameter_invalid_integer", f"'{name}' must be an integer.", name)
-    if value < minimum or value > MAX_AMOUNT:
-        raise _RequestError(
-            400,
-            "parameter_invalid_integer",
-            f"'{name}' must be between {minimum} and {MAX_AMOUNT}.",
-            name,
-        )
-    return value
-
-
-def _require_str(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise _RequestError(400, "parameter_missing", f"Missing required param: {name}.", name)
-    return value
-
-
-def _fingerprint(method: str, path: str, body: dict[str, Any]) -> str:
-    if "card" in body:
-        # Kept for as long as the key: a keyed digest tells a different card apart without
-        # keeping its number. The CVC is left out: it may not be kept in any form, and the
-        # vault discards it once the processor has answered, so a retry comes without it.
-        card = body["card"]
-        if isinstance(card, dict):
-            card = {name: value for name, value in card.items() if name != "cvc"}
-        canonical = json.dumps(card, sort_keys=True, separators=(",", ":"))
-        body = {**body, "card": _keyed_digest("request-card", canonical)}
-    return json.dumps([method, path, body], sort_keys=True, separators=(",", ":"))
-
-
 @dataclass(frozen=True)
 class _PresentedCard:
     """What an authorization request shows of a card, and how the card answers."""
@@ -451,7 +382,7 @@ def _token_card(token: str) -> _PresentedCard:
     if card is None:
         # Never echo what looks like a card number back: error messages end up in logs.
         shown = "" if _PAN_LIKE_RE.search(token) else f": '{token}'"
-        raise _RequestError(404, "unknown_token", f"No such token{shown}", "token")
+        raise RequestError(404, "unknown_token", f"No such token{shown}", "token")
     incorrect_cvc = card.decline is not None and card.decline[1] == "incorrect_cvc"
     return _PresentedCard(
         card=_CardOnRecord(
@@ -473,7 +404,7 @@ def _token_card(token: str) -> _PresentedCard:
 def _expiry(card: dict[str, Any]) -> tuple[int, int]:
     month, year = card.get("exp_month"), card.get("exp_year")
     if not isinstance(month, int) or isinstance(month, bool) or not 1 <= month <= 12:
-        raise _RequestError(
+        raise RequestError(
             400,
             "invalid_expiry_month",
             "Your card's expiration month is invalid.",
@@ -482,7 +413,7 @@ def _expiry(card: dict[str, Any]) -> tuple[int, int]:
     if isinstance(year, int) and not isinstance(year, bool) and 0 <= year <= 99:
         year += 2000  # two digits, as printed on the card
     if not isinstance(year, int) or isinstance(year, bool) or not 2000 <= year <= 2099:
-        raise _RequestError(
+        raise RequestError(
             400, "invalid_expiry_year", "Your card's expiration year is invalid.", "card[exp_year]"
         )
     return month, year
@@ -501,7 +432,7 @@ def _three_d_secure(body: dict[str, Any]) -> dict[str, Any] | None:
         and not _PAN_LIKE_RE.search(authentication)
     )
     if not isinstance(authenticated, bool) or not valid_id:
-        raise _RequestError(
+        raise RequestError(
             400,
             "parameter_invalid",
             "'three_d_secure' must be an object with a boolean 'authenticated' and an "
@@ -516,7 +447,7 @@ def _numbered_card(body: dict[str, Any]) -> _PresentedCard:
     last four digits, brand and fingerprint leave this function."""
     card = body.get("card")
     if not isinstance(card, dict):
-        raise _RequestError(
+        raise RequestError(
             400,
             "parameter_invalid",
             "'card' must be an object with number, exp_month and exp_year.",
@@ -525,15 +456,13 @@ def _numbered_card(body: dict[str, Any]) -> _PresentedCard:
     number = card.get("number")
     if not (isinstance(number, str) and _CARD_NUMBER_RE.fullmatch(number) and luhn_valid(number)):
         # The message never repeats the number.
-        raise _RequestError(
+        raise RequestError(
             400, "incorrect_number", "Your card number is incorrect.", "card[number]"
         )
     exp_month, exp_year = _expiry(card)
     cvc = card.get("cvc")
     if cvc is not None and not (isinstance(cvc, str) and _CVC_RE.fullmatch(cvc)):
-        raise _RequestError(
-            400, "invalid_cvc", "Your card's security code is invalid.", "card[cvc]"
-        )
+        raise RequestError(400, "invalid_cvc", "Your card's security code is invalid.", "card[cvc]")
     three_d_secure = _three_d_secure(body)
 
     known = TEST_CARD_NUMBERS.get(number)
@@ -570,8 +499,13 @@ def _numbered_card(body: dict[str, Any]) -> _PresentedCard:
 # ------------------------------------------------------------------------------ processor
 
 
-class SandboxProcessor:
+class SandboxProcessor(SandboxService):
     """An in-memory card processor served over HTTP on a daemon thread."""
+
+    name = "sandbox processor"
+    server_version = "ClearlineSandboxProcessor/1.0"
+    internal_error = ("processor_error", "The processor had an internal error.")
+    logger = logger
 
     def __init__(
         self,
@@ -589,18 +523,13 @@ class SandboxProcessor:
             raise ValueError("notification_attempts must be an integer")
         if notification_attempts < 1:
             raise ValueError("notification_attempts must be at least 1")
-        self._host = host
-        self._requested_port = port
-        self._fault_delay_seconds = fault_delay_seconds
-        self._lock = threading.Lock()
-        self._latency_ms = self._validate_latency(latency_ms)
+        super().__init__(host, port, latency_ms, fault_delay_seconds)
         self._dispute_delay_seconds = _validate_delay(
             dispute_delay_seconds, "dispute_delay_seconds"
         )
         self._decision_delay_seconds = _validate_delay(
             decision_delay_seconds, "decision_delay_seconds"
         )
-        self._faults: deque[str] = deque()
         self._authorizations: dict[str, _AuthorizationRecord] = {}
         self._refunds: dict[str, dict[str, Any]] = {}
         self._disputes: dict[str, _DisputeRecord] = {}
@@ -608,10 +537,6 @@ class SandboxProcessor:
         # report.
         self._settleable: list[dict[str, Any]] = []
         self._batches = 0
-        self._idempotency: dict[str, _StoredResponse] = {}
-        self._revoked: set[str] = set()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         # Dispute events still to come (openings, decisions); stop() cancels them.
         self._timers: set[threading.Timer] = set()
         # Notifications not yet answered by the platform, oldest first. The delivery thread
@@ -629,19 +554,8 @@ class SandboxProcessor:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> SandboxProcessor:
-        """Bind and serve in a daemon thread; returns self so it can be chained."""
-        if self._server is not None:
-            raise RuntimeError("sandbox processor already started")
-        server = _Server((self._host, self._requested_port), _Handler, self)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"sandbox-processor-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+    def start(self) -> Self:
+        super().start()
         # Each run has its own stop signal: a delivery thread abandoned by stop() mid-attempt
         # never mistakes a later start for its own.
         self._delivery_stop = threading.Event()
@@ -659,9 +573,8 @@ class SandboxProcessor:
         stop delivering notifications (undelivered ones stay queued). Handlers still
         sleeping in a fault, and a delivery attempt in flight, are daemon threads and are
         abandoned rather than waited for."""
-        server, thread, delivery = self._server, self._thread, self._delivery
-        self._server, self._thread, self._delivery = None, None, None
-        if server is None:
+        delivery, self._delivery = self._delivery, None
+        if self._server is None:
             return
         with self._lock:
             for timer in self._timers:
@@ -669,41 +582,11 @@ class SandboxProcessor:
             self._timers.clear()
             self._delivery_stop.set()
             self._outbox_changed.notify_all()
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        super().stop()
         if delivery is not None:
             delivery.join(timeout=1)
 
-    def __enter__(self) -> SandboxProcessor:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("sandbox processor is not running")
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
-
     # -- test controls --------------------------------------------------------------------
-
-    @property
-    def latency_ms(self) -> int:
-        with self._lock:
-            return self._latency_ms
-
-    @latency_ms.setter
-    def latency_ms(self, value: int) -> None:
-        value = self._validate_latency(value)
-        with self._lock:
-            self._latency_ms = value
 
     @property
     def dispute_delay_seconds(self) -> float:
@@ -761,49 +644,6 @@ class SandboxProcessor:
         with self._lock:
             return [dispute.to_json() for dispute in self._disputes.values()]
 
-    def inject_fault(self, mode: str, count: int = 1) -> None:
-        """Make the next `count` POSTs to /v1/* fail with `mode`. Faults queue in order."""
-        if mode not in FAULT_MODES:
-            raise ValueError(f"unknown fault mode {mode!r}; expected one of {FAULT_MODES}")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise ValueError("count must be a positive integer")
-        with self._lock:
-            self._faults.extend([mode] * count)
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def pending_faults(self) -> list[str]:
-        with self._lock:
-            return list(self._faults)
-
-    @staticmethod
-    def _validate_latency(value: object) -> int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError("latency_ms must be an integer")
-        if not 0 <= value <= MAX_LATENCY_MS:
-            raise ValueError(f"latency_ms must be between 0 and {MAX_LATENCY_MS}")
-        return value
-
-    def _take_fault(self) -> str | None:
-        with self._lock:
-            return self._faults.popleft() if self._faults else None
-
-    # -- request handling (transport-free) ------------------------------------------------
-
-    def _handle(
-        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any]
-    ) -> _Response:
-        try:
-            if path.startswith("/_sandbox/"):
-                return self._handle_sandbox(method, path, body)
-            if path.startswith("/v1/"):
-                return self._handle_v1(method, path, headers, body)
-            raise _RequestError(404, "not_found", f"Unrecognized request URL ({method}: {path}).")
-        except _RequestError as exc:
-            return exc.response
-
     def authorizations(self) -> list[dict[str, Any]]:
         """Every authorization with the amounts of its refunds: what the processor believes
         happened, for tests that hold Clearline's ledger against it."""
@@ -816,38 +656,32 @@ class SandboxProcessor:
                 for record in self._authorizations.values()
             ]
 
-    def _handle_sandbox(self, method: str, path: str, body: dict[str, Any]) -> _Response:
-        if path == "/_sandbox/health" and method == "GET":
-            return _Response(200, {"status": "ok"})
+    # -- request handling (transport-free) ------------------------------------------------
+
+    def _settings(self) -> dict[str, Callable[[Any], Any]]:
+        return {
+            name: functools.partial(_validate_delay, name=name)
+            for name in ("dispute_delay_seconds", "decision_delay_seconds")
+        }
+
+    def _sandbox_route(self, method: str, path: str, body: dict[str, Any]) -> Response | None:
         if path == "/_sandbox/authorizations" and method == "GET":
-            return _Response(200, {"data": self.authorizations()})
-        if path == "/_sandbox/config":
-            if method == "POST":
-                self._configure(body)
-            if method in ("GET", "POST"):
-                return _Response(
-                    200,
-                    {
-                        "latency_ms": self.latency_ms,
-                        "dispute_delay_seconds": self.dispute_delay_seconds,
-                        "decision_delay_seconds": self.decision_delay_seconds,
-                    },
-                )
+            return Response(200, {"data": self.authorizations()})
         if path == "/_sandbox/notifications" and method == "GET":
             with self._lock:  # one moment's view: a delivery moves one from one to the other
                 pending, delivered = copy.deepcopy(list(self._outbox)), self._delivered
-            return _Response(200, {"pending": pending, "delivered": delivered})
+            return Response(200, {"pending": pending, "delivered": delivered})
         if path == "/_sandbox/disputes" and method == "GET":
-            return _Response(200, {"data": self.disputes()})
+            return Response(200, {"data": self.disputes()})
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if len(parts) == 4 and parts[1] == "disputes" and method == "POST":
             if parts[3] == "decide":
-                return _Response(200, self._decide_now(parts[2], body))
+                return Response(200, self._decide_now(parts[2], body))
             if parts[3] == "notify":
                 try:
-                    return _Response(200, self.redeliver(parts[2]))
+                    return Response(200, self.redeliver(parts[2]))
                 except KeyError:
-                    raise _RequestError(
+                    raise RequestError(
                         404, "resource_missing", f"No such dispute: '{parts[2]}'"
                     ) from None
         if path == "/_sandbox/settlements" and method == "POST":
@@ -855,121 +689,30 @@ class SandboxProcessor:
                 day = dt.date.fromisoformat(str(body.get("date")))
                 lag = int(body.get("lag_days", SETTLEMENT_LAG_DAYS))
             except ValueError as exc:
-                raise _RequestError(400, "invalid_date", str(exc), "date") from None
-            return _Response(200, {"rows": self.settlement_rows(day, lag)})
-        if path == "/_sandbox/faults":
-            if method == "POST":
-                try:
-                    self.inject_fault(str(body.get("mode")), body.get("count", 1))
-                except ValueError as exc:
-                    raise _RequestError(400, "invalid_fault", str(exc)) from None
-                return _Response(200, {"faults": self.pending_faults()})
-            if method == "DELETE":
-                self.clear_faults()
-                return _Response(200, {"faults": []})
-            if method == "GET":
-                return _Response(200, {"faults": self.pending_faults()})
-        raise _RequestError(404, "not_found", f"Unrecognized request URL ({method}: {path}).")
+                raise RequestError(400, "invalid_date", str(exc), "date") from None
+            return Response(200, {"rows": self.settlement_rows(day, lag)})
+        return None
 
-    def _configure(self, body: dict[str, Any]) -> None:
-        # Every given setting is checked before any is applied: a refused request changes
-        # nothing.
-        latency: Any = body.get("latency_ms", self.latency_ms)
-        try:
-            latency = self._validate_latency(latency)
-        except ValueError as exc:
-            raise _RequestError(400, "invalid_config", str(exc), "latency_ms") from None
-        delays: dict[str, float] = {}
-        for name in ("dispute_delay_seconds", "decision_delay_seconds"):
-            try:
-                delays[name] = _validate_delay(body.get(name, getattr(self, name)), name)
-            except ValueError as exc:
-                raise _RequestError(400, "invalid_config", str(exc), name) from None
-        self.latency_ms = latency
-        self.dispute_delay_seconds = delays["dispute_delay_seconds"]
-        self.decision_delay_seconds = delays["decision_delay_seconds"]
+    def _read(self, parts: list[str]) -> dict[str, Any] | None:
+        if len(parts) == 2 and parts[0] == "authorizations":
+            return self._get_authorization(parts[1]).to_json()
+        if len(parts) == 2 and parts[0] == "disputes":
+            return self._get_dispute(parts[1]).to_json()
+        return None
 
-    def _handle_v1(
-        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any]
-    ) -> _Response:
-        parts = [unquote(p) for p in path.strip("/").split("/")[1:]]
-        if method == "GET":
-            with self._lock:
-                if len(parts) == 2 and parts[0] == "authorizations":
-                    record = self._get_authorization(parts[1])
-                    return _Response(200, record.to_json())
-                if len(parts) == 2 and parts[0] == "disputes":
-                    return _Response(200, self._get_dispute(parts[1]).to_json())
-                if len(parts) == 2 and parts[0] == "idempotency":
-                    stored = self._idempotency.get(parts[1])
-                    if stored is None:
-                        raise _RequestError(
-                            404, "resource_missing", "No response stored for this key."
-                        )
-                    return _Response(stored.status, stored.body)
-            raise _RequestError(404, "not_found", f"Unrecognized request URL ({method}: {path}).")
-        if method != "POST":
-            raise _RequestError(405, "method_not_allowed", f"{method} is not allowed here.")
-        if len(parts) == 3 and parts[0] == "idempotency" and parts[2] == "revoke":
-            return self._revoke(parts[1])
+    def _fingerprint(self, method: str, path: str, body: dict[str, Any]) -> str:
+        if "card" in body:
+            # Kept for as long as the key: a keyed digest tells a different card apart without
+            # keeping its number. The CVC is left out: it may not be kept in any form, and the
+            # vault discards it once the processor has answered, so a retry comes without it.
+            card = body["card"]
+            if isinstance(card, dict):
+                card = {name: value for name, value in card.items() if name != "cvc"}
+            canonical = json.dumps(card, sort_keys=True, separators=(",", ":"))
+            body = {**body, "card": keyed_digest("request-card", canonical)}
+        return request_fingerprint(method, path, body)
 
-        key = headers.get("idempotency-key", "")
-        if not key:
-            raise _RequestError(
-                400, "idempotency_key_missing", "An Idempotency-Key header is required."
-            )
-        if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-            raise _RequestError(
-                400,
-                "idempotency_key_too_long",
-                f"Idempotency keys are at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
-            )
-        operation = self._route_post(parts)
-        fingerprint = _fingerprint(method, path, body)
-        # The lock spans the replay check, the operation and storing its response, so two
-        # concurrent requests with one key can never both commit.
-        with self._lock:
-            if key in self._revoked:
-                raise _RequestError(
-                    409, "idempotency_key_revoked", "This key was revoked before it was used."
-                )
-            stored = self._idempotency.get(key)
-            if stored is not None:
-                if stored.fingerprint != fingerprint:
-                    raise _RequestError(
-                        422,
-                        "idempotency_mismatch",
-                        "Keys for idempotent requests can only be used with the same "
-                        "parameters they were first used with.",
-                    )
-                return _Response(stored.status, stored.body, {"Idempotent-Replayed": "true"})
-            # Refusals raise before this point is passed and are not stored, as with Stripe:
-            # only a request that committed something owns its key.
-            result = operation(body)
-            self._idempotency[key] = _StoredResponse(fingerprint, 200, result)
-            return _Response(200, result)
-
-    def _revoke(self, key: str) -> _Response:
-        """Promise never to commit anything under `key` (so that a request still on its
-        way with it is refused), unless something was committed already: then say so,
-        with what it was. Revoking twice is revoking once."""
-        with self._lock:
-            stored = self._idempotency.get(key)
-            if stored is not None:
-                return _Response(
-                    409,
-                    {
-                        "error": {
-                            "code": "already_committed",
-                            "message": "A request with this key was already committed.",
-                        },
-                        "committed": stored.body,
-                    },
-                )
-            self._revoked.add(key)
-            return _Response(200, {"revoked": key})
-
-    def _route_post(self, parts: list[str]) -> _Operation:
+    def _route_post(self, parts: list[str]) -> Operation:
         if parts == ["authorizations"]:
             return self._authorize
         if parts == ["refunds"]:
@@ -986,14 +729,14 @@ class SandboxProcessor:
                 return lambda body: self._submit_evidence(dispute_id, body)
             if parts[2] == "close":
                 return lambda body: self._close_dispute(dispute_id)
-        raise _RequestError(404, "not_found", "Unrecognized request URL.")
+        raise RequestError(404, "not_found", "Unrecognized request URL.")
 
     # -- operations (called with the lock held) -------------------------------------------
 
     def _get_authorization(self, authorization_id: str) -> _AuthorizationRecord:
         record = self._authorizations.get(authorization_id)
         if record is None:
-            raise _RequestError(
+            raise RequestError(
                 404, "resource_missing", f"No such authorization: '{authorization_id}'"
             )
         return record
@@ -1001,29 +744,25 @@ class SandboxProcessor:
     def _authorize(self, body: dict[str, Any]) -> dict[str, Any]:
         # Either a processor token or, from the card vault, the card itself.
         if "card" in body and "token" in body:
-            raise _RequestError(
+            raise RequestError(
                 400, "parameters_exclusive", "Pass either 'token' or 'card', not both.", "card"
             )
-        token = None if "card" in body else _require_str(body, "token")
-        amount = _require_int(body, "amount")
-        currency = _require_str(body, "currency").lower()
-        if not _CURRENCY_RE.match(currency):
-            raise _RequestError(
-                400, "invalid_currency", "currency must be a three-letter ISO code.", "currency"
-            )
+        token = None if "card" in body else require_str(body, "token")
+        amount = require_int(body, "amount")
+        currency = require_currency(body)
         capture = body.get("capture", True)
         if not isinstance(capture, bool):
-            raise _RequestError(400, "parameter_invalid", "'capture' must be a boolean.", "capture")
+            raise RequestError(400, "parameter_invalid", "'capture' must be a boolean.", "capture")
         reference = body.get("reference")
         if reference is not None and not isinstance(reference, str):
-            raise _RequestError(
+            raise RequestError(
                 400, "parameter_invalid", "'reference' must be a string.", "reference"
             )
 
         presented = _numbered_card(body) if token is None else _token_card(token)
 
         record = _AuthorizationRecord(
-            id=_random_id("pa_"),
+            id=random_id("pa_"),
             status="approved" if presented.decline is None else "declined",
             amount=amount,
             currency=currency,
@@ -1046,18 +785,18 @@ class SandboxProcessor:
     def _capture(self, authorization_id: str, body: dict[str, Any]) -> dict[str, Any]:
         record = self._get_authorization(authorization_id)
         if record.status != "approved":
-            raise _RequestError(
+            raise RequestError(
                 400, "authorization_declined", "A declined authorization cannot be captured."
             )
         if record.voided:
-            raise _RequestError(409, "authorization_voided", "This authorization has been voided.")
+            raise RequestError(409, "authorization_voided", "This authorization has been voided.")
         if record.captured:
-            raise _RequestError(
+            raise RequestError(
                 409, "already_captured", f"Authorization {record.id} has already been captured."
             )
-        amount = _require_int(body, "amount", default=record.amount)
+        amount = require_int(body, "amount", default=record.amount)
         if amount > record.amount:
-            raise _RequestError(
+            raise RequestError(
                 400,
                 "amount_too_large",
                 f"Cannot capture {amount}: only {record.amount} was authorized.",
@@ -1079,29 +818,29 @@ class SandboxProcessor:
     def _void(self, authorization_id: str) -> dict[str, Any]:
         record = self._get_authorization(authorization_id)
         if record.status != "approved":
-            raise _RequestError(
+            raise RequestError(
                 400, "authorization_declined", "A declined authorization cannot be voided."
             )
         if record.captured:
-            raise _RequestError(
+            raise RequestError(
                 409, "already_captured", f"Authorization {record.id} has already been captured."
             )
         if record.voided:
-            raise _RequestError(409, "already_voided", f"Authorization {record.id} is voided.")
+            raise RequestError(409, "already_voided", f"Authorization {record.id} is voided.")
         record.voided = True
         return record.to_json()
 
     def _refund(self, body: dict[str, Any]) -> dict[str, Any]:
-        authorization_id = _require_str(body, "authorization")
+        authorization_id = require_str(body, "authorization")
         record = self._get_authorization(authorization_id)
         if not record.captured:
-            raise _RequestError(
+            raise RequestError(
                 400, "not_captured", f"Authorization {record.id} has not been captured."
             )
         refundable = record.amount_captured - record.amount_refunded
-        amount = _require_int(body, "amount", default=refundable)
+        amount = require_int(body, "amount", default=refundable)
         if amount > refundable:
-            raise _RequestError(
+            raise RequestError(
                 400,
                 "amount_too_large",
                 f"Cannot refund {amount}: only {refundable} of the captured amount "
@@ -1110,7 +849,7 @@ class SandboxProcessor:
             )
         record.amount_refunded += amount
         refund = {
-            "id": _random_id("pr_"),
+            "id": random_id("pr_"),
             "object": "refund",
             "status": "succeeded",
             "amount": amount,
@@ -1135,13 +874,13 @@ class SandboxProcessor:
     def _get_dispute(self, dispute_id: str) -> _DisputeRecord:
         dispute = self._disputes.get(dispute_id)
         if dispute is None:
-            raise _RequestError(404, "resource_missing", f"No such dispute: '{dispute_id}'")
+            raise RequestError(404, "resource_missing", f"No such dispute: '{dispute_id}'")
         return dispute
 
     def _open_dispute(self, record: _AuthorizationRecord, kind: _DisputeKind) -> None:
         now = int(time.time())
         dispute = _DisputeRecord(
-            id=_random_id("dp_"),
+            id=random_id("dp_"),
             authorization=record.id,
             reference=record.reference,
             amount=record.amount_captured,
@@ -1164,7 +903,7 @@ class SandboxProcessor:
         if not isinstance(evidence, dict) or not all(
             isinstance(value, str) for value in evidence.values()
         ):
-            raise _RequestError(
+            raise RequestError(
                 400,
                 "parameter_invalid",
                 "'evidence' must be an object whose values are strings.",
@@ -1172,7 +911,7 @@ class SandboxProcessor:
             )
         self._require_open(dispute)
         if dispute.status not in (NEEDS_RESPONSE, WARNING_NEEDS_RESPONSE):
-            raise _RequestError(
+            raise RequestError(
                 409,
                 "dispute_under_review",
                 f"Dispute {dispute.id} is under review: evidence was already submitted.",
@@ -1195,7 +934,7 @@ class SandboxProcessor:
     @staticmethod
     def _require_open(dispute: _DisputeRecord) -> None:
         if dispute.closed:
-            raise _RequestError(
+            raise RequestError(
                 409, "dispute_closed", f"Dispute {dispute.id} is closed ({dispute.status})."
             )
 
@@ -1234,7 +973,7 @@ class SandboxProcessor:
     def _decide_now(self, dispute_id: str, body: dict[str, Any]) -> dict[str, Any]:
         status = body.get("status")
         if not isinstance(status, str) or status not in DISPUTE_CLOSED_STATUSES:
-            raise _RequestError(
+            raise RequestError(
                 400,
                 "parameter_invalid",
                 "'status' must be one of 'won', 'lost' or 'warning_closed'.",
@@ -1244,7 +983,7 @@ class SandboxProcessor:
             dispute = self._get_dispute(dispute_id)
             self._require_open(dispute)
             if (status == WARNING_CLOSED) != dispute.inquiry:
-                raise _RequestError(
+                raise RequestError(
                     400,
                     "parameter_invalid",
                     "An inquiry closes as 'warning_closed'; a chargeback is 'won' or 'lost'.",
@@ -1274,7 +1013,7 @@ class SandboxProcessor:
     def _notify(self, dispute: _DisputeRecord, kind: str) -> dict[str, Any]:
         """Queue a notification of the dispute as it now is. Called with the lock held."""
         notification = {
-            "id": _random_id("ntf_"),
+            "id": random_id("ntf_"),
             "type": kind,
             "created": int(time.time()),
             "dispute": dispute.to_json(),
@@ -1420,107 +1159,3 @@ def _post_notification(url: str, secret: str, body: bytes) -> bool:
         logger.info("sandbox notification to %s answered %d", parts.hostname, response.status)
         return False
     return True
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128  # the default listen backlog (5) resets bursts of clients
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        processor: SandboxProcessor,
-    ) -> None:
-        self.processor = processor
-        super().__init__(address, handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "ClearlineSandboxProcessor/1.0"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def _serve(self, method: str) -> None:
-        processor = self.server.processor
-        path = urlsplit(self.path).path
-        body = self._read_body()
-
-        latency_ms = processor.latency_ms
-        if latency_ms:
-            time.sleep(latency_ms / 1000)
-
-        fault = processor._take_fault() if method == "POST" and path.startswith("/v1/") else None
-        if fault == "timeout_before":
-            logger.info("sandbox fault timeout_before on %s %s", method, path)
-            self._drop_after(processor._fault_delay_seconds)
-            return
-        if fault == "error_500":
-            logger.info("sandbox fault error_500 on %s %s", method, path)
-            self._send(
-                _Response(500, _error("processor_error", "The processor had an internal error."))
-            )
-            return
-
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        if body is not None:
-            response = processor._handle(method, path, headers, body)
-        else:
-            response = _Response(
-                400, _error("invalid_json", "The request body must be a JSON object.")
-            )
-
-        if fault == "timeout_after":
-            # The operation is committed and its response stored; only the answer is lost.
-            logger.info("sandbox fault timeout_after on %s %s", method, path)
-            self._drop_after(processor._fault_delay_seconds)
-            return
-        self._send(response)
-
-    def _read_body(self) -> dict[str, Any] | None:
-        """The JSON object sent, {} when there is no body, None when it is not valid."""
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            return None
-        if length <= 0:
-            return {}  # a bodiless POST (a void, say) means no parameters
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True  # the unread body would corrupt the next request
-            return None
-        raw = self.rfile.read(length)
-        try:
-            parsed = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None
-        return parsed if isinstance(parsed, dict) else None
-
-    def _drop_after(self, seconds: float) -> None:
-        """Hold the connection silently, then close it without answering."""
-        time.sleep(seconds)
-        self.close_connection = True
-
-    def _send(self, response: _Response) -> None:
-        payload = json.dumps(response.body).encode()
-        self.send_response(response.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # The request line only (method, path, status): bodies are never logged.
-        logger.debug("%s - %s", self.address_string(), format % args)

@@ -28,6 +28,7 @@ SOURCE_DIRS = (
 NOT_CLEARLINES = {
     ROOT / "local" / "clearline_local" / "sandbox_processor.py",
     ROOT / "local" / "clearline_local" / "sandbox_bank.py",
+    ROOT / "local" / "clearline_local" / "sandbox_http.py",
 }
 
 

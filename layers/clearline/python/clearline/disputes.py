@@ -412,7 +412,7 @@ class DisputeService(MoneyService):
             return True
         fresh = self._read(item["pk"], "DISPUTE")
         assert fresh is not None
-        return self._follow(fresh, then) and True
+        return self._follow(fresh, then)
 
     def _reinstate(self, item: dict[str, Any]) -> bool:
         """A won chargeback: the amount back to the merchant; the charge refundable again."""
