@@ -64,6 +64,7 @@ cdk: $(INSTALLED) $(NODE_INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python bench/charge_path.py
 	$(BIN)/python bench/vault_path.py
+	$(BIN)/python bench/dispute_path.py
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .mypy_cache .ruff_cache .pytest_cache
