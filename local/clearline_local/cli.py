@@ -254,6 +254,8 @@ def _function_env(info: StackInfo, key: str) -> dict[str, str]:
         processor_url=info.processor_url,
         extra={**info.environment, **(info.vault_environment if in_vault else {})},
         vault_url=info.vault_url,
+        bank_url=info.bank_url,
+        bank_accounts_key=info.bank_accounts_key,
     )
 
 

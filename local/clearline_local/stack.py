@@ -319,6 +319,7 @@ class LocalStack:
             aws_endpoint_url=self.aws_endpoint_url,
             processor_url=self.processor.url,
             bank_url=self.bank.url,
+            bank_accounts_key=self.bank_accounts_key,
             vault_url=vault_door.url,
             notifications_url=notification_door.url + PROCESSOR_NOTIFICATION_PATH,
             checkout_url=demo_shop.url,
