@@ -138,12 +138,14 @@ def test_a_clean_file_settles_every_row_once(
     assert report["counts"] == {"matched": len(rows)}
     assert report["rows"] == len(rows)
 
-    # Row by row: each movement has its settlement journal, and left the due index.
+    # Row by row: each movement has its settlement journal, and left the settlement's due
+    # index for the one of money awaiting a payout.
     journals = settlement_journals(own_stack, {r["charge_id"] for r in rows})
     assert sorted(j["source"] for j in journals) == sorted(txn_of(r) for r in rows)
     for row in rows:
         txn = own_stack.store().get(f"TXN#{txn_of(row)}", "TXN")
-        assert txn is not None and txn["settled_by"] == key and "due_pk" not in txn
+        assert txn is not None and txn["settled_by"] == key and txn["settlement"] == "settled"
+        assert txn["due_pk"].startswith("UNPAID#")
 
     # The merchant's share moved from pending to available.
     balance = sdk.v1.balance.retrieve()
@@ -221,7 +223,9 @@ def test_each_injected_fault_is_caught_and_posts_nothing_for_it(
     assert [m["kind"] for m in mine] == [kind], report["mismatches"]
     assert report["counts"]["matched"] == len(rows) - (0 if kind == "missing_in_settlement" else 1)
     unsettled = [
-        r for r in rows if (own_stack.store().get(f"TXN#{txn_of(r)}", "TXN") or {}).get("due_pk")
+        r
+        for r in rows
+        if (own_stack.store().get(f"TXN#{txn_of(r)}", "TXN") or {}).get("settlement") == "unsettled"
     ]
     if kind in ("amount_mismatch", "currency_mismatch"):
         assert len(unsettled) == 1  # the mismatched row posted nothing
