@@ -53,11 +53,16 @@ def transaction_items(
     fee_description: str | None = None,
     settles: bool = True,
     payout: str | None = None,
+    presentment: tuple[int, str] | None = None,
+    exchange_rate: str | None = None,
 ) -> list[dict[str, Any]]:
     """A balance transaction's item, and the index items that filter its list by type,
     source and currency. `settles`: the processor's settlement file will report it (a
     payout's movements are the bank's, reconciled from its own report). A payout's own
-    movements name it (`payout`); a payout's money coming back awaits the next one."""
+    movements name it (`payout`); a payout's money coming back awaits the next one.
+    `presentment`: the amount and currency the processor moved, which its settlement file
+    reports, when the merchant's side was converted (at `exchange_rate`)."""
+    moved, moved_in = presentment or (abs(amount), currency)
     created_ms = int(now * 1000)
     facets = {"type": kind, "source": source, "currency": currency, "payout": payout}
     key = (f"TXN#{txn_id}", "TXN")
@@ -86,6 +91,9 @@ def transaction_items(
         "description": description,
         "reporting_category": reporting_category,
         "fee_description": fee_description,
+        "exchange_rate": exchange_rate,
+        "presentment_amount": moved,
+        "presentment_currency": moved_in,
     }
     return [item, *listing.facet_items(merchant_id, "txn", created_ms, key, txn_id, facets)]
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from clearline import balance, ledger, listing, money
+from clearline import balance, fx, ledger, listing, money
 from clearline.audit import Caller
 from clearline.customers import CustomerService
 from clearline.errors import (
@@ -237,7 +237,17 @@ class MoneyService:
             raise store_unavailable() from exc
 
 
+def capture_fee(merchant: Merchant, charge: dict[str, Any], captured: int) -> int:
+    """Our fee on a capture, in the currency the merchant is paid in."""
+    conversion = fx.Conversion.from_item(charge.get("fx"))
+    return merchant.fee_for(conversion.to_merchant(captured) if conversion else captured)
+
+
 class ChargeService(MoneyService):
+    @property
+    def rates(self) -> fx.RateBook:
+        return fx.RateBook(self.store, self.clock)
+
     def _get(self, charge_id: str) -> dict[str, Any] | None:
         return self._read(charge_pk(charge_id), "CHARGE")
 
@@ -269,6 +279,10 @@ class ChargeService(MoneyService):
         customer passed for this payment."""
         merchant = caller.merchant
         money.check_charge_amount(params.amount, money.currency(params.currency))
+        # Locked now: the capture, refunds and disputes all convert at this rate.
+        conversion = fx.conversion_for(
+            self.store, self.rates, merchant, params.currency.lower(), params.fx_quote
+        )
         customer = None
         if params.customer is not None:
             customer = CustomerService(self.store).chargeable(merchant.id, params.customer)
@@ -325,6 +339,12 @@ class ChargeService(MoneyService):
         charge_id = derived_id("ch", merchant.id, idempotency_key)
         pending = self._pending_item(merchant, params, charge_id, token, now, idempotency_key)
         pending["payment_intent"] = payment_intent
+        if conversion is not None:
+            pending.update(
+                fx=conversion.as_item(),
+                settlement_currency=conversion.to_currency,
+                exchange_rate=fx.rate_text(conversion.exchange_rate),
+            )
         if stored is not None:  # the vault sends this card to the processor
             pending["stored_card"] = True
             pending["payment_method_id"] = stored.id
@@ -638,7 +658,7 @@ class ChargeService(MoneyService):
             )
         elif state == CAPTURED:
             item.update(
-                fee=merchant.fee_for(captured),
+                fee=capture_fee(merchant, pending, captured),
                 balance_transaction=derived_id("txn", charge_id, "capture"),
             )
         else:  # authorized: due for its scheduled capture, or else for expiry
@@ -648,40 +668,77 @@ class ChargeService(MoneyService):
         return item
 
     def _journal(
-        self, charge: dict[str, Any], operation: str, entries: tuple[ledger.Entry, ...]
+        self,
+        charge: dict[str, Any],
+        operation: str,
+        entries: tuple[ledger.Entry, ...],
+        currency: str | None = None,
     ) -> ledger.Journal:
         return ledger.Journal(
             id=derived_id("jnl", charge["id"], operation),
-            currency=charge["currency"],
+            currency=currency or charge["currency"],
             entries=entries,
             charge_id=charge["id"],
             merchant_id=charge["merchant"],
-            operation=f"charge.{operation}",
+            operation=f"charge.{operation.split(':')[0]}",
             created=int(self.clock()),
         )
 
     def _add_capture(
         self, transition: Transition, item: dict[str, Any], captured: int, fee: int, *, held: int
     ) -> None:
-        """The journal and balance transaction of a capture (of a hold of `held`, if any)."""
+        """The journal and balance transaction of a capture (of a hold of `held`, if any):
+        converted into the merchant's settlement currency at the charge's locked rate."""
         charge_id, currency, merchant_id = item["id"], item["currency"], item["merchant"]
-        entries = (
-            ledger.capture_hold_entries(merchant_id, currency, held, captured, fee)
-            if held
-            else ledger.capture_entries(merchant_id, currency, captured, fee)
-        )
-        transition.journals.append(self._journal(item, "capture", entries))
+        released = ledger.release_hold_entries(merchant_id, currency, held) if held else ()
+        conversion = fx.Conversion.from_item(item.get("fx"))
+        settled_amount, settled_in, rate = captured, currency, None
+        if conversion is None:
+            entries = released + ledger.capture_entries(merchant_id, currency, captured, fee)
+            transition.journals.append(self._journal(item, "capture", entries))
+        else:
+            settled_in = conversion.to_currency
+            settled_amount = conversion.to_merchant(captured)
+            exchanged = conversion.at_mid(captured)
+            customer_leg = self._journal(
+                item, "capture", released + ledger.fx_in_entries(currency, captured)
+            )
+            settlement_leg = self._journal(
+                item,
+                "capture:fx",
+                ledger.fx_settled_in_entries(
+                    merchant_id,
+                    settled_in,
+                    exchanged=exchanged,
+                    to_merchant=settled_amount,
+                    fee=fee,
+                    fx_fee=exchanged - settled_amount,
+                ),
+                currency=settled_in,
+            )
+            transition.journals.extend(
+                ledger.linked(
+                    customer_leg,
+                    settlement_leg,
+                    rate=fx.rate_text(conversion.base_rate),
+                    from_amount=captured,
+                    to_amount=exchanged,
+                )
+            )
+            rate = fx.rate_text(conversion.exchange_rate)
         transition.records.extend(
             balance.transaction_items(
                 derived_id("txn", charge_id, "capture"),
                 merchant_id=merchant_id,
                 kind="charge",
                 source=charge_id,
-                amount=captured,
+                amount=settled_amount,
                 fee=fee,
-                currency=currency,
+                currency=settled_in,
                 now=self.clock(),
                 description=item.get("description"),
+                presentment=(captured, currency),
+                exchange_rate=rate,
             )
         )
 
@@ -808,7 +865,7 @@ class ChargeService(MoneyService):
             return self._get(charge["id"]) or charge
         amount = record["amount"]
         merchant = caller.merchant if caller else self.merchant_of(charge["merchant"])
-        fee = merchant.fee_for(amount)
+        fee = capture_fee(merchant, charge, amount)
         txn_id = derived_id("txn", charge["id"], "capture")
         captured = {
             "amount_captured": amount,

@@ -21,14 +21,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from clearline import balance, ledger, listing
+from clearline import balance, fx, ledger, listing
 from clearline.audit import Caller
 from clearline.charges import CAPTURED, DUE_KEYS, DUE_PROCESSOR, MoneyService, charge_pk, due_keys
 from clearline.errors import ConflictError, InvalidRequestError, processor_unavailable
 from clearline.ids import derived_id
 from clearline.merchants import Merchant
 from clearline.models import BalanceTransaction, Dispute, Page
-from clearline.money import currency
 from clearline.params import DisputeUpdateParams, merged_metadata
 from clearline.processor import ProcessorDispute, ProcessorRejected, ProcessorUnavailable
 from clearline.transitions import Announcement, Change, Transition
@@ -56,12 +55,15 @@ CLOSED = frozenset({WARNING_CLOSED, WON, LOST})
 AWAITING_RESPONSE = frozenset({WARNING_NEEDS_RESPONSE, NEEDS_RESPONSE})
 # The due index's kind for disputes whose evidence deadline is coming.
 DUE_DISPUTE = "DISPUTE"
-DISPUTE_FEE_MAJOR_UNITS = 15  # charged on every chargeback, not returned when it is won
+DISPUTE_FEE_USD = 1500  # 15.00 USD, or its equivalent: charged on every chargeback, kept if won
 
 
-def dispute_fee(currency_code: str) -> int:
-    """The dispute fee in the charge's currency's minor units."""
-    return DISPUTE_FEE_MAJOR_UNITS * 10 ** currency(currency_code).exponent
+def dispute_fee(rates: fx.RateBook, currency_code: str) -> int:
+    """The dispute fee in the merchant's settlement currency: 15.00 USD converted at today's
+    mid-market rate (stale rates refuse the dispute for now; the processor retries)."""
+    if currency_code == "usd":
+        return DISPUTE_FEE_USD
+    return ledger.exchange(DISPUTE_FEE_USD, rates.mid("usd", currency_code), "usd", currency_code)
 
 
 def dispute_id_of(processor_dispute_id: str) -> str:
@@ -122,6 +124,10 @@ def _applied(item: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
 
 
 class DisputeService(MoneyService):
+    @property
+    def rates(self) -> fx.RateBook:
+        return fx.RateBook(self.store, self.clock)
+
     # ---- from the processor ---------------------------------------------------------------
 
     def receive(self, notice: ProcessorDispute) -> Dispute:
@@ -234,34 +240,47 @@ class DisputeService(MoneyService):
         charge is not refundable while it stands. Mutates the transition and `dispute`'s
         last change (the dispute item's new balance transaction)."""
         merchant, cur, amount = dispute["merchant"], dispute["currency"], dispute["amount"]
-        fee = dispute_fee(cur)
+        conversion = fx.Conversion.from_item(charge.get("fx"))
+        settled_in = conversion.to_currency if conversion else cur
+        fee = dispute_fee(self.rates, settled_in)
         txn_id = withdrawal_txn_id(dispute["id"])
+        journal = ledger.Journal(
+            id=derived_id("jnl", dispute["id"], "withdrawal"),
+            currency=cur,
+            entries=ledger.dispute_withdrawal_entries(merchant, cur, amount, fee),
+            charge_id=charge["id"],
+            merchant_id=merchant,
+            operation="dispute.withdrawal",
+            created=int(now),
+            source=dispute["id"],
+        )
+        journals, withdrawn_amount = [journal], amount
+        if conversion is not None:  # at the charge's rate; the market's move is ours
+            journals, withdrawn_amount = fx.moved_again(
+                conversion,
+                journal,
+                amount=amount,
+                leaving=True,
+                market_rate=self.rates.mid(cur, settled_in),
+                fee=fee,
+            )
         txn_items = balance.transaction_items(
             txn_id,
             merchant_id=merchant,
             kind="adjustment",
             source=dispute["id"],
-            amount=-amount,
+            amount=-withdrawn_amount,
             fee=fee,
-            currency=cur,
+            currency=settled_in,
             now=now,
             description=f"Chargeback withdrawal for {charge['id']}",
             reporting_category="dispute",
             fee_description="Dispute fee",
+            presentment=(amount, cur),
+            exchange_rate=fx.rate_text(conversion.exchange_rate) if conversion else None,
         )
         transition.records.extend(txn_items)
-        transition.journals.append(
-            ledger.Journal(
-                id=derived_id("jnl", dispute["id"], "withdrawal"),
-                currency=cur,
-                entries=ledger.dispute_withdrawal_entries(merchant, cur, amount, fee),
-                charge_id=charge["id"],
-                merchant_id=merchant,
-                operation="dispute.withdrawal",
-                created=int(now),
-                source=dispute["id"],
-            )
-        )
+        transition.journals.extend(journals)
         snapshot = BalanceTransaction.from_item(txn_items[0]).snapshot()
         self._record_txn(transition, dispute, txn_id, snapshot)
         charge_change = next(c for c in transition.changes if c.sk == "CHARGE")
@@ -421,17 +440,40 @@ class DisputeService(MoneyService):
         assert charge is not None, "a dispute always has its charge"
         now = self.clock()
         txn_id = reinstatement_txn_id(item["id"])
+        journal = ledger.Journal(
+            id=derived_id("jnl", item["id"], "reinstatement"),
+            currency=cur,
+            entries=ledger.dispute_reinstatement_entries(merchant, cur, amount),
+            charge_id=charge["id"],
+            merchant_id=merchant,
+            operation="dispute.reinstatement",
+            created=int(now),
+            source=item["id"],
+        )
+        journals, reinstated, settled_in = [journal], amount, cur
+        conversion = fx.Conversion.from_item(charge.get("fx"))
+        if conversion is not None:
+            settled_in = conversion.to_currency
+            journals, reinstated = fx.moved_again(
+                conversion,
+                journal,
+                amount=amount,
+                leaving=False,
+                market_rate=self.rates.mid(cur, settled_in),
+            )
         txn_items = balance.transaction_items(
             txn_id,
             merchant_id=merchant,
             kind="adjustment",
             source=item["id"],
-            amount=amount,
+            amount=reinstated,
             fee=0,
-            currency=cur,
+            currency=settled_in,
             now=now,
             description=f"Chargeback reversal for {charge['id']}",
             reporting_category="dispute_reversal",
+            presentment=(amount, cur),
+            exchange_rate=fx.rate_text(conversion.exchange_rate) if conversion else None,
         )
         snapshot = BalanceTransaction.from_item(txn_items[0]).snapshot()
         won = {
@@ -470,18 +512,7 @@ class DisputeService(MoneyService):
                     previous=Dispute.from_item(item),
                 ),
             ],
-            journals=[
-                ledger.Journal(
-                    id=derived_id("jnl", item["id"], "reinstatement"),
-                    currency=cur,
-                    entries=ledger.dispute_reinstatement_entries(merchant, cur, amount),
-                    charge_id=charge["id"],
-                    merchant_id=merchant,
-                    operation="dispute.reinstatement",
-                    created=int(now),
-                    source=item["id"],
-                )
-            ],
+            journals=journals,
             records=txn_items,
         )
         return self.writer.commit(transition) is None

@@ -9,6 +9,15 @@ Accounts (one per currency; see the README's chart of accounts):
 - `payouts_in_transit:{merchant}:{cur}` liability: paid out, on its way to the merchant's bank
 - `settlement_cash:{cur}`             asset: cash at our bank
 - `processor_fees:{cur}`              expense: what the processor keeps
+- `fx_liquidity:{cur}`                the FX desk: money of one currency exchanged for another
+- `fx_fee_revenue:{cur}`              income: the FX fee, in the settlement currency
+- `fx_gain_loss:{cur}`                income (credit) or expense (debit): a refund or dispute
+  of a converted charge goes back at the charge's rate; what the market moved since is ours
+
+A conversion is two journals, each balanced in its own currency and written in the same
+transaction (TigerBeetle's linked transfers through a liquidity account): money in the
+customer's currency goes to `fx_liquidity:{from}`, and `fx_liquidity:{to}` pays out its
+equivalent at the rate used. Each leg names the other and the rate in its `fx` details.
 
 Entries are posted (money moved) or pending (an authorization hold, as TigerBeetle's
 pending transfers): a hold is later posted or voided by a new journal, never by changing
@@ -23,9 +32,11 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
+from clearline.money import CURRENCIES
 from clearline.store import Store, Write
 
 Direction = Literal["debit", "credit"]
@@ -59,6 +70,18 @@ def processor_fees(currency: str) -> str:
 
 def payouts_in_transit(merchant_id: str, currency: str) -> str:
     return f"payouts_in_transit:{merchant_id}:{currency}"
+
+
+def fx_liquidity(currency: str) -> str:
+    return f"fx_liquidity:{currency}"
+
+
+def fx_fee_revenue(currency: str) -> str:
+    return f"fx_fee_revenue:{currency}"
+
+
+def fx_gain_loss(currency: str) -> str:
+    return f"fx_gain_loss:{currency}"
 
 
 @dataclass(frozen=True)
@@ -222,31 +245,6 @@ def refund_entries(merchant_id: str, currency: str, amount: int) -> tuple[Entry,
     )
 
 
-def settle_capture_entries(
-    merchant_id: str, currency: str, amount: int, processor_fee: int, merchant_net: int
-) -> tuple[Entry, ...]:
-    """The processor paid a capture: cash in (less its fee) against the receivable, and the
-    merchant's share moves from pending to available."""
-    return (
-        Entry(settlement_cash(currency), "debit", amount - processor_fee),
-        Entry(processor_fees(currency), "debit", processor_fee),
-        Entry(processor_receivable(currency), "credit", amount),
-        Entry(merchant_payable(merchant_id, currency), "debit", merchant_net),
-        Entry(merchant_available(merchant_id, currency), "credit", merchant_net),
-    )
-
-
-def settle_refund_entries(merchant_id: str, currency: str, amount: int) -> tuple[Entry, ...]:
-    """The processor took back a refund: cash out against the receivable, and the refund
-    moves from the merchant's pending balance to their available balance."""
-    return (
-        Entry(processor_receivable(currency), "debit", amount),
-        Entry(settlement_cash(currency), "credit", amount),
-        Entry(merchant_payable(merchant_id, currency), "credit", amount),
-        Entry(merchant_available(merchant_id, currency), "debit", amount),
-    )
-
-
 def dispute_withdrawal_entries(
     merchant_id: str, currency: str, amount: int, fee: int
 ) -> tuple[Entry, ...]:
@@ -270,31 +268,36 @@ def dispute_reinstatement_entries(
     )
 
 
-def settle_dispute_entries(
-    merchant_id: str, currency: str, amount: int, processor_fee: int, merchant_net: int
+def processor_settled_entries(
+    currency: str, amount: int, processor_fee: int, *, inbound: bool
 ) -> tuple[Entry, ...]:
-    """The processor's settlement took a chargeback (and its own dispute fee) out of its
-    payment: cash out against the receivable, and the merchant's debit (`merchant_net`,
-    negative) moves from pending to available."""
+    """The processor's settlement reported a movement, in the currency it moved: a capture
+    or won dispute (`inbound`) paid in, less its fee; a refund or chargeback taken out, with
+    its fee; either way against the receivable."""
+    if inbound:
+        return (
+            Entry(settlement_cash(currency), "debit", amount - processor_fee),
+            Entry(processor_fees(currency), "debit", processor_fee),
+            Entry(processor_receivable(currency), "credit", amount),
+        )
     return (
         Entry(processor_receivable(currency), "debit", amount),
         Entry(processor_fees(currency), "debit", processor_fee),
         Entry(settlement_cash(currency), "credit", amount + processor_fee),
-        Entry(merchant_available(merchant_id, currency), "debit", -merchant_net),
-        Entry(merchant_payable(merchant_id, currency), "credit", -merchant_net),
     )
 
 
-def settle_dispute_reversal_entries(
-    merchant_id: str, currency: str, amount: int
-) -> tuple[Entry, ...]:
-    """The processor paid a won dispute back: cash in, and the merchant's credit moves
-    from pending to available."""
+def available_entries(merchant_id: str, currency: str, net: int) -> tuple[Entry, ...]:
+    """A settled movement's effect on the merchant (`net`, negative for money out) moves from
+    their pending balance to their available balance."""
+    if net >= 0:
+        return (
+            Entry(merchant_payable(merchant_id, currency), "debit", net),
+            Entry(merchant_available(merchant_id, currency), "credit", net),
+        )
     return (
-        Entry(settlement_cash(currency), "debit", amount),
-        Entry(processor_receivable(currency), "credit", amount),
-        Entry(merchant_payable(merchant_id, currency), "debit", amount),
-        Entry(merchant_available(merchant_id, currency), "credit", amount),
+        Entry(merchant_available(merchant_id, currency), "debit", -net),
+        Entry(merchant_payable(merchant_id, currency), "credit", -net),
     )
 
 
@@ -320,6 +323,105 @@ def payout_return_entries(merchant_id: str, currency: str, amount: int) -> tuple
         Entry(payouts_in_transit(merchant_id, currency), "debit", amount),
         Entry(merchant_available(merchant_id, currency), "credit", amount),
     )
+
+
+# ---- conversions: each leg balanced in its own currency -----------------------------------
+
+
+def fx_in_entries(currency: str, amount: int) -> tuple[Entry, ...]:
+    """Money arriving in the customer's currency (a capture, a won dispute) is exchanged:
+    the processor owes it to us, and it goes to the FX desk."""
+    return (
+        Entry(processor_receivable(currency), "debit", amount),
+        Entry(fx_liquidity(currency), "credit", amount),
+    )
+
+
+def fx_out_entries(currency: str, amount: int) -> tuple[Entry, ...]:
+    """Money leaving in the customer's currency (a refund, a chargeback) comes from the FX
+    desk."""
+    return (
+        Entry(fx_liquidity(currency), "debit", amount),
+        Entry(processor_receivable(currency), "credit", amount),
+    )
+
+
+def _gain_or_loss(currency: str, gain: int) -> tuple[Entry, ...]:
+    if gain == 0:
+        return ()
+    return (Entry(fx_gain_loss(currency), "credit" if gain > 0 else "debit", abs(gain)),)
+
+
+def fx_settled_in_entries(
+    merchant_id: str,
+    currency: str,
+    *,
+    exchanged: int,
+    to_merchant: int,
+    fee: int = 0,
+    fx_fee: int = 0,
+) -> tuple[Entry, ...]:
+    """The settlement side of money arriving: the FX desk pays out `exchanged`; the merchant
+    is owed `to_merchant` less our `fee`, the FX fee is revenue, and whatever is left (the
+    market moved since the charge's rate was locked) is our gain or loss."""
+    return (
+        Entry(fx_liquidity(currency), "debit", exchanged),
+        Entry(merchant_payable(merchant_id, currency), "credit", to_merchant - fee),
+        Entry(fee_revenue(currency), "credit", fee),
+        Entry(fx_fee_revenue(currency), "credit", fx_fee),
+        *_gain_or_loss(currency, exchanged - to_merchant - fx_fee),
+    )
+
+
+def fx_settled_out_entries(
+    merchant_id: str, currency: str, *, exchanged: int, from_merchant: int, fee: int = 0
+) -> tuple[Entry, ...]:
+    """The settlement side of money leaving: the merchant gives back `from_merchant` (at the
+    charge's rate) and our `fee`; buying the customer's currency back costs `exchanged` at
+    today's rate, and the difference is our gain or loss, never the merchant's."""
+    return (
+        Entry(merchant_payable(merchant_id, currency), "debit", from_merchant + fee),
+        Entry(fee_revenue(currency), "credit", fee),
+        Entry(fx_liquidity(currency), "credit", exchanged),
+        *_gain_or_loss(currency, from_merchant - exchanged),
+    )
+
+
+def exchange(amount: int, rate: Decimal, from_currency: str, to_currency: str) -> int:
+    """`amount` minor units of one currency at `rate`, in minor units of the other, rounded
+    half-even once: 10.00 eur at 1.0869565 is 1087 usd cents; 1000 jpy at 0.006611570 is
+    661 cents; 1.000 kwd at 3.252032520 is 325 cents."""
+    shift = CURRENCIES[to_currency].exponent - CURRENCIES[from_currency].exponent
+    exact = (Decimal(amount) * rate).scaleb(shift)
+    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def linked(
+    customer_leg: Journal,
+    settlement_leg: Journal,
+    *,
+    rate: str,
+    from_amount: int,
+    to_amount: int,
+) -> list[Journal]:
+    """Two legs of one conversion, each naming the other and the rate the FX desk used."""
+    facts = {
+        "from_currency": customer_leg.currency,
+        "to_currency": settlement_leg.currency,
+        "from_amount": from_amount,
+        "to_amount": to_amount,
+        "rate": rate,
+    }
+    return [
+        replace(
+            customer_leg,
+            details={**customer_leg.details, "fx": {**facts, "counterpart": settlement_leg.id}},
+        ),
+        replace(
+            settlement_leg,
+            details={**settlement_leg.details, "fx": {**facts, "counterpart": customer_leg.id}},
+        ),
+    ]
 
 
 # ---- balances and verification ------------------------------------------------------------
@@ -431,6 +533,7 @@ def verify(store: Store) -> VerifyReport:
     from_shards: dict[str, AccountBalance] = {}
     charges: dict[str, dict[str, Any]] = {}
     journals_by_charge: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    conversions: dict[str, dict[str, Any]] = {}
     for item in store.scan():
         if item["sk"] == "CHARGE":
             charges[item["id"]] = item
@@ -439,6 +542,8 @@ def verify(store: Store) -> VerifyReport:
             if item["charge"]:  # a payout's journals belong to no charge
                 journals_by_charge[item["charge"]].append(item)
             sums = _check_journal(item, report)
+            if item.get("fx"):
+                conversions[item["id"]] = item
             for entry in item["entries"]:
                 balance = from_entries.setdefault(
                     entry["account"], AccountBalance(entry["account"])
@@ -462,4 +567,48 @@ def verify(store: Store) -> VerifyReport:
     report.charges = len(charges)
     for charge_id, charge in charges.items():
         _check_charge(charge, journals_by_charge.get(charge_id, []), report)
+    for journal in conversions.values():
+        _check_conversion(journal, conversions, report)
+    for currency, totals in sorted(report.totals.items()):
+        if totals["debits"] != totals["credits"]:
+            report.violations.append(
+                f"{currency}: debits {totals['debits']} != credits {totals['credits']}"
+            )
     return report
+
+
+def _liquidity_moved(journal: dict[str, Any]) -> int:
+    account = fx_liquidity(journal["currency"])
+    return sum(e["amount"] for e in journal["entries"] if e["account"] == account)
+
+
+def _check_conversion(
+    journal: dict[str, Any], conversions: dict[str, dict[str, Any]], report: VerifyReport
+) -> None:
+    """Each leg of a conversion names the other, both state the same facts, each moved its
+    side through its currency's FX desk, and the rate turns one amount into the other."""
+    fx, name = journal["fx"], journal["id"]
+    other = conversions.get(fx["counterpart"])
+    if other is None or other["fx"].get("counterpart") != name:
+        report.violations.append(f"{name}: its conversion's other leg does not name it")
+        return
+    facts = ("from_currency", "to_currency", "from_amount", "to_amount", "rate")
+    if any(str(fx[f]) != str(other["fx"][f]) for f in facts):
+        report.violations.append(f"{name}: its legs disagree on the conversion")
+    customer_side = journal["currency"] == fx["from_currency"]
+    if not customer_side and journal["currency"] != fx["to_currency"]:
+        report.violations.append(f"{name}: a leg in neither currency of its conversion")
+        return
+    expected = int(fx["from_amount"] if customer_side else fx["to_amount"])
+    if _liquidity_moved(journal) != expected:
+        report.violations.append(
+            f"{name}: the FX desk moved {_liquidity_moved(journal)}, the conversion says {expected}"
+        )
+    converted = exchange(
+        int(fx["from_amount"]), Decimal(str(fx["rate"])), fx["from_currency"], fx["to_currency"]
+    )
+    if converted != int(fx["to_amount"]):
+        report.violations.append(
+            f"{name}: {fx['from_amount']} {fx['from_currency']} at {fx['rate']} is {converted}, "
+            f"not {fx['to_amount']}"
+        )

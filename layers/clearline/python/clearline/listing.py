@@ -48,6 +48,7 @@ _queries = ThreadPoolExecutor(max_workers=8, thread_name_prefix="list-shard")
 
 # id prefix -> (pk prefix, sk, the name Stripe uses in "No such ...")
 KINDS = {
+    "fxq": ("FXQUOTE#", "FXQUOTE", "fx_quote"),
     "ch": ("CHARGE#", "CHARGE", "charge"),
     "re": ("REFUND#", "REFUND", "refund"),
     "txn": ("TXN#", "TXN", "balance transaction"),

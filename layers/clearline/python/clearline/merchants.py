@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from clearline.errors import AuthenticationError, InvalidRequestError
 from clearline.ids import new_id
-from clearline.money import percent_of
+from clearline.money import currency, percent_of
 from clearline.store import Store
 from clearline.transitions import Change, Transition, TransitionWriter
 from clearline.versions import CURRENT_VERSION
@@ -34,6 +34,10 @@ class Merchant:
     created: int
     livemode: bool = False
     api_version: str = CURRENT_VERSION  # pinned at creation, Stripe's way
+    # The currencies the merchant is paid in, the default first: a charge in any other
+    # converts into the default (or into the one its FX quote names).
+    settlement_currencies: tuple[str, ...] = ("usd",)
+    fx_fee_basis_points: int = 100  # 1%: what converting a payment costs the merchant
 
     def fee_for(self, amount: int) -> int:
         return min(amount, percent_of(amount, self.fee_basis_points) + self.fee_fixed)
@@ -61,6 +65,8 @@ def create_merchant(
     fee_percent: float = 2.9,
     fee_fixed: int = 30,
     livemode: bool = False,
+    settlement_currencies: Sequence[str] = ("usd",),
+    fx_fee_percent: float = 1.0,
 ) -> NewMerchant:
     """A merchant and its keys. A live-mode merchant's keys say so (`sk_live_`, as Stripe's
     do), and its webhooks always get the strict rules: https to public addresses only."""
@@ -70,6 +76,19 @@ def create_merchant(
         raise InvalidRequestError("fee_percent must be between 0 and 100.", param="fee_percent")
     if fee_fixed < 0:
         raise InvalidRequestError("fee_fixed must not be negative.", param="fee_fixed")
+    if not 0 <= fx_fee_percent <= 10:
+        raise InvalidRequestError(
+            "fx_fee_percent must be between 0 and 10.", param="fx_fee_percent"
+        )
+    held = tuple(
+        dict.fromkeys(
+            currency(c, param="settlement_currencies").code for c in settlement_currencies
+        )
+    )
+    if not held:
+        raise InvalidRequestError(
+            "A merchant needs a settlement currency.", param="settlement_currencies"
+        )
     merchant = Merchant(
         id=new_id("acct"),
         name=name.strip(),
@@ -77,6 +96,8 @@ def create_merchant(
         fee_fixed=fee_fixed,
         created=int(time.time()),
         livemode=livemode,
+        settlement_currencies=held,
+        fx_fee_basis_points=round(fx_fee_percent * 100),
     )
     mode = "live" if livemode else "test"
     secret_key, publishable_key = _new_key(f"sk_{mode}_"), _new_key(f"pk_{mode}_")
@@ -100,9 +121,10 @@ def create_merchant(
 
 def _merchant_of(record: dict[str, Any]) -> Merchant:
     # Fields added since a record was written take their defaults.
-    return Merchant(
-        **{name: record[name] for name in Merchant.__dataclass_fields__ if name in record}
-    )
+    fields = {name: record[name] for name in Merchant.__dataclass_fields__ if name in record}
+    if "settlement_currencies" in fields:
+        fields["settlement_currencies"] = tuple(fields["settlement_currencies"])
+    return Merchant(**fields)
 
 
 def get_merchant(store: Store, merchant_id: str) -> Merchant | None:

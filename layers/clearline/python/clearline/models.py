@@ -126,6 +126,9 @@ class Charge(Model):
     receipt_token: str | None = None
     refunds: tuple[Refund, ...] = ()
     disputed: bool = False  # true once disputed, whatever the outcome
+    # Where the charge settles, when that is not its own currency: what it converts at.
+    settlement_currency: str | None = None
+    exchange_rate: str | None = None
 
     @property
     def status(self) -> str:
@@ -175,10 +178,32 @@ class BalanceTransaction(Model):
     # Stripe's finer category where the type is broad (an adjustment: dispute, dispute_reversal).
     reporting_category: str | None = None
     fee_description: str | None = None
+    exchange_rate: str | None = None  # decimal text, when the money was converted
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> BalanceTransaction:
         return cls.model_validate(item)
+
+
+class FxQuoteRate(Model):
+    exchange_rate: str  # decimal text: the base rate less the fee and lock premium
+    base_rate: str
+    fx_fee_rate: str
+    duration_premium: str
+
+
+class FxQuote(Model):
+    kind: Literal["fx_quote"] = "fx_quote"
+    id: str
+    merchant: str
+    created: int
+    to_currency: str
+    lock_duration: str
+    lock_expires_at: int | None
+    lock_status: str  # active, expired, none
+    rates: dict[str, FxQuoteRate]
+    rates_as_of: int
+    usage: dict[str, Any]
 
 
 class BalanceAmount(Model):

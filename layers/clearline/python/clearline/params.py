@@ -156,6 +156,8 @@ class ChargeCreateParams(Params):
     expand: list[String] = Field(default_factory=list)
     # A Clearline extension: capture this authorization automatically at this Unix time.
     capture_at: Integer | None = None
+    # A Clearline extension, as PaymentIntent's: convert at this quote's locked rate.
+    fx_quote: String | None = None
 
 
 class ChargeCaptureParams(Params):
@@ -243,6 +245,8 @@ class PaymentIntentCreateParams(Params):
     off_session: Boolean | None = None
     # Where a customer who authenticated (3-D Secure) is sent back to.
     return_url: Annotated[String, Field(max_length=2048)] | None = None
+    # Converts the payment at this quote's locked rate.
+    fx_quote: String | None = None
     expand: list[String] = Field(default_factory=list)
 
 

@@ -33,7 +33,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from clearline import balance, ledger
@@ -372,10 +372,14 @@ class Reconciler:
         if txn is None:
             self._mismatch(report, row.mismatch(MISSING_LEDGER, f"no {row.type} {row.txn_id}"))
             return
-        if txn["currency"] != row.currency:
-            mismatch = row.mismatch(CURRENCY, f"ours {txn['currency']}, theirs {row.currency}")
-        elif abs(txn["amount"]) != row.amount:
-            mismatch = row.mismatch(AMOUNT, f"ours {abs(txn['amount'])}, theirs {row.amount}")
+        # The processor reports what it moved, in the customer's currency: a converted
+        # movement is matched on that, and settles the merchant's side in theirs.
+        moved_in = txn.get("presentment_currency", txn["currency"])
+        moved = int(txn.get("presentment_amount", abs(txn["amount"])))
+        if moved_in != row.currency:
+            mismatch = row.mismatch(CURRENCY, f"ours {moved_in}, theirs {row.currency}")
+        elif moved != row.amount:
+            mismatch = row.mismatch(AMOUNT, f"ours {moved}, theirs {row.amount}")
         elif self._settle(report, row, txn):
             report.counts[MATCHED] += 1
             report.settled[row.currency] += row.amount
@@ -390,18 +394,16 @@ class Reconciler:
     def _settle(self, report: Report, row: Row, txn: dict[str, Any]) -> bool:
         """Post the row's settlement journal. False if another row already settled it."""
         merchant, cur = txn["merchant"], txn["currency"]
-        if row.type == "capture":
-            entries = ledger.settle_capture_entries(merchant, cur, row.amount, row.fee, txn["net"])
-        elif row.type == "dispute":
-            entries = ledger.settle_dispute_entries(merchant, cur, row.amount, row.fee, txn["net"])
-        elif row.type == "dispute_reversal":
-            entries = ledger.settle_dispute_reversal_entries(merchant, cur, row.amount)
-        else:
-            entries = ledger.settle_refund_entries(merchant, cur, row.amount)
+        inbound = row.type in ("capture", "dispute_reversal")
+        processor_fee = row.fee if row.type in ("capture", "dispute") else 0
+        processor_side = ledger.processor_settled_entries(
+            row.currency, row.amount, processor_fee, inbound=inbound
+        )
+        merchant_side = ledger.available_entries(merchant, cur, int(txn["net"]))
         journal = ledger.Journal(
             id=derived_id("jnl", txn["id"], "settlement"),
-            currency=cur,
-            entries=entries,
+            currency=row.currency,
+            entries=processor_side + merchant_side if row.currency == cur else processor_side,
             charge_id=row.charge_id,
             merchant_id=merchant,
             operation="settlement",
@@ -409,6 +411,16 @@ class Reconciler:
             source=txn["id"],
             details={"file": report.file, "etag": report.etag, "row": row.number},
         )
+        journals = [journal]
+        if row.currency != cur:  # converted: the merchant's side is in their currency
+            journals.append(
+                replace(
+                    journal,
+                    id=derived_id("jnl", txn["id"], "settlement", cur),
+                    currency=cur,
+                    entries=merchant_side,
+                )
+            )
         settled = Change(
             f"TXN#{txn['id']}",
             "TXN",
@@ -423,7 +435,7 @@ class Reconciler:
                 **awaiting_payout_keys(merchant, cur, txn["id"], self.clock()),
             },
         )
-        if self.writer.commit(Transition([settled], journals=[journal])) is None:
+        if self.writer.commit(Transition([settled], journals=journals)) is None:
             return True
         posted = self.store.get(f"CHARGE#{row.charge_id}", f"JOURNAL#{journal.id}") or {}
         # Posted by this same row of this same file in an interrupted earlier run: resumed.
@@ -449,8 +461,8 @@ class Reconciler:
                     None,
                     charge,
                     detail,
-                    abs(txn["amount"]),
-                    txn["currency"],
+                    int(txn.get("presentment_amount", abs(txn["amount"]))),
+                    txn.get("presentment_currency", txn["currency"]),
                 )
                 self._mismatch(report, missing)
 

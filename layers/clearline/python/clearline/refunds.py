@@ -12,10 +12,11 @@ refund.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
-from clearline import balance, ledger, listing
+from clearline import balance, fx, ledger, listing
 from clearline.audit import Caller
 from clearline.charges import (
     AUTHORIZED,
@@ -124,7 +125,10 @@ class RefundService(MoneyService):
             raise _charged_back(charge)
         amount = charge["refundable"] if params.amount is None else params.amount
         self._check_amount(charge, amount)
-        refund, record = self._reserve(caller, charge, refund_id, amount, params, idempotency_key)
+        market = fx.market_rate_item(self.store, charge)  # stale rates refuse it here
+        refund, record = self._reserve(
+            caller, charge, refund_id, amount, params, idempotency_key, market
+        )
         return self.settle(caller, refund, record, charge)
 
     def _charge_id(self, merchant: Merchant, params: RefundCreateParams) -> str:
@@ -200,9 +204,11 @@ class RefundService(MoneyService):
         amount: int,
         params: RefundCreateParams,
         idempotency_key: str,
+        market: dict[str, str],
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Write-ahead: the amount is reserved on the charge, and the refund and its operation
-        record stored pending with the processor key the refund will use."""
+        record stored pending with the processor key the refund will use (and, for a
+        converted charge, today's rate, which its FX gain or loss is booked at)."""
         now = self.clock()
         details = {
             "reason": params.reason,
@@ -212,6 +218,7 @@ class RefundService(MoneyService):
         refund = {
             **self._new_refund(caller.merchant.id, charge, refund_id, amount, details, now),
             "status": PENDING,
+            **market,
         }
         record = operation_record(
             charge,
@@ -437,6 +444,27 @@ class RefundService(MoneyService):
             "refunds": {**charge.get("refunds", {}), refund["id"]: embedded(done)},
         }
         now = self.clock()
+        journal = ledger.Journal(
+            id=derived_id("jnl", refund["id"], "refund"),
+            currency=cur,
+            entries=ledger.refund_entries(merchant_id, cur, amount),
+            charge_id=charge["id"],
+            merchant_id=merchant_id,
+            operation="refund",
+            created=int(now),
+            source=refund["id"],
+        )
+        journals, settled_amount, settled_in = [journal], amount, cur
+        conversion = fx.Conversion.from_item(charge.get("fx"))
+        if conversion is not None:  # back at the charge's rate; the market's move is ours
+            journals, settled_amount = fx.moved_again(
+                conversion,
+                journal,
+                amount=amount,
+                leaving=True,
+                market_rate=Decimal(refund["fx_market_rate"]),
+            )
+            settled_in = conversion.to_currency
         transition = Transition(
             [
                 Change(
@@ -463,27 +491,18 @@ class RefundService(MoneyService):
             ],
             caller,
             _refund_events(merchant_id, done, refunded, "refund.updated"),
-            journals=[
-                ledger.Journal(
-                    id=derived_id("jnl", refund["id"], "refund"),
-                    currency=cur,
-                    entries=ledger.refund_entries(merchant_id, cur, amount),
-                    charge_id=charge["id"],
-                    merchant_id=merchant_id,
-                    operation="refund",
-                    created=int(now),
-                    source=refund["id"],
-                )
-            ],
+            journals=journals,
             records=balance.transaction_items(
                 txn_id,
                 merchant_id=merchant_id,
                 kind="refund",
                 source=refund["id"],
-                amount=-amount,
+                amount=-settled_amount,
                 fee=0,
-                currency=cur,
+                currency=settled_in,
                 now=now,
+                presentment=(amount, cur),
+                exchange_rate=fx.rate_text(conversion.exchange_rate) if conversion else None,
             ),
         )
         if self.writer.commit(transition) is not None:  # finished by a concurrent retry
