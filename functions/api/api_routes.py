@@ -45,6 +45,7 @@ from clearline.errors import (
     UnknownUrlError,
 )
 from clearline.forms import body_bytes, decode, parse_body
+from clearline.fx import FxQuoteService, RateBook
 from clearline.idempotency import IdempotentRequests, Reply, check_key
 from clearline.ledger import ShardPolicy
 from clearline.logs import new_logger
@@ -59,6 +60,7 @@ from clearline.params import (
     CustomerUpdateParams,
     DisputeCloseParams,
     DisputeUpdateParams,
+    FxQuoteCreateParams,
     P,
     PaymentIntentCancelParams,
     PaymentIntentCaptureParams,
@@ -121,6 +123,7 @@ class Services:
     payment_methods: PaymentMethodService
     disputes: DisputeService
     payouts: PayoutService
+    fx_quotes: FxQuoteService
     webhook_endpoints: WebhookEndpoints
     idempotency: IdempotentRequests
     keys: KeyCache
@@ -165,6 +168,7 @@ def services() -> Services:
             None,
             shards,
         ),
+        FxQuoteService(store, RateBook(store)),
         WebhookEndpoints(store, secrets=secret_box, egress=EgressPolicy.from_settings(settings)),
         idempotency,
         KeyCache(),
@@ -1218,6 +1222,36 @@ def list_payouts(
         arrival=listing.Created(*arrival) if any(v is not None for v in arrival) else None,
     )
     return respond(merchant, page, "list:payout", url="/v1/payouts")
+
+
+@app.post("/v1/fx_quotes")
+def create_fx_quote() -> Response[dict[str, Any]]:
+    return idempotent_post(
+        FxQuoteCreateParams,
+        lambda who, params, _: services().fx_quotes.create(who.merchant, params),
+        "fx_quote",
+        "FxQuoteCreated",
+    )
+
+
+@app.get("/v1/fx_quotes/<quote_id>")
+def retrieve_fx_quote(quote_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    return respond(merchant, services().fx_quotes.retrieve(merchant, quote_id), "fx_quote")
+
+
+@app.get("/v1/fx_quotes")
+def list_fx_quotes(
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    page = services().fx_quotes.list(
+        merchant, limit=limit, starting_after=starting_after, ending_before=ending_before
+    )
+    return respond(merchant, page, "list:fx_quote", url="/v1/fx_quotes")
 
 
 # ---- operators' routes (IAM-authorized by the gateway) ---------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from pydantic import BaseModel
 
-from clearline import disputes, payouts
+from clearline import disputes, fx, payouts
 from clearline.idempotency import KEY_MAX_LENGTH
 from clearline.money import CURRENCIES, MAX_AMOUNT
 from clearline.params import (
@@ -36,6 +36,7 @@ from clearline.params import (
     CustomerUpdateParams,
     DisputeCloseParams,
     DisputeUpdateParams,
+    FxQuoteCreateParams,
     PaymentIntentCancelParams,
     PaymentIntentCaptureParams,
     PaymentIntentConfirmParams,
@@ -424,6 +425,29 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "payout_list",
         description="The merchant's payouts and the daily automatic ones (`automatic: true`); "
         "filter by `status`, `created` or `arrival_date`.",
+    ),
+    ("post", "/v1/fx_quotes"): Operation(
+        "create_fx_quote",
+        "FX quotes",
+        "Quote and lock exchange rates",
+        "fx_quote",
+        FxQuoteCreateParams,
+        "Rates from each of `from_currencies` to `to_currency` (one of the merchant's "
+        "settlement currencies): the mid-market `base_rate`, less the merchant's FX fee and a "
+        "premium for the lock. With `lock_duration` `five_minutes`, `hour` or `day`, a charge "
+        "or PaymentIntent created with `fx_quote` before `lock_expires_at` converts at exactly "
+        "`exchange_rate`; a quote without a lock only informs. Stale rates are a 503, "
+        "`fx_rates_unavailable`: retry shortly.",
+    ),
+    ("get", "/v1/fx_quotes/{quote_id}"): Operation(
+        "retrieve_fx_quote", "FX quotes", "Retrieve an FX quote", "fx_quote"
+    ),
+    ("get", "/v1/fx_quotes"): Operation(
+        "list_fx_quotes",
+        "FX quotes",
+        "List FX quotes, newest first",
+        "fx_quote_list",
+        description="The merchant's quotes; `lock_status` says which may still be used.",
     ),
     ("post", "/v1/webhook_endpoints"): Operation(
         "create_webhook_endpoint",
@@ -859,6 +883,10 @@ def _payment_intent_schema() -> Schema:
             "currency": _STR,
             "customer": _expandable("customer", nullable=True),
             "description": _STR_OR_NULL,
+            "fx_quote": {
+                **_STR_OR_NULL,
+                "description": "The FX quote (`fxq_...`) its charge converts at, if any.",
+            },
             "last_payment_error": _nullable("object"),
             "latest_charge": _expandable("charge", nullable=True),
             "livemode": _BOOL,
@@ -960,6 +988,50 @@ def _dispute_schema() -> Schema:
             "status": {"type": "string", "enum": sorted(disputes.STATUSES)},
         },
         description="A charge the cardholder's bank contests.",
+    )
+
+
+def _fx_quote_schema() -> Schema:
+    number = {"type": "number"}
+    rate = _obj(
+        {
+            "exchange_rate": {
+                **number,
+                "description": "What one unit of the source currency converts to, FX fee and "
+                "lock premium taken.",
+            },
+            "rate_details": _obj(
+                {
+                    "base_rate": {**number, "description": "The mid-market rate."},
+                    "duration_premium": {**number, "description": "The cost of the lock."},
+                    "fx_fee_rate": {**number, "description": "The merchant's FX fee."},
+                    "reference_rate": _nullable("number"),
+                    "reference_rate_provider": _STR_OR_NULL,
+                }
+            ),
+        }
+    )
+    return _obj(
+        {
+            "id": {"type": "string", "pattern": "^fxq_"},
+            "object": _const("fx_quote"),
+            "created": _INT,
+            "livemode": _BOOL,
+            "lock_duration": {"type": "string", "enum": list(fx.LOCK_SECONDS)},
+            "lock_expires_at": _INT_OR_NULL,
+            "lock_status": {"type": "string", "enum": ["active", "expired", "none"]},
+            "rates": {"type": "object", "additionalProperties": rate},
+            "to_currency": _STR,
+            "usage": _obj(
+                {
+                    "type": {"type": "string", "enum": ["payment"]},
+                    "payment": _nullable("object"),
+                    "transfer": _nullable("object"),
+                }
+            ),
+        },
+        description="Rates from one or more currencies to a settlement currency, locked for "
+        "a while for payments that name the quote.",
     )
 
 
@@ -1136,6 +1208,13 @@ def object_schemas() -> dict[str, Schema]:
                 "type": ["object", "null"],
                 "required": ["card", "type"],
                 "properties": {"card": card, "type": _const("card")},
+            },
+            "presentment_details": {
+                "type": ["object", "null"],
+                "required": ["presentment_amount", "presentment_currency"],
+                "properties": {"presentment_amount": _INT, "presentment_currency": _STR},
+                "description": "What the customer paid, when the merchant is paid in another "
+                "currency (the balance transaction says what they got, and at what rate).",
             },
             "receipt_url": {
                 **_STR_OR_NULL,
@@ -1329,6 +1408,8 @@ def object_schemas() -> dict[str, Schema]:
         "dispute_list": _list_of("dispute", "A page of disputes."),
         "payout": _payout_schema(),
         "payout_list": _list_of("payout", "A page of payouts."),
+        "fx_quote": _fx_quote_schema(),
+        "fx_quote_list": _list_of("fx_quote", "A page of FX quotes."),
         "webhook_endpoint_list": _list_of("webhook_endpoint", "A page of webhook endpoints."),
         "error": error,
     }

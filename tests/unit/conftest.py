@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
+from clearline import fx
 from clearline.config import WEBHOOK_SECRETS_KEY_ENV
 from clearline.store import Store
 from clearline.topology import MAIN_TABLE, TOPOLOGY
 from clearline_local.provision import provision_tables, provision_webhook_secrets_key
 from clearline_local.sandbox_processor import SandboxProcessor
+from clearline_local.sandbox_rates import BASE_RATES
 
 
 @pytest.fixture
@@ -41,6 +45,21 @@ def aws() -> Iterator[Any]:
 @pytest.fixture
 def store(aws: Any) -> Store:
     return Store(MAIN_TABLE.name, aws)
+
+
+def record_rates(store: Store, as_of: float | None = None) -> fx.RateSheet:
+    """The sandbox provider's rates, stored as the rates function stores them."""
+    sheet = fx.RateSheet(
+        int(time.time() if as_of is None else as_of),
+        {code: Decimal(rate) for code, rate in BASE_RATES.items()},
+    )
+    fx.RateBook(store).record(sheet)
+    return sheet
+
+
+@pytest.fixture
+def rates(store: Store) -> fx.RateSheet:
+    return record_rates(store)
 
 
 @pytest.fixture(scope="session")

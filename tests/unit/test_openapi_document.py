@@ -50,6 +50,7 @@ from clearline_local.provision import (
 from clearline_local.sandbox_bank import SUCCEEDING_ACCOUNT
 from clearline_local.sandbox_processor import SandboxProcessor
 from presentation.links import PUBLIC_URL_ENV
+from tests.unit.conftest import record_rates
 from tests.unit.in_process_vault import in_process_vault
 
 POST_ERRORS = {"400", "401", "402", "404", "409", "413", "429", "503"}
@@ -148,7 +149,7 @@ def test_every_post_documents_its_body_form_and_json_and_the_idempotency_key(
     doc: dict[str, Any],
 ) -> None:
     posts = [(path, op) for method, path, op in operations(doc) if method == "post"]
-    assert len(posts) == 23
+    assert len(posts) == 24
     for path, op in posts:
         content = op["requestBody"]["content"]
         form = content["application/x-www-form-urlencoded"]
@@ -315,6 +316,8 @@ def test_every_200_names_an_object_schema(doc: dict[str, Any]) -> None:
         "dispute_list",
         "payout",
         "payout_list",
+        "fx_quote",
+        "fx_quote_list",
         "refund_list",
         "balance_transaction_list",
         "event_list",
@@ -470,6 +473,7 @@ def api(
     with in_process_vault(processor.url):
         api_routes.services.cache_clear()  # rebuild clients inside this test's moto account
         merchant = create_merchant(store, "Schema Shop")
+        record_rates(store)
         yield Api(handler, merchant.secret_key, doc, merchant.publishable_key, merchant.merchant.id)
     api_routes.services.cache_clear()
 
@@ -517,6 +521,32 @@ def test_every_object_the_api_returns_matches_its_schema(
         },
     )
     assert held["captured"] is False and held["balance_transaction"] is None
+    assert held["presentment_details"] == {
+        "presentment_amount": 3000,
+        "presentment_currency": "eur",
+    }
+    quote = api.ok(
+        "POST",
+        "/v1/fx_quotes",
+        "/v1/fx_quotes",
+        form={"from_currencies[0]": "jpy", "to_currency": "usd", "lock_duration": "hour"},
+    )
+    assert quote["lock_status"] == "active" and quote["rates"]["jpy"]["exchange_rate"] > 0
+    api.ok("GET", f"/v1/fx_quotes/{quote['id']}", "/v1/fx_quotes/{quote_id}")
+    api.ok("GET", "/v1/fx_quotes", "/v1/fx_quotes")
+    quoted = api.ok(
+        "POST",
+        "/v1/charges",
+        "/v1/charges",
+        form={"amount": "5000", "currency": "jpy", "source": "tok_visa", "fx_quote": quote["id"]},
+    )
+    converted = api.ok(
+        "GET",
+        f"/v1/balance_transactions/{quoted['balance_transaction']}",
+        "/v1/balance_transactions/{txn_id}",
+    )
+    assert converted["currency"] == "usd"
+    assert converted["exchange_rate"] == quote["rates"]["jpy"]["exchange_rate"]
     to_void = api.ok(
         "POST",
         "/v1/charges",
@@ -596,6 +626,7 @@ def test_every_object_the_api_returns_matches_its_schema(
     assert api.ok("GET", "/v1/balance", "/v1/balance")["pending"]
     txns = api.ok("GET", "/v1/balance_transactions", "/v1/balance_transactions")["data"]
     assert {t["type"] for t in txns} == {"charge", "refund"}
+    assert any(t["exchange_rate"] for t in txns)
     assert any(t["fee_details"] for t in txns)
     api.ok("GET", f"/v1/balance_transactions/{txns[0]['id']}", "/v1/balance_transactions/{txn_id}")
     events = api.ok("GET", "/v1/events?limit=100", "/v1/events")["data"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from clearline.ledger import Journal, exchange
 from clearline.merchants import Merchant
 from clearline.models import FxQuote, FxQuoteRate, Page
 from clearline.money import CURRENCIES, currency
+from clearline.params import FxQuoteCreateParams
 from clearline.store import Store, StoreUnavailable
 
 RATES_PK, LATEST_SK = "FXRATES", "LATEST"
@@ -229,21 +230,13 @@ def settlement_currency(merchant: Merchant, presentment: str, quoted_to: str | N
 # ---- quotes ------------------------------------------------------------------------------
 
 
-@dataclass
-class QuoteRequest:
-    from_currencies: list[str]
-    to_currency: str
-    lock_duration: str = "none"
-    usage: dict[str, Any] = field(default_factory=lambda: {"type": "payment"})
-
-
 class FxQuoteService:
     def __init__(self, store: Store, rates: RateBook, clock: Callable[[], float] = time.time):
         self.store = store
         self.rates = rates
         self.clock = clock
 
-    def create(self, merchant: Merchant, request: QuoteRequest) -> FxQuote:
+    def create(self, merchant: Merchant, request: FxQuoteCreateParams) -> FxQuote:
         to_currency = currency(request.to_currency, param="to_currency").code
         if to_currency not in merchant.settlement_currencies:
             raise InvalidRequestError(
@@ -292,7 +285,7 @@ class FxQuoteService:
             "lock_expires_at": int(now) + lock if lock else None,
             "rates": rates,
             "rates_as_of": sheet.as_of,
-            "usage": request.usage,
+            "usage": request.usage.model_dump(mode="json"),
         }
         try:
             self.store.put(item, if_new=True)

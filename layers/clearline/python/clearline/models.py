@@ -306,6 +306,7 @@ class PaymentIntent(Model):
     capture_method: str = "automatic"
     customer: str | None = None
     description: str | None = None
+    fx_quote: str | None = None  # the quote its charge converts at
     metadata: dict[str, str] = Field(default_factory=dict)
     receipt_email: str | None = None
     setup_future_usage: str | None = None

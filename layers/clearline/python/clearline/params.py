@@ -378,6 +378,24 @@ class PayoutCreateParams(Params):
     expand: list[String] = Field(default_factory=list)
 
 
+class FxQuotePaymentUsageParams(Params):
+    destination: String | None = None
+    on_behalf_of: String | None = None
+
+
+class FxQuoteUsageParams(Params):
+    type: Literal["payment"] = "payment"  # quotes lock rates for payments (no transfers yet)
+    payment: FxQuotePaymentUsageParams | None = None
+
+
+class FxQuoteCreateParams(Params):
+    from_currencies: Annotated[list[String], Field(min_length=1, max_length=5)]
+    to_currency: Annotated[String, Field(min_length=3, max_length=3)]
+    lock_duration: Literal["none", "five_minutes", "hour", "day"] = "none"
+    usage: FxQuoteUsageParams = Field(default_factory=FxQuoteUsageParams)
+    expand: list[String] = Field(default_factory=list)
+
+
 class PayoutUpdateParams(Params):
     metadata: MetadataUpdate | None = None
     expand: list[String] = Field(default_factory=list)

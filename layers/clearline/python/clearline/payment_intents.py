@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from clearline import listing
+from clearline import fx, listing
 from clearline.audit import Caller
 from clearline.charges import (
     AUTHORIZED,
@@ -131,6 +131,10 @@ class PaymentIntentService:
         check_charge_amount(params.amount, currency(params.currency))
         if params.customer is not None:
             CustomerService(self.store).chargeable(merchant.id, params.customer)
+        if params.fx_quote is not None:  # refused now if it cannot convert this payment
+            fx.conversion_for(
+                self.store, self.charges.rates, merchant, params.currency.lower(), params.fx_quote
+            )
         if params.off_session and not params.confirm:
             raise InvalidRequestError(
                 "off_session can only be sent with confirm=true.", param="off_session"
@@ -152,6 +156,7 @@ class PaymentIntentService:
             "capture_method": params.capture_method,
             "customer": params.customer,
             "description": params.description,
+            "fx_quote": params.fx_quote,
             "metadata": dict(params.metadata),
             "receipt_email": params.receipt_email,
             "setup_future_usage": params.setup_future_usage,
@@ -468,6 +473,7 @@ class PaymentIntentService:
             customer=item.get("customer"),
             description=item.get("description"),
             receipt_email=item.get("receipt_email"),
+            fx_quote=item.get("fx_quote"),
         )
         who = caller or Caller(self.charges.merchant_of(item["merchant"]), "resolver")
         try:

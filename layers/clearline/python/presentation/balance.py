@@ -32,7 +32,8 @@ def render_balance_transaction(txn: BalanceTransaction) -> dict[str, Any]:
         "created": txn.created,
         "currency": txn.currency,
         "description": txn.description,
-        "exchange_rate": None,
+        # Settlement-currency units per unit of what the customer paid, when converted.
+        "exchange_rate": float(txn.exchange_rate) if txn.exchange_rate else None,
         "fee": txn.fee,
         "fee_details": fee_details,
         "net": txn.net,

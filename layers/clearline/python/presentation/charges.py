@@ -107,6 +107,12 @@ def render_charge(charge: Charge, links: Links) -> dict[str, Any]:
         "payment_intent": charge.payment_intent,
         "payment_method": charge.payment_method_id if card else None,
         "payment_method_details": {"card": _card_details(card), "type": "card"} if card else None,
+        # What the customer saw, where the merchant is paid in another currency.
+        "presentment_details": (
+            {"presentment_amount": charge.amount, "presentment_currency": charge.currency}
+            if charge.settlement_currency
+            else None
+        ),
         "radar_options": {},
         "receipt_email": charge.receipt_email,
         "receipt_number": None,

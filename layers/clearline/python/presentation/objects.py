@@ -10,6 +10,7 @@ from clearline.models import (
     Charge,
     Customer,
     Dispute,
+    FxQuote,
     Model,
     PaymentIntent,
     PaymentMethod,
@@ -22,6 +23,7 @@ from presentation.balance import render_balance, render_balance_transaction
 from presentation.charges import render_charge
 from presentation.customers import render_customer
 from presentation.disputes import render_dispute
+from presentation.fx_quotes import render_fx_quote
 from presentation.links import Links
 from presentation.payment_intents import render_payment_intent
 from presentation.payment_methods import render_payment_method
@@ -41,6 +43,7 @@ MODELS: dict[str, type[Model]] = {
     "reconciliation_mismatch": ReconciliationMismatch,
     "dispute": Dispute,
     "payout": Payout,
+    "fx_quote": FxQuote,
 }
 
 
@@ -70,6 +73,8 @@ def render(model: Model, links: Links) -> dict[str, Any]:
         return render_dispute(model)
     if isinstance(model, Payout):
         return render_payout(model)
+    if isinstance(model, FxQuote):
+        return render_fx_quote(model)
     if isinstance(model, ReconciliationMismatch):
         rendered = model.model_dump(exclude={"kind", "mismatch"})
         return {"object": "reconciliation_mismatch", "kind": model.mismatch, **rendered}

@@ -30,6 +30,7 @@ def render_payment_intent(intent: PaymentIntent) -> dict[str, Any]:
         "currency": intent.currency,
         "customer": intent.customer,
         "description": intent.description,
+        "fx_quote": intent.fx_quote,
         "invoice": None,
         "last_payment_error": error,
         "latest_charge": intent.latest_charge,
