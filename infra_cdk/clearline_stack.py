@@ -43,6 +43,7 @@ from clearline.topology import (
     PROCESSOR_NOTIFICATION_SECRET_ENV,
     PROCESSOR_SYNC_FUNCTION,
     PROCESSOR_URL_ENV,
+    RATE_PROVIDER_URL_ENV,
     SERVICE_NAME,
     TOPOLOGY,
     UNRESOLVED_PENDING_OPERATIONS_METRIC,
@@ -109,6 +110,8 @@ KMS_ACTIONS_FOR = {"seal": ("kms:GenerateDataKey",), "open": ("kms:Decrypt",)}
 # The bank's transfer API, set per deployment like the processor's URL.
 DEFAULT_BANK_URL = "https://sandbox-bank.invalid"
 BANK_URL_PARAMETER_ID = "BankUrl"
+DEFAULT_RATE_PROVIDER_URL = "https://sandbox-rates.invalid"
+RATE_PROVIDER_URL_PARAMETER_ID = "RateProviderUrl"
 # Operators' routes on the main API (/admin/...), which API Gateway serves only to callers
 # that sign their requests with IAM credentials (SigV4).
 ADMIN_PATH = "admin"
@@ -197,6 +200,19 @@ class ClearlineStack(Stack):
         self.bank_url: CfnParameter | None = (
             self._bank_url_parameter()
             if any(spec.calls_bank for spec in topology.functions)
+            else None
+        )
+        self.rate_provider_url: CfnParameter | None = (
+            CfnParameter(
+                self,
+                RATE_PROVIDER_URL_PARAMETER_ID,
+                type="String",
+                default=DEFAULT_RATE_PROVIDER_URL,
+                allowed_pattern=r"^https://\S+$",
+                description="Base URL of the FX rate provider's API (HTTPS only); only the "
+                "rates function calls it.",
+            )
+            if any(spec.calls_rate_provider for spec in topology.functions)
             else None
         )
         self.bank_accounts_key = (
@@ -707,6 +723,8 @@ class ClearlineStack(Stack):
             env[WEBHOOK_SECRETS_KEY_ENV] = self.webhook_secrets_key.key_arn
         if spec.calls_bank and self.bank_url is not None:
             env[BANK_URL_ENV] = self.bank_url.value_as_string
+        if spec.calls_rate_provider and self.rate_provider_url is not None:
+            env[RATE_PROVIDER_URL_ENV] = self.rate_provider_url.value_as_string
         if spec.bank_account_key and self.bank_accounts_key is not None:
             env[BANK_ACCOUNTS_KEY_ENV] = self.bank_accounts_key.key_arn
         if spec.reads_processor_secret and self.processor_notification_secret is not None:

@@ -155,6 +155,7 @@ class VaultStack(Stack):
                 or spec.buckets
                 or spec.calls_vault
                 or spec.calls_bank
+                or spec.calls_rate_provider
                 or spec.bank_account_key
                 or spec.reads_processor_secret
             ):

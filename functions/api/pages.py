@@ -335,6 +335,21 @@ ERROR_CODES: dict[str, str] = {
     "account_number_invalid": (
         "The bank account number must be 4 to 17 digits, with no spaces or dashes."
     ),
+    "fx_rates_unavailable": (
+        "Clearline has no exchange rates recent enough to convert this payment into your "
+        "settlement currency, so it refuses rather than guess (nothing was charged or "
+        "recorded). Retry with backoff; charges in one of your settlement currencies are not "
+        "affected."
+    ),
+    "fx_quote_expired": (
+        "The FX quote's lock has expired, or it never had one (lock_duration none). Create a "
+        "new quote with a lock (five_minutes, hour or day) and use it before lock_expires_at."
+    ),
+    "fx_quote_invalid": (
+        "The FX quote cannot convert this payment: it is for another currency pair (the "
+        "payment's currency must be among its from_currencies, and its to_currency the "
+        "currency the payment settles in) or for another use than payments."
+    ),
     "payouts_not_allowed": (
         "Payouts need a bank account in the payout's currency. An operator sets one with "
         "`clearline merchants bank-account`; then retry the payout."

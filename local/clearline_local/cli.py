@@ -102,6 +102,8 @@ def cmd_merchants_create(args: argparse.Namespace) -> int:
             fee_percent=args.fee_percent,
             fee_fixed=args.fee_fixed,
             livemode=args.live,
+            settlement_currencies=args.settlement_currency or ["usd"],
+            fx_fee_percent=args.fx_fee_percent,
         )
     except ApiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -114,6 +116,8 @@ def cmd_merchants_create(args: argparse.Namespace) -> int:
         "fee_percent": created.merchant.fee_basis_points / 100,
         "fee_fixed": created.merchant.fee_fixed,
         "livemode": created.merchant.livemode,
+        "settlement_currencies": list(created.merchant.settlement_currencies),
+        "fx_fee_percent": created.merchant.fx_fee_basis_points / 100,
         "api_url": info.api_url,
     }
     if args.json:
@@ -216,6 +220,41 @@ def cmd_bank_advance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fx_rates(args: argparse.Namespace) -> int:
+    """The stored exchange rates the api converts at, and how old they are."""
+    import time
+
+    from clearline.fx import LATEST_SK, MAX_RATE_AGE_SECONDS, RATES_PK
+
+    info = find_stack(args.port)
+    latest = _store(info).get(RATES_PK, LATEST_SK)
+    if latest is None:
+        print("no rates stored: conversions are refused until the rates function runs")
+        return 1
+    age = int(time.time() - int(latest["as_of"]))
+    state = "usable" if age <= MAX_RATE_AGE_SECONDS else "STALE: conversions are refused"
+    print(f"as of {datetime.fromtimestamp(int(latest['as_of']), UTC):%Y-%m-%d %H:%M:%S} UTC")
+    print(f"{age} seconds old ({state}; the bound is {MAX_RATE_AGE_SECONDS} s)")
+    for code, rate in sorted(latest["rates"].items()):
+        print(f"  1 usd = {rate} {code}")
+    return 0
+
+
+def cmd_fx_drift(args: argparse.Namespace) -> int:
+    """Move the sandbox provider's rates; they reach the api at the rates function's next pull."""
+    info = find_stack(args.port)
+    body = {"percent": args.percent, **({"currency": args.currency} if args.currency else {})}
+    print(json.dumps(_post_json(f"{info.rates_url}/_sandbox/drift", body)))
+    return 0
+
+
+def cmd_fx_outage(args: argparse.Namespace) -> int:
+    """Make the sandbox provider fail (error_500), serve an old sheet (stale), or recover."""
+    info = find_stack(args.port)
+    print(json.dumps(_post_json(f"{info.rates_url}/_sandbox/outage", {"mode": args.mode})))
+    return 0
+
+
 def _post_json(url: str, body: dict[str, Any]) -> Any:
     import urllib.request
 
@@ -256,6 +295,7 @@ def _function_env(info: StackInfo, key: str) -> dict[str, str]:
         vault_url=info.vault_url,
         bank_url=info.bank_url,
         bank_accounts_key=info.bank_accounts_key,
+        rates_url=info.rates_url,
     )
 
 
@@ -603,6 +643,15 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--fee-percent", type=float, default=2.9)
     create.add_argument("--fee-fixed", type=int, default=30, help="minor units per charge")
     create.add_argument(
+        "--settlement-currency",
+        action="append",
+        help="a currency the merchant is paid in (repeat for several; the first is the "
+        "default, which charges in other currencies convert into; usd if none)",
+    )
+    create.add_argument(
+        "--fx-fee-percent", type=float, default=1.0, help="the fee on converted payments"
+    )
+    create.add_argument(
         "--live",
         action="store_true",
         help="a live-mode merchant (sk_live_ keys): its webhooks go to public https URLs only",
@@ -687,6 +736,22 @@ def parser() -> argparse.ArgumentParser:
     advance.add_argument("--days", type=float, default=1.0)
     advance.add_argument("--port", type=int)
     advance.set_defaults(run=cmd_bank_advance)
+
+    fx = commands.add_parser("fx", help="exchange rates").add_subparsers(
+        dest="action", required=True
+    )
+    rates = fx.add_parser("rates", help="the stored rates and their age")
+    rates.add_argument("--port", type=int)
+    rates.set_defaults(run=cmd_fx_rates)
+    drift = fx.add_parser("drift", help="move the sandbox provider's rates by a percentage")
+    drift.add_argument("--percent", required=True, help="e.g. 2.5 or -1")
+    drift.add_argument("--currency", help="one currency (default: all)")
+    drift.add_argument("--port", type=int)
+    drift.set_defaults(run=cmd_fx_drift)
+    outage = fx.add_parser("outage", help="make the sandbox provider fail, or recover")
+    outage.add_argument("mode", choices=["error_500", "stale", "none"])
+    outage.add_argument("--port", type=int)
+    outage.set_defaults(run=cmd_fx_outage)
 
     reconcile = commands.add_parser("reconcile", help="reconcile a settlement file, or `status`")
     reconcile.add_argument("file", help="a settlement CSV, or `status` for the reports")

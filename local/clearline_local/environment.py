@@ -11,6 +11,7 @@ from clearline.topology import (
     PROCESSOR_NOTIFICATION_SECRET_ENV,
     PROCESSOR_NOTIFICATION_SECRET_NAME,
     PROCESSOR_URL_ENV,
+    RATE_PROVIDER_URL_ENV,
     SERVICE_NAME,
     VAULT_URL_ENV,
     Topology,
@@ -39,6 +40,7 @@ def function_environment(
     vault_url: str = "",
     bank_url: str = "",
     bank_accounts_key: str = "",
+    rates_url: str = "",
 ) -> dict[str, str]:
     spec = topology.function(key)
     env = {
@@ -60,6 +62,8 @@ def function_environment(
         env[PROCESSOR_URL_ENV] = processor_url
     if spec.calls_bank and bank_url:
         env[BANK_URL_ENV] = bank_url
+    if spec.calls_rate_provider and rates_url:
+        env[RATE_PROVIDER_URL_ENV] = rates_url
     if spec.bank_account_key and bank_accounts_key:  # as in the CDK app: only its users
         env[BANK_ACCOUNTS_KEY_ENV] = bank_accounts_key
     if spec.calls_vault and vault_url:

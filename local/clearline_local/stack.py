@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from clearline.config import WEBHOOK_ALLOW_LOOPBACK_ENV, WEBHOOK_SECRETS_KEY_ENV
 from clearline.merchants import create_merchant
 from clearline.store import Store
 from clearline.topology import (
+    FX_RATES_FUNCTION,
     PROCESSOR_NOTIFICATION_PATH,
     TOPOLOGY,
     VAULT_FINGERPRINT_KEY_ENV,
@@ -53,8 +55,9 @@ from clearline_local.provision import (
 )
 from clearline_local.sandbox_bank import SandboxBank
 from clearline_local.sandbox_processor import SandboxProcessor
+from clearline_local.sandbox_rates import SandboxRates
 from clearline_local.state import StackInfo, state_dir
-from clearline_local.triggers import Trigger, start_triggers
+from clearline_local.triggers import Trigger, scheduled_event, start_triggers
 from presentation.links import PUBLIC_URL_ENV
 
 LOOPBACK = "127.0.0.1"
@@ -157,6 +160,7 @@ class LocalStack:
         self.moto = SerializedMotoServer(ip_address=LOOPBACK, port=self.moto_port, verbose=False)
         self.processor = SandboxProcessor(host=LOOPBACK, latency_ms=processor_latency_ms)
         self.bank = SandboxBank(host=LOOPBACK)
+        self.rates = SandboxRates(host=LOOPBACK)
         self.bank_accounts_key = ""
         self.functions: dict[str, LocalFunction] = {}
         self.triggers: list[Trigger] = []
@@ -180,6 +184,7 @@ class LocalStack:
             vault_url=self.vault_door.url if self.vault_door else "",
             bank_url=self.bank.url,
             bank_accounts_key=self.bank_accounts_key,
+            rates_url=self.rates.url,
         )
 
     def start(self) -> StackInfo:
@@ -203,6 +208,7 @@ class LocalStack:
         provision_buckets(self.topology, clients["s3"], queue_arns)
         self.processor.start()
         self.bank.start()
+        self.rates.start()
         self.bank_accounts_key = provision_bank_accounts_key(clients["kms"])
         notification_secret = provision_processor_notification_secret(clients["secretsmanager"])
         # Bound now and served once the api is warm: the functions must know its port.
@@ -256,6 +262,7 @@ class LocalStack:
                 self.moto_port,
                 self.processor.port,
                 self.bank.port,
+                self.rates.port,
                 self.port,
                 self.vault_port,
                 self.checkout_port,
@@ -300,6 +307,10 @@ class LocalStack:
                 )
                 function.warm()
                 self.functions[spec.key] = function
+            # Rates before the first request: a conversion never waits for the schedule.
+            self.functions[FX_RATES_FUNCTION.key].invoke(
+                scheduled_event(f"{FX_RATES_FUNCTION.key}-schedule", datetime.now(UTC))
+            )
             self.triggers = start_triggers(
                 self.topology, self.functions, clients, queue_arns, self.aws_endpoint_url
             )
@@ -320,6 +331,7 @@ class LocalStack:
             processor_url=self.processor.url,
             bank_url=self.bank.url,
             bank_accounts_key=self.bank_accounts_key,
+            rates_url=self.rates.url,
             vault_url=vault_door.url,
             notifications_url=notification_door.url + PROCESSOR_NOTIFICATION_PATH,
             checkout_url=demo_shop.url,
@@ -394,4 +406,5 @@ class LocalStack:
             closer.join()
         self.processor.stop()
         self.bank.stop()
+        self.rates.stop()
         self.moto.stop()

@@ -24,6 +24,7 @@ class StackInfo:
     started: float
     bank_url: str = ""  # the sandbox bank payouts are sent to
     bank_accounts_key: str = ""  # the KMS key sealing bank account numbers (its ARN)
+    rates_url: str = ""  # the sandbox FX rate provider the rates function pulls from
     vault_url: str = ""  # the card vault's origin: clearline.js, the card field, tokens
     checkout_url: str = ""  # the demo shop's checkout, a merchant's website of its own
     notifications_url: str = ""  # where the processor sends its (signed) dispute notices

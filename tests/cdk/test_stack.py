@@ -37,6 +37,7 @@ from clearline.topology import (
     BANK_URL_ENV,
     DAILY_PAYOUTS_FUNCTION,
     DISPUTE_INTAKE_FUNCTION,
+    FX_RATES_FUNCTION,
     METRICS_NAMESPACE,
     PAYOUT_FUNCTION,
     PAYOUT_QUEUE,
@@ -44,6 +45,7 @@ from clearline.topology import (
     PROCESSOR_NOTIFICATION_SECRET_ENV,
     PROCESSOR_SYNC_FUNCTION,
     PROCESSOR_URL_ENV,
+    RATE_PROVIDER_URL_ENV,
     RELAY_FUNCTION,
     SERVICE_NAME,
     TOPOLOGY,
@@ -1426,6 +1428,22 @@ def test_only_the_functions_that_call_the_bank_are_told_its_url(
     else:
         assert BANK_URL_ENV not in env
     assert spec.calls_bank == (spec.key in {PAYOUT_FUNCTION.key, PROCESSOR_SYNC_FUNCTION.key})
+
+
+def test_the_rate_provider_url_is_a_parameter_only_the_rates_function_is_told(
+    stack: ClearlineStack, template: Template
+) -> None:
+    parameter = template.find_parameters("RateProviderUrl")["RateProviderUrl"]
+    assert parameter["Default"].startswith("https://")
+    assert parameter["AllowedPattern"] == r"^https://\S+$"
+    told = {
+        spec.key
+        for spec in TOPOLOGY.functions
+        if RATE_PROVIDER_URL_ENV in _function_env(stack, template, spec.key)
+    }
+    assert told == {FX_RATES_FUNCTION.key}
+    env = _function_env(stack, template, FX_RATES_FUNCTION.key)
+    assert env[RATE_PROVIDER_URL_ENV] == {"Ref": "RateProviderUrl"}
 
 
 def test_the_bank_accounts_key_rotates_and_outlives_the_stack(

@@ -130,6 +130,8 @@ class FunctionSpec:
     calls_bank: bool = False
     # What it may do with the KMS key that seals merchants' bank account numbers.
     bank_account_key: tuple[Literal["seal", "open"], ...] = ()
+    # Calls the FX rate provider (CLEARLINE_RATE_PROVIDER_URL): only the rates function.
+    calls_rate_provider: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,7 @@ def bus_env_var(bus_key: str) -> str:
 
 PROCESSOR_URL_ENV = "CLEARLINE_PROCESSOR_URL"
 BANK_URL_ENV = "CLEARLINE_BANK_URL"
+RATE_PROVIDER_URL_ENV = "CLEARLINE_RATE_PROVIDER_URL"
 BANK_ACCOUNTS_KEY_ENV = "CLEARLINE_BANK_ACCOUNTS_KEY"  # KMS key sealing bank account numbers
 VAULT_URL_ENV = "CLEARLINE_VAULT_URL"  # the vault's origin, for Clearline's internal calls
 # In AWS the vault's stack is deployed after Clearline's (it reads Clearline's API keys), so
@@ -412,6 +415,18 @@ DISPUTE_INTAKE_FUNCTION = FunctionSpec(
     reads_processor_secret=True,
 )
 
+FX_RATES_FUNCTION = FunctionSpec(
+    key="fx_rates",
+    code_dir="functions/fx_rates",
+    handler="rates_handler.lambda_handler",
+    description="Pulls mid-market exchange rates from the provider and stores them for the api",
+    timeout_seconds=30,
+    memory_mb=256,
+    tables={"main": "readwrite"},
+    calls_rate_provider=True,
+    schedule_minutes=15,
+)
+
 TOPOLOGY = Topology(
     tables=(MAIN_TABLE, IDEMPOTENCY_TABLE),
     functions=(
@@ -425,6 +440,7 @@ TOPOLOGY = Topology(
         DISPUTE_INTAKE_FUNCTION,
         PAYOUT_FUNCTION,
         DAILY_PAYOUTS_FUNCTION,
+        FX_RATES_FUNCTION,
     ),
     api=ApiSpec(function="api"),
     notifications=ApiSpec(function="dispute_intake"),
