@@ -346,9 +346,9 @@ ERROR_CODES: dict[str, str] = {
         "new quote with a lock (five_minutes, hour or day) and use it before lock_expires_at."
     ),
     "fx_quote_invalid": (
-        "The FX quote cannot convert this payment: it is for another currency pair (the "
-        "payment's currency must be among its from_currencies, and its to_currency the "
-        "currency the payment settles in) or for another use than payments."
+        "The FX quote cannot convert this payment: your account has no such quote, or it is "
+        "for another currency pair (the payment's currency must be among its "
+        "from_currencies, and its to_currency the currency the payment settles in)."
     ),
     "payouts_not_allowed": (
         "Payouts need a bank account in the payout's currency. An operator sets one with "

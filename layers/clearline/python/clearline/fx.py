@@ -22,7 +22,12 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from typing import Any, Literal
 
 from clearline import ledger, listing
-from clearline.errors import InvalidRequestError, ServiceUnavailableError, store_unavailable
+from clearline.errors import (
+    InvalidRequestError,
+    ResourceMissingError,
+    ServiceUnavailableError,
+    store_unavailable,
+)
 from clearline.ids import derived_id, new_id
 from clearline.ledger import Journal, exchange
 from clearline.merchants import Merchant
@@ -316,6 +321,16 @@ class FxQuoteService:
     def retrieve(self, merchant: Merchant, quote_id: str, param: str = "id") -> FxQuote:
         return self._quote(listing.get_owned(self.store, merchant.id, quote_id, "fxq", param))
 
+    def named(self, merchant: Merchant, quote_id: str) -> FxQuote:
+        """The quote a payment names: one that is not the merchant's (or not at all) is bad
+        input to that payment, a 400, and looks the same either way."""
+        try:
+            return self.retrieve(merchant, quote_id, param="fx_quote")
+        except ResourceMissingError:
+            raise InvalidRequestError(
+                f"No such fx_quote: '{quote_id}'", param="fx_quote", code="fx_quote_invalid"
+            ) from None
+
     def list(
         self,
         merchant: Merchant,
@@ -338,7 +353,7 @@ class FxQuoteService:
     ) -> Conversion:
         """The conversion a payment makes at a quote: 400 unless the quote is the merchant's,
         still locked, for payments, and for this pair."""
-        quote = self.retrieve(merchant, quote_id, param="fx_quote")
+        quote = self.named(merchant, quote_id)
         if quote.lock_status != "active":
             raise InvalidRequestError(
                 f"The FX quote {quote_id} is {quote.lock_status}: "
@@ -385,7 +400,7 @@ def conversion_for(
     quoted_to = None
     quotes = FxQuoteService(store, rates, rates.clock)
     if quote_id is not None:
-        quoted_to = quotes.retrieve(merchant, quote_id, param="fx_quote").to_currency
+        quoted_to = quotes.named(merchant, quote_id).to_currency
     target = settlement_currency(merchant, presentment, quoted_to)
     if quote_id is not None:
         return quotes.locked_conversion(merchant, quote_id, presentment, target)

@@ -199,7 +199,7 @@ class FxQuote(Model):
     created: int
     to_currency: str
     lock_duration: str
-    lock_expires_at: int | None
+    lock_expires_at: int | None = None  # none: the quote locks nothing
     lock_status: str  # active, expired, none
     rates: dict[str, FxQuoteRate]
     rates_as_of: int
