@@ -64,8 +64,14 @@ class Stack:
         )
 
     def create_merchant(
-        self, name: str, *, fee_percent: float = 2.9, fee_fixed: int = 30
+        self,
+        name: str,
+        *,
+        fee_percent: float = 2.9,
+        fee_fixed: int = 30,
+        settlement_currencies: tuple[str, ...] = (),
     ) -> dict[str, Any]:
+        held = [arg for code in settlement_currencies for arg in ("--settlement-currency", code)]
         done = self.clearline(
             "merchants",
             "create",
@@ -75,6 +81,7 @@ class Stack:
             str(fee_percent),
             "--fee-fixed",
             str(fee_fixed),
+            *held,
         )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)

@@ -341,9 +341,9 @@ def test_a_charge_lists_the_first_ten_of_its_refunds_and_counts_them_all(
 def test_list_filters_narrow_lists_through_their_index(
     stack: Stack,
 ) -> None:
-    sdk = stripe.StripeClient(
-        stack.create_merchant("Filter Shop")["secret_key"], base_addresses={"api": stack.url}
-    )
+    # Paid in both currencies, so that each charge's balance transaction is in its own.
+    shop = stack.create_merchant("Filter Shop", settlement_currencies=("usd", "eur"))
+    sdk = stripe.StripeClient(shop["secret_key"], base_addresses={"api": stack.url})
     usd, eur = charge(sdk, amount=3000), charge(sdk, amount=4000, currency="eur")
     refund = sdk.v1.refunds.create(params={"charge": usd.id, "amount": 1000}, options=key())
 
