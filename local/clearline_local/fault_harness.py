@@ -24,11 +24,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from clearline import ledger
+from clearline import fx, ledger
 from clearline.audit import Caller
 from clearline.charges import AUTHORIZED, CANCELED, CAPTURED, EXPIRED, FAILED, ChargeService
 from clearline.ids import derived_id
@@ -40,6 +41,7 @@ from clearline.resolver import PENDING_GRACE_SECONDS, Resolver
 from clearline.store import Store
 from clearline_local import moto_transactions
 from clearline_local.sandbox_processor import SandboxProcessor
+from clearline_local.sandbox_rates import BASE_RATES
 
 OPERATIONS = ("charge", "capture", "refund", "void", "expire")
 STORE_FAULTS = ("store_unavailable", "store_conflict", "store_rejected")
@@ -158,11 +160,13 @@ class Schedule:
     client_retries: bool
     amount: int
     partial: bool
+    # Not usd: the charge converts into the merchant's dollars (two linked journals).
+    currency: str = "usd"
 
     def describe(self) -> str:
         fault = f"{self.fault.kind}@{self.fault.step}" if self.fault else "no fault"
         retry = "client retries" if self.client_retries else "client gives up"
-        return f"seed {self.seed}: {self.operation} ({fault}; {retry})"
+        return f"seed {self.seed}: {self.operation} in {self.currency} ({fault}; {retry})"
 
 
 @dataclass
@@ -189,6 +193,11 @@ class Harness:
         self.refunds = RefundService(self.store, processor)
         self.resolver = Resolver(self.charges, self.refunds)
         self.clean_store = Store(table, client)
+        # The sandbox provider's rates, as the rates function stores them: conversions read
+        # them through the faulty store, so a fault can land on that read too.
+        fx.RateBook(self.clean_store).record(
+            fx.RateSheet(int(time.time()), {c: Decimal(r) for c, r in BASE_RATES.items()})
+        )
         self.outcome = Outcome()
 
     def close(self) -> None:
@@ -196,9 +205,11 @@ class Harness:
 
     # ---- schedules --------------------------------------------------------------------------
 
-    def exhaustive(self, operation: str, *, capture: bool = True) -> list[Schedule]:
+    def exhaustive(
+        self, operation: str, *, capture: bool = True, currency: str = "usd"
+    ) -> list[Schedule]:
         """Every fault at every step of one operation (as a clean run takes them)."""
-        clean = Schedule(0, operation, None, capture, False, 5000, False)
+        clean = Schedule(0, operation, None, capture, False, 5000, False, currency)
         steps = self.run(clean)
         schedules = []
         for kind in FAULTS:
@@ -207,7 +218,9 @@ class Harness:
             for step in range(count):
                 for retries in (False, True):
                     schedules.append(
-                        Schedule(0, operation, Fault(kind, step), capture, retries, 5000, False)
+                        Schedule(
+                            0, operation, Fault(kind, step), capture, retries, 5000, False, currency
+                        )
                     )
         return schedules
 
@@ -222,6 +235,7 @@ class Harness:
             client_retries=rng.random() < 0.5,
             amount=rng.randrange(100, 100_000),
             partial=rng.random() < 0.5,
+            currency=rng.choice(("usd", "usd", "eur", "jpy")),
         )
 
     # ---- one schedule -----------------------------------------------------------------------
@@ -256,7 +270,7 @@ class Harness:
 
         def charge(capture: bool, idem: str) -> None:
             params = ChargeCreateParams(
-                amount=amount, currency="usd", source="tok_visa", capture=capture
+                amount=amount, currency=schedule.currency, source="tok_visa", capture=capture
             )
             holder["charge"] = self.charges.create(caller, params, idempotency_key=idem).id
 
@@ -312,10 +326,11 @@ class Harness:
         self.outcome.invariants_checked += 4
         self.outcome.violations += violations
 
-    def verify_ledger(self) -> None:
+    def verify_ledger(self) -> ledger.VerifyReport:
         report = ledger.verify(self.clean_store)
         self.outcome.invariants_checked += 1
         self.outcome.violations += [f"ledger: {v}" for v in report.violations]
+        return report
 
 
 def _ignore(_: object) -> None:

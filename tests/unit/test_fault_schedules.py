@@ -30,6 +30,19 @@ def test_every_fault_at_every_step(harness: Harness, operation: str) -> None:
     print(f"{operation}: {harness.outcome.schedules} fault schedules, all invariants held")
 
 
+@pytest.mark.parametrize("operation", ["charge", "refund"])
+def test_converted_money_under_every_fault(harness: Harness, operation: str) -> None:
+    """In euros for a merchant paid in dollars: the conversion locked at the charge, and
+    the refund's rate recorded before its write-ahead, survive every fault at every step."""
+    schedules = harness.exhaustive(operation, capture=True, currency="eur")
+    assert len(schedules) >= 20
+    for schedule in schedules:
+        harness.run(schedule)
+    report = harness.verify_ledger()
+    assert {"eur", "usd"} <= set(report.totals)
+    assert harness.outcome.violations == []
+
+
 def test_an_authorize_only_charge_under_every_fault(harness: Harness) -> None:
     for schedule in harness.exhaustive("charge", capture=False):
         harness.run(schedule)
