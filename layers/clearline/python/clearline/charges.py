@@ -21,6 +21,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, NoReturn
 
 from clearline import balance, fx, ledger, listing, money
@@ -340,10 +341,17 @@ class ChargeService(MoneyService):
         pending = self._pending_item(merchant, params, charge_id, token, now, idempotency_key)
         pending["payment_intent"] = payment_intent
         if conversion is not None:
+            # A quote's rate may be hours old: the desk exchanges at today's.
+            market = (
+                fx.market_rate_item(self.rates, {"fx": conversion.as_item()})
+                if conversion.quote
+                else {"fx_market_rate": fx.rate_text(conversion.base_rate)}
+            )
             pending.update(
                 fx=conversion.as_item(),
                 settlement_currency=conversion.to_currency,
                 exchange_rate=fx.rate_text(conversion.exchange_rate),
+                **market,
             )
         if stored is not None:  # the vault sends this card to the processor
             pending["stored_card"] = True
@@ -490,7 +498,14 @@ class ChargeService(MoneyService):
         kind = "charge.failed" if final["state"] == FAILED else "charge.succeeded"
         transition.events.append(Announcement(item["merchant"], kind, Charge.from_item(final)))
         if final["state"] == CAPTURED:
-            self._add_capture(transition, final, final["amount"], final["fee"], held=0)
+            self._add_capture(
+                transition,
+                final,
+                final["amount"],
+                final["fee"],
+                held=0,
+                market_rate=item.get("fx_market_rate"),
+            )
         elif final["state"] == AUTHORIZED:
             transition.journals.append(
                 self._journal(
@@ -685,10 +700,19 @@ class ChargeService(MoneyService):
         )
 
     def _add_capture(
-        self, transition: Transition, item: dict[str, Any], captured: int, fee: int, *, held: int
+        self,
+        transition: Transition,
+        item: dict[str, Any],
+        captured: int,
+        fee: int,
+        *,
+        held: int,
+        market_rate: str | None = None,
     ) -> None:
         """The journal and balance transaction of a capture (of a hold of `held`, if any):
-        converted into the merchant's settlement currency at the charge's locked rate."""
+        converted into the merchant's settlement currency at the charge's locked rate. The
+        FX desk exchanges at `market_rate` (the day's mid, recorded before the processor was
+        called); its difference from the locked mid is our gain or loss."""
         charge_id, currency, merchant_id = item["id"], item["currency"], item["merchant"]
         released = ledger.release_hold_entries(merchant_id, currency, held) if held else ()
         conversion = fx.Conversion.from_item(item.get("fx"))
@@ -699,7 +723,8 @@ class ChargeService(MoneyService):
         else:
             settled_in = conversion.to_currency
             settled_amount = conversion.to_merchant(captured)
-            exchanged = conversion.at_mid(captured)
+            desk_rate = Decimal(market_rate) if market_rate else conversion.base_rate
+            exchanged = ledger.exchange(captured, desk_rate, currency, settled_in)
             customer_leg = self._journal(
                 item, "capture", released + ledger.fx_in_entries(currency, captured)
             )
@@ -712,7 +737,7 @@ class ChargeService(MoneyService):
                     exchanged=exchanged,
                     to_merchant=settled_amount,
                     fee=fee,
-                    fx_fee=exchanged - settled_amount,
+                    fx_fee=conversion.at_mid(captured) - settled_amount,
                 ),
                 currency=settled_in,
             )
@@ -720,7 +745,7 @@ class ChargeService(MoneyService):
                 ledger.linked(
                     customer_leg,
                     settlement_leg,
-                    rate=fx.rate_text(conversion.base_rate),
+                    rate=fx.rate_text(desk_rate),
                     from_amount=captured,
                     to_amount=exchanged,
                 )
@@ -822,6 +847,8 @@ class ChargeService(MoneyService):
                 amount=amount,
                 caller=caller,
                 now=self.clock(),
+                # Captured days after the charge: exchanged at that day's rate.
+                **fx.market_rate_item(self.rates, item),
             ),
         )
         if record is None:  # another operation got there first, or an earlier one failed
@@ -894,7 +921,14 @@ class ChargeService(MoneyService):
             caller,
             [Announcement(charge["merchant"], "charge.captured", Charge.from_item(after))],
         )
-        self._add_capture(transition, charge, amount, fee, held=charge["amount"])
+        self._add_capture(
+            transition,
+            charge,
+            amount,
+            fee,
+            held=charge["amount"],
+            market_rate=record.get("fx_market_rate"),
+        )
         if self.writer.commit(transition) is None:
             return after
         return self._get(charge["id"]) or after  # a guard failed: settled meanwhile

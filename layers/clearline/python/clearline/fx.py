@@ -34,7 +34,7 @@ from clearline.merchants import Merchant
 from clearline.models import FxQuote, FxQuoteRate, Page
 from clearline.money import CURRENCIES, currency
 from clearline.params import FxQuoteCreateParams
-from clearline.store import Store, StoreUnavailable
+from clearline.store import Store, StoreUnavailable, Write, commit
 
 RATES_PK, LATEST_SK = "FXRATES", "LATEST"
 BASE_CURRENCY = "usd"  # a sheet's rates are units of each currency per one of this
@@ -141,11 +141,15 @@ class RateBook:
         latest."""
         check_sheet(sheet, self.clock(), self.max_age)
         self.store.put({"pk": RATES_PK, "sk": f"AT#{sheet.as_of:010d}", **sheet.as_item()})
-        current = self.store.get(RATES_PK, LATEST_SK)
-        if current is not None and int(current["as_of"]) >= sheet.as_of:
-            return False
-        self.store.put({"pk": RATES_PK, "sk": LATEST_SK, **sheet.as_item()})
-        return True
+        # A condition of the write, not a read before it: two pulls overlapping cannot
+        # leave the older sheet as the latest.
+        newer = Write(
+            "Put",
+            item={"pk": RATES_PK, "sk": LATEST_SK, **sheet.as_item()},
+            condition="attribute_not_exists(pk) OR as_of < :as_of",
+            values={":as_of": sheet.as_of},
+        )
+        return commit(self.store, [newer]) is None
 
     def latest(self) -> RateSheet:
         """The newest sheet, if it may still be used; else FxRatesUnavailable (fail closed)."""
@@ -259,6 +263,12 @@ class FxQuoteService:
                 "from_currencies needs at least one currency.",
                 param="from_currencies",
                 code="parameter_missing",
+            )
+        if to_currency in from_currencies:
+            raise InvalidRequestError(
+                f"from_currencies must not include to_currency ({to_currency}): a payment in "
+                "a settlement currency converts nothing.",
+                param="from_currencies",
             )
         if len(from_currencies) > 5:
             raise InvalidRequestError(
@@ -463,12 +473,13 @@ def moved_again(
     return legs, to_merchant
 
 
-def market_rate_item(store: Store, charge: Mapping[str, Any]) -> dict[str, str]:
+def market_rate_item(rates: RateBook, charge: Mapping[str, Any]) -> dict[str, str]:
     """Today's mid-market rate for a converted charge's pair, to be recorded with a movement
-    before it starts (so finishing it later needs no rate); {} for a charge not converted.
-    Stale rates refuse the movement (fail closed) before anything is written."""
+    before it starts (so finishing it later needs no rate): the FX desk exchanges at it, and
+    its difference from the charge's locked rate is our gain or loss. {} for a charge not
+    converted. Stale rates refuse the movement (fail closed) before anything is written."""
     conversion = Conversion.from_item(charge.get("fx"))
     if conversion is None:
         return {}
-    mid = RateBook(store).mid(conversion.from_currency, conversion.to_currency)
+    mid = rates.mid(conversion.from_currency, conversion.to_currency)
     return {"fx_market_rate": rate_text(mid)}

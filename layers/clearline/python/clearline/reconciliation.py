@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 from clearline import balance, ledger
@@ -195,6 +196,11 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
+
+
+def _settled_amount(row: Row, txn: dict[str, Any]) -> int:
+    rate = Decimal(str(txn["exchange_rate"]))
+    return ledger.exchange(row.amount, rate, row.currency, txn["currency"])
 
 
 class Reconciler:
@@ -380,6 +386,13 @@ class Reconciler:
             mismatch = row.mismatch(CURRENCY, f"ours {moved_in}, theirs {row.currency}")
         elif moved != row.amount:
             mismatch = row.mismatch(AMOUNT, f"ours {moved}, theirs {row.amount}")
+        elif txn.get("exchange_rate") and _settled_amount(row, txn) != abs(txn["amount"]):
+            # The row's amount, at the movement's rate, must be what the merchant's side says.
+            mismatch = row.mismatch(
+                AMOUNT,
+                f"{row.amount} {row.currency} at {txn['exchange_rate']} is "
+                f"{_settled_amount(row, txn)} {txn['currency']}, ours {abs(txn['amount'])}",
+            )
         elif self._settle(report, row, txn):
             report.counts[MATCHED] += 1
             report.settled[row.currency] += row.amount

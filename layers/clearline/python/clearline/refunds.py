@@ -125,7 +125,7 @@ class RefundService(MoneyService):
             raise _charged_back(charge)
         amount = charge["refundable"] if params.amount is None else params.amount
         self._check_amount(charge, amount)
-        market = fx.market_rate_item(self.store, charge)  # stale rates refuse it here
+        market = fx.market_rate_item(self.charges.rates, charge)  # stale rates refuse it here
         refund, record = self._reserve(
             caller, charge, refund_id, amount, params, idempotency_key, market
         )
