@@ -24,6 +24,7 @@ from clearline.reconciliation import COLUMNS, Mismatch, Reconciler
 from clearline.refunds import RefundService
 from clearline.store import Store, StoreUnavailable, Write
 from clearline_local.sandbox_processor import SandboxProcessor
+from tests.unit.conftest import record_rates
 
 FILE = "settlements/2026/11/27/batch_20261127_1.csv"
 ETAG = "9b2cf535f27731c974343645a3985328"
@@ -185,3 +186,48 @@ def test_a_row_missing_a_column_is_reported_malformed(
     assert [(m.kind, m.row) for m in report.mismatches if m.row is not None] == [("malformed", 1)]
     assert report.counts["matched"] == 3
     assert [settled_by(store, r) for r in others] == [FILE] * 3
+
+
+def test_a_converted_movement_is_matched_in_both_currencies(store: Store) -> None:
+    """A row in the customer's currency matches the presentment amount; at the movement's
+    rate it must also give the merchant's side. A merchant's side that disagrees posts
+    nothing and is reported."""
+    record_rates(store)
+    with SandboxProcessor() as sandbox:
+        processor = ProcessorClient(sandbox.url)
+        merchant = create_merchant(store, "Abroad", fee_percent=3, fee_fixed=0).merchant
+        caller = Caller(merchant, "req_reconcile_fx")
+        paid, tampered = (
+            ChargeService(store, processor).create(
+                caller,
+                ChargeCreateParams(amount=amount, currency="eur", source="tok_visa"),
+                idempotency_key=str(uuid.uuid4()),
+            )
+            for amount in (5000, 7000)
+        )
+        rows = sandbox.settlement_rows(dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2))
+    lines = [HEADER, *(line({k: str(v) for k, v in r.items()}) for r in rows)]
+    assert {r["currency"] for r in rows} == {"eur"}
+    # The merchant's side of the second says one cent more than its rate gives.
+    txn_key = (f"TXN#{tampered.balance_transaction}", "TXN")
+    item = store.get(*txn_key)
+    assert item is not None and item["currency"] == "usd"
+    store.put({**item, "amount": item["amount"] + 1})
+
+    reported: list[Mismatch] = []
+    report = Reconciler(store, on_mismatch=reported.extend).reconcile(lines, file=FILE, etag=ETAG)
+    assert report.counts["matched"] == 1
+    (mismatch,) = reported
+    assert mismatch.kind == "amount_mismatch" and mismatch.charge_id == tampered.id
+    assert f"at {item['exchange_rate']}" in mismatch.detail
+    journals = {
+        j["currency"]
+        for j in store.query_partition(f"CHARGE#{paid.id}", "JOURNAL#")
+        if j["operation"] == "settlement"
+    }
+    assert journals == {"eur", "usd"}  # the processor's side, and the merchant's
+    assert not [
+        j
+        for j in store.query_partition(f"CHARGE#{tampered.id}", "JOURNAL#")
+        if j["operation"] == "settlement"
+    ]
