@@ -157,6 +157,51 @@ def test_a_charge_in_another_currency_settles_in_dollars_at_the_mid_rate_less_th
     assert Decimal(legs["usd"]["fx"]["rate"]) == mid(own_stack, currency, "usd")
 
 
+def test_over_plain_http_a_quote_and_a_charge_at_it(
+    own_stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient]
+) -> None:
+    """What `curl` sends: form-encoded bodies, Basic auth with the secret key."""
+    merchant, _ = shop
+    auth = (merchant["secret_key"], "")
+
+    def post(path: str, form: dict[str, str]) -> requests.Response:
+        return requests.post(
+            f"{own_stack.url}{path}",
+            data=form,
+            auth=auth,
+            headers={"Idempotency-Key": key()},
+            timeout=30,
+        )
+
+    made = post(
+        "/v1/fx_quotes",
+        {"from_currencies[0]": "jpy", "to_currency": "usd", "lock_duration": "day"},
+    )
+    assert made.status_code == 200, made.text
+    locked = made.json()
+    assert locked["object"] == "fx_quote" and locked["usage"]["type"] == "payment"
+    rate = Decimal(str(locked["rates"]["jpy"]["exchange_rate"]))
+    assert rate == all_in(mid(own_stack, "jpy", "usd"), "0.012")  # 1% fee, 0.2% for a day
+
+    paid = post(
+        "/v1/charges",
+        {"amount": "98765", "currency": "jpy", "source": "tok_visa", "fx_quote": locked["id"]},
+    )
+    assert paid.status_code == 200, paid.text
+    txn_id = paid.json()["balance_transaction"]
+    moved = requests.get(
+        f"{own_stack.url}/v1/balance_transactions/{txn_id}", auth=auth, timeout=30
+    ).json()
+    assert (moved["currency"], moved["amount"]) == ("usd", converted(98765, "jpy", "usd", rate))
+
+    bad = post("/v1/fx_quotes", {"from_currencies[0]": "xyz", "to_currency": "usd"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "from_currencies"
+    same = post("/v1/fx_quotes", {"from_currencies[0]": "usd", "to_currency": "usd"})
+    assert same.status_code == 400
+    assert same.json()["error"]["param"] == "from_currencies"
+
+
 def test_a_dollar_charge_converts_nothing(
     shop: tuple[dict[str, Any], stripe.StripeClient],
 ) -> None:
