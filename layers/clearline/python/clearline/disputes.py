@@ -30,7 +30,7 @@ from clearline.merchants import Merchant
 from clearline.models import BalanceTransaction, Dispute, Page
 from clearline.params import DisputeUpdateParams, merged_metadata
 from clearline.processor import ProcessorDispute, ProcessorRejected, ProcessorUnavailable
-from clearline.transitions import Announcement, Change, Transition
+from clearline.transitions import Announcement, Change, Transition, status_change
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class DisputeService(MoneyService):
         transition.records.extend(txn_items)
         transition.journals.extend(journals)
         snapshot = BalanceTransaction.from_item(txn_items[0]).snapshot()
-        self._record_txn(transition, dispute, txn_id, snapshot)
+        self._record_txn(transition, txn_id, snapshot)
         charge_change = next(c for c in transition.changes if c.sk == "CHARGE")
         charge_change.set["chargeback"] = dispute["id"]
         dispute["is_charge_refundable"] = False
@@ -296,9 +296,8 @@ class DisputeService(MoneyService):
         )
 
     @staticmethod
-    def _record_txn(
-        transition: Transition, dispute: dict[str, Any], txn_id: str, snapshot: dict[str, Any]
-    ) -> None:
+    def _record_txn(transition: Transition, txn_id: str, snapshot: dict[str, Any]) -> None:
+        """The balance transaction on the dispute item the transition creates or changes."""
         change = transition.changes[0]
         if change.create is not None:
             change.create["balance_transactions"] = {
@@ -339,19 +338,6 @@ class DisputeService(MoneyService):
             return self._move(item, status, "closed", None)
         return True
 
-    @staticmethod
-    def _change(
-        item: dict[str, Any],
-        operation: str,
-        to_status: str,
-        *,
-        set: dict[str, Any] | None = None,
-        remove: tuple[str, ...] = (),
-    ) -> Change:
-        return Change.versioned(
-            item, operation, to_status, state_attribute="status", set=set, remove=remove
-        )
-
     def _move(
         self, item: dict[str, Any], status: str, how: str, caller: Caller | None, **fields: Any
     ) -> bool:
@@ -365,7 +351,7 @@ class DisputeService(MoneyService):
             after.pop("pending", None)
         event = "charge.dispute.closed" if status in CLOSED else "charge.dispute.updated"
         transition = Transition(
-            [self._change(item, f"dispute.{how}", status, set=fields, remove=remove)],
+            [status_change(item, f"dispute.{how}", status, set=fields, remove=remove)],
             caller,
             [
                 Announcement(
@@ -394,7 +380,7 @@ class DisputeService(MoneyService):
         }
         transition = Transition(
             [
-                self._change(
+                status_change(
                     item,
                     "dispute.escalate",
                     NEEDS_RESPONSE,
@@ -485,7 +471,7 @@ class DisputeService(MoneyService):
         }
         transition = Transition(
             [
-                self._change(
+                status_change(
                     item,
                     "dispute.won",
                     WON,
@@ -597,7 +583,7 @@ class DisputeService(MoneyService):
         }
         now = int(self.clock())
         recorded = {**_applied(item, fields), "pending": pending, "version": item["version"] + 1}
-        wish = self._change(
+        wish = status_change(
             item,
             f"dispute.{operation}.request",
             item["status"],
@@ -640,7 +626,7 @@ class DisputeService(MoneyService):
         due_by = item["evidence_details"].get("due_by")
         waiting = due_by and item["status"] in AWAITING_RESPONSE
         restore = due_keys(DUE_DISPUTE, item["id"], due_by) if waiting else {}
-        change = self._change(
+        change = status_change(
             item, "dispute.pending.clear", item["status"], set=restore, remove=("pending",)
         )
         self.writer.commit(Transition([change], caller))
@@ -662,7 +648,7 @@ class DisputeService(MoneyService):
         after = {**_applied(item, fields), "status": status, "version": item["version"] + 1}
         after.pop("pending")
         event = "charge.dispute.closed" if status in CLOSED else "charge.dispute.updated"
-        change = self._change(
+        change = status_change(
             item, f"dispute.{operation}", status, set=fields, remove=("pending", *DUE_KEYS)
         )
         transition = Transition(

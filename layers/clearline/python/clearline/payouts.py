@@ -40,7 +40,7 @@ from clearline.money import check_payable, currency, format_amount
 from clearline.params import PayoutCreateParams, PayoutUpdateParams, merged_metadata
 from clearline.processor import ProcessorRejected, ProcessorUnavailable
 from clearline.store import Store
-from clearline.transitions import Announcement, Change, Transition, TransitionWriter
+from clearline.transitions import Announcement, Change, Transition, TransitionWriter, status_change
 
 log = logging.getLogger(__name__)
 
@@ -352,26 +352,6 @@ class PayoutService:
     def _read(self, payout_id: str) -> dict[str, Any] | None:
         return self.store.get(payout_pk(payout_id), "PAYOUT")
 
-    @staticmethod
-    def _change(
-        item: dict[str, Any],
-        operation: str,
-        to_status: str,
-        *,
-        set: dict[str, Any] | None = None,
-        remove: tuple[str, ...] = (),
-        condition: str | None = None,
-    ) -> Change:
-        return Change.versioned(
-            item,
-            operation,
-            to_status,
-            state_attribute="status",
-            set=set,
-            remove=remove,
-            condition=condition,
-        )
-
     def send(self, payout_id: str) -> str:
         """Send a pending payout to the bank, once: write-ahead, then the transfer, then its
         acceptance committed. A retry, or the resolver, makes the same call with the same key."""
@@ -384,7 +364,7 @@ class PayoutService:
             raise processor_unavailable()
         if not item.get("transfer_key"):
             key = f"{payout_id}:transfer"
-            wish = self._change(
+            wish = status_change(
                 item,
                 "payout.send.request",
                 PENDING,
@@ -420,7 +400,7 @@ class PayoutService:
         }
         transition = Transition(
             [
-                self._change(
+                status_change(
                     item,
                     "payout.sent",
                     IN_TRANSIT,
@@ -474,7 +454,7 @@ class PayoutService:
         merchant, cur, amount = item["merchant"], item["currency"], item["amount"]
         after = {**item, "status": PAID, "version": item["version"] + 1}
         transition = Transition(
-            [self._change(item, "payout.paid", PAID, remove=DUE_KEYS)],
+            [status_change(item, "payout.paid", PAID, remove=DUE_KEYS)],
             events=[
                 Announcement(merchant, "payout.paid", Payout.from_item(after)),
                 self._updated(after, item),
@@ -496,7 +476,7 @@ class PayoutService:
         }
         after = {**item, **fields, "status": FAILED, "version": item["version"] + 1}
         transition = Transition(
-            [self._change(item, "payout.failed", FAILED, set=fields, remove=DUE_KEYS)],
+            [status_change(item, "payout.failed", FAILED, set=fields, remove=DUE_KEYS)],
             events=[
                 Announcement(merchant, "payout.failed", Payout.from_item(after)),
                 self._updated(after, item),
@@ -533,7 +513,7 @@ class PayoutService:
             return Payout.from_item(item)
         metadata = merged_metadata(item.get("metadata") or {}, params.metadata)
         after = {**item, "metadata": metadata, "version": item["version"] + 1}
-        change = self._change(item, "payout.update", item["status"], set={"metadata": metadata})
+        change = status_change(item, "payout.update", item["status"], set={"metadata": metadata})
         if self.writer.commit(Transition([change], caller, [self._updated(after, item)])):
             raise ConflictError(f"Payout {payout_id} changed meanwhile; retry.")
         return Payout.from_item(after)
@@ -562,7 +542,7 @@ class PayoutService:
         }
         transition = Transition(
             [
-                self._change(
+                status_change(
                     item,
                     "payout.cancel",
                     CANCELED,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from clearline import ledger
@@ -221,3 +222,7 @@ class TransitionWriter:
         guard failed. A conflict or an unreachable store is raised as retryable (409/503);
         a transaction the store refuses outright raises StoreRejected."""
         return commit(self.store, self.writes(transition, self.clock()))
+
+
+# The guarded change of an object whose state Stripe calls `status` (disputes, payouts).
+status_change = partial(Change.versioned, state_attribute="status")
