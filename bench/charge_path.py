@@ -3,6 +3,8 @@
 - charges per second through the local stack's front door, with 1 and 8 clients;
 - DynamoDB calls per charge, counted with a botocore event hook on the api handler run
   in this process against the same moto server;
+- the same for a charge in euros that converts into the merchant's dollars (the stored
+  rates read, two linked journals written);
 - the api handler's cold import time next to a bare `import boto3`, in fresh interpreters.
 
 Usage: python bench/charge_path.py [--charges N] [--workers N]
@@ -30,15 +32,16 @@ from clearline_local.lambda_runtime import REPO_ROOT
 from clearline_local.stack import LocalStack, aws_client
 
 BODY = b"amount=5000&currency=usd&source=tok_visa"
+CONVERTED_BODY = b"amount=5000&currency=eur&source=tok_visa"
 
 
-def throughput(url: str, secret: str, clients: int, charges: int) -> float:
+def throughput(url: str, secret: str, clients: int, charges: int, body: bytes = BODY) -> float:
     session = requests.Session()
 
     def one(_: int) -> None:
         response = session.post(
             f"{url}/v1/charges",
-            data=BODY,
+            data=body,
             auth=(secret, ""),
             timeout=60,
             headers={
@@ -54,11 +57,13 @@ def throughput(url: str, secret: str, clients: int, charges: int) -> float:
     return charges / (time.perf_counter() - started)
 
 
-def dynamodb_calls_per_charge(stack: LocalStack, secret: str, charges: int) -> Counter[str]:
+def dynamodb_calls_per_charge(
+    stack: LocalStack, secret: str, charges: int, body: bytes = BODY
+) -> Counter[str]:
     calls: Counter[str] = Counter()
     api = InProcessApi(stack, secret, lambda operation, _: calls.update([operation]))
     for _ in range(charges):
-        api.post("/v1/charges", BODY)
+        api.post("/v1/charges", body)
     return calls
 
 
@@ -100,11 +105,17 @@ def main() -> None:
             lines.append(
                 f"  {clients} client(s): {rate:7.1f} charges/s over {args.charges} charges"
             )
-        calls = dynamodb_calls_per_charge(stack, secret, 20)
-        per_charge = {name: count / 20 for name, count in sorted(calls.items())}
+        converted = throughput(info.api_url, secret, 1, args.charges // 2, CONVERTED_BODY)
         lines.append(
-            f"  DynamoDB calls per charge: {sum(per_charge.values()):.1f} {json.dumps(per_charge)}"
+            f"  1 client, eur into usd: {converted:7.1f} charges/s over {args.charges // 2}"
         )
+        for label, body in (("", BODY), (" (eur into usd)", CONVERTED_BODY)):
+            calls = dynamodb_calls_per_charge(stack, secret, 20, body)
+            per_charge = {name: count / 20 for name, count in sorted(calls.items())}
+            lines.append(
+                f"  DynamoDB calls per charge{label}: {sum(per_charge.values()):.1f} "
+                f"{json.dumps(per_charge)}"
+            )
     finally:
         stack.stop()
     boto = import_seconds("import boto3")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -21,8 +22,8 @@ from clearline_local.sandbox_processor import SandboxProcessor
 from clearline_local.sandbox_rates import BASE_RATES
 
 
-@pytest.fixture
-def aws() -> Iterator[Any]:
+@contextmanager
+def moto_account() -> Iterator[Any]:
     """A fresh moto account with the topology's tables and the webhook secrets key;
     yields a DynamoDB client."""
     os.environ.update(
@@ -38,8 +39,16 @@ def aws() -> Iterator[Any]:
         provision_tables(TOPOLOGY, client)
         key = provision_webhook_secrets_key(boto3.client("kms", region_name="us-east-1"))
         os.environ[WEBHOOK_SECRETS_KEY_ENV] = key
+        try:
+            yield client
+        finally:
+            os.environ.pop(WEBHOOK_SECRETS_KEY_ENV, None)
+
+
+@pytest.fixture
+def aws() -> Iterator[Any]:
+    with moto_account() as client:
         yield client
-        os.environ.pop(WEBHOOK_SECRETS_KEY_ENV, None)
 
 
 @pytest.fixture

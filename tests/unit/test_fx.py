@@ -4,7 +4,6 @@ movement in any currency may create or destroy money."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,16 +12,13 @@ from decimal import Context, Decimal
 from fractions import Fraction
 from typing import Any
 
-import boto3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moto import mock_aws
 
 from clearline import fx, ledger
 from clearline.audit import Caller
 from clearline.charges import ChargeService
-from clearline.config import WEBHOOK_SECRETS_KEY_ENV
 from clearline.disputes import DISPUTE_FEE_USD, dispute_fee
 from clearline.errors import InvalidRequestError
 from clearline.ids import derived_id
@@ -38,12 +34,11 @@ from clearline.params import (
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.store import Store, Write
-from clearline.topology import MAIN_TABLE, TOPOLOGY
-from clearline_local.provision import provision_tables, provision_webhook_secrets_key
+from clearline.topology import MAIN_TABLE
 from clearline_local.sandbox_processor import SandboxProcessor
 from clearline_local.sandbox_rates import BASE_RATES
 from presentation.errors import error_status
-from tests.unit.conftest import record_rates
+from tests.unit.conftest import moto_account, record_rates
 
 RATES = {code: Decimal(rate) for code, rate in BASE_RATES.items()}
 TEN_DIGITS = Context(prec=10)  # rates carry ten significant digits
@@ -901,23 +896,8 @@ def test_verify_catches_a_tampered_conversion(shop: dict[str, Any], tamper: str)
 @contextmanager
 def fresh_store() -> Iterator[Store]:
     """An empty moto account with the topology's tables, as the `aws` fixture makes."""
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    )
-    os.environ.pop("AWS_ENDPOINT_URL", None)
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        provision_tables(TOPOLOGY, client)
-        key = provision_webhook_secrets_key(boto3.client("kms", region_name="us-east-1"))
-        os.environ[WEBHOOK_SECRETS_KEY_ENV] = key
-        try:
-            yield Store(MAIN_TABLE.name, client)
-        finally:
-            os.environ.pop(WEBHOOK_SECRETS_KEY_ENV, None)
+    with moto_account() as client:
+        yield Store(MAIN_TABLE.name, client)
 
 
 PRESENTMENT = ["eur", "gbp", "jpy", "kwd", "usd"]

@@ -19,6 +19,7 @@ processor has answered. A crash in between is finished by a retry or by the reso
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from typing import Any
 
 from clearline import balance, fx, ledger, listing
@@ -127,6 +128,11 @@ class DisputeService(MoneyService):
     @property
     def rates(self) -> fx.RateBook:
         return fx.RateBook(self.store, self.clock)
+
+    def _market_rate(self, charge: dict[str, Any]) -> Decimal:
+        """Today's mid for a converted charge's pair (stale rates: 503, and the processor's
+        notice is retried)."""
+        return Decimal(fx.market_rate_item(self.rates, charge)["fx_market_rate"])
 
     # ---- from the processor ---------------------------------------------------------------
 
@@ -240,9 +246,7 @@ class DisputeService(MoneyService):
         charge is not refundable while it stands. Mutates the transition and `dispute`'s
         last change (the dispute item's new balance transaction)."""
         merchant, cur, amount = dispute["merchant"], dispute["currency"], dispute["amount"]
-        conversion = fx.Conversion.from_item(charge.get("fx"))
-        settled_in = conversion.to_currency if conversion else cur
-        fee = dispute_fee(self.rates, settled_in)
+        fee = dispute_fee(self.rates, charge.get("settlement_currency") or cur)
         txn_id = withdrawal_txn_id(dispute["id"])
         journal = ledger.Journal(
             id=derived_id("jnl", dispute["id"], "withdrawal"),
@@ -254,33 +258,32 @@ class DisputeService(MoneyService):
             created=int(now),
             source=dispute["id"],
         )
-        journals, withdrawn_amount = [journal], amount
-        if conversion is not None:  # at the charge's rate; the market's move is ours
-            journals, withdrawn_amount = fx.moved_again(
-                conversion,
-                journal,
-                amount=amount,
-                leaving=True,
-                market_rate=self.rates.mid(cur, settled_in),
-                fee=fee,
-            )
+        # At the charge's rate; the market's move since is ours.
+        moved = fx.movement(
+            journal,
+            charge,
+            amount=amount,
+            leaving=True,
+            market_rate=lambda: self._market_rate(charge),
+            fee=fee,
+        )
         txn_items = balance.transaction_items(
             txn_id,
             merchant_id=merchant,
             kind="adjustment",
             source=dispute["id"],
-            amount=-withdrawn_amount,
+            amount=-moved.amount,
             fee=fee,
-            currency=settled_in,
+            currency=moved.currency,
             now=now,
             description=f"Chargeback withdrawal for {charge['id']}",
             reporting_category="dispute",
             fee_description="Dispute fee",
             presentment=(amount, cur),
-            exchange_rate=fx.rate_text(conversion.exchange_rate) if conversion else None,
+            exchange_rate=moved.exchange_rate,
         )
         transition.records.extend(txn_items)
-        transition.journals.extend(journals)
+        transition.journals.extend(moved.journals)
         snapshot = BalanceTransaction.from_item(txn_items[0]).snapshot()
         self._record_txn(transition, txn_id, snapshot)
         charge_change = next(c for c in transition.changes if c.sk == "CHARGE")
@@ -436,30 +439,26 @@ class DisputeService(MoneyService):
             created=int(now),
             source=item["id"],
         )
-        journals, reinstated, settled_in = [journal], amount, cur
-        conversion = fx.Conversion.from_item(charge.get("fx"))
-        if conversion is not None:
-            settled_in = conversion.to_currency
-            journals, reinstated = fx.moved_again(
-                conversion,
-                journal,
-                amount=amount,
-                leaving=False,
-                market_rate=self.rates.mid(cur, settled_in),
-            )
+        moved = fx.movement(
+            journal,
+            charge,
+            amount=amount,
+            leaving=False,
+            market_rate=lambda: self._market_rate(charge),
+        )
         txn_items = balance.transaction_items(
             txn_id,
             merchant_id=merchant,
             kind="adjustment",
             source=item["id"],
-            amount=reinstated,
+            amount=moved.amount,
             fee=0,
-            currency=settled_in,
+            currency=moved.currency,
             now=now,
             description=f"Chargeback reversal for {charge['id']}",
             reporting_category="dispute_reversal",
             presentment=(amount, cur),
-            exchange_rate=fx.rate_text(conversion.exchange_rate) if conversion else None,
+            exchange_rate=moved.exchange_rate,
         )
         snapshot = BalanceTransaction.from_item(txn_items[0]).snapshot()
         won = {
@@ -498,7 +497,7 @@ class DisputeService(MoneyService):
                     previous=Dispute.from_item(item),
                 ),
             ],
-            journals=journals,
+            journals=moved.journals,
             records=txn_items,
         )
         return self.writer.commit(transition) is None

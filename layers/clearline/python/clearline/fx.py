@@ -426,6 +426,37 @@ def conversion_for(
     )
 
 
+@dataclass(frozen=True)
+class Movement:
+    """A later movement of a charge's money, as booked: its journals, and what it is to the
+    merchant (amount and currency, and the rate, when converted)."""
+
+    journals: list[Journal]
+    amount: int
+    currency: str
+    exchange_rate: str | None = None
+
+
+def movement(
+    journal: Journal,
+    charge: Mapping[str, Any],
+    *,
+    amount: int,
+    leaving: bool,
+    market_rate: Callable[[], Decimal],
+    fee: int = 0,
+) -> Movement:
+    """`journal` as it is for a charge not converted; for a converted one, its two linked
+    legs (`moved_again`), with the market rate asked for only then."""
+    conversion = Conversion.from_item(charge.get("fx"))
+    if conversion is None:
+        return Movement([journal], amount, journal.currency)
+    legs, to_merchant = moved_again(
+        conversion, journal, amount=amount, leaving=leaving, market_rate=market_rate(), fee=fee
+    )
+    return Movement(legs, to_merchant, conversion.to_currency, rate_text(conversion.exchange_rate))
+
+
 def moved_again(
     conversion: Conversion,
     journal: Journal,

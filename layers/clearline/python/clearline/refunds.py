@@ -454,17 +454,14 @@ class RefundService(MoneyService):
             created=int(now),
             source=refund["id"],
         )
-        journals, settled_amount, settled_in = [journal], amount, cur
-        conversion = fx.Conversion.from_item(charge.get("fx"))
-        if conversion is not None:  # back at the charge's rate; the market's move is ours
-            journals, settled_amount = fx.moved_again(
-                conversion,
-                journal,
-                amount=amount,
-                leaving=True,
-                market_rate=Decimal(refund["fx_market_rate"]),
-            )
-            settled_in = conversion.to_currency
+        # Converted: back at the charge's rate; the market's move since is ours.
+        moved = fx.movement(
+            journal,
+            charge,
+            amount=amount,
+            leaving=True,
+            market_rate=lambda: Decimal(refund["fx_market_rate"]),
+        )
         transition = Transition(
             [
                 Change(
@@ -491,18 +488,18 @@ class RefundService(MoneyService):
             ],
             caller,
             _refund_events(merchant_id, done, refunded, "refund.updated"),
-            journals=journals,
+            journals=moved.journals,
             records=balance.transaction_items(
                 txn_id,
                 merchant_id=merchant_id,
                 kind="refund",
                 source=refund["id"],
-                amount=-settled_amount,
+                amount=-moved.amount,
                 fee=0,
-                currency=settled_in,
+                currency=moved.currency,
                 now=now,
                 presentment=(amount, cur),
-                exchange_rate=fx.rate_text(conversion.exchange_rate) if conversion else None,
+                exchange_rate=moved.exchange_rate,
             ),
         )
         if self.writer.commit(transition) is not None:  # finished by a concurrent retry
