@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from clearline import ledger
+from clearline import fx, ledger
 from clearline.audit import Caller
 from clearline.balance import merchant_balance
 from clearline.charges import ChargeService
@@ -32,6 +32,7 @@ from clearline.resolver import Resolver
 from clearline.scheduling import DISPUTE_DEADLINE, due_jobs, run_job
 from clearline.store import Store
 from clearline_local.sandbox_processor import SandboxProcessor
+from tests.unit.conftest import record_rates
 
 
 @pytest.fixture
@@ -283,3 +284,29 @@ def test_past_the_deadline_a_dispute_without_evidence_is_lost_and_staged_evidenc
     assert (sent.status, sent.evidence_details.past_due) == ("under_review", True)
     for job in jobs:  # a job delivered again finds its dispute answered
         assert run_job(world["charges"], world["store"], job, disputes) == "already settled"
+
+
+def test_a_chargeback_of_a_converted_charge_waits_for_fresh_rates(
+    world: dict[str, Any],
+) -> None:
+    """Booking the market's move needs today's rate: with stale rates the notice is refused
+    as retryable (the intake answers 503, the processor sends it again) and nothing is
+    written; with fresh ones it opens at the charge's rate."""
+    store = world["store"]
+    record_rates(store)
+    params = ChargeCreateParams(amount=4000, currency="eur", source="tok_createDispute")
+    paid = world["charges"].create(world["caller"], params, idempotency_key=str(uuid.uuid4()))
+    notice = processor_dispute(world, paid.id)
+
+    two_hours_on = DisputeService(store, world["client"], clock=lambda: time.time() + 7200)
+    with pytest.raises(fx.FxRatesUnavailable):
+        two_hours_on.receive(notice)
+    assert store.get(f"DISPUTE#{dispute_id_of(notice.id)}", "DISPUTE") is None
+
+    opened_now = world["disputes"].receive(notice)
+    (withdrawal,) = opened_now.balance_transactions
+    captured = store.get(f"TXN#{paid.balance_transaction}", "TXN")
+    assert captured is not None
+    assert (withdrawal.currency, withdrawal.amount) == ("usd", -captured["amount"])
+    assert withdrawal.fee == 1500
+    assert ledger.verify(store).ok
