@@ -76,6 +76,9 @@ from clearline.params import (
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
+    ValueListCreateParams,
+    ValueListItemCreateParams,
+    ValueListUpdateParams,
     parse_params,
 )
 from clearline.payment_intents import PaymentIntentService
@@ -87,6 +90,7 @@ from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.store import Store, StoreUnavailable
 from clearline.topology import BANK_ACCOUNTS_KEY_ENV, PAYOUT_QUEUE, queue_env_var
+from clearline.value_lists import ValueListService
 from clearline.vault_client import VaultClient
 from clearline.versions import CURRENT_VERSION
 from clearline.webhooks import (
@@ -124,6 +128,7 @@ class Services:
     disputes: DisputeService
     payouts: PayoutService
     fx_quotes: FxQuoteService
+    value_lists: ValueListService
     webhook_endpoints: WebhookEndpoints
     idempotency: IdempotentRequests
     keys: KeyCache
@@ -169,6 +174,7 @@ def services() -> Services:
             shards,
         ),
         FxQuoteService(store, RateBook(store)),
+        ValueListService(store),
         WebhookEndpoints(store, secrets=secret_box, egress=EgressPolicy.from_settings(settings)),
         idempotency,
         KeyCache(),
@@ -1252,6 +1258,111 @@ def list_fx_quotes(
         merchant, limit=limit, starting_after=starting_after, ending_before=ending_before
     )
     return respond(merchant, page, "list:fx_quote", url="/v1/fx_quotes")
+
+
+# ---- Radar value lists: the sets fraud rules name by alias -----------------------------------
+
+
+@app.post("/v1/radar/value_lists")
+def create_value_list() -> Response[dict[str, Any]]:
+    return idempotent_post(
+        ValueListCreateParams,
+        lambda who, params, key: services().value_lists.create(who, params, idempotency_key=key),
+        "radar.value_list",
+    )
+
+
+@app.get("/v1/radar/value_lists/<list_id>")
+def retrieve_value_list(list_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    return respond(merchant, services().value_lists.retrieve(merchant, list_id), "radar.value_list")
+
+
+@app.post("/v1/radar/value_lists/<list_id>")
+def update_value_list(list_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        ValueListUpdateParams,
+        lambda who, params, _: services().value_lists.update(who, list_id, params),
+        "radar.value_list",
+    )
+
+
+@app.delete("/v1/radar/value_lists/<list_id>")
+def delete_value_list(list_id: str) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    deleted = services().value_lists.delete(Caller(merchant, request_id()), list_id)
+    return respond(merchant, deleted, "radar.value_list")
+
+
+@app.get("/v1/radar/value_lists")
+def list_value_lists(
+    alias: Annotated[str | None, Query(max_length=100)] = None,
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    page = services().value_lists.list(
+        merchant,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        alias=alias,
+        created=listing.Created(created_gt, created_gte, created_lt, created_lte),
+    )
+    return respond(merchant, page, "list:radar.value_list", url="/v1/radar/value_lists")
+
+
+@app.post("/v1/radar/value_list_items")
+def create_value_list_item() -> Response[dict[str, Any]]:
+    return idempotent_post(
+        ValueListItemCreateParams,
+        lambda who, params, key: services().value_lists.create_item(
+            who, params, idempotency_key=key
+        ),
+        "radar.value_list_item",
+    )
+
+
+@app.get("/v1/radar/value_list_items/<item_id>")
+def retrieve_value_list_item(item_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    item = services().value_lists.retrieve_item(merchant, item_id)
+    return respond(merchant, item, "radar.value_list_item")
+
+
+@app.delete("/v1/radar/value_list_items/<item_id>")
+def delete_value_list_item(item_id: str) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    deleted = services().value_lists.delete_item(Caller(merchant, request_id()), item_id)
+    return respond(merchant, deleted, "radar.value_list_item")
+
+
+@app.get("/v1/radar/value_list_items")
+def list_value_list_items(
+    value_list: Annotated[str, Query(max_length=100)],
+    value: Annotated[str | None, Query(max_length=800)] = None,
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    page = services().value_lists.list_items(
+        merchant,
+        value_list,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        value=value,
+    )
+    url = "/v1/radar/value_list_items"
+    return respond(merchant, page, "list:radar.value_list_item", url=url)
 
 
 # ---- operators' routes (IAM-authorized by the gateway) ---------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from pydantic import BaseModel
 
-from clearline import disputes, fx, payouts
+from clearline import disputes, fx, payouts, value_lists
 from clearline.idempotency import KEY_MAX_LENGTH
 from clearline.money import CURRENCIES, MAX_AMOUNT
 from clearline.params import (
@@ -51,6 +51,9 @@ from clearline.params import (
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
+    ValueListCreateParams,
+    ValueListItemCreateParams,
+    ValueListUpdateParams,
 )
 from clearline.versions import CURRENT_VERSION, VERSION_PATTERN
 from clearline.webhooks import WebhookEndpointCreateParams, WebhookEndpointUpdateParams
@@ -448,6 +451,62 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "List FX quotes, newest first",
         "fx_quote_list",
         description="The merchant's quotes; `lock_status` says which may still be used.",
+    ),
+    ("post", "/v1/radar/value_lists"): Operation(
+        "create_value_list",
+        "Radar",
+        "Create a value list",
+        "value_list",
+        ValueListCreateParams,
+        "A set of values (card BINs, fingerprints, countries, emails, IP addresses, customer "
+        "ids or text, by `item_type`) that fraud rules name by `alias`: `Block if :card_bin: "
+        "in @blocked_bins`. An alias is unique per account (400 `resource_already_exists`).",
+    ),
+    ("get", "/v1/radar/value_lists/{list_id}"): Operation(
+        "retrieve_value_list", "Radar", "Retrieve a value list", "value_list"
+    ),
+    ("post", "/v1/radar/value_lists/{list_id}"): Operation(
+        "update_value_list",
+        "Radar",
+        "Update a value list",
+        "value_list",
+        ValueListUpdateParams,
+        "Changes `name`, `metadata` or `alias` (rules naming the old alias then find nothing).",
+    ),
+    ("delete", "/v1/radar/value_lists/{list_id}"): Operation(
+        "delete_value_list", "Radar", "Delete a value list", "deleted_value_list"
+    ),
+    ("get", "/v1/radar/value_lists"): Operation(
+        "list_value_lists",
+        "Radar",
+        "List value lists, newest first",
+        "value_list_list",
+        description="Filter by `alias` or `created`.",
+    ),
+    ("post", "/v1/radar/value_list_items"): Operation(
+        "create_value_list_item",
+        "Radar",
+        "Add a value to a value list",
+        "value_list_item",
+        ValueListItemCreateParams,
+        "The value must be of the list's `item_type`, and not in the list already "
+        "(400 `resource_already_exists`); lists hold up to 10,000 values.",
+    ),
+    ("get", "/v1/radar/value_list_items/{item_id}"): Operation(
+        "retrieve_value_list_item", "Radar", "Retrieve a value list item", "value_list_item"
+    ),
+    ("delete", "/v1/radar/value_list_items/{item_id}"): Operation(
+        "delete_value_list_item",
+        "Radar",
+        "Remove a value from its list",
+        "deleted_value_list_item",
+    ),
+    ("get", "/v1/radar/value_list_items"): Operation(
+        "list_value_list_items",
+        "Radar",
+        "List a value list's items, newest first",
+        "value_list_item_list",
+        description="`value_list` is required; `value` keeps the items containing it.",
     ),
     ("post", "/v1/webhook_endpoints"): Operation(
         "create_webhook_endpoint",
@@ -991,6 +1050,54 @@ def _dispute_schema() -> Schema:
     )
 
 
+def _value_list_schemas() -> dict[str, Schema]:
+    item = _obj(
+        {
+            "id": {"type": "string", "pattern": "^rsli_"},
+            "object": _const("radar.value_list_item"),
+            "created": _INT,
+            "created_by": _STR,
+            "livemode": _BOOL,
+            "value": _STR,
+            "value_list": {"type": "string", "pattern": "^rsl_"},
+        },
+        description="One value of a value list.",
+    )
+    value_list = _obj(
+        {
+            "id": {"type": "string", "pattern": "^rsl_"},
+            "object": _const("radar.value_list"),
+            "alias": {**_STR, "description": "What rules call it: `@alias`."},
+            "created": _INT,
+            "created_by": _STR,
+            "item_type": {"type": "string", "enum": sorted(value_lists.SHAPES)},
+            "list_items": {**_list_of("value_list_item", "Its newest items.")},
+            "livemode": _BOOL,
+            "metadata": _METADATA_OUT,
+            "name": _STR,
+        },
+        description="A set of values fraud rules name by alias.",
+    )
+
+    def deleted(kind: str, prefix: str) -> Schema:
+        return _obj(
+            {
+                "id": {"type": "string", "pattern": f"^{prefix}_"},
+                "object": _const(kind),
+                "deleted": {"type": "boolean", "enum": [True]},
+            }
+        )
+
+    return {
+        "value_list": value_list,
+        "value_list_list": _list_of("value_list", "A page of value lists."),
+        "deleted_value_list": deleted("radar.value_list", "rsl"),
+        "value_list_item": item,
+        "value_list_item_list": _list_of("value_list_item", "A page of a list's items."),
+        "deleted_value_list_item": deleted("radar.value_list_item", "rsli"),
+    }
+
+
 def _fx_quote_schema() -> Schema:
     number = {"type": "number"}
     rate = _obj(
@@ -1409,6 +1516,7 @@ def object_schemas() -> dict[str, Schema]:
         "payout": _payout_schema(),
         "payout_list": _list_of("payout", "A page of payouts."),
         "fx_quote": _fx_quote_schema(),
+        **_value_list_schemas(),
         "fx_quote_list": _list_of("fx_quote", "A page of FX quotes."),
         "webhook_endpoint_list": _list_of("webhook_endpoint", "A page of webhook endpoints."),
         "error": error,

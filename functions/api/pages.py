@@ -335,6 +335,11 @@ ERROR_CODES: dict[str, str] = {
     "account_number_invalid": (
         "The bank account number must be 4 to 17 digits, with no spaces or dashes."
     ),
+    "resource_already_exists": (
+        "Something with that name already exists: a value list's alias is unique in your "
+        "account, and a value is in a list at most once. Use the existing one, or another "
+        "name."
+    ),
     "fx_rates_unavailable": (
         "Clearline has no exchange rates recent enough to convert this payment into your "
         "settlement currency, so it refuses rather than guess (nothing was charged or "

@@ -149,7 +149,7 @@ def test_every_post_documents_its_body_form_and_json_and_the_idempotency_key(
     doc: dict[str, Any],
 ) -> None:
     posts = [(path, op) for method, path, op in operations(doc) if method == "post"]
-    assert len(posts) == 24
+    assert len(posts) == 27
     for path, op in posts:
         content = op["requestBody"]["content"]
         form = content["application/x-www-form-urlencoded"]
@@ -318,6 +318,12 @@ def test_every_200_names_an_object_schema(doc: dict[str, Any]) -> None:
         "payout_list",
         "fx_quote",
         "fx_quote_list",
+        "value_list",
+        "value_list_list",
+        "deleted_value_list",
+        "value_list_item",
+        "value_list_item_list",
+        "deleted_value_list_item",
         "refund_list",
         "balance_transaction_list",
         "event_list",
@@ -547,6 +553,25 @@ def test_every_object_the_api_returns_matches_its_schema(
     )
     assert converted["currency"] == "usd"
     assert converted["exchange_rate"] == quote["rates"]["jpy"]["exchange_rate"]
+
+    # Radar value lists and their items.
+    lists, items = "/v1/radar/value_lists", "/v1/radar/value_list_items"
+    bins = api.ok(
+        "POST",
+        lists,
+        lists,
+        form={"alias": "blocked_bins", "name": "BINs", "item_type": "card_bin"},
+    )
+    rsl = bins["id"]
+    item = api.ok("POST", items, items, form={"value_list": rsl, "value": "424242"})
+    shown = api.ok("GET", f"{lists}/{rsl}", lists + "/{list_id}")
+    assert [i["value"] for i in shown["list_items"]["data"]] == ["424242"]
+    api.ok("POST", f"{lists}/{rsl}", lists + "/{list_id}", form={"metadata[team]": "risk"})
+    assert [v["id"] for v in api.ok("GET", f"{lists}?alias=blocked_bins", lists)["data"]] == [rsl]
+    assert api.ok("GET", f"{items}/{item['id']}", items + "/{item_id}")["value"] == "424242"
+    assert len(api.ok("GET", f"{items}?value_list={rsl}", items)["data"]) == 1
+    assert api.ok("DELETE", f"{items}/{item['id']}", items + "/{item_id}")["deleted"]
+    assert api.ok("DELETE", f"{lists}/{rsl}", lists + "/{list_id}")["deleted"]
     to_void = api.ok(
         "POST",
         "/v1/charges",

@@ -48,6 +48,8 @@ _queries = ThreadPoolExecutor(max_workers=8, thread_name_prefix="list-shard")
 
 # id prefix -> (pk prefix, sk, the name Stripe uses in "No such ...")
 KINDS = {
+    "rsl": ("VALUELIST#", "VALUELIST", "value list"),
+    "rsli": ("VALUELISTITEM#", "VALUELISTITEM", "value list item"),
     "fxq": ("FXQUOTE#", "FXQUOTE", "fx_quote"),
     "ch": ("CHARGE#", "CHARGE", "charge"),
     "re": ("REFUND#", "REFUND", "refund"),

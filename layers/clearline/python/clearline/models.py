@@ -206,6 +206,31 @@ class FxQuote(Model):
     usage: dict[str, Any]
 
 
+class ValueListItem(Model):
+    kind: Literal["radar.value_list_item"] = "radar.value_list_item"
+    id: str
+    merchant: str
+    value: str
+    value_list: str
+    created: int
+    created_ms: int = 0
+    deleted: bool = False
+
+
+class ValueList(Model):
+    kind: Literal["radar.value_list"] = "radar.value_list"
+    id: str
+    merchant: str
+    alias: str
+    name: str
+    item_type: str
+    created: int
+    metadata: dict[str, str] = Field(default_factory=dict)
+    list_items: tuple[ValueListItem, ...] = ()  # the newest, as Stripe embeds them
+    has_more_items: bool = False
+    deleted: bool = False
+
+
 class BalanceAmount(Model):
     currency: str
     amount: int

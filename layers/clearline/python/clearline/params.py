@@ -396,6 +396,40 @@ class FxQuoteCreateParams(Params):
     expand: list[String] = Field(default_factory=list)
 
 
+RadarItemType = Literal[
+    "card_bin",
+    "card_fingerprint",
+    "case_sensitive_string",
+    "country",
+    "customer_id",
+    "email",
+    "ip_address",
+    "string",
+]
+Alias = Annotated[String, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$")]
+
+
+class ValueListCreateParams(Params):
+    alias: Alias
+    name: Annotated[String, Field(min_length=1, max_length=100)]
+    item_type: RadarItemType = "string"
+    metadata: Metadata = Field(default_factory=dict)
+    expand: list[String] = Field(default_factory=list)
+
+
+class ValueListUpdateParams(Params):
+    alias: Alias | None = None
+    name: Annotated[String, Field(min_length=1, max_length=100)] | None = None
+    metadata: MetadataUpdate | None = None
+    expand: list[String] = Field(default_factory=list)
+
+
+class ValueListItemCreateParams(Params):
+    value: Annotated[String, Field(min_length=1, max_length=800)]
+    value_list: String
+    expand: list[String] = Field(default_factory=list)
+
+
 class PayoutUpdateParams(Params):
     metadata: MetadataUpdate | None = None
     expand: list[String] = Field(default_factory=list)

@@ -17,6 +17,8 @@ from clearline.models import (
     Payout,
     ReconciliationMismatch,
     Refund,
+    ValueList,
+    ValueListItem,
     WebhookEndpoint,
 )
 from presentation.balance import render_balance, render_balance_transaction
@@ -28,6 +30,7 @@ from presentation.links import Links
 from presentation.payment_intents import render_payment_intent
 from presentation.payment_methods import render_payment_method
 from presentation.payouts import render_payout
+from presentation.radar import render_value_list, render_value_list_item
 from presentation.refunds import render_refund
 from presentation.webhook_endpoints import render_webhook_endpoint
 
@@ -44,6 +47,8 @@ MODELS: dict[str, type[Model]] = {
     "dispute": Dispute,
     "payout": Payout,
     "fx_quote": FxQuote,
+    "radar.value_list": ValueList,
+    "radar.value_list_item": ValueListItem,
 }
 
 
@@ -75,6 +80,10 @@ def render(model: Model, links: Links) -> dict[str, Any]:
         return render_payout(model)
     if isinstance(model, FxQuote):
         return render_fx_quote(model)
+    if isinstance(model, ValueList):
+        return render_value_list(model)
+    if isinstance(model, ValueListItem):
+        return render_value_list_item(model)
     if isinstance(model, ReconciliationMismatch):
         rendered = model.model_dump(exclude={"kind", "mismatch"})
         return {"object": "reconciliation_mismatch", "kind": model.mismatch, **rendered}

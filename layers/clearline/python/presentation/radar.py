@@ -1,0 +1,43 @@
+"""Radar's value lists and their items in Stripe's shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clearline.models import ValueList, ValueListItem
+
+
+def render_value_list_item(item: ValueListItem) -> dict[str, Any]:
+    if item.deleted:
+        return {"id": item.id, "object": "radar.value_list_item", "deleted": True}
+    return {
+        "id": item.id,
+        "object": "radar.value_list_item",
+        "created": item.created,
+        "created_by": "",  # an API key, not a dashboard user
+        "livemode": False,
+        "value": item.value,
+        "value_list": item.value_list,
+    }
+
+
+def render_value_list(value_list: ValueList) -> dict[str, Any]:
+    if value_list.deleted:
+        return {"id": value_list.id, "object": "radar.value_list", "deleted": True}
+    return {
+        "id": value_list.id,
+        "object": "radar.value_list",
+        "alias": value_list.alias,
+        "created": value_list.created,
+        "created_by": "",
+        "item_type": value_list.item_type,
+        "list_items": {
+            "object": "list",
+            "data": [render_value_list_item(i) for i in value_list.list_items],
+            "has_more": value_list.has_more_items,
+            "url": f"/v1/radar/value_list_items?value_list={value_list.id}",
+        },
+        "livemode": False,
+        "metadata": dict(value_list.metadata),
+        "name": value_list.name,
+    }

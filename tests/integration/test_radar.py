@@ -1,0 +1,92 @@
+"""Radar value lists over the unmodified stripe SDK: the sets fraud rules name by alias."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import stripe
+
+from .conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def key() -> dict[str, str]:
+    return {"idempotency_key": str(uuid.uuid4())}
+
+
+def test_a_value_list_is_made_filled_renamed_and_emptied(client: stripe.StripeClient) -> None:
+    alias = f"blocked_bins_{uuid.uuid4().hex[:8]}"
+    bins = client.v1.radar.value_lists.create(
+        params={"alias": alias, "name": "Blocked BINs", "item_type": "card_bin"}, options=key()
+    )
+    assert bins.id.startswith("rsl_") and (bins.alias, bins.item_type) == (alias, "card_bin")
+    assert bins.list_items.data == []
+
+    added = [
+        client.v1.radar.value_list_items.create(
+            params={"value_list": bins.id, "value": value}, options=key()
+        )
+        for value in ("424242", "400000")
+    ]
+    assert all(i.id.startswith("rsli_") and i.value_list == bins.id for i in added)
+    shown = client.v1.radar.value_lists.retrieve(bins.id)
+    assert [i.value for i in shown.list_items.data] == ["400000", "424242"]  # newest first
+    listed = client.v1.radar.value_list_items.list(params={"value_list": bins.id, "value": "4242"})
+    assert [i.id for i in listed.data] == [added[0].id]
+
+    # A value of the wrong kind, or one already there, changes nothing.
+    for value, says in (("not-a-bin", "card_bin"), ("424242", "already")):
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            client.v1.radar.value_list_items.create(
+                params={"value_list": bins.id, "value": value}, options=key()
+            )
+        assert refused.value.param == "value" and says in str(refused.value.user_message)
+    assert len(client.v1.radar.value_list_items.list(params={"value_list": bins.id}).data) == 2
+
+    renamed = client.v1.radar.value_lists.update(
+        bins.id, params={"alias": alias + "_v2", "metadata": {"team": "risk"}}, options=key()
+    )
+    assert (renamed.alias, renamed.metadata.to_dict()) == (alias + "_v2", {"team": "risk"})
+    found = client.v1.radar.value_lists.list(params={"alias": alias + "_v2"})
+    assert [v.id for v in found.data] == [bins.id]
+    # The old alias is free again; the new one is taken.
+    again = client.v1.radar.value_lists.create(
+        params={"alias": alias, "name": "Blocked BINs, again", "item_type": "card_bin"},
+        options=key(),
+    )
+    with pytest.raises(stripe.InvalidRequestError) as taken:
+        client.v1.radar.value_lists.create(
+            params={"alias": alias + "_v2", "name": "Clash"}, options=key()
+        )
+    assert (taken.value.code, taken.value.param) == ("resource_already_exists", "alias")
+
+    removed = client.v1.radar.value_list_items.delete(added[0].id)
+    assert removed.deleted is True
+    with pytest.raises(stripe.InvalidRequestError) as gone:
+        client.v1.radar.value_list_items.retrieve(added[0].id)
+    assert gone.value.http_status == 404
+    assert client.v1.radar.value_lists.delete(bins.id).deleted is True
+    assert client.v1.radar.value_lists.delete(again.id).deleted is True
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.radar.value_lists.retrieve(bins.id)
+
+
+def test_another_merchants_list_does_not_exist_for_you(
+    stack: Stack, client: stripe.StripeClient
+) -> None:
+    other: dict[str, Any] = stack.create_merchant("Other Risk Team")
+    theirs = stripe.StripeClient(other["secret_key"], base_addresses={"api": stack.url})
+    private = theirs.v1.radar.value_lists.create(
+        params={"alias": "their_emails", "name": "Theirs", "item_type": "email"}, options=key()
+    )
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        client.v1.radar.value_lists.retrieve(private.id)
+    assert missing.value.http_status == 404
+    with pytest.raises(stripe.InvalidRequestError) as not_yours:
+        client.v1.radar.value_list_items.create(
+            params={"value_list": private.id, "value": "a@b.co"}, options=key()
+        )
+    assert not_yours.value.param == "value_list"

@@ -1,0 +1,63 @@
+"""Value lists as rules read them: one query per list, values kept as rules compare them."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from clearline.audit import Caller
+from clearline.errors import InvalidRequestError
+from clearline.merchants import create_merchant
+from clearline.params import ValueListCreateParams, ValueListItemCreateParams
+from clearline.radar_rules import parse
+from clearline.store import Store
+from clearline.value_lists import ValueListService
+
+
+def test_a_rule_reads_a_list_by_its_alias(store: Store) -> None:
+    merchant = create_merchant(store, "Risky Goods").merchant
+    caller = Caller(merchant, "req_lists")
+    lists = ValueListService(store)
+
+    def made(alias: str, item_type: str, *values: str) -> str:
+        params = ValueListCreateParams(alias=alias, name=alias, item_type=item_type)  # type: ignore[arg-type]
+        list_id = lists.create(caller, params, idempotency_key=str(uuid.uuid4())).id
+        for value in values:
+            item = ValueListItemCreateParams(value_list=list_id, value=value)
+            lists.create_item(caller, item, idempotency_key=str(uuid.uuid4()))
+        return list_id
+
+    made("blocked_emails", "email", "Fraud@Example.com", "x@y.co")
+    made("codes", "case_sensitive_string", "AbC")
+    assert lists.values_of(merchant.id, "blocked_emails") == {"fraud@example.com", "x@y.co"}
+    assert lists.values_of(merchant.id, "codes") == {"AbC"}
+    assert lists.values_of(merchant.id, "no_such_list") == set()
+    assert lists.values_of("acct_someone_else", "blocked_emails") == set()
+
+    rule = parse("Block if :email: in @blocked_emails")
+    found = {alias: lists.values_of(merchant.id, alias) for alias in rule.value_lists}
+    assert rule.matches({"email": "FRAUD@example.com"}, found)
+    assert not rule.matches({"email": "honest@example.com"}, found)
+
+
+def test_an_emailed_list_refuses_what_is_not_an_email_and_keeps_no_twins(store: Store) -> None:
+    merchant = create_merchant(store, "Careful").merchant
+    caller = Caller(merchant, "req_lists")
+    lists = ValueListService(store)
+    params = ValueListCreateParams(alias="emails", name="Emails", item_type="email")
+    list_id = lists.create(caller, params, idempotency_key="k1").id
+    assert lists.create(caller, params, idempotency_key="k1").id == list_id  # a retry
+    lists.create_item(
+        caller, ValueListItemCreateParams(value_list=list_id, value="a@b.co"), idempotency_key="i1"
+    )
+    for value in ("not an email", "A@B.CO"):
+        with pytest.raises(InvalidRequestError) as refused:
+            lists.create_item(
+                caller,
+                ValueListItemCreateParams(value_list=list_id, value=value),
+                idempotency_key=str(uuid.uuid4()),
+            )
+        assert refused.value.param == "value"
+    assert lists.retrieve(merchant, list_id).list_items[0].value == "a@b.co"
+    assert store.get(f"VALUELIST#{list_id}", "VALUELIST")["items"] == 1  # type: ignore[index]
