@@ -61,3 +61,17 @@ def test_an_emailed_list_refuses_what_is_not_an_email_and_keeps_no_twins(store: 
         assert refused.value.param == "value"
     assert lists.retrieve(merchant, list_id).list_items[0].value == "a@b.co"
     assert store.get(f"VALUELIST#{list_id}", "VALUELIST")["items"] == 1  # type: ignore[index]
+
+
+def test_a_long_value_is_kept_whole_and_once(store: Store) -> None:
+    merchant = create_merchant(store, "Wordy").merchant
+    caller = Caller(merchant, "req_lists")
+    lists = ValueListService(store)
+    params = ValueListCreateParams(alias="phrases", name="Phrases")
+    list_id = lists.create(caller, params, idempotency_key="long").id
+    long_value = "é" * 800  # 1,600 bytes: longer than a sort key may be
+    item = ValueListItemCreateParams(value_list=list_id, value=long_value)
+    lists.create_item(caller, item, idempotency_key="first")
+    with pytest.raises(InvalidRequestError):
+        lists.create_item(caller, item, idempotency_key="second")
+    assert lists.values_of(merchant.id, "phrases") == {long_value}

@@ -10,6 +10,7 @@ reads a whole list with one query.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import time
@@ -69,6 +70,14 @@ def _is_ip(value: str) -> bool:
 def member_key(item_type: str, value: str) -> str:
     """How a value is kept and compared: case matters only where the type says so."""
     return value if item_type == "case_sensitive_string" else value.lower()
+
+
+def _member_sk(key: str) -> str:
+    """A member's sort key: its value, or the value's digest where the value is longer than
+    a sort key may be (800 characters of text can be 3,200 bytes)."""
+    if len(key.encode()) <= 512:
+        return f"MEMBER#{key}"
+    return f"MEMBER#sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def _list_pk(list_id: str) -> str:
@@ -248,7 +257,7 @@ class ValueListService:
             "created_ms": int(now * 1000),
             "state": ACTIVE,
         }
-        member = {**item, "pk": _list_pk(value_list["id"]), "sk": f"MEMBER#{key}", "key": key}
+        member = {**item, "pk": _list_pk(value_list["id"]), "sk": _member_sk(key), "key": key}
         for name in ("gsi1pk", "gsi1sk"):
             member.pop(name)
         counted = Change(
@@ -309,7 +318,7 @@ class ValueListService:
             ),
             Change(
                 _list_pk(item["value_list"]),
-                f"MEMBER#{key}",
+                _member_sk(key),
                 item_id,
                 "member.remove",
                 DELETED,
