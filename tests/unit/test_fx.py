@@ -1000,3 +1000,74 @@ def test_no_movement_creates_or_destroys_money_in_any_currency(
         assert receivable.debits_posted - receivable.credits_posted == captured - refunded
         if settled_in != presentment:
             assert credit_balance(store, ledger.fx_liquidity(presentment)) == captured - refunded
+
+
+# ---- retries after the lock has gone --------------------------------------------------------
+
+
+def test_a_retry_after_the_quote_expired_finds_its_charge_rather_than_refusing_it(
+    store: Store, processor: SandboxProcessor
+) -> None:
+    """The processor did not answer, so the charge waits pending with its locked rate. Its
+    retry, after the quote's lock has ended (and with the rates gone stale), must find that
+    charge and finish it: refusing would tell the merchant it failed while the resolver
+    charges the card."""
+    now = time.time()
+    clock = Clock(now)
+    record_rates(store)
+    merchant = create_merchant(store, "Patient").merchant
+    caller = Caller(merchant, "req_retry")
+    client = ProcessorClient(processor.url, timeout_seconds=0.5)
+    charges = ChargeService(store, client, clock=clock)
+    params = FxQuoteCreateParams.model_validate(
+        {"from_currencies": ["eur"], "to_currency": "usd", "lock_duration": "five_minutes"}
+    )
+    quote = fx.FxQuoteService(store, fx.RateBook(store, clock), clock).create(merchant, params)
+    paid = ChargeCreateParams(amount=2500, currency="eur", source="tok_visa", fx_quote=quote.id)
+    processor.inject_fault("timeout_before")
+    try:
+        first = charges.create(caller, paid, idempotency_key="order-77")
+    finally:
+        processor.clear_faults()
+    assert first.state == "pending"
+
+    clock.now = now + 2 * 3600  # the lock is over, and the rates are two hours old
+    with pytest.raises(InvalidRequestError):  # a new charge at the quote is refused...
+        charges.create(caller, paid, idempotency_key="order-78")
+    retried = charges.create(caller, paid, idempotency_key="order-77")  # ...its retry is not
+    assert retried.id == first.id and retried.state == "captured"
+    assert retried.exchange_rate == quote.rates["eur"].exchange_rate
+    assert ledger.verify(store).ok
+
+
+def test_a_payment_intent_confirmed_at_stale_rates_is_left_as_it_was(
+    store: Store, processor: SandboxProcessor
+) -> None:
+    from clearline.params import PaymentIntentConfirmParams, PaymentIntentCreateParams
+    from clearline.payment_intents import PaymentIntentService
+
+    now = time.time()
+    clock = Clock(now)
+    record_rates(store)
+    merchant = create_merchant(store, "Intent Shop").merchant
+    caller = Caller(merchant, "req_intent")
+    client = ProcessorClient(processor.url, timeout_seconds=2.0)
+    charges = ChargeService(store, client, clock=clock)
+    refunds = RefundService(store, client, clock=clock)
+    intents = PaymentIntentService(store, charges, refunds, clock, public_url="https://x.test")
+    created = intents.create(
+        caller,
+        PaymentIntentCreateParams(amount=3000, currency="eur", payment_method="pm_card_visa"),
+        idempotency_key="pi-1",
+    )
+    clock.now = now + 2 * 3600
+    with pytest.raises(fx.FxRatesUnavailable):
+        intents.confirm(caller, created.id, PaymentIntentConfirmParams())
+    after = store.get(f"PI#{created.id}", "PI")
+    assert after is not None
+    assert (after["state"], after["attempt"]) == ("requires_confirmation", 0)
+    assert after["payment_method"] == created.payment_method
+
+    clock.now = now  # fresh again: the same confirmation goes through
+    confirmed = intents.confirm(caller, created.id, PaymentIntentConfirmParams())
+    assert confirmed.state == "succeeded"

@@ -119,3 +119,11 @@ def test_actions_run_in_radars_order_allow_then_block_then_review() -> None:
     assert (decided.action, decided.rule) == ("review", review)
     nothing: dict[str, Any] = {**CHARGE, "amount_in_usd": 10.0}
     assert decide([review], nothing, LISTS).action is None
+
+
+def test_a_rule_nested_past_reason_is_refused_not_overflowed() -> None:
+    deep = "Block if " + "(" * 40 + ":amount: > 1" + ")" * 40
+    with pytest.raises(RuleSyntaxError) as refused:
+        parse(deep)
+    assert "nested more than" in refused.value.description
+    assert parse("Block if " + "(" * 10 + ":amount: > 1" + ")" * 10).matches({"amount": 2.0}, {})

@@ -75,3 +75,38 @@ def test_a_long_value_is_kept_whole_and_once(store: Store) -> None:
     with pytest.raises(InvalidRequestError):
         lists.create_item(caller, item, idempotency_key="second")
     assert lists.values_of(merchant.id, "phrases") == {long_value}
+
+
+def test_ids_keep_their_case_and_a_deleted_list_is_no_cursor(store: Store) -> None:
+    merchant = create_merchant(store, "Exact").merchant
+    caller = Caller(merchant, "req_lists")
+    lists = ValueListService(store)
+    params = ValueListCreateParams(alias="customers", name="C", item_type="customer_id")
+    list_id = lists.create(caller, params, idempotency_key="ids").id
+    for value in ("cus_AbC", "cus_abc"):  # two customers, not one twice
+        lists.create_item(
+            caller,
+            ValueListItemCreateParams(value_list=list_id, value=value),
+            idempotency_key=value,
+        )
+    held = lists.values_of(merchant.id, "customers")
+    assert held == {"cus_AbC", "cus_abc"}
+    rule = parse("Block if :customer: in @customers")
+    assert rule.matches({"customer": "cus_AbC"}, {"customers": held})
+    assert not rule.matches({"customer": "CUS_ABC"}, {"customers": held})
+    with pytest.raises(InvalidRequestError):  # Arabic-Indic digits are not a BIN
+        bins = ValueListCreateParams(alias="bins", name="B", item_type="card_bin")
+        bins_id = lists.create(caller, bins, idempotency_key="bins").id
+        lists.create_item(
+            caller,
+            ValueListItemCreateParams(value_list=bins_id, value="٤٢٤٢٤٢"),
+            idempotency_key="arabic",
+        )
+
+    lists.delete(caller, list_id)
+    with pytest.raises(InvalidRequestError) as gone:
+        lists.list(merchant, limit=10, starting_after=list_id, ending_before=None)
+    assert gone.value.code == "resource_missing"
+    with pytest.raises(InvalidRequestError) as reused:  # its create's key, once more
+        lists.create(caller, params, idempotency_key="ids")
+    assert reused.value.code == "idempotency_key_in_use"

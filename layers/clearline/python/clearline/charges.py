@@ -280,10 +280,7 @@ class ChargeService(MoneyService):
         customer passed for this payment."""
         merchant = caller.merchant
         money.check_charge_amount(params.amount, money.currency(params.currency))
-        # Locked now: the capture, refunds and disputes all convert at this rate.
-        conversion = fx.conversion_for(
-            self.store, self.rates, merchant, params.currency.lower(), params.fx_quote
-        )
+        conversion = self._conversion(merchant, params, idempotency_key)
         customer = None
         if params.customer is not None:
             customer = CustomerService(self.store).chargeable(merchant.id, params.customer)
@@ -381,6 +378,21 @@ class ChargeService(MoneyService):
                 return self._settled(existing)
             pending = existing
         return self._settled(self.authorize_pending(pending, caller))
+
+    def _conversion(
+        self, merchant: Merchant, params: ChargeCreateParams, idempotency_key: str
+    ) -> fx.Conversion | None:
+        """The rate a new charge locks: the capture, refunds and disputes all convert at it.
+        A retry of a charge already written needs none (its write-ahead holds it), so an
+        expired quote or stale rates refuse only a charge that does not exist yet."""
+        try:
+            return fx.conversion_for(
+                self.store, self.rates, merchant, params.currency.lower(), params.fx_quote
+            )
+        except ApiError:
+            if self._get(derived_id("ch", merchant.id, idempotency_key)) is None:
+                raise
+            return None  # the create below finds the charge and follows it
 
     def _test_card_fingerprint(self, token: str) -> str | None:
         """One card number, one fingerprint: a charge on `tok_visa` shows the fingerprint a

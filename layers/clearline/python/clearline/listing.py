@@ -169,6 +169,14 @@ def get_owned(
     return item
 
 
+def _cursor(store: Store, merchant_id: str, object_id: str, kind: str, param: str) -> str:
+    """Where a cursor's object sits in the list: 404 for one no longer listed (deleted)."""
+    position = get_owned(store, merchant_id, object_id, kind, param).get("gsi1sk")
+    if position is None:
+        raise ResourceMissingError(KINDS.get(kind, ("", "", "object"))[2], object_id, param=param)
+    return str(position)
+
+
 def page(
     store: Store,
     merchant_id: str,
@@ -186,9 +194,9 @@ def page(
     lowest, highest = (created or Created()).index_range()
     before = after = None
     if starting_after:
-        before = get_owned(store, merchant_id, starting_after, kind, "starting_after")["gsi1sk"]
+        before = _cursor(store, merchant_id, starting_after, kind, "starting_after")
     elif ending_before:
-        after = get_owned(store, merchant_id, ending_before, kind, "ending_before")["gsi1sk"]
+        after = _cursor(store, merchant_id, ending_before, kind, "ending_before")
     newest_first = after is None
 
     # Without a facet, each shard of the merchant's list; with one, each shard of the list of

@@ -426,7 +426,7 @@ class ValueListUpdateParams(Params):
 
 class ValueListItemCreateParams(Params):
     value: Annotated[String, Field(min_length=1, max_length=800)]
-    value_list: String
+    value_list: Annotated[String, Field(max_length=100)]
     expand: list[String] = Field(default_factory=list)
 
 

@@ -312,6 +312,12 @@ class PaymentIntentService:
         }
         if receipt_email is not None:
             changes["receipt_email"] = receipt_email
+        # Refused here, before anything is written, if the payment cannot convert (stale
+        # rates, an expired quote): the intent stays as it was, for a retry.
+        merchant = caller.merchant if caller else self.charges.merchant_of(item["merchant"])
+        fx.conversion_for(
+            self.store, self.charges.rates, merchant, item["currency"], item.get("fx_quote")
+        )
         try:
             processing = self._move(item, PROCESSING, caller, set=changes)
         except ConflictError:

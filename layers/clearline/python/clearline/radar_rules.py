@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Literal
 
 Action = Literal["allow", "block", "review"]
 ACTIONS: tuple[Action, ...] = ("allow", "block", "review")  # also the order they run in
 Value = str | float | bool | None
+Lists = Mapping[str, "AbstractSet[str]"]  # value lists by alias
 Compare = Literal["=", "!=", "<", ">", "<=", ">="]
 
 # The attributes a rule may name, and their kinds.
@@ -68,6 +70,13 @@ VELOCITY = re.compile(
     r"(?P<by>ip|card_fingerprint|email|customer)_(?P<window>hourly|daily|weekly)$"
 )
 WINDOW_SECONDS = {"hourly": 3600, "daily": 86_400, "weekly": 7 * 86_400}
+
+
+class CaseSensitive(frozenset[str]):
+    """A value list whose case matters (ids, fingerprints, case-sensitive text)."""
+
+
+MAX_DEPTH = 32  # nested parentheses and nots: far beyond any rule a person writes
 
 
 class RuleSyntaxError(ValueError):
@@ -180,7 +189,7 @@ class Rule:
     def value_lists(self) -> frozenset[str]:
         return frozenset(_lists(self.expr))
 
-    def matches(self, attributes: Mapping[str, Value], lists: Mapping[str, set[str]]) -> bool:
+    def matches(self, attributes: Mapping[str, Value], lists: Lists) -> bool:
         return _evaluate(self.expr, attributes, lists)
 
 
@@ -262,6 +271,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokens(text)
         self.at = 0
+        self.depth = 0
 
     @property
     def token(self) -> Token:
@@ -311,6 +321,15 @@ class _Parser:
         return parts[0] if len(parts) == 1 else BoolOp("and", tuple(parts))
 
     def _not(self) -> Expr:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise RuleSyntaxError(f"nested more than {MAX_DEPTH} deep", self.token.position)
+            return self._negated_or_grouped()
+        finally:
+            self.depth -= 1
+
+    def _negated_or_grouped(self) -> Expr:
         if self._word("not"):
             self._take()
             return Not(self._not())
@@ -430,7 +449,7 @@ def _compare(left: Value, op: str, right: Value) -> bool:
     return {"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b}[op]
 
 
-def _evaluate(expr: Expr, attributes: Mapping[str, Value], lists: Mapping[str, set[str]]) -> bool:
+def _evaluate(expr: Expr, attributes: Mapping[str, Value], lists: Lists) -> bool:
     if isinstance(expr, BoolOp):
         results = (_evaluate(part, attributes, lists) for part in expr.parts)
         return all(results) if expr.op == "and" else any(results)
@@ -445,10 +464,13 @@ def _evaluate(expr: Expr, attributes: Mapping[str, Value], lists: Mapping[str, s
     value = _value(expr.operand, attributes)
     if value is None:
         return False
-    listed = (
-        lists.get(expr.values.alias, set()) if isinstance(expr.values, ListRef) else expr.values
-    )
-    return (_member(value) in {_member(v) for v in listed}) != expr.negated
+    if isinstance(expr.values, ListRef):
+        listed: AbstractSet[str] = lists.get(expr.values.alias, frozenset())
+        if isinstance(listed, CaseSensitive):
+            exact = value if isinstance(value, str) else _member(value)
+            return (exact in listed) != expr.negated
+        return (_member(value) in {_member(v) for v in listed}) != expr.negated
+    return (_member(value) in {_member(v) for v in expr.values}) != expr.negated
 
 
 def _member(value: Value) -> str:
@@ -464,9 +486,7 @@ class Decision:
     rule: Rule | None
 
 
-def decide(
-    rules: Sequence[Rule], attributes: Mapping[str, Value], lists: Mapping[str, set[str]]
-) -> Decision:
+def decide(rules: Sequence[Rule], attributes: Mapping[str, Value], lists: Lists) -> Decision:
     """Radar's order: an allow rule that matches lets the charge through; else the first
     block rule that matches; else the first review rule that matches."""
     for action in ACTIONS:

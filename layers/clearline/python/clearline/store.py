@@ -232,8 +232,11 @@ class Store:
     def delete(self, pk: str, sk: str) -> None:
         self._call("delete_item", TableName=self.table_name, Key=serialize({"pk": pk, "sk": sk}))
 
-    def query_partition(self, pk: str, sk_prefix: str = "") -> list[dict[str, Any]]:
-        """Every item of one partition (whose sk starts with sk_prefix), strongly consistent."""
+    def query_partition(
+        self, pk: str, sk_prefix: str = "", limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Every item of one partition (whose sk starts with sk_prefix), strongly consistent;
+        with `limit`, the first that many in sort-key order."""
         condition = "pk = :pk" + (" AND begins_with(sk, :sk)" if sk_prefix else "")
         values = {":pk": pk, **({":sk": sk_prefix} if sk_prefix else {})}
         kwargs: dict[str, Any] = {
@@ -241,13 +244,14 @@ class Store:
             "KeyConditionExpression": condition,
             "ExpressionAttributeValues": serialize(values),
             "ConsistentRead": True,
+            **({"Limit": limit} if limit else {}),
         }
         items: list[dict[str, Any]] = []
         while True:
             response = self._call("query", **kwargs)
             items.extend(deserialize(raw) for raw in response.get("Items", []))
-            if "LastEvaluatedKey" not in response:
-                return items
+            if "LastEvaluatedKey" not in response or (limit and len(items) >= limit):
+                return items[:limit] if limit else items
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def scan(self, prefix: str | None = None) -> Iterator[dict[str, Any]]:

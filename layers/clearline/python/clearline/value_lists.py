@@ -29,6 +29,7 @@ from clearline.params import (
     ValueListUpdateParams,
     merged_metadata,
 )
+from clearline.radar_rules import CaseSensitive
 from clearline.store import Store
 from clearline.transitions import Change, Transition, TransitionWriter
 
@@ -37,7 +38,7 @@ MAX_ITEMS = 10_000  # Stripe's ceiling for a list
 SHOWN_ITEMS = 10  # the newest items a list shows in `list_items`
 
 _PATTERNS = {
-    "card_bin": (r"\d{6,8}", "six to eight digits"),
+    "card_bin": (r"[0-9]{6,8}", "six to eight digits"),
     "card_fingerprint": (r"[A-Za-z0-9]{16,64}", "a card fingerprint"),
     "country": (r"[A-Za-z]{2}", "a two-letter country code"),
     "customer_id": (r"cus_[A-Za-z0-9]+", "a customer id (cus_...)"),
@@ -67,9 +68,13 @@ def _is_ip(value: str) -> bool:
     return True
 
 
+# Kinds whose values compare without regard to case; ids and fingerprints keep theirs.
+CASE_INSENSITIVE = frozenset({"string", "email", "country"})
+
+
 def member_key(item_type: str, value: str) -> str:
-    """How a value is kept and compared: case matters only where the type says so."""
-    return value if item_type == "case_sensitive_string" else value.lower()
+    """How a value is kept and compared: case matters unless the type says it does not."""
+    return value.lower() if item_type in CASE_INSENSITIVE else value
 
 
 def _member_sk(key: str) -> str:
@@ -103,6 +108,12 @@ class ValueListService:
         list_id = derived_id("rsl", merchant.id, idempotency_key)
         existing = self.store.get(_list_pk(list_id), "VALUELIST")
         if existing is not None and existing["merchant"] == merchant.id:
+            if existing["state"] != ACTIVE:
+                raise InvalidRequestError(
+                    f"This Idempotency-Key made the value list {list_id}, which has since been "
+                    "deleted: use a new key.",
+                    code="idempotency_key_in_use",
+                )
             return self._shown(existing)  # a retry of this create
         now = self.clock()
         item: dict[str, Any] = {
@@ -200,8 +211,9 @@ class ValueListService:
         return ValueList.model_validate({**item, "deleted": True, "list_items": ()})
 
     def _shown(self, item: dict[str, Any]) -> ValueList:
-        """The list with its newest items, as Stripe embeds them in `list_items`."""
-        members = self.members_of(item["id"], limit=SHOWN_ITEMS + 1)
+        """The list with its first items (by value), as Stripe embeds them in `list_items`:
+        one short read, however long the list."""
+        members = self.store.query_partition(_list_pk(item["id"]), "MEMBER#", SHOWN_ITEMS + 1)
         shown = tuple(ValueListItem.model_validate(m) for m in members[:SHOWN_ITEMS])
         return ValueList.model_validate(
             {**item, "list_items": shown, "has_more_items": len(members) > SHOWN_ITEMS}
@@ -214,12 +226,17 @@ class ValueListService:
         members = self.store.query_partition(_list_pk(list_id), "MEMBER#")
         return sorted(members, key=lambda m: (m["created_ms"], m["id"]), reverse=True)[:limit]
 
-    def values_of(self, merchant_id: str, alias: str) -> set[str]:
-        """What a rule's `@alias` holds: nothing, if the merchant has no such list."""
+    def values_of(self, merchant_id: str, alias: str) -> frozenset[str]:
+        """What a rule's `@alias` holds (nothing, if the merchant has no such list), marked
+        for the rules when its case matters."""
         claim = self.store.get(*_alias_key(merchant_id, alias))
         if claim is None:
-            return set()
-        return {m["key"] for m in self.members_of(claim["value_list"])}
+            return frozenset()
+        value_list = self.store.get(_list_pk(claim["value_list"]), "VALUELIST") or {}
+        keys = frozenset(m["key"] for m in self.members_of(claim["value_list"]))
+        if value_list.get("item_type") in CASE_INSENSITIVE:
+            return keys
+        return CaseSensitive(keys)
 
     def create_item(
         self, caller: Caller, params: ValueListItemCreateParams, *, idempotency_key: str
