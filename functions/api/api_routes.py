@@ -45,6 +45,7 @@ from clearline.errors import (
     UnknownUrlError,
 )
 from clearline.forms import body_bytes, decode, parse_body
+from clearline.fraud_rules import RuleBook
 from clearline.fx import FxQuoteService, RateBook
 from clearline.idempotency import IdempotentRequests, Reply, check_key
 from clearline.ledger import ShardPolicy
@@ -73,6 +74,7 @@ from clearline.params import (
     PayoutCancelParams,
     PayoutCreateParams,
     PayoutUpdateParams,
+    RadarRuleParams,
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
@@ -1394,6 +1396,51 @@ def set_bank_account(merchant_id: str) -> Response[dict[str, Any]]:
         extra={"merchant": merchant_id, "currency": account.currency, "by": who},
     )
     return _json(200, render_bank_account(account))
+
+
+def _rules_of(merchant_id: str) -> dict[str, Any]:
+    rules = RuleBook(services().store).rules(merchant_id)
+    return {
+        "object": "list",
+        "data": [
+            {"id": r.id, "object": "radar.rule", "action": r.action, "predicate": r.predicate}
+            for r in rules
+        ],
+        "has_more": False,
+        "url": f"/admin/merchants/{merchant_id}/radar_rules",
+    }
+
+
+def _operated_merchant(merchant_id: str) -> str:
+    """The operator acting on a merchant that exists (404 otherwise)."""
+    who = operator()
+    if get_merchant(services().store, merchant_id) is None:
+        raise ResourceMissingError("merchant", merchant_id, param="merchant")
+    return who
+
+
+@app.get("/admin/merchants/<merchant_id>/radar_rules", include_in_schema=False)
+def list_radar_rules(merchant_id: str) -> Response[dict[str, Any]]:
+    _operated_merchant(merchant_id)
+    return _json(200, _rules_of(merchant_id))
+
+
+@app.post("/admin/merchants/<merchant_id>/radar_rules", include_in_schema=False)
+def add_radar_rule(merchant_id: str) -> Response[dict[str, Any]]:
+    """Clearline's own: Stripe manages rules in its Dashboard and has no API for them."""
+    who = _operated_merchant(merchant_id)
+    params = parse_params(RadarRuleParams, body_params())
+    rule = RuleBook(services().store).add(merchant_id, params.rule)
+    logger.info("radar rule added", extra={"merchant": merchant_id, "rule": rule.id, "by": who})
+    return _json(200, _rules_of(merchant_id))
+
+
+@app.delete("/admin/merchants/<merchant_id>/radar_rules/<rule_id>", include_in_schema=False)
+def remove_radar_rule(merchant_id: str, rule_id: str) -> Response[dict[str, Any]]:
+    who = _operated_merchant(merchant_id)
+    RuleBook(services().store).remove(merchant_id, rule_id)
+    logger.info("radar rule removed", extra={"merchant": merchant_id, "rule": rule_id, "by": who})
+    return _json(200, _rules_of(merchant_id))
 
 
 @app.post("/v1/webhook_endpoints")

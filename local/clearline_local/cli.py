@@ -129,9 +129,11 @@ def cmd_merchants_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_merchants_bank_account(args: argparse.Namespace) -> int:
-    """Set a merchant's bank account for payouts in a currency, through the api's admin
-    route, signed as an operator (SigV4), as in AWS."""
+def _admin_request(
+    info: StackInfo, method: str, path: str, body: dict[str, Any] | None = None
+) -> Any:
+    """A call to the api's admin routes, signed as an operator (SigV4), as in AWS. Prints
+    the error and returns None when refused."""
     import urllib.error
     import urllib.request
 
@@ -142,34 +144,67 @@ def cmd_merchants_bank_account(args: argparse.Namespace) -> int:
     from clearline_local.environment import FAKE_CREDENTIALS
     from clearline_local.lambda_runtime import REGION
 
-    info = find_stack(args.port)
-    url = f"{info.api_url}/admin/merchants/{args.merchant}/bank_accounts"
-    body = json.dumps(
-        {
-            "currency": args.currency,
-            "routing_number": args.routing_number,
-            "account_number": args.account_number,
-            **({"account_holder_name": args.holder} if args.holder else {}),
-        }
-    ).encode()
-    signed = AWSRequest("POST", url, data=body, headers={"Content-Type": "application/json"})
+    url = f"{info.api_url}{path}"
+    data = None if body is None else json.dumps(body).encode()
+    headers = {} if body is None else {"Content-Type": "application/json"}
+    signed = AWSRequest(method, url, data=data, headers=headers)
     credentials = Credentials(
         FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"], FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
     )
     SigV4Auth(credentials, "execute-api", REGION).add_auth(signed)
-    request = urllib.request.Request(url, body, dict(signed.headers.items()), method="POST")
+    request = urllib.request.Request(url, data, dict(signed.headers.items()), method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            account = json.load(response)
+            return json.load(response)
     except urllib.error.HTTPError as exc:
         error = json.loads(exc.read() or b"{}").get("error", {})
         print(f"error: {error.get('message') or exc.reason}", file=sys.stderr)
+        return None
+
+
+def cmd_merchants_bank_account(args: argparse.Namespace) -> int:
+    """Set a merchant's bank account for payouts in a currency, through the api's admin
+    route, as an operator."""
+    info = find_stack(args.port)
+    body = {
+        "currency": args.currency,
+        "routing_number": args.routing_number,
+        "account_number": args.account_number,
+        **({"account_holder_name": args.holder} if args.holder else {}),
+    }
+    path = f"/admin/merchants/{args.merchant}/bank_accounts"
+    account = _admin_request(info, "POST", path, body)
+    if account is None:
         return 2
     if args.json:
         print(json.dumps(account))
     else:
         for name in ("id", "currency", "bank_name", "routing_number", "last4"):
             print(f"{name:16} {account[name]}")
+    return 0
+
+
+def cmd_radar_rules(args: argparse.Namespace) -> int:
+    """A merchant's fraud rules (Clearline's own API: Stripe has none), as an operator:
+    list them, add one (`Block if :card_country: != :ip_country:`), or remove one by id."""
+    if args.action != "list" and not args.rule:
+        print(f"error: radar rules {args.action} needs the rule", file=sys.stderr)
+        return 2
+    info = find_stack(args.port)
+    path = f"/admin/merchants/{args.merchant}/radar_rules"
+    if args.action == "add":
+        rules = _admin_request(info, "POST", path, {"rule": args.rule})
+    elif args.action == "remove":
+        rules = _admin_request(info, "DELETE", f"{path}/{args.rule}")
+    else:
+        rules = _admin_request(info, "GET", path)
+    if rules is None:
+        return 2
+    if args.json:
+        print(json.dumps(rules))
+    else:
+        for rule in rules["data"]:
+            print(f"{rule['id']}  {rule['action']} if {rule['predicate']}")
     return 0
 
 
@@ -752,6 +787,17 @@ def parser() -> argparse.ArgumentParser:
     outage.add_argument("mode", choices=["error_500", "stale", "none"])
     outage.add_argument("--port", type=int)
     outage.set_defaults(run=cmd_fx_outage)
+
+    radar = commands.add_parser("radar", help="fraud rules").add_subparsers(
+        dest="what", required=True
+    )
+    rules = radar.add_parser("rules", help="a merchant's fraud rules (an operator's)")
+    rules.add_argument("action", choices=["list", "add", "remove"])
+    rules.add_argument("rule", nargs="?", help="add: the rule's text; remove: its id")
+    rules.add_argument("--merchant", required=True, help="the merchant's id (acct_...)")
+    rules.add_argument("--json", action="store_true", help="print one JSON object")
+    rules.add_argument("--port", type=int)
+    rules.set_defaults(run=cmd_radar_rules)
 
     reconcile = commands.add_parser("reconcile", help="reconcile a settlement file, or `status`")
     reconcile.add_argument("file", help="a settlement CSV, or `status` for the reports")

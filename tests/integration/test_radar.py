@@ -90,3 +90,34 @@ def test_another_merchants_list_does_not_exist_for_you(
             params={"value_list": private.id, "value": "a@b.co"}, options=key()
         )
     assert not_yours.value.param == "value_list"
+
+
+def test_operators_keep_a_merchants_rules_and_nobody_else_can(
+    stack: Stack, merchant: dict[str, Any]
+) -> None:
+    """Clearline's own rules API (Stripe has none): an IAM-signed admin route, driven by
+    `clearline radar rules`; a merchant's key, or no signature, is refused."""
+    import json
+
+    import requests
+
+    def rules(*args: str) -> Any:
+        done = stack.clearline("radar", "rules", *args, "--merchant", merchant["id"], "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["data"]
+
+    before = {r["id"] for r in rules("list")}
+    added = rules("add", "Block if :card_country: != :ip_country:")
+    (new,) = [r for r in added if r["id"] not in before]
+    assert (new["action"], new["predicate"]) == ("block", ":card_country: != :ip_country:")
+    refused = stack.clearline(
+        "radar", "rules", "add", "Block if :card_country: !== 'US'", "--merchant", merchant["id"]
+    )
+    assert refused.returncode == 2 and "position 26" in refused.stderr
+    assert new["id"] in {r["id"] for r in rules("list")}
+
+    url = f"{stack.url}/admin/merchants/{merchant['id']}/radar_rules"
+    for headers in ({}, {"Authorization": f"Bearer {merchant['secret_key']}"}):
+        answer = requests.post(url, json={"rule": "Allow if :amount: > 0"}, headers=headers)
+        assert answer.status_code == 403, answer.text
+    assert new["id"] not in {r["id"] for r in rules("remove", new["id"])}

@@ -64,7 +64,12 @@ PAGE_ROUTES = {
     ("GET", "/v1/payment_intents/{intent_id}/authentication_return/{token}"),
 }
 # Operators' routes, authorized by the gateway with IAM (the CLI signs them): not the public API.
-OPERATOR_ROUTES = {("POST", "/admin/merchants/{merchant_id}/bank_accounts")}
+OPERATOR_ROUTES = {
+    ("POST", "/admin/merchants/{merchant_id}/bank_accounts"),
+    ("GET", "/admin/merchants/{merchant_id}/radar_rules"),
+    ("POST", "/admin/merchants/{merchant_id}/radar_rules"),
+    ("DELETE", "/admin/merchants/{merchant_id}/radar_rules/{rule_id}"),
+}
 
 
 LAMBDA_ENV = {

@@ -430,6 +430,10 @@ class ValueListItemCreateParams(Params):
     expand: list[String] = Field(default_factory=list)
 
 
+class RadarRuleParams(Params):
+    rule: Annotated[String, Field(min_length=1, max_length=2000)]  # "Block if ..."
+
+
 class PayoutUpdateParams(Params):
     metadata: MetadataUpdate | None = None
     expand: list[String] = Field(default_factory=list)
