@@ -121,3 +121,45 @@ def test_operators_keep_a_merchants_rules_and_nobody_else_can(
         answer = requests.post(url, json={"rule": "Allow if :amount: > 0"}, headers=headers)
         assert answer.status_code == 403, answer.text
     assert new["id"] not in {r["id"] for r in rules("remove", new["id"])}
+
+
+def test_a_merchants_rule_blocks_a_charge_before_the_processor_over_the_sdk(
+    stack: Stack,
+) -> None:
+    shop: dict[str, Any] = stack.create_merchant("Rule-Abiding Shop")
+    sdk = stripe.StripeClient(shop["secret_key"], base_addresses={"api": stack.url})
+    blocked_emails = sdk.v1.radar.value_lists.create(
+        params={"alias": "blocked_emails", "name": "Blocked", "item_type": "email"},
+        options=key(),
+    )
+    sdk.v1.radar.value_list_items.create(
+        params={"value_list": blocked_emails.id, "value": "thief@example.com"}, options=key()
+    )
+    done = stack.clearline(
+        "radar", "rules", "add", "Block if :email: in @blocked_emails", "--merchant", shop["id"]
+    )
+    assert done.returncode == 0, done.stderr
+
+    with pytest.raises(stripe.CardError) as refused:
+        sdk.v1.charges.create(
+            params={
+                "amount": 4200,
+                "currency": "usd",
+                "source": "tok_visa",
+                "receipt_email": "Thief@Example.com",
+            },
+            options=key(),
+        )
+    assert (refused.value.code, refused.value.http_status) == ("card_declined", 402)
+    assert refused.value.error.decline_code == "fraudulent"
+    charge_id = refused.value.error.charge
+    failed = sdk.v1.charges.retrieve(charge_id)
+    assert (failed.status, failed.outcome.type) == ("failed", "blocked")
+    assert failed.outcome.network_status == "not_sent_to_network"
+    assert failed.outcome.rule.predicate == ":email: in @blocked_emails"
+    assert not [a for a in stack.processor_authorizations() if a["reference"] == charge_id]
+
+    paid = sdk.v1.charges.create(
+        params={"amount": 4200, "currency": "usd", "source": "tok_visa"}, options=key()
+    )
+    assert (paid.status, paid.outcome.type) == ("succeeded", "authorized")

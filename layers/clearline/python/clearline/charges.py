@@ -22,9 +22,10 @@ import secrets
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, NoReturn
+from functools import cached_property
+from typing import Any, NoReturn, TypeVar
 
-from clearline import balance, fx, ledger, listing, money
+from clearline import balance, fraud_rules, fx, ledger, listing, money, radar_rules
 from clearline.audit import Caller
 from clearline.customers import CustomerService
 from clearline.errors import (
@@ -38,7 +39,7 @@ from clearline.errors import (
 )
 from clearline.ids import derived_id
 from clearline.merchants import Merchant, get_merchant
-from clearline.models import Charge, Page
+from clearline.models import Charge, Page, PaymentMethod
 from clearline.params import (
     ChargeCaptureParams,
     ChargeCreateParams,
@@ -58,6 +59,7 @@ from clearline.store import Store, StoreRejected, StoreUnavailable
 from clearline.transitions import Announcement, Change, Transition, TransitionWriter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What the processor answers for a key the resolver revoked.
 REVOKED_KEY = "idempotency_key_revoked"
@@ -152,7 +154,18 @@ def _card_details(auth: Authorization, fingerprint: str | None = None) -> dict[s
     }
 
 
-def _outcome(auth: Authorization) -> dict[str, Any]:
+def _outcome(auth: Authorization, screening: dict[str, Any] | None = None) -> dict[str, Any]:
+    if auth.approved and screening and screening["action"] == "review":
+        rule = screening["rule"]
+        return {
+            "network_status": "approved_by_network",
+            "reason": "rule",
+            "risk_level": "not_assessed",
+            "rule": rule,
+            "seller_message": "Clearline placed this payment in review: it matched your rule "
+            f"'{rule['action']} if {rule['predicate']}'.",
+            "type": "manual_review",
+        }
     if auth.approved:
         return {
             "network_status": "approved_by_network",
@@ -334,9 +347,18 @@ class ChargeService(MoneyService):
                     param="capture_at",
                 )
 
+        # A stored card's own; a test token's, as the vault fingerprints its number.
+        fingerprint = stored.card.fingerprint if stored else self._test_card_fingerprint(token)
+        screening = self._unless_written(
+            merchant, idempotency_key, lambda: self._screen(merchant, params, stored, fingerprint)
+        )
         charge_id = derived_id("ch", merchant.id, idempotency_key)
         pending = self._pending_item(merchant, params, charge_id, token, now, idempotency_key)
         pending["payment_intent"] = payment_intent
+        pending["card_fingerprint"] = fingerprint
+        if screening is not None and screening.as_item() is not None:
+            # Written ahead: a charge a rule blocks is never sent, whoever finishes it.
+            pending["screening"] = screening.as_item()
         if conversion is not None:
             # A quote's rate may be hours old: the desk exchanges at today's.
             market = (
@@ -354,9 +376,6 @@ class ChargeService(MoneyService):
             pending["stored_card"] = True
             pending["payment_method_id"] = stored.id
             pending["authentication"] = authentication
-            pending["card_fingerprint"] = stored.card.fingerprint
-        else:  # a processor's test token: the fingerprint its number has in the vault
-            pending["card_fingerprint"] = self._test_card_fingerprint(token)
         created = Change(
             pending["pk"], "CHARGE", charge_id, "create", to_state=PENDING, create=pending
         )
@@ -382,17 +401,61 @@ class ChargeService(MoneyService):
     def _conversion(
         self, merchant: Merchant, params: ChargeCreateParams, idempotency_key: str
     ) -> fx.Conversion | None:
-        """The rate a new charge locks: the capture, refunds and disputes all convert at it.
-        A retry of a charge already written needs none (its write-ahead holds it), so an
-        expired quote or stale rates refuse only a charge that does not exist yet."""
-        try:
-            return fx.conversion_for(
+        """The rate a new charge locks: the capture, refunds and disputes all convert at it."""
+        return self._unless_written(
+            merchant,
+            idempotency_key,
+            lambda: fx.conversion_for(
                 self.store, self.rates, merchant, params.currency.lower(), params.fx_quote
-            )
+            ),
+        )
+
+    def _unless_written(
+        self, merchant: Merchant, idempotency_key: str, decide: Callable[[], T]
+    ) -> T | None:
+        """What a new charge decides before its write-ahead (its rate, its rules' verdict).
+        A retry of a charge already written needs none of it (the write-ahead holds it), so
+        an expired quote or stale rates refuse only a charge that does not exist yet."""
+        try:
+            return decide()
         except ApiError:
             if self._get(derived_id("ch", merchant.id, idempotency_key)) is None:
                 raise
             return None  # the create below finds the charge and follows it
+
+    @cached_property
+    def screener(self) -> fraud_rules.Screener:
+        return fraud_rules.Screener(self.store)
+
+    def _screen(
+        self,
+        merchant: Merchant,
+        params: ChargeCreateParams,
+        stored: PaymentMethod | None,
+        fingerprint: str | None,
+    ) -> fraud_rules.Screening:
+        """The merchant's fraud rules, on what is known before the processor is called."""
+        cur = params.currency.lower()
+        email = params.receipt_email
+        card = stored.card if stored is not None else None
+        attributes: dict[str, radar_rules.Value] = {
+            "amount": float(params.amount),
+            "currency": cur,
+            "customer": params.customer,
+            "email": email,
+            "email_domain": email.rsplit("@", 1)[-1] if email else None,
+            "card_fingerprint": fingerprint,
+            "card_brand": card.brand if card else None,
+            "card_country": card.country if card else None,
+            "card_funding": card.funding if card else None,
+            "is_off_session": None,
+        }
+
+        def amount_in_usd() -> float:
+            cents = ledger.exchange(params.amount, self.rates.mid(cur, "usd"), cur, "usd")
+            return cents / 100
+
+        return self.screener.screen(merchant.id, attributes, amount_in_usd)
 
     def _test_card_fingerprint(self, token: str) -> str | None:
         """One card number, one fingerprint: a charge on `tok_visa` shows the fingerprint a
@@ -458,6 +521,8 @@ class ChargeService(MoneyService):
         if item.get("compensation"):  # a compensation cut short: finish it
             self._finish_compensation_or_retry(item)
             return self._get(item["id"]) or item
+        if (item.get("screening") or {}).get("action") == "block":
+            return self._block(item, caller)
         params = ChargeCreateParams.model_validate(item["request_params"])
         try:
             auth = self.processor.authorize(
@@ -549,6 +614,45 @@ class ChargeService(MoneyService):
         raise InvalidRequestError(
             f"No such token: '{item['payment_method']}'", param=param, code="resource_missing"
         )
+
+    def _block(self, item: dict[str, Any], caller: Caller | None) -> dict[str, Any]:
+        """A charge the merchant's rule blocks: failed, and never sent to the processor."""
+        rule = item["screening"]["rule"]
+        failed = {
+            "failure_code": "card_declined",
+            "decline_code": "fraudulent",
+            "failure_message": "Your card was declined.",
+            "fraud_details": {"stripe_report": "fraudulent"},
+            "outcome": {
+                "network_status": "not_sent_to_network",
+                "reason": "rule",
+                "risk_level": "not_assessed",
+                "rule": rule,
+                "seller_message": "Clearline blocked this payment: it matched your rule "
+                f"'{rule['action']} if {rule['predicate']}'.",
+                "type": "blocked",
+            },
+        }
+        change = Change(
+            item["pk"],
+            "CHARGE",
+            item["id"],
+            "block",
+            from_state=PENDING,
+            to_state=FAILED,
+            set=failed,
+            remove=DUE_KEYS,
+        )
+        blocked = {**item, **failed, "state": FAILED}
+        self.writer.commit(
+            Transition(
+                [change],
+                caller,
+                [Announcement(item["merchant"], "charge.failed", Charge.from_item(blocked))],
+                idempotency_key=item["idempotency_key"],
+            )
+        )
+        return self._get(item["id"]) or blocked
 
     def _announce_pending(self, item: dict[str, Any], caller: Caller | None) -> None:
         """charge.pending, once: the processor's answer is not known yet."""
@@ -674,7 +778,7 @@ class ChargeService(MoneyService):
             # What refunds may still take: decremented under a condition, never below zero.
             refundable=captured,
             card=_card_details(auth, pending.get("card_fingerprint")),
-            outcome=_outcome(auth),
+            outcome=_outcome(auth, pending.get("screening")),
             processor_authorization=auth.id,
         )
         if state == FAILED:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from clearline.errors import ConflictError, InvalidRequestError, ResourceMissingError
-from clearline.radar_rules import Rule, RuleSyntaxError, parse
+from clearline.radar_rules import Action, Rule, RuleSyntaxError, Value, decide, parse
 from clearline.store import Store
 from clearline.transitions import Change, Transition, TransitionWriter
+from clearline.value_lists import ValueListService
 
 MAX_RULES = 100
 MAX_RULE_LENGTH = 2000
@@ -89,3 +91,70 @@ class RuleBook:
             change = Change.versioned(item, operation, ACTIVE, set={"rules": rules})
         if self.writer.commit(Transition([change])) is not None:
             raise ConflictError("The rules changed meanwhile; read them again and retry.")
+
+
+# ---- screening a charge before the processor ------------------------------------------------
+
+RULES_TTL_SECONDS = 30.0  # a rule added or removed applies to new charges within this
+
+
+@dataclass(frozen=True)
+class Screening:
+    """What the merchant's rules decided for a charge: None when no rule matched."""
+
+    action: Action | None = None
+    rule: Rule | None = None
+
+    def as_item(self) -> dict[str, Any] | None:
+        if self.action is None or self.rule is None:
+            return None
+        rule = {"id": self.rule.id, "action": self.rule.action, "predicate": self.rule.predicate}
+        return {"action": self.action, "rule": rule}
+
+
+class Screener:
+    """Runs a merchant's rules on a charge before the processor call. Rules are read at
+    most once per `RULES_TTL_SECONDS` per merchant and execution environment; value lists
+    and the dollar amount only when a rule names them, so a merchant without rules costs
+    no read at all once its (empty) rules are cached."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.monotonic,
+        ttl_seconds: float = RULES_TTL_SECONDS,
+    ) -> None:
+        self.book = RuleBook(store)
+        self.lists = ValueListService(store)
+        self.clock = clock
+        self.ttl_seconds = ttl_seconds
+        self._cached: dict[str, tuple[float, tuple[Rule, ...]]] = {}
+
+    def rules(self, merchant_id: str) -> tuple[Rule, ...]:
+        now = self.clock()
+        cached = self._cached.get(merchant_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        rules = self.book.rules(merchant_id)
+        if len(self._cached) > 10_000:  # bounded: merchants come and go
+            self._cached.clear()
+        self._cached[merchant_id] = (now + self.ttl_seconds, rules)
+        return rules
+
+    def screen(
+        self,
+        merchant_id: str,
+        attributes: Mapping[str, Value],
+        amount_in_usd: Callable[[], float],
+    ) -> Screening:
+        rules = self.rules(merchant_id)
+        if not rules:
+            return Screening()
+        named = frozenset().union(*(rule.attributes for rule in rules))
+        known = dict(attributes)
+        if "amount_in_usd" in named:
+            known["amount_in_usd"] = amount_in_usd()
+        aliases = frozenset().union(*(rule.value_lists for rule in rules))
+        lists = {alias: self.lists.values_of(merchant_id, alias) for alias in aliases}
+        decided = decide(rules, known, lists)
+        return Screening(decided.action, decided.rule)

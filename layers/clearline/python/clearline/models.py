@@ -52,6 +52,7 @@ class Outcome(Model):
     reason: str | None = None
     risk_level: str = "not_assessed"  # what Stripe says when nothing assessed the risk
     seller_message: str | None = None
+    rule: dict[str, str] | None = None  # the merchant's rule that blocked or reviewed it
 
 
 class Address(Model):

@@ -123,6 +123,9 @@ class Resolver:
         if charge.get("compensation"):
             self.charges.finish_compensation(charge)
             return "failed"
+        if (charge.get("screening") or {}).get("action") == "block":
+            self.charges.authorize_pending(charge, None)  # blocked: never sent, it fails
+            return "failed"
         key = charge["processor_key"]
         committed = self.charges.processor.lookup(key)
         # Nothing there yet; a retry could still be on its way with the key. Revoking it
