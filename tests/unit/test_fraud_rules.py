@@ -15,7 +15,12 @@ from clearline.fraud_rules import RuleBook
 from clearline.ids import derived_id
 from clearline.merchants import create_merchant
 from clearline.models import Charge
-from clearline.params import ChargeCreateParams, ValueListCreateParams, ValueListItemCreateParams
+from clearline.params import (
+    ChargeCreateParams,
+    ValueListCreateParams,
+    ValueListItemCreateParams,
+    ValueListUpdateParams,
+)
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.resolver import Resolver
@@ -29,12 +34,12 @@ def test_rules_are_kept_in_order_and_removed_by_id(store: Store) -> None:
     merchant = create_merchant(store, "Careful Shop").merchant
     book = RuleBook(store)
     assert book.rules(merchant.id) == ()
-    block = book.add(merchant.id, "Block if   :card_country: != :ip_country:")
+    block = book.add(merchant.id, "Block if   :card_country: != 'US'")
     review = book.add(merchant.id, "Review if :amount_in_usd: > 1000")
     rules = book.rules(merchant.id)
     assert [(r.id, r.action) for r in rules] == [(block.id, "block"), (review.id, "review")]
-    assert rules[0].predicate == ":card_country: != :ip_country:"  # whitespace tidied
-    assert rules[0].matches({"card_country": "US", "ip_country": "FR"}, {})
+    assert rules[0].predicate == ":card_country: != 'US'"  # whitespace tidied
+    assert rules[0].matches({"card_country": "FR"}, {})
     book.remove(merchant.id, block.id)
     assert [r.id for r in book.rules(merchant.id)] == [review.id]
     with pytest.raises(ResourceMissingError):
@@ -52,6 +57,36 @@ def test_a_rule_that_does_not_parse_is_refused_and_not_kept(store: Store) -> Non
     assert book.rules(merchant.id) == ()
 
 
+def test_a_rule_that_could_never_match_is_refused(store: Store) -> None:
+    """A rule naming what the screener does not know, or a list that does not exist,
+    would be kept to no effect: it is refused, and a list a rule names cannot go."""
+    merchant = create_merchant(store, "Strict Shop").merchant
+    book, lists = RuleBook(store), ValueListService(store)
+    caller = Caller(merchant, "req_strict")
+    for text, says in (
+        ("Block if :card_country: != :ip_country:", ":ip_country:"),
+        ("Block if :email: in @vip", "@vip"),
+    ):
+        with pytest.raises(InvalidRequestError) as refused:
+            book.add(merchant.id, text)
+        assert says in refused.value.message
+    vip = lists.create(
+        caller,
+        ValueListCreateParams(alias="vip", name="VIP", item_type="email"),
+        idempotency_key="v",
+    )
+    rule = book.add(merchant.id, "Block if :email: not in @vip")
+    for attempt in (
+        lambda: lists.delete(caller, vip.id),
+        lambda: lists.update(caller, vip.id, ValueListUpdateParams(alias="vip2")),
+    ):
+        with pytest.raises(InvalidRequestError) as kept:
+            attempt()
+        assert rule.id in kept.value.message
+    book.remove(merchant.id, rule.id)
+    assert lists.delete(caller, vip.id).deleted
+
+
 def test_two_operators_editing_at_once_lose_nothing_silently(store: Store) -> None:
     merchant = create_merchant(store, "Busy Shop").merchant
     first, second = RuleBook(store), RuleBook(store)
@@ -64,12 +99,12 @@ def test_two_operators_editing_at_once_lose_nothing_silently(store: Store) -> No
         def get(self, pk: str, sk: str) -> dict[str, Any] | None:
             if "item" not in seen:
                 seen["item"] = super().get(pk, sk)
-                first.add(merchant.id, "Block if :card_bin: in @blocked_bins")
+                first.add(merchant.id, "Block if :card_brand: = 'amex'")
             return seen["item"]  # type: ignore[no-any-return]
 
     late = RuleBook(ReadEarly(store.table_name, store.client))
     with pytest.raises(ConflictError):
-        late.add(merchant.id, "Block if :ip_country: = 'XX'")
+        late.add(merchant.id, "Block if :card_country: = 'XX'")
     assert len(second.rules(merchant.id)) == 2  # both of the first operator's, and only them
 
 

@@ -26,6 +26,7 @@ CHARGE: dict[str, Value] = {
     "risk_score": 12.0,
     "is_3d_secure": False,
     "card_fingerprint_count_for_ip_hourly": 4.0,
+    "customer": "cus_abc",
 }
 LISTS = {"blocked_bins": {"424242", "400000"}, "trusted_domains": {"example.org"}}
 
@@ -55,6 +56,19 @@ LISTS = {"blocked_bins": {"424242", "400000"}, "trusted_domains": {"example.org"
         ("Block if :cvc_check: != 'pass'", False),
         ("Block if :email: not in ('a@b.co')", False),
         ("Block if :card_bin: in (424242, 400000)", True),  # a bin written as a number
+        ("Block if :card_bin: in (0424242)", False),  # its leading zero counts
+        # Undecided stays undecided through not, and, or: a missing attribute, or a list
+        # that does not exist, never makes a rule match.
+        ("Block if not :cvc_check: in ('pass')", False),
+        ("Block if not :is_off_session:", False),
+        ("Block if :email: not in @no_such_list", False),
+        ("Block if not (:cvc_check: = 'fail' and :currency: = 'eur')", False),
+        ("Block if :cvc_check: = 'fail' or :currency: = 'eur'", True),
+        ("Block if not (:cvc_check: = 'fail' or :currency: = 'usd')", False),
+        ("Block if :currency: = 'eur' and not :cvc_check: = 'pass'", False),
+        # Identifiers compare exactly; other text without case.
+        ("Block if :customer: = 'cus_ABC'", False),
+        ("Block if :customer: = 'cus_abc'", True),
     ],
 )
 def test_each_kind_of_test_evaluates_as_radar_does(text: str, matches: bool) -> None:

@@ -448,7 +448,6 @@ class ChargeService(MoneyService):
             "card_brand": card.brand if card else None,
             "card_country": card.country if card else None,
             "card_funding": card.funding if card else None,
-            "is_off_session": None,
         }
 
         def amount_in_usd() -> float:

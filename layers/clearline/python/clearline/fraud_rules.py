@@ -22,6 +22,22 @@ from clearline.store import Store
 from clearline.transitions import Change, Transition, TransitionWriter
 from clearline.value_lists import ValueListService
 
+# What the screener knows of a charge before the processor call; a rule naming any other
+# attribute could never match, so it is refused when added rather than kept to no effect.
+SCREENED_ATTRIBUTES = frozenset(
+    {
+        "amount",
+        "amount_in_usd",
+        "currency",
+        "customer",
+        "email",
+        "email_domain",
+        "card_fingerprint",
+        "card_brand",
+        "card_country",
+        "card_funding",
+    }
+)
 MAX_RULES = 100
 MAX_RULE_LENGTH = 2000
 ACTIVE = "active"
@@ -60,6 +76,19 @@ class RuleBook:
                 f"of {text!r}.",
                 param="rule",
             ) from None
+        unknown = sorted(rule.attributes - SCREENED_ATTRIBUTES)
+        if unknown:
+            raise InvalidRequestError(
+                f"Rules cannot use {', '.join(f':{name}:' for name in unknown)} yet: Clearline "
+                f"screens charges on {', '.join(sorted(SCREENED_ATTRIBUTES))}.",
+                param="rule",
+            )
+        for alias in sorted(rule.value_lists):
+            if not ValueListService(self.store).exists(merchant_id, alias):
+                raise InvalidRequestError(
+                    f"The rule names @{alias}, and there is no value list with that alias.",
+                    param="rule",
+                )
         item = self._item(merchant_id)
         stored = list((item or {}).get("rules") or [])
         if len(stored) >= MAX_RULES:
@@ -129,6 +158,7 @@ class Screener:
         self.clock = clock
         self.ttl_seconds = ttl_seconds
         self._cached: dict[str, tuple[float, tuple[Rule, ...]]] = {}
+        self._lists: dict[tuple[str, str], tuple[float, frozenset[str] | None]] = {}
 
     def rules(self, merchant_id: str) -> tuple[Rule, ...]:
         now = self.clock()
@@ -140,6 +170,18 @@ class Screener:
             self._cached.clear()
         self._cached[merchant_id] = (now + self.ttl_seconds, rules)
         return rules
+
+    def _values(self, merchant_id: str, alias: str) -> frozenset[str] | None:
+        """A list's values, read at most once per TTL (a list is read whole)."""
+        now = self.clock()
+        cached = self._lists.get((merchant_id, alias))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        values = self.lists.values_of(merchant_id, alias)
+        if len(self._lists) > 1_000:  # bounded: each entry may hold a long list
+            self._lists.clear()
+        self._lists[(merchant_id, alias)] = (now + self.ttl_seconds, values)
+        return values
 
     def screen(
         self,
@@ -155,6 +197,7 @@ class Screener:
         if "amount_in_usd" in named:
             known["amount_in_usd"] = amount_in_usd()
         aliases = frozenset().union(*(rule.value_lists for rule in rules))
-        lists = {alias: self.lists.values_of(merchant_id, alias) for alias in aliases}
+        found = {alias: self._values(merchant_id, alias) for alias in aliases}
+        lists = {alias: values for alias, values in found.items() if values is not None}
         decided = decide(rules, known, lists)
         return Screening(decided.action, decided.rule)

@@ -492,6 +492,10 @@ class PaymentIntentService:
             )
         except CardError:
             pass  # the failed charge is stored: following it records the decline
+        except ServiceUnavailableError:
+            # Refused for now (stale rates, a store or processor that did not answer): the
+            # intent stays processing, and a retry or the resolver creates the same charge.
+            raise
         except ApiError as refused:
             # Refused before anything moved (an unknown payment method): back as it was.
             if self.store.get(f"CHARGE#{item.get('latest_charge')}", "CHARGE") is None:

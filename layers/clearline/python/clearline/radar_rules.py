@@ -32,7 +32,7 @@ Velocity attributes (`{what}_count_for_{by}_{window}`) are counters the caller k
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Literal
@@ -190,7 +190,9 @@ class Rule:
         return frozenset(_lists(self.expr))
 
     def matches(self, attributes: Mapping[str, Value], lists: Lists) -> bool:
-        return _evaluate(self.expr, attributes, lists)
+        """True only when the predicate holds: one that cannot be decided (it needs an
+        attribute the charge lacks, or a list that does not exist) does not match."""
+        return _evaluate(self.expr, attributes, lists) is True
 
 
 def _children(expr: Expr) -> tuple[Expr, ...]:
@@ -391,12 +393,16 @@ class _Parser:
         if self.token.kind == "list":
             return ListRef(self._take().text[1:])
         self._expect("punct", "(", "'(' or an @list")
-        values = [self._literal(self._value())]
+        # A number in a set keeps its text: a BIN written 042424 is not 42424.
+        values = [self._member_literal(self._value())]
         while self.token.kind == "punct" and self.token.text == ",":
             self._take()
-            values.append(self._literal(self._value()))
+            values.append(self._member_literal(self._value()))
         self._expect("punct", ")", "')'")
         return tuple(values)
+
+    def _member_literal(self, token: Token) -> str:
+        return token.text if token.kind == "number" else str(self._literal(token))
 
     def _value(self) -> Token:
         if self.token.kind in ("string", "number"):
@@ -436,10 +442,20 @@ def _folded(value: Value) -> Value:
     return value.lower() if isinstance(value, str) else value
 
 
-def _compare(left: Value, op: str, right: Value) -> bool:
+# Attributes whose text is an identifier: compared exactly, never without case.
+EXACT = frozenset({"customer", "card_fingerprint", "ip_address"})
+
+Truth = bool | None  # None: cannot be decided (a missing attribute or list), as in Radar
+
+
+def _exact(*operands: Operand) -> bool:
+    return any(isinstance(o, Attr) and o.name in EXACT for o in operands)
+
+
+def _compare(left: Value, op: str, right: Value, exact: bool) -> Truth:
     if left is None or right is None:
-        return False
-    a, b = _folded(left), _folded(right)
+        return None
+    a, b = (left, right) if exact else (_folded(left), _folded(right))
     if op == "=":
         return a == b
     if op == "!=":
@@ -449,28 +465,47 @@ def _compare(left: Value, op: str, right: Value) -> bool:
     return {"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b}[op]
 
 
-def _evaluate(expr: Expr, attributes: Mapping[str, Value], lists: Lists) -> bool:
+def _all(results: Iterable[Truth]) -> Truth:
+    found = list(results)
+    return False if False in found else (None if None in found else True)
+
+
+def _any(results: Iterable[Truth]) -> Truth:
+    found = list(results)
+    return True if True in found else (None if None in found else False)
+
+
+def _evaluate(expr: Expr, attributes: Mapping[str, Value], lists: Lists) -> Truth:
+    """Three-valued, as Radar evaluates: what cannot be decided stays undecided through
+    `not`, `and` and `or`, and only `is_missing` asks about it."""
     if isinstance(expr, BoolOp):
         results = (_evaluate(part, attributes, lists) for part in expr.parts)
-        return all(results) if expr.op == "and" else any(results)
+        return _all(results) if expr.op == "and" else _any(results)
     if isinstance(expr, Not):
-        return not _evaluate(expr.inner, attributes, lists)
+        inner = _evaluate(expr.inner, attributes, lists)
+        return None if inner is None else not inner
     if isinstance(expr, IsMissing):
         return attributes.get(expr.attr.name) is None
     if isinstance(expr, Truthy):
-        return attributes.get(expr.attr.name) is True
+        value = attributes.get(expr.attr.name)
+        return None if value is None else value is True
     if isinstance(expr, Comparison):
-        return _compare(_value(expr.left, attributes), expr.op, _value(expr.right, attributes))
+        left, right = _value(expr.left, attributes), _value(expr.right, attributes)
+        return _compare(left, expr.op, right, _exact(expr.left, expr.right))
     value = _value(expr.operand, attributes)
     if value is None:
-        return False
+        return None
+    exact = _exact(expr.operand)
     if isinstance(expr.values, ListRef):
-        listed: AbstractSet[str] = lists.get(expr.values.alias, frozenset())
-        if isinstance(listed, CaseSensitive):
-            exact = value if isinstance(value, str) else _member(value)
-            return (exact in listed) != expr.negated
-        return (_member(value) in {_member(v) for v in listed}) != expr.negated
-    return (_member(value) in {_member(v) for v in expr.values}) != expr.negated
+        if expr.values.alias not in lists:
+            return None  # no such list: nothing can be said
+        listed: AbstractSet[str] = lists[expr.values.alias]
+        exact = exact or isinstance(listed, CaseSensitive)
+        members = set(listed) if exact else {_member(v) for v in listed}
+    else:
+        members = {str(v) if exact else _member(v) for v in expr.values}
+    found = (_member(value) if not exact or not isinstance(value, str) else value) in members
+    return found != expr.negated
 
 
 def _member(value: Value) -> str:

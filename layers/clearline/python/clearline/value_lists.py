@@ -29,7 +29,7 @@ from clearline.params import (
     ValueListUpdateParams,
     merged_metadata,
 )
-from clearline.radar_rules import CaseSensitive
+from clearline.radar_rules import CaseSensitive, parse
 from clearline.store import Store
 from clearline.transitions import Change, Transition, TransitionWriter
 
@@ -178,6 +178,7 @@ class ValueListService:
             changes["metadata"] = merged_metadata(item.get("metadata") or {}, params.metadata)
         renamed = params.alias is not None and params.alias != item["alias"]
         if renamed:
+            self._refuse_if_named(item, "renamed")
             changes["alias"] = params.alias
         updated = Change.versioned(item, "update", ACTIVE, set=changes)
         claims: list[Change] = []
@@ -202,6 +203,7 @@ class ValueListService:
 
     def delete(self, caller: Caller, list_id: str) -> ValueList:
         item = self.owned(caller.merchant, list_id)
+        self._refuse_if_named(item, "deleted")
         pk, sk = _alias_key(item["merchant"], item["alias"])
         gone = Change.versioned(item, "delete", DELETED, remove=("gsi1pk", "gsi1sk"))
         released = Change(
@@ -226,12 +228,31 @@ class ValueListService:
         members = self.store.query_partition(_list_pk(list_id), "MEMBER#")
         return sorted(members, key=lambda m: (m["created_ms"], m["id"]), reverse=True)[:limit]
 
-    def values_of(self, merchant_id: str, alias: str) -> frozenset[str]:
-        """What a rule's `@alias` holds (nothing, if the merchant has no such list), marked
-        for the rules when its case matters."""
+    def exists(self, merchant_id: str, alias: str) -> bool:
+        return self.store.get(*_alias_key(merchant_id, alias)) is not None
+
+    def _refuse_if_named(self, item: dict[str, Any], what: str) -> None:
+        """A list a rule names stays, under its alias: the rule would otherwise test
+        against nothing. Remove or change the rule first (as Stripe requires)."""
+        rules = self.store.get(f"MERCHANT#{item['merchant']}", "RADAR_RULES") or {}
+        naming = [
+            rule["id"]
+            for rule in rules.get("rules") or []
+            if item["alias"] in parse(rule["text"]).value_lists
+        ]
+        if naming:
+            raise InvalidRequestError(
+                f"The value list {item['id']} cannot be {what}: the rule(s) "
+                f"{', '.join(naming)} name @{item['alias']}.",
+                param="alias" if what == "renamed" else "id",
+            )
+
+    def values_of(self, merchant_id: str, alias: str) -> frozenset[str] | None:
+        """What a rule's `@alias` holds, marked for the rules when its case matters; None
+        when the merchant has no such list (a test against it decides nothing)."""
         claim = self.store.get(*_alias_key(merchant_id, alias))
         if claim is None:
-            return frozenset()
+            return None
         value_list = self.store.get(_list_pk(claim["value_list"]), "VALUELIST") or {}
         keys = frozenset(m["key"] for m in self.members_of(claim["value_list"]))
         if value_list.get("item_type") in CASE_INSENSITIVE:
