@@ -1267,8 +1267,12 @@ def object_schemas() -> dict[str, Schema]:
             "risk_level": _STR,
             "seller_message": _STR_OR_NULL,
             "type": _STR,
+            "rule": {
+                **_obj({"id": _STR, "action": _STR, "predicate": _STR}),
+                "description": "Present when the merchant's fraud rule blocked or reviewed it.",
+            },
         },
-        "description": "The processor's verdict; null until the processor has answered.",
+        "description": "The processor's verdict, or the merchant's rule's; null until known.",
     }
     charge_refunds = _list_of("refund", "The charge's refunds, newest first (up to 10).")
     charge_refunds["properties"]["total_count"] = _INT

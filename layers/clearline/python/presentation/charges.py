@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clearline.models import CardDetails, Charge
+from clearline.models import CardDetails, Charge, Outcome
 from presentation.links import Links
 from presentation.lists import list_object
 from presentation.refunds import render_refund
@@ -65,6 +65,14 @@ def _source(charge: Charge, card: CardDetails) -> dict[str, Any]:
     }
 
 
+def _outcome(outcome: Outcome) -> dict[str, Any]:
+    """Stripe's outcome: `rule` only when a rule decided the payment (never null)."""
+    shown = outcome.model_dump()
+    if shown.get("rule") is None:
+        shown.pop("rule", None)
+    return shown
+
+
 def render_charge(charge: Charge, links: Links) -> dict[str, Any]:
     status = charge.status
     refunded = charge.total_refunded
@@ -102,7 +110,7 @@ def render_charge(charge: Charge, links: Links) -> dict[str, Any]:
         "livemode": False,
         "metadata": dict(charge.metadata),
         "on_behalf_of": None,
-        "outcome": charge.outcome.model_dump() if charge.outcome else None,
+        "outcome": _outcome(charge.outcome) if charge.outcome else None,
         "paid": status == "succeeded",
         "payment_intent": charge.payment_intent,
         "payment_method": charge.payment_method_id if card else None,
