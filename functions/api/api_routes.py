@@ -78,6 +78,7 @@ from clearline.params import (
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
+    ReviewApproveParams,
     ValueListCreateParams,
     ValueListItemCreateParams,
     ValueListUpdateParams,
@@ -90,8 +91,15 @@ from clearline.payouts import PENDING as PAYOUT_PENDING
 from clearline.payouts import PayoutService
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
+from clearline.reviews import ReviewService
 from clearline.store import Store, StoreUnavailable
-from clearline.topology import BANK_ACCOUNTS_KEY_ENV, PAYOUT_QUEUE, queue_env_var
+from clearline.topology import (
+    BANK_ACCOUNTS_KEY_ENV,
+    COUNTERS_TABLE,
+    PAYOUT_QUEUE,
+    queue_env_var,
+    table_env_var,
+)
 from clearline.value_lists import ValueListService
 from clearline.vault_client import VaultClient
 from clearline.versions import CURRENT_VERSION
@@ -131,6 +139,7 @@ class Services:
     payouts: PayoutService
     fx_quotes: FxQuoteService
     value_lists: ValueListService
+    reviews: ReviewService
     webhook_endpoints: WebhookEndpoints
     idempotency: IdempotentRequests
     keys: KeyCache
@@ -157,7 +166,9 @@ def services() -> Services:
         settings.idempotency_table, store.client, sealer=SealedFields(secret_box)
     )
     shards = ShardPolicy.from_env()
-    charges = ChargeService(store, processor, shards)
+    counters_table = os.environ.get(table_env_var(COUNTERS_TABLE.key))
+    counters = Store(counters_table, store.client) if counters_table else None
+    charges = ChargeService(store, processor, shards, counters=counters)
     refunds = RefundService(store, processor, shards)
     return Services(
         store,
@@ -177,6 +188,7 @@ def services() -> Services:
         ),
         FxQuoteService(store, RateBook(store)),
         ValueListService(store),
+        ReviewService(store),
         WebhookEndpoints(store, secrets=secret_box, egress=EgressPolicy.from_settings(settings)),
         idempotency,
         KeyCache(),
@@ -1260,6 +1272,47 @@ def list_fx_quotes(
         merchant, limit=limit, starting_after=starting_after, ending_before=ending_before
     )
     return respond(merchant, page, "list:fx_quote", url="/v1/fx_quotes")
+
+
+# ---- Radar reviews: payments in the merchant's review queue -----------------------------------
+
+
+@app.get("/v1/reviews")
+def list_reviews(
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    page = services().reviews.list(
+        merchant,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        created=listing.Created(created_gt, created_gte, created_lt, created_lte),
+    )
+    return respond(merchant, page, "list:review", url="/v1/reviews")
+
+
+@app.get("/v1/reviews/<review_id>")
+def retrieve_review(review_id: str, expand_: Expand = None) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    return respond(merchant, services().reviews.retrieve(merchant, review_id), "review")
+
+
+@app.post("/v1/reviews/<review_id>/approve")
+def approve_review(review_id: str) -> Response[dict[str, Any]]:
+    return idempotent_post(
+        ReviewApproveParams,
+        lambda who, _params, _key: services().reviews.approve(who, review_id),
+        "review",
+        "ReviewApproved",
+    )
 
 
 # ---- Radar value lists: the sets fraud rules name by alias -----------------------------------

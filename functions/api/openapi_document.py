@@ -21,7 +21,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from pydantic import BaseModel
 
-from clearline import disputes, fx, payouts, value_lists
+from clearline import disputes, fx, payouts, reviews, value_lists
 from clearline.idempotency import KEY_MAX_LENGTH
 from clearline.money import CURRENCIES, MAX_AMOUNT
 from clearline.params import (
@@ -51,6 +51,7 @@ from clearline.params import (
     RefundCancelParams,
     RefundCreateParams,
     RefundUpdateParams,
+    ReviewApproveParams,
     ValueListCreateParams,
     ValueListItemCreateParams,
     ValueListUpdateParams,
@@ -451,6 +452,26 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "List FX quotes, newest first",
         "fx_quote_list",
         description="The merchant's quotes; `lock_status` says which may still be used.",
+    ),
+    ("get", "/v1/reviews"): Operation(
+        "list_reviews",
+        "Radar",
+        "List open reviews, newest first",
+        "review_list",
+        description="The payments in the review queue: those a rule sent to review (the "
+        "charge's `outcome.type` is `manual_review`), and those the second look after the "
+        "authorization found risky. Closed reviews are retrieved by id.",
+    ),
+    ("get", "/v1/reviews/{review_id}"): Operation(
+        "retrieve_review", "Radar", "Retrieve a review", "review"
+    ),
+    ("post", "/v1/reviews/{review_id}/approve"): Operation(
+        "approve_review",
+        "Radar",
+        "Approve a review",
+        "review",
+        ReviewApproveParams,
+        "Closes an open review as `approved` (`review.closed`); a closed review is a 400.",
     ),
     ("post", "/v1/radar/value_lists"): Operation(
         "create_value_list",
@@ -1095,6 +1116,29 @@ def _value_list_schemas() -> dict[str, Schema]:
         "value_list_item": item,
         "value_list_item_list": _list_of("value_list_item", "A page of a list's items."),
         "deleted_value_list_item": deleted("radar.value_list_item", "rsli"),
+        "review": _obj(
+            {
+                "id": {"type": "string", "pattern": "^prv_"},
+                "object": _const("review"),
+                "billing_zip": _STR_OR_NULL,
+                "charge": {"type": "string", "pattern": "^ch_"},
+                "closed_reason": {
+                    "type": ["string", "null"],
+                    "enum": [*sorted(reviews.CLOSED_REASONS), None],
+                },
+                "created": _INT,
+                "ip_address": _STR_OR_NULL,
+                "ip_address_location": {"type": ["object", "null"]},
+                "livemode": _BOOL,
+                "open": _BOOL,
+                "opened_reason": {"type": "string", "enum": ["manual", "rule"]},
+                "payment_intent": _STR_OR_NULL,
+                "reason": _STR,
+                "session": {"type": ["object", "null"]},
+            },
+            description="A payment in the merchant's review queue.",
+        ),
+        "review_list": _list_of("review", "A page of open reviews."),
     }
 
 
@@ -1264,12 +1308,22 @@ def object_schemas() -> dict[str, Schema]:
         "properties": {
             "network_status": _STR_OR_NULL,
             "reason": _STR_OR_NULL,
-            "risk_level": _STR,
+            "risk_level": {
+                "type": "string",
+                "enum": ["normal", "elevated", "highest", "not_assessed"],
+            },
+            "risk_score": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 99,
+                "description": "Present when the payment was scored before the processor call.",
+            },
             "seller_message": _STR_OR_NULL,
             "type": _STR,
             "rule": {
                 **_obj({"id": _STR, "action": _STR, "predicate": _STR}),
-                "description": "Present when the merchant's fraud rule blocked or reviewed it.",
+                "description": "Present when a rule blocked or reviewed it: the merchant's, "
+                "or Radar's default block_if_high_risk or manual_review_if_elevated_risk.",
             },
         },
         "description": "The processor's verdict, or the merchant's rule's; null until known.",

@@ -118,6 +118,7 @@ class _TestCard:
     # (code, decline_code, message) when the card declines every authorization
     decline: tuple[str, str, str] | None = None
     dispute: _DisputeKind | None = None
+    cvc_fails: bool = False  # approved, but the issuer says the CVC did not match
 
     @property
     def fingerprint(self) -> str:
@@ -184,6 +185,11 @@ TEST_TOKENS: dict[str, _TestCard] = {
     "tok_chargeDeclinedStolenCard": _TestCard(
         "visa", "9979", decline=("card_declined", "stolen_card", _DECLINED)
     ),
+    # Radar's risk test cards: the issuer approves them; Clearline's screening decides.
+    "tok_riskLevelElevated": _TestCard("visa", "9235"),
+    "tok_riskLevelHighest": _TestCard("visa", "4954"),
+    "tok_cvcCheckFail": _TestCard("visa", "0101", cvc_fails=True),
+    "tok_radarBlock": _TestCard("visa", "0019", decline=("card_declined", "fraudulent", _DECLINED)),
     "tok_createDispute": _TestCard("visa", "0259", dispute=_FRAUDULENT),
     "tok_visa_createDispute": _TestCard("visa", "0259", dispute=_FRAUDULENT),
     "tok_createDisputeProductNotReceived": _TestCard("visa", "2685", dispute=_PRODUCT_NOT_RECEIVED),
@@ -204,6 +210,9 @@ TEST_CARD_NUMBERS: dict[str, _TestCard] = {
     "4100000000000019": TEST_TOKENS["tok_chargeDeclinedFraudulent"],
     "4000000000009987": TEST_TOKENS["tok_chargeDeclinedLostCard"],
     "4000000000009979": TEST_TOKENS["tok_chargeDeclinedStolenCard"],
+    "4000000000009235": TEST_TOKENS["tok_riskLevelElevated"],
+    "4000000000004954": TEST_TOKENS["tok_riskLevelHighest"],
+    "4000000000000101": TEST_TOKENS["tok_cvcCheckFail"],
     "4000000000000259": TEST_TOKENS["tok_createDispute"],
     "4000000000002685": TEST_TOKENS["tok_createDisputeProductNotReceived"],
     "4000000000001976": TEST_TOKENS["tok_createDisputeInquiry"],
@@ -383,7 +392,9 @@ def _token_card(token: str) -> _PresentedCard:
         # Never echo what looks like a card number back: error messages end up in logs.
         shown = "" if _PAN_LIKE_RE.search(token) else f": '{token}'"
         raise RequestError(404, "unknown_token", f"No such token{shown}", "token")
-    incorrect_cvc = card.decline is not None and card.decline[1] == "incorrect_cvc"
+    incorrect_cvc = card.cvc_fails or (
+        card.decline is not None and card.decline[1] == "incorrect_cvc"
+    )
     return _PresentedCard(
         card=_CardOnRecord(
             brand=card.brand,
@@ -478,7 +489,10 @@ def _numbered_card(body: dict[str, Any]) -> _PresentedCard:
         decline = AUTHENTICATION_REQUIRED
     else:
         decline = None
-    incorrect_cvc = decline is not None and decline[1] == "incorrect_cvc"
+    # As Stripe's: a CVC check fails only when a CVC was given.
+    incorrect_cvc = (known is not None and known.cvc_fails and cvc is not None) or (
+        decline is not None and decline[1] == "incorrect_cvc"
+    )
     return _PresentedCard(
         card=_CardOnRecord(
             brand=known.brand if known is not None else card_brand(number),

@@ -163,3 +163,75 @@ def test_a_merchants_rule_blocks_a_charge_before_the_processor_over_the_sdk(
         params={"amount": 4200, "currency": "usd", "source": "tok_visa"}, options=key()
     )
     assert (paid.status, paid.outcome.type) == ("succeeded", "authorized")
+
+
+def test_risk_levels_from_stripes_test_cards_over_the_sdk(
+    stack: Stack, client: stripe.StripeClient
+) -> None:
+    """Every charge is scored before the processor; Radar's default rules review the
+    elevated and block the highest, whether the card is a token or a stored payment method."""
+    plain = client.v1.charges.create(
+        params={"amount": 1500, "currency": "usd", "source": "tok_visa"}, options=key()
+    )
+    assert (plain.outcome.type, plain.outcome.risk_level) == ("authorized", "normal")
+    assert 0 <= plain.outcome.risk_score < 65
+
+    for source in ("tok_riskLevelElevated", "pm_card_riskLevelElevated"):
+        reviewed = client.v1.charges.create(
+            params={"amount": 1500, "currency": "usd", "source": source}, options=key()
+        )
+        assert reviewed.status == "succeeded", source
+        assert (reviewed.outcome.type, reviewed.outcome.reason) == (
+            "manual_review",
+            "elevated_risk_level",
+        )
+        assert reviewed.outcome.risk_level == "elevated"
+        assert reviewed.outcome.rule.id == "manual_review_if_elevated_risk"
+
+    for source in ("tok_riskLevelHighest", "pm_card_riskLevelHighest", "tok_radarBlock"):
+        with pytest.raises(stripe.CardError) as blocked:
+            client.v1.charges.create(
+                params={"amount": 1500, "currency": "usd", "source": source}, options=key()
+            )
+        assert blocked.value.error.decline_code == "fraudulent", source
+        failed = client.v1.charges.retrieve(blocked.value.error.charge)
+        assert (failed.outcome.type, failed.outcome.risk_level) == ("blocked", "highest")
+        assert failed.outcome.network_status == "not_sent_to_network"
+        assert failed.outcome.reason == "highest_risk_level"
+        sent = stack.processor_authorizations()
+        assert not [a for a in sent if a["reference"] == failed.id], source
+
+
+def test_a_velocity_rule_counts_a_cards_charges_over_the_sdk(stack: Stack) -> None:
+    shop: dict[str, Any] = stack.create_merchant("Velocity Shop")
+    sdk = stripe.StripeClient(shop["secret_key"], base_addresses={"api": stack.url})
+    done = stack.clearline(
+        "radar",
+        "rules",
+        "add",
+        "Block if :charge_count_for_card_fingerprint_hourly: >= 2",
+        "--merchant",
+        shop["id"],
+    )
+    assert done.returncode == 0, done.stderr
+    first_key = key()
+    first = sdk.v1.charges.create(
+        params={"amount": 1000, "currency": "usd", "source": "tok_visa"}, options=first_key
+    )
+    replay = sdk.v1.charges.create(
+        params={"amount": 1000, "currency": "usd", "source": "tok_visa"}, options=first_key
+    )
+    assert replay.id == first.id  # a replay is not a second charge, and is not counted
+    sdk.v1.charges.create(
+        params={"amount": 1000, "currency": "usd", "source": "tok_visa"}, options=key()
+    )
+    with pytest.raises(stripe.CardError) as blocked:
+        sdk.v1.charges.create(
+            params={"amount": 1000, "currency": "usd", "source": "tok_visa"}, options=key()
+        )
+    failed = sdk.v1.charges.retrieve(blocked.value.error.charge)
+    assert (failed.outcome.type, failed.outcome.reason) == ("blocked", "rule")
+    other_card = sdk.v1.charges.create(
+        params={"amount": 1000, "currency": "usd", "source": "tok_mastercard"}, options=key()
+    )
+    assert other_card.status == "succeeded"

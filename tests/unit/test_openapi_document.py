@@ -154,7 +154,7 @@ def test_every_post_documents_its_body_form_and_json_and_the_idempotency_key(
     doc: dict[str, Any],
 ) -> None:
     posts = [(path, op) for method, path, op in operations(doc) if method == "post"]
-    assert len(posts) == 27
+    assert len(posts) == 28
     for path, op in posts:
         content = op["requestBody"]["content"]
         form = content["application/x-www-form-urlencoded"]
@@ -329,6 +329,8 @@ def test_every_200_names_an_object_schema(doc: dict[str, Any]) -> None:
         "value_list_item",
         "value_list_item_list",
         "deleted_value_list_item",
+        "review",
+        "review_list",
         "refund_list",
         "balance_transaction_list",
         "event_list",
@@ -577,6 +579,20 @@ def test_every_object_the_api_returns_matches_its_schema(
     assert len(api.ok("GET", f"{items}?value_list={rsl}", items)["data"]) == 1
     assert api.ok("DELETE", f"{items}/{item['id']}", items + "/{item_id}")["deleted"]
     assert api.ok("DELETE", f"{lists}/{rsl}", lists + "/{list_id}")["deleted"]
+
+    # A payment the default rule sends to review, its review, and its approval.
+    reviewed = api.ok(
+        "POST",
+        "/v1/charges",
+        "/v1/charges",
+        form={"amount": "2000", "currency": "usd", "source": "tok_riskLevelElevated"},
+    )
+    assert reviewed["outcome"]["type"] == "manual_review" and reviewed["review"]
+    prv = reviewed["review"]
+    assert [r["id"] for r in api.ok("GET", "/v1/reviews", "/v1/reviews")["data"]] == [prv]
+    assert api.ok("GET", f"/v1/reviews/{prv}", "/v1/reviews/{review_id}")["open"] is True
+    approved = api.ok("POST", f"/v1/reviews/{prv}/approve", "/v1/reviews/{review_id}/approve")
+    assert (approved["open"], approved["closed_reason"]) == (False, "approved")
     to_void = api.ok(
         "POST",
         "/v1/charges",

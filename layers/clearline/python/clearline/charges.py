@@ -25,7 +25,18 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any, NoReturn, TypeVar
 
-from clearline import balance, fraud_rules, fx, ledger, listing, money, radar_rules
+from clearline import (
+    balance,
+    fraud_rules,
+    fx,
+    ledger,
+    listing,
+    money,
+    radar_rules,
+    reviews,
+    risk,
+    velocity,
+)
 from clearline.audit import Caller
 from clearline.customers import CustomerService
 from clearline.errors import (
@@ -154,30 +165,49 @@ def _card_details(auth: Authorization, fingerprint: str | None = None) -> dict[s
     }
 
 
+def _risk(screening: dict[str, Any] | None) -> dict[str, Any]:
+    """The outcome's risk fields: as scored before the processor call, when it was."""
+    risk = (screening or {}).get("risk")
+    if risk is None:
+        return {"risk_level": "not_assessed"}  # what Stripe says when nothing assessed it
+    return {"risk_level": risk["level"], "risk_score": risk["score"]}
+
+
+def _rule_message(screening: dict[str, Any]) -> str:
+    rule, action = screening["rule"], screening["action"]
+    if screening.get("reason") == "highest_risk_level":
+        return "Clearline blocked this payment as too risky."
+    if screening.get("reason") == "elevated_risk_level":
+        return (
+            "Clearline evaluated this payment as having elevated risk, and placed it in your "
+            "manual review queue."
+        )
+    done = "blocked this payment" if action == "block" else "placed this payment in review"
+    return f"Clearline {done}: it matched your rule '{rule['action']} if {rule['predicate']}'."
+
+
 def _outcome(auth: Authorization, screening: dict[str, Any] | None = None) -> dict[str, Any]:
-    if auth.approved and screening and screening["action"] == "review":
-        rule = screening["rule"]
+    if auth.approved and screening and screening.get("action") == "review":
         return {
             "network_status": "approved_by_network",
-            "reason": "rule",
-            "risk_level": "not_assessed",
-            "rule": rule,
-            "seller_message": "Clearline placed this payment in review: it matched your rule "
-            f"'{rule['action']} if {rule['predicate']}'.",
+            "reason": screening.get("reason", "rule"),
+            **_risk(screening),
+            "rule": screening["rule"],
+            "seller_message": _rule_message(screening),
             "type": "manual_review",
         }
     if auth.approved:
         return {
             "network_status": "approved_by_network",
             "reason": None,
-            "risk_level": "normal",
+            **_risk(screening),
             "seller_message": "Payment complete.",
             "type": "authorized",
         }
     return {
         "network_status": "declined_by_network",
         "reason": auth.decline_code,
-        "risk_level": "normal",
+        **_risk(screening),
         "type": "issuer_declined",
         "seller_message": "The bank did not return any further details with this decline.",
     }
@@ -258,6 +288,20 @@ def capture_fee(merchant: Merchant, charge: dict[str, Any], captured: int) -> in
 
 
 class ChargeService(MoneyService):
+    def __init__(
+        self,
+        store: Store,
+        processor: ProcessorClient,
+        shards: ledger.ShardPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        counters: Store | None = None,
+    ) -> None:
+        super().__init__(store, processor, shards, clock)
+        # Where fraud rules' velocity counters are kept; without it, rules that read them
+        # stay undecided (only the api creates charges, and it has the table).
+        self.velocity = velocity.VelocityCounters(counters) if counters is not None else None
+
     @property
     def rates(self) -> fx.RateBook:
         return fx.RateBook(self.store, self.clock)
@@ -349,10 +393,15 @@ class ChargeService(MoneyService):
 
         # A stored card's own; a test token's, as the vault fingerprints its number.
         fingerprint = stored.card.fingerprint if stored else self._test_card_fingerprint(token)
-        screening = self._unless_written(
-            merchant, idempotency_key, lambda: self._screen(merchant, params, stored, fingerprint)
-        )
         charge_id = derived_id("ch", merchant.id, idempotency_key)
+        counted = velocity.ChargeFacts(
+            charge_id, fingerprint, params.receipt_email, params.customer
+        )
+        screening = self._unless_written(
+            merchant,
+            idempotency_key,
+            lambda: self._screen(merchant, params, stored, token, counted),
+        )
         pending = self._pending_item(merchant, params, charge_id, token, now, idempotency_key)
         pending["payment_intent"] = payment_intent
         pending["card_fingerprint"] = fingerprint
@@ -396,7 +445,29 @@ class ChargeService(MoneyService):
             if existing["state"] != PENDING:
                 return self._settled(existing)
             pending = existing
-        return self._settled(self.authorize_pending(pending, caller))
+        counters = screening.counters if screening is not None else ()
+        self._count(merchant.id, counters, counted)
+        settled = self.authorize_pending(pending, caller)
+        if settled["state"] == FAILED:
+            self._count(merchant.id, counters, counted, declined=True)
+        return self._settled(settled)
+
+    def _count(
+        self,
+        merchant_id: str,
+        counters: tuple[radar_rules.Counter, ...],
+        counted: velocity.ChargeFacts,
+        *,
+        declined: bool = False,
+    ) -> None:
+        """Add the charge to the velocity counters its merchant's rules read. A counter
+        missed (DynamoDB away) undercounts by one; it never holds the charge back."""
+        if not counters or self.velocity is None:
+            return
+        try:
+            self.velocity.record(merchant_id, counters, counted, declined=declined)
+        except StoreUnavailable as exc:
+            log.warning("velocity counters not updated for %s: %s", counted.charge_id, exc)
 
     def _conversion(
         self, merchant: Merchant, params: ChargeCreateParams, idempotency_key: str
@@ -425,16 +496,20 @@ class ChargeService(MoneyService):
 
     @cached_property
     def screener(self) -> fraud_rules.Screener:
-        return fraud_rules.Screener(self.store)
+        vault = self.processor.vault
+        scorer = risk.DeterministicScorer(vault.test_card_fingerprint if vault else None)
+        return fraud_rules.Screener(self.store, scorer, self.velocity)
 
     def _screen(
         self,
         merchant: Merchant,
         params: ChargeCreateParams,
         stored: PaymentMethod | None,
-        fingerprint: str | None,
+        token: str,
+        counted: velocity.ChargeFacts,
     ) -> fraud_rules.Screening:
-        """The merchant's fraud rules, on what is known before the processor is called."""
+        """The charge's risk, and the merchant's fraud rules and Radar's defaults on what is
+        known before the processor is called."""
         cur = params.currency.lower()
         email = params.receipt_email
         card = stored.card if stored is not None else None
@@ -444,7 +519,7 @@ class ChargeService(MoneyService):
             "customer": params.customer,
             "email": email,
             "email_domain": email.rsplit("@", 1)[-1] if email else None,
-            "card_fingerprint": fingerprint,
+            "card_fingerprint": counted.card_fingerprint,
             "card_brand": card.brand if card else None,
             "card_country": card.country if card else None,
             "card_funding": card.funding if card else None,
@@ -454,7 +529,10 @@ class ChargeService(MoneyService):
             cents = ledger.exchange(params.amount, self.rates.mid(cur, "usd"), cur, "usd")
             return cents / 100
 
-        return self.screener.screen(merchant.id, attributes, amount_in_usd)
+        payer = risk.Payer(
+            None if stored else token, counted.card_fingerprint, params.receipt_email
+        )
+        return self.screener.screen(merchant.id, attributes, amount_in_usd, payer, counted)
 
     def _test_card_fingerprint(self, token: str) -> str | None:
         """One card number, one fingerprint: a charge on `tok_visa` shows the fingerprint a
@@ -571,8 +649,15 @@ class ChargeService(MoneyService):
             caller,
             idempotency_key=item["idempotency_key"],
         )
+        opened = None
+        if final["outcome"]["type"] == "manual_review":  # a rule sent it to the review queue
+            review, opened = reviews.opening(final, self.clock())
+            final["review"] = review.object_id
+            transition.changes.append(review)
         kind = "charge.failed" if final["state"] == FAILED else "charge.succeeded"
         transition.events.append(Announcement(item["merchant"], kind, Charge.from_item(final)))
+        if opened is not None:
+            transition.events.append(opened)
         if final["state"] == CAPTURED:
             self._add_capture(
                 transition,
@@ -615,8 +700,9 @@ class ChargeService(MoneyService):
         )
 
     def _block(self, item: dict[str, Any], caller: Caller | None) -> dict[str, Any]:
-        """A charge the merchant's rule blocks: failed, and never sent to the processor."""
-        rule = item["screening"]["rule"]
+        """A charge a rule blocks (the merchant's, or Radar's default on the highest risk):
+        failed, and never sent to the processor."""
+        screening = item["screening"]
         failed = {
             "failure_code": "card_declined",
             "decline_code": "fraudulent",
@@ -624,11 +710,10 @@ class ChargeService(MoneyService):
             "fraud_details": {"stripe_report": "fraudulent"},
             "outcome": {
                 "network_status": "not_sent_to_network",
-                "reason": "rule",
-                "risk_level": "not_assessed",
-                "rule": rule,
-                "seller_message": "Clearline blocked this payment: it matched your rule "
-                f"'{rule['action']} if {rule['predicate']}'.",
+                "reason": screening.get("reason", "rule"),
+                **_risk(screening),
+                "rule": screening["rule"],
+                "seller_message": _rule_message(screening),
                 "type": "blocked",
             },
         }

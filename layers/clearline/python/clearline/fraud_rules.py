@@ -17,10 +17,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from clearline.errors import ConflictError, InvalidRequestError, ResourceMissingError
-from clearline.radar_rules import Action, Rule, RuleSyntaxError, Value, decide, parse
+from clearline.radar_rules import Action, Counter, Rule, RuleSyntaxError, Value, decide, parse
+from clearline.risk import (
+    BLOCK_IF_HIGHEST_RISK,
+    DEFAULT_RULE_REASONS,
+    DEFAULT_RULES,
+    Payer,
+    RiskAssessment,
+    RiskScorer,
+)
 from clearline.store import Store
 from clearline.transitions import Change, Transition, TransitionWriter
 from clearline.value_lists import ValueListService
+from clearline.velocity import ChargeFacts, VelocityCounters, supported
 
 # What the screener knows of a charge before the processor call; a rule naming any other
 # attribute could never match, so it is refused when added rather than kept to no effect.
@@ -36,6 +45,9 @@ SCREENED_ATTRIBUTES = frozenset(
         "card_brand",
         "card_country",
         "card_funding",
+        "risk_level",
+        "risk_score",
+        "cvc_check",  # known only after the authorization: read by the second look
     }
 )
 MAX_RULES = 100
@@ -76,11 +88,14 @@ class RuleBook:
                 f"of {text!r}.",
                 param="rule",
             ) from None
-        unknown = sorted(rule.attributes - SCREENED_ATTRIBUTES)
+        counted = {c.attribute for c in rule.counters if supported(c)}
+        unknown = sorted(rule.attributes - SCREENED_ATTRIBUTES - counted)
         if unknown:
             raise InvalidRequestError(
                 f"Rules cannot use {', '.join(f':{name}:' for name in unknown)} yet: Clearline "
-                f"screens charges on {', '.join(sorted(SCREENED_ATTRIBUTES))}.",
+                f"screens charges on {', '.join(sorted(SCREENED_ATTRIBUTES))}, and counts "
+                "{charge,declined_charge,card_fingerprint,email}_count_for_"
+                "{card_fingerprint,email,customer}_{hourly,daily,weekly}.",
                 param="rule",
             )
         for alias in sorted(rule.value_lists):
@@ -129,32 +144,55 @@ RULES_TTL_SECONDS = 30.0  # a rule added or removed applies to new charges withi
 
 @dataclass(frozen=True)
 class Screening:
-    """What the merchant's rules decided for a charge: None when no rule matched."""
+    """What screening decided for a charge: its risk, and the rule that matched (None when
+    none did)."""
 
+    risk: RiskAssessment | None = None
     action: Action | None = None
     rule: Rule | None = None
+    # The velocity counters the merchant's rules read, which this charge is added to.
+    counters: tuple[Counter, ...] = ()
+
+    @property
+    def reason(self) -> str | None:
+        """Stripe's outcome reason: the default rules have their own, a merchant's is `rule`."""
+        if self.rule is None:
+            return None
+        return DEFAULT_RULE_REASONS.get(self.rule.id, "rule")
 
     def as_item(self) -> dict[str, Any] | None:
-        if self.action is None or self.rule is None:
-            return None
-        rule = {"id": self.rule.id, "action": self.rule.action, "predicate": self.rule.predicate}
-        return {"action": self.action, "rule": rule}
+        item: dict[str, Any] = {}
+        if self.risk is not None:
+            item["risk"] = self.risk.as_item()
+        if self.action is not None and self.rule is not None:
+            rule = {
+                "id": self.rule.id,
+                "action": self.rule.action,
+                "predicate": self.rule.predicate,
+            }
+            item.update(action=self.action, rule=rule, reason=self.reason)
+        return item or None
 
 
 class Screener:
-    """Runs a merchant's rules on a charge before the processor call. Rules are read at
-    most once per `RULES_TTL_SECONDS` per merchant and execution environment; value lists
-    and the dollar amount only when a rule names them, so a merchant without rules costs
-    no read at all once its (empty) rules are cached."""
+    """Scores a charge and runs the merchant's rules and Radar's defaults on it before the
+    processor call. Rules are read at most once per `RULES_TTL_SECONDS` per merchant and
+    execution environment; value lists, the dollar amount and velocity counters only when a
+    rule names them, so a merchant without such rules costs no call at all once its rules
+    are cached."""
 
     def __init__(
         self,
         store: Store,
+        scorer: RiskScorer,
+        velocity: VelocityCounters | None = None,
         clock: Callable[[], float] = time.monotonic,
         ttl_seconds: float = RULES_TTL_SECONDS,
     ) -> None:
         self.book = RuleBook(store)
         self.lists = ValueListService(store)
+        self.scorer = scorer
+        self.velocity = velocity
         self.clock = clock
         self.ttl_seconds = ttl_seconds
         self._cached: dict[str, tuple[float, tuple[Rule, ...]]] = {}
@@ -188,16 +226,24 @@ class Screener:
         merchant_id: str,
         attributes: Mapping[str, Value],
         amount_in_usd: Callable[[], float],
+        payer: Payer,
+        facts: ChargeFacts,
     ) -> Screening:
+        risk = self.scorer.assess(payer)
+        if risk.always_block:
+            return Screening(risk, "block", BLOCK_IF_HIGHEST_RISK)
         rules = self.rules(merchant_id)
-        if not rules:
-            return Screening()
+        known = {**attributes, "risk_score": float(risk.score), "risk_level": risk.level}
         named = frozenset().union(*(rule.attributes for rule in rules))
-        known = dict(attributes)
         if "amount_in_usd" in named:
             known["amount_in_usd"] = amount_in_usd()
+        counters = tuple(
+            sorted({c for rule in rules for c in rule.counters}, key=lambda c: c.attribute)
+        )
+        if counters and self.velocity is not None:
+            known.update(self.velocity.counts(merchant_id, counters, facts))
         aliases = frozenset().union(*(rule.value_lists for rule in rules))
         found = {alias: self._values(merchant_id, alias) for alias in aliases}
         lists = {alias: values for alias, values in found.items() if values is not None}
-        decided = decide(rules, known, lists)
-        return Screening(decided.action, decided.rule)
+        decided = decide((*rules, *DEFAULT_RULES), known, lists)
+        return Screening(risk, decided.action, decided.rule, counters)

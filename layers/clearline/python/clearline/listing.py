@@ -60,6 +60,7 @@ KINDS = {
     "pm": ("PM#", "PAYMENT_METHOD", "PaymentMethod"),
     "du": ("DISPUTE#", "DISPUTE", "dispute"),
     "po": ("PAYOUT#", "PAYOUT", "payout"),
+    "prv": ("REVIEW#", "REVIEW", "review"),
 }
 
 

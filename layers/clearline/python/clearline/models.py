@@ -51,8 +51,9 @@ class Outcome(Model):
     type: str
     reason: str | None = None
     risk_level: str = "not_assessed"  # what Stripe says when nothing assessed the risk
+    risk_score: int | None = None  # 0-99, when scored
     seller_message: str | None = None
-    rule: dict[str, str] | None = None  # the merchant's rule that blocked or reviewed it
+    rule: dict[str, str] | None = None  # the rule that blocked or reviewed it
 
 
 class Address(Model):
@@ -127,6 +128,7 @@ class Charge(Model):
     receipt_token: str | None = None
     refunds: tuple[Refund, ...] = ()
     disputed: bool = False  # true once disputed, whatever the outcome
+    review: str | None = None  # the Radar review opened on it (prv_), if any
     # Where the charge settles, when that is not its own currency: what it converts at.
     settlement_currency: str | None = None
     exchange_rate: str | None = None
@@ -205,6 +207,22 @@ class FxQuote(Model):
     rates: dict[str, FxQuoteRate]
     rates_as_of: int
     usage: dict[str, Any]
+
+
+class Review(Model):
+    """A payment a rule or the risk scorer put in the merchant's review queue."""
+
+    kind: Literal["review"] = "review"
+    id: str
+    merchant: str
+    charge: str
+    payment_intent: str | None = None
+    created: int
+    created_ms: int = 0
+    open: bool = True
+    opened_reason: str = "rule"  # rule, manual
+    reason: str = "rule"  # why it is open, or how it closed (approved, refunded, ...)
+    closed_reason: str | None = None
 
 
 class ValueListItem(Model):

@@ -313,6 +313,10 @@ class RefundCreateParams(Params):
     expand: list[String] = Field(default_factory=list)
 
 
+class ReviewApproveParams(Params):
+    expand: list[String] = Field(default_factory=list)
+
+
 EvidenceText = Annotated[String, Field(max_length=20_000)]
 EVIDENCE_MAX_CHARACTERS = 150_000  # all the text fields of one submission together
 

@@ -7,7 +7,7 @@ faster on a cold start.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -228,6 +228,21 @@ class Store:
                 break
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
         return items[:limit]
+
+    def add_to_sets(self, pk: str, sk: str, members: Mapping[str, str], *, expires_at: int) -> None:
+        """Add one member to each named string set of an item (created if missing), and set
+        when it expires: atomic, and adding a member twice changes nothing."""
+        names = {f"#s{i}": name for i, name in enumerate(members)}
+        values = {f":s{i}": {"SS": [value]} for i, value in enumerate(members.values())}
+        adds = ", ".join(f"#s{i} :s{i}" for i in range(len(members)))
+        self._call(
+            "update_item",
+            TableName=self.table_name,
+            Key=serialize({"pk": pk, "sk": sk}),
+            UpdateExpression=f"ADD {adds} SET expires_at = :expires_at",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={**values, ":expires_at": {"N": str(expires_at)}},
+        )
 
     def delete(self, pk: str, sk: str) -> None:
         self._call("delete_item", TableName=self.table_name, Key=serialize({"pk": pk, "sk": sk}))

@@ -238,6 +238,16 @@ IDEMPOTENCY_TABLE = TableSpec(
     ttl_attribute="expiration",
 )
 
+# Short-lived counters, each a time window that expires: the velocity attributes of fraud
+# rules. Apart from the main table so that they never reach its stream and can expire.
+COUNTERS_TABLE = TableSpec(
+    key="counters",
+    name="clearline-counters",
+    partition_key="pk",
+    sort_key="sk",
+    ttl_attribute="expires_at",
+)
+
 API_FUNCTION = FunctionSpec(
     key="api",
     code_dir="functions/api",
@@ -245,7 +255,7 @@ API_FUNCTION = FunctionSpec(
     description="The Stripe-compatible /v1 REST API",
     timeout_seconds=29,  # API Gateway's integration limit
     memory_mb=1024,
-    tables={"main": "readwrite", "idempotency": "readwrite"},
+    tables={"main": "readwrite", "idempotency": "readwrite", "counters": "readwrite"},
     calls_processor=True,
     calls_vault=True,
     sends_to=("payouts",),  # a new payout goes to the bank at once
@@ -266,6 +276,14 @@ WEBHOOK_QUEUE = QueueSpec(
 )
 CAPTURE_QUEUE = QueueSpec(
     key="captures", name="clearline-captures", visibility_timeout_seconds=180, max_receive_count=5
+)
+
+# Succeeded charges, for the second look after their authorization (post_authorization).
+RISK_REVIEW_QUEUE = QueueSpec(
+    key="risk_reviews",
+    name="clearline-risk-reviews",
+    visibility_timeout_seconds=180,  # six times the function's timeout
+    max_receive_count=5,
 )
 
 SETTLEMENT_QUEUE = QueueSpec(
@@ -333,6 +351,19 @@ SCHEDULER_FUNCTION = FunctionSpec(
     tables={"main": "read"},
     schedule_minutes=1,
     sends_to=("captures", "payouts"),
+)
+
+RISK_REVIEW_FUNCTION = FunctionSpec(
+    key="risk_review",
+    code_dir="functions/risk_review",
+    handler="risk_review_handler.lambda_handler",
+    description="Looks again at each succeeded charge: opens reviews, reverses what rules block",
+    timeout_seconds=30,
+    memory_mb=512,
+    tables={"main": "readwrite", "counters": "readwrite"},
+    calls_processor=True,  # a reversal releases or refunds at the processor
+    queue_trigger="risk_reviews",
+    batch_size=10,
 )
 
 CAPTURE_FUNCTION = FunctionSpec(
@@ -428,13 +459,14 @@ FX_RATES_FUNCTION = FunctionSpec(
 )
 
 TOPOLOGY = Topology(
-    tables=(MAIN_TABLE, IDEMPOTENCY_TABLE),
+    tables=(MAIN_TABLE, IDEMPOTENCY_TABLE, COUNTERS_TABLE),
     functions=(
         API_FUNCTION,
         RELAY_FUNCTION,
         WEBHOOK_FUNCTION,
         SCHEDULER_FUNCTION,
         CAPTURE_FUNCTION,
+        RISK_REVIEW_FUNCTION,
         PROCESSOR_SYNC_FUNCTION,
         RECONCILER_FUNCTION,
         DISPUTE_INTAKE_FUNCTION,
@@ -447,6 +479,7 @@ TOPOLOGY = Topology(
     queues=(
         WEBHOOK_QUEUE,
         CAPTURE_QUEUE,
+        RISK_REVIEW_QUEUE,
         PAYOUT_QUEUE,
         SETTLEMENT_QUEUE,
         MISMATCH_QUEUE,
@@ -460,6 +493,12 @@ TOPOLOGY = Topology(
             bus="events",
             event_pattern={"source": [EVENT_SOURCE]},
             queue="webhooks",
+        ),
+        RuleSpec(
+            key="succeeded_charges_to_risk_review",
+            bus="events",
+            event_pattern={"source": [EVENT_SOURCE], "detail-type": ["charge.succeeded"]},
+            queue="risk_reviews",
         ),
     ),
 )

@@ -66,10 +66,12 @@ def _source(charge: Charge, card: CardDetails) -> dict[str, Any]:
 
 
 def _outcome(outcome: Outcome) -> dict[str, Any]:
-    """Stripe's outcome: `rule` only when a rule decided the payment (never null)."""
+    """Stripe's outcome: `rule` only when a rule decided the payment and `risk_score` only
+    when the payment was scored (neither is ever null)."""
     shown = outcome.model_dump()
-    if shown.get("rule") is None:
-        shown.pop("rule", None)
+    for optional in ("rule", "risk_score"):
+        if shown.get(optional) is None:
+            shown.pop(optional, None)
     return shown
 
 
@@ -134,7 +136,7 @@ def render_charge(charge: Charge, links: Links) -> dict[str, Any]:
             ),
             "total_count": len(refunds),
         },
-        "review": None,
+        "review": charge.review,
         "shipping": charge.shipping.model_dump() if charge.shipping else None,
         "source": _source(charge, card) if card else None,
         "source_transfer": None,

@@ -17,6 +17,7 @@ from clearline.models import (
     Payout,
     ReconciliationMismatch,
     Refund,
+    Review,
     ValueList,
     ValueListItem,
     WebhookEndpoint,
@@ -30,7 +31,7 @@ from presentation.links import Links
 from presentation.payment_intents import render_payment_intent
 from presentation.payment_methods import render_payment_method
 from presentation.payouts import render_payout
-from presentation.radar import render_value_list, render_value_list_item
+from presentation.radar import render_review, render_value_list, render_value_list_item
 from presentation.refunds import render_refund
 from presentation.webhook_endpoints import render_webhook_endpoint
 
@@ -49,6 +50,7 @@ MODELS: dict[str, type[Model]] = {
     "fx_quote": FxQuote,
     "radar.value_list": ValueList,
     "radar.value_list_item": ValueListItem,
+    "review": Review,
 }
 
 
@@ -84,6 +86,8 @@ def render(model: Model, links: Links) -> dict[str, Any]:
         return render_value_list(model)
     if isinstance(model, ValueListItem):
         return render_value_list_item(model)
+    if isinstance(model, Review):
+        return render_review(model)
     if isinstance(model, ReconciliationMismatch):
         rendered = model.model_dump(exclude={"kind", "mismatch"})
         return {"object": "reconciliation_mismatch", "kind": model.mismatch, **rendered}

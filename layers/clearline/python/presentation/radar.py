@@ -1,10 +1,10 @@
-"""Radar's value lists and their items in Stripe's shapes."""
+"""Radar's value lists, their items and reviews in Stripe's shapes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from clearline.models import ValueList, ValueListItem
+from clearline.models import Review, ValueList, ValueListItem
 
 
 def render_value_list_item(item: ValueListItem) -> dict[str, Any]:
@@ -40,4 +40,25 @@ def render_value_list(value_list: ValueList) -> dict[str, Any]:
         "livemode": False,
         "metadata": dict(value_list.metadata),
         "name": value_list.name,
+    }
+
+
+def render_review(review: Review) -> dict[str, Any]:
+    return {
+        "id": review.id,
+        "object": "review",
+        "billing_zip": None,
+        "charge": review.charge,
+        "closed_reason": review.closed_reason,
+        "created": review.created,
+        # What Stripe learns from its own checkout's session; Clearline's API is server to
+        # server, so it knows neither.
+        "ip_address": None,
+        "ip_address_location": None,
+        "livemode": False,
+        "open": review.open,
+        "opened_reason": review.opened_reason,
+        "payment_intent": review.payment_intent,
+        "reason": review.reason,
+        "session": None,
     }

@@ -1,0 +1,203 @@
+"""Reviews, and the second look after the authorization: a risky payment opens a review; a
+merchant's rule may reverse it; each step survives being cut short."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clearline.audit import Caller
+from clearline.charges import ChargeService
+from clearline.errors import InvalidRequestError, ResourceMissingError
+from clearline.fraud_rules import RuleBook
+from clearline.merchants import create_merchant
+from clearline.models import Charge
+from clearline.params import ChargeCreateParams
+from clearline.post_authorization import AfterAuthorization
+from clearline.processor import ProcessorClient
+from clearline.refunds import RefundService
+from clearline.reviews import ReviewService
+from clearline.store import Store
+from clearline.topology import (
+    COUNTERS_TABLE,
+    MAIN_TABLE,
+    PROCESSOR_URL_ENV,
+    TOPOLOGY,
+    table_env_var,
+)
+from clearline_local.lambda_runtime import LocalLambdaContext, load_handler
+from clearline_local.sandbox_processor import SandboxProcessor
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+
+
+@pytest.fixture
+def shop(store: Store, processor: SandboxProcessor) -> dict[str, Any]:
+    merchant = create_merchant(store, "Reviewing Shop").merchant
+    client = ProcessorClient(processor.url, timeout_seconds=2.0, capacity=None)
+    charges = ChargeService(store, client)
+    refunds = RefundService(store, client)
+    return {
+        "merchant": merchant,
+        "caller": Caller(merchant, "req_reviews"),
+        "charges": charges,
+        "refunds": refunds,
+        "reviews": ReviewService(store),
+        "second_look": AfterAuthorization(charges, refunds),
+        "book": RuleBook(store),
+    }
+
+
+def pay(shop: dict[str, Any], source: str = "tok_visa", **params: Any) -> Charge:
+    charge: Charge = shop["charges"].create(
+        shop["caller"],
+        ChargeCreateParams(source=source, **{"amount": 2500, "currency": "usd", **params}),
+        idempotency_key=str(uuid.uuid4()),
+    )
+    return charge
+
+
+def events_of(store: Store, object_id: str) -> list[str]:
+    """The review events naming the object."""
+    found = [
+        (item["created"], item["type"])
+        for item in store.scan("EVENT#")
+        if item["sk"] == "EVENT" and object_id in json.dumps(item.get("data", ""), default=str)
+    ]
+    return sorted(kind for _, kind in found if kind.startswith("review."))
+
+
+def test_a_payment_sent_to_review_opens_one_and_approving_closes_it(
+    store: Store, shop: dict[str, Any]
+) -> None:
+    charge = pay(shop, "tok_riskLevelElevated")
+    assert charge.review is not None and charge.review.startswith("prv_")
+    review = shop["reviews"].retrieve(shop["merchant"], charge.review)
+    assert (review.charge, review.open, review.opened_reason, review.reason) == (
+        charge.id,
+        True,
+        "rule",
+        "rule",
+    )
+    listed = shop["reviews"].list(
+        shop["merchant"], limit=10, starting_after=None, ending_before=None
+    )
+    assert [r.id for r in listed.items] == [review.id]
+    assert "review.opened" in events_of(store, review.id)
+
+    approved = shop["reviews"].approve(shop["caller"], review.id)
+    assert (approved.open, approved.closed_reason, approved.reason) == (
+        False,
+        "approved",
+        "approved",
+    )
+    assert events_of(store, review.id) == ["review.closed", "review.opened"]
+    with pytest.raises(InvalidRequestError) as again:
+        shop["reviews"].approve(shop["caller"], review.id)
+    assert "already closed" in again.value.message
+    assert (
+        shop["reviews"]
+        .list(shop["merchant"], limit=10, starting_after=None, ending_before=None)
+        .items
+        == ()
+    )
+
+    other = create_merchant(store, "Someone Else").merchant
+    with pytest.raises(ResourceMissingError):
+        shop["reviews"].retrieve(other, review.id)
+    assert pay(shop).review is None  # an ordinary payment opens none
+
+
+def test_a_failed_cvc_found_after_the_authorization_opens_a_review(
+    store: Store, shop: dict[str, Any]
+) -> None:
+    charge = pay(shop, "tok_cvcCheckFail")
+    assert charge.review is None and charge.state == "captured"  # approved by the issuer
+    assert shop["second_look"].look(charge.id) == "reviewed"
+    looked = shop["charges"].retrieve(shop["merchant"], charge.id)
+    assert looked.review is not None and looked.state == "captured"
+    assert shop["second_look"].look(charge.id) == "reviewed"  # a redelivery opens no second
+    assert events_of(store, looked.review) == ["review.opened"]
+    assert shop["second_look"].look(pay(shop).id) == "passed"
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_a_merchants_rule_reverses_a_payment_after_its_authorization(
+    store: Store, shop: dict[str, Any], processor: SandboxProcessor, capture: bool
+) -> None:
+    shop["book"].add(shop["merchant"].id, "Block if :cvc_check: = 'fail'")
+    charge = pay(shop, "tok_cvcCheckFail", capture=capture)
+    assert charge.outcome is not None and charge.outcome.type == "authorized"  # unknown before
+    assert shop["second_look"].look(charge.id) == "reversed"
+    reversed_ = shop["charges"].retrieve(shop["merchant"], charge.id)
+    assert reversed_.outcome is not None
+    assert (reversed_.outcome.network_status, reversed_.outcome.type) == (
+        "reversed_after_approval",
+        "blocked",
+    )
+    assert reversed_.fraud_details == {"stripe_report": "fraudulent"}
+    assert reversed_.total_refunded == charge.amount
+    assert reversed_.refunds[0].reason == "fraudulent"
+    assert reversed_.state == ("captured" if capture else "canceled")
+    assert reversed_.review is not None
+    review = shop["reviews"].retrieve(shop["merchant"], reversed_.review)
+    assert (review.open, review.closed_reason) == (False, "refunded_as_fraud")
+    assert shop["second_look"].look(charge.id) == "reversed"  # again: nothing more
+    assert len(shop["charges"].retrieve(shop["merchant"], charge.id).refunds) == 1
+
+
+def test_a_reversal_cut_short_is_finished_by_the_next_delivery(
+    store: Store, shop: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop["book"].add(shop["merchant"].id, "Block if :cvc_check: = 'fail'")
+    charge = pay(shop, "tok_cvcCheckFail")
+
+    def crash(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the execution environment died")
+
+    monkeypatch.setattr(RefundService, "create", crash)
+    with pytest.raises(RuntimeError):
+        shop["second_look"].look(charge.id)
+    monkeypatch.undo()
+    marked = shop["charges"].retrieve(shop["merchant"], charge.id)
+    assert marked.outcome is not None and marked.outcome.network_status == (
+        "reversed_after_approval"
+    )
+    assert marked.amount_refunded == 0  # marked, not yet reversed
+    assert shop["second_look"].look(charge.id) == "reversed"
+    done = shop["charges"].retrieve(shop["merchant"], charge.id)
+    assert done.amount_refunded == charge.amount and len(done.refunds) == 1
+
+
+def test_the_function_fails_a_poison_record_alone(
+    store: Store, shop: dict[str, Any], processor: SandboxProcessor
+) -> None:
+    charge = pay(shop, "tok_cvcCheckFail")
+    os.environ.update(
+        {
+            table_env_var(MAIN_TABLE.key): MAIN_TABLE.name,
+            table_env_var(COUNTERS_TABLE.key): COUNTERS_TABLE.name,
+            PROCESSOR_URL_ENV: processor.url,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_SERVICE_NAME": "clearline",
+        }
+    )
+    handler = load_handler(TOPOLOGY.function("risk_review"))
+    import risk_review_handler
+
+    risk_review_handler.after_authorization = shop["second_look"]
+    sample = json.loads((EVENTS / "risk_review" / "sqs_charge_succeeded.json").read_text())
+    (record,) = sample["Records"]
+    body = json.loads(record["body"])
+    body["detail"]["event"]["data"]["object"]["id"] = charge.id
+    good = {**record, "messageId": "good", "body": json.dumps(body)}
+    poison = {**record, "messageId": "poison", "body": "{not json"}
+    context = LocalLambdaContext("risk_review", 512, 30, str(uuid.uuid4()))
+    answer = handler({"Records": [poison, good]}, context)
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "poison"}]}
+    assert shop["charges"].retrieve(shop["merchant"], charge.id).review is not None
