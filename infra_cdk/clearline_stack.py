@@ -686,6 +686,7 @@ class ClearlineStack(Stack):
                     self.queues[spec.queue_trigger],
                     batch_size=spec.batch_size,
                     report_batch_item_failures=True,
+                    max_concurrency=spec.queue_max_concurrency,
                 )
             )
         if spec.schedule_minutes is not None:

@@ -42,6 +42,7 @@ from clearline.errors import (
     InvalidRequestError,
     PermissionDeniedError,
     ResourceMissingError,
+    ServiceUnavailableError,
     UnknownUrlError,
 )
 from clearline.forms import body_bytes, decode, parse_body
@@ -89,7 +90,7 @@ from clearline.payment_methods import PaymentMethodService
 from clearline.payout_jobs import PayoutJob
 from clearline.payouts import PENDING as PAYOUT_PENDING
 from clearline.payouts import PayoutService
-from clearline.processor import ProcessorClient
+from clearline.processor import ProcessorBusy, ProcessorClient
 from clearline.refunds import RefundService
 from clearline.reviews import ReviewService
 from clearline.store import Store, StoreUnavailable
@@ -272,6 +273,20 @@ def on_store_unavailable(error: StoreUnavailable) -> Response[dict[str, Any]]:
         },
         {"Stripe-Should-Retry": "true"},
     )
+
+
+@app.exception_handler(ProcessorBusy)
+def on_processor_busy(error: ProcessorBusy) -> Response[dict[str, Any]]:
+    """No processor capacity (its rate limit): the call was never sent, whatever it was
+    (a charge stays pending, a capture or void locked, each under its key), so the same
+    request is retried with the same key."""
+    refused = ServiceUnavailableError(
+        "The card processor is at its rate limit; nothing was sent to it. Retry with the same "
+        "Idempotency-Key.",
+        code="processor_busy",
+    )
+    refused.__cause__ = error
+    return on_api_error(refused)
 
 
 @app.exception_handler(Exception)

@@ -488,6 +488,11 @@ ERROR_CODES: dict[str, str] = {
         "An error occurred while the card was being processed, and the customer was not "
         "charged. Try again; if it keeps failing, ask the customer for another card."
     ),
+    "processor_busy": (
+        "The card processor is at its rate limit, so the request was not sent to it: nothing "
+        "was charged or moved. Retry with the same Idempotency-Key (the Stripe libraries do, "
+        "as the Stripe-Should-Retry header asks)."
+    ),
     "processor_unavailable": (
         "The card processor did not answer in time, so the outcome is not known yet. Retry "
         "with the same Idempotency-Key: the retry finishes the original operation and never "

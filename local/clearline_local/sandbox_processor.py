@@ -16,6 +16,11 @@ As an acquirer does, it raises disputes: money captured on one of Stripe's dispu
 cards is contested a little later, and every change of a dispute is posted to the
 platform as a signed notification, retried until it is answered. The platform answers a
 dispute with evidence or accepts it; the network's decision follows from the evidence.
+
+It can enforce a rate limit (`tps_limit`, set when it starts, or by POST /_sandbox/rate_limit
+with {"tps_limit": n}; 0 is none): at most that many money-moving calls (authorize, capture,
+void, refund) in each second of its clock; the others are refused with 429 before anything
+is committed, and counted (GET /_sandbox/rate_limit; DELETE starts the count again).
 """
 
 from __future__ import annotations
@@ -88,6 +93,31 @@ _PAN_LIKE_RE = re.compile(r"(?:\d[ -]?){12,19}")
 _CARD_NUMBER_RE = re.compile(r"[0-9]{12,19}")
 _CVC_RE = re.compile(r"[0-9]{3,4}")
 MAX_AUTHENTICATION_ID_LENGTH = 255
+MAX_TPS_LIMIT = 100_000
+# The calls its rate limit counts: those that move money, as an acquirer's transaction
+# limit does. Reads, key lookups and revocations, and dispute responses are not counted.
+RATE_LIMITED_OPERATIONS = frozenset({"authorize", "capture", "void", "refund"})
+
+
+def _validate_tps_limit(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError("tps_limit must be an integer")
+    if not 0 <= value <= MAX_TPS_LIMIT:
+        raise ValueError(f"tps_limit must be between 0 (no limit) and {MAX_TPS_LIMIT}")
+    return value
+
+
+def rate_limited_operation(method: str, parts: list[str]) -> str | None:
+    """Which money-moving call a /v1/<parts> request is, or None if it moves no money."""
+    if method != "POST":
+        return None
+    if parts == ["authorizations"]:
+        return "authorize"
+    if parts == ["refunds"]:
+        return "refund"
+    if len(parts) == 3 and parts[0] == "authorizations" and parts[2] in ("capture", "void"):
+        return parts[2]
+    return None
 
 
 def card_number_fingerprint(number: str) -> str:
@@ -532,6 +562,8 @@ class SandboxProcessor(SandboxService):
         notification_url: str | None = None,
         notification_secret: str | None = None,
         notification_attempts: int = 8,
+        tps_limit: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(notification_attempts, int) or isinstance(notification_attempts, bool):
             raise ValueError("notification_attempts must be an integer")
@@ -544,6 +576,12 @@ class SandboxProcessor(SandboxService):
         self._decision_delay_seconds = _validate_delay(
             decision_delay_seconds, "decision_delay_seconds"
         )
+        # Money-moving calls a second (fixed one-second windows of `clock`); 0: no limit.
+        self._tps_limit = _validate_tps_limit(tps_limit)
+        self._clock = clock
+        self._window_second: int | None = None
+        self._window_calls = 0
+        self._throttled = 0  # 429s served, for tests to read
         self._authorizations: dict[str, _AuthorizationRecord] = {}
         self._refunds: dict[str, dict[str, Any]] = {}
         self._disputes: dict[str, _DisputeRecord] = {}
@@ -626,6 +664,55 @@ class SandboxProcessor(SandboxService):
         with self._lock:
             self._decision_delay_seconds = value
 
+    @property
+    def tps_limit(self) -> int:
+        """Money-moving calls taken a second; above it they are refused with 429. 0: none."""
+        with self._lock:
+            return self._tps_limit
+
+    @tps_limit.setter
+    def tps_limit(self, value: int) -> None:
+        value = _validate_tps_limit(value)
+        with self._lock:
+            self._tps_limit = value
+
+    def rate_limit_stats(self) -> dict[str, int]:
+        """How many calls were refused for the rate limit (429s served), and the limit."""
+        with self._lock:
+            return {"throttled": self._throttled, "tps_limit": self._tps_limit}
+
+    def reset_rate_limit_stats(self) -> None:
+        with self._lock:
+            self._throttled = 0
+
+    def _admit(self, operation: str) -> None:
+        """Count a money-moving call against its second, or refuse it (429) when the second
+        is full. A refused call commits nothing and is not stored under its key."""
+        with self._lock:
+            if self._tps_limit == 0:
+                return
+            second = math.floor(self._clock())
+            if second != self._window_second:
+                self._window_second, self._window_calls = second, 0
+            if self._window_calls >= self._tps_limit:
+                self._throttled += 1
+                logger.info("sandbox rate limit: %s refused (429)", operation)
+                raise RequestError(
+                    429,
+                    "rate_limited",
+                    f"Too many requests: at most {self._tps_limit} a second.",
+                )
+            self._window_calls += 1
+
+    def _handle_v1(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any]
+    ) -> Response:
+        parts = [unquote(p) for p in path.strip("/").split("/")[1:]]
+        operation = rate_limited_operation(method, parts)
+        if operation is not None:
+            self._admit(operation)
+        return super()._handle_v1(method, path, headers, body)
+
     def configure_notifications(self, url: str, secret: str) -> None:
         """Where dispute notifications go and the secret they are signed with. The
         receiver's URL is often known only once it binds: until then they queue."""
@@ -687,6 +774,16 @@ class SandboxProcessor(SandboxService):
             return Response(200, {"pending": pending, "delivered": delivered})
         if path == "/_sandbox/disputes" and method == "GET":
             return Response(200, {"data": self.disputes()})
+        if path == "/_sandbox/rate_limit":
+            if method == "POST" and "tps_limit" in body:
+                try:
+                    self.tps_limit = body["tps_limit"]
+                except ValueError as exc:
+                    raise RequestError(400, "invalid_config", str(exc), "tps_limit") from None
+            if method == "DELETE":  # the count starts again
+                self.reset_rate_limit_stats()
+            if method in ("GET", "POST", "DELETE"):
+                return Response(200, self.rate_limit_stats())
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if len(parts) == 4 and parts[1] == "disputes" and method == "POST":
             if parts[3] == "decide":

@@ -28,6 +28,37 @@ WEBHOOK_SECRET_USERS: dict[str, tuple[str, ...]] = {
     WEBHOOK_FUNCTION.key: ("open",),
 }
 WEBHOOK_ONLY_VARIABLES = frozenset({WEBHOOK_SECRETS_KEY_ENV, WEBHOOK_ALLOW_LOOPBACK_ENV})
+# The processor's rate limit: money-moving calls (authorize, capture, void, refund) per
+# second, across every function. Unset or 0: no limit is applied.
+PROCESSOR_TPS_ENV = "CLEARLINE_PROCESSOR_TPS"
+# How long a call may wait for a free second before it is refused, unsent (default 2 s).
+PROCESSOR_CAPACITY_WAIT_ENV = "CLEARLINE_PROCESSOR_CAPACITY_WAIT"
+DEFAULT_PROCESSOR_CAPACITY_WAIT_SECONDS = 2.0
+
+
+def parse_processor_tps(value: str | None) -> int:
+    """Calls per second the processor takes; 0 when unlimited."""
+    if not value or not value.strip():
+        return 0
+    try:
+        tps = int(value)
+    except ValueError as exc:
+        raise ValueError(f"{PROCESSOR_TPS_ENV} must be a whole number: {value!r}") from exc
+    if tps < 0:
+        raise ValueError(f"{PROCESSOR_TPS_ENV} must not be negative: {value!r}")
+    return tps
+
+
+def parse_capacity_wait(value: str | None) -> float:
+    if not value or not value.strip():
+        return DEFAULT_PROCESSOR_CAPACITY_WAIT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError as exc:
+        raise ValueError(f"{PROCESSOR_CAPACITY_WAIT_ENV} must be seconds: {value!r}") from exc
+    if not 0 <= seconds <= 60:
+        raise ValueError(f"{PROCESSOR_CAPACITY_WAIT_ENV} must be 0 to 60 seconds: {value!r}")
+    return seconds
 
 
 def parse_loopback_setting(value: str | None) -> frozenset[int] | None:
@@ -55,6 +86,9 @@ class Settings:
     # None: webhooks never go to loopback (every deployment). Otherwise test-mode endpoints
     # may, except on these ports (the local stack's own services).
     webhook_loopback_refused_ports: frozenset[int] | None = None
+    # 0: the processor's calls are not limited here.
+    processor_tps: int = 0
+    processor_capacity_wait_seconds: float = DEFAULT_PROCESSOR_CAPACITY_WAIT_SECONDS
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -66,5 +100,9 @@ class Settings:
             webhook_secrets_key=os.environ.get(WEBHOOK_SECRETS_KEY_ENV, ""),
             webhook_loopback_refused_ports=parse_loopback_setting(
                 os.environ.get(WEBHOOK_ALLOW_LOOPBACK_ENV)
+            ),
+            processor_tps=parse_processor_tps(os.environ.get(PROCESSOR_TPS_ENV)),
+            processor_capacity_wait_seconds=parse_capacity_wait(
+                os.environ.get(PROCESSOR_CAPACITY_WAIT_ENV)
             ),
         )

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 __all__ = [
     "Authorization",
     "Card",
+    "ProcessorBusy",
     "ProcessorClient",
     "ProcessorDispute",
     "ProcessorError",
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from clearline.processor_capacity import ProcessorCapacity
     from clearline.vault_client import VaultClient
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -44,10 +46,24 @@ class ProcessorError(Exception):
 
 
 class ProcessorUnavailable(ProcessorError):
-    """The processor could not be reached or answered 5xx/429.
+    """The processor could not be reached or answered 5xx.
 
     The outcome is unknown: the operation may or may not have been committed. Retrying
     with the same idempotency key is safe, or `ProcessorClient.lookup` tells what happened.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ProcessorBusy(ProcessorError):
+    """The call was not processed, and it is known not to have been: the processor refused
+    it for its rate limit (429), or Clearline did not send it for want of capacity.
+
+    Not an outcome-unknown failure: nothing moved under the key, so retrying with the same
+    key later is a first attempt. Kept apart from ProcessorUnavailable so that a charge
+    refused this way is not left waiting as if the processor might have taken it.
     """
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
@@ -239,15 +255,38 @@ class JsonApiClient:
             ) from exc
 
 
+_FROM_ENVIRONMENT: Any = object()
+
+
 class ProcessorClient(JsonApiClient):
-    """The card processor's API."""
+    """The card processor's API.
+
+    The calls that move money (authorize, capture, void, refund) each take a permit from
+    `capacity`, the processor's rate limit shared by every function, before they are sent;
+    without one they raise ProcessorBusy, sending nothing. Unless given a limiter (or None),
+    a client takes the one its function's environment sets (CLEARLINE_PROCESSOR_TPS), so
+    every function that calls the processor counts against the same limit."""
 
     def __init__(
-        self, base_url: str, timeout_seconds: float = 10.0, *, vault: VaultClient | None = None
+        self,
+        base_url: str,
+        timeout_seconds: float = 10.0,
+        *,
+        vault: VaultClient | None = None,
+        capacity: ProcessorCapacity | None = _FROM_ENVIRONMENT,
     ) -> None:
         super().__init__(base_url, timeout_seconds)
         # Stored cards are authorized through the vault, which alone can send their number.
         self.vault = vault
+        if capacity is _FROM_ENVIRONMENT:
+            from clearline.processor_capacity import ProcessorCapacity
+
+            capacity = ProcessorCapacity.from_env()
+        self.capacity: ProcessorCapacity | None = capacity
+
+    def _take_capacity(self, operation: str) -> None:
+        if self.capacity is not None:
+            self.capacity.acquire(operation)
 
     # -- money-moving calls ---------------------------------------------------------------
 
@@ -275,16 +314,18 @@ class ProcessorClient(JsonApiClient):
             "capture": capture,
             "reference": reference,
         }
+        _check_key(idempotency_key)  # a call refused for its key takes no permit
+        if stored_card_of is not None and self.vault is None:
+            # A function set up without the vault cannot know what happened to this card:
+            # the charge stays pending (never failed) until one that can asks.
+            raise ProcessorUnavailable(f"no vault is configured to authorize {token}")
+        self._take_capacity("authorize")
         if stored_card_of is None:
             data = self._request(
                 "POST", "/v1/authorizations", {"token": token, **body}, idempotency_key, token=token
             )
             return self._parse(Authorization, data)
-        if self.vault is None:
-            # A function set up without the vault cannot know what happened to this card:
-            # the charge stays pending (never failed) until one that can asks.
-            raise ProcessorUnavailable(f"no vault is configured to authorize {token}")
-        _check_key(idempotency_key)
+        assert self.vault is not None
         forwarded = {
             "merchant": stored_card_of,
             "payment_method": token,
@@ -297,12 +338,14 @@ class ProcessorClient(JsonApiClient):
     def capture(self, *, idempotency_key: str, authorization_id: str, amount: int) -> Authorization:
         """Capture `amount` (at most the authorized amount) of an approved authorization."""
         path = f"/v1/authorizations/{_segment(authorization_id)}/capture"
+        self._take_capacity("capture")
         data = self._request("POST", path, {"amount": amount}, idempotency_key)
         return self._parse(Authorization, data)
 
     def void(self, *, idempotency_key: str, authorization_id: str) -> Authorization:
         """Release an uncaptured authorization."""
         path = f"/v1/authorizations/{_segment(authorization_id)}/void"
+        self._take_capacity("void")
         data = self._request("POST", path, {}, idempotency_key)
         return self._parse(Authorization, data)
 
@@ -319,6 +362,7 @@ class ProcessorClient(JsonApiClient):
         body: dict[str, Any] = {"authorization": authorization_id, "amount": amount}
         if reference is not None:
             body["reference"] = reference
+        self._take_capacity("refund")
         data = self._request("POST", "/v1/refunds", body, idempotency_key)
         return self._parse(ProcessorRefund, data)
 
@@ -378,9 +422,11 @@ def _http_error(exc: urllib.error.HTTPError, token: str | None) -> ProcessorErro
         error = {}
     code = str(error.get("code") or f"http_{status}")
     message = str(error.get("message") or exc.reason or "")
-    # 5xx: the processor failed somewhere in the middle; 429: it refused before doing
-    # anything. Either way the same key may be retried.
-    if status >= 500 or status == 429:
+    # 429: refused for the rate limit, before anything was done.
+    if status == 429:
+        return ProcessorBusy(f"processor answered {status} {code}", status=status)
+    # 5xx: the processor failed somewhere in the middle; the same key may be retried.
+    if status >= 500:
         return ProcessorUnavailable(f"processor answered {status} {code}", status=status)
     if status == 404 and code == "unknown_token":
         return UnknownToken(token or "", message)

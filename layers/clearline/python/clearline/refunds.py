@@ -8,6 +8,10 @@ record, as pending. The second, once the processor has answered, posts the journ
 settles the refund. A retry with the same key, or the resolver, finds the pending refund
 and finishes it; the processor's idempotency key makes the repeated call return the first
 refund.
+
+A refund can wait: when the processor has no capacity for it (its rate limit), it is
+answered `pending`, as Stripe's refunds can be, and the resolver finishes it later, which
+announces refund.updated; the merchant need not retry.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from clearline.merchants import Merchant
 from clearline.models import Charge, Page, Refund
 from clearline.money import check_payable, currency, format_amount
 from clearline.params import RefundCreateParams, RefundUpdateParams, merged_metadata
-from clearline.processor import ProcessorRejected, ProcessorUnavailable
+from clearline.processor import ProcessorBusy, ProcessorRejected, ProcessorUnavailable
 from clearline.transitions import Announcement, Change, Transition
 
 PENDING, SUCCEEDED, FAILED_REFUND, CANCELED_REFUND = "pending", "succeeded", "failed", "canceled"
@@ -129,7 +133,7 @@ class RefundService(MoneyService):
         refund, record = self._reserve(
             caller, charge, refund_id, amount, params, idempotency_key, market
         )
-        return self.settle(caller, refund, record, charge)
+        return self._settle_or_leave_pending(caller, refund, record, charge)
 
     def _charge_id(self, merchant: Merchant, params: RefundCreateParams) -> str:
         """The charge a refund is of: named, or the successful charge of a PaymentIntent."""
@@ -293,8 +297,22 @@ class RefundService(MoneyService):
             assert charge is not None, "a refund always has its charge"
             record = self._read(charge["pk"], f"OP#refund#{refund['id']}")
             assert record is not None, "a pending refund always has its operation record"
-            return self.settle(caller, refund, record, charge)
+            return self._settle_or_leave_pending(caller, refund, record, charge)
         return Refund.from_item(refund)
+
+    def _settle_or_leave_pending(
+        self,
+        caller: Caller,
+        refund: dict[str, Any],
+        record: dict[str, Any],
+        charge: dict[str, Any],
+    ) -> Refund:
+        """Settle a refund asked for now; one the processor has no capacity for stays
+        pending, written ahead with its key and due for the resolver, which finishes it."""
+        try:
+            return self.settle(caller, refund, record, charge)
+        except ProcessorBusy:
+            return Refund.from_item(refund)
 
     def settle(
         self,
@@ -305,7 +323,8 @@ class RefundService(MoneyService):
     ) -> Refund:
         """Refund at the processor with the record's key, then commit what it did: the
         refund succeeded (journal posted), or failed (the reservation released). A refund
-        whose cancel was asked for finishes its cancel instead."""
+        whose cancel was asked for finishes its cancel instead. Raises ProcessorBusy, with
+        nothing sent, when the processor has no capacity for it: it stays pending."""
         if record.get("cancel_requested"):
             return self.finish_cancel(caller, refund, record, charge)
         try:

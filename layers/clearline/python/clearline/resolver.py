@@ -13,8 +13,10 @@ processor idempotency key its call uses, so the resolver can always find out:
   processor returns what it did the first time, or does it now if it never saw it (what
   the merchant asked for), and the answer is committed.
 
-It runs on a schedule; the API does the same for a retried request. Records younger than
-the grace period are left alone: their request may still be at the processor.
+It runs on a schedule; the API does the same for a retried request. It also finishes what
+the processor's rate limit held back: a refund answered `pending` for want of capacity.
+Records younger than the grace period are left alone: their request may still be at the
+processor.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from clearline.disputes import DisputeService
 from clearline.errors import ServiceUnavailableError
 from clearline.payment_intents import REQUIRES_ACTION, PaymentIntentService
 from clearline.payouts import PayoutService
-from clearline.processor import Authorization, ProcessorUnavailable
+from clearline.processor import Authorization, ProcessorBusy, ProcessorUnavailable
 from clearline.refunds import RefundService
 from clearline.scheduling import due_items
 
@@ -67,7 +69,8 @@ class Resolver:
             try:
                 outcome[self.resolve(record, now)] += 1
                 continue
-            except (ProcessorUnavailable, ServiceUnavailableError) as exc:
+            # Unreachable, or no capacity under its rate limit (nothing sent): next pass.
+            except (ProcessorUnavailable, ProcessorBusy, ServiceUnavailableError) as exc:
                 outcome["unreachable"] += 1
                 log.warning("resolver: %s left pending: %s", _name(record), exc)
             except Exception:

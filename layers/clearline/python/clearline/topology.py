@@ -110,6 +110,9 @@ class FunctionSpec:
     stream_from: str | None = None  # table key: its DynamoDB stream, batches of records
     stream_failures: StreamFailureSpec | None = None  # required with stream_from
     queue_trigger: str | None = None  # queue key: SQS batches, partial failures reported
+    # At most this many instances consume the queue at once (SQS maximum concurrency, 2 to
+    # 1000); None: as many as Lambda scales to.
+    queue_max_concurrency: int | None = None
     schedule_minutes: int | None = None  # an EventBridge schedule: every N minutes
     batch_size: int = 10
     # Resources it writes to beyond its tables: each an env var and an IAM grant.
@@ -239,7 +242,8 @@ IDEMPOTENCY_TABLE = TableSpec(
 )
 
 # Short-lived counters, each a time window that expires: the velocity attributes of fraud
-# rules. Apart from the main table so that they never reach its stream and can expire.
+# rules and the processor's rate-limit seconds. Apart from the main table so that they never
+# reach its stream and can expire.
 COUNTERS_TABLE = TableSpec(
     key="counters",
     name="clearline-counters",
@@ -373,10 +377,15 @@ CAPTURE_FUNCTION = FunctionSpec(
     description="Captures or expires each queued authorization exactly once",
     timeout_seconds=30,
     memory_mb=512,
-    tables={"main": "readwrite"},
+    # The processor's rate-limit windows are counted there (processor_capacity).
+    tables={"main": "readwrite", "counters": "readwrite"},
     calls_processor=True,
     queue_trigger="captures",
     batch_size=10,
+    # Captures share the processor's rate limit with charges: a few workers keep it busy
+    # without crowding out the api's authorizations (records without a permit go back to
+    # the queue).
+    queue_max_concurrency=4,
 )
 
 PROCESSOR_SYNC_FUNCTION = FunctionSpec(
@@ -386,7 +395,8 @@ PROCESSOR_SYNC_FUNCTION = FunctionSpec(
     description="Resolves charges left pending by a processor timeout",
     timeout_seconds=60,
     memory_mb=512,
-    tables={"main": "readwrite"},
+    # The processor's rate-limit windows are counted there (processor_capacity).
+    tables={"main": "readwrite", "counters": "readwrite"},
     calls_processor=True,
     calls_vault=True,
     calls_bank=True,  # a payout left pending with its transfer key
@@ -441,7 +451,8 @@ DISPUTE_INTAKE_FUNCTION = FunctionSpec(
     description="Opens and follows disputes from the processor's signed notifications",
     timeout_seconds=29,
     memory_mb=512,
-    tables={"main": "readwrite"},
+    # The processor's rate-limit windows are counted there (processor_capacity).
+    tables={"main": "readwrite", "counters": "readwrite"},
     calls_processor=True,  # to follow up a dispute, if a notice leaves it unclear
     reads_processor_secret=True,
 )

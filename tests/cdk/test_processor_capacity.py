@@ -1,0 +1,101 @@
+"""The processor's rate limit in the CDK app: the capture queue is consumed by a bounded
+number of workers, and every function that calls the processor counts against the shared
+limit in the counters table."""
+
+from __future__ import annotations
+
+import os
+
+# Before the first aws_cdk import, which starts the jsii runtime (as in test_stack.py).
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+
+from typing import Any, cast
+
+import pytest
+from aws_cdk import Stack
+from aws_cdk.assertions import Template
+
+from clearline.topology import (
+    CAPTURE_FUNCTION,
+    CAPTURE_QUEUE,
+    COUNTERS_TABLE,
+    TOPOLOGY,
+    table_env_var,
+)
+from infra_cdk.app import create_app
+from infra_cdk.clearline_stack import ClearlineStack
+
+pytestmark = pytest.mark.cdk
+
+NO_BUNDLING: dict[str, Any] = {"aws:cdk:bundling-stacks": []}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> ClearlineStack:
+    app, stack, _ = create_app(NO_BUNDLING, outdir=str(tmp_path_factory.mktemp("cdk.out")))
+    app.synth()
+    return stack
+
+
+@pytest.fixture(scope="module")
+def template(stack: ClearlineStack) -> Template:
+    return Template.from_stack(stack)
+
+
+def logical_id(stack: Stack, construct: Any) -> str:
+    return cast(str, stack.resolve(construct.node.default_child.logical_id))
+
+
+def test_the_capture_queue_is_consumed_by_a_bounded_number_of_workers(
+    stack: ClearlineStack, template: Template
+) -> None:
+    assert CAPTURE_FUNCTION.queue_trigger == CAPTURE_QUEUE.key
+    bound = CAPTURE_FUNCTION.queue_max_concurrency
+    assert bound is not None and 2 <= bound <= 10  # Lambda's floor; a few, not a fleet
+    queue_arn = {"Fn::GetAtt": [logical_id(stack, stack.queues[CAPTURE_QUEUE.key]), "Arn"]}
+    (mapping,) = [
+        m["Properties"]
+        for m in template.find_resources("AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["EventSourceArn"] == queue_arn
+    ]
+    assert mapping["FunctionName"] == {
+        "Ref": logical_id(stack, stack.functions[CAPTURE_FUNCTION.key])
+    }
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": bound}
+    # Records without capacity go back to the queue one by one, not the whole batch.
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_only_the_capture_queue_is_bounded(template: Template) -> None:
+    bounded = [
+        m["Properties"]["ScalingConfig"]
+        for m in template.find_resources("AWS::Lambda::EventSourceMapping").values()
+        if "ScalingConfig" in m["Properties"]
+    ]
+    assert bounded == [{"MaximumConcurrency": CAPTURE_FUNCTION.queue_max_concurrency}]
+
+
+def test_every_function_that_calls_the_processor_counts_against_its_limit(
+    stack: ClearlineStack, template: Template
+) -> None:
+    table_ref = {"Ref": logical_id(stack, stack.tables[COUNTERS_TABLE.key])}
+    callers = [spec for spec in TOPOLOGY.functions if spec.calls_processor]
+    assert {spec.key for spec in callers} >= {"api", "capture_worker", "processor_sync"}
+    functions = template.find_resources("AWS::Lambda::Function")
+    for spec in callers:
+        assert spec.tables.get(COUNTERS_TABLE.key) == "readwrite", spec.key
+        props = functions[logical_id(stack, stack.functions[spec.key])]["Properties"]
+        variables = props["Environment"]["Variables"]
+        assert variables[table_env_var(COUNTERS_TABLE.key)] == table_ref, spec.key
+
+
+def test_the_limit_windows_expire(stack: ClearlineStack, template: Template) -> None:
+    table = template.find_resources("AWS::DynamoDB::Table")[
+        logical_id(stack, stack.tables[COUNTERS_TABLE.key])
+    ]["Properties"]
+    assert table["TimeToLiveSpecification"] == {
+        "AttributeName": COUNTERS_TABLE.ttl_attribute,
+        "Enabled": True,
+    }
+    assert "StreamSpecification" not in table  # permits never reach the outbox relay
