@@ -3,6 +3,7 @@ from the topology."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 
 from aws_cdk import (
@@ -33,6 +34,25 @@ from clearline.config import (
     WEBHOOK_ALLOW_LOOPBACK_ENV,
     WEBHOOK_SECRET_USERS,
     WEBHOOK_SECRETS_KEY_ENV,
+)
+from clearline.rate_limits import (
+    AUTH_FAILURES,
+    AUTH_FAILURES_MESSAGE,
+    AUTHORIZER_CACHE_TTL_SECONDS,
+    CONTEXT_CODE,
+    CONTEXT_MESSAGE_JSON,
+    GLOBAL_RATE,
+    KEYLESS_ROUTES,
+    LIVE_PLAN,
+    LOCKOUT_PLAN_NAME,
+    LOCKOUT_USAGE_KEY,
+    MISSING_KEY_MESSAGE,
+    RATE_LIMIT_MESSAGE,
+    RATE_LIMITED_REASON_HEADER,
+    TEST_PLAN,
+    USAGE_API_ENV,
+    USAGE_STAGE_ENV,
+    plan_name,
 )
 from clearline.topology import (
     BANK_ACCOUNTS_KEY_ENV,
@@ -139,6 +159,10 @@ EVENT_PATTERN_FIELDS = {
 VAULT_INTERNAL_ROUTES = "*/*/*/internal/*"
 
 
+def _header_parameters(headers: dict[str, str]) -> dict[str, str]:
+    return {f"gatewayresponse.header.{name}": value for name, value in headers.items()}
+
+
 def event_pattern(pattern: dict[str, Any]) -> events.EventPattern:
     """A topology event pattern (EventBridge's JSON keys) as an events.EventPattern."""
     unknown = set(pattern) - set(EVENT_PATTERN_FIELDS)
@@ -226,17 +250,32 @@ class ClearlineStack(Stack):
             if any(spec.key == PROCESSOR_SYNC_FUNCTION.key for spec in topology.functions)
             else None
         )
-        # The main API's methods: those merchants call with API keys, and operators' /admin
-        # ones, which only IAM-signed requests reach.
-        self.public_methods: list[apigw.Method] = []
+        # The main API's methods: those merchants call with API keys (through the key
+        # authorizer), those that take no key (public pages, a browser's publishable-key
+        # calls), and operators' /admin ones, which only IAM-signed requests reach.
+        self.keyed_methods: list[apigw.Method] = []
+        self.keyless_methods: list[apigw.Method] = []
         self.admin_methods: list[apigw.Method] = []
+        # Attached to the API as its authorizer, beside the topology's functions.
+        # The main API's key authorizer: a function of the topology, attached to the API
+        # rather than triggered.
+        assert topology.api.authorizer is not None, "the main API authorizes keys"
+        self.authorizer_function = self.functions[topology.api.authorizer]
+        self.key_authorizer = self._key_authorizer()
+        self.usage_plans: dict[str, apigw.UsagePlan] = {}
         self.api = self._rest_api(topology.api)
         self.public_url = self._tell_functions_the_public_url(topology.api)
+        self._let_the_authorizer_register_usage_keys(topology.api)
         self.notifications_api = (
             self._notifications_api(topology.notifications)
             if topology.notifications is not None
             else None
         )
+
+    @property
+    def public_methods(self) -> list[apigw.Method]:
+        """Every method merchants and browsers call: with the key authorizer or without."""
+        return [*self.keyed_methods, *self.keyless_methods]
 
     @property
     def main_table(self) -> dynamodb.ITable:
@@ -750,6 +789,40 @@ class ClearlineStack(Stack):
             function.add_environment(PUBLIC_URL_ENV, url)
         return url
 
+    def _let_the_authorizer_register_usage_keys(self, spec: ApiSpec) -> None:
+        """The authorizer gives each merchant its API Gateway key in the usage plan of its
+        rate the first time it sees it (clearline.rate_limits.KeyAuthorizer), so it is told
+        the API and may manage API keys and usage plan membership, nothing else."""
+        function = self.authorizer_function
+        assert function.role is not None
+        role = function.role
+        function.add_environment(USAGE_API_ENV, self.api.rest_api_id)
+        function.add_environment(USAGE_STAGE_ENV, spec.stage)
+        apigateway = f"arn:{self.partition}:apigateway:{self.region}::"
+        function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["apigateway:GET", "apigateway:POST", "apigateway:DELETE"],
+                resources=[
+                    f"{apigateway}/apikeys",
+                    f"{apigateway}/apikeys/*",
+                    f"{apigateway}/usageplans",
+                    f"{apigateway}/usageplans/*",
+                ],
+            )
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:apigateway:<AWS::Region>::/apikeys/*]",
+            "A merchant's API key is created at run time, so its id is not known at deploy "
+            "time; API keys identify merchants to usage plans and are no credential.",
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:apigateway:<AWS::Region>::/usageplans/*]",
+            "A merchant with a limit of its own gets a usage plan at run time; the "
+            "authorizer adds and moves keys between the stage's plans.",
+        )
+
     def _rest_api(self, spec: ApiSpec) -> apigw.LambdaRestApi:
         api = apigw.LambdaRestApi(
             self,
@@ -762,14 +835,18 @@ class ClearlineStack(Stack):
             # The account-level role that lets API Gateway write execution logs.
             cloud_watch_role=True,
             deploy_options=stage_options(self, spec.stage),
+            # Usage plans find a request's key in the authorizer's answer, never in a header
+            # a client sends.
+            api_key_source_type=apigw.ApiKeySourceType.AUTHORIZER,
         )
         validator = api.add_request_validator(
             "RequestValidator", validate_request_body=True, validate_request_parameters=True
         )
-        self.public_methods.append(api.root.add_method("ANY", request_validator=validator))
-        self.public_methods.append(
-            api.root.add_proxy(any_method=False).add_method("ANY", request_validator=validator)
+        self.keyed_methods.append(api.root.add_method("ANY", **self._keyed(validator)))
+        self.keyed_methods.append(
+            api.root.add_proxy(any_method=False).add_method("ANY", **self._keyed(validator))
         )
+        self._keyless_routes(api.root, validator)
         # /admin/... is matched before the greedy /{proxy+}, so no admin path is ever served
         # without a signature; /admin itself has no method and is refused.
         admin = api.root.add_resource(ADMIN_PATH).add_proxy(any_method=False)
@@ -781,20 +858,30 @@ class ClearlineStack(Stack):
             )
         )
         add_stripe_shaped_gateway_errors(api)
+        self._rate_limit_responses(api)
+        self.usage_plans = self._usage_plans(api)
 
         # Acknowledged on the exact constructs, so a new method or stage gets checked anew.
-        for method in self.public_methods:
+        for method in self.keyed_methods:
+            acknowledge(
+                method,
+                "AwsSolutions-COG4",
+                "Merchants are servers holding Stripe-style API keys, not Cognito users: the "
+                "key authorizer (a Lambda REQUEST authorizer) checks each key instead.",
+            )
+        for method in self.keyless_methods:
             acknowledge(
                 method,
                 "AwsSolutions-APIG4",
-                "Callers authenticate with Stripe-style secret API keys (Bearer or Basic), "
-                "which the api function checks against hashed keys in DynamoDB on every request.",
+                "Public by design: receipts, error-code pages and the API's description need "
+                "no key, and a browser's two PaymentIntent calls carry a publishable key in "
+                "the query or body, which the api function checks itself.",
             )
             acknowledge(
                 method,
                 "AwsSolutions-COG4",
-                "Merchants are servers holding secret API keys, not Cognito users; the api "
-                "function authenticates every request, so a Cognito authorizer does not apply.",
+                "Public pages and browser calls with publishable keys have no Cognito users "
+                "behind them; the api function authenticates what needs a key.",
             )
         for method in self.admin_methods:
             acknowledge(
@@ -807,8 +894,10 @@ class ClearlineStack(Stack):
         acknowledge(
             api.deployment_stage,
             "AwsSolutions-APIG3",
-            "No WAF web ACL yet: every request needs a valid secret API key and the stage "
-            "is throttled; web ACL rules are to be tuned on real traffic before launch.",
+            "No WAF web ACL yet: every request needs a valid API key, each key is throttled "
+            "by its usage plan, addresses that keep failing authentication are locked out "
+            "by the authorizer, and the stage is throttled; web ACL rules are to be tuned on "
+            "real traffic before launch.",
         )
         acknowledge(
             api.node.find_child("CloudWatchRole"),
@@ -818,6 +907,156 @@ class ClearlineStack(Stack):
             "policy, which API Gateway documents for exactly this purpose.",
         )
         return api
+
+    # ---- API keys and rate limits ---------------------------------------------------------
+
+    def _key_authorizer(self) -> apigw.RequestAuthorizer:
+        """API key -> merchant and usage plan, cached per Authorization header (a request
+        without one is refused before it runs: UNAUTHORIZED)."""
+        return apigw.RequestAuthorizer(
+            self,
+            "KeyAuthorizer",
+            handler=self.authorizer_function,
+            identity_sources=[apigw.IdentitySource.header("Authorization")],
+            results_cache_ttl=Duration.seconds(AUTHORIZER_CACHE_TTL_SECONDS),
+        )
+
+    def _keyed(self, validator: apigw.IRequestValidator) -> dict[str, Any]:
+        """A method merchants call with an API key: authorized, and throttled by the usage
+        plan of the key the authorizer names."""
+        return {
+            "authorizer": self.key_authorizer,
+            "authorization_type": apigw.AuthorizationType.CUSTOM,
+            "api_key_required": True,
+            "request_validator": validator,
+        }
+
+    def _keyless_routes(self, root: apigw.IResource, validator: apigw.IRequestValidator) -> None:
+        """Resources of their own for the requests that take no key (KEYLESS_ROUTES). Each
+        resource made for them also answers every other method, and every path below it,
+        with the authorizer, as the greedy /{proxy+} would have."""
+        made: dict[str, apigw.IResource] = {}
+        methods: dict[str, set[str]] = {}
+        for method, path in KEYLESS_ROUTES:
+            node = root
+            for part in path.strip("/").split("/"):
+                node = node.get_resource(part) or node.add_resource(part)
+                made[node.path] = node
+            http_method = "ANY" if method == "*" else method
+            self.keyless_methods.append(
+                node.add_method(
+                    http_method,
+                    authorization_type=apigw.AuthorizationType.NONE,
+                    request_validator=validator,
+                )
+            )
+            methods.setdefault(node.path, set()).add(http_method)
+        for path, node in made.items():
+            if "ANY" not in methods.get(path, set()):
+                self.keyed_methods.append(node.add_method("ANY", **self._keyed(validator)))
+            if node.path.endswith("{proxy+}"):
+                continue
+            children = {p.rsplit("/", 1)[1] for p in made if p.rsplit("/", 1)[0] == path}
+            if not any(child.startswith("{") for child in children):
+                below = node.add_resource("{proxy+}")
+                self.keyed_methods.append(below.add_method("ANY", **self._keyed(validator)))
+
+    def _usage_plans(self, api: apigw.RestApi) -> dict[str, apigw.UsagePlan]:
+        """Stripe's tiers (25 a second for test-mode keys, 100 for live ones, burst as
+        many), and the lockout plan. Each merchant has an API key of its own in its tier's
+        plan, or in a plan of its own rate (clearline.rate_limits.UsageKeys, when the
+        merchant is created): a plan throttles each of its keys separately, so a key per
+        merchant is what gives each merchant its own limit."""
+        stages = [apigw.UsagePlanPerApiStage(api=api, stage=api.deployment_stage)]
+        plans = {
+            plan.name: api.add_usage_plan(
+                f"{construct_name(plan.name)}UsagePlan",
+                name=plan_name(plan),
+                description=f"{plan.rate_per_second} requests a second per {plan.name}-mode "
+                "merchant key",
+                throttle=apigw.ThrottleSettings(
+                    rate_limit=plan.rate_per_second, burst_limit=plan.burst
+                ),
+                api_stages=stages,
+            )
+            for plan in (TEST_PLAN, LIVE_PLAN)
+        }
+        # Failed authentications from a locked-out address are sent here by the authorizer:
+        # a quota spent at once, so API Gateway answers QUOTA_EXCEEDED (a 429) itself.
+        lockout = api.add_usage_plan(
+            "LockoutUsagePlan",
+            name=plan_name(LOCKOUT_PLAN_NAME),
+            description="Refuses failed authentications from addresses that failed too often",
+            quota=apigw.QuotaSettings(limit=1, period=apigw.Period.DAY),
+            api_stages=stages,
+        )
+        lockout.add_api_key(
+            apigw.ApiKey(
+                self,
+                "LockoutApiKey",
+                description="Names the lockout plan in the authorizer's answers (not a "
+                "credential: the key source is the authorizer)",
+                value=LOCKOUT_USAGE_KEY,
+            )
+        )
+        plans[LOCKOUT_PLAN_NAME] = lockout
+        return plans
+
+    def _rate_limit_responses(self, api: apigw.RestApi) -> None:
+        """The gateway's answers about keys and limits, in Stripe's shape: no key (401), an
+        invalid key (the authorizer's Deny: 401, with its code and message), a key over
+        its plan's rate (429 global-rate), a locked-out address (429 auth-failures)."""
+        common = {"Content-Type": "'application/json'", "Request-Id": "'$context.requestId'"}
+        # Stripe-Should-Retry: false on a 429, as Stripe's SDKs then raise at once (they do
+        # not retry a plain 429 either): retrying into an empty bucket only adds load; the
+        # caller backs off on its own schedule.
+        no_retry = {**common, "Stripe-Should-Retry": "'false'"}
+
+        def error(code: str, message: str) -> str:
+            body = {"type": "invalid_request_error", "code": code, "message": message}
+            return json.dumps({"error": body})
+
+        # Replaces the shared THROTTLED answer of this API with Stripe's rate-limit one.
+        throttled = cast(
+            apigw.CfnGatewayResponse, api.node.find_child("GatewayRateLimit").node.default_child
+        )
+        throttled.response_parameters = _header_parameters(
+            {**no_retry, RATE_LIMITED_REASON_HEADER: f"'{GLOBAL_RATE}'"}
+        )
+        throttled.response_templates = {"application/json": error("rate_limit", RATE_LIMIT_MESSAGE)}
+        api.add_gateway_response(
+            "GatewayAuthFailures",
+            type=apigw.ResponseType.QUOTA_EXCEEDED,
+            status_code="429",
+            response_headers={**no_retry, RATE_LIMITED_REASON_HEADER: f"'{AUTH_FAILURES}'"},
+            templates={"application/json": error("rate_limit", AUTH_FAILURES_MESSAGE)},
+        )
+        api.add_gateway_response(
+            "GatewayApiKeyMissing",
+            type=apigw.ResponseType.UNAUTHORIZED,
+            status_code="401",
+            response_headers=no_retry,
+            templates={"application/json": error("api_key_missing", MISSING_KEY_MESSAGE)},
+        )
+        # The authorizer's Deny carries Stripe's code and message. Otherwise (an operator's
+        # signed /admin call that IAM refuses) the gateway's own message, with no code.
+        denied = (
+            f'#if("$context.authorizer.{CONTEXT_CODE}" != "")\n'
+            '{"error": {"type": "invalid_request_error", '
+            f'"code": "$context.authorizer.{CONTEXT_CODE}", '
+            f'"message": $context.authorizer.{CONTEXT_MESSAGE_JSON}}}}}\n'
+            "#else\n"
+            '{"error": {"type": "invalid_request_error", "message": '
+            "$context.error.messageString}}\n"
+            "#end"
+        )
+        api.add_gateway_response(
+            "GatewayApiKeyInvalid",
+            type=apigw.ResponseType.ACCESS_DENIED,
+            status_code="401",
+            response_headers=no_retry,
+            templates={"application/json": denied},
+        )
 
     def _notifications_api(self, spec: ApiSpec) -> apigw.LambdaRestApi:
         """An API of its own for the card processor's signed notifications, proxied to their

@@ -6,7 +6,6 @@ wrong ends as a Stripe-shaped error through `on_api_error`.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -51,7 +50,7 @@ from clearline.fx import FxQuoteService, RateBook
 from clearline.idempotency import IdempotentRequests, Reply, check_key
 from clearline.ledger import ShardPolicy
 from clearline.logs import new_logger
-from clearline.merchants import KeyCache, Merchant, get_merchant
+from clearline.merchants import KeyCache, KeyKind, Merchant, get_merchant
 from clearline.models import BalanceTransaction, Charge, Event, Model, Page, PaymentIntent
 from clearline.params import (
     BankAccountParams,
@@ -91,6 +90,13 @@ from clearline.payout_jobs import PayoutJob
 from clearline.payouts import PENDING as PAYOUT_PENDING
 from clearline.payouts import PayoutService
 from clearline.processor import ProcessorBusy, ProcessorClient
+from clearline.rate_limits import (
+    CONTEXT_MESSAGE,
+    CONTEXT_REFUSAL,
+    MISSING_KEY_MESSAGE,
+    key_from_authorization,
+    merchant_of_context,
+)
 from clearline.refunds import RefundService
 from clearline.reviews import ReviewService
 from clearline.store import Store, StoreUnavailable
@@ -360,20 +366,26 @@ def _key_parameter(params: dict[str, Any]) -> None:
 def _api_key() -> str:
     if _browser_key.get() is not None and not app.current_event.headers.get("authorization"):
         return str(_browser_key.get())
-    header = app.current_event.headers.get("authorization") or ""
-    scheme, _, credentials = header.partition(" ")
-    if scheme.lower() == "bearer" and credentials:
-        return credentials.strip()
-    if scheme.lower() == "basic" and credentials:
-        try:  # the key is the user name, the password is empty
-            return base64.b64decode(credentials).decode().split(":", 1)[0]
-        except ValueError:
-            pass
-    raise AuthenticationError(
-        "You did not provide an API key. Provide it in the Authorization header, using Bearer "
-        "auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
-        code="api_key_missing",
-    )
+    key = key_from_authorization(app.current_event.headers.get("authorization"))
+    if key is None:
+        raise AuthenticationError(MISSING_KEY_MESSAGE, code="api_key_missing")
+    return key
+
+
+def _authenticated() -> tuple[Merchant, KeyKind]:
+    """The request's merchant and key kind: as the API Gateway authorizer vouched for them
+    (requestContext.authorizer, which only API Gateway sets: nothing a client sends lands
+    there), else (invoked directly, or a route served without the authorizer) from the key.
+    A browser's publishable key in a parameter is always checked here: the authorizer
+    never sees it."""
+    context = app.current_event.raw_event.get("requestContext", {}).get("authorizer") or {}
+    if context.get(CONTEXT_REFUSAL):
+        # A locked-out address's failed attempt that the gateway let through: still invalid.
+        raise AuthenticationError(str(context.get(CONTEXT_MESSAGE, "")), code="api_key_invalid")
+    vouched = merchant_of_context(context)
+    if vouched is not None and _browser_key.get() is None:
+        return vouched
+    return services().keys.authenticate(services().store, _api_key())
 
 
 def browser_view(body: dict[str, Any]) -> dict[str, Any]:
@@ -401,7 +413,7 @@ BROWSER_FIELDS = frozenset(
 def intent_merchant(intent_id: str, client_secret: str | None, *, expands: bool) -> Merchant:
     """A secret key's merchant; or, for a publishable key (a browser running a checkout),
     the merchant whose intent this is, shown by the intent's client_secret."""
-    merchant, kind = services().keys.authenticate(services().store, _api_key())
+    merchant, kind = _authenticated()
     app.append_context(api_version=merchant.api_version)
     if kind == "secret":
         return merchant
@@ -420,7 +432,7 @@ def intent_merchant(intent_id: str, client_secret: str | None, *, expands: bool)
 
 
 def secret_key_merchant() -> Merchant:
-    merchant, kind = services().keys.authenticate(services().store, _api_key())
+    merchant, kind = _authenticated()
     app.append_context(api_version=merchant.api_version)
     if kind != "secret":
         raise AuthenticationError(

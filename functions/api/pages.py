@@ -499,9 +499,10 @@ ERROR_CODES: dict[str, str] = {
         "charges twice."
     ),
     "rate_limit": (
-        "Too many requests with this publishable key, or from this address, in the last minute: "
-        "the card vault limits them, because card testing uses them. Wait for the seconds in the "
-        "Retry-After header before trying again."
+        "Too many requests in a short time: an API key may make 25 a second in test mode and 100 "
+        "live (or its account's own limit), an address that keeps failing authentication is "
+        "refused for a while, and the card vault limits publishable keys. Back off "
+        "exponentially; Stripe-Rate-Limited-Reason or Retry-After says which limit it was."
     ),
     "refund_not_cancelable": (
         "Only a pending refund, one the processor has not made yet, can be canceled. This one "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import os
 import signal
 import sys
 import threading
@@ -12,6 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from clearline.rate_limits import DEFAULT_RATE_ENV
 from clearline.topology import WEBHOOK_QUEUE
 from clearline_local.state import NoStackRunning, StackInfo, find_stack
 
@@ -47,6 +49,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         workers=args.workers,
         processor_latency_ms=args.processor_latency_ms,
         processor_timeout_seconds=args.processor_timeout,
+        default_rate_limit=args.default_rate_limit,
         extra_environment={
             "CLEARLINE_WEBHOOK_RETRY_BASE_SECONDS": str(args.webhook_retry_base),
             "CLEARLINE_WEBHOOK_TIMEOUT_SECONDS": str(args.webhook_timeout),
@@ -104,6 +107,7 @@ def cmd_merchants_create(args: argparse.Namespace) -> int:
             livemode=args.live,
             settlement_currencies=args.settlement_currency or ["usd"],
             fx_fee_percent=args.fx_fee_percent,
+            rate_limit_per_second=args.rate_limit,
         )
     except ApiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -118,6 +122,8 @@ def cmd_merchants_create(args: argparse.Namespace) -> int:
         "livemode": created.merchant.livemode,
         "settlement_currencies": list(created.merchant.settlement_currencies),
         "fx_fee_percent": created.merchant.fx_fee_basis_points / 100,
+        # Its own limit, or None: its mode's default (25 a second in test mode, 100 live).
+        "rate_limit_per_second": created.merchant.rate_limit_per_second,
         "api_url": info.api_url,
     }
     if args.json:
@@ -337,7 +343,8 @@ def _function_env(info: StackInfo, key: str) -> dict[str, str]:
 def _function_spec(key: str) -> Any:
     from clearline.topology import TOPOLOGY, VAULT_TOPOLOGY
 
-    specs = {spec.key: spec for spec in (*TOPOLOGY.functions, *VAULT_TOPOLOGY.functions)}
+    functions = (*TOPOLOGY.functions, *VAULT_TOPOLOGY.functions)
+    specs = {spec.key: spec for spec in functions}
     return specs[key]
 
 
@@ -627,6 +634,12 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_rate_limit() -> int | None:
+    from clearline.rate_limits import default_rate_from
+
+    return default_rate_from(os.environ.get(DEFAULT_RATE_ENV))
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="clearline", description="Clearline's local stack and tools."
@@ -667,6 +680,14 @@ def parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds a webhook endpoint has to answer",
     )
+    up.add_argument(
+        "--default-rate-limit",
+        type=int,
+        default=_default_rate_limit(),
+        metavar="N",
+        help="requests a second for every key without a limit of its own (default: "
+        f"${DEFAULT_RATE_ENV}, else Stripe's: 25 in test mode, 100 live)",
+    )
     up.set_defaults(run=cmd_up)
 
     merchants = commands.add_parser("merchants", help="manage merchants").add_subparsers(
@@ -690,6 +711,12 @@ def parser() -> argparse.ArgumentParser:
         "--live",
         action="store_true",
         help="a live-mode merchant (sk_live_ keys): its webhooks go to public https URLs only",
+    )
+    create.add_argument(
+        "--rate-limit",
+        type=int,
+        metavar="N",
+        help="requests a second its keys may make (default: 25 in test mode, 100 live)",
     )
     create.add_argument("--port", type=int, help="the stack whose front door is on this port")
     create.set_defaults(run=cmd_merchants_create)

@@ -1,6 +1,8 @@
 """The local API Gateway: each HTTP request becomes a REST proxy event for the api Lambda.
 
-It does what API Gateway does in front of a `{proxy+}` resource and nothing more: it
+It does what API Gateway does in front of the api and nothing more: IAM signatures on
+the admin routes, and, on the routes that take an API key, the Lambda authorizer (its
+answers cached per Authorization header) and the usage plans' throttles (`KeyGate`). It
 does not read or log request bodies, so no card number can leak through it.
 """
 
@@ -16,7 +18,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from clearline_local.lambda_runtime import ACCOUNT, FunctionTimeout
+from clearline.rate_limits import (
+    AUTH_FAILURES,
+    AUTH_FAILURES_MESSAGE,
+    AUTHORIZER_CACHE_TTL_SECONDS,
+    CONTEXT_CODE,
+    CONTEXT_MESSAGE,
+    CONTEXT_PLAN,
+    CONTEXT_RATE,
+    GLOBAL_RATE,
+    LOCKOUT_PLAN_NAME,
+    LOCKOUT_USAGE_KEY,
+    MISSING_KEY_MESSAGE,
+    RATE_LIMIT_MESSAGE,
+    RATE_LIMITED_REASON_HEADER,
+    TokenBuckets,
+    is_keyless,
+)
+from clearline_local.lambda_runtime import ACCOUNT, REGION, FunctionError, FunctionTimeout
 
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024
 
@@ -27,6 +46,145 @@ VerifySignature = Callable[[str, str, dict[str, str], bytes], bool]
 # the operators' admin routes of the api.
 IAM_AUTHORIZED_PREFIXES = ("/internal/", "/admin/")
 LOCAL_CALLER_ARN = f"arn:aws:iam::{ACCOUNT}:user/clearline-local"
+
+
+# (status, headers, body) of an answer the gateway gives itself.
+GatewayAnswer = tuple[int, dict[str, list[str]], bytes]
+
+
+def gateway_error(
+    status: int,
+    error: dict[str, str],
+    request_id: str | None,
+    *,
+    should_retry: bool | None = None,
+    extra_headers: dict[str, str] | None = None,
+) -> GatewayAnswer:
+    """An answer of the gateway's own, in Stripe's error shape (as the CDK app's gateway
+    responses render it)."""
+    headers = {"Content-Type": ["application/json"]}
+    if request_id:  # every response names its request, the gateway's own errors too
+        headers["Request-Id"] = [request_id]
+    if should_retry is not None:
+        headers["Stripe-Should-Retry"] = ["true" if should_retry else "false"]
+    for name, value in (extra_headers or {}).items():
+        headers[name] = [value]
+    return status, headers, json.dumps({"error": error}).encode()
+
+
+def rate_limited(reason: str, message: str, request_id: str) -> GatewayAnswer:
+    # Stripe-Should-Retry: false, as Stripe's SDKs then raise at once (they do not retry a
+    # plain 429 either): retrying into a bucket that is still empty only adds load; the
+    # caller backs off on its own schedule.
+    return gateway_error(
+        429,
+        {"type": "invalid_request_error", "code": "rate_limit", "message": message},
+        request_id,
+        should_retry=False,
+        extra_headers={RATE_LIMITED_REASON_HEADER: reason},
+    )
+
+
+class KeyGate:
+    """What API Gateway does before invoking the api on a route that takes an API key: no
+    Authorization header is a 401 at once; otherwise the authorizer's answer for that
+    header (cached for the TTL, refusals too) allows or refuses, and an allowed request
+    takes a token from its usage identifier's bucket, at its plan's rate, or is a 429.
+    The authorizer's context becomes requestContext.authorizer, replacing anything there."""
+
+    MAX_CACHED = 10_000
+
+    def __init__(
+        self,
+        invoke_authorizer: Invoke,
+        *,
+        ttl_seconds: float = AUTHORIZER_CACHE_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        buckets: TokenBuckets | None = None,
+    ) -> None:
+        self.invoke_authorizer = invoke_authorizer
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self.buckets = buckets or TokenBuckets(clock)
+        self._answers: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._lock = threading.Lock()
+
+    def _authorizer_answer(
+        self, authorization: str, event: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The cached or fresh answer; None when the authorizer said Unauthorized."""
+        now = self.clock()
+        with self._lock:
+            cached = self._answers.get(authorization)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        request = {
+            "type": "REQUEST",
+            "methodArn": f"arn:aws:execute-api:{REGION}:{ACCOUNT}:local/"
+            f"{event['requestContext']['stage']}/{event['httpMethod']}{event['path']}",
+            **{k: event[k] for k in ("resource", "path", "httpMethod", "headers")},
+            **{k: event[k] for k in ("multiValueHeaders", "queryStringParameters")},
+            **{k: event[k] for k in ("pathParameters", "stageVariables", "requestContext")},
+        }
+        try:
+            answer: dict[str, Any] | None = self.invoke_authorizer(request)
+        except FunctionError as failed:
+            if "Unauthorized" not in str(failed):
+                raise
+            answer = None
+        with self._lock:
+            if len(self._answers) >= self.MAX_CACHED:
+                self._answers.clear()
+            self._answers[authorization] = (now + self.ttl_seconds, answer)
+        return answer
+
+    def admit(self, event: dict[str, Any], request_id: str) -> GatewayAnswer | None:
+        """None to go on to the api (the event now carries the authorizer's context), or
+        the gateway's own answer."""
+        if is_keyless(event["httpMethod"], event["path"]):
+            return None
+        headers = event.get("headers") or {}
+        authorization = next(
+            (v for k, v in headers.items() if k.lower() == "authorization" and v), None
+        )
+        if authorization is None:  # the identity source is missing: UNAUTHORIZED
+            return gateway_error(
+                401,
+                {
+                    "type": "invalid_request_error",
+                    "code": "api_key_missing",
+                    "message": MISSING_KEY_MESSAGE,
+                },
+                request_id,
+            )
+        answer = self._authorizer_answer(authorization, event)
+        statements = (answer or {}).get("policyDocument", {}).get("Statement", [])
+        context = dict((answer or {}).get("context") or {})
+        if answer is None or not any(s.get("Effect") == "Allow" for s in statements):
+            return gateway_error(  # ACCESS_DENIED, as the CDK app renders it: a 401
+                401,
+                {
+                    "type": "invalid_request_error",
+                    "code": str(context.get(CONTEXT_CODE, "api_key_invalid")),
+                    "message": str(context.get(CONTEXT_MESSAGE, "Invalid API Key provided.")),
+                },
+                request_id,
+            )
+        usage_key = str(answer.get("usageIdentifierKey", ""))
+        if usage_key == LOCKOUT_USAGE_KEY or context.get(CONTEXT_PLAN) == LOCKOUT_PLAN_NAME:
+            return rate_limited(AUTH_FAILURES, AUTH_FAILURES_MESSAGE, request_id)
+        rate = float(context.get(CONTEXT_RATE, 0))
+        if not usage_key or rate <= 0:  # API Gateway refuses a method without its key
+            return gateway_error(
+                403, {"type": "invalid_request_error", "message": "Forbidden"}, request_id
+            )
+        if not self.buckets.take(usage_key, rate, max(1.0, rate)):
+            return rate_limited(GLOBAL_RATE, RATE_LIMIT_MESSAGE, request_id)
+        event["requestContext"]["authorizer"] = {
+            **context,
+            "principalId": answer.get("principalId"),
+        }
+        return None
 
 
 def build_event(
@@ -132,6 +290,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._gateway_error(403, "Missing or invalid request signature", request_id)
                 return
             event["requestContext"]["identity"]["userArn"] = caller
+        elif self.server.key_gate is not None:
+            try:
+                refused = self.server.key_gate.admit(event, request_id)
+            except Exception:  # a failed authorizer: AUTHORIZER_CONFIGURATION_ERROR, a 500
+                self._gateway_error(500, "Internal server error", request_id)
+                return
+            if refused is not None:
+                self._reply(*refused)
+                return
         try:
             result = self.server.invoke(event)
         except FunctionTimeout:
@@ -172,10 +339,12 @@ class FrontDoorServer(ThreadingHTTPServer):
         stage: str,
         *,
         verify_signature: VerifySignature | None = None,
+        key_gate: KeyGate | None = None,
         name: str = "front-door",
     ) -> None:
         super().__init__((host, port), _Handler)
         self.invoke = invoke
+        self.key_gate = key_gate
         self.stage = stage
         self.verify_signature = verify_signature
         self.name = name

@@ -27,6 +27,7 @@ from werkzeug.serving import make_server
 
 from clearline.config import WEBHOOK_ALLOW_LOOPBACK_ENV, WEBHOOK_SECRETS_KEY_ENV
 from clearline.merchants import create_merchant
+from clearline.rate_limits import DEFAULT_RATE_ENV
 from clearline.store import Store
 from clearline.topology import (
     FX_RATES_FUNCTION,
@@ -42,7 +43,7 @@ from clearline.topology import (
 from clearline_local import iam_signatures, moto_transactions
 from clearline_local.demo_shop import DemoShop
 from clearline_local.environment import FAKE_CREDENTIALS, function_environment
-from clearline_local.frontdoor import FrontDoorServer
+from clearline_local.frontdoor import FrontDoorServer, KeyGate
 from clearline_local.lambda_runtime import REGION, LocalFunction
 from clearline_local.provision import (
     provision_bank_accounts_key,
@@ -134,8 +135,11 @@ class LocalStack:
         vault_port: int | None = None,
         checkout_port: int | None = None,
         notifications_port: int | None = None,
+        default_rate_limit: int | None = None,
     ) -> None:
         self.port = port
+        # Requests a second for keys without a limit of their own; None: Stripe's numbers.
+        self.default_rate_limit = default_rate_limit
         # The vault is an origin of its own, as in AWS: beside the api's port, or any.
         self.vault_port = vault_port if vault_port is not None else (port + 1 if port else 0)
         self.vault_topology = VAULT_TOPOLOGY
@@ -175,8 +179,9 @@ class LocalStack:
 
     def function_environment(self, key: str, topology: Topology | None = None) -> dict[str, str]:
         """What the CDK app sets on the function, with local names and endpoints."""
+        topology = topology or self.topology
         return function_environment(
-            topology or self.topology,
+            topology,
             key,
             aws_endpoint_url=self.aws_endpoint_url,
             processor_url=self.processor.url,
@@ -218,6 +223,7 @@ class LocalStack:
             self._invoke_api,
             self.topology.api.stage,
             verify_signature=self._verify_signature,  # the operators' /admin routes
+            key_gate=KeyGate(self._invoke_authorizer),  # API keys, usage plans
         )
         self.port = int(front_door.server_address[1])
         vault_door = FrontDoorServer(
@@ -297,12 +303,17 @@ class LocalStack:
                 self.workers,
             )
             self.vault.warm()
+            api = self.topology.api
             for spec in self.topology.functions:
-                workers = self.workers if spec.key == self.topology.api.function else 1
+                # Every request meets the api, and every keyed one the authorizer first.
+                in_front = spec.key in (api.function, api.authorizer)
+                environment = self.function_environment(spec.key)
+                if spec.key == api.authorizer and self.default_rate_limit is not None:
+                    environment[DEFAULT_RATE_ENV] = str(self.default_rate_limit)
                 function = LocalFunction(
                     spec,
-                    self.function_environment(spec.key),
-                    workers,
+                    environment,
+                    self.workers if in_front else 1,
                     on_environments_changed=self._write_worker_pids,
                 )
                 function.warm()
@@ -349,6 +360,10 @@ class LocalStack:
 
     def _invoke_api(self, event: dict[str, Any]) -> Any:
         return self.functions[self.topology.api.function].invoke(event)
+
+    def _invoke_authorizer(self, event: dict[str, Any]) -> Any:
+        assert self.topology.api.authorizer is not None
+        return self.functions[self.topology.api.authorizer].invoke(event)
 
     def _invoke_intake(self, event: dict[str, Any]) -> Any:
         assert self.topology.notifications is not None

@@ -1157,20 +1157,25 @@ def test_rest_api_proxies_everything_to_the_api_function(
 
     function_id = logical_id(stack, stack.functions[TOPOLOGY.api.function])
     methods = _api_methods(template, api_id)
-    assert len(methods) == 3, "ANY on /, on /{proxy+} and on /admin/{proxy+}"
     for props in methods.values():
-        assert props["HttpMethod"] == "ANY"
         assert props["Integration"]["Type"] == "AWS_PROXY"
         assert function_id in json.dumps(props["Integration"]["Uri"])
         assert "RequestValidatorId" in props
-    # The merchant routes (/v1/... through /{proxy+}) authenticate with API keys, in the
-    # function: the gateway asks no signature of them.
-    public = [p for p in methods.values() if p["ResourceId"] in (root, {"Ref": proxy_id})]
-    assert len(public) == 2
-    assert all(p["AuthorizationType"] == "NONE" for p in public)
-    assert {logical_id(stack, m) for m in stack.public_methods} == {
-        m_id for m_id, p in methods.items() if p["AuthorizationType"] == "NONE"
-    }
+    # The merchant routes (/v1/... through /{proxy+}) meet the key authorizer and need the
+    # usage key it names; the keyless ones (pages, a browser's publishable-key calls) go
+    # straight through; operators' /admin ones need an IAM signature. Nothing else.
+    by_type: dict[str, set[str]] = {}
+    for m_id, props in methods.items():
+        by_type.setdefault(props["AuthorizationType"], set()).add(m_id)
+    assert set(by_type) == {"CUSTOM", "NONE", "AWS_IAM"}
+    assert by_type["CUSTOM"] == {logical_id(stack, m) for m in stack.keyed_methods}
+    assert by_type["NONE"] == {logical_id(stack, m) for m in stack.keyless_methods}
+    authorizer_id = logical_id(stack, stack.key_authorizer)
+    for m_id in by_type["CUSTOM"]:
+        assert methods[m_id]["AuthorizerId"] == {"Ref": authorizer_id}
+        assert methods[m_id]["ApiKeyRequired"] is True
+    where = [json.dumps(p["ResourceId"], sort_keys=True) for p in methods.values()]
+    assert json.dumps({"Ref": proxy_id}) in where and json.dumps(root, sort_keys=True) in where
 
     template.has_resource_properties(
         "AWS::ApiGateway::RequestValidator",
@@ -1212,25 +1217,22 @@ def test_the_gateways_own_errors_are_stripe_shaped(template: Template) -> None:
     }
     assert set(responses) == {
         "THROTTLED",
+        "QUOTA_EXCEEDED",
+        "UNAUTHORIZED",
+        "ACCESS_DENIED",
         "REQUEST_TOO_LARGE",
         "INTEGRATION_TIMEOUT",
         "DEFAULT_4XX",
         "DEFAULT_5XX",
     }
     throttled = responses["THROTTLED"]
+    # A plain 429, as Stripe's: the SDK raises RateLimitError rather than retrying at once.
     assert throttled["ResponseParameters"]["gatewayresponse.header.Stripe-Should-Retry"] == (
-        "'true'"
+        "'false'"
     )
-    body = throttled["ResponseTemplates"]["application/json"]
-    # The template, with the message API Gateway fills in, is the documented error object.
-    error = json.loads(body.replace("$context.error.messageString", '"Too Many Requests"'))
-    assert error == {
-        "error": {
-            "type": "invalid_request_error",
-            "code": "rate_limit",
-            "message": "Too Many Requests",
-        }
-    }
+    error = json.loads(throttled["ResponseTemplates"]["application/json"])
+    assert error["error"]["type"] == "invalid_request_error"
+    assert error["error"]["code"] == "rate_limit"
     assert "'$context.requestId'" in throttled["ResponseParameters"].values()
 
 

@@ -440,8 +440,13 @@ def test_the_vault_answers_gateway_errors_as_clearline_does(
             for r in of.find_resources("AWS::ApiGateway::GatewayResponse").values()
         }
 
-    assert responses(template) == responses(clearline_template)
-    assert len(responses(template)) == 5
+    vault, clearline = responses(template), responses(clearline_template)
+    assert len(vault) == 5
+    # The main API answers a throttled key in words of its own (its per-key limits);
+    # every other error of the gateway reads the same from both.
+    assert {kind: answer for kind, answer in vault.items() if kind != "THROTTLED"} == {
+        kind: clearline[kind] for kind in vault if kind != "THROTTLED"
+    }
 
 
 def test_the_vault_url_is_published_in_its_parameter(vault: VaultStack, template: Template) -> None:

@@ -118,7 +118,14 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`clearline up` in a subprocess, as a developer runs it, with compressed retries."""
     state_dir = tmp_path_factory.mktemp("state")
     log_path = tmp_path_factory.mktemp("logs") / "stack.log"
-    env = {**os.environ, "CLEARLINE_STATE_DIR": str(state_dir)}
+    env = {
+        **os.environ,
+        "CLEARLINE_STATE_DIR": str(state_dir),
+        # Many tests share a merchant key and one client address, and some send bad keys
+        # on purpose: the limits themselves are tested on a stack of their own.
+        "CLEARLINE_DEFAULT_RATE_LIMIT": "1000",
+        "CLEARLINE_FAILED_AUTH_LIMIT": "100000",
+    }
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(

@@ -38,9 +38,6 @@ def limited_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     and the sandbox processor enforces it itself."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv(PROCESSOR_TPS_ENV, str(PROCESSOR_TPS))
-        # The burst is one merchant's: above Stripe's test-mode 25 requests a second, which
-        # the front door would refuse before the processor is ever in question.
-        env.setenv("CLEARLINE_DEFAULT_RATE_LIMIT", "1000")
         with running_stack(tmp_path_factory) as started:
             limit = f"{started.info.processor_url}/_sandbox/rate_limit"
             requests.post(limit, json={"tps_limit": PROCESSOR_TPS}, timeout=5).raise_for_status()

@@ -23,6 +23,9 @@ from clearline.transitions import Change, Transition, TransitionWriter
 from clearline.versions import CURRENT_VERSION
 
 KeyKind = Literal["secret", "publishable"]
+# A merchant's own rate limit is at most the stage's (API Gateway throttles the whole
+# stage at 10,000 a second, and a usage plan cannot exceed it).
+MAX_RATE_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class Merchant:
     # converts into the default (or into the one its FX quote names).
     settlement_currencies: tuple[str, ...] = ("usd",)
     fx_fee_basis_points: int = 100  # 1%: what converting a payment costs the merchant
+    # Requests a second its keys may make; None: Stripe's default for its mode (25 in test
+    # mode, 100 live; see clearline.rate_limits).
+    rate_limit_per_second: int | None = None
 
     def fee_for(self, amount: int) -> int:
         return min(amount, percent_of(amount, self.fee_basis_points) + self.fee_fixed)
@@ -67,6 +73,7 @@ def create_merchant(
     livemode: bool = False,
     settlement_currencies: Sequence[str] = ("usd",),
     fx_fee_percent: float = 1.0,
+    rate_limit_per_second: int | None = None,
 ) -> NewMerchant:
     """A merchant and its keys. A live-mode merchant's keys say so (`sk_live_`, as Stripe's
     do), and its webhooks always get the strict rules: https to public addresses only."""
@@ -79,6 +86,11 @@ def create_merchant(
     if not 0 <= fx_fee_percent <= 10:
         raise InvalidRequestError(
             "fx_fee_percent must be between 0 and 10.", param="fx_fee_percent"
+        )
+    if rate_limit_per_second is not None and not 1 <= rate_limit_per_second <= MAX_RATE_LIMIT:
+        raise InvalidRequestError(
+            f"rate_limit_per_second must be between 1 and {MAX_RATE_LIMIT}.",
+            param="rate_limit_per_second",
         )
     held = tuple(
         dict.fromkeys(
@@ -98,6 +110,7 @@ def create_merchant(
         livemode=livemode,
         settlement_currencies=held,
         fx_fee_basis_points=round(fx_fee_percent * 100),
+        rate_limit_per_second=rate_limit_per_second,
     )
     mode = "live" if livemode else "test"
     secret_key, publishable_key = _new_key(f"sk_{mode}_"), _new_key(f"pk_{mode}_")
@@ -119,7 +132,7 @@ def create_merchant(
     return NewMerchant(merchant, secret_key, publishable_key)
 
 
-def _merchant_of(record: dict[str, Any]) -> Merchant:
+def merchant_of_record(record: dict[str, Any]) -> Merchant:
     # Fields added since a record was written take their defaults.
     fields = {name: record[name] for name in Merchant.__dataclass_fields__ if name in record}
     if "settlement_currencies" in fields:
@@ -129,7 +142,7 @@ def _merchant_of(record: dict[str, Any]) -> Merchant:
 
 def get_merchant(store: Store, merchant_id: str) -> Merchant | None:
     item = store.get(f"MERCHANT#{merchant_id}", "MERCHANT")
-    return None if item is None else _merchant_of(item)
+    return None if item is None else merchant_of_record(item)
 
 
 def authenticate(store: Store, key: str) -> tuple[Merchant, KeyKind]:
@@ -140,7 +153,7 @@ def authenticate(store: Store, key: str) -> tuple[Merchant, KeyKind]:
     item = store.get(f"APIKEY#{hash_key(key)}", "APIKEY")
     if item is None:
         raise AuthenticationError(f"Invalid API Key provided: {hint}", code="api_key_invalid")
-    return _merchant_of(item["merchant_record"]), item["kind"]
+    return merchant_of_record(item["merchant_record"]), item["kind"]
 
 
 class KeyCache:

@@ -140,6 +140,9 @@ class FunctionSpec:
 @dataclass(frozen=True)
 class ApiSpec:
     function: str  # key of the function behind the REST API's proxy resource
+    # key of the Lambda authorizer of the routes that take an API key (None: the function
+    # behind the API authenticates every request itself)
+    authorizer: str | None = None
     stage: str = "prod"  # the SDK base URL is https://{api}.execute-api.{region}.amazonaws.com/prod
 
 
@@ -264,6 +267,18 @@ API_FUNCTION = FunctionSpec(
     calls_vault=True,
     sends_to=("payouts",),  # a new payout goes to the bank at once
     bank_account_key=("seal",),  # the admin route that sets a merchant's bank account
+)
+
+# The main API's Lambda authorizer: maps an API key to its merchant and rate plan, and
+# counts failed authentications per address in the counters table.
+AUTHORIZER_FUNCTION = FunctionSpec(
+    key="authorizer",
+    code_dir="functions/authorizer",
+    handler="authorizer_handler.lambda_handler",
+    description="Maps an API key to its merchant and rate plan for API Gateway",
+    timeout_seconds=5,
+    memory_mb=512,
+    tables={"main": "read", "counters": "readwrite"},
 )
 
 EVENT_BUS = BusSpec(key="events", name="clearline-events")
@@ -473,6 +488,7 @@ TOPOLOGY = Topology(
     tables=(MAIN_TABLE, IDEMPOTENCY_TABLE, COUNTERS_TABLE),
     functions=(
         API_FUNCTION,
+        AUTHORIZER_FUNCTION,
         RELAY_FUNCTION,
         WEBHOOK_FUNCTION,
         SCHEDULER_FUNCTION,
@@ -485,7 +501,7 @@ TOPOLOGY = Topology(
         DAILY_PAYOUTS_FUNCTION,
         FX_RATES_FUNCTION,
     ),
-    api=ApiSpec(function="api"),
+    api=ApiSpec(function="api", authorizer="authorizer"),
     notifications=ApiSpec(function="dispute_intake"),
     queues=(
         WEBHOOK_QUEUE,
