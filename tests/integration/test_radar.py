@@ -235,3 +235,77 @@ def test_a_velocity_rule_counts_a_cards_charges_over_the_sdk(stack: Stack) -> No
         params={"amount": 1000, "currency": "usd", "source": "tok_mastercard"}, options=key()
     )
     assert other_card.status == "succeeded"
+
+
+def test_reviews_over_the_sdk_and_the_second_look_after_the_authorization(
+    stack: Stack,
+) -> None:
+    """An elevated payment's review, listed and approved through the SDK; then, on the bus,
+    the look after the authorization: a failed CVC opens a review, and a merchant's block
+    rule on it reverses the payment, without anyone asking."""
+    from tests.polling import eventually
+
+    shop: dict[str, Any] = stack.create_merchant("Second Look Shop")
+    sdk = stripe.StripeClient(shop["secret_key"], base_addresses={"api": stack.url})
+    elevated = sdk.v1.charges.create(
+        params={"amount": 2200, "currency": "usd", "source": "tok_riskLevelElevated"},
+        options=key(),
+    )
+    assert elevated.review and elevated.review.startswith("prv_")
+    listed = sdk.v1.reviews.list()
+    assert [r.id for r in listed.data] == [elevated.review]
+    review = sdk.v1.reviews.retrieve(elevated.review)
+    assert (review.charge, review.open, review.opened_reason) == (elevated.id, True, "rule")
+    approved = sdk.v1.reviews.approve(elevated.review, options=key())
+    assert (approved.open, approved.closed_reason, approved.reason) == (
+        False,
+        "approved",
+        "approved",
+    )
+    assert sdk.v1.reviews.list().data == []
+    with pytest.raises(stripe.InvalidRequestError) as closed:
+        sdk.v1.reviews.approve(elevated.review, options=key())
+    assert closed.value.http_status == 400
+
+    # No rule: a failed CVC seen after the authorization only opens a review.
+    flagged = sdk.v1.charges.create(
+        params={"amount": 2300, "currency": "usd", "source": "tok_cvcCheckFail"},
+        options=key(),
+    )
+    assert flagged.review is None and flagged.outcome.type == "authorized"
+    looked = eventually(
+        lambda: (c := sdk.v1.charges.retrieve(flagged.id)).review and c,
+        message="the second look opens a review",
+    )
+    assert looked.refunded is False and looked.outcome.type == "authorized"
+
+    # The merchant's rule: reverse what fails the CVC.
+    done = stack.clearline(
+        "radar", "rules", "add", "Block if :cvc_check: = 'fail'", "--merchant", shop["id"]
+    )
+    assert done.returncode == 0, done.stderr
+    for capture in (True, False):
+        charge = sdk.v1.charges.create(
+            params={
+                "amount": 2400,
+                "currency": "usd",
+                "source": "tok_cvcCheckFail",
+                "capture": capture,
+            },
+            options=key(),
+        )
+        reversed_ = eventually(
+            lambda charge=charge: (c := sdk.v1.charges.retrieve(charge.id)).refunded and c,
+            timeout=60,
+            message="the second look reverses the payment",
+        )
+        assert reversed_.outcome.network_status == "reversed_after_approval"
+        assert reversed_.outcome.type == "blocked"
+        assert reversed_.fraud_details.stripe_report == "fraudulent"
+        assert reversed_.amount_refunded == 2400 and reversed_.captured is capture
+        eventually(  # closed right after the refund
+            lambda review=reversed_.review: (
+                sdk.v1.reviews.retrieve(review).closed_reason == "refunded_as_fraud"
+            ),
+            message="the review closes as refunded_as_fraud",
+        )
