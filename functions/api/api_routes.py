@@ -34,6 +34,7 @@ from clearline.charges import ChargeService
 from clearline.config import Settings
 from clearline.customers import CustomerService
 from clearline.disputes import DisputeService
+from clearline.early_fraud_warnings import EarlyFraudWarnings
 from clearline.errors import (
     ApiError,
     AuthenticationError,
@@ -147,6 +148,7 @@ class Services:
     fx_quotes: FxQuoteService
     value_lists: ValueListService
     reviews: ReviewService
+    early_fraud_warnings: EarlyFraudWarnings
     webhook_endpoints: WebhookEndpoints
     idempotency: IdempotentRequests
     keys: KeyCache
@@ -196,6 +198,7 @@ def services() -> Services:
         FxQuoteService(store, RateBook(store)),
         ValueListService(store),
         ReviewService(store),
+        EarlyFraudWarnings(store),
         WebhookEndpoints(store, secrets=secret_box, egress=EgressPolicy.from_settings(settings)),
         idempotency,
         KeyCache(),
@@ -1340,6 +1343,42 @@ def approve_review(review_id: str) -> Response[dict[str, Any]]:
         "review",
         "ReviewApproved",
     )
+
+
+@app.get("/v1/radar/early_fraud_warnings")
+def list_early_fraud_warnings(
+    limit: ListLimit = 10,
+    starting_after: Cursor = None,
+    ending_before: Cursor = None,
+    created_gt: CreatedGt = None,
+    created_gte: CreatedGte = None,
+    created_lt: CreatedLt = None,
+    created_lte: CreatedLte = None,
+    charge: IdFilter = None,
+    payment_intent: IdFilter = None,
+    expand_: Expand = None,
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    page = services().early_fraud_warnings.list(
+        merchant,
+        limit=limit,
+        starting_after=starting_after,
+        ending_before=ending_before,
+        created=listing.Created(created_gt, created_gte, created_lt, created_lte),
+        facets=_facets(charge=charge, payment_intent=payment_intent),
+    )
+    return respond(
+        merchant, page, "list:radar.early_fraud_warning", url="/v1/radar/early_fraud_warnings"
+    )
+
+
+@app.get("/v1/radar/early_fraud_warnings/<warning_id>")
+def retrieve_early_fraud_warning(
+    warning_id: str, expand_: Expand = None
+) -> Response[dict[str, Any]]:
+    merchant = secret_key_merchant()
+    warning = services().early_fraud_warnings.retrieve(merchant, warning_id)
+    return respond(merchant, warning, "radar.early_fraud_warning")
 
 
 # ---- Radar value lists: the sets fraud rules name by alias -----------------------------------

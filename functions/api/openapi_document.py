@@ -473,6 +473,22 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         ReviewApproveParams,
         "Closes an open review as `approved` (`review.closed`); a closed review is a 400.",
     ),
+    ("get", "/v1/radar/early_fraud_warnings"): Operation(
+        "list_early_fraud_warnings",
+        "Radar",
+        "List early fraud warnings, newest first",
+        "early_fraud_warning_list",
+        description="Issuers' reports of fraud on the merchant's charges, as the processor "
+        "forwards them; filter by `charge`, `payment_intent` or `created`. A warning is "
+        "`actionable` while its charge is neither disputed nor fully refunded: refunding it "
+        "then heads off a dispute.",
+    ),
+    ("get", "/v1/radar/early_fraud_warnings/{warning_id}"): Operation(
+        "retrieve_early_fraud_warning",
+        "Radar",
+        "Retrieve an early fraud warning",
+        "early_fraud_warning",
+    ),
     ("post", "/v1/radar/value_lists"): Operation(
         "create_value_list",
         "Radar",
@@ -1139,6 +1155,33 @@ def _value_list_schemas() -> dict[str, Schema]:
             description="A payment in the merchant's review queue.",
         ),
         "review_list": _list_of("review", "A page of open reviews."),
+        "early_fraud_warning": _obj(
+            {
+                "id": {"type": "string", "pattern": "^issfr_"},
+                "object": _const("radar.early_fraud_warning"),
+                "actionable": _BOOL,
+                "charge": {"type": "string", "pattern": "^ch_"},
+                "created": _INT,
+                "fraud_type": {
+                    "type": "string",
+                    "enum": [
+                        "card_never_received",
+                        "fraudulent_card_application",
+                        "made_with_counterfeit_card",
+                        "made_with_lost_card",
+                        "made_with_stolen_card",
+                        "misc",
+                        "unauthorized_use_of_card",
+                    ],
+                },
+                "livemode": _BOOL,
+                "payment_intent": _STR_OR_NULL,
+            },
+            description="An issuer's report of fraud on a charge.",
+        ),
+        "early_fraud_warning_list": _list_of(
+            "early_fraud_warning", "A page of early fraud warnings."
+        ),
     }
 
 

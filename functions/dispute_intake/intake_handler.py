@@ -1,7 +1,9 @@
-"""Dispute intake: the processor's signed notifications -> disputes opened and followed.
+"""Dispute intake: the processor's signed notifications -> disputes opened and followed,
+and issuers' early fraud warnings kept.
 
 Served by an API of its own, never the merchant API. Each notification is believed only
-when signed with the shared secret; then the dispute is brought to what it says, once.
+when signed with the shared secret; then the dispute is brought to what it says (or the
+warning stored), once.
 The processor retries anything but a 2xx, so: a forged or unreadable notice is refused
 for good (4xx), a notice we cannot apply now is a 503 (retried), and one about a charge
 we do not have is logged for operations and acknowledged, since retrying cannot help.
@@ -21,6 +23,7 @@ from aws_lambda_powertools.utilities import parameters
 from clearline import processor_notifications as notices
 from clearline.config import Settings
 from clearline.disputes import DisputeService, UnknownDispute
+from clearline.early_fraud_warnings import EarlyFraudWarnings, UnknownCharge
 from clearline.errors import ApiError
 from clearline.forms import body_bytes
 from clearline.ledger import ShardPolicy
@@ -33,11 +36,13 @@ logger = new_logger()
 metrics = Metrics()
 app = APIGatewayRestResolver()
 settings = Settings.from_env()
+store = Store(settings.main_table)
 disputes = DisputeService(
-    Store(settings.main_table),
+    store,
     ProcessorClient(settings.processor_url, settings.processor_timeout_seconds),
     ShardPolicy.from_env(),
 )
+warnings = EarlyFraudWarnings(store)
 MAX_BODY_BYTES = 64 * 1024
 SECRET_MAX_AGE_SECONDS = 300  # a rotated secret is picked up within five minutes
 
@@ -63,6 +68,9 @@ def receive() -> Response[str]:
     except (notices.NotANotice, ApiError) as exc:
         logger.warning("notification unreadable", extra={"reason": str(exc)})
         return _answer(400, "not a notification")
+    if notice.warning is not None:
+        return _keep_warning(notice)
+    assert notice.dispute is not None
     try:
         dispute = disputes.receive(notice.dispute)
     except UnknownDispute as exc:
@@ -88,6 +96,29 @@ def receive() -> Response[str]:
         },
     )
     metrics.add_metric(name="DisputeNotices", unit=MetricUnit.Count, value=1)
+    return _answer(200, "applied")
+
+
+def _keep_warning(notice: notices.Notice) -> Response[str]:
+    assert notice.warning is not None
+    try:
+        warning = warnings.receive(notice.warning)
+    except UnknownCharge as exc:
+        logger.error(
+            "fraud warning for an unknown charge", extra={"notice": notice.id, "reason": str(exc)}
+        )
+        metrics.add_metric(name="FraudWarningsForUnknownCharges", unit=MetricUnit.Count, value=1)
+        return _answer(200, "acknowledged; not applied")
+    except (StoreUnavailable, ApiError) as exc:
+        logger.warning(
+            "notification not applied yet", extra={"notice": notice.id, "reason": str(exc)}
+        )
+        return _answer(503, "retry")
+    logger.info(
+        "notification applied",
+        extra={"notice": notice.id, "type": notice.type, "warning": warning.id},
+    )
+    metrics.add_metric(name="EarlyFraudWarnings", unit=MetricUnit.Count, value=1)
     return _answer(200, "applied")
 
 

@@ -149,6 +149,7 @@ class _TestCard:
     decline: tuple[str, str, str] | None = None
     dispute: _DisputeKind | None = None
     cvc_fails: bool = False  # approved, but the issuer says the CVC did not match
+    fraud_warning: bool = False  # approved, then the issuer reports fraud on it
 
     @property
     def fingerprint(self) -> str:
@@ -219,6 +220,7 @@ TEST_TOKENS: dict[str, _TestCard] = {
     "tok_riskLevelElevated": _TestCard("visa", "9235"),
     "tok_riskLevelHighest": _TestCard("visa", "4954"),
     "tok_cvcCheckFail": _TestCard("visa", "0101", cvc_fails=True),
+    "tok_createIssuerFraudRecord": _TestCard("visa", "5423", fraud_warning=True),
     "tok_radarBlock": _TestCard("visa", "0019", decline=("card_declined", "fraudulent", _DECLINED)),
     "tok_createDispute": _TestCard("visa", "0259", dispute=_FRAUDULENT),
     "tok_visa_createDispute": _TestCard("visa", "0259", dispute=_FRAUDULENT),
@@ -243,6 +245,7 @@ TEST_CARD_NUMBERS: dict[str, _TestCard] = {
     "4000000000009235": TEST_TOKENS["tok_riskLevelElevated"],
     "4000000000004954": TEST_TOKENS["tok_riskLevelHighest"],
     "4000000000000101": TEST_TOKENS["tok_cvcCheckFail"],
+    "4000000000005423": TEST_TOKENS["tok_createIssuerFraudRecord"],
     "4000000000000259": TEST_TOKENS["tok_createDispute"],
     "4000000000002685": TEST_TOKENS["tok_createDisputeProductNotReceived"],
     "4000000000001976": TEST_TOKENS["tok_createDisputeInquiry"],
@@ -316,6 +319,7 @@ class _AuthorizationRecord:
     created: int = field(default_factory=lambda: int(time.time()))
     # Kept off the JSON: what the card's holder will contest once it is captured.
     dispute_kind: _DisputeKind | None = None
+    fraud_warning: bool = False  # the issuer will report fraud on it
 
     def to_json(self) -> dict[str, Any]:
         card: dict[str, Any] = {
@@ -414,6 +418,7 @@ class _PresentedCard:
     decline: tuple[str, str, str] | None
     three_d_secure: dict[str, Any] | None = None
     dispute: _DisputeKind | None = None
+    fraud_warning: bool = False
 
 
 def _token_card(token: str) -> _PresentedCard:
@@ -439,6 +444,7 @@ def _token_card(token: str) -> _PresentedCard:
         exp_year=dt.datetime.now(dt.UTC).year + 1,
         decline=card.decline,
         dispute=card.dispute,
+        fraud_warning=card.fraud_warning,
     )
 
 
@@ -537,6 +543,7 @@ def _numbered_card(body: dict[str, Any]) -> _PresentedCard:
         decline=decline,
         three_d_secure=three_d_secure,
         dispute=known.dispute if known is not None else None,
+        fraud_warning=known is not None and known.fraud_warning,
     )
 
 
@@ -883,6 +890,7 @@ class SandboxProcessor(SandboxService):
             exp_year=presented.exp_year,
             three_d_secure=presented.three_d_secure,
             dispute_kind=presented.dispute,
+            fraud_warning=presented.fraud_warning,
         )
         if presented.decline is not None:
             record.code, record.decline_code, record.message = presented.decline
@@ -890,6 +898,8 @@ class SandboxProcessor(SandboxService):
             record.network_transaction_id = _network_transaction_id()
             if capture:
                 self._record_capture(record, amount)
+            if record.fraud_warning:  # the issuer's report follows the approval
+                self._later(self._dispute_delay_seconds, lambda: self._warn(record))
         self._authorizations[record.id] = record
         return record.to_json()
 
@@ -1120,6 +1130,24 @@ class SandboxProcessor(SandboxService):
         timer.daemon = True
         self._timers.add(timer)
         timer.start()
+
+    def _warn(self, record: _AuthorizationRecord) -> None:
+        """The issuer's early fraud warning on an approved authorization: notified once,
+        through the same outbox as disputes. Called with the lock held."""
+        notification = {
+            "id": random_id("ntf_"),
+            "type": "early_fraud_warning.created",
+            "created": int(time.time()),
+            "early_fraud_warning": {
+                "id": random_id("efw_"),
+                "authorization": record.id,
+                "reference": record.reference,
+                "fraud_type": "made_with_stolen_card",
+                "created": int(time.time()),
+            },
+        }
+        self._outbox.append(notification)
+        self._outbox_changed.notify_all()
 
     def _notify(self, dispute: _DisputeRecord, kind: str) -> dict[str, Any]:
         """Queue a notification of the dispute as it now is. Called with the lock held."""

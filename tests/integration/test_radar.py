@@ -309,3 +309,35 @@ def test_reviews_over_the_sdk_and_the_second_look_after_the_authorization(
             ),
             message="the review closes as refunded_as_fraud",
         )
+
+
+def test_an_issuers_early_fraud_warning_reaches_the_merchant(
+    stack: Stack, client: stripe.StripeClient
+) -> None:
+    """4000 0000 0000 5423: approved, then the issuer's warning arrives from the processor
+    as a signed notification and becomes an issfr_ object the SDK lists by charge."""
+    from tests.polling import eventually
+
+    charge = client.v1.charges.create(
+        params={"amount": 2600, "currency": "usd", "source": "tok_createIssuerFraudRecord"},
+        options=key(),
+    )
+    assert charge.status == "succeeded"
+    warnings = eventually(
+        lambda: client.v1.radar.early_fraud_warnings.list(params={"charge": charge.id}).data,
+        timeout=60,
+        message="the early fraud warning",
+    )
+    (warning,) = warnings
+    assert warning.id.startswith("issfr_")
+    assert (warning.charge, warning.fraud_type, warning.actionable) == (
+        charge.id,
+        "made_with_stolen_card",
+        True,
+    )
+    assert client.v1.radar.early_fraud_warnings.retrieve(warning.id).id == warning.id
+    events = client.v1.events.list(params={"type": "radar.early_fraud_warning.created"}).data
+    assert warning.id in {e.data.object["id"] for e in events}
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        client.v1.radar.early_fraud_warnings.retrieve("issfr_nope")
+    assert missing.value.http_status == 404

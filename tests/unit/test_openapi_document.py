@@ -331,6 +331,8 @@ def test_every_200_names_an_object_schema(doc: dict[str, Any]) -> None:
         "deleted_value_list_item",
         "review",
         "review_list",
+        "early_fraud_warning",
+        "early_fraud_warning_list",
         "refund_list",
         "balance_transaction_list",
         "event_list",
@@ -593,6 +595,32 @@ def test_every_object_the_api_returns_matches_its_schema(
     assert api.ok("GET", f"/v1/reviews/{prv}", "/v1/reviews/{review_id}")["open"] is True
     approved = api.ok("POST", f"/v1/reviews/{prv}/approve", "/v1/reviews/{review_id}/approve")
     assert (approved["open"], approved["closed_reason"]) == (False, "approved")
+
+    # An issuer's early fraud warning, as the processor's notification leaves it.
+    from clearline.early_fraud_warnings import EarlyFraudWarnings
+    from clearline.processor import ProcessorFraudWarning
+
+    warned = api.ok(
+        "POST",
+        "/v1/charges",
+        "/v1/charges",
+        form={"amount": "2000", "currency": "usd", "source": "tok_createIssuerFraudRecord"},
+    )
+    notice = ProcessorFraudWarning(
+        id="efw_conformance",
+        authorization=next(
+            a["id"] for a in processor.authorizations() if a["reference"] == warned["id"]
+        ),
+        reference=warned["id"],
+        fraud_type="made_with_stolen_card",
+        created=int(time.time()),
+    )
+    warning = EarlyFraudWarnings(Store(MAIN_TABLE.name)).receive(notice)
+    efw = "/v1/radar/early_fraud_warnings"
+    listed = api.ok("GET", f"{efw}?charge={warned['id']}", efw)["data"]
+    assert [w["id"] for w in listed] == [warning.id]
+    shown = api.ok("GET", f"{efw}/{warning.id}", efw + "/{warning_id}")
+    assert (shown["charge"], shown["actionable"]) == (warned["id"], True)
     to_void = api.ok(
         "POST",
         "/v1/charges",
@@ -679,8 +707,8 @@ def test_every_object_the_api_returns_matches_its_schema(
     assert {"charge.succeeded", "charge.failed", "charge.captured", "refund.created"} <= {
         e["type"] for e in events
     }
-    for event in events:  # each event's object is a charge or a refund, in full
-        kind = event["data"]["object"]["object"]
+    for event in events:  # each event's object in full, in its own schema
+        kind = event["data"]["object"]["object"].removeprefix("radar.")
         assert component(api.doc, kind).is_valid(event["data"]["object"]), event["type"]
     api.ok("GET", f"/v1/events/{events[0]['id']}", "/v1/events/{event_id}")
 
@@ -863,7 +891,7 @@ def test_every_object_the_api_returns_matches_its_schema(
         e["type"] for e in events
     }
     for event in events:
-        kind = event["data"]["object"]["object"]
+        kind = event["data"]["object"]["object"].removeprefix("radar.")
         assert component(api.doc, kind).is_valid(event["data"]["object"]), event["type"]
 
     assert {template for _, template, status in api.checked if status == 200} == set(

@@ -61,6 +61,7 @@ KINDS = {
     "du": ("DISPUTE#", "DISPUTE", "dispute"),
     "po": ("PAYOUT#", "PAYOUT", "payout"),
     "prv": ("REVIEW#", "REVIEW", "review"),
+    "issfr": ("EFW#", "EFW", "early fraud warning"),
 }
 
 

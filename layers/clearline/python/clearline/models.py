@@ -225,6 +225,20 @@ class Review(Model):
     closed_reason: str | None = None
 
 
+class EarlyFraudWarning(Model):
+    """An issuer's report of fraud on a charge, from the processor."""
+
+    kind: Literal["radar.early_fraud_warning"] = "radar.early_fraud_warning"
+    id: str
+    merchant: str
+    charge: str
+    payment_intent: str | None = None
+    fraud_type: str
+    actionable: bool
+    created: int
+    created_ms: int = 0
+
+
 class ValueListItem(Model):
     kind: Literal["radar.value_list_item"] = "radar.value_list_item"
     id: str

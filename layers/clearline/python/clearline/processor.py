@@ -138,6 +138,18 @@ class ProcessorRefund(BaseModel):
     authorization: str
 
 
+class ProcessorFraudWarning(BaseModel):
+    """An issuer's early warning of fraud on an authorization, before any dispute."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    authorization: str
+    reference: str | None = None  # our charge id
+    fraud_type: str
+    created: int
+
+
 class ProcessorDispute(BaseModel):
     """A dispute as the processor (the card network, through it) reports it."""
 

@@ -1,7 +1,8 @@
-"""Notifications from the card processor (disputes), as an acquirer sends them: a JSON body
-signed with a secret both sides hold, in `Processor-Signature: t=<unix>,v1=<hex>`, the
-HMAC-SHA256 of `<t>.<body>`. A notice is believed only if its signature matches and it is
-recent, so a captured one cannot be replayed later to move money."""
+"""Notifications from the card processor (disputes, early fraud warnings), as an acquirer
+sends them: a JSON body signed with a secret both sides hold, in `Processor-Signature:
+t=<unix>,v1=<hex>`, the HMAC-SHA256 of `<t>.<body>`. A notice is believed only if its
+signature matches and it is recent, so a captured one cannot be replayed later to move
+money."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from clearline.processor import ProcessorDispute
+from clearline.processor import ProcessorDispute, ProcessorFraudWarning
 
 SIGNATURE_HEADER = "processor-signature"
 TOLERANCE_SECONDS = 5 * 60
-NOTICE_TYPES = frozenset({"dispute.created", "dispute.updated", "dispute.closed"})
+DISPUTE_NOTICES = frozenset({"dispute.created", "dispute.updated", "dispute.closed"})
+WARNING_NOTICES = frozenset({"early_fraud_warning.created"})
+NOTICE_TYPES = DISPUTE_NOTICES | WARNING_NOTICES
 
 
 class NotAuthentic(ValueError):
@@ -54,16 +57,22 @@ def verify(body: bytes, header: str | None, secret: str, now: float) -> None:
 
 @dataclass(frozen=True)
 class Notice:
+    """One notification: about a dispute, or an early fraud warning (exactly one of them)."""
+
     id: str
     type: str
-    dispute: ProcessorDispute
+    dispute: ProcessorDispute | None = None
+    warning: ProcessorFraudWarning | None = None
 
 
 def parse(body: bytes) -> Notice:
     try:
         data: Any = json.loads(body)
         if not isinstance(data, dict) or data.get("type") not in NOTICE_TYPES:
-            raise NotANotice(f"not a dispute notice: {str(data.get('type'))[:40]!r}")
+            raise NotANotice(f"not a notice: {str(data.get('type'))[:40]!r}")
+        if data["type"] in WARNING_NOTICES:
+            warning = ProcessorFraudWarning.model_validate(data["early_fraud_warning"])
+            return Notice(str(data["id"]), data["type"], warning=warning)
         return Notice(
             str(data["id"]), data["type"], ProcessorDispute.model_validate(data["dispute"])
         )

@@ -10,6 +10,7 @@ from clearline.models import (
     Charge,
     Customer,
     Dispute,
+    EarlyFraudWarning,
     FxQuote,
     Model,
     PaymentIntent,
@@ -31,7 +32,12 @@ from presentation.links import Links
 from presentation.payment_intents import render_payment_intent
 from presentation.payment_methods import render_payment_method
 from presentation.payouts import render_payout
-from presentation.radar import render_review, render_value_list, render_value_list_item
+from presentation.radar import (
+    render_early_fraud_warning,
+    render_review,
+    render_value_list,
+    render_value_list_item,
+)
 from presentation.refunds import render_refund
 from presentation.webhook_endpoints import render_webhook_endpoint
 
@@ -51,6 +57,7 @@ MODELS: dict[str, type[Model]] = {
     "radar.value_list": ValueList,
     "radar.value_list_item": ValueListItem,
     "review": Review,
+    "radar.early_fraud_warning": EarlyFraudWarning,
 }
 
 
@@ -88,6 +95,8 @@ def render(model: Model, links: Links) -> dict[str, Any]:
         return render_value_list_item(model)
     if isinstance(model, Review):
         return render_review(model)
+    if isinstance(model, EarlyFraudWarning):
+        return render_early_fraud_warning(model)
     if isinstance(model, ReconciliationMismatch):
         rendered = model.model_dump(exclude={"kind", "mismatch"})
         return {"object": "reconciliation_mismatch", "kind": model.mismatch, **rendered}

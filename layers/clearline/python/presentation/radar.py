@@ -1,10 +1,10 @@
-"""Radar's value lists, their items and reviews in Stripe's shapes."""
+"""Radar's value lists, their items, reviews and early fraud warnings in Stripe's shapes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from clearline.models import Review, ValueList, ValueListItem
+from clearline.models import EarlyFraudWarning, Review, ValueList, ValueListItem
 
 
 def render_value_list_item(item: ValueListItem) -> dict[str, Any]:
@@ -61,4 +61,17 @@ def render_review(review: Review) -> dict[str, Any]:
         "payment_intent": review.payment_intent,
         "reason": review.reason,
         "session": None,
+    }
+
+
+def render_early_fraud_warning(warning: EarlyFraudWarning) -> dict[str, Any]:
+    return {
+        "id": warning.id,
+        "object": "radar.early_fraud_warning",
+        "actionable": warning.actionable,
+        "charge": warning.charge,
+        "created": warning.created,
+        "fraud_type": warning.fraud_type,
+        "livemode": False,
+        "payment_intent": warning.payment_intent,
     }

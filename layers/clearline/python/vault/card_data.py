@@ -131,6 +131,7 @@ _TEST_NUMBERS = {
     "riskLevelElevated": "4000000000009235",
     "riskLevelHighest": "4000000000004954",
     "cvcCheckFail": "4000000000000101",
+    "createIssuerFraudRecord": "4000000000005423",
     "chargeDeclinedLostCard": "4000000000009987",
     "chargeDeclinedStolenCard": "4000000000009979",
     "threeDSecure2Required": "4000002500003155",
