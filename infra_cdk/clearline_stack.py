@@ -31,6 +31,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from clearline.config import (
+    PROCESSOR_TPS_ENV,
     WEBHOOK_ALLOW_LOOPBACK_ENV,
     WEBHOOK_SECRET_USERS,
     WEBHOOK_SECRETS_KEY_ENV,
@@ -138,6 +139,7 @@ ADMIN_PATH = "admin"
 # The processor's notifications are few (disputes), and it retries one it is refused (429
 # included): a low limit keeps a flood of forged notifications from taking the account's
 # Lambda concurrency from the payments API.
+PROCESSOR_TPS_PARAMETER_ID = "ProcessorTps"
 NOTIFICATIONS_THROTTLE_RATE_LIMIT = 100
 NOTIFICATIONS_THROTTLE_BURST_LIMIT = 200
 # Generated long, and without punctuation, so it pastes into the processor's settings as is.
@@ -208,6 +210,20 @@ class ClearlineStack(Stack):
         self.layers = function_layers(self)
         self.processor_url: CfnParameter | None = (
             processor_url_parameter(self)
+            if any(spec.calls_processor for spec in topology.functions)
+            else None
+        )
+        # The processor's rate limit, shared by every function that calls it (0: none).
+        self.processor_tps: CfnParameter | None = (
+            CfnParameter(
+                self,
+                PROCESSOR_TPS_PARAMETER_ID,
+                type="Number",
+                default=0,
+                min_value=0,
+                description="Calls a second the card processor takes (authorize, capture, "
+                "void, refund), shared by every function; 0 sets no limit.",
+            )
             if any(spec.calls_processor for spec in topology.functions)
             else None
         )
@@ -759,6 +775,8 @@ class ClearlineStack(Stack):
         env["POWERTOOLS_METRICS_NAMESPACE"] = METRICS_NAMESPACE
         if spec.calls_processor and self.processor_url is not None:
             env[PROCESSOR_URL_ENV] = self.processor_url.value_as_string
+        if spec.calls_processor and self.processor_tps is not None:
+            env[PROCESSOR_TPS_ENV] = self.processor_tps.value_as_string
         if spec.key in WEBHOOK_SECRET_USERS and self.webhook_secrets_key is not None:
             env[WEBHOOK_SECRETS_KEY_ENV] = self.webhook_secrets_key.key_arn
         if spec.calls_bank and self.bank_url is not None:
@@ -792,36 +810,45 @@ class ClearlineStack(Stack):
     def _let_the_authorizer_register_usage_keys(self, spec: ApiSpec) -> None:
         """The authorizer gives each merchant its API Gateway key in the usage plan of its
         rate the first time it sees it (clearline.rate_limits.KeyAuthorizer), so it is told
-        the API and may manage API keys and usage plan membership, nothing else."""
+        the API and may list and create keys and plans and move keys between plans: never
+        delete a key or a plan, nor read or change an API."""
         function = self.authorizer_function
         assert function.role is not None
         role = function.role
         function.add_environment(USAGE_API_ENV, self.api.rest_api_id)
         function.add_environment(USAGE_STAGE_ENV, spec.stage)
         apigateway = f"arn:{self.partition}:apigateway:{self.region}::"
-        function.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["apigateway:GET", "apigateway:POST", "apigateway:DELETE"],
-                resources=[
-                    f"{apigateway}/apikeys",
-                    f"{apigateway}/apikeys/*",
-                    f"{apigateway}/usageplans",
-                    f"{apigateway}/usageplans/*",
-                ],
+        for actions, resources in (
+            # list and create API keys and usage plans
+            (["apigateway:GET", "apigateway:POST"], ["/apikeys", "/usageplans"]),
+            # a plan's keys: list them, add one
+            (["apigateway:GET", "apigateway:POST"], ["/usageplans/*/keys"]),
+            # take a key out of the plan it leaves
+            (["apigateway:DELETE"], ["/usageplans/*/keys/*"]),
+        ):
+            function.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=actions, resources=[apigateway + path for path in resources]
+                )
             )
-        )
-        acknowledge(
-            role,
-            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:apigateway:<AWS::Region>::/apikeys/*]",
-            "A merchant's API key is created at run time, so its id is not known at deploy "
-            "time; API keys identify merchants to usage plans and are no credential.",
-        )
-        acknowledge(
-            role,
-            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:apigateway:<AWS::Region>::/usageplans/*]",
-            "A merchant with a limit of its own gets a usage plan at run time; the "
-            "authorizer adds and moves keys between the stage's plans.",
-        )
+        for path, reason in (
+            (
+                "/usageplans/*/keys",
+                "A merchant with a limit of its own gets a usage plan at run time, so the "
+                "plans whose keys the authorizer lists and adds are not known at deploy time.",
+            ),
+            (
+                "/usageplans/*/keys/*",
+                "A merchant's key leaves its old plan when its limit changes; keys and plans "
+                "are made at run time. Only plan membership is removed, never a key or plan.",
+            ),
+        ):
+            acknowledge(
+                role,
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:apigateway:<AWS::Region>::"
+                f"{path}]",
+                reason,
+            )
 
     def _rest_api(self, spec: ApiSpec) -> apigw.LambdaRestApi:
         api = apigw.LambdaRestApi(

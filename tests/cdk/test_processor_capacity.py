@@ -16,6 +16,7 @@ import pytest
 from aws_cdk import Stack
 from aws_cdk.assertions import Template
 
+from clearline.config import PROCESSOR_TPS_ENV
 from clearline.topology import (
     CAPTURE_FUNCTION,
     CAPTURE_QUEUE,
@@ -24,7 +25,7 @@ from clearline.topology import (
     table_env_var,
 )
 from infra_cdk.app import create_app
-from infra_cdk.clearline_stack import ClearlineStack
+from infra_cdk.clearline_stack import PROCESSOR_TPS_PARAMETER_ID, ClearlineStack
 
 pytestmark = pytest.mark.cdk
 
@@ -99,3 +100,20 @@ def test_the_limit_windows_expire(stack: ClearlineStack, template: Template) -> 
         "Enabled": True,
     }
     assert "StreamSpecification" not in table  # permits never reach the outbox relay
+
+
+def test_every_function_that_calls_the_processor_is_told_its_limit(
+    stack: ClearlineStack, template: Template
+) -> None:
+    """One deploy parameter, ProcessorTps (0: no limit), reaches every caller of the
+    processor and nothing else."""
+    parameter = template.to_json()["Parameters"][PROCESSOR_TPS_PARAMETER_ID]
+    assert (parameter["Type"], parameter["Default"], parameter["MinValue"]) == ("Number", 0, 0)
+    functions = template.find_resources("AWS::Lambda::Function")
+    for spec in TOPOLOGY.functions:
+        env = functions[logical_id(stack, stack.functions[spec.key])]["Properties"]
+        told = env.get("Environment", {}).get("Variables", {}).get(PROCESSOR_TPS_ENV)
+        if spec.calls_processor:
+            assert told == {"Ref": PROCESSOR_TPS_PARAMETER_ID}, spec.key
+        else:
+            assert told is None, spec.key

@@ -229,11 +229,20 @@ def test_the_authorizer_may_register_usage_keys_and_nothing_more(
         )
     ]
     statements = [s for doc in policies for s in doc]
-    (apigateway,) = [s for s in statements if "apigateway:POST" in json.dumps(s["Action"])]
-    assert sorted(apigateway["Action"]) == [
-        "apigateway:DELETE",
-        "apigateway:GET",
-        "apigateway:POST",
-    ]
-    resources = json.dumps(apigateway["Resource"])
-    assert "/apikeys" in resources and "/usageplans" in resources and "/restapis" not in resources
+    granted = {
+        (action, json.dumps(resource))
+        for s in statements
+        if "apigateway" in json.dumps(s["Action"])
+        for action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+        for resource in ([s["Resource"]] if not isinstance(s["Resource"], list) else s["Resource"])
+    }
+    paths = {(action, resource.split("::")[-1].rstrip('"]}')) for action, resource in granted}
+    assert paths == {
+        ("apigateway:GET", "/apikeys"),
+        ("apigateway:POST", "/apikeys"),
+        ("apigateway:GET", "/usageplans"),
+        ("apigateway:POST", "/usageplans"),
+        ("apigateway:GET", "/usageplans/*/keys"),
+        ("apigateway:POST", "/usageplans/*/keys"),
+        ("apigateway:DELETE", "/usageplans/*/keys/*"),
+    }

@@ -527,3 +527,21 @@ def test_no_capacity_is_not_an_unreachable_processor() -> None:
     unreachable = ProcessorClient(f"http://127.0.0.1:{free_port()}", capacity=None)
     with pytest.raises(ProcessorUnavailable):
         authorize(unreachable, "nobody-home")
+
+
+def test_a_compensation_without_capacity_is_not_reported_as_nothing_sent(
+    store: Store, processor: SandboxProcessor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The card was authorized and its undoing waits for capacity: the client hears that
+    the processor could not finish (the resolver will), never that nothing was sent."""
+    from clearline.errors import ServiceUnavailableError
+
+    charges = ChargeService(store, ProcessorClient(processor.url, capacity=None))
+
+    def busy(*_: Any) -> None:
+        raise ProcessorBusy("no capacity")
+
+    monkeypatch.setattr(ChargeService, "finish_compensation", busy)
+    with pytest.raises(ServiceUnavailableError) as refused:
+        charges._finish_compensation_or_retry({"id": "ch_x", "compensation": "void"})
+    assert refused.value.code == "processor_unavailable"

@@ -201,3 +201,47 @@ def test_the_function_fails_a_poison_record_alone(
     answer = handler({"Records": [poison, good]}, context)
     assert answer == {"batchItemFailures": [{"itemIdentifier": "poison"}]}
     assert shop["charges"].retrieve(shop["merchant"], charge.id).review is not None
+
+
+def test_a_payer_the_merchant_allowed_is_not_reversed_after_the_authorization(
+    shop: dict[str, Any],
+) -> None:
+    shop["book"].add(shop["merchant"].id, "Allow if :email: = 'ceo@shop.example'")
+    shop["book"].add(shop["merchant"].id, "Block if :cvc_check: = 'fail'")
+    trusted = pay(shop, "tok_cvcCheckFail", receipt_email="ceo@shop.example")
+    assert shop["second_look"].look(trusted.id) == "passed"
+    kept = shop["charges"].retrieve(shop["merchant"], trusted.id)
+    assert kept.amount_refunded == 0 and kept.review is None
+    stranger = pay(shop, "tok_cvcCheckFail", receipt_email="someone@else.example")
+    assert shop["second_look"].look(stranger.id) == "reversed"
+
+
+def test_a_payment_refunded_before_the_reversal_closes_its_review_as_refunded(
+    shop: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop["book"].add(shop["merchant"].id, "Block if :cvc_check: = 'fail'")
+    charge = pay(shop, "tok_cvcCheckFail")
+
+    def crash(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the execution environment died")
+
+    monkeypatch.setattr(AfterAuthorization, "_reverse", crash)
+    with pytest.raises(RuntimeError):
+        shop["second_look"].look(charge.id)  # marked, then cut short
+    monkeypatch.undo()
+    from clearline.params import RefundCreateParams
+
+    shop["refunds"].create(  # the merchant refunds it first
+        shop["caller"], RefundCreateParams(charge=charge.id), idempotency_key="merchant-refund"
+    )
+    assert shop["second_look"].look(charge.id) == "reversed"
+    done = shop["charges"].retrieve(shop["merchant"], charge.id)
+    assert len(done.refunds) == 1 and done.amount_refunded == charge.amount  # no second
+    assert done.review is not None
+    review = shop["reviews"].retrieve(shop["merchant"], done.review)
+    assert (review.open, review.closed_reason) == (False, "refunded")
+    unmarked = pay(shop, "tok_cvcCheckFail")
+    shop["refunds"].create(
+        shop["caller"], RefundCreateParams(charge=unmarked.id), idempotency_key="refund-2"
+    )
+    assert shop["second_look"].look(unmarked.id) == "skipped"

@@ -60,6 +60,7 @@ from clearline.params import (
 from clearline.payment_methods import PaymentMethodService
 from clearline.processor import (
     Authorization,
+    ProcessorBusy,
     ProcessorClient,
     ProcessorError,
     ProcessorRejected,
@@ -814,7 +815,8 @@ class ChargeService(MoneyService):
     def _finish_compensation_or_retry(self, item: dict[str, Any]) -> None:
         try:
             self.finish_compensation(item)
-        except ProcessorUnavailable as exc:
+        except (ProcessorUnavailable, ProcessorBusy) as exc:
+            # The card was authorized and its undoing is pending: not "nothing was sent".
             raise processor_unavailable() from exc
 
     def finish_compensation(self, item: dict[str, Any]) -> None:

@@ -21,6 +21,8 @@ from clearline.audit import Caller
 from clearline.charges import AUTHORIZED, CAPTURED, ChargeService, charge_pk
 from clearline.errors import ConflictError
 from clearline.fraud_rules import RuleBook
+from clearline.ids import derived_id
+from clearline.models import Charge
 from clearline.params import RefundCreateParams
 from clearline.radar_rules import Rule, Value, decide, parse
 from clearline.refunds import RefundService
@@ -66,6 +68,12 @@ def _attributes(charge: dict[str, Any], assessment: RiskAssessment) -> dict[str,
     }
 
 
+def _settled_otherwise(charge: dict[str, Any]) -> bool:
+    """Disputed, or refunded in full: a reversal could take nothing back."""
+    shown = Charge.from_item(charge)
+    return shown.disputed or shown.fully_refunded
+
+
 def _reversed(charge: dict[str, Any]) -> bool:
     return (charge.get("outcome") or {}).get("network_status") == "reversed_after_approval"
 
@@ -84,13 +92,19 @@ class AfterAuthorization:
             self._reverse(charge)  # marked, and maybe cut short after: finish it
             return "reversed"
         if charge is None or charge["state"] not in (AUTHORIZED, CAPTURED):
-            return "skipped"  # declined, blocked, or already released or refunded
+            return "skipped"  # declined, blocked, or already released
+        if _settled_otherwise(charge):
+            return "skipped"  # refunded or disputed meanwhile: nothing left to reverse
+        if (charge.get("screening") or {}).get("action") == "allow":
+            return "passed"  # the merchant's allow rule let this payer through: it stands
         assessment = second_score(charge)
         merchant_id = charge["merchant"]
+        # The merchant's allow rules keep their say (Radar's order), beside the rules that
+        # read what only this look knows; the others already ran before the processor.
         rules: tuple[Rule, ...] = tuple(
             rule
             for rule in self.book.rules(merchant_id)
-            if rule.attributes & AFTER_AUTHORIZATION_ATTRIBUTES
+            if rule.action == "allow" or rule.attributes & AFTER_AUTHORIZATION_ATTRIBUTES
         )
         aliases = frozenset().union(*(rule.value_lists for rule in rules))
         found = {alias: self.lists.values_of(merchant_id, alias) for alias in aliases}
@@ -146,13 +160,21 @@ class AfterAuthorization:
             raise ConflictError(f"Charge {charge['id']} changed while it was looked at again.")
 
     def _reverse(self, charge: dict[str, Any]) -> None:
+        """Release or refund the whole payment, then close its review. A payment the
+        merchant refunded, or its customer disputed, before the reversal got to it has
+        nothing left to reverse: its review closes for that reason instead."""
         merchant = self.charges.merchant_of(charge["merchant"])
         caller = Caller(merchant, f"req_after_authorization_{charge['id']}")
-        self.refunds.create(
-            caller,
-            RefundCreateParams(charge=charge["id"], reason="fraudulent"),
-            idempotency_key=f"{charge['id']}:reversed_after_approval",
-        )
-        self.reviews.close(
-            None, review_id_for(charge["id"]), "refunded_as_fraud", merchant=merchant
-        )
+        key = f"{charge['id']}:reversed_after_approval"
+        reason = "refunded_as_fraud"
+        current = self.charges.store.get(charge_pk(charge["id"]), "CHARGE") or charge
+        ours = derived_id("re", merchant.id, key) in (current.get("refunds") or {})
+        if not ours and _settled_otherwise(current):
+            reason = "disputed" if Charge.from_item(current).disputed else "refunded"
+        else:
+            self.refunds.create(
+                caller,
+                RefundCreateParams(charge=charge["id"], reason="fraudulent"),
+                idempotency_key=key,
+            )
+        self.reviews.close(None, review_id_for(charge["id"]), reason, merchant=merchant)
