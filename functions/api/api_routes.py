@@ -41,6 +41,7 @@ from clearline.errors import (
     CardError,
     InvalidRequestError,
     PermissionDeniedError,
+    RateLimitedError,
     ResourceMissingError,
     ServiceUnavailableError,
     UnknownUrlError,
@@ -94,7 +95,16 @@ from clearline.processor import ProcessorBusy, ProcessorClient
 from clearline.rate_limits import (
     CONTEXT_MESSAGE,
     CONTEXT_REFUSAL,
+    DEFAULT_RATE_ENV,
+    FAILED_AUTH_LIMIT,
+    FAILED_AUTH_LIMIT_ENV,
     MISSING_KEY_MESSAGE,
+    RATE_LIMITED_REASON_HEADER,
+    DynamoCounters,
+    FailedAuthentications,
+    KeylessRouteLimits,
+    default_rate_from,
+    is_keyless,
     key_from_authorization,
     merchant_of_context,
 )
@@ -149,9 +159,24 @@ class Services:
     value_lists: ValueListService
     reviews: ReviewService
     early_fraud_warnings: EarlyFraudWarnings
+    keyless_limits: KeylessRouteLimits | None
     webhook_endpoints: WebhookEndpoints
     idempotency: IdempotentRequests
     keys: KeyCache
+
+
+def _keyless_limits(store: Store, counters_table: str | None) -> KeylessRouteLimits | None:
+    """Limits for keys on the routes served without the authorizer (in the counters table,
+    where the authorizer keeps its own)."""
+    if not counters_table:
+        return None
+    counters = DynamoCounters(store.client, counters_table)
+    limit = int(os.environ.get(FAILED_AUTH_LIMIT_ENV) or FAILED_AUTH_LIMIT)
+    return KeylessRouteLimits(
+        counters,
+        FailedAuthentications(counters, limit=limit),
+        default_rate=default_rate_from(os.environ.get(DEFAULT_RATE_ENV)),
+    )
 
 
 @cache
@@ -199,6 +224,7 @@ def services() -> Services:
         ValueListService(store),
         ReviewService(store),
         EarlyFraudWarnings(store),
+        _keyless_limits(store, counters_table),
         WebhookEndpoints(store, secrets=secret_box, egress=EgressPolicy.from_settings(settings)),
         idempotency,
         KeyCache(),
@@ -244,6 +270,8 @@ def on_api_error(error: ApiError) -> Response[dict[str, Any]]:
     headers = {}
     if error.should_retry is not None:
         headers["Stripe-Should-Retry"] = "true" if error.should_retry else "false"
+    if isinstance(error, RateLimitedError):
+        headers[RATE_LIMITED_REASON_HEADER] = error.reason
     logger.info(
         "request refused",
         extra={
@@ -388,7 +416,20 @@ def _authenticated() -> tuple[Merchant, KeyKind]:
     vouched = merchant_of_context(context)
     if vouched is not None and _browser_key.get() is None:
         return vouched
-    return services().keys.authenticate(services().store, _api_key())
+    event = app.current_event
+    limits = services().keyless_limits
+    if limits is None or not event.headers.get("authorization"):
+        return services().keys.authenticate(services().store, _api_key())
+    if not is_keyless(event.http_method, event.path):
+        return services().keys.authenticate(services().store, _api_key())
+    # A key on a route the gateway serves without the authorizer: limited here instead.
+    try:
+        merchant, kind = services().keys.authenticate(services().store, _api_key())
+    except AuthenticationError:
+        limits.failed(str(event.request_context.identity.source_ip or ""))
+        raise
+    limits.admit(merchant)
+    return merchant, kind
 
 
 def browser_view(body: dict[str, Any]) -> dict[str, Any]:

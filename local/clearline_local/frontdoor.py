@@ -141,6 +141,8 @@ class KeyGate:
     def admit(self, event: dict[str, Any], request_id: str) -> GatewayAnswer | None:
         """None to go on to the api (the event now carries the authorizer's context), or
         the gateway's own answer."""
+        # Only the gateway writes requestContext.authorizer: whatever was there goes.
+        event["requestContext"].pop("authorizer", None)
         if is_keyless(event["httpMethod"], event["path"]):
             return None
         headers = event.get("headers") or {}

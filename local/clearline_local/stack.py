@@ -308,7 +308,8 @@ class LocalStack:
                 # Every request meets the api, and every keyed one the authorizer first.
                 in_front = spec.key in (api.function, api.authorizer)
                 environment = self.function_environment(spec.key)
-                if spec.key == api.authorizer and self.default_rate_limit is not None:
+                # Both keep the limits: the authorizer, and the api on keyless routes.
+                if in_front and self.default_rate_limit is not None:
                     environment[DEFAULT_RATE_ENV] = str(self.default_rate_limit)
                 function = LocalFunction(
                     spec,

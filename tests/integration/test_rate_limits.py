@@ -193,3 +193,50 @@ def test_wrong_keys_from_one_address_are_refused_while_good_keys_work(
     assert _get_from(guesser, own_stack, shop["secret_key"])[0] == 200
     assert _get_from("127.0.0.4", own_stack, shop["secret_key"])[0] == 200
     assert _get_from("127.0.0.4", own_stack, "sk_test_one_honest_typo")[0] == 401
+
+
+def test_keys_on_the_routes_served_without_the_authorizer_are_limited_too(
+    own_stack: Stack,
+) -> None:
+    """A server retrieving PaymentIntents with its secret key goes through a route that
+    browsers call without a key: the api counts that key against its limit itself, and
+    counts wrong keys there as failures of their address."""
+    slow = merchant(own_stack, "Slow intents", "--rate-limit", "3")
+
+    def one(i: int) -> requests.Response:
+        url = f"{own_stack.url}/v1/payment_intents/pi_missing{i}"
+        return requests.get(url, auth=(slow["secret_key"], ""), timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(40)))
+    statuses = Counter(a.status_code for a in answers)
+    assert statuses[429] > 0 and set(statuses) <= {404, 429}, statuses
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.headers["Stripe-Rate-Limited-Reason"] == "global-rate"
+    assert refused.json()["error"]["code"] == "rate_limit"
+    with pytest.raises(stripe.RateLimitError):
+        sdk = stripe.StripeClient(slow["secret_key"], base_addresses={"api": own_stack.url})
+        for i in range(40):
+            try:
+                sdk.v1.payment_intents.retrieve(f"pi_missing_sdk{i}")
+            except stripe.InvalidRequestError:
+                continue  # a 404 within the limit
+
+    guesser = "127.0.0.5"
+    url = urlsplit(own_stack.url)
+    seen = []
+    for i in range(FAILED_AUTH_LIMIT + 5):
+        connection = http.client.HTTPConnection(
+            url.hostname or "", url.port, timeout=30, source_address=(guesser, 0)
+        )
+        try:
+            connection.request(
+                "GET",
+                "/v1/payment_intents/pi_x",
+                headers={"Authorization": f"Bearer sk_test_guess{i:024d}"},
+            )
+            seen.append(connection.getresponse().status)
+        finally:
+            connection.close()
+    assert seen[:FAILED_AUTH_LIMIT] == [401] * FAILED_AUTH_LIMIT
+    assert 429 in seen[FAILED_AUTH_LIMIT:], seen

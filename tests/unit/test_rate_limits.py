@@ -240,11 +240,14 @@ def test_the_gate_caches_the_authorizers_answer_and_throttles_per_usage_key() ->
 
 def test_the_gate_sets_the_authorizer_context_and_nothing_else_can() -> None:
     gate = KeyGate(lambda _: _allow(10), clock=Clock())
-    forged = _event("/v1/charges", "Bearer sk_test_a")
-    assert "authorizer" not in forged["requestContext"]  # no header or field can put it there
-    assert gate.admit(forged, "req_1") is None
-    assert forged["requestContext"]["authorizer"]["principalId"] == "acct_1"
+    forged_claim = {"merchant": '{"id": "acct_someone_else"}', "key_kind": "secret"}
+    keyed = _event("/v1/charges", "Bearer sk_test_a")
+    keyed["requestContext"]["authorizer"] = dict(forged_claim)
+    assert gate.admit(keyed, "req_1") is None
+    assert keyed["requestContext"]["authorizer"]["principalId"] == "acct_1"
+    assert keyed["requestContext"]["authorizer"].get("merchant") != forged_claim["merchant"]
     keyless = _event("/receipts/ch_1/token", None)
+    keyless["requestContext"]["authorizer"] = dict(forged_claim)
     assert gate.admit(keyless, "req_2") is None
     assert "authorizer" not in keyless["requestContext"]
 
@@ -341,3 +344,29 @@ def test_the_authorizer_gives_a_merchant_its_key_on_first_sight_and_then_only_re
     assert [k["value"] for k in members] == [usage_key(new.merchant.id)]
     refused = first.decide("Bearer sk_test_nobody", "198.51.100.1")
     assert refused.outcome == "invalid" and registered == [new.merchant.id]
+
+
+def test_keys_on_keyless_routes_are_limited_per_second_and_failures_lock_out(
+    store: Store,
+) -> None:
+    from clearline.errors import RateLimitedError
+    from clearline.rate_limits import KeylessRouteLimits
+
+    now = [1_800_000_000.2]
+    counters = MemoryCounters(lambda: now[0])
+    failures = FailedAuthentications(counters, limit=2, clock=lambda: now[0])
+    limits = KeylessRouteLimits(counters, failures, clock=lambda: now[0])
+    shop = create_merchant(store, "Three a second", rate_limit_per_second=3).merchant
+    for _ in range(3):
+        limits.admit(shop)
+    with pytest.raises(RateLimitedError) as refused:
+        limits.admit(shop)
+    assert (refused.value.reason, refused.value.code) == ("global-rate", "rate_limit")
+    now[0] += 1  # the next second has room again
+    limits.admit(shop)
+    limits.failed("203.0.113.9")
+    limits.failed("203.0.113.9")
+    with pytest.raises(RateLimitedError) as locked:
+        limits.failed("203.0.113.9")
+    assert locked.value.reason == "auth-failures"
+    limits.failed("203.0.113.10")  # another address is not locked out

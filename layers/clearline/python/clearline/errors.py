@@ -52,6 +52,14 @@ class CardError(ApiError):
         self.payment_intent = payment_intent
 
 
+class RateLimitedError(InvalidRequestError):
+    """Too many requests (a 429): `reason` is Stripe's Stripe-Rate-Limited-Reason."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message, code="rate_limit", should_retry=False)
+        self.reason = reason
+
+
 class PermissionDeniedError(ApiError):
     type = "invalid_request_error"
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
-from clearline.errors import AuthenticationError
+from clearline.errors import AuthenticationError, RateLimitedError
 from clearline.merchants import KeyCache, KeyKind, Merchant, merchant_of_record
 from clearline.store import Store
 
@@ -444,6 +444,43 @@ def default_rate_from(value: str | None) -> int | None:
     if rate < 1:
         raise ValueError(f"{DEFAULT_RATE_ENV} must be a positive number of requests a second")
     return rate
+
+
+# ---- the routes API Gateway serves without the authorizer -----------------------------------
+
+
+class KeylessRouteLimits:
+    """The per-key limit and the failed-authentication lockout on the routes served without
+    the authorizer (`KEYLESS_ROUTES`), for requests that bring a key in their Authorization
+    header anyway (a server retrieving or confirming a PaymentIntent with its secret key):
+    the api checks those keys itself, so it keeps the limits too. One DynamoDB update per
+    such request, in one-second windows shared by every execution environment."""
+
+    def __init__(
+        self,
+        counters: WindowCounters,
+        failures: FailedAuthentications,
+        *,
+        default_rate: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.counters = counters
+        self.failures = failures
+        self.default_rate = default_rate
+        self.clock = clock
+
+    def admit(self, merchant: Merchant) -> None:
+        """Raises RateLimitedError past the merchant's requests for this second."""
+        second = int(self.clock())
+        seen = self.counters.add(f"keyless-rate#{merchant.id}#{second}", second + 2)
+        if seen > plan_for(merchant, self.default_rate).rate_per_second:
+            raise RateLimitedError(RATE_LIMIT_MESSAGE, reason=GLOBAL_RATE)
+
+    def failed(self, source_ip: str) -> None:
+        """Counts a failed authentication; raises RateLimitedError once the address is
+        locked out."""
+        if self.failures.record(source_ip):
+            raise RateLimitedError(AUTH_FAILURES_MESSAGE, reason=AUTH_FAILURES)
 
 
 # ---- API Gateway keys (AWS) -----------------------------------------------------------------
