@@ -63,6 +63,7 @@ cdk: $(INSTALLED) $(NODE_INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/charge_path.py
+	$(BIN)/python bench/fraud_screening.py
 	$(BIN)/python bench/vault_path.py
 	$(BIN)/python bench/dispute_path.py
 
