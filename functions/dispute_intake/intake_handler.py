@@ -68,57 +68,37 @@ def receive() -> Response[str]:
     except (notices.NotANotice, ApiError) as exc:
         logger.warning("notification unreadable", extra={"reason": str(exc)})
         return _answer(400, "not a notification")
-    if notice.warning is not None:
-        return _keep_warning(notice)
-    assert notice.dispute is not None
+    return _apply(notice)
+
+
+def _apply(notice: notices.Notice) -> Response[str]:
+    """Bring our dispute to what the notice says, or keep the warning it carries."""
+    applied: dict[str, str]
     try:
-        dispute = disputes.receive(notice.dispute)
-    except UnknownDispute as exc:
+        if notice.warning is not None:
+            applied = {"warning": warnings.receive(notice.warning).id}
+            kind = "EarlyFraudWarning"
+        else:
+            assert notice.dispute is not None
+            dispute = disputes.receive(notice.dispute)
+            applied = {"dispute": dispute.id, "status": dispute.status}
+            kind = "Dispute"
+    except (UnknownDispute, UnknownCharge) as exc:
         # Retrying cannot make the charge appear: operations look at it (the settlement
         # file's row for it is reported as missing in our ledger too).
         logger.error(
-            "dispute for an unknown charge", extra={"notice": notice.id, "reason": str(exc)}
+            "notification for an unknown charge",
+            extra={"notice": notice.id, "type": notice.type, "reason": str(exc)},
         )
-        metrics.add_metric(name="DisputesForUnknownCharges", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="NoticesForUnknownCharges", unit=MetricUnit.Count, value=1)
         return _answer(200, "acknowledged; not applied")
     except (StoreUnavailable, ApiError) as exc:
         logger.warning(
             "notification not applied yet", extra={"notice": notice.id, "reason": str(exc)}
         )
         return _answer(503, "retry")
-    logger.info(
-        "notification applied",
-        extra={
-            "notice": notice.id,
-            "type": notice.type,
-            "dispute": dispute.id,
-            "status": dispute.status,
-        },
-    )
-    metrics.add_metric(name="DisputeNotices", unit=MetricUnit.Count, value=1)
-    return _answer(200, "applied")
-
-
-def _keep_warning(notice: notices.Notice) -> Response[str]:
-    assert notice.warning is not None
-    try:
-        warning = warnings.receive(notice.warning)
-    except UnknownCharge as exc:
-        logger.error(
-            "fraud warning for an unknown charge", extra={"notice": notice.id, "reason": str(exc)}
-        )
-        metrics.add_metric(name="FraudWarningsForUnknownCharges", unit=MetricUnit.Count, value=1)
-        return _answer(200, "acknowledged; not applied")
-    except (StoreUnavailable, ApiError) as exc:
-        logger.warning(
-            "notification not applied yet", extra={"notice": notice.id, "reason": str(exc)}
-        )
-        return _answer(503, "retry")
-    logger.info(
-        "notification applied",
-        extra={"notice": notice.id, "type": notice.type, "warning": warning.id},
-    )
-    metrics.add_metric(name="EarlyFraudWarnings", unit=MetricUnit.Count, value=1)
+    logger.info("notification applied", extra={"notice": notice.id, "type": notice.type, **applied})
+    metrics.add_metric(name=f"{kind}Notices", unit=MetricUnit.Count, value=1)
     return _answer(200, "applied")
 
 

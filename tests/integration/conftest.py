@@ -23,6 +23,7 @@ import requests
 import stripe
 
 from clearline.ledger import verify
+from clearline.rate_limits import DEFAULT_RATE_ENV, FAILED_AUTH_LIMIT_ENV
 from clearline.store import Store
 from clearline_local.stack import aws_client, free_port
 from clearline_local.state import StackInfo
@@ -114,18 +115,19 @@ class Stack:
 
 
 @contextmanager
-def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`clearline up` in a subprocess, as a developer runs it, with compressed retries."""
+def running_stack(
+    tmp_path_factory: pytest.TempPathFactory, *, stripes_limits: bool = False
+) -> Iterator[Stack]:
+    """`clearline up` in a subprocess, as a developer runs it, with compressed retries.
+    Many tests share a merchant key and one client address, and some send bad keys on
+    purpose, so the stack's limits are raised unless `stripes_limits` asks for Stripe's."""
     state_dir = tmp_path_factory.mktemp("state")
     log_path = tmp_path_factory.mktemp("logs") / "stack.log"
-    env = {
-        **os.environ,
-        "CLEARLINE_STATE_DIR": str(state_dir),
-        # Many tests share a merchant key and one client address, and some send bad keys
-        # on purpose: the limits themselves are tested on a stack of their own.
-        "CLEARLINE_DEFAULT_RATE_LIMIT": "1000",
-        "CLEARLINE_FAILED_AUTH_LIMIT": "100000",
-    }
+    limits = (DEFAULT_RATE_ENV, FAILED_AUTH_LIMIT_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in limits}
+    env["CLEARLINE_STATE_DIR"] = str(state_dir)
+    if not stripes_limits:
+        env.update({DEFAULT_RATE_ENV: "1000", FAILED_AUTH_LIMIT_ENV: "100000"})
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(

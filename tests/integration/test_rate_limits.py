@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -22,11 +20,9 @@ import pytest
 import requests
 import stripe
 
-from clearline.rate_limits import DEFAULT_RATE_ENV, FAILED_AUTH_LIMIT
-from clearline_local.stack import free_port
-from clearline_local.state import StackInfo
+from clearline.rate_limits import FAILED_AUTH_LIMIT
 
-from .conftest import CLEARLINE, Stack
+from .conftest import Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -35,33 +31,9 @@ BURST_THREADS = 24
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`clearline up` with Stripe's limits: no default of the environment's."""
-    state_dir = tmp_path_factory.mktemp("state")
-    log_path = tmp_path_factory.mktemp("logs") / "stack.log"
-    env = {k: v for k, v in os.environ.items() if k != DEFAULT_RATE_ENV}
-    env["CLEARLINE_STATE_DIR"] = str(state_dir)
-    port = free_port()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [CLEARLINE, "up", "--port", str(port), "--vault-port", "0", "--checkout-port", "0"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    state_file = state_dir / f"{port}.json"
-    deadline = time.monotonic() + 120
-    while not state_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the local stack did not start:\n{log_path.read_text()}")
-        time.sleep(0.2)
-    yield Stack(StackInfo(**json.loads(state_file.read_text())), log_path, env)
-    process.terminate()
-    try:
-        assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail("the local stack did not stop")
+    """`clearline up` with Stripe's limits."""
+    with running_stack(tmp_path_factory, stripes_limits=True) as stack:
+        yield stack
 
 
 def merchant(stack: Stack, name: str, *extra: str) -> dict[str, Any]:
