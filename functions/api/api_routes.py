@@ -110,9 +110,11 @@ from clearline.rate_limits import (
 )
 from clearline.refunds import RefundService
 from clearline.reviews import ReviewService
+from clearline.scheduling import WAITING_REFUND, Job
 from clearline.store import Store, StoreUnavailable
 from clearline.topology import (
     BANK_ACCOUNTS_KEY_ENV,
+    CAPTURE_QUEUE,
     COUNTERS_TABLE,
     PAYOUT_QUEUE,
     queue_env_var,
@@ -732,12 +734,26 @@ def capture_charge(charge_id: str) -> Response[dict[str, Any]]:
 
 @app.post("/v1/refunds")
 def create_refund() -> Response[dict[str, Any]]:
-    return idempotent_post(
-        RefundCreateParams,
-        lambda who, refund, key: services().refunds.create(who, refund, idempotency_key=key),
-        "refund",
-        "RefundCreated",
-    )
+    return idempotent_post(RefundCreateParams, create_refund_and_queue, "refund", "RefundCreated")
+
+
+def create_refund_and_queue(who: Caller, params: RefundCreateParams, key: str) -> Model:
+    refund = services().refunds.create(who, params, idempotency_key=key)
+    if refund.status == "pending":
+        queue_waiting_refund(refund.id)
+    return refund
+
+
+def queue_waiting_refund(refund_id: str) -> None:
+    """A refund answered pending waits for processor capacity on the capture queue, whose
+    few workers send it when there is room; if the message is lost, the resolver sends it."""
+    try:
+        _sqs().send_message(
+            QueueUrl=os.environ[queue_env_var(CAPTURE_QUEUE.key)],
+            MessageBody=json.dumps(Job(refund_id, WAITING_REFUND, int(time.time())).as_message()),
+        )
+    except Exception:
+        logger.warning("refund not queued; the resolver will send it", extra={"refund": refund_id})
 
 
 @app.get("/v1/refunds/<refund_id>")

@@ -26,6 +26,7 @@ from clearline.ledger import ShardPolicy
 from clearline.logs import new_logger
 from clearline.processor import ProcessorBusy, ProcessorClient
 from clearline.processor_capacity import ProcessorCapacity
+from clearline.refunds import RefundService
 from clearline.scheduling import Job, run_job
 from clearline.store import Store
 
@@ -45,12 +46,13 @@ processor_client = ProcessorClient(
 shards = ShardPolicy.from_env()
 charges = ChargeService(store, processor_client, shards)
 disputes = DisputeService(store, processor_client, shards)
+refunds = RefundService(store, processor_client, shards)
 
 
 def run(record: SQSRecord) -> None:
     job = Job(**json.loads(record.body))
     try:
-        outcome = run_job(charges, store, job, disputes)
+        outcome = run_job(charges, store, job, disputes, refunds)
     except ProcessorBusy as exc:
         # Raising reports the record failed: it goes back to the queue, unsent.
         logger.info(

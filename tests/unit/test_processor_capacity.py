@@ -545,3 +545,90 @@ def test_a_compensation_without_capacity_is_not_reported_as_nothing_sent(
     with pytest.raises(ServiceUnavailableError) as refused:
         charges._finish_compensation_or_retry({"id": "ch_x", "compensation": "void"})
     assert refused.value.code == "processor_unavailable"
+
+
+def test_a_waiting_refund_is_sent_by_the_queue_workers_once_there_is_capacity(
+    store: Store, counters: Store, processor: SandboxProcessor, shop: Merchant
+) -> None:
+    """The api queues a refund it answered pending; a worker without capacity hands the
+    job back (nothing sent), one with capacity sends it once, and a repeat finds it done."""
+    from clearline.scheduling import WAITING_REFUND, Job, run_job
+
+    fake = FakeTime(START + 0.1)
+    client = ProcessorClient(processor.url, capacity=limiter(counters, 1, fake))
+    charges, refunds = ChargeService(store, client), RefundService(store, client)
+    caller = Caller(shop, "req_test")
+    charge = charges.create(
+        caller,
+        ChargeCreateParams(amount=4000, currency="usd", source="tok_visa"),
+        idempotency_key=str(uuid.uuid4()),
+    )
+    refund = refunds.create(
+        caller, RefundCreateParams(charge=charge.id), idempotency_key=str(uuid.uuid4())
+    )
+    assert refund.status == "pending"
+    job = Job(refund.id, WAITING_REFUND, int(time.time()))
+    with pytest.raises(ProcessorBusy):  # still this second: handed back, nothing sent
+        run_job(charges, store, job, refunds=refunds)
+    (auth,) = [a for a in processor.authorizations() if a["reference"] == charge.id]
+    assert auth["refunds"] == []
+    fake.now += 1
+    assert run_job(charges, store, job, refunds=refunds) == "succeeded"
+    assert run_job(charges, store, job, refunds=refunds) == "already settled"
+    (auth,) = [a for a in processor.authorizations() if a["reference"] == charge.id]
+    assert auth["refunds"] == [4000]
+    assert "refund.updated" in events_of(store, refund.id)
+
+
+def test_the_api_queues_a_refund_it_answers_pending(
+    aws: Any, store: Store, counters: Store, processor: SandboxProcessor
+) -> None:
+    import boto3
+
+    from clearline.topology import CAPTURE_QUEUE, queue_env_var
+
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    queue_url = sqs.create_queue(QueueName=CAPTURE_QUEUE.name)["QueueUrl"]
+    os.environ.update(
+        {
+            table_env_var(MAIN_TABLE.key): MAIN_TABLE.name,
+            table_env_var("idempotency"): "clearline-idempotency",
+            table_env_var(COUNTERS_TABLE.key): COUNTERS_TABLE.name,
+            queue_env_var(CAPTURE_QUEUE.key): queue_url,
+            PROCESSOR_URL_ENV: processor.url,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_NAMESPACE": "Clearline",
+            "POWERTOOLS_SERVICE_NAME": "clearline",
+        }
+    )
+    handler = load_handler(TOPOLOGY.function("api"))
+    import api_routes
+
+    api_routes.services.cache_clear()
+    api_routes._sqs.cache_clear()
+    try:
+        made = create_merchant(store, "Waiting Refund Shop")
+        charge = ChargeService(store, ProcessorClient(processor.url, capacity=None)).create(
+            Caller(made.merchant, "req_test"),
+            ChargeCreateParams(amount=2500, currency="usd", source="tok_visa"),
+            idempotency_key=str(uuid.uuid4()),
+        )
+        fake = FakeTime(START + 0.1)
+        api_routes.services().refunds.processor.capacity = limiter(counters, 1, fake)
+        exhaust(counters, 1, range(int(START), int(START) + 1))
+        event = json.loads(
+            (EVENTS / "api" / "create_refund.json")
+            .read_text()
+            .replace("sk_test_sample", made.secret_key)
+        )
+        event["body"] = f"charge={charge.id}"
+        answer = handler(event, LocalLambdaContext("api", 1024, 29, str(uuid.uuid4())))
+        assert answer["statusCode"] == 200, answer["body"]
+        refund = json.loads(answer["body"])
+        assert refund["status"] == "pending"
+        (message,) = sqs.receive_message(QueueUrl=queue_url).get("Messages", [])
+        job = json.loads(message["Body"])
+        assert (job["charge"], job["action"]) == (refund["id"], "refund")
+    finally:
+        api_routes.services.cache_clear()
+        api_routes._sqs.cache_clear()

@@ -314,6 +314,19 @@ class RefundService(MoneyService):
         except ProcessorBusy:
             return Refund.from_item(refund)
 
+    def send_waiting(self, refund_id: str) -> str:
+        """Send a refund that was answered pending for want of processor capacity (a
+        queued job; the resolver finishes any whose job was lost). Raises ProcessorBusy,
+        nothing sent, while there is still no capacity."""
+        refund = self._read(f"REFUND#{refund_id}", "REFUND")
+        if refund is None or refund["status"] != PENDING:
+            return "already settled"
+        charge = self._read(charge_pk(refund["charge"]), "CHARGE")
+        assert charge is not None, "a refund always has its charge"
+        record = self._read(charge["pk"], f"OP#refund#{refund['id']}")
+        assert record is not None, "a pending refund always has its operation record"
+        return self.settle(None, refund, record, charge).status
+
     def settle(
         self,
         caller: Caller | None,

@@ -21,15 +21,18 @@ from clearline.charges import (
 from clearline.disputes import DUE_DISPUTE, DisputeService
 from clearline.errors import InvalidRequestError
 from clearline.params import ChargeCaptureParams
+from clearline.refunds import RefundService
 from clearline.store import Store
 
 DISPUTE_DEADLINE = "dispute_deadline"
+# A refund answered pending for want of processor capacity, sent when capacity allows.
+WAITING_REFUND = "refund"
 
 
 @dataclass(frozen=True)
 class Job:
-    charge: str  # the charge, or for a dispute deadline the dispute
-    action: str  # capture | expire | dispute_deadline
+    charge: str  # the charge; for a dispute deadline the dispute, for a refund the refund
+    action: str  # capture | expire | dispute_deadline | refund
     as_of: int
 
     def as_message(self) -> dict[str, Any]:
@@ -65,13 +68,20 @@ def due_jobs(store: Store, now: int) -> list[Job]:
 
 
 def run_job(
-    charges: ChargeService, store: Store, job: Job, disputes: DisputeService | None = None
+    charges: ChargeService,
+    store: Store,
+    job: Job,
+    disputes: DisputeService | None = None,
+    refunds: RefundService | None = None,
 ) -> str:
-    """Capture or expire one authorization, or close a dispute past its deadline, once: a
-    repeated job finds it done."""
+    """Capture or expire one authorization, close a dispute past its deadline, or send a
+    refund that waited for capacity, once: a repeated job finds it done."""
     if job.action == DISPUTE_DEADLINE:
         assert disputes is not None, "a worker that takes dispute deadlines has disputes"
         return disputes.past_due(job.charge, job.as_of)
+    if job.action == WAITING_REFUND:
+        assert refunds is not None, "a worker that takes refunds has refunds"
+        return refunds.send_waiting(job.charge)
     item = store.get(f"CHARGE#{job.charge}", "CHARGE")
     if item is None or item["state"] != AUTHORIZED:
         return "already settled"

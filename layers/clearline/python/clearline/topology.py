@@ -265,7 +265,9 @@ API_FUNCTION = FunctionSpec(
     tables={"main": "readwrite", "idempotency": "readwrite", "counters": "readwrite"},
     calls_processor=True,
     calls_vault=True,
-    sends_to=("payouts",),  # a new payout goes to the bank at once
+    # A new payout goes to the bank at once; a refund waiting for processor capacity goes
+    # to the capture queue's workers.
+    sends_to=("payouts", "captures"),
     bank_account_key=("seal",),  # the admin route that sets a merchant's bank account
 )
 
