@@ -245,3 +245,24 @@ def test_a_payment_refunded_before_the_reversal_closes_its_review_as_refunded(
         shop["caller"], RefundCreateParams(charge=unmarked.id), idempotency_key="refund-2"
     )
     assert shop["second_look"].look(unmarked.id) == "skipped"
+
+
+def test_refunding_a_reviewed_payment_in_full_closes_its_review(
+    store: Store, shop: dict[str, Any]
+) -> None:
+    from clearline.params import RefundCreateParams
+
+    charge = pay(shop, "tok_riskLevelElevated")
+    assert charge.review is not None
+    shop["refunds"].create(
+        shop["caller"], RefundCreateParams(charge=charge.id, amount=500), idempotency_key="p"
+    )
+    assert shop["reviews"].retrieve(shop["merchant"], charge.review).open  # part: still open
+    shop["refunds"].create(
+        shop["caller"],
+        RefundCreateParams(charge=charge.id, reason="fraudulent"),
+        idempotency_key="rest",
+    )
+    closed = shop["reviews"].retrieve(shop["merchant"], charge.review)
+    assert (closed.open, closed.closed_reason) == (False, "refunded_as_fraud")
+    assert events_of(store, closed.id) == ["review.closed", "review.opened"]

@@ -16,6 +16,7 @@ announces refund.updated; the merchant need not retry.
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from functools import cached_property
 from typing import Any
@@ -38,14 +39,23 @@ from clearline.charges import (
     not_capturable,
     operation_record,
 )
-from clearline.errors import ConflictError, InvalidRequestError, processor_unavailable
+from clearline.errors import (
+    ApiError,
+    ConflictError,
+    InvalidRequestError,
+    processor_unavailable,
+)
 from clearline.ids import derived_id
 from clearline.merchants import Merchant
 from clearline.models import Charge, Page, Refund
 from clearline.money import check_payable, currency, format_amount
 from clearline.params import RefundCreateParams, RefundUpdateParams, merged_metadata
 from clearline.processor import ProcessorBusy, ProcessorRejected, ProcessorUnavailable
+from clearline.reviews import ReviewService
+from clearline.store import StoreUnavailable
 from clearline.transitions import Announcement, Change, Transition
+
+log = logging.getLogger(__name__)
 
 PENDING, SUCCEEDED, FAILED_REFUND, CANCELED_REFUND = "pending", "succeeded", "failed", "canceled"
 PROCESSOR_DECLINED = "declined"
@@ -536,7 +546,23 @@ class RefundService(MoneyService):
         )
         if self.writer.commit(transition) is not None:  # finished by a concurrent retry
             return Refund.from_item(self._read(refund["pk"], "REFUND") or done)
+        if charge.get("review") and Charge.from_item(refunded).fully_refunded:
+            self._close_review(refunded, done)
         return Refund.from_item(done)
+
+    def _close_review(self, charge: dict[str, Any], refund: dict[str, Any]) -> None:
+        """A payment refunded in full leaves nothing to review: its review closes, as
+        `refunded_as_fraud` when the refund says so. After the refund's commit, not in it
+        (closing an already closed review is no change, and must not undo the refund); one
+        left open by a crash here is only a review a person closes."""
+        reason = "refunded_as_fraud" if refund.get("reason") == "fraudulent" else "refunded"
+        merchant = self.charges.merchant_of(charge["merchant"])
+        try:
+            ReviewService(self.store, self.clock).close(
+                None, charge["review"], reason, merchant=merchant
+            )
+        except (ApiError, StoreUnavailable) as exc:
+            log.warning("review %s left open: %s", charge["review"], exc)
 
     def _fail(
         self,
