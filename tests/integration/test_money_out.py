@@ -203,7 +203,7 @@ def test_a_stored_card_of_a_dispute_test_number_is_disputed_too(
 def test_a_notification_not_signed_by_the_processor_is_refused_and_changes_nothing(
     own_stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient]
 ) -> None:
-    _, sdk = shop
+    merchant, sdk = shop
     paid = charge(sdk, "tok_visa")
     authorization = next(
         a for a in own_stack.processor_authorizations() if a["reference"] == paid.id
@@ -235,11 +235,14 @@ def test_a_notification_not_signed_by_the_processor_is_refused_and_changes_nothi
         assert answer.status_code == 401, answer.text
     assert sdk.v1.disputes.list(params={"charge": paid.id}).data == []
     assert sdk.v1.charges.retrieve(paid.id).disputed is False
-    # ... and the merchant API does not take notifications at all.
-    assert (
-        requests.post(own_stack.url + "/processor/notifications", data=body, timeout=10).status_code
-        == 404
+    # ... and the merchant API does not take notifications at all: without a key its
+    # gateway refuses them, and with a merchant's key there is no such route.
+    on_merchant_api = own_stack.url + "/processor/notifications"
+    assert requests.post(on_merchant_api, data=body, timeout=10).status_code == 401
+    with_key = requests.post(
+        on_merchant_api, data=body, auth=(merchant["secret_key"], ""), timeout=10
     )
+    assert with_key.status_code == 404, with_key.text
 
 
 def test_past_its_deadline_a_dispute_without_evidence_is_lost(
