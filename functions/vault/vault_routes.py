@@ -310,7 +310,7 @@ def preflight() -> Response[str]:
 def create_payment_method() -> Response[str]:
     merchant, params = publishable_request()
     new = parse_payment_method(params, services().cards.today())
-    payment_method = services().cards.create_payment_method(merchant, new)
+    payment_method = services().cards.create_payment_method(merchant, new, _client_ip())
     return _json(200, rendering.payment_method_object(payment_method))
 
 
@@ -503,6 +503,11 @@ def internal_test_card_facts(alias: str) -> Response[str]:
             "brand": facts.brand,
             "last4": facts.last4,
             "fingerprint": facts.fingerprint,
+            "exp_month": facts.exp_month,
+            "exp_year": facts.exp_year,
+            "country": facts.country,
+            "funding": facts.funding,
+            "iin": facts.iin,
         },
     )
 

@@ -631,6 +631,33 @@ def test_a_token_is_single_use(vault: Vault) -> None:
     assert fetched.json["id"] == pm["id"]
 
 
+def test_clearline_learns_a_cards_bin_and_the_browsers_address_and_nobody_else_does(
+    vault: Vault,
+) -> None:
+    """Fraud rules read `:card_bin:` and `:ip_country:`: the vault tells Clearline the first
+    six digits and the address of the browser that gave the card (a token's carries over to
+    its payment method), and shows a browser neither."""
+    merchant = vault.shop.merchant.id
+    typed = vault.tokenize("4000056655665556", ip="198.51.100.20")
+    assert typed.status == 200, typed.text
+    assert "iin" not in typed.json["card"] and "client_ip" not in typed.json
+    assert "400005" not in typed.text  # nothing of the number but its last four
+    inside = vault.internal(
+        "GET", f"/internal/payment_methods/{typed.json['id']}?merchant={merchant}"
+    )
+    assert (inside.json["card"]["iin"], inside.json["client_ip"]) == ("400005", "198.51.100.20")
+
+    token = vault.token(VISA).json
+    redeemed = vault.internal(
+        "POST",
+        f"/internal/tokens/{token['id']}/redeem",
+        body={"merchant": merchant, "reference": "ch_ip"},
+    )
+    assert (redeemed.json["card"]["iin"], redeemed.json["client_ip"]) == ("424242", "203.0.113.7")
+    described = vault.internal("GET", "/internal/test_cards/tok_visa_debit").json
+    assert (described["iin"], described["funding"]) == ("400005", "debit")
+
+
 def test_another_merchants_or_an_unknown_token_is_not_found(vault: Vault) -> None:
     token = vault.token(VISA).json
     theirs = vault.internal(
@@ -773,6 +800,11 @@ def test_a_test_alias_is_described_with_its_numbers_fingerprint(vault: Vault) ->
         "brand": "visa",
         "last4": "4242",
         "fingerprint": typed["card"]["fingerprint"],
+        "exp_month": described.json["exp_month"],
+        "exp_year": described.json["exp_year"],
+        "country": "US",
+        "funding": "credit",
+        "iin": "424242",
     }
     assert (
         vault.internal("GET", "/internal/test_cards/pm_card_visa").json["fingerprint"]

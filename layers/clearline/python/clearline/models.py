@@ -223,6 +223,9 @@ class Review(Model):
     opened_reason: str = "rule"  # rule, manual
     reason: str = "rule"  # why it is open, or how it closed (approved, refunded, ...)
     closed_reason: str | None = None
+    # Where the payment came from: the browser that gave the card, when one did.
+    ip_address: str | None = None
+    ip_country: str | None = None
 
 
 class EarlyFraudWarning(Model):
@@ -404,6 +407,7 @@ class PaymentMethodCard(Model):
     fingerprint: str | None = None
     checks: CardChecks | None = None
     three_d_secure_supported: bool = True
+    iin: str | None = None  # the BIN: read by fraud rules, never rendered
 
 
 class PaymentMethod(Model):
@@ -416,6 +420,8 @@ class PaymentMethod(Model):
     customer: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     livemode: bool = False
+    # The address of the browser that gave the card, when one did: read by fraud rules.
+    client_ip: str | None = None
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> PaymentMethod:

@@ -69,6 +69,7 @@ def _described(answer: dict[str, Any]) -> dict[str, Any]:
             "funding": card.get("funding") or "unknown",
             "country": card.get("country"),
             "fingerprint": card.get("fingerprint"),
+            "iin": card.get("iin"),  # the BIN, which fraud rules read and no page shows
             "checks": {name: checks.get(name) for name in ("cvc_check",)},
             "three_d_secure_supported": bool(
                 (card.get("three_d_secure_usage") or {}).get("supported", True)
@@ -76,6 +77,7 @@ def _described(answer: dict[str, Any]) -> dict[str, Any]:
         },
         "billing_details": answer.get("billing_details") or {},
         "metadata": answer.get("metadata") or {},
+        "client_ip": answer.get("client_ip"),
     }
 
 

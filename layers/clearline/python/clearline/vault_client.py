@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from clearline.models import PaymentMethodCard
 from clearline.processor import (
     ProcessorError,
     ProcessorRejected,
@@ -64,7 +65,7 @@ class VaultClient:
         self.region = region or os.environ.get("AWS_REGION", "us-east-1")
         self._lock = threading.Lock()
         self._opener: urllib.request.OpenerDirector | None = None
-        self._alias_fingerprints: dict[str, str | None] = {}
+        self._test_cards: dict[str, PaymentMethodCard | None] = {}
 
     @classmethod
     def from_env(cls, timeout_seconds: float = 10.0) -> VaultClient | None:
@@ -102,19 +103,23 @@ class VaultClient:
         body = {"merchant": merchant, "test_card": alias, "reference": reference}
         return self._maybe("POST", "/internal/payment_methods", body)
 
-    def test_card_fingerprint(self, alias: str) -> str | None:
-        """The fingerprint of the card a Stripe test alias (`tok_visa`) stands for, as the
-        vault fingerprints that number; None for what is not an alias. Kept for the life of
-        the process: the aliases and their numbers never change."""
+    def test_card(self, alias: str) -> PaymentMethodCard | None:
+        """The card a Stripe test alias (`tok_visa`) stands for, as the vault describes that
+        number (brand, country, BIN, fingerprint; never the number); None for what is not an
+        alias. Kept for the life of the process: the aliases and their numbers never change."""
         with self._lock:
-            if alias in self._alias_fingerprints:
-                return self._alias_fingerprints[alias]
+            if alias in self._test_cards:
+                return self._test_cards[alias]
         answer = self._maybe("GET", f"/internal/test_cards/{_segment(alias)}")
-        fingerprint = None if answer is None else str(answer.get("fingerprint") or "") or None
+        card = None if answer is None else PaymentMethodCard.model_validate(answer)
         with self._lock:
-            if len(self._alias_fingerprints) < 1000:  # aliases are few; anything else is not
-                self._alias_fingerprints[alias] = fingerprint
-        return fingerprint
+            if len(self._test_cards) < 1000:  # aliases are few; anything else is not
+                self._test_cards[alias] = card
+        return card
+
+    def test_card_fingerprint(self, alias: str) -> str | None:
+        card = self.test_card(alias)
+        return card.fingerprint if card is not None else None
 
     def redeem_token(self, merchant: str, token: str, reference: str) -> dict[str, Any] | None:
         """The payment method a single-use token becomes, or None when the vault did not

@@ -39,6 +39,12 @@ class CardDetails:
         return self.number[-4:]
 
     @property
+    def iin(self) -> str:
+        """The issuer's number (BIN): the first six digits. With the last four, the most of
+        a number that may be kept or shown in the clear."""
+        return self.number[:6]
+
+    @property
     def brand(self) -> str:
         return brand_of(self.number)
 

@@ -43,6 +43,7 @@ class CardFacts:
     country: str
     fingerprint: str
     cvc_given: bool
+    iin: str | None = None  # for fraud rules on `:card_bin:`; never rendered to merchants
 
     @classmethod
     def of(cls, card: CardDetails, fingerprint: str, *, cvc_given: bool) -> CardFacts:
@@ -55,6 +56,7 @@ class CardFacts:
             country=card.country,
             fingerprint=fingerprint,
             cvc_given=cvc_given,
+            iin=card.iin,
         )
 
 
@@ -72,6 +74,9 @@ class PaymentMethod:
     origin: str = "card_field"
     reference: str | None = None  # the caller's, for test cards and redeemed tokens
     token: str | None = None  # the token it was redeemed from
+    # The address of the browser that gave the card (its token's, when redeemed from one),
+    # for fraud rules on `:ip_address:` and `:ip_country:`.
+    client_ip: str | None = None
 
     def to_item(self, sealed: dict[str, str]) -> dict[str, Any]:
         return {"pk": PM_PREFIX + self.id, "sk": "PM", **asdict(self), "sealed": sealed}

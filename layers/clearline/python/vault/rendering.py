@@ -52,8 +52,15 @@ def payment_method_object(payment_method: PaymentMethod) -> dict[str, Any]:
 
 
 def internal_payment_method_object(payment_method: PaymentMethod) -> dict[str, Any]:
-    """What Clearline reads: the object, and whose it is."""
-    return {**payment_method_object(payment_method), "merchant": payment_method.merchant}
+    """What Clearline reads: the object, whose it is, and what its fraud rules read that
+    Stripe does not show (the card's BIN, the address of the browser that gave it)."""
+    shown = payment_method_object(payment_method)
+    return {
+        **shown,
+        "card": {**shown["card"], "iin": payment_method.card.iin},
+        "client_ip": payment_method.client_ip,
+        "merchant": payment_method.merchant,
+    }
 
 
 def _legacy_card(card_id: str, card: CardFacts, holder: dict[str, str | None]) -> dict[str, Any]:

@@ -57,7 +57,9 @@ class CardVault:
 
     # ---- from browsers ---------------------------------------------------------------------
 
-    def create_payment_method(self, merchant: Merchant, new: NewPaymentMethod) -> PaymentMethod:
+    def create_payment_method(
+        self, merchant: Merchant, new: NewPaymentMethod, client_ip: str | None = None
+    ) -> PaymentMethod:
         pm_id = new_id("pm")
         payment_method = PaymentMethod(
             id=pm_id,
@@ -68,6 +70,7 @@ class CardVault:
             billing_details=new.billing_details,
             metadata=new.metadata,
             allow_redisplay=new.allow_redisplay,
+            client_ip=client_ip,
         )
         self._store_payment_method(payment_method, new.card)
         return payment_method
@@ -163,6 +166,7 @@ class CardVault:
             origin="token",
             reference=reference,
             token=token.id,
+            client_ip=token.client_ip,
         )
         cvc_item = live(self.store.get(TOKEN_PREFIX + token.id, "CVC"), self.clock())
         if cvc_item is not None:
