@@ -4,6 +4,9 @@ from the topology."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, cast
 
 from aws_cdk import (
@@ -36,6 +39,7 @@ from clearline.config import (
     WEBHOOK_SECRET_USERS,
     WEBHOOK_SECRETS_KEY_ENV,
 )
+from clearline.ip_geolocation import IP_COUNTRIES_ENV, IpCountries
 from clearline.rate_limits import (
     AUTH_FAILURES,
     AUTH_FAILURES_MESSAGE,
@@ -83,6 +87,8 @@ from clearline.topology import (
     table_env_var,
 )
 from infra_cdk.shared import (
+    ARCHITECTURE,
+    RUNTIME,
     acknowledge,
     add_stripe_shaped_gateway_errors,
     alarm,
@@ -140,6 +146,12 @@ ADMIN_PATH = "admin"
 # included): a low limit keeps a flood of forged notifications from taking the account's
 # Lambda concurrency from the payments API.
 PROCESSOR_TPS_PARAMETER_ID = "ProcessorTps"
+# A CSV of `network,country` rows that places client addresses for fraud rules
+# (`:ip_country:`), given at synth: `cdk deploy -c clearline:ipCountries=countries.csv`.
+# It ships as a layer of its own beside the functions that screen charges; without it they
+# use the sandbox's table.
+IP_COUNTRIES_CONTEXT = "clearline:ipCountries"
+IP_COUNTRIES_LAYER_DIR = "/opt/ip_countries"
 NOTIFICATIONS_THROTTLE_RATE_LIMIT = 100
 NOTIFICATIONS_THROTTLE_BURST_LIMIT = 200
 # Generated long, and without punctuation, so it pastes into the processor's settings as is.
@@ -208,6 +220,7 @@ class ClearlineStack(Stack):
         self.function_error_alarms: dict[str, cloudwatch.Alarm] = {}
         self.schedules: dict[str, events.Rule] = {}
         self.layers = function_layers(self)
+        self.ip_countries = self._ip_countries_layer()
         self.processor_url: CfnParameter | None = (
             processor_url_parameter(self)
             if any(spec.calls_processor for spec in topology.functions)
@@ -602,10 +615,34 @@ class ClearlineStack(Stack):
             ],
         )
 
-    def _function(self, spec: FunctionSpec) -> lambda_.Function:
-        function = lambda_function(
-            self, spec, layers=self.layers, environment=self._environment(spec)
+    def _ip_countries_layer(self) -> tuple[lambda_.LayerVersion, str] | None:
+        """The deployment's table of where addresses are, as a layer, and its path in a
+        function; None when the app was given none."""
+        given = self.node.try_get_context(IP_COUNTRIES_CONTEXT)
+        if not given:
+            return None
+        table = Path(str(given)).resolve()
+        if not table.is_file():
+            raise ValueError(f"{IP_COUNTRIES_CONTEXT}: no such file {table}")
+        IpCountries.from_csv(table)  # a table that cannot be loaded fails the synth, not a charge
+        staged = Path(tempfile.mkdtemp(prefix="ip-countries-")) / "ip_countries"
+        staged.mkdir()
+        shutil.copyfile(table, staged / table.name)
+        layer = lambda_.LayerVersion(
+            self,
+            "IpCountriesLayer",
+            code=lambda_.Code.from_asset(str(staged.parent)),
+            compatible_runtimes=[RUNTIME],
+            compatible_architectures=[ARCHITECTURE],
+            description="Where client addresses are, for fraud rules on :ip_country:",
         )
+        return layer, f"{IP_COUNTRIES_LAYER_DIR}/{table.name}"
+
+    def _function(self, spec: FunctionSpec) -> lambda_.Function:
+        layers = list(self.layers)
+        if spec.calls_processor and self.ip_countries is not None:
+            layers.append(self.ip_countries[0])
+        function = lambda_function(self, spec, layers=layers, environment=self._environment(spec))
         role = cast(iam.Role, function.role)
 
         for queue_key in spec.sends_to:
@@ -777,6 +814,8 @@ class ClearlineStack(Stack):
             env[PROCESSOR_URL_ENV] = self.processor_url.value_as_string
         if spec.calls_processor and self.processor_tps is not None:
             env[PROCESSOR_TPS_ENV] = self.processor_tps.value_as_string
+        if spec.calls_processor and self.ip_countries is not None:
+            env[IP_COUNTRIES_ENV] = self.ip_countries[1]
         if spec.key in WEBHOOK_SECRET_USERS and self.webhook_secrets_key is not None:
             env[WEBHOOK_SECRETS_KEY_ENV] = self.webhook_secrets_key.key_arn
         if spec.calls_bank and self.bank_url is not None:

@@ -22,6 +22,7 @@ import pytest
 import requests
 import stripe
 
+from clearline.ip_geolocation import IP_COUNTRIES_ENV
 from clearline.ledger import verify
 from clearline.rate_limits import DEFAULT_RATE_ENV, FAILED_AUTH_LIMIT_ENV
 from clearline.store import Store
@@ -36,6 +37,9 @@ CLEARLINE = str(Path(sys.executable).with_name("clearline"))
 PROCESSOR_TIMEOUT_SECONDS = 1.5  # shorter than the sandbox's injected-fault delay (3 s)
 WEBHOOK_TIMEOUT_SECONDS = 2
 WEBHOOK_MAX_ATTEMPTS = 4  # retried after 1, 2 and 4 s, then the dead-letter queue
+
+# Where the stack places these client addresses (`:ip_country:`); the rest are nowhere.
+LOOPBACK_COUNTRIES = {"127.0.0.2": "GB", "127.0.0.3": "US"}
 
 
 @dataclass
@@ -128,6 +132,13 @@ def running_stack(
     env["CLEARLINE_STATE_DIR"] = str(state_dir)
     if not stripes_limits:
         env.update({DEFAULT_RATE_ENV: "1000", FAILED_AUTH_LIMIT_ENV: "100000"})
+    # Every client here is on the loopback network: these of its addresses stand for
+    # browsers in known countries (a test binds its requests to one).
+    countries = state_dir / "ip_countries.csv"
+    countries.write_text(
+        "".join(f"{address}/32,{country}\n" for address, country in LOOPBACK_COUNTRIES.items())
+    )
+    env[IP_COUNTRIES_ENV] = str(countries)
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
+import requests
 import stripe
 
 from .conftest import Stack
@@ -235,6 +236,106 @@ def test_a_velocity_rule_counts_a_cards_charges_over_the_sdk(stack: Stack) -> No
         params={"amount": 1000, "currency": "usd", "source": "tok_mastercard"}, options=key()
     )
     assert other_card.status == "succeeded"
+
+
+class FromAddress(requests.adapters.HTTPAdapter):
+    """Sends from one loopback address, as a browser in the country the stack places it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def browser_token(stack: Stack, publishable_key: str, number: str, address: str) -> str:
+    """A single-use token, made as Stripe.js makes one: from the browser, with the
+    publishable key."""
+    browser = requests.Session()
+    browser.mount("http://", FromAddress(address))
+    form = {
+        "key": publishable_key,
+        "card[number]": number,
+        "card[exp_month]": "12",
+        "card[exp_year]": "2031",
+        "card[cvc]": "123",
+    }
+    answer = browser.post(f"{stack.info.vault_url}/v1/tokens", data=form)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["client_ip"] == address
+    return str(answer.json()["id"])
+
+
+def test_rules_on_the_cards_bin_and_the_browsers_country_and_address_over_the_sdk(
+    stack: Stack,
+) -> None:
+    """`:card_bin:` from the vault's view of the number; `:ip_address:` and `:ip_country:`
+    from the browser that tokenized the card; and card testing from one address caught by
+    `:card_fingerprint_count_for_ip_hourly:`."""
+    shop: dict[str, Any] = stack.create_merchant("Border Shop")
+    sdk = stripe.StripeClient(shop["secret_key"], base_addresses={"api": stack.url})
+    bins = sdk.v1.radar.value_lists.create(
+        params={"alias": "blocked_bins", "name": "Blocked BINs", "item_type": "card_bin"},
+        options=key(),
+    )
+    sdk.v1.radar.value_list_items.create(
+        params={"value_list": bins.id, "value": "400005"}, options=key()
+    )
+    for rule in (
+        "Block if :card_bin: in @blocked_bins",
+        "Block if :card_country: != :ip_country:",
+        "Block if :card_fingerprint_count_for_ip_hourly: > 1",
+    ):
+        done = stack.clearline("radar", "rules", "add", rule, "--merchant", shop["id"])
+        assert done.returncode == 0, done.stderr
+
+    def charge(source: str) -> stripe.Charge:
+        return sdk.v1.charges.create(
+            params={"amount": 2500, "currency": "usd", "source": source}, options=key()
+        )
+
+    def refused(source: str) -> stripe.Charge:
+        with pytest.raises(stripe.CardError) as blocked:
+            charge(source)
+        assert blocked.value.error.decline_code == "fraudulent", source
+        failed = sdk.v1.charges.retrieve(blocked.value.error.charge)
+        assert (failed.outcome.type, failed.outcome.network_status) == (
+            "blocked",
+            "not_sent_to_network",
+        )
+        assert not [a for a in stack.processor_authorizations() if a["reference"] == failed.id]
+        return failed
+
+    # The BIN of a test token's number, as of a card typed in a browser.
+    assert refused("tok_visa_debit").outcome.rule.predicate == ":card_bin: in @blocked_bins"
+    assert charge("tok_visa").status == "succeeded"  # no browser: no country to differ from
+
+    # A US card given from a browser in Great Britain; then from one in the US.
+    abroad = browser_token(stack, shop["publishable_key"], "4242424242424242", "127.0.0.2")
+    assert refused(abroad).outcome.rule.predicate == ":card_country: != :ip_country:"
+    at_home = browser_token(stack, shop["publishable_key"], "4242424242424242", "127.0.0.3")
+    assert charge(at_home).status == "succeeded"
+
+    # A third card from the same US browser within the hour: card testing.
+    second = browser_token(stack, shop["publishable_key"], "5555555555554444", "127.0.0.3")
+    assert charge(second).status == "succeeded"
+    third = browser_token(stack, shop["publishable_key"], "5200828282828210", "127.0.0.3")
+    caught = refused(third)
+    assert caught.outcome.rule.predicate == ":card_fingerprint_count_for_ip_hourly: > 1"
+
+    # Where no rule of its own decides, a review shows where its payment came from.
+    other: dict[str, Any] = stack.create_merchant("Reviewing Shop")
+    theirs = stripe.StripeClient(other["secret_key"], base_addresses={"api": stack.url})
+    elevated = browser_token(stack, other["publishable_key"], "4000000000009235", "127.0.0.2")
+    reviewed = theirs.v1.charges.create(
+        params={"amount": 2500, "currency": "usd", "source": elevated}, options=key()
+    )
+    assert reviewed.outcome.type == "manual_review"
+    review = theirs.v1.reviews.retrieve(reviewed.review)
+    assert review.ip_address == "127.0.0.2"
+    assert review.ip_address_location.country == "GB"
 
 
 def test_reviews_over_the_sdk_and_the_second_look_after_the_authorization(

@@ -9,7 +9,7 @@ import pytest
 
 from clearline.audit import Caller
 from clearline.charges import ChargeService
-from clearline.errors import CardError, InvalidRequestError
+from clearline.errors import CardError
 from clearline.fraud_rules import RuleBook
 from clearline.merchants import create_merchant
 from clearline.models import Charge
@@ -272,11 +272,25 @@ def test_rules_without_counters_cost_no_counter_call(store: Store, shop: dict[st
     assert CountingStore.calls == 2  # one read of the window, one update
 
 
-def test_counters_rules_cannot_keep_are_refused(store: Store) -> None:
+def test_a_browsers_address_counts_the_cards_it_gave(store: Store) -> None:
+    """Card testing from one address: `:card_fingerprint_count_for_ip_hourly:` counts the
+    distinct cards one browser gave, and a charge no browser gave is not counted by it."""
+    book = RuleBook(store)
     merchant = create_merchant(store, "Velocity Shop").merchant
-    with pytest.raises(InvalidRequestError) as refused:
-        RuleBook(store).add(merchant.id, "Block if :charge_count_for_ip_hourly: > 3")
-    assert ":charge_count_for_ip_hourly:" in refused.value.message
+    rule = book.add(merchant.id, "Block if :card_fingerprint_count_for_ip_hourly: > 3")
+    (cards,) = rule.counters
+    assert (cards.what, cards.by, cards.window_seconds) == ("card_fingerprint", "ip", 3600)
+    counters = VelocityCounters(Store(COUNTERS_TABLE.name, store.client))
+    for n, card in enumerate(("fp_a", "fp_b", "fp_b", "fp_c")):
+        counters.record(
+            merchant.id, (cards,), ChargeFacts(f"ch_{n}", card, None, None, "198.51.100.7")
+        )
+    seen = ChargeFacts("ch_next", "fp_d", None, None, "198.51.100.7")
+    assert counters.counts(merchant.id, (cards,), seen) == {cards.attribute: 3.0}
+    elsewhere = ChargeFacts("ch_else", "fp_d", None, None, "192.0.2.1")
+    assert counters.counts(merchant.id, (cards,), elsewhere) == {cards.attribute: 0.0}
+    server = ChargeFacts("ch_server", "fp_d", None, None, None)
+    assert counters.counts(merchant.id, (cards,), server) == {cards.attribute: None}
     assert parse("Block if :email_count_for_customer_weekly: > 3").counters[0].window_seconds == (
         7 * 86_400
     )

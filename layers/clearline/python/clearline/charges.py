@@ -49,8 +49,9 @@ from clearline.errors import (
     store_unavailable,
 )
 from clearline.ids import derived_id
+from clearline.ip_geolocation import ip_countries
 from clearline.merchants import Merchant, get_merchant
-from clearline.models import Charge, Page, PaymentMethod
+from clearline.models import Charge, Page, PaymentMethod, PaymentMethodCard
 from clearline.params import (
     ChargeCaptureParams,
     ChargeCreateParams,
@@ -392,20 +393,26 @@ class ChargeService(MoneyService):
                     param="capture_at",
                 )
 
-        # A stored card's own; a test token's, as the vault fingerprints its number.
-        fingerprint = stored.card.fingerprint if stored else self._test_card_fingerprint(token)
+        # A stored card as the vault described it; a test token's, as the vault describes
+        # its number (so the fingerprint is the one a payment method of it has).
+        card = stored.card if stored else self._test_card(token)
+        fingerprint = card.fingerprint if card else None
         charge_id = derived_id("ch", merchant.id, idempotency_key)
+        client_ip = stored.client_ip if stored else None
         counted = velocity.ChargeFacts(
-            charge_id, fingerprint, params.receipt_email, params.customer
+            charge_id, fingerprint, params.receipt_email, params.customer, client_ip
         )
         screening = self._unless_written(
             merchant,
             idempotency_key,
-            lambda: self._screen(merchant, params, stored, token, counted),
+            lambda: self._screen(merchant, params, stored, token, card, counted),
         )
         pending = self._pending_item(merchant, params, charge_id, token, now, idempotency_key)
         pending["payment_intent"] = payment_intent
         pending["card_fingerprint"] = fingerprint
+        if client_ip is not None:  # a review of this charge shows where it came from
+            pending["client_ip"] = client_ip
+            pending["ip_country"] = ip_countries().country(client_ip)
         if screening is not None and screening.as_item() is not None:
             # Written ahead: a charge a rule blocks is never sent, whoever finishes it.
             pending["screening"] = screening.as_item()
@@ -507,13 +514,13 @@ class ChargeService(MoneyService):
         params: ChargeCreateParams,
         stored: PaymentMethod | None,
         token: str,
+        card: PaymentMethodCard | None,
         counted: velocity.ChargeFacts,
     ) -> fraud_rules.Screening:
         """The charge's risk, and the merchant's fraud rules and Radar's defaults on what is
         known before the processor is called."""
         cur = params.currency.lower()
         email = params.receipt_email
-        card = stored.card if stored is not None else None
         attributes: dict[str, radar_rules.Value] = {
             "amount": float(params.amount),
             "currency": cur,
@@ -521,9 +528,12 @@ class ChargeService(MoneyService):
             "email": email,
             "email_domain": email.rsplit("@", 1)[-1] if email else None,
             "card_fingerprint": counted.card_fingerprint,
+            "card_bin": card.iin if card else None,
             "card_brand": card.brand if card else None,
             "card_country": card.country if card else None,
             "card_funding": card.funding if card else None,
+            "ip_address": counted.ip,
+            "ip_country": ip_countries().country(counted.ip),
         }
 
         def amount_in_usd() -> float:
@@ -535,17 +545,17 @@ class ChargeService(MoneyService):
         )
         return self.screener.screen(merchant.id, attributes, amount_in_usd, payer, counted)
 
-    def _test_card_fingerprint(self, token: str) -> str | None:
-        """One card number, one fingerprint: a charge on `tok_visa` shows the fingerprint a
-        payment method of 4242 4242 4242 4242 has. Without an answer from the vault, the
-        processor's own (the charge does not wait on a description of the card)."""
+    def _test_card(self, token: str) -> PaymentMethodCard | None:
+        """The card of a processor's test token (`tok_visa`), as the vault describes its
+        number. Without an answer from the vault, none: the processor's own description
+        follows, and the charge does not wait on one."""
         vault = self.processor.vault
         if vault is None:
             return None
         try:
-            return vault.test_card_fingerprint(token)
+            return vault.test_card(token)
         except ProcessorError as exc:
-            log.warning("no fingerprint from the vault for a test token: %s", exc)
+            log.warning("no description from the vault of a test token: %s", exc)
             return None
 
     def _pending_item(

@@ -42,9 +42,13 @@ SCREENED_ATTRIBUTES = frozenset(
         "email",
         "email_domain",
         "card_fingerprint",
+        "card_bin",
         "card_brand",
         "card_country",
         "card_funding",
+        # The browser's that gave the card (tokenized it, or made its payment method).
+        "ip_address",
+        "ip_country",
         "risk_level",
         "risk_score",
         "cvc_check",  # known only after the authorization: read by the second look
@@ -95,7 +99,7 @@ class RuleBook:
                 f"Rules cannot use {', '.join(f':{name}:' for name in unknown)} yet: Clearline "
                 f"screens charges on {', '.join(sorted(SCREENED_ATTRIBUTES))}, and counts "
                 "{charge,declined_charge,card_fingerprint,email}_count_for_"
-                "{card_fingerprint,email,customer}_{hourly,daily,weekly}.",
+                "{card_fingerprint,email,customer,ip}_{hourly,daily,weekly}.",
                 param="rule",
             )
         for alias in sorted(rule.value_lists):

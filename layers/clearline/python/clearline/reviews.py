@@ -52,6 +52,8 @@ def opening(
         "open": True,
         "opened_reason": "rule",
         "reason": reason,
+        "ip_address": charge.get("client_ip"),
+        "ip_country": charge.get("ip_country"),
         "state": OPEN,
     }
     change = Change(item["pk"], "REVIEW", review_id, "review.open", OPEN, create=item)

@@ -26,9 +26,9 @@ from clearline.store import Store, StoreRejected
 log = logging.getLogger(__name__)
 
 BUCKETS_PER_WINDOW = 12
-# What a counter may be kept by, and what it may count (the rest of Radar's, such as by
-# IP address, need facts a charge does not carry yet).
-COUNTED_BY = frozenset({"card_fingerprint", "email", "customer"})
+# What a counter may be kept by, and what it may count. `ip` is the address of the browser
+# that gave the card (a charge on a card no browser gave is not counted by it).
+COUNTED_BY = frozenset({"card_fingerprint", "email", "customer", "ip"})
 COUNTED = frozenset({"charge", "declined_charge", "card_fingerprint", "email"})
 
 
@@ -40,6 +40,7 @@ class ChargeFacts:
     card_fingerprint: str | None
     email: str | None
     customer: str | None
+    ip: str | None = None
 
     def value_of(self, name: str) -> str | None:
         value: str | None = getattr(self, name)

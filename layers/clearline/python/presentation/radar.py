@@ -43,6 +43,14 @@ def render_value_list(value_list: ValueList) -> dict[str, Any]:
     }
 
 
+def _location(country: str | None) -> dict[str, Any] | None:
+    # Clearline places an address in its country, no nearer.
+    if country is None:
+        return None
+    fields = ("city", "latitude", "longitude", "region")
+    return {"country": country, **dict.fromkeys(fields)}
+
+
 def render_review(review: Review) -> dict[str, Any]:
     return {
         "id": review.id,
@@ -51,10 +59,9 @@ def render_review(review: Review) -> dict[str, Any]:
         "charge": review.charge,
         "closed_reason": review.closed_reason,
         "created": review.created,
-        # What Stripe learns from its own checkout's session; Clearline's API is server to
-        # server, so it knows neither.
-        "ip_address": None,
-        "ip_address_location": None,
+        # The browser's that gave the card, when one did (a server's own card has none).
+        "ip_address": review.ip_address,
+        "ip_address_location": _location(review.ip_country),
         "livemode": False,
         "open": review.open,
         "opened_reason": review.opened_reason,
