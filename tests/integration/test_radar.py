@@ -442,3 +442,63 @@ def test_an_issuers_early_fraud_warning_reaches_the_merchant(
     with pytest.raises(stripe.InvalidRequestError) as missing:
         client.v1.radar.early_fraud_warnings.retrieve("issfr_nope")
     assert missing.value.http_status == 404
+
+
+def test_a_disputed_payment_closes_its_review_over_the_sdk(stack: Stack) -> None:
+    """A payment in review that its cardholder disputes: the processor's notification opens
+    the dispute and closes the review as `disputed` (`review.closed`), once, however often the
+    notification comes. The sandbox disputes only its dispute test cards, so the merchant's
+    rule puts this one (4000 0000 0000 0259) in review."""
+    import requests
+
+    from tests.polling import eventually
+
+    shop: dict[str, Any] = stack.create_merchant("Disputed Review Shop")
+    sdk = stripe.StripeClient(shop["secret_key"], base_addresses={"api": stack.url})
+    done = stack.clearline(
+        "radar", "rules", "add", "Review if :amount: = 2700", "--merchant", shop["id"]
+    )
+    assert done.returncode == 0, done.stderr
+    paid = sdk.v1.charges.create(
+        params={"amount": 2700, "currency": "usd", "source": "tok_createDispute"},
+        options=key(),
+    )
+    assert (paid.status, paid.outcome.type) == ("succeeded", "manual_review")
+    assert paid.review and paid.review.startswith("prv_")
+
+    dispute = eventually(
+        lambda: sdk.v1.disputes.list(params={"charge": paid.id}).data,
+        timeout=30,
+        message="the processor's dispute",
+    )[0]
+    assert dispute.status == "needs_response"
+    review = eventually(  # closed right after the dispute's own commit
+        lambda: (r := sdk.v1.reviews.retrieve(paid.review)).closed_reason and r,
+        message="the review closes as disputed",
+    )
+    assert (review.open, review.closed_reason, review.reason) == (False, "disputed", "disputed")
+    assert sdk.v1.reviews.list().data == []
+
+    def closings() -> list[Any]:
+        events = sdk.v1.events.list(params={"type": "review.closed"}).data
+        return [e for e in events if e.data.object["id"] == paid.review]
+
+    assert len(closings()) == 1
+
+    # The network sends the same notification again: the intake answers it, changing nothing.
+    processor = stack.info.processor_url
+    (theirs,) = [
+        d
+        for d in requests.get(f"{processor}/_sandbox/disputes", timeout=5).json()["data"]
+        if d["reference"] == paid.id
+    ]
+    again = requests.post(f"{processor}/_sandbox/disputes/{theirs['id']}/notify", timeout=5)
+    again.raise_for_status()
+
+    def answered() -> bool:
+        found = requests.get(f"{processor}/_sandbox/notifications", timeout=5).json()
+        return again.json()["id"] not in {n["id"] for n in found["pending"]}
+
+    eventually(answered, timeout=30, message="the redelivered notification is answered")
+    assert len(closings()) == 1
+    assert sdk.v1.disputes.retrieve(dispute.id).status == "needs_response"

@@ -4,6 +4,8 @@ resolver."""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from clearline.balance import merchant_balance
 from clearline.charges import ChargeService
 from clearline.disputes import DisputeService, UnknownDispute, dispute_id_of
 from clearline.errors import InvalidRequestError, ServiceUnavailableError
+from clearline.fraud_rules import RuleBook
 from clearline.merchants import Merchant, create_merchant
 from clearline.models import Charge
 from clearline.params import (
@@ -26,11 +29,14 @@ from clearline.params import (
     DisputeUpdateParams,
     RefundCreateParams,
 )
+from clearline.post_authorization import REVIEW_IF_RISKY, AfterAuthorization
 from clearline.processor import ProcessorClient, ProcessorDispute
 from clearline.refunds import RefundService
 from clearline.resolver import Resolver
+from clearline.reviews import ReviewService
+from clearline.risk import RiskAssessment
 from clearline.scheduling import DISPUTE_DEADLINE, due_jobs, run_job
-from clearline.store import Store
+from clearline.store import Store, StoreUnavailable
 from clearline_local.sandbox_processor import SandboxProcessor
 from tests.unit.conftest import record_rates
 
@@ -310,3 +316,125 @@ def test_a_chargeback_of_a_converted_charge_waits_for_fresh_rates(
     assert (withdrawal.currency, withdrawal.amount) == ("usd", -captured["amount"])
     assert withdrawal.fee == 1500
     assert ledger.verify(store).ok
+
+
+# ---- a disputed payment's review --------------------------------------------------------------
+
+REVIEWED_AMOUNT = 3100  # what the merchant's rule sends to review
+
+
+def reviewed(world: dict[str, Any], source: str = "tok_createDispute") -> tuple[Charge, str]:
+    """A payment the merchant's rule put in review, on a card whose cardholder disputes it."""
+    RuleBook(world["store"]).add(world["merchant"].id, f"Review if :amount: = {REVIEWED_AMOUNT}")
+    paid = charge(world, source, amount=REVIEWED_AMOUNT)
+    assert paid.review is not None
+    return paid, paid.review
+
+
+def review_events(store: Store, review_id: str) -> list[str]:
+    return sorted(
+        item["type"]
+        for item in store.scan("EVENT#")
+        if item["sk"] == "EVENT"
+        and item["type"].startswith("review.")
+        and review_id in json.dumps(item.get("data", ""), default=str)
+    )
+
+
+@pytest.mark.parametrize("source", ["tok_createDispute", "tok_createDisputeInquiry"])
+def test_disputing_a_reviewed_payment_closes_its_review_once(
+    world: dict[str, Any], source: str
+) -> None:
+    paid, review_id = reviewed(world, source)
+    notice = processor_dispute(world, paid.id)
+    first = world["disputes"].receive(notice)
+    again = world["disputes"].receive(notice)  # delivered twice: no second review.closed
+
+    assert first == again
+    review = ReviewService(world["store"]).retrieve(world["merchant"], review_id)
+    assert (review.open, review.closed_reason, review.reason) == (False, "disputed", "disputed")
+    assert review_events(world["store"], review_id) == ["review.closed", "review.opened"]
+    assert world["charges"].retrieve(world["merchant"], paid.id).disputed
+
+
+def test_a_review_closed_before_the_dispute_stays_as_it_was(world: dict[str, Any]) -> None:
+    paid, review_id = reviewed(world)
+    reviews = ReviewService(world["store"])
+    reviews.approve(world["caller"], review_id)
+    before = balance_of(world)
+
+    dispute = world["disputes"].receive(processor_dispute(world, paid.id))
+
+    assert (
+        dispute.status == "needs_response" and balance_of(world) == before - REVIEWED_AMOUNT - 1500
+    )
+    review = reviews.retrieve(world["merchant"], review_id)
+    assert (review.open, review.closed_reason) == (False, "approved")
+    assert review_events(world["store"], review_id) == ["review.closed", "review.opened"]
+
+
+@pytest.mark.parametrize(
+    "failure", [StoreUnavailable("throttled"), ServiceUnavailableError("store down")]
+)
+def test_a_review_that_cannot_be_closed_does_not_fail_the_dispute(
+    world: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    failure: Exception,
+) -> None:
+    paid, review_id = reviewed(world)
+    before = balance_of(world)
+
+    def unavailable(*_: Any, **__: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr(ReviewService, "close", unavailable)
+    with caplog.at_level(logging.WARNING, logger="clearline.disputes"):
+        dispute = world["disputes"].receive(processor_dispute(world, paid.id))
+    monkeypatch.undo()
+
+    assert (
+        dispute.status == "needs_response" and balance_of(world) == before - REVIEWED_AMOUNT - 1500
+    )
+    assert world["charges"].retrieve(world["merchant"], paid.id).disputed
+    assert f"review {review_id} of charge {paid.id} left open" in caplog.text
+    review = ReviewService(world["store"]).retrieve(world["merchant"], review_id)
+    assert review.open  # left for a person to close
+    assert ledger.verify(world["store"]).ok
+
+
+def test_a_review_opened_while_the_dispute_was_being_opened_is_closed_too(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look after the authorization opens the review between the dispute's read of the
+    charge and its commit: the charge is read again after the commit, and the review closes."""
+    paid = charge(world, "tok_createDispute")
+    assert paid.review is None
+    second_look = AfterAuthorization(world["charges"], world["refunds"])
+    withdraw = DisputeService._withdraw
+
+    def opened_meanwhile(self: DisputeService, *args: Any) -> None:
+        item = world["store"].get(f"CHARGE#{paid.id}", "CHARGE")
+        second_look._mark(item, RiskAssessment(70), REVIEW_IF_RISKY, reverse=False)
+        monkeypatch.setattr(DisputeService, "_withdraw", withdraw)
+        withdraw(self, *args)
+
+    monkeypatch.setattr(DisputeService, "_withdraw", opened_meanwhile)
+    world["disputes"].receive(processor_dispute(world, paid.id))
+
+    disputed = world["charges"].retrieve(world["merchant"], paid.id)
+    assert disputed.disputed and disputed.review is not None
+    review = ReviewService(world["store"]).retrieve(world["merchant"], disputed.review)
+    assert (review.open, review.closed_reason) == (False, "disputed")
+
+
+def test_disputing_a_payment_without_a_review_touches_no_review(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unexpected(*_: Any, **__: Any) -> Any:
+        raise AssertionError("no review to close")
+
+    monkeypatch.setattr(ReviewService, "close", unexpected)
+    paid, dispute_id = opened(world)
+    assert world["charges"].retrieve(world["merchant"], paid.id).review is None
+    assert world["disputes"].retrieve(world["merchant"], dispute_id).status == "needs_response"

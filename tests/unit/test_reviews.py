@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from clearline.audit import Caller
 from clearline.charges import ChargeService
+from clearline.disputes import DisputeService
 from clearline.errors import InvalidRequestError, ResourceMissingError
 from clearline.fraud_rules import RuleBook
 from clearline.merchants import create_merchant
 from clearline.models import Charge
 from clearline.params import ChargeCreateParams
 from clearline.post_authorization import AfterAuthorization
-from clearline.processor import ProcessorClient
+from clearline.processor import ProcessorClient, ProcessorDispute
 from clearline.refunds import RefundService
 from clearline.reviews import ReviewService
 from clearline.store import Store
@@ -266,3 +269,61 @@ def test_refunding_a_reviewed_payment_in_full_closes_its_review(
     closed = shop["reviews"].retrieve(shop["merchant"], charge.review)
     assert (closed.open, closed.closed_reason) == (False, "refunded_as_fraud")
     assert events_of(store, closed.id) == ["review.closed", "review.opened"]
+
+
+def disputed(shop: dict[str, Any], processor: SandboxProcessor, charge_id: str) -> None:
+    """The processor's notice of the charge's dispute, received as the intake receives it."""
+    client = ProcessorClient(processor.url, timeout_seconds=2.0, capacity=None)
+    disputes = DisputeService(shop["charges"].store, client)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = requests.get(f"{processor.url}/_sandbox/disputes", timeout=5).json()["data"]
+        for record in found:
+            if record["reference"] == charge_id:
+                disputes.receive(ProcessorDispute.model_validate(record))
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"the processor raised no dispute of {charge_id}")
+
+
+def test_a_disputed_payment_closes_its_review_and_the_second_look_leaves_it(
+    store: Store, shop: dict[str, Any], processor: SandboxProcessor
+) -> None:
+    shop["book"].add(shop["merchant"].id, "Review if :amount: = 2600")
+    charge = pay(shop, "tok_createDispute", amount=2600)
+    assert charge.review is not None
+    disputed(shop, processor, charge.id)
+    review = shop["reviews"].retrieve(shop["merchant"], charge.review)
+    assert (review.open, review.closed_reason) == (False, "disputed")
+    assert shop["second_look"].look(charge.id) == "skipped"  # nothing left to look at
+    assert events_of(store, review.id) == ["review.closed", "review.opened"]
+
+
+def test_a_payment_disputed_before_its_reversal_closes_its_review_once(
+    store: Store,
+    shop: dict[str, Any],
+    processor: SandboxProcessor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Marked for reversal, then cut short; the dispute closes the review as `disputed`, and
+    the reversal that follows finds nothing to take back and the review already closed."""
+    shop["book"].add(shop["merchant"].id, "Block if :cvc_check: = 'pass'")
+    charge = pay(shop, "tok_createDispute")
+
+    def crash(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the execution environment died")
+
+    monkeypatch.setattr(AfterAuthorization, "_reverse", crash)
+    with pytest.raises(RuntimeError):
+        shop["second_look"].look(charge.id)
+    monkeypatch.undo()
+    marked = shop["charges"].retrieve(shop["merchant"], charge.id)
+    assert marked.review is not None
+
+    disputed(shop, processor, charge.id)
+    review = shop["reviews"].retrieve(shop["merchant"], marked.review)
+    assert (review.open, review.closed_reason) == (False, "disputed")
+    assert shop["second_look"].look(charge.id) == "reversed"
+    done = shop["charges"].retrieve(shop["merchant"], charge.id)
+    assert done.disputed and done.refunds == () and done.amount_refunded == 0
+    assert events_of(store, review.id) == ["review.closed", "review.opened"]

@@ -25,12 +25,14 @@ from typing import Any
 from clearline import balance, fx, ledger, listing
 from clearline.audit import Caller
 from clearline.charges import CAPTURED, DUE_KEYS, DUE_PROCESSOR, MoneyService, charge_pk, due_keys
-from clearline.errors import ConflictError, InvalidRequestError, processor_unavailable
+from clearline.errors import ApiError, ConflictError, InvalidRequestError, processor_unavailable
 from clearline.ids import derived_id
-from clearline.merchants import Merchant
+from clearline.merchants import Merchant, get_merchant
 from clearline.models import BalanceTransaction, Dispute, Page
 from clearline.params import DisputeUpdateParams, merged_metadata
 from clearline.processor import ProcessorDispute, ProcessorRejected, ProcessorUnavailable
+from clearline.reviews import ReviewService
+from clearline.store import StoreUnavailable
 from clearline.transitions import Announcement, Change, Transition, status_change
 
 log = logging.getLogger(__name__)
@@ -234,10 +236,32 @@ class DisputeService(MoneyService):
             self._withdraw(transition, opened, charge, now)
         cancelled = self.writer.commit(transition)
         if cancelled is None:
+            self._close_review(charge["id"], charge["merchant"])
             return True
         if cancelled.failed_at(0):
             return False
         raise UnknownDispute(f"charge {charge['id']} cannot be disputed in its state")
+
+    def _close_review(self, charge_id: str, merchant_id: str) -> None:
+        """A disputed payment leaves nothing to review: its review closes as `disputed`.
+        After the dispute's commit, not in it (closing an already closed review is no
+        change, and must not undo the dispute), and only by the delivery that opened the
+        dispute, so a redelivered notice closes nothing twice. The charge is read again:
+        the look after the authorization may have opened its review since our read. One
+        left open by a failure here is only a review a person closes."""
+        review_id = None
+        try:
+            charge = self._read(charge_pk(charge_id), "CHARGE")
+            review_id = charge.get("review") if charge else None
+            if not review_id:
+                return
+            merchant = get_merchant(self.store, merchant_id)
+            assert merchant is not None, "a charge always has its merchant"
+            ReviewService(self.store, self.clock).close(
+                None, review_id, "disputed", merchant=merchant
+            )
+        except (ApiError, StoreUnavailable) as exc:
+            log.warning("review %s of charge %s left open: %s", review_id, charge_id, exc)
 
     def _withdraw(
         self, transition: Transition, dispute: dict[str, Any], charge: dict[str, Any], now: float
