@@ -56,6 +56,7 @@ from clearline.merchants import KeyCache, KeyKind, Merchant, get_merchant
 from clearline.models import BalanceTransaction, Charge, Event, Model, Page, PaymentIntent
 from clearline.params import (
     BankAccountParams,
+    Boolean,
     ChargeCaptureParams,
     ChargeCreateParams,
     ChargeUpdateParams,
@@ -65,6 +66,7 @@ from clearline.params import (
     DisputeUpdateParams,
     FxQuoteCreateParams,
     P,
+    Params,
     PaymentIntentCancelParams,
     PaymentIntentCaptureParams,
     PaymentIntentConfirmParams,
@@ -110,6 +112,7 @@ from clearline.rate_limits import (
 )
 from clearline.refunds import RefundService
 from clearline.reviews import ReviewService
+from clearline.risk import DEFAULT_RULES
 from clearline.scheduling import WAITING_REFUND, Job
 from clearline.store import Store, StoreUnavailable
 from clearline.topology import (
@@ -1575,12 +1578,23 @@ def set_bank_account(merchant_id: str) -> Response[dict[str, Any]]:
 
 
 def _rules_of(merchant_id: str) -> dict[str, Any]:
-    rules = RuleBook(services().store).rules(merchant_id)
+    ruleset = RuleBook(services().store).read(merchant_id)
     return {
         "object": "list",
         "data": [
             {"id": r.id, "object": "radar.rule", "action": r.action, "predicate": r.predicate}
-            for r in rules
+            for r in ruleset.rules
+        ],
+        # Radar's own rules, which run after the merchant's: each on unless turned off.
+        "defaults": [
+            {
+                "id": r.id,
+                "object": "radar.rule",
+                "action": r.action,
+                "predicate": r.predicate,
+                "enabled": r.id not in ruleset.disabled_defaults,
+            }
+            for r in DEFAULT_RULES
         ],
         "has_more": False,
         "url": f"/admin/merchants/{merchant_id}/radar_rules",
@@ -1616,6 +1630,24 @@ def remove_radar_rule(merchant_id: str, rule_id: str) -> Response[dict[str, Any]
     who = _operated_merchant(merchant_id)
     RuleBook(services().store).remove(merchant_id, rule_id)
     logger.info("radar rule removed", extra={"merchant": merchant_id, "rule": rule_id, "by": who})
+    return _json(200, _rules_of(merchant_id))
+
+
+class RadarDefaultRuleParams(Params):
+    enabled: Boolean  # "true" or "false"
+
+
+@app.post("/admin/merchants/<merchant_id>/radar_rules/defaults/<rule_id>", include_in_schema=False)
+def set_radar_default_rule(merchant_id: str, rule_id: str) -> Response[dict[str, Any]]:
+    """Turns one of Radar's default rules off for the merchant, or back on, as Stripe lets
+    a merchant disable its default rules."""
+    who = _operated_merchant(merchant_id)
+    params = parse_params(RadarDefaultRuleParams, body_params())
+    RuleBook(services().store).set_default(merchant_id, rule_id, params.enabled)
+    logger.info(
+        "radar default rule set",
+        extra={"merchant": merchant_id, "rule": rule_id, "enabled": params.enabled, "by": who},
+    )
     return _json(200, _rules_of(merchant_id))
 
 

@@ -192,7 +192,8 @@ def cmd_merchants_bank_account(args: argparse.Namespace) -> int:
 
 def cmd_radar_rules(args: argparse.Namespace) -> int:
     """A merchant's fraud rules (Clearline's own API: Stripe has none), as an operator:
-    list them, add one (`Block if :card_country: != :ip_country:`), or remove one by id."""
+    list them, add one (`Block if :card_country: != :ip_country:`), remove one by id, or
+    turn one of Radar's default rules off or back on (`disable-default block_if_high_risk`)."""
     if args.action != "list" and not args.rule:
         print(f"error: radar rules {args.action} needs the rule", file=sys.stderr)
         return 2
@@ -202,6 +203,9 @@ def cmd_radar_rules(args: argparse.Namespace) -> int:
         rules = _admin_request(info, "POST", path, {"rule": args.rule})
     elif args.action == "remove":
         rules = _admin_request(info, "DELETE", f"{path}/{args.rule}")
+    elif args.action in ("disable-default", "enable-default"):
+        enabled = "true" if args.action == "enable-default" else "false"
+        rules = _admin_request(info, "POST", f"{path}/defaults/{args.rule}", {"enabled": enabled})
     else:
         rules = _admin_request(info, "GET", path)
     if rules is None:
@@ -211,6 +215,9 @@ def cmd_radar_rules(args: argparse.Namespace) -> int:
     else:
         for rule in rules["data"]:
             print(f"{rule['id']}  {rule['action']} if {rule['predicate']}")
+        for rule in rules.get("defaults", []):
+            state = "on " if rule["enabled"] else "off"
+            print(f"{rule['id']}  {state} (default) {rule['action']} if {rule['predicate']}")
     return 0
 
 
@@ -819,8 +826,15 @@ def parser() -> argparse.ArgumentParser:
         dest="what", required=True
     )
     rules = radar.add_parser("rules", help="a merchant's fraud rules (an operator's)")
-    rules.add_argument("action", choices=["list", "add", "remove"])
-    rules.add_argument("rule", nargs="?", help="add: the rule's text; remove: its id")
+    rules.add_argument(
+        "action", choices=["list", "add", "remove", "disable-default", "enable-default"]
+    )
+    rules.add_argument(
+        "rule",
+        nargs="?",
+        help="add: the rule's text; remove: its id; disable-default, enable-default: the id "
+        "of one of Radar's default rules (block_if_high_risk, manual_review_if_elevated_risk)",
+    )
     rules.add_argument("--merchant", required=True, help="the merchant's id (acct_...)")
     rules.add_argument("--json", action="store_true", help="print one JSON object")
     rules.add_argument("--port", type=int)

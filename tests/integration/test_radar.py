@@ -444,6 +444,66 @@ def test_an_issuers_early_fraud_warning_reaches_the_merchant(
     assert missing.value.http_status == 404
 
 
+def test_an_operator_turns_a_default_rule_off_and_back_on_over_the_sdk(stack: Stack) -> None:
+    """`clearline radar rules disable-default block_if_high_risk`: the merchant's
+    highest-risk payers are charged, still scored highest; `enable-default`, and they are
+    blocked again once the api's 30 s cache of the merchant's rules has passed."""
+    import json
+
+    from tests.polling import eventually
+
+    shop: dict[str, Any] = stack.create_merchant("Default-Off Shop")
+    sdk = stripe.StripeClient(shop["secret_key"], base_addresses={"api": stack.url})
+
+    def rules(*args: str) -> dict[str, bool]:
+        done = stack.clearline("radar", "rules", *args, "--merchant", shop["id"], "--json")
+        assert done.returncode == 0, done.stderr
+        return {d["id"]: d["enabled"] for d in json.loads(done.stdout)["defaults"]}
+
+    assert rules("list") == {"block_if_high_risk": True, "manual_review_if_elevated_risk": True}
+    off = {"block_if_high_risk": False, "manual_review_if_elevated_risk": True}
+    assert rules("disable-default", "block_if_high_risk") == off
+    assert rules("disable-default", "block_if_high_risk") == off  # again: no error
+    unknown = stack.clearline(
+        "radar", "rules", "disable-default", "block_if_highest_risk", "--merchant", shop["id"]
+    )
+    assert unknown.returncode == 2 and "block_if_high_risk" in unknown.stderr
+    assert rules("list") == off
+
+    def charge(source: str) -> stripe.Charge:
+        return sdk.v1.charges.create(
+            params={"amount": 1900, "currency": "usd", "source": source}, options=key()
+        )
+
+    for source in ("tok_riskLevelHighest", "pm_card_riskLevelHighest"):
+        paid = charge(source)
+        assert paid.status == "succeeded", source
+        assert (paid.outcome.type, paid.outcome.risk_level) == ("authorized", "highest")
+        assert [a for a in stack.processor_authorizations() if a["reference"] == paid.id]
+    # A card the networks know as fraudulent is Clearline's to block, not a default rule.
+    with pytest.raises(stripe.CardError) as always:
+        charge("tok_radarBlock")
+    assert always.value.error.decline_code == "fraudulent"
+
+    assert rules("enable-default", "block_if_high_risk")["block_if_high_risk"] is True
+
+    def blocked() -> list[stripe.CardError]:
+        try:
+            charge("tok_riskLevelHighest")
+        except stripe.CardError as refused:
+            return [refused]
+        return []
+
+    (refused,) = eventually(
+        blocked, timeout=60, interval=2, message="block_if_high_risk blocks again"
+    )
+    assert (refused.code, refused.http_status) == ("card_declined", 402)
+    assert refused.error.decline_code == "fraudulent"
+    failed = sdk.v1.charges.retrieve(refused.error.charge)
+    assert (failed.outcome.type, failed.outcome.reason) == ("blocked", "highest_risk_level")
+    assert failed.outcome.network_status == "not_sent_to_network"
+
+
 def test_a_disputed_payment_closes_its_review_over_the_sdk(stack: Stack) -> None:
     """A payment in review that its cardholder disputes: the processor's notification opens
     the dispute and closes the review as `disputed` (`review.closed`), once, however often the

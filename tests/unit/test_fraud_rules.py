@@ -3,7 +3,10 @@ never lost to a concurrent edit."""
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from clearline.audit import Caller
 from clearline.charges import ChargeService
 from clearline.errors import CardError, ConflictError, InvalidRequestError, ResourceMissingError
-from clearline.fraud_rules import RuleBook
+from clearline.fraud_rules import RULES_TTL_SECONDS, RuleBook, Screener, Screening
 from clearline.ids import derived_id
 from clearline.merchants import create_merchant
 from clearline.models import Charge
@@ -24,8 +27,19 @@ from clearline.params import (
 from clearline.processor import ProcessorClient
 from clearline.refunds import RefundService
 from clearline.resolver import Resolver
+from clearline.risk import DeterministicScorer, Payer
 from clearline.store import Store
+from clearline.topology import (
+    IDEMPOTENCY_TABLE,
+    MAIN_TABLE,
+    PROCESSOR_URL_ENV,
+    TOPOLOGY,
+    table_env_var,
+)
 from clearline.value_lists import ValueListService
+from clearline.velocity import ChargeFacts
+from clearline_local.frontdoor import build_event
+from clearline_local.lambda_runtime import LocalLambdaContext, load_handler
 from clearline_local.sandbox_processor import SandboxProcessor
 from tests.unit.conftest import record_rates
 
@@ -129,7 +143,7 @@ def ruled(store: Store, processor: SandboxProcessor) -> dict[str, Any]:
 def pay(ruled: dict[str, Any], key: str, **params: Any) -> Charge:
     charge: Charge = ruled["charges"].create(
         ruled["caller"],
-        ChargeCreateParams(source="tok_visa", **{"amount": 2000, "currency": "usd", **params}),
+        ChargeCreateParams(**{"source": "tok_visa", "amount": 2000, "currency": "usd", **params}),
         idempotency_key=key,
     )
     return charge
@@ -210,3 +224,203 @@ def test_a_block_cut_short_after_its_write_ahead_is_finished_unsent(
     assert finished is not None and finished["state"] == "failed"
     assert finished["outcome"]["type"] == "blocked"
     assert not sent(ruled, charge_id)
+
+
+# ---- Radar's default rules, turned off and on ------------------------------------------------
+
+
+def test_a_default_rule_turned_off_lets_the_highest_risk_through_and_back_on_blocks_it(
+    store: Store, ruled: dict[str, Any]
+) -> None:
+    merchant, book = ruled["merchant"], ruled["book"]
+    book.set_default(merchant.id, "block_if_high_risk", enabled=False)
+    assert book.disabled_defaults(merchant.id) == {"block_if_high_risk"}
+    through = pay(ruled, "highest-off", source="tok_riskLevelHighest")
+    assert through.state == "captured" and through.outcome is not None
+    assert (through.outcome.type, through.outcome.risk_level) == ("authorized", "highest")
+    assert sent(ruled, through.id)
+
+    book.set_default(merchant.id, "block_if_high_risk", enabled=True)
+    assert book.disabled_defaults(merchant.id) == frozenset()
+    ruled["charges"].screener._cached.clear()  # past the rules' 30 s cache
+    with pytest.raises(CardError) as blocked:
+        pay(ruled, "highest-on", source="tok_riskLevelHighest")
+    assert blocked.value.decline_code == "fraudulent"
+    item = store.get(f"CHARGE#{blocked.value.charge}", "CHARGE")
+    assert item is not None and item["outcome"]["reason"] == "highest_risk_level"
+    assert not sent(ruled, blocked.value.charge)
+
+
+def test_the_review_default_turned_off_leaves_elevated_risk_unreviewed(
+    ruled: dict[str, Any],
+) -> None:
+    ruled["book"].set_default(ruled["merchant"].id, "manual_review_if_elevated_risk", False)
+    charge = pay(ruled, "elevated-off", source="tok_riskLevelElevated")
+    assert charge.outcome is not None and charge.review is None
+    assert (charge.outcome.type, charge.outcome.risk_level) == ("authorized", "elevated")
+
+
+def test_a_card_always_blocked_stays_blocked_with_every_default_off(
+    store: Store, ruled: dict[str, Any]
+) -> None:
+    """4100 0000 0000 0019 is Clearline's to block, not a rule a merchant can turn off."""
+    for rule_id in ("block_if_high_risk", "manual_review_if_elevated_risk"):
+        ruled["book"].set_default(ruled["merchant"].id, rule_id, enabled=False)
+    for source in ("tok_radarBlock", "tok_chargeDeclinedFraudulent"):
+        with pytest.raises(CardError) as blocked:
+            pay(ruled, f"always-{source}", source=source)
+        item = store.get(f"CHARGE#{blocked.value.charge}", "CHARGE")
+        assert item is not None and item["outcome"]["type"] == "blocked"
+        assert not sent(ruled, blocked.value.charge)
+
+
+def test_turning_a_default_off_is_idempotent_and_keeps_the_merchants_rules(store: Store) -> None:
+    merchant = create_merchant(store, "Quiet Shop").merchant
+    book = RuleBook(store)
+    key = (f"MERCHANT#{merchant.id}", "RADAR_RULES")
+    book.set_default(merchant.id, "block_if_high_risk", enabled=True)  # on already
+    assert store.get(*key) is None  # nothing to write
+    rule = book.add(merchant.id, "Block if :card_country: = 'XX'")
+    book.set_default(merchant.id, "block_if_high_risk", enabled=False)
+    written = store.get(*key)
+    assert written is not None and written["disabled_defaults"] == ["block_if_high_risk"]
+    book.set_default(merchant.id, "block_if_high_risk", enabled=False)  # again: no error
+    assert store.get(*key) == written  # and no write: the version did not move
+    ruleset = book.read(merchant.id)
+    assert [r.id for r in ruleset.rules] == [rule.id]
+    assert [r.id for r in ruleset.defaults] == ["manual_review_if_elevated_risk"]
+
+
+def test_an_unknown_default_rule_is_refused_and_nothing_is_written(store: Store) -> None:
+    merchant = create_merchant(store, "Unknown Default Shop").merchant
+    book = RuleBook(store)
+    key = (f"MERCHANT#{merchant.id}", "RADAR_RULES")
+    for rule_id in ("block_if_highest_risk", "manual_review_if_risky_after_authorization", ""):
+        with pytest.raises(InvalidRequestError) as refused:
+            book.set_default(merchant.id, rule_id, enabled=False)
+        assert (refused.value.param, refused.value.code) == ("rule", "parameter_invalid")
+        assert "block_if_high_risk, manual_review_if_elevated_risk" in refused.value.message
+    assert store.get(*key) is None
+    book.set_default(merchant.id, "manual_review_if_elevated_risk", enabled=False)
+    before = store.get(*key)
+    with pytest.raises(InvalidRequestError):
+        book.set_default(merchant.id, "nope", enabled=True)
+    assert store.get(*key) == before
+
+
+def test_the_screener_reads_the_disabled_defaults_with_the_rules_in_one_call(
+    store: Store,
+) -> None:
+    """The disabled defaults live in the rules' item: no call beyond its one GetItem per
+    TTL, and a change is seen once that has passed."""
+    merchant = create_merchant(store, "Counted Shop").merchant
+    RuleBook(store).set_default(merchant.id, "block_if_high_risk", enabled=False)
+    calls: list[str] = []
+
+    class Counting(Store):
+        def _call(self, operation: str, **kwargs: Any) -> Any:
+            calls.append(operation)
+            return super()._call(operation, **kwargs)
+
+    now = [1000.0]
+    screener = Screener(
+        Counting(store.table_name, store.client), DeterministicScorer(), clock=lambda: now[0]
+    )
+
+    def screen() -> Screening:
+        payer = Payer("tok_riskLevelHighest", None, None)
+        facts = ChargeFacts("ch_counted", None, None, None)
+        return screener.screen(merchant.id, {"amount": 2000.0}, lambda: 20.0, payer, facts)
+
+    for _ in range(3):
+        passed = screen()
+        assert passed.action is None and passed.risk is not None
+        assert passed.risk.level == "highest"
+    assert calls == ["get_item"]
+    RuleBook(store).set_default(merchant.id, "block_if_high_risk", enabled=True)
+    assert screen().action is None  # cached until the TTL passes
+    now[0] += RULES_TTL_SECONDS
+    blocked = screen()
+    assert (blocked.action, blocked.reason) == ("block", "highest_risk_level")
+    assert calls == ["get_item", "get_item"]
+
+
+# ---- the operators' route --------------------------------------------------------------------
+
+Admin = Callable[[str, str, bytes], tuple[int, dict[str, Any]]]
+
+
+@pytest.fixture
+def admin(
+    store: Store, processor: SandboxProcessor, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Admin]:
+    """The api handler in-process, called as the gateway calls it once IAM has verified an
+    operator's signature (it names the caller's ARN)."""
+    for name, value in {
+        table_env_var(MAIN_TABLE.key): MAIN_TABLE.name,
+        table_env_var(IDEMPOTENCY_TABLE.key): IDEMPOTENCY_TABLE.name,
+        PROCESSOR_URL_ENV: processor.url,
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "Clearline",
+        "POWERTOOLS_SERVICE_NAME": "clearline",
+    }.items():
+        monkeypatch.setenv(name, value)
+    handler = load_handler(TOPOLOGY.function("api"))
+    import api_routes  # on the path once load_handler has run
+
+    api_routes.services.cache_clear()  # rebuild clients inside this test's moto account
+
+    def call(method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, Any]]:
+        headers = [("Content-Type", "application/x-www-form-urlencoded")]
+        event = build_event(method, path, headers, body, "127.0.0.1", "prod")
+        event["requestContext"]["identity"]["userArn"] = "arn:aws:iam::000000000000:user/ops"
+        context = LocalLambdaContext("api", 1024, 29, str(uuid.uuid4()))
+        response = handler(event, context)
+        return response["statusCode"], json.loads(response["body"])
+
+    yield call
+    api_routes.services.cache_clear()
+
+
+def test_operators_turn_a_default_rule_off_and_on_through_the_admin_route(
+    store: Store, admin: Admin
+) -> None:
+    merchant = create_merchant(store, "Operated Shop").merchant
+    path = f"/admin/merchants/{merchant.id}/radar_rules"
+    status, listed = admin("GET", path, b"")
+    assert status == 200 and listed["data"] == []
+    assert [(d["id"], d["action"], d["enabled"]) for d in listed["defaults"]] == [
+        ("block_if_high_risk", "block", True),
+        ("manual_review_if_elevated_risk", "review", True),
+    ]
+    assert listed["defaults"][0]["predicate"] == ":risk_level: = 'highest'"
+
+    status, off = admin("POST", f"{path}/defaults/block_if_high_risk", b"enabled=false")
+    assert status == 200, off
+    assert {d["id"]: d["enabled"] for d in off["defaults"]} == {
+        "block_if_high_risk": False,
+        "manual_review_if_elevated_risk": True,
+    }
+    written = store.get(f"MERCHANT#{merchant.id}", "RADAR_RULES")
+
+    for rule_id, body, param in (
+        ("block_if_highest_risk", b"enabled=true", "rule"),
+        ("block_if_high_risk", b"enabled=maybe", "enabled"),
+        ("block_if_high_risk", b"", "enabled"),
+        ("block_if_high_risk", b"enabled=true&rule=x", "rule"),
+    ):
+        status, refused = admin("POST", f"{path}/defaults/{rule_id}", body)
+        assert status == 400, refused
+        assert refused["error"]["type"] == "invalid_request_error"
+        assert refused["error"]["param"] == param, refused
+        assert refused["error"]["code"] in (
+            "parameter_invalid",
+            "parameter_missing",
+            "parameter_unknown",
+        )
+    assert store.get(f"MERCHANT#{merchant.id}", "RADAR_RULES") == written  # nothing changed
+
+    status, on = admin("POST", f"{path}/defaults/block_if_high_risk", b"enabled=true")
+    assert status == 200 and all(d["enabled"] for d in on["defaults"])
+    status, missing = admin("POST", "/admin/merchants/acct_nobody/radar_rules/defaults/x", b"")
+    assert status == 404 and missing["error"]["param"] == "merchant"

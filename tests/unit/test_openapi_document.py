@@ -69,6 +69,7 @@ OPERATOR_ROUTES = {
     ("GET", "/admin/merchants/{merchant_id}/radar_rules"),
     ("POST", "/admin/merchants/{merchant_id}/radar_rules"),
     ("DELETE", "/admin/merchants/{merchant_id}/radar_rules/{rule_id}"),
+    ("POST", "/admin/merchants/{merchant_id}/radar_rules/defaults/{rule_id}"),
 }
 
 

@@ -2,10 +2,11 @@
 
 Stripe has no public API for rules (they are managed in its Dashboard), so these are
 Clearline's own: operators add and remove them through an IAM-authorized admin route or the
-`clearline radar rules` command. A rule is parsed when it is added, so a rule that does not
-parse is refused with where it goes wrong and is never stored. Every change moves the item's
-version on, guarded by the version it read: two operators editing at once cannot lose one
-another's rule.
+`clearline radar rules` command, and may turn Radar's default rules off for a merchant (as
+Stripe lets a merchant disable them) and back on. A rule is parsed when it is added, so a
+rule that does not parse is refused with where it goes wrong and is never stored. Every
+change moves the item's version on, guarded by the version it read: two operators editing
+at once cannot lose one another's change.
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ def _key(merchant_id: str) -> tuple[str, str]:
     return f"MERCHANT#{merchant_id}", "RADAR_RULES"
 
 
+DEFAULT_RULE_IDS = tuple(rule.id for rule in DEFAULT_RULES)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """What one read of a merchant's item says: its own rules, in order, and the ids of
+    Radar's default rules it has turned off."""
+
+    rules: tuple[Rule, ...] = ()
+    disabled_defaults: frozenset[str] = frozenset()
+
+    @property
+    def defaults(self) -> tuple[Rule, ...]:
+        """Radar's default rules still on, in their order."""
+        return tuple(rule for rule in DEFAULT_RULES if rule.id not in self.disabled_defaults)
+
+
 class RuleBook:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -72,11 +90,41 @@ class RuleBook:
     def _item(self, merchant_id: str) -> dict[str, Any] | None:
         return self.store.get(*_key(merchant_id))
 
+    def read(self, merchant_id: str) -> RuleSet:
+        """The merchant's rules and the defaults it turned off, from one read."""
+        item = self._item(merchant_id) or {}
+        stored = item.get("rules") or []
+        return RuleSet(
+            tuple(parse(rule["text"], rule["id"]) for rule in stored),
+            frozenset(item.get("disabled_defaults") or ()),
+        )
+
     def rules(self, merchant_id: str) -> tuple[Rule, ...]:
         """The merchant's rules, in the order they were added."""
+        return self.read(merchant_id).rules
+
+    def disabled_defaults(self, merchant_id: str) -> frozenset[str]:
+        """The ids of Radar's default rules the merchant has turned off."""
+        return self.read(merchant_id).disabled_defaults
+
+    def set_default(self, merchant_id: str, rule_id: str, enabled: bool) -> None:
+        """Turns one of Radar's default rules off or back on for the merchant, as Stripe
+        lets a merchant disable them. Setting the state it already has writes nothing."""
+        if rule_id not in DEFAULT_RULE_IDS:
+            raise InvalidRequestError(
+                f"{rule_id!r} is not one of Radar's default rules: {', '.join(DEFAULT_RULE_IDS)}.",
+                param="rule",
+                code="parameter_invalid",
+            )
         item = self._item(merchant_id)
-        stored = (item or {}).get("rules") or []
-        return tuple(parse(rule["text"], rule["id"]) for rule in stored)
+        disabled = set((item or {}).get("disabled_defaults") or ())
+        if (rule_id not in disabled) == enabled:
+            return
+        disabled.symmetric_difference_update({rule_id})
+        kept = [default for default in DEFAULT_RULE_IDS if default in disabled]
+        operation = "rule.default_enable" if enabled else "rule.default_disable"
+        stored = list((item or {}).get("rules") or [])
+        self._write(merchant_id, item, stored, operation, disabled_defaults=kept)
 
     def add(self, merchant_id: str, text: str) -> Rule:
         text = " ".join(text.split())
@@ -130,13 +178,20 @@ class RuleBook:
         item: dict[str, Any] | None,
         rules: list[dict[str, Any]],
         operation: str,
+        *,
+        disabled_defaults: list[str] | None = None,
     ) -> None:
+        """Writes the rules (and the disabled defaults, when given) guarded by the version
+        read: a concurrent change of either fails this one rather than being lost."""
         pk, sk = _key(merchant_id)
+        fields: dict[str, Any] = {"rules": rules}
+        if disabled_defaults is not None:
+            fields["disabled_defaults"] = disabled_defaults
         if item is None:
-            created = {"pk": pk, "sk": sk, "id": merchant_id, "rules": rules, "version": 1}
+            created = {"pk": pk, "sk": sk, "id": merchant_id, **fields, "version": 1}
             change = Change(pk, sk, merchant_id, operation, ACTIVE, create=created)
         else:
-            change = Change.versioned(item, operation, ACTIVE, set={"rules": rules})
+            change = Change.versioned(item, operation, ACTIVE, set=fields)
         if self.writer.commit(Transition([change])) is not None:
             raise ConflictError("The rules changed meanwhile; read them again and retry.")
 
@@ -180,10 +235,10 @@ class Screening:
 
 class Screener:
     """Scores a charge and runs the merchant's rules and Radar's defaults on it before the
-    processor call. Rules are read at most once per `RULES_TTL_SECONDS` per merchant and
-    execution environment; value lists, the dollar amount and velocity counters only when a
-    rule names them, so a merchant without such rules costs no call at all once its rules
-    are cached."""
+    processor call. Rules, and the defaults the merchant turned off, are read together at
+    most once per `RULES_TTL_SECONDS` per merchant and execution environment; value lists,
+    the dollar amount and velocity counters only when a rule names them, so a merchant
+    without such rules costs no call at all once its rules are cached."""
 
     def __init__(
         self,
@@ -199,19 +254,22 @@ class Screener:
         self.velocity = velocity
         self.clock = clock
         self.ttl_seconds = ttl_seconds
-        self._cached: dict[str, tuple[float, tuple[Rule, ...]]] = {}
+        self._cached: dict[str, tuple[float, RuleSet]] = {}
         self._lists: dict[tuple[str, str], tuple[float, frozenset[str] | None]] = {}
 
-    def rules(self, merchant_id: str) -> tuple[Rule, ...]:
+    def ruleset(self, merchant_id: str) -> RuleSet:
         now = self.clock()
         cached = self._cached.get(merchant_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        rules = self.book.rules(merchant_id)
+        ruleset = self.book.read(merchant_id)
         if len(self._cached) > 10_000:  # bounded: merchants come and go
             self._cached.clear()
-        self._cached[merchant_id] = (now + self.ttl_seconds, rules)
-        return rules
+        self._cached[merchant_id] = (now + self.ttl_seconds, ruleset)
+        return ruleset
+
+    def rules(self, merchant_id: str) -> tuple[Rule, ...]:
+        return self.ruleset(merchant_id).rules
 
     def _values(self, merchant_id: str, alias: str) -> frozenset[str] | None:
         """A list's values, read at most once per TTL (a list is read whole)."""
@@ -236,7 +294,8 @@ class Screener:
         risk = self.scorer.assess(payer)
         if risk.always_block:
             return Screening(risk, "block", BLOCK_IF_HIGHEST_RISK)
-        rules = self.rules(merchant_id)
+        ruleset = self.ruleset(merchant_id)
+        rules = ruleset.rules
         known = {**attributes, "risk_score": float(risk.score), "risk_level": risk.level}
         named = frozenset().union(*(rule.attributes for rule in rules))
         if "amount_in_usd" in named:
@@ -249,5 +308,7 @@ class Screener:
         aliases = frozenset().union(*(rule.value_lists for rule in rules))
         found = {alias: self._values(merchant_id, alias) for alias in aliases}
         lists = {alias: values for alias, values in found.items() if values is not None}
-        decided = decide((*rules, *DEFAULT_RULES), known, lists)
+        # Only the defaults the merchant left on; the always-blocked cards above are not a
+        # rule it can turn off.
+        decided = decide((*rules, *ruleset.defaults), known, lists)
         return Screening(risk, decided.action, decided.rule, counters)
