@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import requests
 
+from clearline import post_authorization
 from clearline.audit import Caller
 from clearline.charges import ChargeService
 from clearline.disputes import DisputeService
-from clearline.errors import InvalidRequestError, ResourceMissingError
+from clearline.errors import ConflictError, InvalidRequestError, ResourceMissingError
 from clearline.fraud_rules import RuleBook
 from clearline.merchants import create_merchant
 from clearline.models import Charge
@@ -327,3 +328,45 @@ def test_a_payment_disputed_before_its_reversal_closes_its_review_once(
     done = shop["charges"].retrieve(shop["merchant"], charge.id)
     assert done.disputed and done.refunds == () and done.amount_refunded == 0
     assert events_of(store, review.id) == ["review.closed", "review.opened"]
+
+
+def test_a_dispute_opened_during_the_second_look_keeps_its_review_from_opening(
+    store: Store,
+    shop: dict[str, Any],
+    processor: SandboxProcessor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The dispute lands between the look's read of the charge and its write: the write
+    is refused (the dispute settles the charge otherwise), and the next delivery skips."""
+    shop["book"].add(shop["merchant"].id, "Review if :cvc_check: = 'pass'")
+    charge = pay(shop, "tok_createDispute")
+    scored = post_authorization.second_score
+
+    def disputed_meanwhile(item: dict[str, Any]) -> Any:
+        disputed(shop, processor, charge.id)
+        return scored(item)
+
+    monkeypatch.setattr(post_authorization, "second_score", disputed_meanwhile)
+    with pytest.raises(ConflictError):
+        shop["second_look"].look(charge.id)
+    monkeypatch.undo()
+    after = shop["charges"].retrieve(shop["merchant"], charge.id)
+    assert after.disputed and after.review is None
+    assert shop["second_look"].look(charge.id) == "skipped"
+    assert not [item for item in store.scan("REVIEW#") if item.get("charge") == charge.id]
+
+
+def test_a_merchant_without_radars_review_rule_gets_no_review_from_the_second_look(
+    shop: dict[str, Any],
+) -> None:
+    merchant = shop["merchant"].id
+    shop["book"].set_default(merchant, "manual_review_if_elevated_risk", False)
+    risky = pay(shop, "tok_cvcCheckFail")
+    assert shop["second_look"].look(risky.id) == "passed"
+    assert shop["charges"].retrieve(shop["merchant"], risky.id).review is None
+    # The merchant's own rules on what only this look knows still run.
+    own = shop["book"].add(merchant, "Review if :cvc_check: = 'fail'")
+    assert shop["second_look"].look(pay(shop, "tok_cvcCheckFail").id) == "reviewed"
+    shop["book"].remove(merchant, own.id)
+    shop["book"].set_default(merchant, "manual_review_if_elevated_risk", True)
+    assert shop["second_look"].look(pay(shop, "tok_cvcCheckFail").id) == "reviewed"

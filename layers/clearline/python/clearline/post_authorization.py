@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # What only the look after the authorization knows: rules naming none of it already ran.
 AFTER_AUTHORIZATION_ATTRIBUTES = frozenset({"cvc_check", "risk_level", "risk_score"})
 CVC_FAILED_SCORE = 80  # a card whose CVC did not match: highest risk
+REVIEW_DEFAULT = "manual_review_if_elevated_risk"  # turning it off turns this look's off
 REVIEW_IF_RISKY = parse(
     "Review if :risk_level: != 'normal'", "manual_review_if_risky_after_authorization"
 )
@@ -101,15 +102,19 @@ class AfterAuthorization:
         merchant_id = charge["merchant"]
         # The merchant's allow rules keep their say (Radar's order), beside the rules that
         # read what only this look knows; the others already ran before the processor.
+        ruleset = self.book.read(merchant_id)
         rules: tuple[Rule, ...] = tuple(
             rule
-            for rule in self.book.rules(merchant_id)
+            for rule in ruleset.rules
             if rule.action == "allow" or rule.attributes & AFTER_AUTHORIZATION_ATTRIBUTES
         )
+        # A merchant that turned Radar's review of risky payments off gets none from here.
+        if REVIEW_DEFAULT not in ruleset.disabled_defaults:
+            rules = (*rules, REVIEW_IF_RISKY)
         aliases = frozenset().union(*(rule.value_lists for rule in rules))
         found = {alias: self.lists.values_of(merchant_id, alias) for alias in aliases}
         lists = {alias: values for alias, values in found.items() if values is not None}
-        decided = decide((*rules, REVIEW_IF_RISKY), _attributes(charge, assessment), lists)
+        decided = decide(rules, _attributes(charge, assessment), lists)
         if decided.action in (None, "allow") or decided.rule is None:
             return "passed"
         reverse = decided.action == "block"
@@ -154,6 +159,11 @@ class AfterAuthorization:
             charge["state"],
             from_state=charge["state"],
             set=changes,
+            # A dispute opened since the read settles the charge otherwise: its review
+            # must not open after the dispute closed the rest.
+            condition="attribute_not_exists(#disputed) OR #disputed = :not_disputed",
+            names={"#disputed": "disputed"},
+            values={":not_disputed": False},
         )
         if self.charges.writer.commit(Transition([marked, *change_list], None, events)):
             # The charge moved meanwhile (captured, refunded): the next delivery looks again.
