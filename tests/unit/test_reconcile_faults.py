@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from clearline import ledger
+from clearline import ledger, reconciliation
 from clearline.audit import Caller
 from clearline.charges import ChargeService
 from clearline.errors import ServiceUnavailableError
@@ -117,17 +117,22 @@ class CutOffAfter(Store):
 
 
 def test_a_file_cut_off_part_way_is_resumed_and_settles_each_row_once(
-    store: Store, day: Day
+    store: Store, day: Day, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lines = [HEADER, *map(line, day.rows)]
-    with pytest.raises(ServiceUnavailableError):  # the file's start, then two rows, then cut
-        Reconciler(CutOffAfter(store, 3)).reconcile(lines, file=FILE, etag=ETAG)
+    # Two capture rows to a transaction (3 items each, and one ADD to each of 5 accounts for
+    # both), so the cut falls inside the file.
+    monkeypatch.setattr(reconciliation, "MAX_TRANSACTION_ITEMS", 11)
+    with pytest.raises(ServiceUnavailableError):  # the file's start, two rows, then cut
+        Reconciler(CutOffAfter(store, 2)).reconcile(lines, file=FILE, etag=ETAG)
     assert [settled_by(store, row) for row in day.rows] == [FILE, FILE, None, None]
     marker = store.get(f"RECON#{FILE}", ETAG)
     assert marker is not None and marker["status"] == "processing"
 
-    # The queue delivers the notification again: the rows settled before the cut are not
-    # settled twice (nor reported as duplicates), and the rest are.
+    # The queue delivers the notification again, and the four rows now fit one transaction:
+    # the two settled before the cut fail their guards alone, are known as this file's own
+    # (not duplicates), and the transaction is committed again without them.
+    monkeypatch.undo()
     report = Reconciler(store).reconcile(lines, file=FILE, etag=ETAG)
     assert report.mismatches == []
     assert (report.rows, dict(report.counts)) == (4, {"matched": 4})
@@ -231,3 +236,54 @@ def test_a_converted_movement_is_matched_in_both_currencies(store: Store) -> Non
         for j in store.query_partition(f"CHARGE#{tampered.id}", "JOURNAL#")
         if j["operation"] == "settlement"
     ]
+
+
+def test_a_row_twice_in_one_file_settles_once_and_the_second_is_a_duplicate(
+    store: Store, day: Day
+) -> None:
+    """Rows settle many to a transaction; two rows of one movement never share one, so the
+    second finds it settled."""
+    lines = [HEADER, *map(line, day.rows), line(day.rows[1])]
+    report = Reconciler(store).reconcile(lines, file=FILE, etag=ETAG)
+    assert dict(report.counts) == {"matched": 4, "duplicate": 1}
+    assert [(m.kind, m.row) for m in report.mismatches] == [("duplicate", 5)]
+    assert_settled_once(store, day)
+
+
+class CountingTransactions(Store):
+    def __init__(self, store: Store) -> None:
+        super().__init__(store.table_name, store.client)
+        self.transactions = 0
+
+    def transact(self, writes: list[Write]) -> None:
+        self.transactions += 1
+        super().transact(writes)
+
+
+def test_rows_settle_many_to_a_transaction(store: Store, day: Day) -> None:
+    counting = CountingTransactions(store)
+    report = Reconciler(counting).reconcile([HEADER, *map(line, day.rows)], file=FILE, etag=ETAG)
+    assert report.counts["matched"] == 4
+    # The file's start, its four rows, the merchant's balance.available, the file's finish.
+    assert counting.transactions == 4
+    assert_settled_once(store, day)
+
+
+def test_a_batch_refused_for_no_rows_guard_is_settled_row_by_row(store: Store, day: Day) -> None:
+    """A settlement journal already there while its movement is unsettled (written by hand,
+    say) refuses the whole transaction at an item no row's guard names: the rows are then
+    settled one at a time, and only that one is held back, as a duplicate."""
+    first = day.rows[0]
+    journal_id = derived_id("jnl", txn_of(first), "settlement")
+    store.put(
+        {
+            "pk": f"CHARGE#{first['charge_id']}",
+            "sk": f"JOURNAL#{journal_id}",
+            "id": journal_id,
+            "operation": "manual",
+        }
+    )
+    report = Reconciler(store).reconcile([HEADER, *map(line, day.rows)], file=FILE, etag=ETAG)
+    assert dict(report.counts) == {"matched": 3, "duplicate": 1}
+    assert [(m.kind, m.row) for m in report.mismatches] == [("duplicate", 1)]
+    assert [settled_by(store, row) for row in day.rows] == [None, FILE, FILE, FILE]

@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
@@ -171,15 +171,13 @@ class Journal:
         digest = hashlib.sha256(f"{self.id}:{account}".encode()).digest()
         return int.from_bytes(digest[:4], "big") % shards.count(account)
 
-    def writes(self, shards: ShardPolicy) -> list[Write]:
-        """The journal item (written once) and one ADD on one shard of each account."""
-        entries = [e for e in self.entries if e.amount > 0]
-        journal_item = {
+    def item(self) -> dict[str, Any]:
+        return {
             "pk": self.partition or f"CHARGE#{self.charge_id}",
             "sk": f"JOURNAL#{self.id}",
             "id": self.id,
             "currency": self.currency,
-            "entries": [e.as_item() for e in entries],
+            "entries": [e.as_item() for e in self.entries if e.amount > 0],
             "charge": self.charge_id,
             "merchant": self.merchant_id,
             "operation": self.operation,
@@ -187,17 +185,30 @@ class Journal:
             "created": self.created,
             **self.details,
         }
-        writes = [Write.put_new(journal_item)]
-        # A transaction may touch an item once: an account's counters go in one ADD.
-        per_account: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for entry in entries:
-            per_account[entry.account][entry.counter] += entry.amount
-        for account, counters in per_account.items():
-            shard = self.shard_of(account, shards)
-            writes.append(
-                Write.add({"pk": f"ACCOUNT#{account}#{shard}", "sk": "BALANCE"}, dict(counters))
-            )
-        return writes
+
+    def writes(self, shards: ShardPolicy) -> list[Write]:
+        """The journal item (written once) and one ADD on one shard of each account."""
+        return journal_writes([self], shards)
+
+
+def journal_writes(journals: Sequence[Journal], shards: ShardPolicy) -> list[Write]:
+    """The journals' items, written once, and one ADD per account for all of them: a
+    transaction may touch an item only once. The shard is the one the first journal's id
+    picks (balances read every shard, so which one takes the ADD changes no balance)."""
+    if not journals:
+        return []
+    writes = [Write.put_new(journal.item()) for journal in journals]
+    per_account: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for journal in journals:
+        for entry in journal.entries:
+            if entry.amount > 0:
+                per_account[entry.account][entry.counter] += entry.amount
+    for account, counters in per_account.items():
+        shard = journals[0].shard_of(account, shards)
+        writes.append(
+            Write.add({"pk": f"ACCOUNT#{account}#{shard}", "sk": "BALANCE"}, dict(counters))
+        )
+    return writes
 
 
 # ---- posting rules ------------------------------------------------------------------------

@@ -62,6 +62,7 @@ COLUMNS = [
 ]
 LAG_DAYS = int(os.environ.get("CLEARLINE_SETTLEMENT_LAG_DAYS", "2"))
 BATCH = 100
+MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit for one TransactWriteItems
 PLATFORM = "clearline"  # operations events belong to the platform, not to a merchant
 
 MATCHED, AMOUNT, CURRENCY, MISSING_LEDGER, DUPLICATE, MISSING_SETTLEMENT, MALFORMED = (
@@ -192,6 +193,14 @@ class Report:
         }
 
 
+def _together(settlements: list[Transition]) -> Transition:
+    """Rows' settlements as one transaction: their changes first, in order, so that
+    `failed_at(i)` names row i."""
+    return Transition(
+        [s.changes[0] for s in settlements], journals=[j for s in settlements for j in s.journals]
+    )
+
+
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
@@ -282,8 +291,12 @@ class Reconciler:
             found = {
                 t["id"]: t for t in self.store.get_many([(f"TXN#{r.txn_id}", "TXN") for r in rows])
             }
-            for row in rows:
-                self._classify(report, row, found.get(row.txn_id))
+            matched = [
+                (row, txn)
+                for row in rows
+                if (txn := self._classify(report, row, found.get(row.txn_id))) is not None
+            ]
+            self._settle_many(report, matched)
             report.rows += len(chunk)
             if progress:
                 progress(report.rows)
@@ -374,10 +387,14 @@ class Reconciler:
         report.counts[MATCHED] += 1
         report.settled[payout["currency"]] += payout["amount"]
 
-    def _classify(self, report: Report, row: Row, txn: dict[str, Any] | None) -> None:
+    def _classify(
+        self, report: Report, row: Row, txn: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The movement the row settles, when it matches; else the row's mismatch is
+        reported and None returned."""
         if txn is None:
             self._mismatch(report, row.mismatch(MISSING_LEDGER, f"no {row.type} {row.txn_id}"))
-            return
+            return None
         # The processor reports what it moved, in the customer's currency: a converted
         # movement is matched on that, and settles the merchant's side in theirs.
         moved_in = txn.get("presentment_currency", txn["currency"])
@@ -393,19 +410,84 @@ class Reconciler:
                 f"{row.amount} {row.currency} at {txn['exchange_rate']} is "
                 f"{_settled_amount(row, txn)} {txn['currency']}, ours {abs(txn['amount'])}",
             )
-        elif self._settle(report, row, txn):
-            report.counts[MATCHED] += 1
-            report.settled[row.currency] += row.amount
-            if txn["net"] > 0:
-                report.credited.add(txn["merchant"])
-            return
         else:
-            mismatch = row.mismatch(DUPLICATE, f"{row.txn_id} was already settled")
+            return txn
         report.reported.add(txn["id"])
         self._mismatch(report, mismatch)
+        return None
 
-    def _settle(self, report: Report, row: Row, txn: dict[str, Any]) -> bool:
-        """Post the row's settlement journal. False if another row already settled it."""
+    def _settled(self, report: Report, row: Row, txn: dict[str, Any]) -> None:
+        report.counts[MATCHED] += 1
+        report.settled[row.currency] += row.amount
+        if txn["net"] > 0:
+            report.credited.add(txn["merchant"])
+
+    def _settle_many(self, report: Report, matched: list[tuple[Row, dict[str, Any]]]) -> None:
+        """Post the matched rows' settlement journals, as many rows to a transaction as fit
+        in one (100 items, each item once; the rows' ADDs to an account are one). A row
+        whose movement another row (or an earlier, interrupted run of this file) settled
+        first fails its own guard alone: the rest of its batch is committed again without
+        it."""
+        for batch in self._batches(report, matched):
+            while batch:
+                cancelled = self.writer.commit(_together([s for _, _, s in batch]))
+                if cancelled is None:
+                    for row, txn, _ in batch:
+                        self._settled(report, row, txn)
+                    break
+                failed = [i for i in range(len(batch)) if cancelled.failed_at(i)]
+                if not failed:  # refused for a reason no row's guard names: one at a time
+                    for row, txn, settlement in batch:
+                        self._settle_one(report, row, txn, settlement)
+                    break
+                for i in failed:
+                    row, txn, _ = batch[i]
+                    self._already_settled(report, row, txn)
+                batch = [entry for i, entry in enumerate(batch) if i not in failed]
+
+    def _batches(
+        self, report: Report, matched: list[tuple[Row, dict[str, Any]]]
+    ) -> Iterator[list[tuple[Row, dict[str, Any], Transition]]]:
+        """The rows' settlements packed into transactions of at most MAX_TRANSACTION_ITEMS
+        items. Two rows of one movement never share one (an item once per transaction), so
+        the second finds the movement settled by the first."""
+        batch: list[tuple[Row, dict[str, Any], Transition]] = []
+        movements: set[str] = set()
+        now = self.clock()
+        for row, txn in matched:
+            settlement = self._settlement(report, row, txn)
+            together = _together([s for _, _, s in batch] + [settlement])
+            fits = len(self.writer.writes(together, now)) <= MAX_TRANSACTION_ITEMS
+            if batch and (txn["id"] in movements or not fits):
+                yield batch
+                batch, movements = [], set()
+            batch.append((row, txn, settlement))
+            movements.add(txn["id"])
+        if batch:
+            yield batch
+
+    def _settle_one(
+        self, report: Report, row: Row, txn: dict[str, Any], settlement: Transition
+    ) -> None:
+        if self.writer.commit(settlement) is None:
+            self._settled(report, row, txn)
+        else:
+            self._already_settled(report, row, txn)
+
+    def _already_settled(self, report: Report, row: Row, txn: dict[str, Any]) -> None:
+        """A row whose movement was settled before: by this same row of this same file in
+        an interrupted earlier run (resumed: matched), or by another row (a duplicate)."""
+        journal_id = derived_id("jnl", txn["id"], "settlement")
+        posted = self.store.get(f"CHARGE#{row.charge_id}", f"JOURNAL#{journal_id}") or {}
+        if posted.get("file") == report.file and posted.get("row") == row.number:
+            self._settled(report, row, txn)
+            return
+        report.reported.add(txn["id"])
+        self._mismatch(report, row.mismatch(DUPLICATE, f"{row.txn_id} was already settled"))
+
+    def _settlement(self, report: Report, row: Row, txn: dict[str, Any]) -> Transition:
+        """The row's settlement journal (two, when converted) and its movement's change to
+        settled, guarded by its being unsettled."""
         merchant, cur = txn["merchant"], txn["currency"]
         inbound = row.type in ("capture", "dispute_reversal")
         processor_fee = row.fee if row.type in ("capture", "dispute") else 0
@@ -448,11 +530,7 @@ class Reconciler:
                 **awaiting_payout_keys(merchant, cur, txn["id"], self.clock()),
             },
         )
-        if self.writer.commit(Transition([settled], journals=journals)) is None:
-            return True
-        posted = self.store.get(f"CHARGE#{row.charge_id}", f"JOURNAL#{journal.id}") or {}
-        # Posted by this same row of this same file in an interrupted earlier run: resumed.
-        return posted.get("file") == report.file and posted.get("row") == row.number
+        return Transition([settled], journals=journals)
 
     def _missing_in_settlement(self, report: Report, business_day: dt.date) -> None:
         for shard in range(SETTLEMENT_SHARDS):

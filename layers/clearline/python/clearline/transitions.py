@@ -208,8 +208,7 @@ class TransitionWriter:
                     idempotency_key=transition.idempotency_key,
                 )
             )
-        for journal in transition.journals:
-            writes += journal.writes(self.shards)
+        writes += ledger.journal_writes(transition.journals, self.shards)
         writes += [Write.put_new(record) for record in transition.records]
         writes += [Write("Put", item=item) for item in transition.index_items]
         writes += [
