@@ -13,28 +13,21 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
-from functools import cache, partial
-from typing import Annotated, Any, Literal
+from functools import cache, cached_property, partial
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.shared.json_encoder import Encoder
+from telemetry import logger, metrics
 
-import pages
 import screening
-from clearline import balance, listing, search
+from clearline import listing
 from clearline.audit import Caller
-from clearline.bank_accounts import BankAccounts
 from clearline.cards import card_number_location, card_number_refusal
-from clearline.charges import ChargeService
 from clearline.config import Settings
-from clearline.customers import CustomerService
-from clearline.disputes import DisputeService
-from clearline.early_fraud_warnings import EarlyFraudWarnings
 from clearline.errors import (
     ApiError,
     AuthenticationError,
@@ -47,11 +40,8 @@ from clearline.errors import (
     UnknownUrlError,
 )
 from clearline.forms import body_bytes, decode, parse_body
-from clearline.fraud_rules import RuleBook
-from clearline.fx import FxQuoteService, RateBook
 from clearline.idempotency import IdempotentRequests, Reply, check_key
 from clearline.ledger import ShardPolicy
-from clearline.logs import new_logger
 from clearline.merchants import KeyCache, KeyKind, Merchant, get_merchant
 from clearline.models import BalanceTransaction, Charge, Event, Model, Page, PaymentIntent
 from clearline.params import (
@@ -88,11 +78,6 @@ from clearline.params import (
     ValueListUpdateParams,
     parse_params,
 )
-from clearline.payment_intents import PaymentIntentService
-from clearline.payment_methods import PaymentMethodService
-from clearline.payout_jobs import PayoutJob
-from clearline.payouts import PENDING as PAYOUT_PENDING
-from clearline.payouts import PayoutService
 from clearline.processor import ProcessorBusy, ProcessorClient
 from clearline.rate_limits import (
     CONTEXT_MESSAGE,
@@ -110,10 +95,6 @@ from clearline.rate_limits import (
     key_from_authorization,
     merchant_of_context,
 )
-from clearline.refunds import RefundService
-from clearline.reviews import ReviewService
-from clearline.risk import DEFAULT_RULES
-from clearline.scheduling import WAITING_REFUND, Job
 from clearline.store import Store, StoreUnavailable
 from clearline.topology import (
     BANK_ACCOUNTS_KEY_ENV,
@@ -123,14 +104,7 @@ from clearline.topology import (
     queue_env_var,
     table_env_var,
 )
-from clearline.value_lists import ValueListService
-from clearline.vault_client import VaultClient
 from clearline.versions import CURRENT_VERSION
-from clearline.webhooks import (
-    WebhookEndpointCreateParams,
-    WebhookEndpoints,
-    WebhookEndpointUpdateParams,
-)
 from presentation.errors import error_body, error_status
 from presentation.events import render_event
 from presentation.expand import check_paths, expand
@@ -139,35 +113,29 @@ from presentation.lists import list_object, search_result
 from presentation.objects import render
 from presentation.payouts import render_bank_account
 
+# The modules of rare routes, and each domain service's, load on first use: a cold start
+# loads what its request needs.
+if TYPE_CHECKING:
+    from clearline import search
+    from clearline.charges import ChargeService
+    from clearline.customers import CustomerService
+    from clearline.disputes import DisputeService
+    from clearline.early_fraud_warnings import EarlyFraudWarnings
+    from clearline.fx import FxQuoteService
+    from clearline.payment_intents import PaymentIntentService
+    from clearline.payment_methods import PaymentMethodService
+    from clearline.payouts import PayoutService
+    from clearline.refunds import RefundService
+    from clearline.reviews import ReviewService
+    from clearline.value_lists import ValueListService
+    from clearline.webhooks import WebhookEndpoints
+
 MAX_EVENT_TYPES = 20
 MAX_BODY_BYTES = 64 * 1024  # Stripe requests are small; anything larger is a mistake or abuse
 
-logger = new_logger()
-metrics = Metrics()
 # Indented as Stripe's responses are, so that a response read by a person reads alike.
 serialize = partial(json.dumps, indent=2, cls=Encoder)
 app = APIGatewayRestResolver(enable_validation=True, serializer=serialize)
-
-
-@dataclass(frozen=True)
-class Services:
-    store: Store
-    shards: ShardPolicy
-    charges: ChargeService
-    refunds: RefundService
-    customers: CustomerService
-    payment_intents: PaymentIntentService
-    payment_methods: PaymentMethodService
-    disputes: DisputeService
-    payouts: PayoutService
-    fx_quotes: FxQuoteService
-    value_lists: ValueListService
-    reviews: ReviewService
-    early_fraud_warnings: EarlyFraudWarnings
-    keyless_limits: KeylessRouteLimits | None
-    webhook_endpoints: WebhookEndpoints
-    idempotency: IdempotentRequests
-    keys: KeyCache
 
 
 def _keyless_limits(store: Store, counters_table: str | None) -> KeylessRouteLimits | None:
@@ -184,56 +152,124 @@ def _keyless_limits(store: Store, counters_table: str | None) -> KeylessRouteLim
     )
 
 
+class Services:
+    """What the routes call, from the function's settings. The clients, and what every
+    request uses, are built with it; each domain service (and its module) on the first
+    request that calls it."""
+
+    def __init__(self, settings: Settings) -> None:
+        from clearline.secrets import SealedFields, SecretBox
+        from clearline.vault_client import VaultClient
+
+        self.settings = settings
+        self.store = Store(settings.main_table)
+        self.processor = ProcessorClient(
+            settings.processor_url,
+            settings.processor_timeout_seconds,
+            vault=VaultClient.from_env(settings.processor_timeout_seconds),
+        )
+        # Webhook signing secrets are sealed under KMS, in endpoint items and in the stored
+        # response to their create alike.
+        self.secret_box = SecretBox(settings.webhook_secrets_key)
+        # One DynamoDB client for both tables: one connection pool, one client to build at
+        # cold start.
+        self.idempotency = IdempotentRequests(
+            settings.idempotency_table, self.store.client, sealer=SealedFields(self.secret_box)
+        )
+        self.shards = ShardPolicy.from_env()
+        counters_table = os.environ.get(table_env_var(COUNTERS_TABLE.key))
+        self.counters = Store(counters_table, self.store.client) if counters_table else None
+        self.keyless_limits = _keyless_limits(self.store, counters_table)
+        self.keys = KeyCache()
+        # Read now with the rest of the environment, for the services built later.
+        self.public_url = Links.from_env().base_url
+        self.bank_accounts_key = os.environ.get(BANK_ACCOUNTS_KEY_ENV, "")
+
+    @cached_property
+    def charges(self) -> ChargeService:
+        from clearline.charges import ChargeService
+
+        return ChargeService(self.store, self.processor, self.shards, counters=self.counters)
+
+    @cached_property
+    def refunds(self) -> RefundService:
+        from clearline.refunds import RefundService
+
+        return RefundService(self.store, self.processor, self.shards)
+
+    @cached_property
+    def customers(self) -> CustomerService:
+        from clearline.customers import CustomerService
+
+        return CustomerService(self.store)
+
+    @cached_property
+    def payment_intents(self) -> PaymentIntentService:
+        from clearline.payment_intents import PaymentIntentService
+
+        return PaymentIntentService(
+            self.store, self.charges, self.refunds, public_url=self.public_url
+        )
+
+    @cached_property
+    def payment_methods(self) -> PaymentMethodService:
+        from clearline.payment_methods import PaymentMethodService
+
+        return PaymentMethodService(self.store, self.processor.vault)
+
+    @cached_property
+    def disputes(self) -> DisputeService:
+        from clearline.disputes import DisputeService
+
+        return DisputeService(self.store, self.processor, self.shards)
+
+    @cached_property
+    def payouts(self) -> PayoutService:
+        from clearline.bank_accounts import BankAccounts
+        from clearline.payouts import PayoutService
+        from clearline.secrets import SecretBox
+
+        # The api creates payouts and sets bank accounts; only the payout worker sends them.
+        accounts = BankAccounts(self.store, SecretBox(self.bank_accounts_key))
+        return PayoutService(self.store, accounts, None, self.shards)
+
+    @cached_property
+    def fx_quotes(self) -> FxQuoteService:
+        from clearline.fx import FxQuoteService, RateBook
+
+        return FxQuoteService(self.store, RateBook(self.store))
+
+    @cached_property
+    def value_lists(self) -> ValueListService:
+        from clearline.value_lists import ValueListService
+
+        return ValueListService(self.store)
+
+    @cached_property
+    def reviews(self) -> ReviewService:
+        from clearline.reviews import ReviewService
+
+        return ReviewService(self.store)
+
+    @cached_property
+    def early_fraud_warnings(self) -> EarlyFraudWarnings:
+        from clearline.early_fraud_warnings import EarlyFraudWarnings
+
+        return EarlyFraudWarnings(self.store)
+
+    @cached_property
+    def webhook_endpoints(self) -> WebhookEndpoints:
+        from clearline.egress import EgressPolicy
+        from clearline.webhooks import WebhookEndpoints
+
+        egress = EgressPolicy.from_settings(self.settings)
+        return WebhookEndpoints(self.store, secrets=self.secret_box, egress=egress)
+
+
 @cache
 def services() -> Services:
     """Built once per execution environment, on first use, from the function's settings."""
-    from clearline.egress import EgressPolicy
-    from clearline.secrets import SealedFields, SecretBox
-
-    settings = Settings.from_env()
-    store = Store(settings.main_table)
-    processor = ProcessorClient(
-        settings.processor_url,
-        settings.processor_timeout_seconds,
-        vault=VaultClient.from_env(settings.processor_timeout_seconds),
-    )
-    # Webhook signing secrets are sealed under KMS, in endpoint items and in the stored
-    # response to their create alike.
-    secret_box = SecretBox(settings.webhook_secrets_key)
-    # One DynamoDB client for both tables: one connection pool, one client to build at cold start.
-    idempotency = IdempotentRequests(
-        settings.idempotency_table, store.client, sealer=SealedFields(secret_box)
-    )
-    shards = ShardPolicy.from_env()
-    counters_table = os.environ.get(table_env_var(COUNTERS_TABLE.key))
-    counters = Store(counters_table, store.client) if counters_table else None
-    charges = ChargeService(store, processor, shards, counters=counters)
-    refunds = RefundService(store, processor, shards)
-    return Services(
-        store,
-        shards,
-        charges,
-        refunds,
-        CustomerService(store),
-        PaymentIntentService(store, charges, refunds, public_url=Links.from_env().base_url),
-        PaymentMethodService(store, processor.vault),
-        DisputeService(store, processor, shards),
-        # The api creates payouts and sets bank accounts; only the payout worker sends them.
-        PayoutService(
-            store,
-            BankAccounts(store, SecretBox(os.environ.get(BANK_ACCOUNTS_KEY_ENV, ""))),
-            None,
-            shards,
-        ),
-        FxQuoteService(store, RateBook(store)),
-        ValueListService(store),
-        ReviewService(store),
-        EarlyFraudWarnings(store),
-        _keyless_limits(store, counters_table),
-        WebhookEndpoints(store, secrets=secret_box, egress=EgressPolicy.from_settings(settings)),
-        idempotency,
-        KeyCache(),
-    )
+    return Services(Settings.from_env())
 
 
 def request_id() -> str:
@@ -668,6 +704,8 @@ def search_charges(
     page: Annotated[str | None, Query(max_length=500)] = None,
     expand_: Expand = None,
 ) -> Response[dict[str, Any]]:
+    from clearline import search
+
     return searched(search.CHARGES, "charge", query, limit, page)
 
 
@@ -675,6 +713,8 @@ def searched(
     searchable: search.Searchable[Any], kind: str, query: str, limit: int, page: str | None
 ) -> Response[dict[str, Any]]:
     """A search route's answer: the query parsed, then a bounded walk of the list."""
+    from clearline import search
+
     merchant = secret_key_merchant()
     url = f"/v1/{kind}s/search"
     paths = check_paths(f"list:{kind}", expand_query())
@@ -750,6 +790,8 @@ def create_refund_and_queue(who: Caller, params: RefundCreateParams, key: str) -
 def queue_waiting_refund(refund_id: str) -> None:
     """A refund answered pending waits for processor capacity on the capture queue, whose
     few workers send it when there is room; if the message is lost, the resolver sends it."""
+    from clearline.scheduling import WAITING_REFUND, Job
+
     try:
         _sqs().send_message(
             QueueUrl=os.environ[queue_env_var(CAPTURE_QUEUE.key)],
@@ -843,6 +885,8 @@ def list_charge_refunds(
 
 @app.get("/v1/balance")
 def retrieve_balance() -> Response[dict[str, Any]]:
+    from clearline import balance
+
     merchant = secret_key_merchant()
     found = balance.merchant_balance(services().store, merchant.id, services().shards)
     return respond(merchant, found, "balance")
@@ -953,6 +997,8 @@ def search_customers(
     limit: ListLimit = 10,
     page: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response[dict[str, Any]]:
+    from clearline import search
+
     return searched(search.CUSTOMERS, "customer", query, limit, page)
 
 
@@ -1099,6 +1145,8 @@ def list_payment_intents(
 def authentication_return(intent_id: str, token: str) -> Response[str]:
     """Where the vault sends a customer's browser after a 3-D Secure challenge: the intent
     goes on with the outcome, and the browser goes on to the merchant's return_url."""
+    import pages
+
     intent = services().payment_intents.complete_authentication(intent_id, token)
     redirect_status = {"succeeded": "succeeded", "requires_capture": "succeeded"}.get(
         intent.state, "failed" if intent.state == "requires_payment_method" else "pending"
@@ -1257,6 +1305,8 @@ def _sqs() -> Any:
 def send_to_bank(payout_id: str) -> None:
     """Queue a new payout for the bank now; if the message is lost, the scheduler's sweep
     finds the payout pending and queues it again."""
+    from clearline.payout_jobs import PayoutJob
+
     try:
         _sqs().send_message(
             QueueUrl=os.environ[queue_env_var(PAYOUT_QUEUE.key)],
@@ -1267,6 +1317,8 @@ def send_to_bank(payout_id: str) -> None:
 
 
 def create_payout_and_send(who: Caller, params: PayoutCreateParams, key: str) -> Model:
+    from clearline.payouts import PENDING as PAYOUT_PENDING
+
     payout = services().payouts.create(who, params, idempotency_key=key)
     if payout.status == PAYOUT_PENDING:
         send_to_bank(payout.id)
@@ -1578,6 +1630,9 @@ def set_bank_account(merchant_id: str) -> Response[dict[str, Any]]:
 
 
 def _rules_of(merchant_id: str) -> dict[str, Any]:
+    from clearline.fraud_rules import RuleBook
+    from clearline.risk import DEFAULT_RULES
+
     ruleset = RuleBook(services().store).read(merchant_id)
     return {
         "object": "list",
@@ -1618,6 +1673,8 @@ def list_radar_rules(merchant_id: str) -> Response[dict[str, Any]]:
 @app.post("/admin/merchants/<merchant_id>/radar_rules", include_in_schema=False)
 def add_radar_rule(merchant_id: str) -> Response[dict[str, Any]]:
     """Clearline's own: Stripe manages rules in its Dashboard and has no API for them."""
+    from clearline.fraud_rules import RuleBook
+
     who = _operated_merchant(merchant_id)
     params = parse_params(RadarRuleParams, body_params())
     rule = RuleBook(services().store).add(merchant_id, params.rule)
@@ -1627,6 +1684,8 @@ def add_radar_rule(merchant_id: str) -> Response[dict[str, Any]]:
 
 @app.delete("/admin/merchants/<merchant_id>/radar_rules/<rule_id>", include_in_schema=False)
 def remove_radar_rule(merchant_id: str, rule_id: str) -> Response[dict[str, Any]]:
+    from clearline.fraud_rules import RuleBook
+
     who = _operated_merchant(merchant_id)
     RuleBook(services().store).remove(merchant_id, rule_id)
     logger.info("radar rule removed", extra={"merchant": merchant_id, "rule": rule_id, "by": who})
@@ -1641,6 +1700,8 @@ class RadarDefaultRuleParams(Params):
 def set_radar_default_rule(merchant_id: str, rule_id: str) -> Response[dict[str, Any]]:
     """Turns one of Radar's default rules off for the merchant, or back on, as Stripe lets
     a merchant disable its default rules."""
+    from clearline.fraud_rules import RuleBook
+
     who = _operated_merchant(merchant_id)
     params = parse_params(RadarDefaultRuleParams, body_params())
     RuleBook(services().store).set_default(merchant_id, rule_id, params.enabled)
@@ -1653,6 +1714,8 @@ def set_radar_default_rule(merchant_id: str, rule_id: str) -> Response[dict[str,
 
 @app.post("/v1/webhook_endpoints")
 def create_webhook_endpoint() -> Response[dict[str, Any]]:
+    from clearline.webhooks import WebhookEndpointCreateParams
+
     return idempotent_post(
         WebhookEndpointCreateParams,
         lambda who, endpoint, _: services().webhook_endpoints.create(who, endpoint),
@@ -1669,6 +1732,8 @@ def retrieve_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
 
 @app.post("/v1/webhook_endpoints/<endpoint_id>")
 def update_webhook_endpoint(endpoint_id: str) -> Response[dict[str, Any]]:
+    from clearline.webhooks import WebhookEndpointUpdateParams
+
     return idempotent_post(
         WebhookEndpointUpdateParams,
         lambda who, update, _: services().webhook_endpoints.update(who, endpoint_id, update),
@@ -1713,17 +1778,23 @@ def _html(status: int, page: str) -> Response[str]:
 
 @app.get("/receipts/<charge_id>/<token>", include_in_schema=False)
 def receipt(charge_id: str, token: str) -> Response[str]:
+    import pages
+
     charge, merchant = services().charges.receipt(charge_id, token)
     return _html(200, pages.receipt_page(render(charge, links()), merchant.name))
 
 
 @app.get("/errors", include_in_schema=False)
 def error_codes() -> Response[str]:
+    import pages
+
     return _html(200, pages.error_codes_page(pages.ERROR_CODES))
 
 
 @app.get("/errors/<code>", include_in_schema=False)
 def error_code(code: str) -> Response[str]:
+    import pages
+
     if code not in pages.ERROR_CODES:
         raise ResourceMissingError("error code", code[:100])
     return _html(200, pages.error_code_page(code, pages.ERROR_CODES[code]))

@@ -1,0 +1,95 @@
+"""The api handler's cold import next to what any such function imports (prints; asserts
+nothing).
+
+The baseline is boto3, Powertools' idempotency utility and its REST event handler: what a
+Powertools API on DynamoDB imports before any code of its own. Each import runs in a fresh
+interpreter, baseline and handler taking turns, so that whatever else the machine is
+doing weighs on both alike; the ratio is of the medians.
+
+With tracing off, as the local stack runs, the handler does not import the X-Ray SDK; with
+tracing on (Lambda's active tracing), it does, and patches what it traces. The routes, and
+each service's modules, load on the function's first invocation that needs them: the last
+line says what that costs a first charge.
+
+Usage: python bench/cold_start.py [--pairs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+API_DIR = Path(__file__).resolve().parents[1] / "functions" / "api"
+BASELINE = (
+    "import boto3; "
+    "from aws_lambda_powertools.utilities.idempotency import "
+    "idempotent_function, DynamoDBPersistenceLayer, IdempotencyConfig; "
+    "from aws_lambda_powertools.event_handler import APIGatewayRestResolver"
+)
+HANDLER = "import api_handler"
+# What a first charge imports after the handler: the routes, and its service's modules.
+FIRST_CHARGE = "import api_routes; from clearline import charges, secrets, vault_client"
+TRACING_OFF = {"POWERTOOLS_TRACE_DISABLED": "true"}
+# Outside Lambda the Tracer turns itself off; its task root is what tells it it is inside.
+TRACING_ON = {"POWERTOOLS_TRACE_DISABLED": "false", "LAMBDA_TASK_ROOT": str(API_DIR)}
+
+
+def seconds(statement: str, environment: dict[str, str], after: str = "") -> float:
+    """How long `statement` takes in a fresh interpreter (after `after`, untimed, if given)."""
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(API_DIR)!r}); {after or 'pass'}; "
+        f"t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    )
+    env = {**os.environ, **environment}
+    env.pop("PYTHONPROFILEIMPORTTIME", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    return float(done.stdout)
+
+
+def alternating(
+    pairs: int, environment: dict[str, str], first: str, second: str, after: str = ""
+) -> tuple[float, float]:
+    """Medians of `first` and `second`, run in turn, each in a fresh interpreter."""
+    first_times: list[float] = []
+    second_times: list[float] = []
+    for _ in range(pairs):
+        first_times.append(seconds(first, environment))
+        second_times.append(seconds(second, environment, after))
+    return statistics.median(first_times), statistics.median(second_times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=7)
+    args = parser.parse_args()
+    n = args.pairs
+
+    # Bytecode caches written before anything is timed.
+    seconds(f"{BASELINE}; {HANDLER}; {FIRST_CHARGE}", TRACING_OFF)
+    lines = []
+    imports = {}
+    for label, environment in (("tracing off", TRACING_OFF), ("tracing on", TRACING_ON)):
+        baseline, imports[label] = alternating(n, environment, BASELINE, HANDLER)
+        lines.append(
+            f"cold import: baseline (boto3 + Powertools idempotency + event handler) "
+            f"{baseline * 1000:.0f} ms, api handler {imports[label] * 1000:.0f} ms, ratio "
+            f"{imports[label] / baseline:.2f}x "
+            f"(median of {n} alternating fresh interpreters, {label})"
+        )
+    _, first = alternating(n, TRACING_OFF, BASELINE, FIRST_CHARGE, after=HANDLER)
+    lines.append(
+        f"first invocation, a charge: the routes and the charge path's modules load in "
+        f"{first * 1000:.0f} ms, {(imports['tracing off'] + first) * 1000:.0f} ms with the "
+        f"import (median of {n} fresh interpreters, tracing off)"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
