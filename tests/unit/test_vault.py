@@ -707,7 +707,13 @@ def test_a_payment_method_is_only_its_merchants(vault: Vault) -> None:
         "GET", f"/internal/payment_methods/{pm['id']}?merchant={vault.shop.merchant.id}"
     )
     assert mine.status == 200
-    assert mine.json == {**pm, "merchant": vault.shop.merchant.id}
+    # What the browser was shown, whose it is, and what only Clearline's fraud rules read.
+    assert mine.json == {
+        **pm,
+        "card": {**pm["card"], "iin": "424242"},
+        "client_ip": "203.0.113.7",
+        "merchant": vault.shop.merchant.id,
+    }
     theirs = vault.internal(
         "GET", f"/internal/payment_methods/{pm['id']}?merchant={vault.other.merchant.id}"
     )
