@@ -66,6 +66,8 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/fraud_screening.py
 	$(BIN)/python bench/vault_path.py
 	$(BIN)/python bench/dispute_path.py
+	$(BIN)/python bench/cold_start.py
+	$(BIN)/python bench/cost.py
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .mypy_cache .ruff_cache .pytest_cache
