@@ -68,7 +68,9 @@ def test_every_posting_rule_balances(entries: tuple[ledger.Entry, ...]) -> None:
 def test_posting_a_capture_updates_the_sharded_balances(store: Store) -> None:
     store.put(charge(amount_captured=5000))
     store.transact(
-        journal("jnl_1", ledger.capture_entries("acct_1", "usd", 5000, 150)).writes(SHARDS)
+        ledger.journal_writes(
+            [journal("jnl_1", ledger.capture_entries("acct_1", "usd", 5000, 150))], SHARDS
+        )
     )
     payable = ledger.account_balance(store, ledger.merchant_payable("acct_1", "usd"))
     assert (payable.credits_posted, payable.debits_posted) == (4850, 0)
@@ -81,10 +83,15 @@ def test_posting_a_capture_updates_the_sharded_balances(store: Store) -> None:
 
 def test_capturing_part_of_a_hold_releases_all_of_it(store: Store) -> None:
     store.put(charge(amount=20000, amount_captured=18000))
-    store.transact(journal("jnl_h", ledger.hold_entries("acct_1", "usd", 20000)).writes(SHARDS))
     store.transact(
-        journal("jnl_c", ledger.capture_hold_entries("acct_1", "usd", 20000, 18000, 540)).writes(
-            SHARDS
+        ledger.journal_writes(
+            [journal("jnl_h", ledger.hold_entries("acct_1", "usd", 20000))], SHARDS
+        )
+    )
+    store.transact(
+        ledger.journal_writes(
+            [journal("jnl_c", ledger.capture_hold_entries("acct_1", "usd", 20000, 18000, 540))],
+            SHARDS,
         )
     )
     receivable = ledger.account_balance(store, ledger.processor_receivable("usd"))
@@ -94,7 +101,9 @@ def test_capturing_part_of_a_hold_releases_all_of_it(store: Store) -> None:
 
 
 def test_a_journal_is_written_once(store: Store) -> None:
-    writes = journal("jnl_once", ledger.capture_entries("acct_1", "usd", 5000, 150)).writes(SHARDS)
+    writes = ledger.journal_writes(
+        [journal("jnl_once", ledger.capture_entries("acct_1", "usd", 5000, 150))], SHARDS
+    )
     store.transact(writes)
     with pytest.raises(TransactionCancelled) as raised:
         store.transact(writes)
@@ -128,7 +137,9 @@ def test_shard_counts_are_configurable_per_account(monkeypatch: pytest.MonkeyPat
 def test_verify_finds_a_shard_that_disagrees_with_its_entries(store: Store) -> None:
     store.put(charge(amount_captured=1000))
     store.transact(
-        journal("jnl_2", ledger.capture_entries("acct_1", "usd", 1000, 30)).writes(SHARDS)
+        ledger.journal_writes(
+            [journal("jnl_2", ledger.capture_entries("acct_1", "usd", 1000, 30))], SHARDS
+        )
     )
     store.transact(
         [
@@ -145,7 +156,9 @@ def test_verify_finds_a_shard_that_disagrees_with_its_entries(store: Store) -> N
 def test_verify_finds_a_charge_that_disagrees_with_its_journals(store: Store) -> None:
     store.put(charge(amount_captured=999))
     store.transact(
-        journal("jnl_3", ledger.capture_entries("acct_1", "usd", 1000, 30)).writes(SHARDS)
+        ledger.journal_writes(
+            [journal("jnl_3", ledger.capture_entries("acct_1", "usd", 1000, 30))], SHARDS
+        )
     )
     assert any("amount_captured 999 != journals 1000" in v for v in ledger.verify(store).violations)
 

@@ -186,10 +186,6 @@ class Journal:
             **self.details,
         }
 
-    def writes(self, shards: ShardPolicy) -> list[Write]:
-        """The journal item (written once) and one ADD on one shard of each account."""
-        return journal_writes([self], shards)
-
 
 def journal_writes(journals: Sequence[Journal], shards: ShardPolicy) -> list[Write]:
     """The journals' items, written once, and one ADD per account for all of them: a
