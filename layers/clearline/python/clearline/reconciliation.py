@@ -201,6 +201,11 @@ def _together(settlements: list[Transition]) -> Transition:
     )
 
 
+def _accounts(settlement: Transition) -> set[str]:
+    """The ledger accounts a settlement's journals post to: one ADD each in a transaction."""
+    return {e.account for j in settlement.journals for e in j.entries if e.amount > 0}
+
+
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
@@ -453,16 +458,22 @@ class Reconciler:
         the second finds the movement settled by the first."""
         batch: list[tuple[Row, dict[str, Any], Transition]] = []
         movements: set[str] = set()
+        # The batch's size kept as it grows: each row's own items, and one ADD per account
+        # however many rows post to it.
+        own_items, accounts = 0, set[str]()
         now = self.clock()
         for row, txn in matched:
             settlement = self._settlement(report, row, txn)
-            together = _together([s for _, _, s in batch] + [settlement])
-            fits = len(self.writer.writes(together, now)) <= MAX_TRANSACTION_ITEMS
+            posted = _accounts(settlement)
+            own = len(self.writer.writes(_together([settlement]), now)) - len(posted)
+            fits = own_items + own + len(accounts | posted) <= MAX_TRANSACTION_ITEMS
             if batch and (txn["id"] in movements or not fits):
                 yield batch
-                batch, movements = [], set()
+                batch, movements, own_items, accounts = [], set(), 0, set()
             batch.append((row, txn, settlement))
             movements.add(txn["id"])
+            own_items += own
+            accounts |= posted
         if batch:
             yield batch
 
