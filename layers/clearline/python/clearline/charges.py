@@ -399,20 +399,21 @@ class ChargeService(MoneyService):
         fingerprint = card.fingerprint if card else None
         charge_id = derived_id("ch", merchant.id, idempotency_key)
         client_ip = stored.client_ip if stored else None
+        ip_country = ip_countries().country(client_ip)
         counted = velocity.ChargeFacts(
             charge_id, fingerprint, params.receipt_email, params.customer, client_ip
         )
         screening = self._unless_written(
             merchant,
             idempotency_key,
-            lambda: self._screen(merchant, params, stored, token, card, counted),
+            lambda: self._screen(merchant, params, stored, token, card, counted, ip_country),
         )
         pending = self._pending_item(merchant, params, charge_id, token, now, idempotency_key)
         pending["payment_intent"] = payment_intent
         pending["card_fingerprint"] = fingerprint
         if client_ip is not None:  # a review of this charge shows where it came from
             pending["client_ip"] = client_ip
-            pending["ip_country"] = ip_countries().country(client_ip)
+            pending["ip_country"] = ip_country
         if screening is not None and screening.as_item() is not None:
             # Written ahead: a charge a rule blocks is never sent, whoever finishes it.
             pending["screening"] = screening.as_item()
@@ -516,6 +517,7 @@ class ChargeService(MoneyService):
         token: str,
         card: PaymentMethodCard | None,
         counted: velocity.ChargeFacts,
+        ip_country: str | None,
     ) -> fraud_rules.Screening:
         """The charge's risk, and the merchant's fraud rules and Radar's defaults on what is
         known before the processor is called."""
@@ -533,7 +535,7 @@ class ChargeService(MoneyService):
             "card_country": card.country if card else None,
             "card_funding": card.funding if card else None,
             "ip_address": counted.ip,
-            "ip_country": ip_countries().country(counted.ip),
+            "ip_country": ip_country,
         }
 
         def amount_in_usd() -> float:
