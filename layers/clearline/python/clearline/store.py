@@ -85,6 +85,7 @@ class Write:
     condition: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
+    table: str | None = None  # another table than the store's (a request's own record)
 
     @classmethod
     def put_new(cls, item: dict[str, Any]) -> Write:
@@ -286,7 +287,7 @@ class Store:
     def transact(self, writes: list[Write]) -> None:
         items = []
         for write in writes:
-            body: dict[str, Any] = {"TableName": self.table_name}
+            body: dict[str, Any] = {"TableName": write.table or self.table_name}
             if write.item is not None:
                 body["Item"] = serialize(write.item)
             if write.key is not None:

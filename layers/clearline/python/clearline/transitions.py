@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from clearline import ledger
 from clearline.audit import Caller, audit_item
@@ -159,6 +160,27 @@ class Transition:
     index_items: list[dict[str, Any]] = field(default_factory=list)
     index_removals: list[tuple[str, str]] = field(default_factory=list)
     idempotency_key: str | None = None  # of the request, carried on its events
+    # The object the request that makes this transition answers with, once it is written
+    # (a capture's charge): the request's own record of its answer can ride along.
+    answer: Model | None = None
+
+
+class Rider(Protocol):
+    """Items of the request at hand that ride on the transactions its operation makes (its
+    idempotency record: claimed by the first, answered by the one that sets `answer`), so
+    that the request costs no writes of its own."""
+
+    def writes(self, transition: Transition) -> list[Write]: ...
+
+    def committed(self) -> None:
+        """The writes last asked for are written."""
+
+    def cancelled(self, cancelled: TransactionCancelled, first: int) -> None:
+        """The transaction was refused; the rider's writes were from index `first` on. Raises
+        when one of them was what failed (the request's key is somebody else's)."""
+
+
+riding: ContextVar[Rider | None] = ContextVar("riding", default=None)
 
 
 class TransitionWriter:
@@ -220,7 +242,16 @@ class TransitionWriter:
         """Write the transition all or nothing. None when written; the cancellation when a
         guard failed. A conflict or an unreachable store is raised as retryable (409/503);
         a transaction the store refuses outright raises StoreRejected."""
-        return commit(self.store, self.writes(transition, self.clock()))
+        writes = self.writes(transition, self.clock())
+        rider = riding.get()
+        extra = rider.writes(transition) if rider is not None else []
+        cancelled = commit(self.store, writes + extra)
+        if rider is not None and extra:
+            if cancelled is None:
+                rider.committed()
+            else:
+                rider.cancelled(cancelled, len(writes))
+        return cancelled
 
 
 # The guarded change of an object whose state Stripe calls `status` (disputes, payouts).
