@@ -626,10 +626,13 @@ def idempotent_post(
     metric: str | None = None,
     *,
     authenticate: Callable[[dict[str, Any]], Merchant] | None = None,
+    rides: bool = False,
 ) -> Response[dict[str, Any]]:
     """Every POST: refuse card numbers, authenticate (a secret key, unless `authenticate`
     allows more), validate `model` (and its `expand`), require an Idempotency-Key, then run
-    the operation once per key and replay its first response."""
+    the operation once per key and replay its first response. With `rides`, the key's
+    record is written by the operation's own transactions (its write-ahead claims the key,
+    and the transaction that commits its answer stores it)."""
     params = body_params()
     _key_parameter(params)
     merchant = authenticate(params) if authenticate else secret_key_merchant()
@@ -643,13 +646,7 @@ def idempotent_post(
     key = check_key(key_header)
     who = Caller(merchant, request_id())
 
-    def run() -> Reply:
-        try:
-            result = operation(who, parsed, key)
-        except CardError as decline:  # a decline is a result, replayed like a success
-            return Reply(error_status(decline), error_body(decline, links()))
-        if metric:
-            metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
+    def reply(result: Model) -> Reply:
         # A charge (or an intent's) the processor has not answered for is not final: a
         # retry settles it.
         final = not (
@@ -657,6 +654,15 @@ def idempotent_post(
             or (isinstance(result, PaymentIntent) and result.state == "processing")
         )
         return Reply(200, shown(merchant, result, paths), final=final)
+
+    def run() -> Reply:
+        try:
+            result = operation(who, parsed, key)
+        except CardError as decline:  # a decline is a result, replayed like a success
+            return Reply(error_status(decline), error_body(decline, links()))
+        if metric:
+            metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
+        return reply(result)
 
     stored = services().idempotency.run(
         merchant_id=merchant.id,
@@ -666,6 +672,8 @@ def idempotent_post(
         params=params,
         request_id=request_id(),
         operation=run,
+        # An expanded answer reads other objects: stored once they are read, not before.
+        answer=reply if rides and not paths else None,
     )
     headers = {}
     if stored.request_id != request_id():
@@ -694,6 +702,7 @@ def create_charge() -> Response[dict[str, Any]]:
         lambda who, charge, key: services().charges.create(who, charge, idempotency_key=key),
         "charge",
         "ChargeCreated",
+        rides=True,
     )
 
 
@@ -772,12 +781,15 @@ def capture_charge(charge_id: str) -> Response[dict[str, Any]]:
         lambda who, capture, _: services().charges.capture(who, charge_id, capture),
         "charge",
         "ChargeCaptured",
+        rides=True,
     )
 
 
 @app.post("/v1/refunds")
 def create_refund() -> Response[dict[str, Any]]:
-    return idempotent_post(RefundCreateParams, create_refund_and_queue, "refund", "RefundCreated")
+    return idempotent_post(
+        RefundCreateParams, create_refund_and_queue, "refund", "RefundCreated", rides=True
+    )
 
 
 def create_refund_and_queue(who: Caller, params: RefundCreateParams, key: str) -> Model:

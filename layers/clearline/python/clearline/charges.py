@@ -667,8 +667,11 @@ class ChargeService(MoneyService):
             review, opened = reviews.opening(final, self.clock())
             final["review"] = review.object_id
             transition.changes.append(review)
+        charge = Charge.from_item(final)
         kind = "charge.failed" if final["state"] == FAILED else "charge.succeeded"
-        transition.events.append(Announcement(item["merchant"], kind, Charge.from_item(final)))
+        transition.events.append(Announcement(item["merchant"], kind, charge))
+        if final["state"] != FAILED:  # a decline answers as a card error, not as the charge
+            transition.answer = charge
         if opened is not None:
             transition.events.append(opened)
         if final["state"] == CAPTURED:
@@ -1116,6 +1119,7 @@ class ChargeService(MoneyService):
             "balance_transaction": txn_id,
         }
         after = _unlocked(charge, CAPTURED, **captured)
+        answer = Charge.from_item(after)
         transition = Transition(
             [
                 Change(
@@ -1133,7 +1137,8 @@ class ChargeService(MoneyService):
                 finish_operation(record, OP_SUCCEEDED),
             ],
             caller,
-            [Announcement(charge["merchant"], "charge.captured", Charge.from_item(after))],
+            [Announcement(charge["merchant"], "charge.captured", answer)],
+            answer=answer,
         )
         self._add_capture(
             transition,

@@ -109,13 +109,42 @@ class RefundService(MoneyService):
     def create(self, caller: Caller, params: RefundCreateParams, *, idempotency_key: str) -> Refund:
         merchant = caller.merchant
         refund_id = derived_id("re", merchant.id, idempotency_key)
-        existing = self._read(f"REFUND#{refund_id}", "REFUND")
-        if existing is not None:
+        try:
+            charge, amount = self._refundable(merchant, params)
+            # Stale rates refuse a refund of a converted charge here.
+            market = fx.market_rate_item(self.charges.rates, charge) if amount is not None else {}
+        except ApiError:
+            # A retry of a refund written before (its write-ahead reserved the amount, so
+            # the charge may look refunded) finishes it. Looked up only here and when the
+            # write-ahead finds it, so a new refund reads nothing for it.
+            existing = self._read(f"REFUND#{refund_id}", "REFUND")
+            if existing is None:
+                raise
             return self._resume(caller, existing)
+        if amount is None:
+            if charge.get("pending_op") == "void":  # a void cut short: finish it, if it is ours
+                return self._resume_void(caller, charge, refund_id)
+            return self._void(caller, charge, refund_id, params, idempotency_key)
+        reserved = self._reserve(caller, charge, refund_id, amount, params, idempotency_key, market)
+        if reserved is None:  # this key's refund, written before
+            existing = self._read(f"REFUND#{refund_id}", "REFUND")
+            if existing is None:  # and gone again: a request going on with it
+                raise ConflictError(
+                    "A refund with this key is already in progress; retry shortly.",
+                    code="idempotency_key_in_use",
+                )
+            return self._resume(caller, existing)
+        refund, record = reserved
+        return self._settle_or_leave_pending(caller, refund, record, charge)
 
+    def _refundable(
+        self, merchant: Merchant, params: RefundCreateParams
+    ) -> tuple[dict[str, Any], int | None]:
+        """The charge a new refund is of and the amount it refunds, checked. No amount for
+        an authorization, which is voided whole (or whose void is being finished)."""
         charge = self.charges.owned(merchant.id, self._charge_id(merchant, params), param="charge")
-        if charge.get("pending_op") == "void":  # a void cut short: finish it, if it is ours
-            return self._resume_void(caller, charge, refund_id)
+        if charge.get("pending_op") == "void":
+            return charge, None
         state = charge["state"]
         if state == AUTHORIZED and not charge.get("pending_op"):
             if params.amount is not None and params.amount != charge["amount"]:
@@ -124,7 +153,7 @@ class RefundService(MoneyService):
                     "charge for an amount less than the original amount.",
                     param="amount",
                 )
-            return self._void(caller, charge, refund_id, params, idempotency_key)
+            return charge, None
         if state == FAILED:
             raise InvalidRequestError(
                 f"Charge {charge['id']} failed; there is nothing to refund.",
@@ -139,11 +168,7 @@ class RefundService(MoneyService):
             raise _charged_back(charge)
         amount = charge["refundable"] if params.amount is None else params.amount
         self._check_amount(charge, amount)
-        market = fx.market_rate_item(self.charges.rates, charge)  # stale rates refuse it here
-        refund, record = self._reserve(
-            caller, charge, refund_id, amount, params, idempotency_key, market
-        )
-        return self._settle_or_leave_pending(caller, refund, record, charge)
+        return charge, amount
 
     def _charge_id(self, merchant: Merchant, params: RefundCreateParams) -> str:
         """The charge a refund is of: named, or the successful charge of a PaymentIntent."""
@@ -219,10 +244,11 @@ class RefundService(MoneyService):
         params: RefundCreateParams,
         idempotency_key: str,
         market: dict[str, str],
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Write-ahead: the amount is reserved on the charge, and the refund and its operation
         record stored pending with the processor key the refund will use (and, for a
-        converted charge, today's rate, which its FX gain or loss is booked at)."""
+        converted charge, today's rate, which its FX gain or loss is booked at). None when
+        this refund was written before."""
         now = self.clock()
         details = {
             "reason": params.reason,
@@ -286,11 +312,8 @@ class RefundService(MoneyService):
         cancelled = self.writer.commit(transition)
         if cancelled is None:
             return refund, record
-        if cancelled.failed_at(1):  # the same key is being refunded concurrently
-            raise ConflictError(
-                "A refund with this key is already in progress; retry shortly.",
-                code="idempotency_key_in_use",
-            )
+        if cancelled.failed_at(1):  # this key's refund was written before: a retry
+            return None
         current = self._read(charge["pk"], "CHARGE") or charge
         if current.get("chargeback"):
             raise _charged_back(current)
@@ -531,6 +554,7 @@ class RefundService(MoneyService):
             caller,
             _refund_events(merchant_id, done, refunded, "refund.updated"),
             journals=moved.journals,
+            answer=Refund.from_item(done),
             records=balance.transaction_items(
                 txn_id,
                 merchant_id=merchant_id,
