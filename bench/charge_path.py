@@ -1,8 +1,8 @@
 """Charge path figures on this machine (prints them; asserts nothing).
 
 - charges per second through the local stack's front door, with 1 and 8 clients;
-- DynamoDB calls per charge, counted with a botocore event hook on the api handler run
-  in this process against the same moto server;
+- DynamoDB calls per charge, capture and refund, counted with a botocore event hook on the
+  api handler run in this process against the same moto server;
 - the same for a charge in euros that converts into the merchant's dollars (the stored
   rates read, two linked journals written);
 - the api handler's cold import time next to a bare `import boto3`, in fresh interpreters.
@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import requests
 from in_process_api import InProcessApi
@@ -33,6 +34,7 @@ from clearline_local.stack import LocalStack, aws_client
 
 BODY = b"amount=5000&currency=usd&source=tok_visa"
 CONVERTED_BODY = b"amount=5000&currency=eur&source=tok_visa"
+HOLD_BODY = b"amount=5000&currency=usd&source=tok_visa&capture=false"
 
 
 def throughput(url: str, secret: str, clients: int, charges: int, body: bytes = BODY) -> float:
@@ -57,18 +59,29 @@ def throughput(url: str, secret: str, clients: int, charges: int, body: bytes = 
     return charges / (time.perf_counter() - started)
 
 
-def dynamodb_calls_per_charge(
-    stack: LocalStack, secret: str, charges: int, bodies: dict[str, bytes]
+def dynamodb_calls_per_operation(
+    stack: LocalStack, secret: str, runs: int
 ) -> dict[str, Counter[str]]:
-    """Per label, the calls its charges make. One handler (it is loaded once per process,
-    and its client takes the hook when it is built), counting into the label at hand."""
-    counts: dict[str, Counter[str]] = {label: Counter() for label in bodies}
-    current: list[Counter[str]] = []
+    """Per operation, the calls it makes, over `runs` of each. One handler (it is loaded once
+    per process, and its client takes the hook when it is built), counting into the
+    operation at hand; the calls that set an operation up are not counted."""
+    counts: dict[str, Counter[str]] = {}
+    current: list[Counter[str]] = [Counter()]
     api = InProcessApi(stack, secret, lambda operation, _: current[-1].update([operation]))
-    for label, body in bodies.items():
-        current.append(counts[label])
-        for _ in range(charges):
-            api.post("/v1/charges", body)
+
+    def counted(label: str, path: str, body: bytes) -> dict[str, Any]:
+        current.append(counts.setdefault(label, Counter()))
+        try:
+            return json.loads(api.post(path, body)["body"])
+        finally:
+            current.pop()
+
+    for _ in range(runs):
+        counted("charge", "/v1/charges", BODY)
+        counted("charge (eur into usd)", "/v1/charges", CONVERTED_BODY)
+        held = json.loads(api.post("/v1/charges", HOLD_BODY)["body"])["id"]
+        counted("capture", f"/v1/charges/{held}/capture", b"")
+        counted("refund", "/v1/refunds", f"charge={held}&amount=1000".encode())
     return counts
 
 
@@ -115,12 +128,11 @@ def main() -> None:
             lines.append(
                 f"  {clients} client(s){label}: {rate:7.1f} charges/s over {args.charges} charges"
             )
-        bodies = {"": BODY, " (eur into usd)": CONVERTED_BODY}
-        for label, calls in dynamodb_calls_per_charge(stack, secret, 20, bodies).items():
-            per_charge = {name: count / 20 for name, count in sorted(calls.items())}
+        for label, calls in dynamodb_calls_per_operation(stack, secret, 20).items():
+            per_operation = {name: count / 20 for name, count in sorted(calls.items())}
             lines.append(
-                f"  DynamoDB calls per charge{label}: {sum(per_charge.values()):.1f} "
-                f"{json.dumps(per_charge)}"
+                f"  DynamoDB calls per {label}: {sum(per_operation.values()):.1f} "
+                f"{json.dumps(per_operation)}"
             )
     finally:
         stack.stop()
