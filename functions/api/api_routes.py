@@ -900,7 +900,9 @@ def retrieve_balance() -> Response[dict[str, Any]]:
     from clearline import balance
 
     merchant = secret_key_merchant()
-    found = balance.merchant_balance(services().store, merchant.id, services().shards)
+    found = balance.merchant_balance(
+        services().store, merchant.id, services().shards, merchant.settlement_currencies
+    )
     return respond(merchant, found, "balance")
 
 

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from clearline import ledger
+from clearline.balance import merchant_balance
 from clearline.store import Store, TransactionCancelled, Write
 
 SHARDS = ledger.ShardPolicy()
@@ -185,3 +186,39 @@ def test_verify_finds_an_unbalanced_or_mixed_currency_journal_and_orphans(store:
     assert any("debits 10 != credits 9" in v for v in violations)
     assert any("b:eur is not in usd" in v for v in violations)
     assert any("journals of ch_gone belong to no charge" in v for v in violations)
+
+
+def test_a_balance_sums_the_shards_of_its_settlement_currencies_only(
+    aws: Any, store: Store
+) -> None:
+    for jid, cur in (("jnl_u", "usd"), ("jnl_e", "eur")):
+        store.transact(
+            ledger.journal_writes(
+                [journal(jid, ledger.capture_entries("acct_1", cur, 5000, 150), cur)], SHARDS
+            )
+        )
+    calls: Counter[str] = Counter()
+    aws.meta.events.register(
+        "provide-client-params.dynamodb", lambda model, **_: calls.update([model.name])
+    )
+
+    both = merchant_balance(store, "acct_1", SHARDS, ("usd", "eur"))
+    assert [(a.currency, a.amount) for a in both.pending] == [("eur", 4850), ("usd", 4850)]
+    # Two accounts of 64 shards in each currency, 100 keys to a BatchGetItem.
+    assert calls == Counter({"BatchGetItem": 3})
+
+    calls.clear()
+    euros = merchant_balance(store, "acct_1", SHARDS, ("eur",))
+    assert [(a.currency, a.amount) for a in euros.pending] == [("eur", 4850)]
+    assert calls == Counter({"BatchGetItem": 2})
+
+    # Only currencies with money are shown; with none, the merchant's default, at zero.
+    nothing = merchant_balance(store, "acct_1", SHARDS, ("gbp", "usd"))
+    assert [(a.currency, a.amount) for a in nothing.pending] == [("usd", 4850)]
+    fresh = merchant_balance(store, "acct_2", SHARDS, ("gbp",))
+    assert [(a.currency, a.amount) for a in fresh.available] == [("gbp", 0)]
+    # Every currency's, when the merchant's are not given.
+    assert [a.currency for a in merchant_balance(store, "acct_1", SHARDS).pending] == [
+        "eur",
+        "usd",
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from clearline import ledger, listing
@@ -98,11 +99,19 @@ def transaction_items(
     return [item, *listing.facet_items(merchant_id, "txn", created_ms, key, txn_id, facets)]
 
 
-def merchant_balance(store: Store, merchant_id: str, shards: ledger.ShardPolicy) -> Balance:
+def merchant_balance(
+    store: Store,
+    merchant_id: str,
+    shards: ledger.ShardPolicy,
+    currencies: Sequence[str] | None = None,
+) -> Balance:
     """What Clearline owes the merchant, per currency, from the ledger: `pending` until the
-    processor's settlement reaches us, then `available`."""
-    pending_accounts = {ledger.merchant_payable(merchant_id, code): code for code in CURRENCIES}
-    available_accounts = {ledger.merchant_available(merchant_id, code): code for code in CURRENCIES}
+    processor's settlement reaches us, then `available`. `currencies` are those the
+    merchant can hold money in, its settlement currencies (a payment in any other converts
+    into one of them): only their shards are read. By default, every currency's."""
+    held = list(currencies or CURRENCIES)
+    pending_accounts = {ledger.merchant_payable(merchant_id, code): code for code in held}
+    available_accounts = {ledger.merchant_available(merchant_id, code): code for code in held}
     balances = ledger.account_balances(store, [*pending_accounts, *available_accounts], shards)
     used = sorted(
         {
@@ -110,7 +119,7 @@ def merchant_balance(store: Store, merchant_id: str, shards: ledger.ShardPolicy)
             for account, code in {**pending_accounts, **available_accounts}.items()
             if balances[account].credits_posted or balances[account].debits_posted
         }
-    ) or ["usd"]
+    ) or [currencies[0] if currencies else "usd"]
 
     def entries(accounts: dict[str, str]) -> tuple[BalanceAmount, ...]:
         by_code = {code: account for account, code in accounts.items()}
