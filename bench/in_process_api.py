@@ -36,7 +36,15 @@ class InProcessApi:
             ("Idempotency-Key", str(uuid.uuid4())),
             ("Content-Type", "application/x-www-form-urlencoded"),
         ]
-        event = build_event("POST", path, headers, body, "127.0.0.1", "prod")
+        return self._send("POST", path, headers, body)
+
+    def get(self, path: str) -> dict[str, Any]:
+        return self._send("GET", path, [("Authorization", f"Bearer {self.secret_key}")], b"")
+
+    def _send(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes
+    ) -> dict[str, Any]:
+        event = build_event(method, path, headers, body, "127.0.0.1", "prod")
         response = self.handler(event, LocalLambdaContext("api", 1024, 29, str(uuid.uuid4())))
         assert response["statusCode"] == 200, response["body"]
         return dict(response)
