@@ -67,6 +67,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/vault_path.py
 	$(BIN)/python bench/dispute_path.py
 	$(BIN)/python bench/cold_start.py
+	$(BIN)/python bench/balance_and_lists.py
 	$(BIN)/python bench/cost.py
 
 clean:

@@ -65,7 +65,7 @@ def main() -> None:
             api.post("/v1/charges", f"amount={1000 + n}&currency=usd&source=tok_visa".encode())
         lines = [f"balance and list pages after {args.charges} charges, moto server, in process"]
         for label, path in READS.items():
-            lines.append(f"  {label:38} {measured(api, current, path, args.reads)}")
+            lines.append(f"  {label:42} {measured(api, current, path, args.reads)}")
         # A merchant paid in two currencies has twice the shards to sum.
         current.append(Counter())
         api.secret_key = create_merchant(
@@ -73,7 +73,7 @@ def main() -> None:
         ).secret_key
         current.pop()
         lines.append(
-            f"  {'GET /v1/balance, settling in usd and eur':38} "
+            f"  {'GET /v1/balance, settling in usd and eur':42} "
             f"{measured(api, current, READS['GET /v1/balance'], args.reads)}"
         )
     finally:

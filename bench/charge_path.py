@@ -5,7 +5,10 @@
   api handler run in this process against the same moto server;
 - the same for a charge in euros that converts into the merchant's dollars (the stored
   rates read, two linked journals written);
-- the api handler's cold import time next to a bare `import boto3`, in fresh interpreters.
+- the api handler's cold import time next to a bare `import boto3`, in fresh interpreters;
+- raw boto3 making the writes a charge makes (two TransactWriteItems, of 3 and 14 items
+  of the same sizes) on the same moto server, with as many clients: the local stack's
+  charges/s over that rate is the ratio printed.
 
 Usage: python bench/charge_path.py [--charges N] [--workers N]
 """
@@ -52,6 +55,42 @@ def throughput(url: str, secret: str, clients: int, charges: int, body: bytes = 
             },
         )
         response.raise_for_status()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(one, range(charges)))
+    return charges / (time.perf_counter() - started)
+
+
+# A charge's transactions: the write-ahead (the charge, its index item, the key's claim) and
+# the commit (the charge, audit, events, journal, balance shards, balance transaction and
+# index items, and the key's answer), as (items, bytes of padding each: the items less
+# their keys).
+CHARGE_TRANSACTIONS = ((3, 850), (14, 780))
+
+
+def raw_boto3_rate(endpoint: str, table: str, clients: int, charges: int) -> float:
+    """Charges' worth of writes a second, made with boto3 alone: no api, no processor."""
+    dynamodb = aws_client("dynamodb", endpoint)
+
+    def one(_: int) -> None:
+        for items, size in CHARGE_TRANSACTIONS:
+            dynamodb.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": table,
+                            "Item": {
+                                "pk": {"S": f"BENCH#{uuid.uuid4()}"},
+                                "sk": {"S": "RAW"},
+                                "padding": {"S": "x" * size},
+                            },
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    }
+                    for _ in range(items)
+                ]
+            )
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
@@ -125,9 +164,11 @@ def main() -> None:
             ("", BODY, 8),
         ):
             rate = throughput(info.api_url, secret, clients, args.charges, body)
-            lines.append(
-                f"  {clients} client(s){label}: {rate:7.1f} charges/s over {args.charges} charges"
-            )
+            line = f"  {clients} client(s){label}: {rate:7.1f} charges/s over {args.charges}"
+            if not label:  # taking turns with raw boto3 making the same writes
+                raw = raw_boto3_rate(info.aws_endpoint_url, info.main_table, clients, args.charges)
+                line += f"; raw boto3 {raw:6.1f}/s, ratio {rate / raw:.2f}"
+            lines.append(line)
         for label, calls in dynamodb_calls_per_operation(stack, secret, 20).items():
             per_operation = {name: count / 20 for name, count in sorted(calls.items())}
             lines.append(

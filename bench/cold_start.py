@@ -7,9 +7,9 @@ interpreter, baseline and handler taking turns, so that whatever else the machin
 doing weighs on both alike; the ratio is of the medians.
 
 With tracing off, as the local stack runs, the handler does not import the X-Ray SDK; with
-tracing on (Lambda's active tracing), it does, and patches what it traces. The routes, and
-each service's modules, load on the function's first invocation that needs them: the last
-line says what that costs a first charge.
+tracing on (Lambda's active tracing), it does, and patches what it traces. The routes are
+built at import; each service's modules load on the function's first invocation that
+needs them: the last line says what that costs a first charge.
 
 Usage: python bench/cold_start.py [--pairs N]
 """
