@@ -21,7 +21,11 @@ def key() -> dict[str, str]:
 @pytest.fixture
 def sdk(stack: Stack) -> stripe.StripeClient:
     merchant = stack.create_merchant("Intent Shop")
-    return stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url})
+    # Retrying a 503 marked Stripe-Should-Retry, as the shared client and merchants' do: a
+    # vault still busy with the suite before it must not fail the first confirmation.
+    return stripe.StripeClient(
+        merchant["secret_key"], base_addresses={"api": stack.url}, max_network_retries=2
+    )
 
 
 def intent_events(sdk: stripe.StripeClient, intent_id: str) -> list[str]:
