@@ -7,16 +7,17 @@ to it with the stripe SDK and plain HTTP, and read moto directly only to check w
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
@@ -26,6 +27,7 @@ from clearline.ip_geolocation import IP_COUNTRIES_ENV
 from clearline.ledger import verify
 from clearline.rate_limits import DEFAULT_RATE_ENV, FAILED_AUTH_LIMIT_ENV
 from clearline.store import Store
+from clearline_local.sandbox_processor import SETTLEMENT_LAG_DAYS
 from clearline_local.stack import aws_client, free_port
 from clearline_local.state import StackInfo
 
@@ -218,6 +220,20 @@ def ledger_balances_after_each_test(request: pytest.FixtureRequest) -> Iterator[
 
 def journals_for(stack: Stack, charge_id: str) -> list[dict[str, Any]]:
     return stack.store().query_partition(f"CHARGE#{charge_id}", "JOURNAL#")
+
+
+T = TypeVar("T")
+
+
+def settled_on(business: Callable[[], T]) -> tuple[T, str]:
+    """Runs `business` and names the date the processor settles its movements on (T+2).
+    The processor settles by UTC business day, so a run that spans midnight is done again
+    on the new day: its movements would otherwise fall into two days' batches."""
+    while True:
+        day = dt.datetime.now(dt.UTC).date()
+        done = business()
+        if dt.datetime.now(dt.UTC).date() == day:
+            return done, (day + dt.timedelta(days=SETTLEMENT_LAG_DAYS)).isoformat()
 
 
 def charges_with_key(stack: Stack, merchant_id: str, key: str) -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ independently of the code under test."""
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import stripe
 from clearline import fx, ledger
 from tests.polling import eventually
 
-from .conftest import Stack, running_stack
+from .conftest import Stack, running_stack, settled_on
 from .test_money_out import dispute_of
 from .test_reconciliation import report_for
 
@@ -423,10 +422,9 @@ def test_the_settlement_file_in_euros_settles_the_merchants_dollars(
 ) -> None:
     merchant = own_stack.create_merchant("Settled Abroad", fee_percent=3, fee_fixed=0)
     sdk = sdk_for(own_stack, merchant)
-    paid = charge(sdk, "eur", 8_000)
+    paid, paid_on = settled_on(lambda: charge(sdk, "eur", 8_000))
     captured = txn(sdk, paid.balance_transaction)
     output = tmp_path / "settlement.csv"
-    paid_on = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2)).isoformat()  # T+2
     done = own_stack.clearline(
         "settlements", "generate", "--date", paid_on, "--output", str(output)
     )

@@ -30,15 +30,14 @@ from clearline import ledger
 from clearline.processor_notifications import signature
 from clearline.topology import PAYOUT_QUEUE
 from clearline_local.sandbox_bank import FAILING_ACCOUNTS, SUCCEEDING_ACCOUNT
+from clearline_local.sandbox_processor import SETTLEMENT_LAG_DAYS
 from tests.polling import eventually
 
-from .conftest import Stack, running_stack
+from .conftest import Stack, running_stack, settled_on
 from .test_async import queue_drained
 from .test_reconciliation import report_for
 
 pytestmark = pytest.mark.integration
-
-TODAY = dt.datetime.now(dt.UTC).date()
 
 
 @pytest.fixture(scope="module")
@@ -264,13 +263,17 @@ def test_the_settlement_file_carries_dispute_rows_that_post_once(
     own_stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient], tmp_path: Any
 ) -> None:
     _, sdk = shop
-    paid = charge(sdk, "tok_createDispute", amount=4000)
-    dispute = dispute_of(sdk, paid.id)
-    sdk.v1.disputes.update(
-        dispute.id, params={"evidence": {"uncategorized_text": "winning_evidence"}}
-    )
-    dispute_of(sdk, paid.id, "won")
-    settlement_date = (TODAY + dt.timedelta(days=2)).isoformat()
+
+    def disputed_and_won() -> tuple[Any, Any]:
+        paid = charge(sdk, "tok_createDispute", amount=4000)
+        dispute = dispute_of(sdk, paid.id)
+        sdk.v1.disputes.update(
+            dispute.id, params={"evidence": {"uncategorized_text": "winning_evidence"}}
+        )
+        dispute_of(sdk, paid.id, "won")
+        return paid, dispute
+
+    (paid, dispute), settlement_date = settled_on(disputed_and_won)
     output = tmp_path / "settlement.csv"
     done = own_stack.clearline(
         "settlements", "generate", "--date", settlement_date, "--output", str(output)
@@ -295,16 +298,15 @@ def payee(own_stack: Stack) -> tuple[dict[str, Any], stripe.StripeClient]:
     """A merchant with settled funds and a bank account that is paid."""
     merchant = own_stack.create_merchant("Payout Shop", fee_percent=0, fee_fixed=0)
     sdk = stripe.StripeClient(merchant["secret_key"], base_addresses={"api": own_stack.url})
-    for amount in (20000, 30000):
-        charge(sdk, "tok_visa", amount=amount)
-    settle_today(own_stack)
+    _, settles_on = settled_on(lambda: [charge(sdk, "tok_visa", amount=a) for a in (20000, 30000)])
+    settle(own_stack, settles_on)
     set_account(own_stack, merchant["id"], SUCCEEDING_ACCOUNT)
     return merchant, sdk
 
 
-def settle_today(stack: Stack) -> None:
-    settlement_date = (TODAY + dt.timedelta(days=2)).isoformat()
-    done = stack.clearline("settlements", "generate", "--date", settlement_date)
+def settle(stack: Stack, settles_on: str) -> None:
+    """The processor's settlement batch for `settles_on`, dropped and reconciled."""
+    done = stack.clearline("settlements", "generate", "--date", settles_on)
     assert done.returncode == 0, done.stderr
     report_for(stack, done.stdout.strip().splitlines()[-1].split("/", 3)[3])
 
@@ -392,8 +394,8 @@ def test_a_payout_to_a_failing_account_fails_and_returns_the_money(
 ) -> None:
     merchant = own_stack.create_merchant(f"Returned {code}", fee_percent=0, fee_fixed=0)
     sdk = stripe.StripeClient(merchant["secret_key"], base_addresses={"api": own_stack.url})
-    charge(sdk, "tok_visa", amount=7000)
-    settle_today(own_stack)
+    _, settles_on = settled_on(lambda: charge(sdk, "tok_visa", amount=7000))
+    settle(own_stack, settles_on)
     set_account(own_stack, merchant["id"], account)
     payout = sdk.v1.payouts.create(
         params={"amount": 7000, "currency": "usd"}, options={"idempotency_key": key()}
@@ -513,7 +515,10 @@ class MoneyOutMachine(RuleBasedStateMachine):
 
     @rule()
     def settle(self) -> None:
-        settle_today(self.stack)
+        # Today's movements; any from before midnight stay unsettled, which the
+        # invariants allow.
+        today = dt.datetime.now(dt.UTC).date()
+        settle(self.stack, (today + dt.timedelta(days=SETTLEMENT_LAG_DAYS)).isoformat())
 
     @rule(fraction=st.sampled_from([0.5, 1.0, 1.5]))
     def pay_out(self, fraction: float) -> None:

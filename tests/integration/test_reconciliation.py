@@ -5,7 +5,6 @@ report checked row by row, for a clean file and for each injected fault."""
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
 import time
 import uuid
@@ -22,12 +21,10 @@ from clearline.topology import SETTLEMENT_BUCKET, SETTLEMENT_QUEUE
 from clearline_local.environment import queue_url
 from clearline_local.stack import aws_client
 
-from .conftest import Stack, running_stack
+from .conftest import Stack, running_stack, settled_on
 from .test_async import eventually, invoke, queue_drained, sample_event
 
 pytestmark = pytest.mark.integration
-
-SETTLEMENT_DATE = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2)).isoformat()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +46,12 @@ def key() -> str:
     return str(uuid.uuid4())
 
 
-def a_day_of_business(sdk: stripe.StripeClient) -> dict[str, list[str]]:
+def a_day_of_business(sdk: stripe.StripeClient) -> tuple[dict[str, list[str]], str]:
+    """The day's movements that should settle, and the date they settle on."""
+    return settled_on(lambda: business(sdk))
+
+
+def business(sdk: stripe.StripeClient) -> dict[str, list[str]]:
     """Three captured charges, one captured later in part, one refund, one decline and one
     authorization left open: the movements that should settle are the captures and the refund."""
     captured = [
@@ -80,12 +82,12 @@ def a_day_of_business(sdk: stripe.StripeClient) -> dict[str, list[str]]:
 
 
 def drop_settlement_file(
-    stack: Stack, tmp_path: Path, *faults: str
+    stack: Stack, tmp_path: Path, settles_on: str, *faults: str
 ) -> tuple[str, list[dict[str, str]]]:
     """`clearline settlements generate`, uploaded; returns the S3 key and the file's rows."""
     output = tmp_path / "settlement.csv"
     done = stack.clearline(
-        "settlements", "generate", "--date", SETTLEMENT_DATE, "--output", str(output), *faults
+        "settlements", "generate", "--date", settles_on, "--output", str(output), *faults
     )
     assert done.returncode == 0, done.stderr
     key = done.stdout.strip().splitlines()[-1].split(f"s3://{SETTLEMENT_BUCKET.name}/")[1]
@@ -129,8 +131,8 @@ def test_a_clean_file_settles_every_row_once(
     own_stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient], tmp_path: Path
 ) -> None:
     _, sdk = shop
-    day = a_day_of_business(sdk)
-    key, rows = drop_settlement_file(own_stack, tmp_path)
+    day, settles_on = a_day_of_business(sdk)
+    key, rows = drop_settlement_file(own_stack, tmp_path, settles_on)
     assert sorted(r["charge_id"] for r in rows if r["type"] == "capture") == sorted(day["captures"])
     assert [r["refund_id"] for r in rows if r["type"] == "refund"] == day["refunds"]
     report = report_for(own_stack, key)
@@ -205,11 +207,11 @@ def test_each_injected_fault_is_caught_and_posts_nothing_for_it(
     kind: str,
 ) -> None:
     _, sdk = shop
-    day = a_day_of_business(sdk)
+    day, settles_on = a_day_of_business(sdk)
     ours = set(day["captures"]) | {
         derived_id("txn", r, "refund") for r in day["refunds"]
     }  # names this scenario's movements
-    key, rows = drop_settlement_file(own_stack, tmp_path, fault)
+    key, rows = drop_settlement_file(own_stack, tmp_path, settles_on, fault)
     report = report_for(own_stack, key)
 
     # Earlier scenarios' unsettled movements are reported missing again (they still are);
@@ -237,17 +239,17 @@ def test_the_reconciler_sample_reconciles_its_file(
     own_stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient], tmp_path: Path
 ) -> None:
     _, sdk = shop
-    day = a_day_of_business(sdk)
+    day, settles_on = a_day_of_business(sdk)
     output = tmp_path / "settlement.csv"
     done = own_stack.clearline(
-        "settlements", "generate", "--date", SETTLEMENT_DATE, "--output", str(output), "--no-upload"
+        "settlements", "generate", "--date", settles_on, "--output", str(output), "--no-upload"
     )
     assert done.returncode == 0, done.stderr
     with output.open() as source:
         rows = list(csv.DictReader(source))
     assert len(rows) == len(day["captures"]) + len(day["refunds"])
     # Under a prefix the bucket does not announce: only the invocation below reconciles it.
-    key = f"inbox/{SETTLEMENT_DATE}/batch_{uuid.uuid4().hex}.csv"
+    key = f"inbox/{settles_on}/batch_{uuid.uuid4().hex}.csv"
     s3 = aws_client("s3", own_stack.info.aws_endpoint_url)
     etag = s3.put_object(Bucket=SETTLEMENT_BUCKET.name, Key=key, Body=output.read_bytes())["ETag"]
     event = sample_event(
