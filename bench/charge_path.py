@@ -5,7 +5,6 @@
   api handler run in this process against the same moto server;
 - the same for a charge in euros that converts into the merchant's dollars (the stored
   rates read, two linked journals written);
-- the api handler's cold import time next to a bare `import boto3`, in fresh interpreters;
 - raw boto3 making the writes a charge makes (two TransactWriteItems, of 3 and 14 items
   of the same sizes) on the same moto server, with as many clients: the local stack's
   charges/s over that rate is the ratio printed.
@@ -18,9 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -32,7 +28,6 @@ from in_process_api import InProcessApi
 
 from clearline.merchants import create_merchant
 from clearline.store import Store
-from clearline_local.lambda_runtime import REPO_ROOT
 from clearline_local.stack import LocalStack, aws_client
 
 BODY = b"amount=5000&currency=usd&source=tok_visa"
@@ -124,23 +119,6 @@ def dynamodb_calls_per_operation(
     return counts
 
 
-def import_seconds(statement: str, runs: int = 5) -> float:
-    code = (
-        f"import sys, time; sys.path.insert(0, {str(REPO_ROOT / 'functions/api')!r}); "
-        f"t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
-    )
-    env = {**os.environ, "POWERTOOLS_TRACE_DISABLED": "true"}
-    samples = [
-        float(
-            subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-            ).stdout
-        )
-        for _ in range(runs)
-    ]
-    return statistics.median(samples)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--charges", type=int, default=200)
@@ -177,12 +155,6 @@ def main() -> None:
             )
     finally:
         stack.stop()
-    boto = import_seconds("import boto3")
-    handler = import_seconds("import api_handler")
-    lines.append(
-        f"  cold import: import boto3 {boto * 1000:.0f} ms, api handler "
-        f"{handler * 1000:.0f} ms (median of 5 fresh interpreters)"
-    )
     print("\n".join(lines))
 
 

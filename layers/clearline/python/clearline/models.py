@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     def snapshot(self) -> dict[str, Any]:
         """The model as an event stores it (JSON-compatible, DynamoDB-storable)."""

@@ -95,7 +95,7 @@ Metadata = Annotated[dict[str, String], AfterValidator(_check_metadata)]
 
 
 class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _check_email(value: str) -> str:
