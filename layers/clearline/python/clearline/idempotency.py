@@ -202,7 +202,12 @@ class _RidingRecord:
             "Put",
             item=item,
             condition=condition,
-            names=self._names(),
+            names={
+                "#id": store.key_attr,
+                "#expiry": store.expiry_attr,
+                "#in_progress_expiry": store.in_progress_expiry_attr,
+                "#status": store.status_attr,
+            },
             values=values,
             table=store.table_name,
         )
@@ -227,15 +232,6 @@ class _RidingRecord:
             },
             table=store.table_name,
         )
-
-    def _names(self) -> dict[str, str]:
-        store = self.persistence
-        return {
-            "#id": store.key_attr,
-            "#expiry": store.expiry_attr,
-            "#in_progress_expiry": store.in_progress_expiry_attr,
-            "#status": store.status_attr,
-        }
 
 
 _record: ContextVar[_RidingRecord | None] = ContextVar("idempotency_record", default=None)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from clearline import balance, fx, ledger, listing
 from clearline.audit import Caller
@@ -99,6 +99,12 @@ def _refund_events(
     ]
 
 
+# What a refund of an authorization does instead of moving an amount.
+Voided = Literal["void", "finish void"]
+VOID: Voided = "void"
+FINISH_VOID: Voided = "finish void"
+
+
 class RefundService(MoneyService):
     @cached_property
     def charges(self) -> ChargeService:
@@ -112,7 +118,8 @@ class RefundService(MoneyService):
         try:
             charge, amount = self._refundable(merchant, params)
             # Stale rates refuse a refund of a converted charge here.
-            market = fx.market_rate_item(self.charges.rates, charge) if amount is not None else {}
+            moves_money = isinstance(amount, int)
+            market = fx.market_rate_item(self.charges.rates, charge) if moves_money else {}
         except ApiError:
             # A retry of a refund written before (its write-ahead reserved the amount, so
             # the charge may look refunded) finishes it. Looked up only here and when the
@@ -121,10 +128,11 @@ class RefundService(MoneyService):
             if existing is None:
                 raise
             return self._resume(caller, existing)
-        if amount is None:
-            if charge.get("pending_op") == "void":  # a void cut short: finish it, if it is ours
-                return self._resume_void(caller, charge, refund_id)
+        if amount == FINISH_VOID:  # a void cut short: finish it, if it is ours
+            return self._resume_void(caller, charge, refund_id)
+        if amount == VOID:
             return self._void(caller, charge, refund_id, params, idempotency_key)
+        assert isinstance(amount, int)
         reserved = self._reserve(caller, charge, refund_id, amount, params, idempotency_key, market)
         if reserved is None:  # this key's refund, written before
             existing = self._read(f"REFUND#{refund_id}", "REFUND")
@@ -139,12 +147,12 @@ class RefundService(MoneyService):
 
     def _refundable(
         self, merchant: Merchant, params: RefundCreateParams
-    ) -> tuple[dict[str, Any], int | None]:
-        """The charge a new refund is of and the amount it refunds, checked. No amount for
-        an authorization, which is voided whole (or whose void is being finished)."""
+    ) -> tuple[dict[str, Any], int | Voided]:
+        """The charge a new refund is of and the amount it refunds, checked; for an
+        authorization, which is voided whole, VOID (or FINISH_VOID, its void cut short)."""
         charge = self.charges.owned(merchant.id, self._charge_id(merchant, params), param="charge")
         if charge.get("pending_op") == "void":
-            return charge, None
+            return charge, FINISH_VOID
         state = charge["state"]
         if state == AUTHORIZED and not charge.get("pending_op"):
             if params.amount is not None and params.amount != charge["amount"]:
@@ -153,7 +161,7 @@ class RefundService(MoneyService):
                     "charge for an amount less than the original amount.",
                     param="amount",
                 )
-            return charge, None
+            return charge, VOID
         if state == FAILED:
             raise InvalidRequestError(
                 f"Charge {charge['id']} failed; there is nothing to refund.",
