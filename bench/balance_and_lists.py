@@ -2,9 +2,10 @@
 
 The api handler runs in this process against a local stack's moto server, counting its
 DynamoDB calls with a botocore hook, for `GET /v1/balance` and the first page of charges,
-events and balance transactions of a merchant with some history. A balance sums every
-shard of the merchant's two accounts (pending and available) in each of its settlement
-currencies; a list page merges a query of each shard of the list's index, in parallel.
+events, balance transactions and disputes of a merchant with some history. A balance sums
+every shard of the merchant's two accounts (pending and available) in each of its
+settlement currencies; a list page merges a query of each shard of the list's index, in
+parallel: 32 for charges, 64 for events, 4 for kinds made far less often (disputes here).
 
 Usage: python bench/balance_and_lists.py [--charges N] [--reads N]
 """
@@ -27,6 +28,7 @@ READS = {
     "GET /v1/charges?limit=10": "/v1/charges?limit=10",
     "GET /v1/events?limit=10": "/v1/events?limit=10",
     "GET /v1/balance_transactions?limit=10": "/v1/balance_transactions?limit=10",
+    "GET /v1/disputes?limit=10": "/v1/disputes?limit=10",
 }
 
 

@@ -36,8 +36,16 @@ INDEX = "by_merchant"
 FACET_INDEX = "by_facet"
 FACET_SHARDS = 8  # per filter value: a popular event type must not be one hot partition
 LIST_SHARDS = 32
-# Each charge writes two or three events: their lists take twice the shards.
-SHARDS_BY_KIND = {"evt": 64}
+# Each charge writes two or three events: their lists take twice the shards. Objects made
+# far less often than charges (a dispute or a review for a small share of them, payouts a
+# few times a day, value lists by hand) stay well under a partition's writes on four
+# shards, and a page of them is four queries. A kind's count may only ever grow: its
+# pages read every shard an item may have been written to.
+LOW_VOLUME_SHARDS = 4
+SHARDS_BY_KIND = {
+    "evt": 64,
+    **dict.fromkeys(("po", "du", "prv", "issfr", "rsl", "rsli"), LOW_VOLUME_SHARDS),
+}
 
 
 def list_shards(kind: str) -> int:
