@@ -13,6 +13,7 @@ import dataclasses
 import json
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, cast
@@ -23,6 +24,7 @@ from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
 
+import infra_cdk.bundling as bundling
 import infra_cdk.clearline_stack as clearline_stack
 import infra_cdk.shared as shared
 import infra_cdk.vault_stack as vault_stack
@@ -61,7 +63,7 @@ from clearline.topology import (
     table_env_var,
 )
 from infra_cdk.app import create_app
-from infra_cdk.bundling import pip_install_args
+from infra_cdk.bundling import compile_bytecode, pip_install_args
 from infra_cdk.clearline_stack import ClearlineStack
 
 pytestmark = pytest.mark.cdk
@@ -1699,6 +1701,39 @@ def test_pip_builds_for_lambda_not_for_the_host() -> None:
         "--target out/python",
     ):
         assert flag in joined
+
+
+def test_the_layer_gets_bytecode_caches_made_by_the_runtime_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This interpreter stands in for the runtime's: its version is the one asked for.
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    monkeypatch.setattr(bundling, "PYTHON_VERSION", version)
+    monkeypatch.setattr(bundling.shutil, "which", lambda name: sys.executable)
+    (tmp_path / "module.py").write_text("VALUE = 1\n")
+    assert compile_bytecode(str(tmp_path)) is True
+    tag = version.replace(".", "")
+    assert [p.name for p in tmp_path.rglob("*.pyc")] == [f"module.cpython-{tag}.pyc"]
+
+
+def test_an_interpreter_of_another_version_compiles_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bundling, "PYTHON_VERSION", "3.0")  # not this interpreter's
+    monkeypatch.setattr(bundling.shutil, "which", lambda name: sys.executable)
+    (tmp_path / "module.py").write_text("VALUE = 1\n")
+    assert compile_bytecode(str(tmp_path)) is False
+    assert not list(tmp_path.rglob("*.pyc"))
+
+
+def test_without_the_runtime_python_the_layer_ships_source_only_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(bundling.shutil, "which", lambda _: None)
+    (tmp_path / "module.py").write_text("VALUE = 1\n")
+    assert compile_bytecode(str(tmp_path)) is False
+    assert not list(tmp_path.rglob("*.pyc"))
+    assert "compiles its modules on every cold start" in capsys.readouterr().err
 
 
 # --- the cdk command line ----------------------------------------------------------------
