@@ -1,10 +1,12 @@
-"""Builds the dependencies layer with pip on the host, so no Docker engine is needed."""
+"""Builds the Lambda assets on the host, so no Docker engine is needed: the dependencies
+layer with pip, and every asset's bytecode with the runtime's Python where there is one."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ def compile_args(target: str) -> list[str]:
     return ["compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", target]
 
 
+@cache
 def runtime_python() -> str | None:
     """This machine's interpreter of the runtime's Python version, if it has one that runs
     (a version manager's shim may be on the PATH without its version installed)."""
@@ -65,16 +68,22 @@ def runtime_python() -> str | None:
     return found if answer.stdout.strip() == PYTHON_VERSION else None
 
 
+@cache
+def _say_source_only() -> None:
+    """Once a synth: every asset is in the same case."""
+    print(
+        f"python{PYTHON_VERSION} not found: the Lambda assets ship without bytecode caches, "
+        "and Lambda compiles their modules on every cold start",
+        file=sys.stderr,
+    )
+
+
 def compile_bytecode(target: str) -> bool:
     """Bytecode caches for `target`, made with the runtime's Python if this machine has it
     (caches are per Python version). Returns whether they were made."""
     python = runtime_python()
     if python is None:
-        print(
-            f"python{PYTHON_VERSION} not found: the dependencies layer ships without bytecode "
-            "caches, and Lambda compiles its modules on every cold start",
-            file=sys.stderr,
-        )
+        _say_source_only()
         return False
     done = subprocess.run(
         [python, "-m", *compile_args(target)], capture_output=True, text=True, check=False
@@ -105,6 +114,45 @@ class LocalPipBundling:
             return False
         compile_bytecode(target)
         return True
+
+
+# What never goes into an asset: the host's bytecode caches (of another Python) and
+# editable-install metadata.
+ASSET_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/*.egg-info"]
+_EXCLUDED_NAMES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+
+
+@jsii.implements(ILocalBundling)
+class LocalCopyBundling:
+    """Copies a folder of our own code and compiles it with the runtime's Python."""
+
+    def __init__(self, source_dir: Path) -> None:
+        self._source_dir = source_dir
+
+    def try_bundle(self, output_dir: str, *args: Any, **kwargs: Any) -> bool:
+        shutil.copytree(self._source_dir, output_dir, ignore=_EXCLUDED_NAMES, dirs_exist_ok=True)
+        compile_bytecode(output_dir)
+        return True
+
+
+def source_code(source_dir: Path) -> lambda_.Code:
+    """A folder of Clearline's own code (a function, or the library layer), as it is, with
+    bytecode caches for the runtime where they can be made."""
+    docker_command = " ".join(
+        ["cp -r /asset-input/. /asset-output/ && python -m", *compile_args("/asset-output")]
+    )
+    return lambda_.Code.from_asset(
+        str(source_dir),
+        exclude=ASSET_EXCLUDES,
+        # The source determines the output: its hash keeps the asset stable between builds.
+        asset_hash_type=AssetHashType.SOURCE,
+        bundling=BundlingOptions(
+            image=lambda_.Runtime.PYTHON_3_13.bundling_image,
+            platform="linux/arm64",
+            command=["bash", "-c", docker_command],
+            local=LocalCopyBundling(source_dir),
+        ),
+    )
 
 
 def dependencies_layer_code(source_dir: Path) -> lambda_.Code:

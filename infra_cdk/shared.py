@@ -33,10 +33,9 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct, IConstruct
 
 from clearline.topology import FunctionSpec, TableSpec
-from infra_cdk.bundling import dependencies_layer_code
+from infra_cdk.bundling import dependencies_layer_code, source_code
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ASSET_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/*.egg-info"]
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 ARCHITECTURE = lambda_.Architecture.ARM_64
 DEFAULT_PROCESSOR_URL = "https://sandbox-processor.invalid"
@@ -212,9 +211,7 @@ def function_layers(scope: Construct) -> list[lambda_.ILayerVersion]:
     library = lambda_.LayerVersion(
         scope,
         "ClearlineLayer",
-        code=lambda_.Code.from_asset(
-            str(REPO_ROOT / "layers" / "clearline"), exclude=ASSET_EXCLUDES
-        ),
+        code=source_code(REPO_ROOT / "layers" / "clearline"),
         compatible_runtimes=[RUNTIME],
         compatible_architectures=[ARCHITECTURE],
         description="The clearline library shared by every function",
@@ -267,7 +264,7 @@ def lambda_function(
         description=spec.description,
         runtime=RUNTIME,
         architecture=ARCHITECTURE,
-        code=lambda_.Code.from_asset(str(REPO_ROOT / spec.code_dir), exclude=ASSET_EXCLUDES),
+        code=source_code(REPO_ROOT / spec.code_dir),
         handler=spec.handler,
         timeout=Duration.seconds(spec.timeout_seconds),
         memory_size=spec.memory_mb,

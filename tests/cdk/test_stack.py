@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -1703,6 +1704,18 @@ def test_pip_builds_for_lambda_not_for_the_host() -> None:
         assert flag in joined
 
 
+@pytest.fixture
+def bundler_looks_again() -> Iterator[None]:
+    """The bundler looks for the runtime's Python once a synth; these tests change what it
+    finds, so it looks again before each and after."""
+    bundling.runtime_python.cache_clear()
+    bundling._say_source_only.cache_clear()
+    yield
+    bundling.runtime_python.cache_clear()
+    bundling._say_source_only.cache_clear()
+
+
+@pytest.mark.usefixtures("bundler_looks_again")
 def test_the_layer_gets_bytecode_caches_made_by_the_runtime_python(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1716,6 +1729,48 @@ def test_the_layer_gets_bytecode_caches_made_by_the_runtime_python(
     assert [p.name for p in tmp_path.rglob("*.pyc")] == [f"module.cpython-{tag}.pyc"]
 
 
+@pytest.mark.usefixtures("bundler_looks_again")
+def test_our_code_is_copied_without_host_caches_and_compiled_for_the_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"  # this one stands in
+    monkeypatch.setattr(bundling, "PYTHON_VERSION", version)
+    monkeypatch.setattr(bundling.shutil, "which", lambda name: sys.executable)
+    source = tmp_path / "function"
+    (source / "__pycache__").mkdir(parents=True)
+    (source / "handler.py").write_text("def lambda_handler(event, context):\n    return 1\n")
+    (source / "__pycache__" / "handler.cpython-39.pyc").write_bytes(b"another Python's")
+    (source / "clearline.egg-info").mkdir()
+    output = tmp_path / "asset"
+    output.mkdir()
+    assert bundling.LocalCopyBundling(source).try_bundle(str(output)) is True
+    tag = version.replace(".", "")
+    assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == [
+        "__pycache__",
+        f"__pycache__/handler.cpython-{tag}.pyc",
+        "handler.py",
+    ]
+
+
+def test_every_function_and_the_library_layer_are_bundled_from_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bundled, so that their bytecode is made for the runtime (this synth skips the
+    bundling itself, as the others here do)."""
+    bundled: list[str] = []
+    original = shared.source_code
+
+    def recording(source_dir: Path) -> Any:
+        bundled.append(str(source_dir.relative_to(REPO_ROOT)))
+        return original(source_dir)
+
+    monkeypatch.setattr(shared, "source_code", recording)
+    create_app(NO_BUNDLING, outdir=str(tmp_path))
+    expected = {"layers/clearline", *(spec.code_dir for spec in TOPOLOGY.functions)}
+    assert expected <= set(bundled)
+
+
+@pytest.mark.usefixtures("bundler_looks_again")
 def test_an_interpreter_of_another_version_compiles_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1726,6 +1781,7 @@ def test_an_interpreter_of_another_version_compiles_nothing(
     assert not list(tmp_path.rglob("*.pyc"))
 
 
+@pytest.mark.usefixtures("bundler_looks_again")
 def test_without_the_runtime_python_the_layer_ships_source_only_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1733,7 +1789,7 @@ def test_without_the_runtime_python_the_layer_ships_source_only_and_says_so(
     (tmp_path / "module.py").write_text("VALUE = 1\n")
     assert compile_bytecode(str(tmp_path)) is False
     assert not list(tmp_path.rglob("*.pyc"))
-    assert "compiles its modules on every cold start" in capsys.readouterr().err
+    assert "compiles their modules on every cold start" in capsys.readouterr().err
 
 
 # --- the cdk command line ----------------------------------------------------------------
