@@ -5,12 +5,6 @@ charges, and the path to it in their environment."""
 from __future__ import annotations
 
 import json
-import os
-
-# Before the first aws_cdk import, which starts the jsii runtime (as in test_stack.py).
-os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
-
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,9 +16,9 @@ from clearline.topology import API_FUNCTION, TOPOLOGY
 from infra_cdk.app import create_app
 from infra_cdk.clearline_stack import IP_COUNTRIES_CONTEXT, ClearlineStack
 
-pytestmark = pytest.mark.cdk
+from .conftest import NO_BUNDLING
 
-NO_BUNDLING: dict[str, Any] = {"aws:cdk:bundling-stacks": []}
+pytestmark = pytest.mark.cdk
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,7 @@ limit in the counters table."""
 
 from __future__ import annotations
 
-import os
-
-# Before the first aws_cdk import, which starts the jsii runtime (as in test_stack.py).
-os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
-
-from typing import Any, cast
-
 import pytest
-from aws_cdk import Stack
 from aws_cdk.assertions import Template
 
 from clearline.config import PROCESSOR_TPS_ENV
@@ -24,28 +15,11 @@ from clearline.topology import (
     TOPOLOGY,
     table_env_var,
 )
-from infra_cdk.app import create_app
 from infra_cdk.clearline_stack import PROCESSOR_TPS_PARAMETER_ID, ClearlineStack
 
+from .conftest import logical_id
+
 pytestmark = pytest.mark.cdk
-
-NO_BUNDLING: dict[str, Any] = {"aws:cdk:bundling-stacks": []}
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> ClearlineStack:
-    app, stack, _ = create_app(NO_BUNDLING, outdir=str(tmp_path_factory.mktemp("cdk.out")))
-    app.synth()
-    return stack
-
-
-@pytest.fixture(scope="module")
-def template(stack: ClearlineStack) -> Template:
-    return Template.from_stack(stack)
-
-
-def logical_id(stack: Stack, construct: Any) -> str:
-    return cast(str, stack.resolve(construct.node.default_child.logical_id))
 
 
 def test_the_capture_queue_is_consumed_by_a_bounded_number_of_workers(

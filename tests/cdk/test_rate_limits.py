@@ -3,17 +3,11 @@ methods need a key, and the gateway's own answers in Stripe's shape."""
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
-
 import json
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from aws_cdk import Stack
 from aws_cdk.assertions import Template
 from cdk_nag import AwsSolutionsChecks
 
@@ -28,28 +22,11 @@ from clearline.rate_limits import (
     plan_name,
 )
 from clearline.topology import AUTHORIZER_FUNCTION
-from infra_cdk.app import create_app
 from infra_cdk.clearline_stack import ClearlineStack
 
+from .conftest import logical_id
+
 pytestmark = pytest.mark.cdk
-
-NO_BUNDLING: dict[str, Any] = {"aws:cdk:bundling-stacks": []}
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> ClearlineStack:
-    app, stack, _ = create_app(NO_BUNDLING, outdir=str(tmp_path_factory.mktemp("cdk.out")))
-    app.synth()  # with cdk-nag registered: raises on any unacknowledged finding
-    return stack
-
-
-@pytest.fixture(scope="module")
-def template(stack: ClearlineStack) -> Template:
-    return Template.from_stack(stack)
-
-
-def logical_id(stack: Stack, construct: Any) -> str:
-    return cast(str, stack.resolve(construct.node.default_child.logical_id))
 
 
 def _methods(template: Template) -> dict[str, dict[str, Any]]:

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
-# Before the first aws_cdk import, which starts the jsii runtime: node 20 works, but jsii
-# prints a banner about its support window on every start.
-os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
-
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from aws_cdk import App, Stack, Validations
+from aws_cdk import App, Validations
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk.assertions import Annotations, Match, Template
 from cdk_nag import AwsSolutionsChecks
@@ -67,11 +61,12 @@ from infra_cdk.app import create_app
 from infra_cdk.bundling import compile_bytecode, pip_install_args
 from infra_cdk.clearline_stack import ClearlineStack
 
+from .conftest import NO_BUNDLING, logical_id
+
 pytestmark = pytest.mark.cdk
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Skips the pip build of the dependencies layer (CDK then uses the source folder as is).
-NO_BUNDLING: dict[str, Any] = {"aws:cdk:bundling-stacks": []}
 DYNAMODB_WRITE_ACTIONS = {
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
@@ -107,28 +102,6 @@ SQS_CONSUME_ACTIONS = {
     "sqs:GetQueueAttributes",
     "sqs:GetQueueUrl",
 }
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cdk.out")
-
-
-@pytest.fixture(scope="module")
-def stack(synth_dir: Path) -> ClearlineStack:
-    app, stack, _ = create_app(NO_BUNDLING, outdir=str(synth_dir))
-    # With the cdk-nag plugin registered, this raises if any finding is unacknowledged.
-    app.synth()
-    return stack
-
-
-@pytest.fixture(scope="module")
-def template(stack: ClearlineStack) -> Template:
-    return Template.from_stack(stack)
-
-
-def logical_id(stack: Stack, construct: Any) -> str:
-    return cast(str, stack.resolve(construct.node.default_child.logical_id))
 
 
 def resource(template: Template, resource_type: str, wanted_id: str) -> dict[str, Any]:

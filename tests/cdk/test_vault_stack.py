@@ -5,12 +5,6 @@ and its internal routes."""
 
 from __future__ import annotations
 
-import os
-
-# Before the first aws_cdk import, which starts the jsii runtime (see test_stack.py).
-os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
-
 import dataclasses
 import json
 from pathlib import Path
@@ -40,28 +34,16 @@ from clearline.topology import (
     QueueSpec,
     table_env_var,
 )
-from infra_cdk.app import VAULT_STACK_ID, create_app
+from infra_cdk.app import VAULT_STACK_ID
 from infra_cdk.clearline_stack import ClearlineStack
 from infra_cdk.vault_stack import VaultStack
 from presentation.links import PUBLIC_URL_ENV
 
+from .conftest import NO_BUNDLING, logical_id
+
 pytestmark = pytest.mark.cdk
 
-NO_BUNDLING: dict[str, Any] = {"aws:cdk:bundling-stacks": []}
 VAULT_INTERNAL_ROUTES = ":*/*/*/internal/*"
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cdk.out")
-
-
-@pytest.fixture(scope="module")
-def stacks(synth_dir: Path) -> tuple[ClearlineStack, VaultStack]:
-    app, clearline, vault = create_app(NO_BUNDLING, outdir=str(synth_dir))
-    # With the cdk-nag plugin registered, this raises if any finding is unacknowledged.
-    app.synth()
-    return clearline, vault
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +64,6 @@ def template(vault: VaultStack) -> Template:
 @pytest.fixture(scope="module")
 def clearline_template(clearline: ClearlineStack) -> Template:
     return Template.from_stack(clearline)
-
-
-def logical_id(stack: Stack, construct: Any) -> str:
-    return cast(str, stack.resolve(construct.node.default_child.logical_id))
 
 
 def resource(template: Template, resource_type: str, wanted_id: str) -> dict[str, Any]:
