@@ -141,18 +141,7 @@ def source_code(source_dir: Path) -> lambda_.Code:
     docker_command = " ".join(
         ["cp -r /asset-input/. /asset-output/ && python -m", *compile_args("/asset-output")]
     )
-    return lambda_.Code.from_asset(
-        str(source_dir),
-        exclude=ASSET_EXCLUDES,
-        # The source determines the output: its hash keeps the asset stable between builds.
-        asset_hash_type=AssetHashType.SOURCE,
-        bundling=BundlingOptions(
-            image=lambda_.Runtime.PYTHON_3_13.bundling_image,
-            platform="linux/arm64",
-            command=["bash", "-c", docker_command],
-            local=LocalCopyBundling(source_dir),
-        ),
-    )
+    return _bundled(source_dir, docker_command, LocalCopyBundling(source_dir), ASSET_EXCLUDES)
 
 
 def dependencies_layer_code(source_dir: Path) -> lambda_.Code:
@@ -167,15 +156,24 @@ def dependencies_layer_code(source_dir: Path) -> lambda_.Code:
             *compile_args("/asset-output/python"),
         ]
     )
+    return _bundled(source_dir, docker_command, LocalPipBundling(source_dir))
+
+
+def _bundled(
+    source_dir: Path, docker_command: str, local: ILocalBundling, exclude: list[str] | None = None
+) -> lambda_.Code:
+    """An asset built on this machine by `local`, or else by `docker_command` in the
+    runtime's build image."""
     return lambda_.Code.from_asset(
         str(source_dir),
-        # The pinned requirements fully determine the output, and hashing the source
-        # keeps the asset hash stable between builds.
+        exclude=exclude,
+        # The source (with the pinned requirements, for the dependencies) determines the
+        # output: hashing the source keeps the asset hash stable between builds.
         asset_hash_type=AssetHashType.SOURCE,
         bundling=BundlingOptions(
             image=lambda_.Runtime.PYTHON_3_13.bundling_image,
             platform="linux/arm64",
             command=["bash", "-c", docker_command],
-            local=LocalPipBundling(source_dir),
+            local=local,
         ),
     )

@@ -47,8 +47,8 @@ VAULT_INTERNAL_ROUTES = ":*/*/*/internal/*"
 
 
 @pytest.fixture(scope="module")
-def clearline(stacks: tuple[ClearlineStack, VaultStack]) -> ClearlineStack:
-    return stacks[0]
+def clearline(stack: ClearlineStack) -> ClearlineStack:
+    return stack  # the other stack, named as this module's tests name it
 
 
 @pytest.fixture(scope="module")
