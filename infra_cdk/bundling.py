@@ -50,9 +50,9 @@ def pip_install_args(requirements: str, target: str) -> list[str]:
 def compile_args(target: str) -> list[str]:
     """Arguments after `python -m` that compile `target`'s modules to bytecode, for the
     runtime's interpreter only. Lambda cannot write bytecode caches (its file system is
-    read-only), so without them every cold start compiles pydantic and Powertools from
-    source. Unchecked hashes: the caches do not depend on file times, and the layer's files
-    never change once built."""
+    read-only), so without them every cold start compiles every module from source.
+    Unchecked hashes: the caches do not depend on file times, and an asset's files never
+    change once built."""
     return ["compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", target]
 
 
@@ -119,7 +119,7 @@ class LocalPipBundling:
 # What never goes into an asset: the host's bytecode caches (of another Python) and
 # editable-install metadata.
 ASSET_EXCLUDES = ["**/__pycache__", "**/*.pyc", "**/*.egg-info"]
-_EXCLUDED_NAMES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+_EXCLUDED_NAMES = shutil.ignore_patterns(*(p.removeprefix("**/") for p in ASSET_EXCLUDES))
 
 
 @jsii.implements(ILocalBundling)
