@@ -9,6 +9,15 @@ and row that posted it, so a redelivered or resumed file posts nothing twice. Mo
 that should have settled on the file's day but are absent from it are reported as
 missing in settlement: they are still in the `by_due` index under their business day.
 
+A large file is fanned out: one pass over its bytes plans chunks that end at line ends
+(`plan_chunks`), recorded on the file's marker before any is sent, and each chunk is read
+and settled on its own, in parallel, with the same row numbers as a whole run. A chunk's
+result is saved, then counted done once (create-only, in the transaction that adds to the
+marker's count), and the chunk that leaves them all done claims the finish: it merges the
+results, looks for movements missing in settlement and writes the report. A chunk
+processed twice settles nothing twice: each row is guarded by its movement's state, and a
+row this file settled before reads back as matched.
+
 The bank's daily payout report (a CSV with BANK_REPORT_COLUMNS, which is how it is told
 apart) is reconciled the same way, row by row against our payouts: a payout still in
 transit is settled from its row (paid, or returned with its failure code) through the same
@@ -30,22 +39,24 @@ import csv
 import datetime as dt
 import itertools
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from clearline import balance, ledger
 from clearline.balance import SETTLED, SETTLEMENT_SHARDS, UNSETTLED, awaiting_payout_keys
 from clearline.bank_accounts import BankAccounts
 from clearline.disputes import dispute_id_of, reinstatement_txn_id, withdrawal_txn_id
+from clearline.errors import ConflictError
 from clearline.ids import derived_id
 from clearline.models import ReconciliationMismatch
 from clearline.payouts import IN_TRANSIT, PayoutService, payout_pk
 from clearline.secrets import SecretBox
-from clearline.store import Store
+from clearline.store import Store, TransactionCancelled
 from clearline.transitions import Announcement, Change, Transition, TransitionWriter
 
 COLUMNS = [
@@ -90,8 +101,15 @@ STATUS = "status_mismatch"
 # What the bank's report says of a transfer, as our payout's status.
 _BANK_STATUSES = {"paid": "paid", "returned": "failed"}
 
-# A settlement file's state, on its marker item (one per file and ETag).
-PROCESSING, DONE = "processing", "done"
+# A settlement file's state, on its marker item (one per file and ETag). A fanned-out file
+# is FINISHING while the chunk that completed it merges the results.
+PROCESSING, FINISHING, DONE = "processing", "finishing", "done"
+# A file larger than this is reconciled in chunks of about this size: some 11,000 rows, a
+# few seconds of DynamoDB calls each.
+DEFAULT_CHUNK_BYTES = 1 << 20
+# Parallel chunks post to the same accounts' shards: a transaction that meets another on an
+# item is tried again, this many times in all, after a short random wait.
+CONFLICT_ATTEMPTS = 5
 
 
 class NotASettlementFile(ValueError):
@@ -179,18 +197,99 @@ class Report:
     reported: set[str] = field(default_factory=set)
     # Merchants whose money this file made available (for balance.available).
     credited: set[str] = field(default_factory=set)
+    # The settlement dates of its rows, whose movements should all have been in it.
+    days: set[dt.date] = field(default_factory=set)
+    chunks: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "file": self.file,
             "etag": self.etag,
             "rows": self.rows,
+            "chunks": self.chunks,
             "counts": dict(self.counts),
             "settled": dict(self.settled),
             "mismatches": [asdict(m) for m in self.mismatches],
             "already_reconciled": self.already_reconciled,
             "seconds": round(self.seconds, 3),
         }
+
+    def to_partial(self) -> dict[str, Any]:
+        """A chunk's result, as the chunk that finishes the file reads it back."""
+        return {
+            "rows": self.rows,
+            "counts": dict(self.counts),
+            "settled": dict(self.settled),
+            "mismatches": [asdict(m) for m in self.mismatches],
+            "reported": sorted(self.reported),
+            "credited": sorted(self.credited),
+            "days": sorted(day.isoformat() for day in self.days),
+        }
+
+    def absorb(self, partial: dict[str, Any]) -> None:
+        """Add a chunk's result (`to_partial`) to this, the file's report."""
+        self.rows += int(partial["rows"])
+        self.counts.update(partial["counts"])
+        self.settled.update(partial["settled"])
+        self.mismatches += [Mismatch(**m) for m in partial["mismatches"]]
+        self.reported |= set(partial["reported"])
+        self.credited |= set(partial["credited"])
+        self.days |= {dt.date.fromisoformat(day) for day in partial["days"]}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A run of a settlement file's rows: the object's bytes `start` to `end` (inclusive, as
+    an HTTP Range), whose first row is row `first_row` of the file."""
+
+    index: int
+    start: int
+    end: int
+    first_row: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Chunk:
+        return cls(int(raw["index"]), int(raw["start"]), int(raw["end"]), int(raw["first_row"]))
+
+
+def plan_chunks(lines: Iterable[bytes], chunk_bytes: int) -> list[Chunk] | None:
+    """A settlement file's rows as chunks of about `chunk_bytes`, each ending at a line end.
+    `lines` are the file's lines with their line ends, so that their lengths add up to byte
+    offsets; a row of the processor's file never holds a line break, and an empty line is no
+    row (as csv reads it). None for the bank's payout report, which is reconciled whole (a
+    row per payout); NotASettlementFile for any other header."""
+    iterator = iter(lines)
+    header = next(iterator, b"")
+    columns = next(csv.reader([header.decode("utf-8")]), [])
+    if columns == BANK_REPORT_COLUMNS:
+        return None
+    if columns != COLUMNS:
+        raise NotASettlementFile(f"expected the columns {','.join(COLUMNS)}")
+    chunks: list[Chunk] = []
+    start = offset = len(header)
+    first_row = next_row = 1
+    for line in iterator:
+        offset += len(line)
+        if line.rstrip(b"\r\n"):
+            next_row += 1
+        if offset - start >= chunk_bytes:
+            chunks.append(Chunk(len(chunks), start, offset - 1, first_row))
+            start, first_row = offset, next_row
+    if offset > start:
+        chunks.append(Chunk(len(chunks), start, offset - 1, first_row))
+    return chunks
+
+
+class ChunkResults(Protocol):
+    """Where a fanned-out file's chunks leave their results (`Report.to_partial`) for the
+    chunk that finishes it: kept whole, since a chunk's mismatches may be many."""
+
+    def save(self, index: int, partial: dict[str, Any]) -> None: ...
+
+    def load(self, index: int) -> dict[str, Any]: ...
 
 
 def _together(settlements: list[Transition]) -> Transition:
@@ -243,40 +342,129 @@ class Reconciler:
         etag: str,
         progress: Callable[[int], None] | None = None,
     ) -> Report:
+        """The whole file, in this call. A file started before and interrupted is resumed."""
         report = Report(file, etag)
         started = time.monotonic()
-        marker = {"pk": f"RECON#{file}", "sk": etag}
-        done = self.store.get(marker["pk"], etag)
-        if done is not None and done.get("status") == DONE:
+        marker = self._marker(file, etag)
+        if marker is not None and marker.get("status") == DONE:
             report.already_reconciled = True  # S3 or SQS delivered the same file again
-            report.rows = done.get("rows", 0)
+            report.rows = marker.get("rows", 0)
             return report
-        if done is None:  # else an interrupted run of the same file: resume it
-            started_file = {**marker, "started": int(self.clock())}
-            self.writer.commit(
-                Transition(
-                    [
-                        Change(
-                            marker["pk"],
-                            etag,
-                            file,
-                            "start",
-                            PROCESSING,
-                            state_attribute="status",
-                            create=started_file,
-                        )
-                    ]
-                )
-            )
-
+        if marker is None:
+            self._start(file, etag)
         reader = csv.DictReader(lines)
         if reader.fieldnames == BANK_REPORT_COLUMNS:
             self._bank_report(reader, report, progress)
-            return self._finish(report, marker, started)
+            return self._finish(report, PROCESSING, time.monotonic() - started)
         if reader.fieldnames != COLUMNS:
             raise NotASettlementFile(f"{file}: expected the columns {','.join(COLUMNS)}")
-        days: set[dt.date] = set()
-        for chunk in batched(enumerate(reader, start=1), BATCH):
+        self._settle_rows(reader, report, 1, progress)
+        self._close(report)
+        return self._finish(report, PROCESSING, time.monotonic() - started)
+
+    def fan_out(
+        self, file: str, etag: str, plan: Callable[[], list[Chunk] | None]
+    ) -> list[Chunk] | None:
+        """The chunks to reconcile the file in, to be sent out (again, on a redelivery):
+        planned and recorded on the file's marker the first time, before any is sent, and
+        read back from it after; none once the file is done or being finished. None when
+        the file is to be reconciled whole: `plan` says so, or a whole run of it began
+        before."""
+        marker = self._marker(file, etag)
+        if marker is None:
+            chunks = plan()
+            if chunks is None:
+                return None
+            recorded = [chunk.to_dict() for chunk in chunks]
+            if self._start(file, etag, chunks=len(chunks), chunks_done=0, plan=recorded):
+                return chunks
+            marker = self._marker(file, etag)  # another delivery recorded it first
+            assert marker is not None
+        if marker.get("status") != PROCESSING:
+            return []
+        if "plan" not in marker:
+            return None
+        return [Chunk.from_dict(raw) for raw in marker["plan"]]
+
+    def reconcile_chunk(
+        self, lines: Iterable[str], *, file: str, etag: str, chunk: Chunk, results: ChunkResults
+    ) -> Report | None:
+        """One chunk of a fanned-out file: its rows settled, its result saved and counted
+        done. Returns the file's report when this chunk was the one that completed it (or
+        a redelivery of that chunk, whose finish was cut off); else None. `lines` are only
+        read when the chunk is still to be done."""
+        marker = self._marker(file, etag)
+        status = marker.get("status") if marker else None
+        if marker is None or status not in (PROCESSING, FINISHING):
+            return None  # done (a late redelivery), or no such fan-out
+        if status == PROCESSING:
+            report = Report(file, etag)
+            self._settle_rows(csv.DictReader(lines, fieldnames=COLUMNS), report, chunk.first_row)
+            results.save(chunk.index, report.to_partial())
+            self._count_done(file, etag, chunk, report)
+            if not self._claim_finish(file, etag):
+                return None
+        report = Report(file, etag, chunks=int(marker["chunks"]))
+        for index in range(report.chunks):
+            report.absorb(results.load(index))
+        self._close(report)
+        return self._finish(report, FINISHING, self.clock() - int(marker["started"]))
+
+    def _marker(self, file: str, etag: str) -> dict[str, Any] | None:
+        return self.store.get(f"RECON#{file}", etag)
+
+    def _start(self, file: str, etag: str, **fields: Any) -> bool:
+        """The file's marker, created; False when another delivery created it first."""
+        marker = {"pk": f"RECON#{file}", "sk": etag, "started": int(self.clock()), **fields}
+        start = Change(
+            marker["pk"], etag, file, "start", PROCESSING, state_attribute="status", create=marker
+        )
+        return self.writer.commit(Transition([start])) is None
+
+    def _count_done(self, file: str, etag: str, chunk: Chunk, report: Report) -> None:
+        """The chunk, counted on the marker once: its own item is created in the same
+        transaction, so a chunk processed again finds itself counted and adds nothing."""
+        pk = f"RECON#{file}"
+        sk = f"{etag}#chunk#{chunk.index:06d}"
+        done = {"pk": pk, "sk": sk, "rows": report.rows, "mismatches": len(report.mismatches)}
+        counted = Change(pk, sk, file, "chunk", DONE, state_attribute="status", create=done)
+        counting = Change(
+            pk,
+            etag,
+            file,
+            "chunk.done",
+            PROCESSING,
+            from_state=PROCESSING,
+            state_attribute="status",
+            add={"chunks_done": 1},
+            audited=False,
+        )
+        self.writer.commit(Transition([counted, counting]))
+
+    def _claim_finish(self, file: str, etag: str) -> bool:
+        """Whether this caller finishes the file: every chunk is done, and no other caller
+        claimed it first."""
+        claim = Change(
+            f"RECON#{file}",
+            etag,
+            file,
+            "finishing",
+            FINISHING,
+            from_state=PROCESSING,
+            state_attribute="status",
+            condition="chunks_done = chunks",
+        )
+        return self.writer.commit(Transition([claim])) is None
+
+    def _settle_rows(
+        self,
+        reader: Iterable[dict[str, str]],
+        report: Report,
+        first_row: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Rows numbered from `first_row`, looked up and settled a batch at a time."""
+        for chunk in batched(enumerate(reader, start=first_row), BATCH):
             rows: list[Row] = []
             for number, raw in chunk:
                 try:
@@ -292,7 +480,7 @@ class Reconciler:
                             f"unreadable row: {exc}",
                         ),
                     )
-            days |= {row.settlement_date for row in rows}
+            report.days |= {row.settlement_date for row in rows}
             found = {
                 t["id"]: t for t in self.store.get_many([(f"TXN#{r.txn_id}", "TXN") for r in rows])
             }
@@ -305,10 +493,13 @@ class Reconciler:
             report.rows += len(chunk)
             if progress:
                 progress(report.rows)
-        for day in sorted(days):
+
+    def _close(self, report: Report) -> None:
+        """What is known only once every row is read: the movements missing from the file,
+        and the merchants told their money became available."""
+        for day in sorted(report.days):
             self._missing_in_settlement(report, day - dt.timedelta(days=LAG_DAYS))
         self._announce_available(report)
-        return self._finish(report, marker, started)
 
     def _announce_available(self, report: Report) -> None:
         """balance.available, once per merchant and file, with the balance it left: as
@@ -323,20 +514,19 @@ class Reconciler:
             )
             self.writer.commit(Transition([], events=[event]))
 
-    def _finish(self, report: Report, marker: dict[str, str], started: float) -> Report:
-        file, etag = report.file, report.etag
+    def _finish(self, report: Report, from_state: str, seconds: float) -> Report:
         finished = Change(
-            marker["pk"],
-            etag,
-            file,
+            f"RECON#{report.file}",
+            report.etag,
+            report.file,
             "finish",
             DONE,
-            from_state=PROCESSING,
+            from_state=from_state,
             state_attribute="status",
             set={"rows": report.rows, "finished": int(self.clock())},
         )
         self.writer.commit(Transition([finished]))
-        report.seconds = time.monotonic() - started
+        report.seconds = seconds
         return report
 
     def _bank_report(
@@ -435,7 +625,7 @@ class Reconciler:
         it."""
         for batch in self._batches(report, matched):
             while batch:
-                cancelled = self.writer.commit(_together([s for _, _, s in batch]))
+                cancelled = self._commit(_together([s for _, _, s in batch]))
                 if cancelled is None:
                     for row, txn, _ in batch:
                         self._settled(report, row, txn)
@@ -477,10 +667,21 @@ class Reconciler:
         if batch:
             yield batch
 
+    def _commit(self, settlement: Transition) -> TransactionCancelled | None:
+        attempt = 1
+        while True:
+            try:
+                return self.writer.commit(settlement)
+            except ConflictError:  # another chunk's transaction on a shard: all or nothing
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+            time.sleep(random.uniform(0, 0.02 * 2**attempt))
+            attempt += 1
+
     def _settle_one(
         self, report: Report, row: Row, txn: dict[str, Any], settlement: Transition
     ) -> None:
-        if self.writer.commit(settlement) is None:
+        if self._commit(settlement) is None:
             self._settled(report, row, txn)
         else:
             self._already_settled(report, row, txn)
