@@ -12,6 +12,7 @@ from clearline.topology import (
     CAPTURE_FUNCTION,
     CAPTURE_QUEUE,
     COUNTERS_TABLE,
+    RECONCILER_FUNCTION,
     TOPOLOGY,
     table_env_var,
 )
@@ -42,13 +43,22 @@ def test_the_capture_queue_is_consumed_by_a_bounded_number_of_workers(
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
-def test_only_the_capture_queue_is_bounded(template: Template) -> None:
-    bounded = [
-        m["Properties"]["ScalingConfig"]
+def test_only_the_capture_and_settlement_queues_are_bounded(
+    stack: ClearlineStack, template: Template
+) -> None:
+    """Captures by the processor's limit; a large settlement file's chunks by how many may
+    post to the ledger's shared shards at once."""
+    bounded = {
+        m["Properties"]["FunctionName"]["Ref"]: m["Properties"]["ScalingConfig"]
         for m in template.find_resources("AWS::Lambda::EventSourceMapping").values()
         if "ScalingConfig" in m["Properties"]
-    ]
-    assert bounded == [{"MaximumConcurrency": CAPTURE_FUNCTION.queue_max_concurrency}]
+    }
+    assert bounded == {
+        logical_id(stack, stack.functions[spec.key]): {
+            "MaximumConcurrency": spec.queue_max_concurrency
+        }
+        for spec in (CAPTURE_FUNCTION, RECONCILER_FUNCTION)
+    }
 
 
 def test_every_function_that_calls_the_processor_counts_against_its_limit(

@@ -122,11 +122,15 @@ class Stack:
 
 @contextmanager
 def running_stack(
-    tmp_path_factory: pytest.TempPathFactory, *, stripes_limits: bool = False
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    stripes_limits: bool = False,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """`clearline up` in a subprocess, as a developer runs it, with compressed retries.
     Many tests share a merchant key and one client address, and some send bad keys on
-    purpose, so the stack's limits are raised unless `stripes_limits` asks for Stripe's."""
+    purpose, so the stack's limits are raised unless `stripes_limits` asks for Stripe's.
+    `settings` are more environment variables for it and its functions."""
     state_dir = tmp_path_factory.mktemp("state")
     log_path = tmp_path_factory.mktemp("logs") / "stack.log"
     limits = (DEFAULT_RATE_ENV, FAILED_AUTH_LIMIT_ENV)
@@ -141,6 +145,7 @@ def running_stack(
         "".join(f"{address}/32,{country}\n" for address, country in LOOPBACK_COUNTRIES.items())
     )
     env[IP_COUNTRIES_ENV] = str(countries)
+    env.update(settings or {})
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(

@@ -431,7 +431,10 @@ RECONCILER_FUNCTION = FunctionSpec(
     tables={"main": "readwrite"},
     queue_trigger="settlements",
     batch_size=1,
-    sends_to=("mismatches",),
+    # A large file's chunks are settled this many at once: they post to the same shards.
+    queue_max_concurrency=10,
+    # A large file's chunks go back on its own queue.
+    sends_to=("mismatches", "settlements"),
     buckets={"settlements": "readwrite"},
 )
 
