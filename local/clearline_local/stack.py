@@ -40,7 +40,7 @@ from clearline.topology import (
     VAULT_TOPOLOGY,
     Topology,
 )
-from clearline_local import iam_signatures, moto_transactions
+from clearline_local import iam_signatures, moto_queries, moto_transactions
 from clearline_local.demo_shop import DemoShop
 from clearline_local.environment import FAKE_CREDENTIALS, function_environment
 from clearline_local.frontdoor import FrontDoorServer, KeyGate
@@ -106,6 +106,7 @@ class SerializedMotoServer(ThreadedMotoServer):
 
     def _server_entry(self) -> None:
         moto_transactions.install()  # safe only because requests are serialized below
+        moto_queries.install()
         app = DomainDispatcherApplication(create_backend_app)
         lock = threading.Lock()
 
