@@ -390,9 +390,10 @@ class Reconciler:
         self, lines: Iterable[str], *, file: str, etag: str, chunk: Chunk, results: ChunkResults
     ) -> Report | None:
         """One chunk of a fanned-out file: its rows settled, its result saved and counted
-        done. Returns the file's report when this chunk was the one that completed it (or
-        a redelivery of that chunk, whose finish was cut off); else None. `lines` are only
-        read when the chunk is still to be done."""
+        done. Returns the file's report when this chunk was the one that completed it, or
+        when the file's finish was claimed and not done (cut off: the claiming chunk's
+        redelivery, as a rule, runs it again, and a finish run twice writes the same
+        report); else None. `lines` are only read when the chunk is still to be done."""
         marker = self._marker(file, etag)
         status = marker.get("status") if marker else None
         if marker is None or status not in (PROCESSING, FINISHING):
