@@ -187,13 +187,18 @@ class Journal:
         }
 
 
-def journal_writes(journals: Sequence[Journal], shards: ShardPolicy) -> list[Write]:
+def journal_writes(
+    journals: Sequence[Journal], shards: ShardPolicy, written_ms: int | None = None
+) -> list[Write]:
     """The journals' items, written once, and one ADD per account for all of them: a
     transaction may touch an item only once. The shard is the one the first journal's id
-    picks (balances read every shard, so which one takes the ADD changes no balance)."""
+    picks (balances read every shard, so which one takes the ADD changes no balance).
+    `written_ms` is the transaction's time, to the millisecond, which orders a journal
+    among the audit items of the change that posted it."""
     if not journals:
         return []
-    writes = [Write.put_new(journal.item()) for journal in journals]
+    stamp = {"written_ms": written_ms} if written_ms is not None else {}
+    writes = [Write.put_new({**journal.item(), **stamp}) for journal in journals]
     per_account: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for journal in journals:
         for entry in journal.entries:

@@ -230,7 +230,7 @@ class TransitionWriter:
                     idempotency_key=transition.idempotency_key,
                 )
             )
-        writes += ledger.journal_writes(transition.journals, self.shards)
+        writes += ledger.journal_writes(transition.journals, self.shards, int(now * 1000))
         writes += [Write.put_new(record) for record in transition.records]
         writes += [Write("Put", item=item) for item in transition.index_items]
         writes += [
