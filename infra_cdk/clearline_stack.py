@@ -940,14 +940,16 @@ class ClearlineStack(Stack):
                 method,
                 "AwsSolutions-APIG4",
                 "Public by design: receipts, error-code pages and the API's description need "
-                "no key, and a browser's two PaymentIntent calls carry a publishable key in "
-                "the query or body, which the api function checks itself.",
+                "no key, a browser's two PaymentIntent calls carry a publishable key in "
+                "the query or body, which the api function checks itself, and the "
+                "dashboard's pages check their own session cookie.",
             )
             acknowledge(
                 method,
                 "AwsSolutions-COG4",
                 "Public pages and browser calls with publishable keys have no Cognito users "
-                "behind them; the api function authenticates what needs a key.",
+                "behind them; the api function authenticates what needs a key, and the "
+                "dashboard's sessions, opened by one-time sign-in links.",
             )
         for method in self.admin_methods:
             acknowledge(

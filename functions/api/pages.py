@@ -534,6 +534,21 @@ ERROR_CODES: dict[str, str] = {
         "The card token was used before: a token is good for one use only. Tokenize the card "
         "again, or use the PaymentMethod the first use made."
     ),
+    # The dashboard's own refusals, shown on its pages.
+    "csrf_token_invalid": (
+        "A dashboard form was sent without its session's CSRF token, or with another one: it "
+        "did not come from a page of this session. Nothing was changed; reload the page and "
+        "send the form again."
+    ),
+    "filter_invalid": (
+        "A dashboard filter is not one the search can use: a date that is not a date, an "
+        "amount that is not a whole number of minor units, or a value with quotes in it. "
+        "Correct the filter and search again."
+    ),
+    "sign_in_link_invalid": (
+        "The dashboard sign-in link was used before, has expired (links last 15 minutes), "
+        "or never existed. Ask for a new one with `clearline dashboard link`."
+    ),
 }
 
 # Values that appear as `decline_code` on a card error, rather than (or as well as) `code`.

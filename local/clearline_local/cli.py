@@ -61,6 +61,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         info = stack.start()
         test = create_merchant(_store(info), "Test merchant")
+        dashboard = _dashboard_link(info, test.merchant.id)
         print(
             f"""Clearline local stack is up.
 
@@ -71,6 +72,9 @@ def cmd_up(args: argparse.Namespace) -> int:
   Demo checkout     {info.checkout_url}   (a shop's website, paying with test cards)
   Sandbox processor {info.processor_url}
   AWS (moto)        {info.aws_endpoint_url}
+
+Dashboard (a one-time sign-in link for the test merchant, good for 15 minutes):
+  {dashboard}
 
 Create a charge:
   curl {info.api_url}/v1/charges -u {test.secret_key}: \\
@@ -90,6 +94,25 @@ Press Ctrl-C to stop.""",
         faulthandler.dump_traceback_later(STOP_DIAGNOSIS_SECONDS, exit=False)
         stack.stop()
         faulthandler.cancel_dump_traceback_later()
+    return 0
+
+
+def _dashboard_link(info: StackInfo, merchant_id: str) -> str:
+    from clearline.dashboard import DashboardSessions
+
+    token = DashboardSessions(_store(info)).issue_link(merchant_id)
+    return f"{info.api_url}/dashboard/sign-in?token={token}"
+
+
+def cmd_dashboard_link(args: argparse.Namespace) -> int:
+    """A one-time sign-in link to a merchant's dashboard."""
+    from clearline.merchants import get_merchant
+
+    info = find_stack(args.port)
+    if get_merchant(_store(info), args.merchant) is None:
+        print(f"error: no merchant {args.merchant}", file=sys.stderr)
+        return 1
+    print(_dashboard_link(info, args.merchant))
     return 0
 
 
@@ -739,6 +762,13 @@ def parser() -> argparse.ArgumentParser:
     bank_account.add_argument("--port", type=int)
     bank_account.set_defaults(run=cmd_merchants_bank_account)
 
+    dashboard = commands.add_parser("dashboard", help="the dashboard").add_subparsers(
+        dest="action", required=True
+    )
+    link = dashboard.add_parser("link", help="print a one-time sign-in link for a merchant")
+    link.add_argument("merchant", help="the merchant's id (acct_...)")
+    link.add_argument("--port", type=int)
+    link.set_defaults(run=cmd_dashboard_link)
     ledger = commands.add_parser("ledger", help="inspect the ledger").add_subparsers(
         dest="action", required=True
     )

@@ -108,6 +108,8 @@ def test_merchant_routes_need_the_authorizer_and_only_keyless_ones_go_without(
         ("ANY", "/errors/{proxy+}"),
         ("ANY", "/openapi.json"),
         ("ANY", "/docs"),
+        ("ANY", "/dashboard"),
+        ("ANY", "/dashboard/{proxy+}"),
     }
     keyed = [m for m in main.values() if m["AuthorizationType"] == "CUSTOM"]
     assert all(m["ApiKeyRequired"] is True and "AuthorizerId" in m for m in keyed)

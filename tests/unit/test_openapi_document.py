@@ -63,6 +63,16 @@ PAGE_ROUTES = {
     ("GET", "/errors/{code}"),
     ("GET", "/v1/payment_intents/{intent_id}/authentication_return/{token}"),
 }
+# The dashboard's pages: for people signed in with a session, not the API.
+DASHBOARD_ROUTES = {
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/sign-in"),
+    ("POST", "/dashboard/sign-out"),
+    ("GET", "/dashboard/payments"),
+    ("GET", "/dashboard/payments/{charge_id}"),
+    ("GET", "/dashboard/static/{name}"),
+}
+PAGE_ROUTES |= DASHBOARD_ROUTES
 # Operators' routes, authorized by the gateway with IAM (the CLI signs them): not the public API.
 OPERATOR_ROUTES = {
     ("POST", "/admin/merchants/{merchant_id}/bank_accounts"),

@@ -116,6 +116,12 @@ def test_routes_without_keys() -> None:
     assert not is_keyless("POST", "/v1/payment_intents/pi_1")
     assert not is_keyless("POST", "/v1/payment_intents/pi_1/capture")
     assert not is_keyless("GET", "/v1/charges")
+    # The dashboard authenticates its own sessions; its home with or without the slash.
+    assert is_keyless("GET", "/dashboard") and is_keyless("GET", "/dashboard/")
+    assert is_keyless("GET", "/dashboard/payments/ch_1") and is_keyless(
+        "POST", "/dashboard/sign-out"
+    )
+    assert not is_keyless("GET", "/dashboards") and not is_keyless("GET", "/v1/charges/")
 
 
 def test_plans_follow_the_mode_unless_the_merchant_has_its_own(store: Store) -> None:

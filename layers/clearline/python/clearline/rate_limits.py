@@ -97,6 +97,9 @@ KEYLESS_ROUTES: tuple[tuple[str, str], ...] = (
     ("*", "/errors/{proxy+}"),
     ("*", "/openapi.json"),
     ("*", "/docs"),
+    # The dashboard signs people in with one-time links and session cookies, never keys.
+    ("*", "/dashboard"),
+    ("*", "/dashboard/{proxy+}"),
 )
 
 
@@ -109,7 +112,7 @@ def _route_pattern(template: str) -> re.Pattern[str]:
             parts.append("[^/]+")
         else:
             parts.append(re.escape(part))
-    return re.compile("^/" + "/".join(parts) + "$")
+    return re.compile("^/" + "/".join(parts) + "/?$")  # a trailing slash names the same
 
 
 _KEYLESS = tuple((method, _route_pattern(path)) for method, path in KEYLESS_ROUTES)

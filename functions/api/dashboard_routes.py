@@ -1,0 +1,365 @@
+"""The dashboard: server-rendered pages for a signed-in merchant, served by the api function.
+
+It reads through the same services and store as the API and writes through the same
+transitions. A session is a cookie (HttpOnly, SameSite=Lax, Secure where the public URL is
+https) naming a session the store keeps (clearline.dashboard); every form carries the
+session's CSRF token. A page for anything not the merchant's answers 404, as the API does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import urllib.parse
+from functools import cache
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.shared.cookies import Cookie, SameSite
+
+from clearline.errors import ApiError, InvalidRequestError
+from clearline.forms import parse_body
+from presentation.errors import error_status
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+    from clearline.dashboard import DashboardSessions, Session
+    from clearline.merchants import Merchant
+
+router = Router()
+
+COOKIE = "clearline_session"
+PAGE_SIZE = 20
+STATUSES = ("succeeded", "pending", "failed", "refunded")
+# The dashboard's own pages: no scripts but its own, no framing, forms only to itself.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+TEMPLATES = Path(__file__).parent / "templates" / "dashboard"
+STATIC = Path(__file__).parent / "static" / "dashboard"
+
+
+@cache
+def templates() -> Environment:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    import pages
+
+    environment = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(default=True),
+        undefined=StrictUndefined,
+    )
+    environment.filters["money"] = pages.format_money
+    environment.filters["utc"] = _utc
+    environment.filters["iso"] = _iso
+    return environment
+
+
+def _utc(timestamp_ms: int) -> str:
+    moment = dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _iso(timestamp_ms: int) -> str:
+    moment = dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sessions() -> DashboardSessions:
+    from api_routes import services
+    from clearline.dashboard import DashboardSessions
+
+    return DashboardSessions(services().store)
+
+
+def root() -> str:
+    """Where the dashboard is, as a path: under the stage's, when deployed."""
+    from api_routes import links
+
+    return urllib.parse.urlsplit(links().base_url).path.rstrip("/") + "/dashboard"
+
+
+def _secure() -> bool:
+    from api_routes import links
+
+    return links().base_url.startswith("https://")
+
+
+def _html(status: int, template: str, **context: Any) -> Response[str]:
+    body = templates().get_template(template).render(root=root(), **context)
+    return Response(
+        status_code=status,
+        content_type="text/html; charset=utf-8",
+        body=body,
+        headers={
+            "Cache-Control": "private, no-store",
+            "Content-Security-Policy": CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "same-origin",
+        },
+    )
+
+
+def _redirect(to: str, cookies: list[Cookie] | None = None) -> Response[str]:
+    return Response(
+        status_code=303,
+        content_type="text/plain",
+        body="",
+        headers={"Location": to, "Cache-Control": "no-store"},
+        cookies=cookies or [],
+    )
+
+
+def _session_id() -> str | None:
+    header = router.current_event.headers.get("cookie") or ""
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except Exception:  # a malformed Cookie header is no session
+        return None
+    morsel = jar.get(COOKIE)
+    return morsel.value if morsel else None
+
+
+def _signed_in() -> tuple[Session, Merchant] | None:
+    from api_routes import services
+    from clearline.merchants import get_merchant
+
+    session = sessions().session(_session_id())
+    if session is None:
+        return None
+    merchant = get_merchant(services().store, session.merchant_id)
+    return (session, merchant) if merchant is not None else None
+
+
+def _query(name: str, limit: int = 200) -> str:
+    return (router.current_event.get_query_string_value(name) or "").strip()[:limit]
+
+
+def _error_page(error: ApiError, session: Session | None) -> Response[str]:
+    return _html(error_status(error), "error.html", error=error, session=session)
+
+
+# ---- sign-in --------------------------------------------------------------------------------
+
+
+@router.get("/dashboard", include_in_schema=False)  # and /dashboard/: Powertools takes both
+def dashboard_home() -> Response[str]:
+    if _signed_in() is None:
+        return _html(200, "signed_out.html", session=None)
+    return _redirect(f"{root()}/payments")
+
+
+@router.get("/dashboard/sign-in", include_in_schema=False)
+def sign_in() -> Response[str]:
+    from clearline.dashboard import SESSION_SECONDS
+
+    token = _query("token", 100)
+    try:
+        session_id, _ = sessions().sign_in(token)
+    except ApiError as error:
+        return _error_page(error, None)
+    cookie = Cookie(
+        COOKIE,
+        session_id,
+        path=root(),
+        secure=_secure(),
+        http_only=True,
+        max_age=SESSION_SECONDS,
+        same_site=SameSite.LAX_MODE,
+    )
+    return _redirect(f"{root()}/payments", [cookie])
+
+
+@router.post("/dashboard/sign-out", include_in_schema=False)
+def sign_out() -> Response[str]:
+    signed_in = _signed_in()
+    if signed_in is None:
+        return _redirect(f"{root()}")
+    session, _ = signed_in
+    form = _form()
+    if not session.accepts(form.get("csrf_token")):
+        return _forbidden(session)
+    session_id = _session_id()
+    assert session_id is not None
+    sessions().sign_out(session_id)
+    gone = Cookie(COOKIE, "", path=root(), secure=_secure(), http_only=True, max_age=0)
+    return _redirect(f"{root()}", [gone])
+
+
+def _form() -> dict[str, str]:
+    event = router.current_event
+    parsed = parse_body(event.decoded_body or "", event.headers.get("content-type"))
+    return {k: str(v) for k, v in parsed.items() if isinstance(v, str)}
+
+
+def _forbidden(session: Session) -> Response[str]:
+    error = InvalidRequestError(
+        "This form was not sent from a page of this dashboard session (its CSRF token is "
+        "missing or wrong). Reload the page and try again.",
+        code="csrf_token_invalid",
+    )
+    return _html(403, "error.html", error=error, session=session)
+
+
+# ---- payments -------------------------------------------------------------------------------
+
+
+def compose_query(filters: dict[str, str]) -> str:
+    """The filters as one query of the API's search language, which the page shows: what
+    the dashboard searches is what `GET /v1/charges/search` would."""
+    clauses = [filters["query"]] if filters.get("query") else []
+    status = filters.get("status")
+    if status == "refunded":
+        clauses.append("refunded:'true'")
+    elif status in STATUSES:
+        clauses.append(f"status:'{status}'")
+    for name, op in (("created_from", ">="), ("created_to", "<")):
+        if filters.get(name):
+            day = dt.date.fromisoformat(filters[name])
+            if name == "created_to":
+                day += dt.timedelta(days=1)  # to the end of that day
+            moment = dt.datetime.combine(day, dt.time(), dt.UTC)
+            clauses.append(f"created{op}{int(moment.timestamp())}")
+    for name, op in (("amount_min", ">="), ("amount_max", "<=")):
+        if filters.get(name):
+            clauses.append(f"amount{op}{int(filters[name])}")
+    if filters.get("customer"):
+        clauses.append(f"customer:'{_quoted(filters['customer'])}'")
+    if filters.get("metadata_key"):
+        key, value = _quoted(filters["metadata_key"]), _quoted(filters.get("metadata_value", ""))
+        clauses.append(f"metadata['{key}']:'{value}'")
+    return " AND ".join(clauses)
+
+
+def _quoted(value: str) -> str:
+    if re.search(r"['\"\\]", value):
+        raise InvalidRequestError(
+            f"Filters cannot contain quotes: {value[:50]}", code="filter_invalid"
+        )
+    return value
+
+
+FILTERS = (
+    "query",
+    "status",
+    "created_from",
+    "created_to",
+    "amount_min",
+    "amount_max",
+    "customer",
+    "metadata_key",
+    "metadata_value",
+)
+
+
+@router.get("/dashboard/payments", include_in_schema=False)
+def payments() -> Response[str]:
+    from api_routes import services
+    from clearline import search
+
+    signed_in = _signed_in()
+    if signed_in is None:
+        return _redirect(f"{root()}")
+    session, merchant = signed_in
+    filters = {name: _query(name) for name in FILTERS}
+    try:
+        query = compose_query(filters)
+        if query:
+            parsed = search.parse_query(query, search.CHARGES)
+            found = search.search(
+                services().store,
+                merchant.id,
+                search.CHARGES,
+                parsed,
+                limit=PAGE_SIZE,
+                page=_query("page", 500) or None,
+            )
+            charges, next_page = list(found.found), found.next_page
+            next_link = _link(filters, page=next_page) if next_page else None
+        else:
+            listed = services().charges.list(
+                merchant,
+                limit=PAGE_SIZE,
+                starting_after=_query("after", 100) or None,
+                ending_before=None,
+            )
+            charges = list(listed.items)
+            more = listed.has_more and charges
+            next_link = _link(filters, after=charges[-1].id) if more else None
+    except ValueError as exc:  # a date or an amount that is not one
+        return _error_page(
+            InvalidRequestError(f"Invalid filter: {exc}", code="filter_invalid"), session
+        )
+    except ApiError as error:
+        return _html(
+            error_status(error),
+            "payments.html",
+            session=session,
+            merchant=merchant,
+            filters=filters,
+            statuses=STATUSES,
+            query=None,
+            error=error,
+            charges=[],
+            next_link=None,
+        )
+    return _html(
+        200,
+        "payments.html",
+        session=session,
+        merchant=merchant,
+        filters=filters,
+        statuses=STATUSES,
+        query=query,
+        error=None,
+        charges=charges,
+        next_link=next_link,
+    )
+
+
+def _link(filters: dict[str, str], **more: str) -> str:
+    asked = {k: v for k, v in {**filters, **more}.items() if v}
+    return f"{root()}/payments?{urllib.parse.urlencode(asked)}"
+
+
+@router.get("/dashboard/payments/<charge_id>", include_in_schema=False)
+def payment(charge_id: str) -> Response[str]:
+    from api_routes import services
+    from clearline.dashboard import timeline
+
+    signed_in = _signed_in()
+    if signed_in is None:
+        return _redirect(f"{root()}")
+    session, merchant = signed_in
+    try:
+        charge = services().charges.retrieve(merchant, charge_id[:100])
+    except ApiError as error:
+        return _error_page(error, session)
+    return _html(
+        200,
+        "payment.html",
+        session=session,
+        merchant=merchant,
+        charge=charge,
+        timeline=timeline(services().store, charge),
+    )
+
+
+@router.get("/dashboard/static/<name>", include_in_schema=False)
+def static(name: str) -> Response[str]:
+    kinds = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
+    if name not in kinds:
+        return Response(status_code=404, content_type="text/plain", body="not found")
+    return Response(
+        status_code=200,
+        content_type=f"{kinds[name]}; charset=utf-8",
+        body=(STATIC / name).read_text(),
+        headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
+    )

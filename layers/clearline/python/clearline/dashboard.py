@@ -1,0 +1,269 @@
+"""The dashboard's sign-in and the payment timeline it shows.
+
+No secret key ever reaches a browser. A person signs in with a link (`issue_link`): a
+random token, good once and for 15 minutes, of which only the hash is stored. Following it
+opens a session: another random id, which the browser keeps in an HttpOnly cookie and which
+is stored here only as its hash, with the merchant it is for and a CSRF token that every
+form of the session must send back. Links, sessions and their ends are changes of state
+like any other, written by the transition writer, with their audit items.
+
+A payment's timeline is what happened to a charge, in order: its state transitions (and
+its refunds') from the audit trail, with who and which request; the events that announced
+them, each with its webhook delivery attempts; and the ledger journals it posted, with
+their lines. It is read from the same items the API writes; nothing here writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from clearline.errors import InvalidRequestError
+from clearline.ids import derived_id
+from clearline.models import Charge
+from clearline.store import Store
+from clearline.transitions import Change, Transition, TransitionWriter
+from clearline.webhooks import attempts_for
+
+LINK_SECONDS = 15 * 60
+SESSION_SECONDS = 12 * 3600
+UNUSED, USED = "unused", "used"
+ACTIVE, ENDED = "active", "ended"
+
+# An event's id derives from its data object's id and the operation that announced it
+# (events.event_writes), so a charge's events are found by naming them, without an index:
+# these once each, an update once per version, and per refund its own.
+CHARGE_OPERATIONS = (
+    "charge.pending",
+    "charge.succeeded",
+    "charge.failed",
+    "charge.captured",
+    "charge.expired",
+)
+REFUND_OPERATIONS = ("refund.created", "refund.failed", "refund.canceled")
+
+
+class SignInLinkInvalid(InvalidRequestError):
+    """The link was used before, has expired, or never existed: all look the same."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This sign-in link is used up or has expired. Ask for a new one: "
+            "`clearline dashboard link <merchant>`.",
+            code="sign_in_link_invalid",
+        )
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Session:
+    merchant_id: str
+    csrf_token: str
+    expires: int
+
+    def accepts(self, csrf_token: str | None) -> bool:
+        """Whether a form's CSRF token is this session's (in constant time)."""
+        return bool(csrf_token) and hmac.compare_digest(
+            self.csrf_token.encode(), str(csrf_token).encode("utf-8", "replace")
+        )
+
+
+class DashboardSessions:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.writer = TransitionWriter(store, clock=clock)
+
+    def issue_link(self, merchant_id: str) -> str:
+        """A one-time sign-in token for the merchant's dashboard."""
+        token = secrets.token_urlsafe(32)
+        digest = _digest(token)
+        expires = int(self.clock()) + LINK_SECONDS
+        link = {"pk": f"SIGNIN#{digest}", "sk": "SIGNIN", "merchant": merchant_id}
+        issued = Change(
+            link["pk"],
+            "SIGNIN",
+            f"signin_{digest[:16]}",
+            "dashboard.link",
+            UNUSED,
+            create={**link, "expires": expires, "ttl": expires + 86400},
+        )
+        self.writer.commit(Transition([issued]))
+        return token
+
+    def sign_in(self, token: str) -> tuple[str, Session]:
+        """The link used up, and a session opened by it, together: (the session's id, for
+        the cookie; the session). A link used before or expired opens nothing."""
+        digest = _digest(token)
+        link = self.store.get(f"SIGNIN#{digest}", "SIGNIN")
+        now = int(self.clock())
+        if link is None or link.get("state") != UNUSED or link["expires"] <= now:
+            raise SignInLinkInvalid()
+        session_id = secrets.token_urlsafe(32)
+        session = Session(link["merchant"], secrets.token_urlsafe(32), now + SESSION_SECONDS)
+        used = Change(
+            link["pk"],
+            "SIGNIN",
+            f"signin_{digest[:16]}",
+            "dashboard.sign_in",
+            USED,
+            from_state=UNUSED,
+            condition="expires > :now",
+            values={":now": now},
+        )
+        pk = f"SESSION#{_digest(session_id)}"
+        opened = Change(
+            pk,
+            "SESSION",
+            f"session_{_digest(session_id)[:16]}",
+            "dashboard.session",
+            ACTIVE,
+            create={
+                "pk": pk,
+                "sk": "SESSION",
+                "merchant": session.merchant_id,
+                "csrf": session.csrf_token,
+                "expires": session.expires,
+                "ttl": session.expires + 86400,
+            },
+        )
+        if self.writer.commit(Transition([used, opened])) is not None:
+            raise SignInLinkInvalid()  # another tab followed the same link first
+        return session_id, session
+
+    def session(self, session_id: str | None) -> Session | None:
+        if not session_id:
+            return None
+        item = self.store.get(f"SESSION#{_digest(session_id)}", "SESSION")
+        if item is None or item.get("state") != ACTIVE or item["expires"] <= self.clock():
+            return None
+        return Session(item["merchant"], item["csrf"], int(item["expires"]))
+
+    def sign_out(self, session_id: str) -> None:
+        digest = _digest(session_id)
+        ended = Change(
+            f"SESSION#{digest}",
+            "SESSION",
+            f"session_{digest[:16]}",
+            "dashboard.sign_out",
+            ENDED,
+            from_state=ACTIVE,
+        )
+        self.writer.commit(Transition([ended]))  # ended before: nothing to do
+
+
+# ---- a payment's timeline ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JournalLine:
+    account: str
+    direction: str
+    amount: int
+    pending: bool
+
+
+@dataclass(frozen=True)
+class Attempt:
+    at_ms: int
+    url: str
+    status: int  # the endpoint's HTTP status; 0 when it did not answer
+    latency_ms: int | None
+    error: str | None
+
+
+@dataclass
+class TimelineEntry:
+    at_ms: int
+    kind: str  # transition, event, journal
+    title: str
+    object_id: str
+    actor: str | None = None
+    request_id: str | None = None
+    currency: str | None = None
+    lines: list[JournalLine] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def timeline(store: Store, charge: Charge) -> list[TimelineEntry]:
+    """Everything that happened to the charge and its refunds, oldest first."""
+    entries: list[TimelineEntry] = []
+    version = 0
+    for item in store.query_partition(f"CHARGE#{charge.id}"):
+        if item["sk"].startswith("AUDIT#"):
+            entries.append(_transition(item))
+        elif item["sk"].startswith("JOURNAL#"):
+            entries.append(_journal(item))
+        elif item["sk"] == "CHARGE":
+            version = int(item.get("version") or 0)
+    announced = [(charge.id, operation) for operation in CHARGE_OPERATIONS]
+    announced += [(charge.id, f"charge.updated:{v}") for v in range(1, version + 1)]
+    for refund in charge.refunds:
+        entries += [_transition(i) for i in store.query_partition(f"REFUND#{refund.id}", "AUDIT#")]
+        announced.append((charge.id, f"charge.refunded:{refund.id}"))
+        announced += [(refund.id, operation) for operation in REFUND_OPERATIONS]
+    event_keys = [(f"EVENT#{derived_id('evt', *named)}", "EVENT") for named in announced]
+    for event in store.get_many(event_keys):
+        if event.get("merchant") == charge.merchant:
+            entries.append(_event(store, event))
+    # A change's audit item, then what it posted and announced, at the same millisecond.
+    order = {"transition": 0, "journal": 1, "event": 2}
+    return sorted(entries, key=lambda e: (e.at_ms, order[e.kind]))
+
+
+def _transition(item: dict[str, Any]) -> TimelineEntry:
+    moved = f"{item.get('from_state') or 'new'} → {item['to_state']}"
+    return TimelineEntry(
+        int(item["at"]),
+        "transition",
+        f"{item['operation']}: {moved}",
+        str(item.get("object", "")),
+        actor=item.get("actor"),
+        request_id=item.get("request_id"),
+    )
+
+
+def _journal(item: dict[str, Any]) -> TimelineEntry:
+    lines = [
+        JournalLine(e["account"], e["direction"], int(e["amount"]), bool(e.get("pending")))
+        for e in item.get("entries", [])
+    ]
+    return TimelineEntry(
+        int(item.get("written_ms") or int(item["created"]) * 1000),
+        "journal",
+        f"journal {item['operation']}",
+        str(item["id"]),
+        currency=item.get("currency"),
+        lines=lines,
+    )
+
+
+def _event(store: Store, event: dict[str, Any]) -> TimelineEntry:
+    attempts = [
+        Attempt(
+            int(a["sk"].split("#")[1]),
+            str(a.get("url", "")),
+            int(a.get("status") or 0),
+            a.get("latency_ms"),
+            a.get("error"),
+        )
+        for a in attempts_for(store, event["id"])
+    ]
+    # The list's sort key holds the event's time to the millisecond.
+    created_ms = str(event.get("gsi1sk", "")).split("#")[0]
+    return TimelineEntry(
+        int(created_ms) if created_ms.isdigit() else int(event["created"]) * 1000,
+        "event",
+        str(event["type"]),
+        str(event["id"]),
+        request_id=(event.get("request") or {}).get("id"),
+        attempts=attempts,
+    )

@@ -1,0 +1,307 @@
+"""The dashboard on the local stack: over HTTP as a browser speaks it (cookies, redirects,
+forms), and in a real browser (Debian's Chromium, driven by Selenium) for the journeys.
+
+The journeys keep a screenshot of their last page under build/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from .conftest import Stack
+from .test_checkout_browser import browser
+
+pytestmark = pytest.mark.integration
+__all__ = ["browser"]  # the fixture, shared with the checkout's browser tests
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+
+
+def key() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Shop:
+    merchant: dict[str, Any]
+    sdk: stripe.StripeClient
+
+
+@pytest.fixture(scope="module")
+def shop(stack: Stack) -> Shop:
+    merchant = stack.create_merchant("Dashboard Shop", fee_percent=3, fee_fixed=0)
+    return Shop(
+        merchant, stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url})
+    )
+
+
+def sign_in_link(stack: Stack, merchant_id: str) -> str:
+    done = stack.clearline("dashboard", "link", merchant_id)
+    assert done.returncode == 0, done.stderr
+    link = done.stdout.strip().splitlines()[-1]
+    assert link.startswith(f"{stack.url}/dashboard/sign-in?token=")
+    return link
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *_: Any, **__: Any) -> None:
+        return None
+
+
+class Browserless:
+    """A client that keeps cookies and shows redirects instead of following them."""
+
+    def __init__(self) -> None:
+        self.cookies = CookieJar()
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(self.cookies), NoRedirects()
+        )
+
+    def get(self, url: str) -> tuple[int, dict[str, str], str]:
+        return self._send(urllib.request.Request(url))
+
+    def post(self, url: str, form: dict[str, str]) -> tuple[int, dict[str, str], str]:
+        body = urllib.parse.urlencode(form).encode()
+        return self._send(urllib.request.Request(url, data=body, method="POST"))
+
+    def _send(self, request: urllib.request.Request) -> tuple[int, dict[str, str], str]:
+        try:
+            with self.opener.open(request, timeout=30) as answer:
+                return answer.status, dict(answer.headers), answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read().decode()
+
+
+def signed_in(stack: Stack, merchant_id: str) -> Browserless:
+    client = Browserless()
+    status, headers, _ = client.get(sign_in_link(stack, merchant_id))
+    assert status == 303 and headers["Location"].endswith("/dashboard/payments")
+    return client
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found is not None
+    return found.group(1)
+
+
+# ---- over HTTP ------------------------------------------------------------------------------
+
+
+def test_signing_in_sets_a_session_cookie_the_page_cannot_read(stack: Stack, shop: Shop) -> None:
+    client = Browserless()
+    link = sign_in_link(stack, shop.merchant["id"])
+    status, headers, _ = client.get(link)
+    assert status == 303
+    cookie = headers["Set-Cookie"]
+    assert cookie.startswith("clearline_session=")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/dashboard" in cookie
+    assert "Secure" not in cookie  # the local stack is plain http; deployed, it is https
+    status, headers, page = client.get(f"{stack.url}/dashboard/payments")
+    assert status == 200 and "Dashboard Shop" in page
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert shop.merchant["secret_key"] not in page
+
+    # The link is used up: following it again opens nothing.
+    status, _, page = Browserless().get(link)
+    assert status == 400 and "used up or has expired" in page
+
+
+def test_without_a_session_every_page_sends_you_to_sign_in(stack: Stack, shop: Shop) -> None:
+    charge = shop.sdk.v1.charges.create(
+        params={"amount": 1200, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
+    for path in ("/dashboard/payments", f"/dashboard/payments/{charge.id}"):
+        status, headers, _ = Browserless().get(f"{stack.url}{path}")
+        assert status == 303 and headers["Location"] == "/dashboard"
+    for home in ("/dashboard", "/dashboard/"):
+        status, _, page = Browserless().get(f"{stack.url}{home}")
+        assert status == 200 and "clearline dashboard link" in page
+    # A made-up session id is no session.
+    request = urllib.request.Request(
+        f"{stack.url}/dashboard/payments", headers={"Cookie": "clearline_session=made-up"}
+    )
+    assert Browserless()._send(request)[0] == 303
+
+
+def test_a_merchant_sees_only_its_own_payments(stack: Stack, shop: Shop) -> None:
+    other = stack.create_merchant("Someone Else")
+    theirs = stripe.StripeClient(other["secret_key"], base_addresses={"api": stack.url})
+    their_charge = theirs.v1.charges.create(
+        params={"amount": 4321, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
+    client = signed_in(stack, shop.merchant["id"])
+    status, _, page = client.get(f"{stack.url}/dashboard/payments/{their_charge.id}")
+    assert status == 404 and their_charge.id in page and "43.21" not in page
+    status, _, page = client.get(f"{stack.url}/dashboard/payments?amount_min=4321&amount_max=4321")
+    assert status == 200 and their_charge.id not in page
+    # Their own dashboard shows it.
+    status, _, page = signed_in(stack, other["id"]).get(
+        f"{stack.url}/dashboard/payments/{their_charge.id}"
+    )
+    assert status == 200 and "43.21 USD" in page
+
+
+def test_signing_out_needs_the_sessions_csrf_token(stack: Stack, shop: Shop) -> None:
+    client = signed_in(stack, shop.merchant["id"])
+    _, _, page = client.get(f"{stack.url}/dashboard/payments")
+    status, _, refused = client.post(f"{stack.url}/dashboard/sign-out", {"csrf_token": "forged"})
+    assert status == 403 and "CSRF" in refused
+    assert client.get(f"{stack.url}/dashboard/payments")[0] == 200  # still signed in
+    status, headers, _ = client.post(
+        f"{stack.url}/dashboard/sign-out", {"csrf_token": csrf_of(page)}
+    )
+    assert status == 303 and "Max-Age=0" in headers["Set-Cookie"]
+    assert client.get(f"{stack.url}/dashboard/payments")[0] == 303
+
+
+def test_a_bad_filter_is_explained_and_nothing_is_listed(stack: Stack, shop: Shop) -> None:
+    client = signed_in(stack, shop.merchant["id"])
+    status, _, page = client.get(f"{stack.url}/dashboard/payments?query=amount%3E%3E1")
+    assert status == 400 and "Invalid search query" in page
+    status, _, page = client.get(f"{stack.url}/dashboard/payments?created_from=yesterday")
+    assert status == 400 and "Invalid filter" in page
+
+
+# ---- in a browser ---------------------------------------------------------------------------
+
+
+def wait(driver: WebDriver) -> WebDriverWait[WebDriver]:
+    return WebDriverWait(driver, 30)
+
+
+def keep_screenshot(driver: WebDriver, journey: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(SCREENSHOTS / f"dashboard-{journey}.png"))
+
+
+def printed_sign_in(stack: Stack) -> tuple[str, str]:
+    """The test merchant's secret key and dashboard link, as `clearline up` printed them."""
+    log = stack.log_path.read_text()
+    secret = re.search(r"Secret key\s+(sk_test_\S+)", log)
+    link = re.search(r"(http://\S+/dashboard/sign-in\?token=\S+)", log)
+    assert secret and link, "the stack prints the test merchant's key and dashboard link"
+    return secret.group(1), link.group(1)
+
+
+def test_journey_sign_in_with_the_printed_link_find_a_charge_and_read_its_timeline(
+    stack: Stack, browser: WebDriver
+) -> None:
+    secret, link = printed_sign_in(stack)
+    sdk = stripe.StripeClient(secret, base_addresses={"api": stack.url})
+    order = uuid.uuid4().hex[:8]
+    wanted = sdk.v1.charges.create(
+        params={
+            "amount": 2599,
+            "currency": "usd",
+            "source": "tok_visa",
+            "description": "Blue scarf",
+            "metadata": {"order": order},
+        },
+        options={"idempotency_key": key()},
+    )
+    for amount in (1000, 1500):  # others, so that the search has something to leave out
+        sdk.v1.charges.create(
+            params={"amount": amount, "currency": "usd", "source": "tok_visa"},
+            options={"idempotency_key": key()},
+        )
+    sdk.v1.refunds.create(
+        params={"charge": wanted.id, "amount": 599}, options={"idempotency_key": key()}
+    )
+
+    browser.get(link)
+    wait(browser).until(expected_conditions.title_contains("Payments"))
+    assert "Test merchant" in browser.page_source
+    cookies = {c["name"]: c for c in browser.get_cookies()}
+    assert cookies["clearline_session"]["httpOnly"] is True
+    assert browser.execute_script("return document.cookie") == ""  # not readable by scripts
+
+    browser.find_element(By.CSS_SELECTOR, "details.more summary").click()
+    browser.find_element(By.ID, "metadata_key").send_keys("order")
+    browser.find_element(By.ID, "metadata_value").send_keys(order)
+    browser.find_element(By.ID, "status").send_keys("succeeded")
+    browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "searched-query")))
+    searched = browser.find_element(By.ID, "searched-query").text
+    assert searched == f"status:'succeeded' AND metadata['order']:'{order}'"
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.payments tbody tr")
+    assert len(rows) == 1 and "25.99 USD" in rows[0].text and "Partially refunded" in rows[0].text
+    assert "Visa ···· 4242" in rows[0].text
+
+    rows[0].find_element(By.TAG_NAME, "a").click()
+    wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "timeline")))
+    assert browser.find_element(By.ID, "charge-id").text == wanted.id
+    assert browser.find_element(By.ID, "card").text == "Visa ···· 4242"
+    assert browser.find_element(By.ID, "refunded").text == "5.99 USD"
+    titles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#timeline > li strong")]
+    text = "\n".join(titles)
+    # In order: each change, then what it posted to the ledger, then what announced it.
+    expected = [
+        "create: new → pending",
+        "authorize: pending → captured",
+        "journal charge.capture",
+        "charge.succeeded",
+        "refund.created",
+        "journal refund",
+        "charge.refunded",
+    ]
+    positions = [titles.index(title) for title in expected if title in titles]
+    assert len(positions) == len(expected) and positions == sorted(positions), text
+    # The journals, with their lines: the capture's debit to the processor, and the refund.
+    journals = browser.find_elements(By.CSS_SELECTOR, "#timeline table.journal")
+    assert len(journals) >= 2, text
+    assert "processor_receivable" in journals[0].text and "25.99 USD" in journals[0].text
+    assert any("5.99 USD" in j.text for j in journals[1:])
+    # Times are shown in the viewer's zone, with UTC on hover.
+    first_time = browser.find_element(By.CSS_SELECTOR, "#timeline time")
+    assert str(first_time.get_attribute("title")).endswith("UTC")
+    assert not first_time.text.endswith("UTC")
+    assert secret not in browser.page_source
+    keep_screenshot(browser, "payment-timeline")
+
+
+def test_the_payments_page_works_from_the_keyboard(
+    stack: Stack, shop: Shop, browser: WebDriver
+) -> None:
+    shop.sdk.v1.charges.create(
+        params={"amount": 777, "currency": "usd", "source": "tok_visa", "description": "Tea"},
+        options={"idempotency_key": key()},
+    )
+    browser.get(sign_in_link(stack, shop.merchant["id"]))
+    wait(browser).until(expected_conditions.title_contains("Payments"))
+    focused = []
+    for _ in range(5):
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        active = browser.switch_to.active_element
+        focused.append(active.get_attribute("id") or active.text or active.tag_name)
+    # First the skip link, then the navigation, then the search: the page's reading order.
+    assert focused == ["Skip to content", "Payments", "Sign out", "query", "status"], focused
+    browser.switch_to.active_element.send_keys(Keys.SHIFT, Keys.TAB)  # back to the search
+    browser.switch_to.active_element.send_keys("amount:777", Keys.ENTER)
+    wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "searched-query")))
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.payments tbody tr")
+    assert [r.text.split()[0] for r in rows] == ["7.77"]
+    # Every field has a label.
+    for field in browser.find_elements(By.CSS_SELECTOR, "form.filters input, form.filters select"):
+        labels = browser.find_elements(By.CSS_SELECTOR, f"label[for='{field.get_attribute('id')}']")
+        assert len(labels) == 1, field.get_attribute("id")
+    keep_screenshot(browser, "keyboard-search")
