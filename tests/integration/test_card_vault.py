@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 import uuid
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -14,6 +15,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import pytest
 import requests
 import stripe
+from vault.rate_limits import WINDOW_SECONDS
 
 from .conftest import Stack
 
@@ -398,6 +400,11 @@ def test_a_browser_confirms_with_the_publishable_key_and_client_secret(
 
 
 def test_publishable_key_traffic_is_rate_limited_per_key(shop: Shop) -> None:
+    # The vault counts in fixed one-minute windows of the clock: start in a fresh one, so
+    # that the 101 requests are counted in the same window, as an abuser's burst would be.
+    left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
+    if left < WINDOW_SECONDS / 2:
+        time.sleep(left + 0.5)
     statuses = [shop.tokenize(DECLINED[:-1] + "1").status_code for _ in range(101)]
     assert statuses[:100] == [402] * 100  # refused cards count too: card testing is the abuse
     assert statuses[100] == 429
