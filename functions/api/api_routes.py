@@ -41,7 +41,7 @@ from clearline.errors import (
     UnknownUrlError,
 )
 from clearline.forms import body_bytes, decode, parse_body
-from clearline.idempotency import IdempotentRequests, Reply, check_key
+from clearline.idempotency import IdempotentRequests, Reply, StoredResponse, check_key
 from clearline.ledger import ShardPolicy
 from clearline.merchants import KeyCache, KeyKind, Merchant, get_merchant
 from clearline.models import BalanceTransaction, Charge, Event, Model, Page, PaymentIntent
@@ -637,15 +637,47 @@ def idempotent_post(
     params = body_params()
     _key_parameter(params)
     merchant = authenticate(params) if authenticate else secret_key_merchant()
-    parsed = parse_params(model, params)
-    paths = check_paths(root, getattr(parsed, "expand", []))
     key_header = app.current_event.headers.get("idempotency-key")
     if not key_header and _for_browser.get():
         # A browser confirming an intent sends no key, as Stripe.js does not; the intent's
         # own state machine keeps a repeated confirmation from paying twice.
         key_header = f"browser-{request_id()}"
+    stored = run_once(
+        Caller(merchant, request_id()),
+        model,
+        params,
+        operation,
+        root,
+        key_header=key_header,
+        path=app.current_event.path,
+        metric=metric,
+        rides=rides,
+    )
+    headers = {}
+    if stored.request_id != request_id():
+        headers = {"Idempotent-Replayed": "true", "Original-Request": stored.request_id}
+    return _json(stored.status, stored.body, headers)
+
+
+def run_once(
+    who: Caller,
+    model: type[P],
+    params: dict[str, Any],
+    operation: Callable[[Caller, P, str], Model],
+    root: str,
+    *,
+    key_header: str | None,
+    path: str,
+    metric: str | None = None,
+    rides: bool = False,
+) -> StoredResponse:
+    """Validate `params` as `model` (and its `expand`), check the Idempotency-Key, then run
+    the operation once per key and return its first answer. The API's POSTs and the
+    dashboard's forms both write this way."""
+    merchant = who.merchant
+    parsed = parse_params(model, params)
+    paths = check_paths(root, getattr(parsed, "expand", []))
     key = check_key(key_header)
-    who = Caller(merchant, request_id())
 
     def reply(result: Model) -> Reply:
         # A charge (or an intent's) the processor has not answered for is not final: a
@@ -665,21 +697,17 @@ def idempotent_post(
             metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
         return reply(result)
 
-    stored = services().idempotency.run(
+    return services().idempotency.run(
         merchant_id=merchant.id,
         key=key,
         method="POST",
-        path=app.current_event.path,
+        path=path,
         params=params,
-        request_id=request_id(),
+        request_id=who.request_id,
         operation=run,
         # An expanded answer reads other objects: stored once they are read, not before.
         answer=reply if rides and not paths else None,
     )
-    headers = {}
-    if stored.request_id != request_id():
-        headers = {"Idempotent-Replayed": "true", "Original-Request": stored.request_id}
-    return _json(stored.status, stored.body, headers)
 
 
 # ---- routes ---------------------------------------------------------------------------------

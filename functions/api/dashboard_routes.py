@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import secrets
+import time
 import urllib.parse
+from collections.abc import Callable
 from functools import cache
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -27,8 +30,11 @@ from presentation.errors import error_status
 if TYPE_CHECKING:
     from jinja2 import Environment
 
-    from clearline.dashboard import DashboardSessions, Session
+    from clearline.audit import Caller
+    from clearline.dashboard import BalanceHistory, DashboardSessions, Session
     from clearline.merchants import Merchant
+    from clearline.models import Balance, Charge, Model
+    from clearline.params import Params
 
 router = Router()
 
@@ -332,7 +338,6 @@ def _link(filters: dict[str, str], **more: str) -> str:
 @router.get("/dashboard/payments/<charge_id>", include_in_schema=False)
 def payment(charge_id: str) -> Response[str]:
     from api_routes import services
-    from clearline.dashboard import timeline
 
     signed_in = _signed_in()
     if signed_in is None:
@@ -342,13 +347,299 @@ def payment(charge_id: str) -> Response[str]:
         charge = services().charges.retrieve(merchant, charge_id[:100])
     except ApiError as error:
         return _error_page(error, session)
+    return _payment_page(200, session, merchant, charge, done=_done(merchant, charge))
+
+
+def _payment_page(
+    status: int,
+    session: Session,
+    merchant: Merchant,
+    charge: Charge,
+    *,
+    done: str | None = None,
+    error: ApiError | None = None,
+) -> Response[str]:
+    from api_routes import services
+    from clearline.dashboard import timeline
+
     return _html(
-        200,
+        status,
         "payment.html",
         session=session,
         merchant=merchant,
         charge=charge,
         timeline=timeline(services().store, charge),
+        refund_reasons=REFUND_REASONS,
+        # Each form's key: sending it twice (a double click, a reload) does it once.
+        idempotency_key=f"dashboard-{secrets.token_urlsafe(18)}",
+        done=done,
+        error=error,
+    )
+
+
+def _done(merchant: Merchant, charge: Charge) -> str | None:
+    """What the action that led here did, said from the stored objects (not the URL)."""
+    from pages import format_money
+
+    result, replayed = _query("done", 100), _query("replayed", 5) == "true"
+    note = " (sent before: this is its first answer)" if replayed else ""
+    if result == charge.id and charge.state == "captured":
+        return f"Captured {format_money(charge.amount_captured, charge.currency)}{note}."
+    refund = next((r for r in charge.refunds if r.id == result), None)
+    if result.startswith("re_") and refund is not None:
+        amount = format_money(refund.amount, refund.currency)
+        return f"Refund {refund.id} of {amount}: {refund.status}{note}."
+    return None
+
+
+REFUND_REASONS = ("requested_by_customer", "duplicate", "fraudulent")
+
+
+@router.post("/dashboard/payments/<charge_id>/refund", include_in_schema=False)
+def refund_payment(charge_id: str) -> Response[str]:
+    from api_routes import create_refund_and_queue
+    from clearline.params import RefundCreateParams
+
+    def params(charge: Charge, form: dict[str, str]) -> dict[str, Any]:
+        asked: dict[str, Any] = {"charge": charge.id}
+        if form.get("amount"):
+            asked["amount"] = minor_units(form["amount"], charge.currency)
+        if form.get("reason"):
+            asked["reason"] = form["reason"]
+        return asked
+
+    return _act(
+        charge_id, "/v1/refunds", "refund", RefundCreateParams, create_refund_and_queue, params
+    )
+
+
+@router.post("/dashboard/payments/<charge_id>/capture", include_in_schema=False)
+def capture_payment(charge_id: str) -> Response[str]:
+    from api_routes import services
+    from clearline.params import ChargeCaptureParams
+
+    def params(charge: Charge, form: dict[str, str]) -> dict[str, Any]:
+        if form.get("amount"):
+            return {"amount": minor_units(form["amount"], charge.currency)}
+        return {}
+
+    return _act(
+        charge_id,
+        f"/v1/charges/{charge_id}/capture",
+        "charge",
+        ChargeCaptureParams,
+        lambda who, capture, _: services().charges.capture(who, charge_id, capture),
+        params,
+    )
+
+
+def _act(
+    charge_id: str,
+    path: str,
+    root_object: str,
+    model: type[Params],
+    operation: Callable[[Caller, Any, str], Model],
+    params: Callable[[Charge, dict[str, str]], dict[str, Any]],
+) -> Response[str]:
+    """A payment's action, done as its API request would be: the same validation, the same
+    operation and the same idempotency record (keyed by the form's key), by the session's
+    person. Success goes back to the payment's page, which says what happened; a refusal is
+    shown on the page, having changed nothing."""
+    from api_routes import request_id, run_once, services
+    from clearline.audit import Caller
+
+    signed_in = _signed_in()
+    if signed_in is None:
+        return _redirect(f"{root()}")
+    session, merchant = signed_in
+    form = _form()
+    if not session.accepts(form.get("csrf_token")):
+        return _forbidden(session)
+    try:
+        charge = services().charges.retrieve(merchant, charge_id[:100])
+    except ApiError as error:
+        return _error_page(error, session)
+    who = Caller(merchant, request_id(), actor=session.actor)
+    try:
+        stored = run_once(
+            who,
+            model,
+            params(charge, form),
+            operation,
+            root_object,
+            key_header=form.get("idempotency_key"),
+            path=path,
+            rides=True,
+        )
+    except ApiError as error:
+        return _payment_page(error_status(error), session, merchant, charge, error=error)
+    if stored.status >= 400:
+        refused = InvalidRequestError(stored.body["error"]["message"])
+        charge = services().charges.retrieve(merchant, charge.id)
+        return _payment_page(stored.status, session, merchant, charge, error=refused)
+    replayed = "&replayed=true" if stored.request_id != who.request_id else ""
+    return _redirect(f"{root()}/payments/{charge.id}?done={stored.body['id']}{replayed}")
+
+
+def minor_units(text: str, currency: str) -> int:
+    """An amount typed in major units ("12.50") as the currency's minor units (1250)."""
+    from decimal import Decimal, InvalidOperation
+
+    from pages import currency_exponent
+
+    exponent = currency_exponent(currency)
+    try:
+        amount = Decimal(text.strip().replace(",", ""))
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    scaled = amount * 10**exponent if amount.is_finite() else amount
+    if not scaled.is_finite() or scaled != scaled.to_integral_value() or scaled <= 0:
+        places = f"at most {exponent} decimal places" if exponent else "no decimal places"
+        raise InvalidRequestError(
+            f"Invalid amount: {text[:30]!r}. Type a positive amount in "
+            f"{currency.upper()}, with {places}.",
+            param="amount",
+            code="parameter_invalid_integer",
+        )
+    return int(scaled)
+
+
+# ---- balance and payouts --------------------------------------------------------------------
+
+
+def _history(merchant: Merchant) -> tuple[Balance, BalanceHistory]:
+    from api_routes import services
+    from clearline.balance import merchant_balance
+    from clearline.dashboard import balance_history
+
+    found = merchant_balance(
+        services().store, merchant.id, services().shards, merchant.settlement_currencies
+    )
+    totals: dict[str, int] = {}
+    for entry in (*found.available, *found.pending):
+        totals[entry.currency] = totals.get(entry.currency, 0) + entry.amount
+    return found, balance_history(services().store, merchant.id, totals, time.time())
+
+
+@router.get("/dashboard/balance", include_in_schema=False)
+def balance_page() -> Response[str]:
+    from api_routes import services
+
+    signed_in = _signed_in()
+    if signed_in is None:
+        return _redirect(f"{root()}")
+    session, merchant = signed_in
+    found, history = _history(merchant)
+    payouts = services().payouts.list(
+        merchant, limit=PAGE_SIZE, starting_after=_query("after", 100) or None, ending_before=None
+    )
+    more = payouts.has_more and payouts.items
+    return _html(
+        200,
+        "balance.html",
+        session=session,
+        merchant=merchant,
+        balance=found,
+        history=history,
+        payouts=payouts.items,
+        next_link=f"{root()}/balance?after={payouts.items[-1].id}" if more else None,
+    )
+
+
+@router.get("/dashboard/balance/chart.svg", include_in_schema=False)
+def balance_chart() -> Response[str]:
+    """The balance over the last days in one currency, drawn on the server as SVG (the page
+    carries the same figures as a table)."""
+    signed_in = _signed_in()
+    if signed_in is None:
+        return Response(status_code=401, content_type="text/plain", body="not signed in")
+    _, merchant = signed_in
+    _, history = _history(merchant)
+    currency = _query("currency", 3).lower()
+    if currency not in history.amounts:
+        return Response(status_code=404, content_type="text/plain", body="no such currency")
+    return Response(
+        status_code=200,
+        content_type="image/svg+xml",
+        body=balance_svg(history.days, history.amounts[currency], currency),
+        headers={
+            "Cache-Control": "private, no-store",
+            # Drawn as an image: its own styles only, and nothing it could run or fetch.
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def balance_svg(days: list[dt.date], amounts: list[int], currency: str) -> str:
+    import pygal
+    from pygal.style import Style
+
+    from pages import currency_exponent
+
+    exponent = currency_exponent(currency)
+    style = Style(
+        background="#ffffff",
+        plot_background="#ffffff",
+        foreground="#4f566b",
+        foreground_strong="#1a1f36",
+        foreground_subtle="#e3e8ee",
+        colors=("#3c4fe0",),
+        font_family="system-ui, sans-serif",
+    )
+    chart = pygal.Line(
+        js=[],  # no script: the browser fetches nothing for it
+        style=style,
+        width=800,
+        height=260,
+        fill=True,
+        show_legend=False,
+        show_minor_x_labels=False,
+        dots_size=2,
+        margin=12,
+        truncate_label=-1,
+    )
+    chart.x_labels = [day.strftime("%d %b") for day in days]
+    chart.x_labels_major = chart.x_labels[::7]
+    chart.value_formatter = lambda value: f"{value:,.{exponent}f} {currency.upper()}"
+    chart.add(currency.upper(), [amount / 10**exponent for amount in amounts])
+    # pygal writes its settings in a script, for tooltips it would load from elsewhere; an
+    # image runs no script, and this one has none.
+    return re.sub(r"<script.*?</script>", "", str(chart.render(is_unicode=True)), flags=re.S)
+
+
+@router.get("/dashboard/payouts/<payout_id>", include_in_schema=False)
+def payout_page(payout_id: str) -> Response[str]:
+    from api_routes import services
+    from clearline import listing
+    from clearline.models import BalanceTransaction
+
+    signed_in = _signed_in()
+    if signed_in is None:
+        return _redirect(f"{root()}")
+    session, merchant = signed_in
+    try:
+        payout = services().payouts.retrieve(merchant, payout_id[:100])
+    except ApiError as error:
+        return _error_page(error, session)
+    covered = listing.page(
+        services().store,
+        merchant.id,
+        "txn",
+        limit=100,
+        starting_after=_query("after", 100) or None,
+        ending_before=None,
+        facets={"payout": [payout.id]},
+    ).of(BalanceTransaction.from_item)
+    more = covered.has_more and covered.items
+    return _html(
+        200,
+        "payout.html",
+        session=session,
+        merchant=merchant,
+        payout=payout,
+        transactions=covered.items,
+        next_link=f"{root()}/payouts/{payout.id}?after={covered.items[-1].id}" if more else None,
     )
 
 

@@ -182,6 +182,130 @@ def test_a_bad_filter_is_explained_and_nothing_is_listed(stack: Stack, shop: Sho
     assert status == 400 and "Invalid filter" in page
 
 
+def form_of(page: str, form_id: str) -> dict[str, str]:
+    """The hidden fields of the form `form_id` on the page (its CSRF token, its key)."""
+    found = re.search(rf'<form[^>]*id="{form_id}".*?</form>', page, re.S)
+    assert found is not None, f"no form {form_id}"
+    return dict(re.findall(r'type="hidden" name="([^"]+)" value="([^"]*)"', found.group(0)))
+
+
+def test_a_refund_from_the_payment_page_is_sent_once_and_audited(stack: Stack, shop: Shop) -> None:
+    charge = shop.sdk.v1.charges.create(
+        params={"amount": 2000, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
+    client = signed_in(stack, shop.merchant["id"])
+    page_url = f"{stack.url}/dashboard/payments/{charge.id}"
+    _, _, page = client.get(page_url)
+    form = {**form_of(page, "refund-form"), "amount": "10.00", "reason": "requested_by_customer"}
+    assert form["idempotency_key"].startswith("dashboard-")
+    status, headers, _ = client.post(f"{page_url}/refund", form)
+    assert status == 303
+    done = urllib.parse.parse_qs(urllib.parse.urlsplit(headers["Location"]).query)["done"][0]
+    refund = shop.sdk.v1.refunds.retrieve(done)
+    assert (refund.charge, refund.amount) == (charge.id, 1000)
+    assert refund.reason == "requested_by_customer"
+    _, _, page = client.get(f"{stack.url}{headers['Location']}")
+    assert f"Refund {refund.id} of 10.00 USD: succeeded." in page
+    # The same form sent again (a double click, a reload) refunds nothing more.
+    status, headers, _ = client.post(f"{page_url}/refund", form)
+    assert status == 303 and "replayed=true" in headers["Location"]
+    assert shop.sdk.v1.charges.retrieve(charge.id).amount_refunded == 1000
+    # The audit trail names the session that acted, not only the merchant.
+    assert re.search(r"by dashboard session_[0-9a-f]{16}", page)
+
+
+def test_a_refused_action_is_shown_and_changes_nothing(stack: Stack, shop: Shop) -> None:
+    charge = shop.sdk.v1.charges.create(
+        params={"amount": 2000, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
+    client = signed_in(stack, shop.merchant["id"])
+    page_url = f"{stack.url}/dashboard/payments/{charge.id}"
+    hidden = form_of(client.get(page_url)[2], "refund-form")
+    for amount, status, says in (
+        ("50.00", 400, "greater than"),  # more than the charge
+        ("12.345", 400, "at most 2 decimal places"),
+        ("ten", 400, "Invalid amount"),
+        ("-1", 400, "Invalid amount"),
+    ):
+        sent, _, page = client.post(f"{page_url}/refund", {**hidden, "amount": amount})
+        assert (sent, says in page) == (status, True), (amount, page[-2000:])
+    sent, _, page = client.post(f"{page_url}/refund", {**hidden, "reason": "bored"})
+    assert sent == 400 and "reason" in page
+    sent, _, page = client.post(f"{page_url}/refund", {**hidden, "csrf_token": "forged"})
+    assert sent == 403 and "CSRF" in page
+    sent, _, page = client.post(f"{page_url}/refund", {**hidden, "idempotency_key": ""})
+    assert sent == 400 and "Idempotency-Key" in page
+    assert shop.sdk.v1.charges.retrieve(charge.id).amount_refunded == 0
+    # Someone else's charge is not found, and is not refunded.
+    other = stack.create_merchant("Not Yours")
+    theirs = stripe.StripeClient(other["secret_key"], base_addresses={"api": stack.url})
+    their_charge = theirs.v1.charges.create(
+        params={"amount": 900, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
+    for action in ("refund", "capture"):
+        sent, _, _ = client.post(
+            f"{stack.url}/dashboard/payments/{their_charge.id}/{action}", hidden
+        )
+        assert sent == 404
+    assert theirs.v1.charges.retrieve(their_charge.id).amount_refunded == 0
+
+
+def test_capturing_part_of_an_authorization_from_its_page(stack: Stack, shop: Shop) -> None:
+    held = shop.sdk.v1.charges.create(
+        params={"amount": 2000, "currency": "usd", "source": "tok_visa", "capture": False},
+        options={"idempotency_key": key()},
+    )
+    client = signed_in(stack, shop.merchant["id"])
+    page_url = f"{stack.url}/dashboard/payments/{held.id}"
+    _, _, page = client.get(page_url)
+    assert 'id="refund-form"' not in page  # nothing captured: nothing to refund yet
+    status, headers, _ = client.post(
+        f"{page_url}/capture", {**form_of(page, "capture-form"), "amount": "12"}
+    )
+    assert status == 303
+    _, _, page = client.get(f"{stack.url}{headers['Location']}")
+    assert "Captured 12.00 USD." in page and 'id="capture-form"' not in page
+    captured = shop.sdk.v1.charges.retrieve(held.id)
+    assert (captured.captured, captured.amount_captured, captured.amount_refunded) == (
+        True,
+        1200,
+        800,
+    )
+
+
+def test_the_balance_page_shows_each_currency_and_its_last_30_days(
+    stack: Stack, shop: Shop
+) -> None:
+    merchant = stack.create_merchant("Balance Shop", fee_percent=0, fee_fixed=0)
+    sdk = stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url})
+    for amount in (1000, 2500):
+        sdk.v1.charges.create(
+            params={"amount": amount, "currency": "usd", "source": "tok_visa"},
+            options={"idempotency_key": key()},
+        )
+    client = signed_in(stack, merchant["id"])
+    status, _, page = client.get(f"{stack.url}/dashboard/balance")
+    assert status == 200
+    assert re.search(r'class="pending" data-currency="usd">35.00 USD<', page)
+    assert re.search(r'class="available" data-currency="usd">0.00 USD<', page)
+    days = re.findall(r"<tr><td>(\d{4}-\d\d-\d\d)</td><td class=\"amount\">([^<]+)</td>", page)
+    assert len(days) == 30 and days[-1][1] == "35.00 USD" and days[0][1] == "0.00 USD"
+    assert "No payouts yet." in page
+    status, headers, chart = client.get(f"{stack.url}/dashboard/balance/chart.svg?currency=usd")
+    assert status == 200 and headers["Content-Type"] == "image/svg+xml"
+    assert chart.lstrip().startswith("<?xml") and "<svg" in chart and "35.00 USD" in chart
+    assert "<script" not in chart
+    assert client.get(f"{stack.url}/dashboard/balance/chart.svg?currency=xyz")[0] == 404
+    assert Browserless().get(f"{stack.url}/dashboard/balance/chart.svg?currency=usd")[0] == 401
+    assert Browserless().get(f"{stack.url}/dashboard/balance")[0] == 303
+    # Another merchant's payout is not found.
+    status, _, page = client.get(f"{stack.url}/dashboard/payouts/po_not_yours")
+    assert status == 404
+
+
 # ---- in a browser ---------------------------------------------------------------------------
 
 
@@ -288,13 +412,15 @@ def test_the_payments_page_works_from_the_keyboard(
     )
     browser.get(sign_in_link(stack, shop.merchant["id"]))
     wait(browser).until(expected_conditions.title_contains("Payments"))
+    sections = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "nav a")]
+    assert sections[:2] == ["Payments", "Balance"]
     focused = []
-    for _ in range(5):
+    for _ in range(len(sections) + 4):
         ActionChains(browser).send_keys(Keys.TAB).perform()
         active = browser.switch_to.active_element
         focused.append(active.get_attribute("id") or active.text or active.tag_name)
     # First the skip link, then the navigation, then the search: the page's reading order.
-    assert focused == ["Skip to content", "Payments", "Sign out", "query", "status"], focused
+    assert focused == ["Skip to content", *sections, "Sign out", "query", "status"], focused
     browser.switch_to.active_element.send_keys(Keys.SHIFT, Keys.TAB)  # back to the search
     browser.switch_to.active_element.send_keys("amount:777", Keys.ENTER)
     wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "searched-query")))
@@ -305,3 +431,58 @@ def test_the_payments_page_works_from_the_keyboard(
         labels = browser.find_elements(By.CSS_SELECTOR, f"label[for='{field.get_attribute('id')}']")
         assert len(labels) == 1, field.get_attribute("id")
     keep_screenshot(browser, "keyboard-search")
+
+
+def money_text(amount: int) -> str:
+    return f"{amount / 100:,.2f} USD"
+
+
+def test_journey_refund_half_and_see_the_timeline_and_the_balance_change(
+    stack: Stack, browser: WebDriver
+) -> None:
+    merchant = stack.create_merchant("Half Refund Shop", fee_percent=3, fee_fixed=0)
+    sdk = stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url})
+    charge = sdk.v1.charges.create(
+        params={"amount": 4000, "currency": "usd", "source": "tok_visa", "description": "Boots"},
+        options={"idempotency_key": key()},
+    )
+    pending_before = sdk.v1.balance.retrieve().pending[0].amount
+
+    browser.get(sign_in_link(stack, merchant["id"]))
+    wait(browser).until(expected_conditions.title_contains("Payments"))
+    browser.find_element(By.LINK_TEXT, "40.00 USD").click()
+    wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "refund-form")))
+    assert browser.find_element(By.ID, "charge-id").text == charge.id
+    browser.find_element(By.ID, "refund-amount").send_keys("20.00")
+    browser.find_element(By.ID, "refund-reason").send_keys("Requested by customer")
+    browser.find_element(By.CSS_SELECTOR, "#refund-form button[type=submit]").click()
+    wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "result")))
+    result = browser.find_element(By.ID, "result").text
+    assert re.fullmatch(r"Refund re_\w+ of 20\.00 USD: succeeded\.", result), result
+    assert browser.find_element(By.ID, "refunded").text == "20.00 USD"
+    assert "Partially refunded" in browser.find_element(By.TAG_NAME, "h1").text
+
+    # The timeline gained the refund: who made it, what it posted, what announced it.
+    entries = browser.find_elements(By.CSS_SELECTOR, "#timeline > li")
+    titles = [e.find_element(By.TAG_NAME, "strong").text for e in entries]
+    refund_at = titles.index("refund.created")
+    assert "charge.refunded" in titles[refund_at:], titles
+    refund_id = result.split()[1]
+    made = [e.text for e in entries if "transition" in str(e.get_attribute("class"))]
+    assert any(refund_id in t and "by dashboard session_" in t for t in made), made
+    journal = entries[titles.index("journal refund")]
+    assert "20.00 USD" in journal.text
+
+    # The balance went down by the refund, as the API says too.
+    browser.find_element(By.LINK_TEXT, "Balance").click()
+    wait(browser).until(expected_conditions.title_contains("Balance"))
+    pending_after = sdk.v1.balance.retrieve().pending[0].amount
+    assert pending_before - pending_after == 2000
+    shown = browser.find_element(By.CSS_SELECTOR, "strong.pending[data-currency=usd]").text
+    assert shown == money_text(pending_after)
+    browser.find_element(By.CSS_SELECTOR, "figure.chart summary").click()
+    last_day = browser.find_elements(By.CSS_SELECTOR, "table.history tbody tr")[-1]
+    assert last_day.text.endswith(money_text(pending_after))
+    chart = browser.find_element(By.CSS_SELECTOR, "figure.chart img")
+    assert browser.execute_script("return arguments[0].naturalWidth", chart) > 0  # it drew
+    keep_screenshot(browser, "refund-half")

@@ -1,18 +1,21 @@
 """Dashboard sign-in (moto in-process): a link opens one session once, within its 15
 minutes; a session ends when signed out or when its time is up; only hashes are stored;
-forms are checked against the session's CSRF token."""
+forms are checked against the session's CSRF token. And the balance history it draws."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 
 import pytest
 
+from clearline import balance, dashboard
 from clearline.dashboard import (
     LINK_SECONDS,
     SESSION_SECONDS,
     DashboardSessions,
     SignInLinkInvalid,
+    balance_history,
 )
 from clearline.merchants import create_merchant
 from clearline.store import Store
@@ -96,3 +99,65 @@ def test_a_form_is_accepted_only_with_its_sessions_csrf_token(
     assert not session.accepts(other.csrf_token)
     assert not session.accepts("")
     assert not session.accepts(None)
+
+
+def test_an_operations_link_opens_an_operations_session_named_in_the_audit(
+    store: Store, sessions: DashboardSessions, merchant_id: str
+) -> None:
+    session_id, session = sessions.sign_in(sessions.issue_link(merchant_id, operations=True))
+    assert session.operations and sessions.session(session_id) == session
+    _, merchant_only = sessions.sign_in(sessions.issue_link(merchant_id))
+    assert not merchant_only.operations
+    # What a session does is audited under its name, which is not its cookie's value.
+    assert session.actor == f"dashboard {session.id}" and session_id not in session.id
+    digest = hashlib.sha256(session_id.encode()).hexdigest()
+    audit = store.query_partition(f"SESSION#{digest}", "AUDIT#")
+    assert [a["object"] for a in audit] == [session.id]
+
+
+DAY = 86400
+
+
+def moved(store: Store, merchant_id: str, txn_id: str, net: int, at: float, currency: str) -> None:
+    for item in balance.transaction_items(
+        txn_id,
+        merchant_id=merchant_id,
+        kind="charge",
+        source=f"ch_{txn_id}",
+        amount=net,
+        fee=0,
+        currency=currency,
+        now=at,
+    ):
+        store.put(item)
+
+
+def test_the_balance_history_walks_back_from_todays_balance(store: Store, merchant_id: str) -> None:
+    now = 1_800_000_000.0
+    moved(store, merchant_id, "a", 1000, now - 40 * DAY, "usd")  # before the 30 days
+    moved(store, merchant_id, "b", 500, now - 10 * DAY, "usd")
+    moved(store, merchant_id, "c", -200, now - 2 * DAY, "usd")
+    moved(store, merchant_id, "d", 300, now, "usd")
+    moved(store, merchant_id, "e", 700, now - 1 * DAY, "eur")
+    history = balance_history(store, merchant_id, {"usd": 1600, "eur": 700}, now)
+    assert len(history.days) == 30 and history.complete
+    assert history.days[-1] == dt.datetime.fromtimestamp(now, dt.UTC).date()
+    usd = history.amounts["usd"]
+    # Each day's balance is at its end: a movement counts from the day it was made.
+    assert usd[0] == 1000 and usd[-12] == 1000 and usd[-11] == 1500
+    assert usd[-4] == 1500 and usd[-3] == 1300 and usd[-2] == 1300 and usd[-1] == 1600
+    assert history.amounts["eur"][-2:] == [700, 700] and history.amounts["eur"][-3] == 0
+
+
+def test_a_history_with_more_movements_than_it_reads_says_so(
+    store: Store, merchant_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dashboard, "HISTORY_MOST_MOVEMENTS", 100)
+    now = 1_800_000_000.0
+    for n in range(150):  # five a day, over the last 30 days
+        moved(store, merchant_id, f"t{n:03d}", 10, now - (n // 5) * DAY, "usd")
+    history = balance_history(store, merchant_id, {"usd": 1500}, now)
+    assert not history.complete
+    # The 100 newest movements cover the last 20 days; the oldest of those may be partial.
+    assert len(history.days) == 19
+    assert history.amounts["usd"][-1] == 1500 and history.amounts["usd"][-2] == 1450

@@ -11,10 +11,12 @@ if TYPE_CHECKING:  # merchants record their own creation through the transition 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is asking, for the audit trail."""
+    """Who is asking, for the audit trail: a merchant's API key, or (`actor`) a person
+    acting for the merchant, such as a dashboard session."""
 
     merchant: Merchant
     request_id: str
+    actor: str | None = None
 
 
 def audit_item(
@@ -35,7 +37,7 @@ def audit_item(
         "sk": f"AUDIT#{int(now * 1000):013d}#{item_sk}#{operation}",
         "object": object_id,
         "operation": operation,
-        "actor": caller.merchant.id if caller else "clearline",
+        "actor": (caller.actor or caller.merchant.id) if caller else "clearline",
         "request_id": caller.request_id if caller else None,
         "from_state": from_state,
         "to_state": to_state,

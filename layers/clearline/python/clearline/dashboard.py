@@ -15,6 +15,7 @@ their lines. It is read from the same items the API writes; nothing here writes 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clearline import listing
 from clearline.errors import InvalidRequestError
 from clearline.ids import derived_id
 from clearline.models import Charge
@@ -63,11 +65,22 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _session_name(session_id: str) -> str:
+    return f"session_{_digest(session_id)[:16]}"
+
+
 @dataclass(frozen=True)
 class Session:
+    id: str  # the session's name in the audit trail (from its hash; not the cookie's value)
     merchant_id: str
     csrf_token: str
     expires: int
+    operations: bool = False  # an operator's: also sees the operations views
+
+    @property
+    def actor(self) -> str:
+        """Who the audit trail says acted, for what this session does."""
+        return f"dashboard {self.id}"
 
     def accepts(self, csrf_token: str | None) -> bool:
         """Whether a form's CSRF token is this session's (in constant time)."""
@@ -82,12 +95,18 @@ class DashboardSessions:
         self.clock = clock
         self.writer = TransitionWriter(store, clock=clock)
 
-    def issue_link(self, merchant_id: str) -> str:
-        """A one-time sign-in token for the merchant's dashboard."""
+    def issue_link(self, merchant_id: str, *, operations: bool = False) -> str:
+        """A one-time sign-in token for the merchant's dashboard; with `operations`, for an
+        operator, who also sees the operations views (across every merchant)."""
         token = secrets.token_urlsafe(32)
         digest = _digest(token)
         expires = int(self.clock()) + LINK_SECONDS
-        link = {"pk": f"SIGNIN#{digest}", "sk": "SIGNIN", "merchant": merchant_id}
+        link: dict[str, Any] = {
+            "pk": f"SIGNIN#{digest}",
+            "sk": "SIGNIN",
+            "merchant": merchant_id,
+            "operations": operations,
+        }
         issued = Change(
             link["pk"],
             "SIGNIN",
@@ -108,7 +127,13 @@ class DashboardSessions:
         if link is None or link.get("state") != UNUSED or link["expires"] <= now:
             raise SignInLinkInvalid()
         session_id = secrets.token_urlsafe(32)
-        session = Session(link["merchant"], secrets.token_urlsafe(32), now + SESSION_SECONDS)
+        session = Session(
+            _session_name(session_id),
+            link["merchant"],
+            secrets.token_urlsafe(32),
+            now + SESSION_SECONDS,
+            bool(link.get("operations")),
+        )
         used = Change(
             link["pk"],
             "SIGNIN",
@@ -123,7 +148,7 @@ class DashboardSessions:
         opened = Change(
             pk,
             "SESSION",
-            f"session_{_digest(session_id)[:16]}",
+            session.id,
             "dashboard.session",
             ACTIVE,
             create={
@@ -131,6 +156,7 @@ class DashboardSessions:
                 "sk": "SESSION",
                 "merchant": session.merchant_id,
                 "csrf": session.csrf_token,
+                "operations": session.operations,
                 "expires": session.expires,
                 "ttl": session.expires + 86400,
             },
@@ -145,14 +171,20 @@ class DashboardSessions:
         item = self.store.get(f"SESSION#{_digest(session_id)}", "SESSION")
         if item is None or item.get("state") != ACTIVE or item["expires"] <= self.clock():
             return None
-        return Session(item["merchant"], item["csrf"], int(item["expires"]))
+        return Session(
+            _session_name(session_id),
+            item["merchant"],
+            item["csrf"],
+            int(item["expires"]),
+            bool(item.get("operations")),
+        )
 
     def sign_out(self, session_id: str) -> None:
         digest = _digest(session_id)
         ended = Change(
             f"SESSION#{digest}",
             "SESSION",
-            f"session_{digest[:16]}",
+            _session_name(session_id),
             "dashboard.sign_out",
             ENDED,
             from_state=ACTIVE,
@@ -267,3 +299,71 @@ def _event(store: Store, event: dict[str, Any]) -> TimelineEntry:
         request_id=(event.get("request") or {}).get("id"),
         attempts=attempts,
     )
+
+
+# ---- the balance over time -----------------------------------------------------------------
+
+HISTORY_DAYS = 30
+HISTORY_MOST_MOVEMENTS = 2000  # read at most this many balance transactions to draw it
+
+
+@dataclass(frozen=True)
+class BalanceHistory:
+    """The balance (available and pending together) at the end of each of the last days,
+    per currency, oldest first. `complete` is false when there were more movements in the
+    period than are read to draw it: the earliest days are then left out."""
+
+    days: list[dt.date]
+    amounts: dict[str, list[int]]
+    complete: bool
+
+
+def balance_history(
+    store: Store,
+    merchant_id: str,
+    totals: dict[str, int],
+    now: float,
+    days: int = HISTORY_DAYS,
+) -> BalanceHistory:
+    """Walks back from today's balance (`totals`, per currency), taking away each balance
+    transaction of the period on the day it was created: the balance transactions are every
+    movement of the merchant's money, so what remains is the balance at each day's end."""
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    day_list = [today - dt.timedelta(days=back) for back in range(days - 1, -1, -1)]
+    start = dt.datetime.combine(day_list[0], dt.time(), dt.UTC)
+    moved: dict[tuple[str, dt.date], int] = {}
+    read, after, complete = 0, None, True
+    oldest = today
+    while True:
+        page = listing.page(
+            store,
+            merchant_id,
+            "txn",
+            limit=100,
+            starting_after=after,
+            ending_before=None,
+            created=listing.Created(gte=int(start.timestamp())),
+        )
+        for txn in page.items:
+            day = dt.datetime.fromtimestamp(int(txn["created"]), dt.UTC).date()
+            key = (str(txn["currency"]), day)
+            moved[key] = moved.get(key, 0) + int(txn["net"])
+            oldest = min(oldest, day)
+        read += len(page.items)
+        if not page.has_more or not page.items:
+            break
+        if read >= HISTORY_MOST_MOVEMENTS:
+            complete = False
+            break
+        after = str(page.items[-1]["id"])
+    if not complete:  # the oldest day read may be partial: draw only the days after it
+        day_list = [day for day in day_list if day > oldest]
+    amounts: dict[str, list[int]] = {}
+    for currency in sorted({*totals, *(c for c, _ in moved)}):
+        balance = totals.get(currency, 0)
+        series = []
+        for day in reversed(day_list):
+            series.append(balance)
+            balance -= moved.get((currency, day), 0)
+        amounts[currency] = list(reversed(series))
+    return BalanceHistory(day_list, amounts, complete)
