@@ -21,6 +21,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.shared.json_encoder import Encoder
+from dashboard_developers import router as dashboard_developers_router
 from dashboard_routes import router as dashboard_router
 from telemetry import logger, metrics
 
@@ -1864,6 +1865,7 @@ def swagger_ui() -> Response[str]:
 # ---- the dashboard: its pages are served here, on the same services --------------------------
 
 app.include_router(dashboard_router)
+app.include_router(dashboard_developers_router)
 
 
 BROWSER_ROUTE = re.compile(r"^/v1/payment_intents/pi_[A-Za-z0-9]+(/confirm)?$")

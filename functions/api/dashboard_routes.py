@@ -97,7 +97,7 @@ def _secure() -> bool:
     return links().base_url.startswith("https://")
 
 
-def _html(status: int, template: str, **context: Any) -> Response[str]:
+def render_page(status: int, template: str, **context: Any) -> Response[str]:
     body = templates().get_template(template).render(root=root(), **context)
     return Response(
         status_code=status,
@@ -112,7 +112,7 @@ def _html(status: int, template: str, **context: Any) -> Response[str]:
     )
 
 
-def _redirect(to: str, cookies: list[Cookie] | None = None) -> Response[str]:
+def redirect(to: str, cookies: list[Cookie] | None = None) -> Response[str]:
     return Response(
         status_code=303,
         content_type="text/plain",
@@ -133,7 +133,7 @@ def _session_id() -> str | None:
     return morsel.value if morsel else None
 
 
-def _signed_in() -> tuple[Session, Merchant] | None:
+def current_session() -> tuple[Session, Merchant] | None:
     from api_routes import services
     from clearline.merchants import get_merchant
 
@@ -144,12 +144,12 @@ def _signed_in() -> tuple[Session, Merchant] | None:
     return (session, merchant) if merchant is not None else None
 
 
-def _query(name: str, limit: int = 200) -> str:
+def query_value(name: str, limit: int = 200) -> str:
     return (router.current_event.get_query_string_value(name) or "").strip()[:limit]
 
 
-def _error_page(error: ApiError, session: Session | None) -> Response[str]:
-    return _html(error_status(error), "error.html", error=error, session=session)
+def error_page(error: ApiError, session: Session | None) -> Response[str]:
+    return render_page(error_status(error), "error.html", error=error, session=session)
 
 
 # ---- sign-in --------------------------------------------------------------------------------
@@ -157,20 +157,20 @@ def _error_page(error: ApiError, session: Session | None) -> Response[str]:
 
 @router.get("/dashboard", include_in_schema=False)  # and /dashboard/: Powertools takes both
 def dashboard_home() -> Response[str]:
-    if _signed_in() is None:
-        return _html(200, "signed_out.html", session=None)
-    return _redirect(f"{root()}/payments")
+    if current_session() is None:
+        return render_page(200, "signed_out.html", session=None)
+    return redirect(f"{root()}/payments")
 
 
 @router.get("/dashboard/sign-in", include_in_schema=False)
 def sign_in() -> Response[str]:
     from clearline.dashboard import SESSION_SECONDS
 
-    token = _query("token", 100)
+    token = query_value("token", 100)
     try:
         session_id, _ = sessions().sign_in(token)
     except ApiError as error:
-        return _error_page(error, None)
+        return error_page(error, None)
     cookie = Cookie(
         COOKIE,
         session_id,
@@ -180,38 +180,38 @@ def sign_in() -> Response[str]:
         max_age=SESSION_SECONDS,
         same_site=SameSite.LAX_MODE,
     )
-    return _redirect(f"{root()}/payments", [cookie])
+    return redirect(f"{root()}/payments", [cookie])
 
 
 @router.post("/dashboard/sign-out", include_in_schema=False)
 def sign_out() -> Response[str]:
-    signed_in = _signed_in()
+    signed_in = current_session()
     if signed_in is None:
-        return _redirect(f"{root()}")
+        return redirect(f"{root()}")
     session, _ = signed_in
-    form = _form()
+    form = form_fields()
     if not session.accepts(form.get("csrf_token")):
-        return _forbidden(session)
+        return forbidden(session)
     session_id = _session_id()
     assert session_id is not None
     sessions().sign_out(session_id)
     gone = Cookie(COOKIE, "", path=root(), secure=_secure(), http_only=True, max_age=0)
-    return _redirect(f"{root()}", [gone])
+    return redirect(f"{root()}", [gone])
 
 
-def _form() -> dict[str, str]:
+def form_fields() -> dict[str, str]:
     event = router.current_event
     parsed = parse_body(event.decoded_body or "", event.headers.get("content-type"))
     return {k: str(v) for k, v in parsed.items() if isinstance(v, str)}
 
 
-def _forbidden(session: Session) -> Response[str]:
+def forbidden(session: Session) -> Response[str]:
     error = InvalidRequestError(
         "This form was not sent from a page of this dashboard session (its CSRF token is "
         "missing or wrong). Reload the page and try again.",
         code="csrf_token_invalid",
     )
-    return _html(403, "error.html", error=error, session=session)
+    return render_page(403, "error.html", error=error, session=session)
 
 
 # ---- payments -------------------------------------------------------------------------------
@@ -270,11 +270,11 @@ def payments() -> Response[str]:
     from api_routes import services
     from clearline import search
 
-    signed_in = _signed_in()
+    signed_in = current_session()
     if signed_in is None:
-        return _redirect(f"{root()}")
+        return redirect(f"{root()}")
     session, merchant = signed_in
-    filters = {name: _query(name) for name in FILTERS}
+    filters = {name: query_value(name) for name in FILTERS}
     try:
         query = compose_query(filters)
         if query:
@@ -285,7 +285,7 @@ def payments() -> Response[str]:
                 search.CHARGES,
                 parsed,
                 limit=PAGE_SIZE,
-                page=_query("page", 500) or None,
+                page=query_value("page", 500) or None,
             )
             charges, next_page = list(found.found), found.next_page
             next_link = _link(filters, page=next_page) if next_page else None
@@ -293,18 +293,18 @@ def payments() -> Response[str]:
             listed = services().charges.list(
                 merchant,
                 limit=PAGE_SIZE,
-                starting_after=_query("after", 100) or None,
+                starting_after=query_value("after", 100) or None,
                 ending_before=None,
             )
             charges = list(listed.items)
             more = listed.has_more and charges
             next_link = _link(filters, after=charges[-1].id) if more else None
     except ValueError as exc:  # a date or an amount that is not one
-        return _error_page(
+        return error_page(
             InvalidRequestError(f"Invalid filter: {exc}", code="filter_invalid"), session
         )
     except ApiError as error:
-        return _html(
+        return render_page(
             error_status(error),
             "payments.html",
             session=session,
@@ -316,7 +316,7 @@ def payments() -> Response[str]:
             charges=[],
             next_link=None,
         )
-    return _html(
+    return render_page(
         200,
         "payments.html",
         session=session,
@@ -339,14 +339,14 @@ def _link(filters: dict[str, str], **more: str) -> str:
 def payment(charge_id: str) -> Response[str]:
     from api_routes import services
 
-    signed_in = _signed_in()
+    signed_in = current_session()
     if signed_in is None:
-        return _redirect(f"{root()}")
+        return redirect(f"{root()}")
     session, merchant = signed_in
     try:
         charge = services().charges.retrieve(merchant, charge_id[:100])
     except ApiError as error:
-        return _error_page(error, session)
+        return error_page(error, session)
     return _payment_page(200, session, merchant, charge, done=_done(merchant, charge))
 
 
@@ -362,7 +362,7 @@ def _payment_page(
     from api_routes import services
     from clearline.dashboard import timeline
 
-    return _html(
+    return render_page(
         status,
         "payment.html",
         session=session,
@@ -370,18 +370,22 @@ def _payment_page(
         charge=charge,
         timeline=timeline(services().store, charge),
         refund_reasons=REFUND_REASONS,
-        # Each form's key: sending it twice (a double click, a reload) does it once.
-        idempotency_key=f"dashboard-{secrets.token_urlsafe(18)}",
+        idempotency_key=new_idempotency_key(),
         done=done,
         error=error,
     )
+
+
+def new_idempotency_key() -> str:
+    """A form's key: sending the form twice (a double click, a reload) does it once."""
+    return f"dashboard-{secrets.token_urlsafe(18)}"
 
 
 def _done(merchant: Merchant, charge: Charge) -> str | None:
     """What the action that led here did, said from the stored objects (not the URL)."""
     from pages import format_money
 
-    result, replayed = _query("done", 100), _query("replayed", 5) == "true"
+    result, replayed = query_value("done", 100), query_value("replayed", 5) == "true"
     note = " (sent before: this is its first answer)" if replayed else ""
     if result == charge.id and charge.state == "captured":
         return f"Captured {format_money(charge.amount_captured, charge.currency)}{note}."
@@ -448,17 +452,17 @@ def _act(
     from api_routes import request_id, run_once, services
     from clearline.audit import Caller
 
-    signed_in = _signed_in()
+    signed_in = current_session()
     if signed_in is None:
-        return _redirect(f"{root()}")
+        return redirect(f"{root()}")
     session, merchant = signed_in
-    form = _form()
+    form = form_fields()
     if not session.accepts(form.get("csrf_token")):
-        return _forbidden(session)
+        return forbidden(session)
     try:
         charge = services().charges.retrieve(merchant, charge_id[:100])
     except ApiError as error:
-        return _error_page(error, session)
+        return error_page(error, session)
     who = Caller(merchant, request_id(), actor=session.actor)
     try:
         stored = run_once(
@@ -478,7 +482,7 @@ def _act(
         charge = services().charges.retrieve(merchant, charge.id)
         return _payment_page(stored.status, session, merchant, charge, error=refused)
     replayed = "&replayed=true" if stored.request_id != who.request_id else ""
-    return _redirect(f"{root()}/payments/{charge.id}?done={stored.body['id']}{replayed}")
+    return redirect(f"{root()}/payments/{charge.id}?done={stored.body['id']}{replayed}")
 
 
 def minor_units(text: str, currency: str) -> int:
@@ -525,16 +529,19 @@ def _history(merchant: Merchant) -> tuple[Balance, BalanceHistory]:
 def balance_page() -> Response[str]:
     from api_routes import services
 
-    signed_in = _signed_in()
+    signed_in = current_session()
     if signed_in is None:
-        return _redirect(f"{root()}")
+        return redirect(f"{root()}")
     session, merchant = signed_in
     found, history = _history(merchant)
     payouts = services().payouts.list(
-        merchant, limit=PAGE_SIZE, starting_after=_query("after", 100) or None, ending_before=None
+        merchant,
+        limit=PAGE_SIZE,
+        starting_after=query_value("after", 100) or None,
+        ending_before=None,
     )
     more = payouts.has_more and payouts.items
-    return _html(
+    return render_page(
         200,
         "balance.html",
         session=session,
@@ -550,12 +557,12 @@ def balance_page() -> Response[str]:
 def balance_chart() -> Response[str]:
     """The balance over the last days in one currency, drawn on the server as SVG (the page
     carries the same figures as a table)."""
-    signed_in = _signed_in()
+    signed_in = current_session()
     if signed_in is None:
         return Response(status_code=401, content_type="text/plain", body="not signed in")
     _, merchant = signed_in
     _, history = _history(merchant)
-    currency = _query("currency", 3).lower()
+    currency = query_value("currency", 3).lower()
     if currency not in history.amounts:
         return Response(status_code=404, content_type="text/plain", body="no such currency")
     return Response(
@@ -614,25 +621,25 @@ def payout_page(payout_id: str) -> Response[str]:
     from clearline import listing
     from clearline.models import BalanceTransaction
 
-    signed_in = _signed_in()
+    signed_in = current_session()
     if signed_in is None:
-        return _redirect(f"{root()}")
+        return redirect(f"{root()}")
     session, merchant = signed_in
     try:
         payout = services().payouts.retrieve(merchant, payout_id[:100])
     except ApiError as error:
-        return _error_page(error, session)
+        return error_page(error, session)
     covered = listing.page(
         services().store,
         merchant.id,
         "txn",
         limit=100,
-        starting_after=_query("after", 100) or None,
+        starting_after=query_value("after", 100) or None,
         ending_before=None,
         facets={"payout": [payout.id]},
     ).of(BalanceTransaction.from_item)
     more = covered.has_more and covered.items
-    return _html(
+    return render_page(
         200,
         "payout.html",
         session=session,

@@ -25,7 +25,10 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from .conftest import Stack
+from tests.polling import eventually
+
+from .conftest import WEBHOOK_MAX_ATTEMPTS, Stack
+from .receivers import Receiver
 from .test_checkout_browser import browser
 
 pytestmark = pytest.mark.integration
@@ -306,6 +309,86 @@ def test_the_balance_page_shows_each_currency_and_its_last_30_days(
     assert status == 404
 
 
+def test_an_endpoint_added_from_the_developers_page_shows_its_secret_once(
+    stack: Stack, shop: Shop
+) -> None:
+    client = signed_in(stack, shop.merchant["id"])
+    developers = f"{stack.url}/dashboard/developers"
+    hidden = form_of(client.get(developers)[2], "endpoint-form")
+    form = {**hidden, "url": "https://hooks.example/clearline", "enabled_events": "charge.refunded"}
+    status, _, page = client.post(f"{developers}/endpoints", form)
+    assert status == 201
+    secret = re.search(r"<code>(whsec_\w+)</code>", page)
+    assert secret is not None
+    endpoints = shop.sdk.v1.webhook_endpoints.list().data
+    (endpoint,) = [e for e in endpoints if e.url == "https://hooks.example/clearline"]
+    assert endpoint.enabled_events == ["charge.refunded"] and "secret" not in endpoint
+    # Sent twice, it adds one endpoint; the page never shows the secret again.
+    client.post(f"{developers}/endpoints", form)
+    assert len([e for e in shop.sdk.v1.webhook_endpoints.list().data if e.url == form["url"]]) == 1
+    assert secret.group(1) not in client.get(developers)[2]
+
+    # Disabled, then enabled again; each form once.
+    page = client.get(developers)[2]
+    toggle = form_of(page, f"toggle-{endpoint.id}")
+    status, headers, _ = client.post(f"{developers}/endpoints/{endpoint.id}/disable", toggle)
+    assert (
+        status == 303 and shop.sdk.v1.webhook_endpoints.retrieve(endpoint.id).status == "disabled"
+    )
+    page = client.get(f"{stack.url}{headers['Location']}")[2]
+    assert "nothing is delivered to it" in page
+    toggle = form_of(page, f"toggle-{endpoint.id}")
+    client.post(f"{developers}/endpoints/{endpoint.id}/enable", toggle)
+    assert shop.sdk.v1.webhook_endpoints.retrieve(endpoint.id).status == "enabled"
+
+    # Rolled: a new secret, shown once.
+    roll = form_of(page, f"roll-{endpoint.id}")
+    status, _, page = client.post(f"{developers}/endpoints/{endpoint.id}/roll-secret", roll)
+    rolled = re.search(r"<code>(whsec_\w+)</code>", page)
+    assert status == 200 and rolled is not None and rolled.group(1) != secret.group(1)
+
+
+def test_bad_developer_forms_are_refused_and_change_nothing(stack: Stack, shop: Shop) -> None:
+    client = signed_in(stack, shop.merchant["id"])
+    developers = f"{stack.url}/dashboard/developers"
+    hidden = form_of(client.get(developers)[2], "endpoint-form")
+    before = len(shop.sdk.v1.webhook_endpoints.list().data)
+    for url in ("not a url", "https://10.0.0.8/hooks", ""):
+        status, _, page = client.post(f"{developers}/endpoints", {**hidden, "url": url})
+        assert status == 400 and 'role="alert"' in page, url
+    status, _, page = client.post(
+        f"{developers}/endpoints", {**hidden, "url": "https://a.example/h", "csrf_token": "x"}
+    )
+    assert status == 403
+    assert len(shop.sdk.v1.webhook_endpoints.list().data) == before
+    status, _, _ = client.post(f"{developers}/endpoints/we_1/explode", hidden)
+    assert status == 400
+
+
+def test_another_merchants_developer_objects_are_not_found(stack: Stack, shop: Shop) -> None:
+    other = stack.create_merchant("Other Developer")
+    theirs = stripe.StripeClient(other["secret_key"], base_addresses={"api": stack.url})
+    their_endpoint = theirs.v1.webhook_endpoints.create(
+        params={"url": "https://theirs.example/h", "enabled_events": ["*"]},
+        options={"idempotency_key": key()},
+    )
+    theirs.v1.charges.create(
+        params={"amount": 300, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
+    (their_event, *_) = theirs.v1.events.list().data
+    client = signed_in(stack, shop.merchant["id"])
+    developers = f"{stack.url}/dashboard/developers"
+    hidden = form_of(client.get(developers)[2], "endpoint-form")
+    assert client.get(f"{developers}/events/{their_event.id}")[0] == 404
+    assert client.post(f"{developers}/events/{their_event.id}/redeliver", hidden)[0] == 404
+    for action in ("disable", "roll-secret"):
+        status, _, _ = client.post(f"{developers}/endpoints/{their_endpoint.id}/{action}", hidden)
+        assert status == 404, action
+    assert theirs.v1.webhook_endpoints.retrieve(their_endpoint.id).status == "enabled"
+    assert their_event.id not in client.get(developers)[2]
+
+
 # ---- in a browser ---------------------------------------------------------------------------
 
 
@@ -486,3 +569,47 @@ def test_journey_refund_half_and_see_the_timeline_and_the_balance_change(
     chart = browser.find_element(By.CSS_SELECTOR, "figure.chart img")
     assert browser.execute_script("return arguments[0].naturalWidth", chart) > 0  # it drew
     keep_screenshot(browser, "refund-half")
+
+
+def test_journey_redeliver_a_failed_webhook_and_see_the_new_attempt(
+    stack: Stack, browser: WebDriver
+) -> None:
+    merchant = stack.create_merchant("Redelivery Shop")
+    sdk = stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url})
+    receiver = Receiver(["500"] * WEBHOOK_MAX_ATTEMPTS)  # down for every automatic attempt
+    browser.get(sign_in_link(stack, merchant["id"]))
+    wait(browser).until(expected_conditions.title_contains("Payments"))
+    browser.find_element(By.LINK_TEXT, "Developers").click()
+    wait(browser).until(expected_conditions.title_contains("Developers"))
+    browser.find_element(By.ID, "endpoint-url").send_keys(receiver.url)
+    events = browser.find_element(By.ID, "endpoint-events")
+    events.clear()
+    events.send_keys("charge.succeeded")
+    browser.find_element(By.CSS_SELECTOR, "#endpoint-form button[type=submit]").click()
+    wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "signing-secret")))
+    receiver.secret = browser.find_element(By.CSS_SELECTOR, "#signing-secret code").text
+
+    charge = sdk.v1.charges.create(
+        params={"amount": 1500, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
+    (event,) = sdk.v1.events.list(params={"type": "charge.succeeded"}).data
+    assert event.data.object["id"] == charge.id
+    eventually(
+        lambda: receiver.refused == WEBHOOK_MAX_ATTEMPTS, message="every automatic attempt fails"
+    )
+    browser.get(f"{stack.url}/dashboard/developers/events/{event.id}")
+
+    def statuses() -> list[str]:
+        browser.refresh()
+        return [s.text for s in browser.find_elements(By.CSS_SELECTOR, "#attempts strong.status")]
+
+    eventually(lambda: statuses() == ["HTTP 500"] * WEBHOOK_MAX_ATTEMPTS, message="the failures")
+    browser.find_element(By.CSS_SELECTOR, "#redeliver-form button[type=submit]").click()
+    wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "result")))
+    assert browser.find_element(By.ID, "result").text == "Queued for delivery again."
+    eventually(lambda: statuses()[-1:] == ["HTTP 200"], message="the redelivery's attempt")
+    assert [e.id for e in receiver.accepted] == [event.id]
+    assert statuses() == ["HTTP 500"] * WEBHOOK_MAX_ATTEMPTS + ["HTTP 200"]
+    assert receiver.secret not in browser.page_source  # shown once, on creation
+    keep_screenshot(browser, "redeliver-webhook")

@@ -17,7 +17,7 @@ import stripe
 from clearline import egress
 from clearline.audit import Caller
 from clearline.egress import EgressPolicy, IPAddress
-from clearline.errors import InvalidRequestError, ServiceUnavailableError
+from clearline.errors import InvalidRequestError, ResourceMissingError, ServiceUnavailableError
 from clearline.idempotency import IdempotentRequests, Reply
 from clearline.merchants import Merchant, create_merchant
 from clearline.secrets import SealedFields, SecretBox
@@ -25,8 +25,10 @@ from clearline.store import Store
 from clearline.topology import IDEMPOTENCY_TABLE, MAIN_TABLE
 from clearline.webhooks import (
     CLAIM_SECONDS,
+    ROLL_OVERLAP_SECONDS,
     Attempt,
     Dispatcher,
+    Redeliveries,
     WebhookEndpointCreateParams,
     WebhookEndpoints,
     WebhookEndpointUpdateParams,
@@ -123,8 +125,11 @@ class Endpoint:
                     payload, self.headers["Stripe-Signature"], endpoint.secret
                 )
                 endpoint.received.append(event.id)
+                answer = f"received {event.id}".encode()
                 self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
+                self.wfile.write(answer)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -631,3 +636,98 @@ def test_a_refused_endpoint_does_not_hold_up_the_others(
     assert by_endpoint[endpoint_id].ok
     assert not by_endpoint[bad_id].ok and "a private address" in str(by_endpoint[bad_id].error)
     assert endpoint.received == [event["id"]]
+
+
+# ---- support's tools: rolling the secret, delivering again ----------------------------------
+
+
+def test_after_a_roll_deliveries_verify_with_either_secret_for_a_day(
+    store: Store, box: SecretBox, subscribed: tuple[Merchant, str, Endpoint]
+) -> None:
+    merchant, endpoint_id, endpoint = subscribed
+    old_secret = endpoint.secret
+    endpoints = WebhookEndpoints(store, secrets=box, egress=LOCAL)
+    rolled = endpoints.roll_secret(Caller(merchant, "req_roll"), endpoint_id)
+    assert rolled.secret and rolled.secret != old_secret
+    assert endpoints.retrieve(merchant, endpoint_id).secret is None  # shown once
+    t0 = int(time.time())
+    # The receiver still on the old secret, then the one changed over: both verify.
+    for secret in (old_secret, rolled.secret):
+        endpoint.secret = secret
+        event = an_event()
+        (attempt,) = Dispatcher(store, secrets=box, egress=LOCAL, clock=at(t0)).deliver(
+            merchant.id, event
+        )
+        assert attempt.ok and endpoint.received[-1] == event["id"]
+        # The start of the receiver's answer is kept with the attempt, for support.
+        (stored,) = attempts_for(store, event["id"])
+        assert stored["response_body"] == attempt.response_body == f"received {event['id']}"
+    # A day on, only the new secret signs.
+    later = at(t0 + ROLL_OVERLAP_SECONDS + 1)
+    endpoint.secret = old_secret
+    unverified = an_event()
+    (refused,) = Dispatcher(store, secrets=box, egress=LOCAL, clock=later).deliver(
+        merchant.id, unverified
+    )
+    # The receiver's verification failed: it dropped the connection, and kept nothing.
+    assert not refused.ok and unverified["id"] not in endpoint.received
+    audit = store.query_partition(f"MERCHANT#{merchant.id}", "AUDIT#")
+    assert "roll_secret" in [a["operation"] for a in audit]
+
+
+def test_a_signature_header_carries_one_signature_per_secret() -> None:
+    header = signature_header("{}", "whsec_new", 1_800_000_000, "whsec_old")
+    parts = header.split(",")
+    assert parts[0] == "t=1800000000" and len(parts) == 3
+    assert all(part.startswith("v1=") for part in parts[1:])
+    assert header.startswith(signature_header("{}", "whsec_new", 1_800_000_000))
+
+
+class Queue:
+    def __init__(self, fails: bool = False) -> None:
+        self.sent: list[str] = []
+        self.fails = fails
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.fails:
+            raise ConnectionError("the queue did not answer")
+        self.sent.append(event["id"])
+
+
+def stored_event(store: Store, merchant: Merchant) -> str:
+    event_id = f"evt_{uuid.uuid4().hex[:24]}"
+    store.put({"pk": f"EVENT#{event_id}", "sk": "EVENT", "id": event_id, "merchant": merchant.id})
+    return event_id
+
+
+def test_a_redelivery_is_queued_once_per_key_even_after_a_crash_between(
+    store: Store, subscribed: tuple[Merchant, str, Endpoint]
+) -> None:
+    merchant, _, _ = subscribed
+    event_id = stored_event(store, merchant)
+    caller = Caller(merchant, "req_support", actor="dashboard session_1")
+    # Recorded, then the queue fails: nothing was queued, and the same key tries again.
+    with pytest.raises(ConnectionError):
+        Redeliveries(store, Queue(fails=True)).redeliver(caller, event_id, "key-1")
+    queue = Queue()
+    assert Redeliveries(store, queue).redeliver(caller, event_id, "key-1") is True
+    assert Redeliveries(store, queue).redeliver(caller, event_id, "key-1") is False
+    assert queue.sent == [event_id]
+    assert Redeliveries(store, queue).redeliver(caller, event_id, "key-2") is True
+    assert queue.sent == [event_id, event_id]
+    audit = store.query_partition(f"EVENT#{event_id}", "AUDIT#")
+    assert {a["actor"] for a in audit} == {"dashboard session_1"}
+    assert sorted(a["to_state"] for a in audit) == ["queued", "queued", "requested", "requested"]
+
+
+def test_another_merchants_event_is_not_found_and_not_queued(
+    store: Store, subscribed: tuple[Merchant, str, Endpoint]
+) -> None:
+    merchant, _, _ = subscribed
+    other = create_merchant(store, "Other Shop").merchant
+    event_id = stored_event(store, other)
+    queue = Queue()
+    for asked in (event_id, "evt_missing"):
+        with pytest.raises(ResourceMissingError):
+            Redeliveries(store, queue).redeliver(Caller(merchant, "req_x"), asked, "key")
+    assert queue.sent == [] and store.query_partition(f"EVENT#{event_id}", "REDELIVERY#") == []

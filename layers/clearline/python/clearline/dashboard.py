@@ -210,6 +210,26 @@ class Attempt:
     status: int  # the endpoint's HTTP status; 0 when it did not answer
     latency_ms: int | None
     error: str | None
+    response_body: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def delivery_attempts(store: Store, event_id: str) -> list[Attempt]:
+    """Every delivery attempt of an event, oldest first."""
+    return [
+        Attempt(
+            int(a["sk"].split("#")[1]),
+            str(a.get("url", "")),
+            int(a.get("status") or 0),
+            a.get("latency_ms"),
+            a.get("error"),
+            str(a.get("response_body") or ""),
+        )
+        for a in attempts_for(store, event_id)
+    ]
 
 
 @dataclass
@@ -279,16 +299,7 @@ def _journal(item: dict[str, Any]) -> TimelineEntry:
 
 
 def _event(store: Store, event: dict[str, Any]) -> TimelineEntry:
-    attempts = [
-        Attempt(
-            int(a["sk"].split("#")[1]),
-            str(a.get("url", "")),
-            int(a.get("status") or 0),
-            a.get("latency_ms"),
-            a.get("error"),
-        )
-        for a in attempts_for(store, event["id"])
-    ]
+    attempts = delivery_attempts(store, event["id"])
     # The list's sort key holds the event's time to the millisecond.
     created_ms = str(event.get("gsi1sk", "")).split("#")[0]
     return TimelineEntry(

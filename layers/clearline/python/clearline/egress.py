@@ -271,10 +271,15 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
             raise
 
 
+# How much of an answer's body is kept, for support to read beside its status.
+RESPONSE_EXCERPT_BYTES = 1024
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int | None  # None: no HTTP answer (refused, unreachable, timed out, bad TLS)
     error: str | None
+    body: str = ""  # the start of the answer's body (RESPONSE_EXCERPT_BYTES at most)
 
 
 def _describe(exc: BaseException) -> str:
@@ -314,7 +319,12 @@ def post(
         try:
             connection.connect()
             connection.request("POST", destination.target, body=body, headers=headers)
-            status = connection.getresponse().status
+            response = connection.getresponse()
+            status = response.status
+            try:  # only the start, and within the time left: an endless body is not waited on
+                excerpt = response.read(RESPONSE_EXCERPT_BYTES).decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException):
+                excerpt = ""
         except ssl.SSLError as exc:  # the certificate is wrong for every address alike
             return Reply(None, _describe(exc))
         except (OSError, http.client.HTTPException) as exc:
@@ -325,10 +335,10 @@ def post(
         finally:
             connection.close()
         if 200 <= status < 300:
-            return Reply(status, None)
+            return Reply(status, None, excerpt)
         if 300 <= status < 400:
-            return Reply(status, f"HTTP {status}: redirects are not followed")
-        return Reply(status, f"HTTP {status}")
+            return Reply(status, f"HTTP {status}: redirects are not followed", excerpt)
+        return Reply(status, f"HTTP {status}", excerpt)
     return Reply(None, _describe(last_error) if last_error else "TimeoutError: timed out")
 
 

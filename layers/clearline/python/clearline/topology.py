@@ -266,8 +266,8 @@ API_FUNCTION = FunctionSpec(
     calls_processor=True,
     calls_vault=True,
     # A new payout goes to the bank at once; a refund waiting for processor capacity goes
-    # to the capture queue's workers.
-    sends_to=("payouts", "captures"),
+    # to the capture queue's workers; an event support redelivers, to the webhook queue.
+    sends_to=("payouts", "captures", "webhooks"),
     bank_account_key=("seal",),  # the admin route that sets a merchant's bank account
 )
 

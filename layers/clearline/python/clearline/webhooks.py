@@ -10,7 +10,12 @@ Deliveries go to the public internet only (`clearline.egress`): the URL is judge
 endpoint is created or changed, and again, resolved afresh, before every attempt; the
 POST goes to the address that was judged. Each endpoint's signing secret is sealed at
 rest under KMS (`clearline.secrets`), bound to its merchant and endpoint, and opened only
-to sign a delivery, or shown once, in the response to the create.
+to sign a delivery, or shown once, in the response to the create or to a roll. After a
+roll, deliveries carry a signature by the old secret too, for a day, so the merchant's
+receiver keeps verifying them while it changes over.
+
+Support can have an event delivered again (`Redeliveries`): the request is recorded
+before it is queued, once per key, so sending the same form twice queues it once.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from clearline.transitions import Change, Transition, TransitionWriter
 
 ALL_EVENTS = "*"
 ENABLED, DISABLED = "enabled", "disabled"
+ROLL_OVERLAP_SECONDS = 24 * 3600  # the old secret still signs, beside the new, this long
+REQUESTED, QUEUED = "requested", "queued"  # a redelivery's states
 CLAIM_SECONDS = 120  # a claim older than this belongs to a dispatcher that died mid-delivery
 
 
@@ -198,6 +205,29 @@ class WebhookEndpoints:
         self._commit(caller, change)
         return WebhookEndpoint.from_item({**change.replace, "status": status})
 
+    def roll_secret(self, caller: Caller, endpoint_id: str) -> WebhookEndpoint:
+        """A new signing secret, shown once in the answer. The old one keeps signing beside
+        it for ROLL_OVERLAP_SECONDS, so deliveries still verify while the receiver changes."""
+        merchant = caller.merchant
+        item = self._get(merchant, endpoint_id)
+        secret = "whsec_" + token_hex(24)
+        try:
+            sealed = self.secrets.seal(secret, secret_context(merchant.id, endpoint_id))
+        except SecretUnavailable as exc:
+            raise ServiceUnavailableError(
+                "The webhook endpoint's new signing secret could not be sealed; retry."
+            ) from exc
+        change = self._versioned(item, "roll_secret", item["status"])
+        change.replace = {
+            **item,
+            "sealed_secret": sealed,
+            "previous_sealed_secret": item["sealed_secret"],
+            "previous_secret_expires": int(self.clock()) + ROLL_OVERLAP_SECONDS,
+            "version": item["version"] + 1,
+        }
+        self._commit(caller, change)
+        return WebhookEndpoint.from_item(change.replace, secret=secret)
+
     def delete(self, caller: Caller, endpoint_id: str) -> WebhookEndpoint:
         item = self._get(caller.merchant, endpoint_id)
         change = self._versioned(item, "delete", "deleted")
@@ -226,9 +256,14 @@ class WebhookEndpoints:
 # ---- delivery -------------------------------------------------------------------------------
 
 
-def signature_header(payload: str, secret: str, timestamp: int) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+def signature_header(payload: str, secret: str, timestamp: int, *also: str) -> str:
+    """Stripe's header: one v1 signature per secret (the current one, then any still in
+    their overlap after a roll); a receiver accepts the delivery if one of them verifies."""
+    signatures = [
+        hmac.new(key.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256).hexdigest()
+        for key in (secret, *also)
+    ]
+    return ",".join([f"t={timestamp}", *(f"v1={signature}" for signature in signatures)])
 
 
 @dataclass(frozen=True)
@@ -238,6 +273,7 @@ class Attempt:
     status: int | None
     latency_ms: int
     error: str | None
+    response_body: str = ""  # the start of the endpoint's answer, for support
 
     @property
     def ok(self) -> bool:
@@ -353,13 +389,18 @@ class Dispatcher:
             return failed(f"refused: {exc.message}")
         try:
             secret = endpoint_secret(self.secrets, merchant_id, endpoint)
+            previous = []
+            if endpoint.get("previous_secret_expires", 0) > self.clock():
+                sealed = endpoint["previous_sealed_secret"]
+                context = secret_context(merchant_id, endpoint["id"])
+                previous.append(self.secrets.open(sealed, context))
         except SecretUnavailable as exc:
             return failed(f"signing secret unavailable: {exc}")
         payload = json.dumps(event)
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "User-Agent": "Clearline/1.0 (+webhooks)",
-            "Stripe-Signature": signature_header(payload, secret, int(self.clock())),
+            "Stripe-Signature": signature_header(payload, secret, int(self.clock()), *previous),
         }
         reply = post(
             destination,
@@ -369,7 +410,9 @@ class Dispatcher:
             context=self.tls_context,
         )
         latency = int((time.monotonic() - started) * 1000)
-        return Attempt(endpoint["id"], endpoint["url"], reply.status, latency, reply.error)
+        return Attempt(
+            endpoint["id"], endpoint["url"], reply.status, latency, reply.error, reply.body
+        )
 
     def _record(self, event_id: str, attempt: Attempt) -> None:
         now = self.clock()
@@ -383,6 +426,7 @@ class Dispatcher:
                     "status": attempt.status,
                     "latency_ms": attempt.latency_ms,
                     "error": attempt.error,
+                    "response_body": attempt.response_body,
                     "at": int(now),
                 }
             )
@@ -406,6 +450,41 @@ class Dispatcher:
                 Write("Delete", key={"pk": f"EVENT#{event_id}", "sk": f"CLAIM#{attempt.endpoint}"})
             )
         commit(self.store, writes)
+
+
+class Redeliveries:
+    """Support's "deliver it again", to every subscribed endpoint, even those it reached.
+    The request is recorded first (its key, by whom), then queued, then marked queued: the
+    same key sent again after a crash between the two queues it then, and once queued, it
+    queues nothing more."""
+
+    def __init__(
+        self,
+        store: Store,
+        queue: Callable[[dict[str, Any]], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.queue = queue  # puts the event item on the delivery queue, marked to force
+        self.writer = TransitionWriter(store, clock=clock)
+
+    def redeliver(self, caller: Caller, event_id: str, key: str) -> bool:
+        """Whether this call queued it (False: the key had queued it before)."""
+        event = self.store.get(f"EVENT#{event_id}", "EVENT")
+        if event is None or event.get("merchant") != caller.merchant.id:
+            raise ResourceMissingError("event", event_id)
+        pk, sk = event["pk"], f"REDELIVERY#{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+        name = f"redelivery_{sk[11:27]}"
+        requested = Change(
+            pk, sk, name, "redelivery.request", REQUESTED, create={"pk": pk, "sk": sk}
+        )
+        self.writer.commit(Transition([requested], caller))  # refused: recorded before
+        recorded = self.store.get(pk, sk)
+        if recorded is None or recorded.get("state") == QUEUED:
+            return False
+        self.queue(event)
+        queued = Change(pk, sk, name, "redelivery.queue", QUEUED, from_state=REQUESTED)
+        return self.writer.commit(Transition([queued], caller)) is None
 
 
 def attempts_for(store: Store, event_id: str) -> list[dict[str, Any]]:

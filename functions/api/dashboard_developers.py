@@ -1,0 +1,290 @@
+"""The dashboard's Developers pages: webhook endpoints (create, disable, roll the signing
+secret), the merchant's events with every delivery attempt, and redelivering one.
+
+Each form writes as its API request would (`run_once`: the same validation, operation and
+idempotency record, keyed by the form's key), by the session's person. A signing secret is
+shown once, in the page that answers its creation or its roll, and never again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from dashboard_routes import (
+    PAGE_SIZE,
+    current_session,
+    error_page,
+    forbidden,
+    form_fields,
+    new_idempotency_key,
+    query_value,
+    redirect,
+    render_page,
+    root,
+)
+
+from clearline.errors import ApiError, InvalidRequestError
+from presentation.errors import error_status
+
+if TYPE_CHECKING:
+    from clearline.dashboard import Session
+    from clearline.merchants import Merchant
+
+router = Router()
+
+
+@router.get("/dashboard/developers", include_in_schema=False)
+def developers_page() -> Response[str]:
+    return developers(200)
+
+
+def developers(
+    status: int,
+    *,
+    created_secret: str | None = None,
+    error: ApiError | None = None,
+) -> Response[str]:
+    from api_routes import services
+    from clearline import listing
+    from clearline.models import Event
+
+    signed_in = current_session()
+    if signed_in is None:
+        return redirect(f"{root()}")
+    session, merchant = signed_in
+    endpoints = services().webhook_endpoints.list(
+        merchant, limit=100, starting_after=None, ending_before=None
+    )
+    events = listing.page(
+        services().store,
+        merchant.id,
+        "evt",
+        limit=PAGE_SIZE,
+        starting_after=query_value("after", 100) or None,
+        ending_before=None,
+    )
+    delivered = {
+        str(item["id"]): _delivered(services().store, str(item["id"])) for item in events.items
+    }
+    shown = [Event.from_item(item) for item in events.items]
+    more = events.has_more and shown
+    return render_page(
+        status,
+        "developers.html",
+        session=session,
+        merchant=merchant,
+        endpoints=endpoints.items,
+        events=shown,
+        delivered=delivered,
+        created_secret=created_secret,
+        error=error,
+        done=_done(),
+        idempotency_key=new_idempotency_key(),
+        next_link=f"{root()}/developers?after={shown[-1].id}" if more else None,
+    )
+
+
+def _done() -> str | None:
+    said = {
+        "disabled": "The endpoint is disabled: nothing is delivered to it.",
+        "enabled": "The endpoint is enabled.",
+    }
+    return said.get(query_value("done", 20))
+
+
+def _delivered(store: Any, event_id: str) -> str:
+    """How an event's deliveries stand: none tried, all failed so far, or one succeeded."""
+    from clearline.webhooks import attempts_for
+
+    attempts = attempts_for(store, event_id)
+    if not attempts:
+        return "none"
+    return (
+        "delivered" if any(200 <= int(a.get("status") or 0) < 300 for a in attempts) else "failing"
+    )
+
+
+def _acting() -> tuple[Session, Merchant, dict[str, str]] | Response[str]:
+    signed_in = current_session()
+    if signed_in is None:
+        return redirect(f"{root()}")
+    session, merchant = signed_in
+    form = form_fields()
+    if not session.accepts(form.get("csrf_token")):
+        return forbidden(session)
+    return session, merchant, form
+
+
+def _caller(session: Session, merchant: Merchant) -> Any:
+    from api_routes import request_id
+    from clearline.audit import Caller
+
+    return Caller(merchant, request_id(), actor=session.actor)
+
+
+@router.post("/dashboard/developers/endpoints", include_in_schema=False)
+def create_endpoint() -> Response[str]:
+    from api_routes import run_once, services
+    from clearline.webhooks import WebhookEndpointCreateParams
+
+    acting = _acting()
+    if isinstance(acting, Response):
+        return acting
+    session, merchant, form = acting
+    events = [e.strip() for e in form.get("enabled_events", "*").split(",") if e.strip()]
+    params: dict[str, Any] = {"url": form.get("url", "").strip(), "enabled_events": events}
+    if form.get("description"):
+        params["description"] = form["description"]
+    try:
+        stored = run_once(
+            _caller(session, merchant),
+            WebhookEndpointCreateParams,
+            params,
+            lambda who, endpoint, _: services().webhook_endpoints.create(who, endpoint),
+            "endpoint",
+            key_header=form.get("idempotency_key"),
+            path="/v1/webhook_endpoints",
+        )
+    except ApiError as error:
+        return developers(error_status(error), error=error)
+    if stored.status >= 400:
+        return developers(stored.status, error=InvalidRequestError(stored.body["error"]["message"]))
+    return developers(201, created_secret=stored.body.get("secret"))
+
+
+@router.post("/dashboard/developers/endpoints/<endpoint_id>/<action>", include_in_schema=False)
+def change_endpoint(endpoint_id: str, action: str) -> Response[str]:
+    from api_routes import run_once, services
+    from clearline.webhooks import WebhookEndpointUpdateParams
+
+    acting = _acting()
+    if isinstance(acting, Response):
+        return acting
+    session, merchant, form = acting
+    who = _caller(session, merchant)
+    key = form.get("idempotency_key")
+    try:
+        if action in ("disable", "enable"):
+            stored = run_once(
+                who,
+                WebhookEndpointUpdateParams,
+                {"disabled": action == "disable"},
+                lambda who, update, _: services().webhook_endpoints.update(
+                    who, endpoint_id, update
+                ),
+                "endpoint",
+                key_header=key,
+                path=f"/v1/webhook_endpoints/{endpoint_id}",
+            )
+        elif action == "roll-secret":
+            stored = run_once(
+                who,
+                WebhookEndpointUpdateParams,
+                {},
+                lambda who, _, __: services().webhook_endpoints.roll_secret(who, endpoint_id),
+                "endpoint",
+                key_header=key,
+                path=f"/dashboard/developers/endpoints/{endpoint_id}/roll-secret",
+            )
+        else:
+            return error_page(InvalidRequestError(f"Unknown action: {action[:30]}"), session)
+    except ApiError as error:
+        return developers(error_status(error), error=error)
+    if stored.status >= 400:
+        return developers(stored.status, error=InvalidRequestError(stored.body["error"]["message"]))
+    if action == "roll-secret":
+        return developers(200, created_secret=stored.body.get("secret"))
+    return redirect(f"{root()}/developers?done={action}d")
+
+
+# ---- events and their deliveries ------------------------------------------------------------
+
+
+@router.get("/dashboard/developers/events/<event_id>", include_in_schema=False)
+def event_page(event_id: str) -> Response[str]:
+    signed_in = current_session()
+    if signed_in is None:
+        return redirect(f"{root()}")
+    session, merchant = signed_in
+    done = "Queued for delivery again." if query_value("done", 20) == "redelivered" else None
+    return _event_page(200, session, merchant, event_id, done=done)
+
+
+def _event_page(
+    status: int,
+    session: Session,
+    merchant: Merchant,
+    event_id: str,
+    *,
+    done: str | None = None,
+    error: ApiError | None = None,
+) -> Response[str]:
+    from api_routes import links, services
+    from clearline import listing
+    from clearline.dashboard import delivery_attempts
+    from clearline.models import Event
+    from presentation.events import render_event
+
+    try:
+        item = listing.get_owned(services().store, merchant.id, event_id[:100], "evt")
+    except ApiError as failure:
+        return error_page(failure, session)
+    event = Event.from_item(item)
+    return render_page(
+        status,
+        "event.html",
+        session=session,
+        merchant=merchant,
+        event=event,
+        # What each delivery sent: this body, signed (Stripe-Signature) at the moment of sending.
+        payload=json.dumps(render_event(event, links()), indent=2),
+        attempts=delivery_attempts(services().store, event.id),
+        idempotency_key=new_idempotency_key(),
+        done=done,
+        error=error,
+    )
+
+
+@router.post("/dashboard/developers/events/<event_id>/redeliver", include_in_schema=False)
+def redeliver(event_id: str) -> Response[str]:
+    from api_routes import services
+    from clearline.idempotency import check_key
+    from clearline.webhooks import Redeliveries
+
+    acting = _acting()
+    if isinstance(acting, Response):
+        return acting
+    session, merchant, form = acting
+    try:
+        key = check_key(form.get("idempotency_key"))
+        Redeliveries(services().store, queue_for_delivery).redeliver(
+            _caller(session, merchant), event_id[:100], key
+        )
+    except ApiError as error:
+        if error_status(error) == 404:
+            return error_page(error, session)
+        return _event_page(error_status(error), session, merchant, event_id, error=error)
+    return redirect(f"{root()}/developers/events/{event_id}?done=redelivered")
+
+
+def queue_for_delivery(event: dict[str, Any]) -> None:
+    """The event on the webhook delivery queue, as the relay's rule puts it, marked to be
+    delivered even to endpoints that have it."""
+    from api_routes import _sqs, links
+    from clearline.topology import EVENT_SOURCE, WEBHOOK_QUEUE, queue_env_var
+    from presentation.outbox import webhook_detail
+
+    _sqs().send_message(
+        QueueUrl=os.environ[queue_env_var(WEBHOOK_QUEUE.key)],
+        MessageBody=json.dumps(
+            {
+                "source": EVENT_SOURCE,
+                "detail-type": event["type"],
+                "detail": {**webhook_detail(event, links()), "force": True},
+            }
+        ),
+    )
