@@ -22,6 +22,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.shared.json_encoder import Encoder
 from dashboard_developers import router as dashboard_developers_router
+from dashboard_disputes import router as dashboard_disputes_router
 from dashboard_routes import router as dashboard_router
 from telemetry import logger, metrics
 
@@ -1866,6 +1867,7 @@ def swagger_ui() -> Response[str]:
 
 app.include_router(dashboard_router)
 app.include_router(dashboard_developers_router)
+app.include_router(dashboard_disputes_router)
 
 
 BROWSER_ROUTE = re.compile(r"^/v1/payment_intents/pi_[A-Za-z0-9]+(/confirm)?$")

@@ -16,6 +16,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from dashboard_routes import (
     PAGE_SIZE,
+    Refusal,
     current_session,
     error_page,
     forbidden,
@@ -23,12 +24,13 @@ from dashboard_routes import (
     new_idempotency_key,
     query_value,
     redirect,
+    refusal,
     render_page,
     root,
+    run_form,
 )
 
-from clearline.errors import ApiError, InvalidRequestError
-from presentation.errors import error_status
+from clearline.errors import ApiError
 
 if TYPE_CHECKING:
     from clearline.dashboard import Session
@@ -46,7 +48,7 @@ def developers(
     status: int,
     *,
     created_secret: str | None = None,
-    error: ApiError | None = None,
+    error: Refusal | None = None,
 ) -> Response[str]:
     from api_routes import services
     from clearline import listing
@@ -119,16 +121,9 @@ def _acting() -> tuple[Session, Merchant, dict[str, str]] | Response[str]:
     return session, merchant, form
 
 
-def _caller(session: Session, merchant: Merchant) -> Any:
-    from api_routes import request_id
-    from clearline.audit import Caller
-
-    return Caller(merchant, request_id(), actor=session.actor)
-
-
 @router.post("/dashboard/developers/endpoints", include_in_schema=False)
 def create_endpoint() -> Response[str]:
-    from api_routes import run_once, services
+    from api_routes import services
     from clearline.webhooks import WebhookEndpointCreateParams
 
     acting = _acting()
@@ -139,63 +134,59 @@ def create_endpoint() -> Response[str]:
     params: dict[str, Any] = {"url": form.get("url", "").strip(), "enabled_events": events}
     if form.get("description"):
         params["description"] = form["description"]
-    try:
-        stored = run_once(
-            _caller(session, merchant),
-            WebhookEndpointCreateParams,
-            params,
-            lambda who, endpoint, _: services().webhook_endpoints.create(who, endpoint),
-            "endpoint",
-            key_header=form.get("idempotency_key"),
-            path="/v1/webhook_endpoints",
-        )
-    except ApiError as error:
-        return developers(error_status(error), error=error)
-    if stored.status >= 400:
-        return developers(stored.status, error=InvalidRequestError(stored.body["error"]["message"]))
+    stored = run_form(
+        session,
+        merchant,
+        form,
+        WebhookEndpointCreateParams,
+        lambda: params,
+        lambda who, endpoint, _: services().webhook_endpoints.create(who, endpoint),
+        "endpoint",
+        "/v1/webhook_endpoints",
+    )
+    if isinstance(stored, Refusal):
+        return developers(stored.status, error=stored)
     return developers(201, created_secret=stored.body.get("secret"))
 
 
 @router.post("/dashboard/developers/endpoints/<endpoint_id>/<action>", include_in_schema=False)
 def change_endpoint(endpoint_id: str, action: str) -> Response[str]:
-    from api_routes import run_once, services
+    from api_routes import services
     from clearline.webhooks import WebhookEndpointUpdateParams
 
     acting = _acting()
     if isinstance(acting, Response):
         return acting
     session, merchant, form = acting
-    who = _caller(session, merchant)
-    key = form.get("idempotency_key")
-    try:
-        if action in ("disable", "enable"):
-            stored = run_once(
-                who,
-                WebhookEndpointUpdateParams,
-                {"disabled": action == "disable"},
-                lambda who, update, _: services().webhook_endpoints.update(
-                    who, endpoint_id, update
-                ),
-                "endpoint",
-                key_header=key,
-                path=f"/v1/webhook_endpoints/{endpoint_id}",
-            )
-        elif action == "roll-secret":
-            stored = run_once(
-                who,
-                WebhookEndpointUpdateParams,
-                {},
-                lambda who, _, __: services().webhook_endpoints.roll_secret(who, endpoint_id),
-                "endpoint",
-                key_header=key,
-                path=f"/dashboard/developers/endpoints/{endpoint_id}/roll-secret",
-            )
-        else:
-            return error_page(InvalidRequestError(f"Unknown action: {action[:30]}"), session)
-    except ApiError as error:
-        return developers(error_status(error), error=error)
-    if stored.status >= 400:
-        return developers(stored.status, error=InvalidRequestError(stored.body["error"]["message"]))
+    endpoints = services().webhook_endpoints
+    if action in ("disable", "enable"):
+        stored = run_form(
+            session,
+            merchant,
+            form,
+            WebhookEndpointUpdateParams,
+            lambda: {"disabled": action == "disable"},
+            lambda who, update, _: endpoints.update(who, endpoint_id, update),
+            "endpoint",
+            f"/v1/webhook_endpoints/{endpoint_id}",
+        )
+    elif action == "roll-secret":
+        stored = run_form(
+            session,
+            merchant,
+            form,
+            WebhookEndpointUpdateParams,
+            dict,
+            lambda who, _, __: endpoints.roll_secret(who, endpoint_id),
+            "endpoint",
+            f"/dashboard/developers/endpoints/{endpoint_id}/roll-secret",
+        )
+    else:
+        return error_page(Refusal(400, f"Unknown action: {action[:30]}"), session)
+    if isinstance(stored, Refusal):
+        if stored.status == 404:
+            return error_page(stored, session)
+        return developers(stored.status, error=stored)
     if action == "roll-secret":
         return developers(200, created_secret=stored.body.get("secret"))
     return redirect(f"{root()}/developers?done={action}d")
@@ -221,7 +212,7 @@ def _event_page(
     event_id: str,
     *,
     done: str | None = None,
-    error: ApiError | None = None,
+    error: Refusal | None = None,
 ) -> Response[str]:
     from api_routes import links, services
     from clearline import listing
@@ -251,7 +242,8 @@ def _event_page(
 
 @router.post("/dashboard/developers/events/<event_id>/redeliver", include_in_schema=False)
 def redeliver(event_id: str) -> Response[str]:
-    from api_routes import services
+    from api_routes import request_id, services
+    from clearline.audit import Caller
     from clearline.idempotency import check_key
     from clearline.webhooks import Redeliveries
 
@@ -261,13 +253,13 @@ def redeliver(event_id: str) -> Response[str]:
     session, merchant, form = acting
     try:
         key = check_key(form.get("idempotency_key"))
-        Redeliveries(services().store, queue_for_delivery).redeliver(
-            _caller(session, merchant), event_id[:100], key
-        )
+        who = Caller(merchant, request_id(), actor=session.actor)
+        Redeliveries(services().store, queue_for_delivery).redeliver(who, event_id[:100], key)
     except ApiError as error:
-        if error_status(error) == 404:
-            return error_page(error, session)
-        return _event_page(error_status(error), session, merchant, event_id, error=error)
+        shown = refusal(error)
+        if shown.status == 404:
+            return error_page(shown, session)
+        return _event_page(shown.status, session, merchant, event_id, error=shown)
     return redirect(f"{root()}/developers/events/{event_id}?done=redelivered")
 
 

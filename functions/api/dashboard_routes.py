@@ -14,6 +14,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
     from clearline.audit import Caller
     from clearline.dashboard import BalanceHistory, DashboardSessions, Session
+    from clearline.idempotency import StoredResponse
     from clearline.merchants import Merchant
     from clearline.models import Balance, Charge, Model
     from clearline.params import Params
@@ -148,8 +150,60 @@ def query_value(name: str, limit: int = 200) -> str:
     return (router.current_event.get_query_string_value(name) or "").strip()[:limit]
 
 
-def error_page(error: ApiError, session: Session | None) -> Response[str]:
-    return render_page(error_status(error), "error.html", error=error, session=session)
+@dataclass(frozen=True)
+class Refusal:
+    """Why an action or a page was refused, as a page shows it: the API's status and words."""
+
+    status: int
+    message: str
+    code: str | None = None
+
+
+def refusal(error: ApiError) -> Refusal:
+    return Refusal(error_status(error), error.message, error.code)
+
+
+def error_page(error: ApiError | Refusal, session: Session | None) -> Response[str]:
+    shown = error if isinstance(error, Refusal) else refusal(error)
+    return render_page(shown.status, "error.html", error=shown, session=session)
+
+
+def run_form(
+    session: Session,
+    merchant: Merchant,
+    form: dict[str, str],
+    model: type[Params],
+    params: Callable[[], dict[str, Any]],
+    operation: Callable[[Caller, Any, str], Model],
+    root_object: str,
+    path: str,
+    *,
+    rides: bool = False,
+) -> StoredResponse | Refusal:
+    """A form's action, done as its API request would be (`path`): the same validation, the
+    same operation and the same idempotency record, keyed by the form's key, by the
+    session's person. A refusal (bad input, a decline, a conflict), raised or answered,
+    changed nothing."""
+    from api_routes import request_id, run_once
+    from clearline.audit import Caller
+
+    try:
+        stored = run_once(
+            Caller(merchant, request_id(), actor=session.actor),
+            model,
+            params(),
+            operation,
+            root_object,
+            key_header=form.get("idempotency_key"),
+            path=path,
+            rides=rides,
+        )
+    except ApiError as error:
+        return refusal(error)
+    if stored.status >= 400:  # a decline is an answer, stored and replayed like a success
+        answer = stored.body["error"]
+        return Refusal(stored.status, answer["message"], answer.get("code"))
+    return stored
 
 
 # ---- sign-in --------------------------------------------------------------------------------
@@ -357,7 +411,7 @@ def _payment_page(
     charge: Charge,
     *,
     done: str | None = None,
-    error: ApiError | None = None,
+    error: Refusal | None = None,
 ) -> Response[str]:
     from api_routes import services
     from clearline.dashboard import timeline
@@ -445,12 +499,9 @@ def _act(
     operation: Callable[[Caller, Any, str], Model],
     params: Callable[[Charge, dict[str, str]], dict[str, Any]],
 ) -> Response[str]:
-    """A payment's action, done as its API request would be: the same validation, the same
-    operation and the same idempotency record (keyed by the form's key), by the session's
-    person. Success goes back to the payment's page, which says what happened; a refusal is
-    shown on the page, having changed nothing."""
-    from api_routes import request_id, run_once, services
-    from clearline.audit import Caller
+    """A payment's action. Success goes back to the payment's page, which says what
+    happened; a refusal is shown on the page, having changed nothing."""
+    from api_routes import request_id, services
 
     signed_in = current_session()
     if signed_in is None:
@@ -463,25 +514,21 @@ def _act(
         charge = services().charges.retrieve(merchant, charge_id[:100])
     except ApiError as error:
         return error_page(error, session)
-    who = Caller(merchant, request_id(), actor=session.actor)
-    try:
-        stored = run_once(
-            who,
-            model,
-            params(charge, form),
-            operation,
-            root_object,
-            key_header=form.get("idempotency_key"),
-            path=path,
-            rides=True,
-        )
-    except ApiError as error:
-        return _payment_page(error_status(error), session, merchant, charge, error=error)
-    if stored.status >= 400:
-        refused = InvalidRequestError(stored.body["error"]["message"])
+    stored = run_form(
+        session,
+        merchant,
+        form,
+        model,
+        lambda: params(charge, form),
+        operation,
+        root_object,
+        path,
+        rides=True,
+    )
+    if isinstance(stored, Refusal):
         charge = services().charges.retrieve(merchant, charge.id)
-        return _payment_page(stored.status, session, merchant, charge, error=refused)
-    replayed = "&replayed=true" if stored.request_id != who.request_id else ""
+        return _payment_page(stored.status, session, merchant, charge, error=stored)
+    replayed = "&replayed=true" if stored.request_id != request_id() else ""
     return redirect(f"{root()}/payments/{charge.id}?done={stored.body['id']}{replayed}")
 
 

@@ -389,6 +389,130 @@ def test_another_merchants_developer_objects_are_not_found(stack: Stack, shop: S
     assert their_event.id not in client.get(developers)[2]
 
 
+def disputed(sdk: stripe.StripeClient, **params: Any) -> tuple[Any, Any]:
+    """A charge the processor disputes, and its dispute once the notice has opened it."""
+    paid = sdk.v1.charges.create(
+        params={"amount": 3000, "currency": "usd", "source": "tok_createDispute", **params},
+        options={"idempotency_key": key()},
+    )
+    return paid, eventually(
+        lambda: next(iter(sdk.v1.disputes.list(params={"charge": paid.id}).data), None),
+        message="the dispute",
+    )
+
+
+def test_a_dispute_is_listed_with_its_due_date_and_its_evidence_prefilled(
+    stack: Stack, shop: Shop
+) -> None:
+    paid, dispute = disputed(shop.sdk, description="Walnut desk", receipt_email="a@b.co")
+    assert dispute.charge == paid.id
+    client = signed_in(stack, shop.merchant["id"])
+    status, _, page = client.get(f"{stack.url}/dashboard/disputes")
+    needing = page.split('id="needing-response"', 1)[1].split("</table>", 1)[0]
+    assert status == 200 and dispute.id in needing and "30.00 USD" in needing
+    assert str(dispute.evidence_details.due_by * 1000) in needing  # its due date, for the viewer
+    status, _, page = client.get(f"{stack.url}/dashboard/disputes/{dispute.id}")
+    assert status == 200
+    assert re.search(r'id="evidence-product_description"[^>]*>Walnut desk</textarea>', page)
+    assert re.search(r'id="evidence-customer_email_address"[^>]*value="a@b.co"', page)
+
+    # Saved, not submitted: the dispute still waits for a response.
+    form = {**form_of(page, "evidence-form"), "product_description": "Walnut desk, oiled"}
+    status, headers, _ = client.post(
+        f"{stack.url}/dashboard/disputes/{dispute.id}/evidence", {**form, "submit": "false"}
+    )
+    assert status == 303 and headers["Location"].endswith("done=saved")
+    staged = shop.sdk.v1.disputes.retrieve(dispute.id)
+    assert staged.status == "needs_response"
+    assert staged.evidence.product_description == "Walnut desk, oiled"
+    assert staged.evidence_details.submission_count == 0
+
+
+def test_bad_evidence_is_refused_and_what_was_typed_stays(stack: Stack, shop: Shop) -> None:
+    _, dispute = disputed(shop.sdk)
+    client = signed_in(stack, shop.merchant["id"])
+    page = client.get(f"{stack.url}/dashboard/disputes/{dispute.id}")[2]
+    form = {**form_of(page, "evidence-form"), "uncategorized_text": "x" * 20_001}
+    status, _, page = client.post(f"{stack.url}/dashboard/disputes/{dispute.id}/evidence", form)
+    assert status == 400 and 'role="alert"' in page and "x" * 20_001 in page
+    assert shop.sdk.v1.disputes.retrieve(dispute.id).status == "needs_response"
+    forged = {**form, "csrf_token": "forged", "uncategorized_text": "fine"}
+    status, _, _ = client.post(f"{stack.url}/dashboard/disputes/{dispute.id}/evidence", forged)
+    assert status == 403
+    assert shop.sdk.v1.disputes.retrieve(dispute.id).evidence_details.submission_count == 0
+    # Another merchant's dispute: not found, and not answered.
+    other = stack.create_merchant("Not Your Dispute")
+    theirs = stripe.StripeClient(other["secret_key"], base_addresses={"api": stack.url})
+    _, their_dispute = disputed(theirs)
+    hidden = form_of(page, "evidence-form")
+    for path, sent in (("", None), ("/evidence", hidden), ("/accept", hidden)):
+        url = f"{stack.url}/dashboard/disputes/{their_dispute.id}{path}"
+        assert (client.get(url) if sent is None else client.post(url, sent))[0] == 404, path
+    assert theirs.v1.disputes.retrieve(their_dispute.id).status == "needs_response"
+
+
+def test_accepting_a_dispute_closes_it_as_lost(stack: Stack, shop: Shop) -> None:
+    _, dispute = disputed(shop.sdk)
+    client = signed_in(stack, shop.merchant["id"])
+    page = client.get(f"{stack.url}/dashboard/disputes/{dispute.id}")[2]
+    accept = form_of(page, "accept-form")
+    status, headers, _ = client.post(f"{stack.url}/dashboard/disputes/{dispute.id}/accept", accept)
+    assert status == 303 and shop.sdk.v1.disputes.retrieve(dispute.id).status == "lost"
+    page = client.get(f"{stack.url}{headers['Location']}")[2]
+    assert "closed as lost" in page and 'id="evidence-form"' not in page
+    # Sent again, the same form changes nothing more; a new one is refused: it is closed.
+    assert client.post(f"{stack.url}/dashboard/disputes/{dispute.id}/accept", accept)[0] == 303
+    again = {**accept, "idempotency_key": key()}
+    status, _, page = client.post(f"{stack.url}/dashboard/disputes/{dispute.id}/accept", again)
+    assert status == 400 and "already closed" in page
+
+
+def test_reviews_are_approved_or_refunded_from_the_reviews_page(stack: Stack) -> None:
+    merchant = stack.create_merchant("Review Shop")
+    sdk = stripe.StripeClient(merchant["secret_key"], base_addresses={"api": stack.url})
+    held = [
+        sdk.v1.charges.create(
+            params={"amount": 1500, "currency": "usd", "source": "tok_riskLevelElevated"},
+            options={"idempotency_key": key()},
+        )
+        for _ in range(2)
+    ]
+    client = signed_in(stack, merchant["id"])
+    reviews = eventually(lambda: len(sdk.v1.reviews.list().data) == 2 and sdk.v1.reviews.list())
+    by_charge = {r.charge: r.id for r in reviews.data}
+    page = client.get(f"{stack.url}/dashboard/reviews")[2]
+    approve = form_of(page, f"approve-{by_charge[held[0].id]}")
+    status, headers, _ = client.post(
+        f"{stack.url}/dashboard/reviews/{by_charge[held[0].id]}/approve", approve
+    )
+    assert status == 303 and headers["Location"].endswith("done=approved")
+    refund = form_of(page, f"refund-{by_charge[held[1].id]}")
+    status, _, _ = client.post(
+        f"{stack.url}/dashboard/reviews/{by_charge[held[1].id]}/refund", refund
+    )
+    assert status == 303
+    assert sdk.v1.reviews.retrieve(by_charge[held[0].id]).closed_reason == "approved"
+    refunded = sdk.v1.charges.retrieve(held[1].id)
+    assert refunded.refunded and refunded.refunds.data[0].reason == "fraudulent"
+    closed = sdk.v1.reviews.retrieve(by_charge[held[1].id])
+    assert closed.closed_reason == "refunded_as_fraud"
+    page = client.get(f"{stack.url}/dashboard/reviews")[2]
+    assert "No open reviews." in page
+    # Approving one already closed is refused, and says why.
+    again = {**approve, "idempotency_key": key()}
+    status, _, page = client.post(
+        f"{stack.url}/dashboard/reviews/{by_charge[held[0].id]}/approve", again
+    )
+    assert status == 400 and "already closed" in page
+    # Another merchant's review is not found.
+    outsider = signed_in(stack, stack.create_merchant("Outsider")["id"])
+    status, _, _ = outsider.post(
+        f"{stack.url}/dashboard/reviews/{by_charge[held[0].id]}/approve",
+        {**form_of(outsider.get(f"{stack.url}/dashboard/developers")[2], "endpoint-form")},
+    )
+    assert status == 404
+
+
 # ---- in a browser ---------------------------------------------------------------------------
 
 
@@ -613,3 +737,34 @@ def test_journey_redeliver_a_failed_webhook_and_see_the_new_attempt(
     assert statuses() == ["HTTP 500"] * WEBHOOK_MAX_ATTEMPTS + ["HTTP 200"]
     assert receiver.secret not in browser.page_source  # shown once, on creation
     keep_screenshot(browser, "redeliver-webhook")
+
+
+def test_journey_submit_dispute_evidence(stack: Stack, shop: Shop, browser: WebDriver) -> None:
+    paid, dispute = disputed(shop.sdk, description="Oak chair", receipt_email="buyer@shop.example")
+    assert dispute.charge == paid.id
+    browser.get(sign_in_link(stack, shop.merchant["id"]))
+    wait(browser).until(expected_conditions.title_contains("Payments"))
+    browser.find_element(By.LINK_TEXT, "Disputes").click()
+    wait(browser).until(expected_conditions.title_contains("Disputes"))
+    needing = browser.find_element(By.ID, "needing-response")
+    needing.find_element(By.CSS_SELECTOR, f"a[href$='/disputes/{dispute.id}']").click()
+    wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "evidence-form")))
+    # Pre-filled from the charge; the rest typed in.
+    described = browser.find_element(By.ID, "evidence-product_description")
+    assert described.get_attribute("value") == "Oak chair"
+    email = browser.find_element(By.ID, "evidence-customer_email_address")
+    assert email.get_attribute("value") == "buyer@shop.example"
+    browser.find_element(By.ID, "evidence-shipping_tracking_number").send_keys("1Z999AA10123456784")
+    browser.find_element(By.ID, "evidence-uncategorized_text").send_keys(
+        "Delivered and signed for."
+    )
+    browser.find_element(By.CSS_SELECTOR, "#evidence-form button[value=true]").click()
+    wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "result")))
+    assert browser.find_element(By.ID, "result").text.startswith("Evidence submitted.")
+    assert browser.find_element(By.ID, "dispute-status").text == "under review"
+    assert "1Z999AA10123456784" in browser.find_element(By.ID, "evidence").text
+    answered = shop.sdk.v1.disputes.retrieve(dispute.id)
+    assert answered.status == "under_review" and answered.evidence_details.submission_count == 1
+    assert answered.evidence.shipping_tracking_number == "1Z999AA10123456784"
+    assert answered.evidence.product_description == "Oak chair"
+    keep_screenshot(browser, "dispute-evidence")
