@@ -23,6 +23,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.shared.json_encoder import Encoder
 from dashboard_developers import router as dashboard_developers_router
 from dashboard_disputes import router as dashboard_disputes_router
+from dashboard_operations import router as dashboard_operations_router
 from dashboard_routes import router as dashboard_router
 from telemetry import logger, metrics
 
@@ -1868,6 +1869,7 @@ def swagger_ui() -> Response[str]:
 app.include_router(dashboard_router)
 app.include_router(dashboard_developers_router)
 app.include_router(dashboard_disputes_router)
+app.include_router(dashboard_operations_router)
 
 
 BROWSER_ROUTE = re.compile(r"^/v1/payment_intents/pi_[A-Za-z0-9]+(/confirm)?$")

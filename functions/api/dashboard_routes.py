@@ -550,7 +550,7 @@ def minor_units(text: str, currency: str) -> int:
             f"Invalid amount: {text[:30]!r}. Type a positive amount in "
             f"{currency.upper()}, with {places}.",
             param="amount",
-            code="parameter_invalid_integer",
+            code="parameter_invalid",
         )
     return int(scaled)
 

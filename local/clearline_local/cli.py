@@ -61,7 +61,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         info = stack.start()
         test = create_merchant(_store(info), "Test merchant")
-        dashboard = _dashboard_link(info, test.merchant.id)
+        # On your own stack you are its operator too: the link opens the operations views.
+        dashboard = _dashboard_link(info, test.merchant.id, operations=True)
         print(
             f"""Clearline local stack is up.
 
@@ -73,7 +74,7 @@ def cmd_up(args: argparse.Namespace) -> int:
   Sandbox processor {info.processor_url}
   AWS (moto)        {info.aws_endpoint_url}
 
-Dashboard (a one-time sign-in link for the test merchant, good for 15 minutes):
+Dashboard (a one-time sign-in link for the test merchant and its operator, good for 15 minutes):
   {dashboard}
 
 Create a charge:
@@ -97,10 +98,10 @@ Press Ctrl-C to stop.""",
     return 0
 
 
-def _dashboard_link(info: StackInfo, merchant_id: str) -> str:
+def _dashboard_link(info: StackInfo, merchant_id: str, *, operations: bool = False) -> str:
     from clearline.dashboard import DashboardSessions
 
-    token = DashboardSessions(_store(info)).issue_link(merchant_id)
+    token = DashboardSessions(_store(info)).issue_link(merchant_id, operations=operations)
     return f"{info.api_url}/dashboard/sign-in?token={token}"
 
 
@@ -112,7 +113,7 @@ def cmd_dashboard_link(args: argparse.Namespace) -> int:
     if get_merchant(_store(info), args.merchant) is None:
         print(f"error: no merchant {args.merchant}", file=sys.stderr)
         return 1
-    print(_dashboard_link(info, args.merchant))
+    print(_dashboard_link(info, args.merchant, operations=args.operations))
     return 0
 
 
@@ -767,6 +768,11 @@ def parser() -> argparse.ArgumentParser:
     )
     link = dashboard.add_parser("link", help="print a one-time sign-in link for a merchant")
     link.add_argument("merchant", help="the merchant's id (acct_...)")
+    link.add_argument(
+        "--operations",
+        action="store_true",
+        help="for an operator: also the operations views, across every merchant",
+    )
     link.add_argument("--port", type=int)
     link.set_defaults(run=cmd_dashboard_link)
     ledger = commands.add_parser("ledger", help="inspect the ledger").add_subparsers(

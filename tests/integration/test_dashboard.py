@@ -513,6 +513,43 @@ def test_reviews_are_approved_or_refunded_from_the_reviews_page(stack: Stack) ->
     assert status == 404
 
 
+def operator_signed_in(stack: Stack, merchant_id: str) -> Browserless:
+    done = stack.clearline("dashboard", "link", "--operations", merchant_id)
+    assert done.returncode == 0, done.stderr
+    client = Browserless()
+    assert client.get(done.stdout.strip().splitlines()[-1])[0] == 303
+    return client
+
+
+def test_the_operations_page_is_an_operators_only(stack: Stack, shop: Shop) -> None:
+    operations = f"{stack.url}/dashboard/operations"
+    merchant = signed_in(stack, shop.merchant["id"])
+    page = merchant.get(f"{stack.url}/dashboard/payments")[2]
+    assert 'href="/dashboard/operations"' not in page
+    csrf = {"csrf_token": csrf_of(page)}
+    assert merchant.get(operations)[0] == 404
+    assert merchant.post(f"{operations}/ledger-verify", csrf)[0] == 404
+    assert merchant.post(f"{operations}/mismatches/recm_1/resolve", {**csrf, "note": "x"})[0] == 404
+
+    operator = operator_signed_in(stack, shop.merchant["id"])
+    status, _, page = operator.get(operations)
+    assert status == 200 and 'href="/dashboard/operations"' in page
+    csrf = {"csrf_token": csrf_of(page)}
+    assert operator.post(f"{operations}/ledger-verify", {"csrf_token": "forged"})[0] == 403
+    status, headers, _ = operator.post(f"{operations}/ledger-verify", csrf)
+    assert status == 303
+    page = operator.get(f"{stack.url}{headers['Location']}")[2]
+    ran = re.search(r"by <code>dashboard (session_[0-9a-f]{16})</code>", page)
+    assert ran is not None and re.search(r"\(\d+ journals, \d+ accounts, \d+ charges\)", page)
+    # Resolving needs a note, and a mismatch that exists.
+    status, _, page = operator.post(f"{operations}/mismatches/recm_1/resolve", csrf)
+    assert status == 400 and "the note is kept with it" in page
+    status, _, _ = operator.post(
+        f"{operations}/mismatches/recm_made_up/resolve", {**csrf, "note": "why"}
+    )
+    assert status == 404
+
+
 # ---- in a browser ---------------------------------------------------------------------------
 
 

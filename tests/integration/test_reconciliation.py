@@ -14,6 +14,10 @@ from typing import Any
 
 import pytest
 import stripe
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 from clearline import ledger
 from clearline.ids import derived_id
@@ -23,8 +27,11 @@ from clearline_local.stack import aws_client
 
 from .conftest import Stack, running_stack, settled_on
 from .test_async import eventually, invoke, queue_drained, sample_event
+from .test_checkout_browser import browser
+from .test_dashboard import SCREENSHOTS
 
 pytestmark = pytest.mark.integration
+__all__ = ["browser"]  # the fixture, shared with the checkout's browser tests
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +280,49 @@ def test_the_reconciler_sample_reconciles_its_file(
     for txn in ours:
         item = own_stack.store().get(f"TXN#{txn}", "TXN")
         assert item is not None and item["settled_by"] == key
+
+
+def test_journey_resolve_a_mismatch_and_ledger_verify_still_passes(
+    own_stack: Stack,
+    shop: tuple[dict[str, Any], stripe.StripeClient],
+    tmp_path: Path,
+    browser: WebDriver,
+) -> None:
+    """An operator finds the file's amount mismatch in the dashboard, resolves it by an
+    adjusting journal, and runs `ledger verify`: still balanced."""
+    _, sdk = shop
+    _, settles_on = a_day_of_business(sdk)
+    key, rows = drop_settlement_file(own_stack, tmp_path, settles_on, "--wrong-amount=2")
+    (found,) = mismatches_of(report_for(own_stack, key), "amount_mismatch")
+    wrong = rows[found["row"] - 1]
+    assert own_stack.store().get(f"TXN#{txn_of(wrong)}", "TXN")["settlement"] == "unsettled"
+
+    link = own_stack.clearline("dashboard", "link", "--operations", shop[0]["id"])
+    browser.get(link.stdout.strip().splitlines()[-1])
+    wait = WebDriverWait(browser, 30)
+    wait.until(expected_conditions.title_contains("Payments"))
+    browser.find_element(By.LINK_TEXT, "Operations").click()
+    wait.until(expected_conditions.title_contains("Operations"))
+    files = browser.find_element(By.CSS_SELECTOR, "table.reports").text
+    assert key.removeprefix("settlements/").split("/")[-1] in files
+    rows_shown = browser.find_elements(By.CSS_SELECTOR, "#mismatch-list tbody tr")
+    (mine,) = [r for r in rows_shown if f"row {found['row']}" in r.text and key in r.text]
+    assert "amount mismatch" in mine.text and found["detail"] in mine.text
+    row_id = mine.get_attribute("id")
+    mine.find_element(By.NAME, "note").send_keys("Processor short-paid; written off (case 42)")
+    mine.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "result")))
+    assert browser.find_element(By.ID, "result").text.startswith("Resolved")
+    resolved = browser.find_element(By.ID, str(row_id))
+    assert "resolved" in resolved.text and "case 42" in resolved.text
+
+    # The movement settled, once, at the processor's figure, and the ledger still balances.
+    txn = own_stack.store().get(f"TXN#{txn_of(wrong)}", "TXN")
+    assert txn["settlement"] == "settled" and txn["settled_by"] == key
+    browser.find_element(By.CSS_SELECTOR, "#verify-form button").click()
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "verify-result")))
+    assert browser.find_element(By.ID, "verify-result").text == "balanced"
+    verified = own_stack.clearline("ledger", "verify")
+    assert verified.returncode == 0, verified.stdout
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOTS / "dashboard-resolve-mismatch.png"))

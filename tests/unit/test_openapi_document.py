@@ -86,6 +86,9 @@ DASHBOARD_ROUTES = {
     ("POST", "/dashboard/disputes/{dispute_id}/accept"),
     ("GET", "/dashboard/reviews"),
     ("POST", "/dashboard/reviews/{review_id}/{action}"),
+    ("GET", "/dashboard/operations"),
+    ("POST", "/dashboard/operations/ledger-verify"),
+    ("POST", "/dashboard/operations/mismatches/{mismatch_id}/resolve"),
     ("GET", "/dashboard/static/{name}"),
 }
 PAGE_ROUTES |= DASHBOARD_ROUTES

@@ -13,6 +13,8 @@ Accounts (one per currency; see the README's chart of accounts):
 - `fx_fee_revenue:{cur}`              income: the FX fee, in the settlement currency
 - `fx_gain_loss:{cur}`                income (credit) or expense (debit): a refund or dispute
   of a converted charge goes back at the charge's rate; what the market moved since is ours
+- `reconciliation_adjustments:{cur}`  income (credit) or expense (debit): where operations
+  resolved a settlement mismatch by taking the processor's figure
 
 A conversion is two journals, each balanced in its own currency and written in the same
 transaction (TigerBeetle's linked transfers through a liquidity account): money in the
@@ -82,6 +84,12 @@ def fx_fee_revenue(currency: str) -> str:
 
 def fx_gain_loss(currency: str) -> str:
     return f"fx_gain_loss:{currency}"
+
+
+def reconciliation_adjustments(currency: str) -> str:
+    """What operations booked to resolve a settlement mismatch: the platform's gain or loss
+    where the processor moved other than we recorded."""
+    return f"reconciliation_adjustments:{currency}"
 
 
 @dataclass(frozen=True)

@@ -514,6 +514,7 @@ class ReconciliationMismatch(Model):
     kind: Literal["reconciliation_mismatch"] = "reconciliation_mismatch"
     id: str
     file: str
+    etag: str | None = None  # the version of the file
     mismatch: str  # what kind of difference
     row: int | None = None
     processor_reference: str | None = None
@@ -521,6 +522,11 @@ class ReconciliationMismatch(Model):
     detail: str
     amount: int = 0
     currency: str | None = None
+    # The row's other fields (a settlement file's), which resolving the mismatch reads.
+    row_type: str | None = None
+    fee: int = 0
+    refund_id: str | None = None
+    settlement_date: str | None = None
 
 
 @dataclass(frozen=True)

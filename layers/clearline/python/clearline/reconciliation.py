@@ -47,11 +47,12 @@ from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
-from clearline import balance, ledger
+from clearline import balance, ledger, listing
+from clearline.audit import Caller
 from clearline.balance import SETTLED, SETTLEMENT_SHARDS, UNSETTLED, awaiting_payout_keys
 from clearline.bank_accounts import BankAccounts
 from clearline.disputes import dispute_id_of, reinstatement_txn_id, withdrawal_txn_id
-from clearline.errors import ConflictError
+from clearline.errors import ConflictError, InvalidRequestError, ResourceMissingError
 from clearline.ids import derived_id
 from clearline.models import ReconciliationMismatch
 from clearline.payouts import IN_TRANSIT, PayoutService, payout_pk
@@ -75,6 +76,9 @@ LAG_DAYS = int(os.environ.get("CLEARLINE_SETTLEMENT_LAG_DAYS", "2"))
 BATCH = 100
 MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit for one TransactWriteItems
 PLATFORM = "clearline"  # operations events belong to the platform, not to a merchant
+REPORT_KIND = "recon"  # a finished file's marker, in the platform's list
+MISMATCH_EVENT = "reconciliation.mismatch"
+RESOLVED = "resolved"
 
 MATCHED, AMOUNT, CURRENCY, MISSING_LEDGER, DUPLICATE, MISSING_SETTLEMENT, MALFORMED = (
     "matched",
@@ -158,6 +162,10 @@ class Row:
             detail,
             self.amount,
             self.currency,
+            row_type=self.type,
+            fee=self.fee,
+            refund_id=self.refund_id,
+            settlement_date=self.settlement_date.isoformat(),
         )
 
     @property
@@ -181,6 +189,11 @@ class Mismatch:
     detail: str
     amount: int = 0
     currency: str | None = None
+    # The row's other fields, for resolving it later (a settlement file row's, not a bank's).
+    row_type: str | None = None
+    fee: int = 0
+    refund_id: str | None = None
+    settlement_date: str | None = None
 
 
 @dataclass
@@ -524,11 +537,117 @@ class Reconciler:
             DONE,
             from_state=from_state,
             state_attribute="status",
-            set={"rows": report.rows, "finished": int(self.clock())},
+            set={
+                "rows": report.rows,
+                "finished": int(self.clock()),
+                "counts": dict(report.counts),
+                # Listed among the platform's reports, newest first, for operations.
+                **listing.list_keys(PLATFORM, REPORT_KIND, int(self.clock() * 1000), report.file),
+            },
         )
         self.writer.commit(Transition([finished]))
         report.seconds = seconds
         return report
+
+    # ---- resolving a mismatch ----------------------------------------------------------------
+
+    def mismatch(self, mismatch_id: str) -> dict[str, Any]:
+        """A reported mismatch, as its event announced it."""
+        event = self.store.get(f"EVENT#{derived_id('evt', mismatch_id, MISMATCH_EVENT)}", "EVENT")
+        if event is None or event.get("merchant") != PLATFORM:
+            raise ResourceMissingError("reconciliation mismatch", mismatch_id)
+        return dict(event["data"]["object"])
+
+    def resolve(self, mismatch_id: str, caller: Caller, note: str) -> ledger.Journal:
+        """Resolve an amount mismatch by taking the processor's figure: the movement settles
+        as its row said (the cash and fee the processor reported; the merchant's side as we
+        recorded it, so the merchant is whole), and an adjusting journal books the difference
+        between the two to reconciliation_adjustments. Nothing is edited: the journals are
+        new, the movement's change to settled is guarded by its being unsettled, and the
+        resolution is created once, audited, in the same transaction."""
+        found = self.mismatch(mismatch_id)
+        if found["mismatch"] != AMOUNT or not found.get("row_type") or not found.get("etag"):
+            raise InvalidRequestError(
+                f"Only a settlement file's amount mismatch is resolved by an adjusting journal; "
+                f"this is {found['mismatch']}.",
+                param="mismatch",
+            )
+        row = Row(
+            int(found["row"]),
+            dt.date.fromisoformat(found["settlement_date"]),
+            str(found["processor_reference"]),
+            str(found["row_type"]),
+            int(found["amount"]),
+            int(found.get("fee") or 0),
+            str(found["currency"]),
+            str(found["charge_id"]),
+            str(found.get("refund_id") or ""),
+        )
+        txn = self.store.get(f"TXN#{row.txn_id}", "TXN")
+        if txn is None or txn.get("settlement") != UNSETTLED:
+            raise InvalidRequestError(
+                f"The movement {row.txn_id} is already settled: there is nothing to resolve.",
+                param="mismatch",
+            )
+        if txn.get("presentment_currency", txn["currency"]) != row.currency or txn.get(
+            "exchange_rate"
+        ):
+            raise InvalidRequestError(
+                "A converted movement's mismatch is resolved by hand.", param="mismatch"
+            )
+        settlement = self._settlement(Report(str(found["file"]), str(found["etag"])), row, txn)
+        ours = abs(int(txn["amount"]))
+        inbound = row.type in ("capture", "dispute_reversal")
+        # What is left on the receivable once the processor's figure settles: booked away.
+        left = (ours - row.amount) if inbound else (row.amount - ours)
+        receivable, adjustments = (
+            ledger.processor_receivable(row.currency),
+            ledger.reconciliation_adjustments(row.currency),
+        )
+        entries = (
+            (ledger.Entry(adjustments, "debit", left), ledger.Entry(receivable, "credit", left))
+            if left > 0
+            else (
+                ledger.Entry(receivable, "debit", -left),
+                ledger.Entry(adjustments, "credit", -left),
+            )
+        )
+        adjusting = ledger.Journal(
+            id=derived_id("jnl", mismatch_id, "adjustment"),
+            currency=row.currency,
+            entries=entries,
+            charge_id=row.charge_id,
+            merchant_id=str(txn["merchant"]),
+            operation="reconciliation.adjustment",
+            created=int(self.clock()),
+            source=mismatch_id,
+            details={"mismatch": mismatch_id, "file": found["file"], "row": row.number},
+        )
+        resolution: dict[str, Any] = {
+            "pk": f"RECM#{mismatch_id}",
+            "sk": "RESOLUTION",
+            "id": mismatch_id,
+            "journal": adjusting.id,
+            "note": note[:500],
+            "resolved": int(self.clock()),
+        }
+        resolved = Change(
+            resolution["pk"], "RESOLUTION", mismatch_id, "resolve", RESOLVED, create=resolution
+        )
+        transition = Transition(
+            [*settlement.changes, resolved],
+            caller,
+            journals=[*settlement.journals, adjusting],
+        )
+        if self.writer.commit(transition) is not None:
+            raise ConflictError(
+                f"The mismatch {mismatch_id} was resolved, or its movement settled, meanwhile."
+            )
+        return adjusting
+
+    def resolutions(self, mismatch_ids: list[str]) -> dict[str, dict[str, Any]]:
+        keys = [(f"RECM#{mismatch_id}", "RESOLUTION") for mismatch_id in mismatch_ids]
+        return {item["id"]: item for item in self.store.get_many(keys)}
 
     def _bank_report(
         self,
@@ -779,10 +898,9 @@ class Reconciler:
                 "recm", report.file, report.etag, mismatch.kind, str(mismatch.row), mismatch.detail
             ),
             file=report.file,
+            etag=report.etag,
             mismatch=fields.pop("kind"),
             **fields,
         )
-        self.writer.commit(
-            Transition([], events=[Announcement(PLATFORM, "reconciliation.mismatch", data)])
-        )
+        self.writer.commit(Transition([], events=[Announcement(PLATFORM, MISMATCH_EVENT, data)]))
         self.on_mismatch([mismatch])

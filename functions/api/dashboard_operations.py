@@ -1,0 +1,147 @@
+"""The dashboard's Operations page, for an operator's session only (any other is told there
+is no such page): the settlement files reconciled and their mismatches, with resolving an
+amount mismatch by an adjusting journal; the last `ledger verify` and a button to run it;
+the operations the resolver has left pending; and the exchange rates conversions use.
+
+It reads the platform's records through the same store, and writes through the same
+transitions, audited under the operator's session.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from dashboard_routes import (
+    Refusal,
+    current_session,
+    error_page,
+    forbidden,
+    form_fields,
+    query_value,
+    redirect,
+    refusal,
+    render_page,
+    root,
+)
+
+from clearline.errors import ApiError
+
+if TYPE_CHECKING:
+    from clearline.audit import Caller
+    from clearline.dashboard import Session
+    from clearline.merchants import Merchant
+
+router = Router()
+
+DONE = {
+    "verified": "The ledger was checked; its result is below.",
+    "resolved": "Resolved: the movement settled at the processor's figure, and the "
+    "difference is booked to reconciliation_adjustments.",
+}
+
+
+def _operator() -> tuple[Session, Merchant] | Response[str]:
+    signed_in = current_session()
+    if signed_in is None:
+        return redirect(f"{root()}")
+    session, merchant = signed_in
+    if not session.operations:  # a merchant's session: as if the page were not there
+        return error_page(Refusal(404, "No such page.", "resource_missing"), session)
+    return session, merchant
+
+
+def _caller(session: Session, merchant: Merchant) -> Caller:
+    from api_routes import request_id
+    from clearline.audit import Caller
+
+    return Caller(merchant, request_id(), actor=session.actor)
+
+
+@router.get("/dashboard/operations", include_in_schema=False)
+def operations_page() -> Response[str]:
+    operator = _operator()
+    if isinstance(operator, Response):
+        return operator
+    session, merchant = operator
+    return _operations_page(200, session, merchant, done=DONE.get(query_value("done", 20)))
+
+
+def _operations_page(
+    status: int,
+    session: Session,
+    merchant: Merchant,
+    *,
+    done: str | None = None,
+    error: Refusal | None = None,
+) -> Response[str]:
+    from api_routes import services
+    from clearline import operations
+    from clearline.fx import LATEST_SK, MAX_RATE_AGE_SECONDS, RATES_PK
+    from clearline.reconciliation import Reconciler
+
+    store = services().store
+    found = operations.mismatches(store)
+    rates = store.get(RATES_PK, LATEST_SK)
+    now = time.time()
+    return render_page(
+        status,
+        "operations.html",
+        session=session,
+        merchant=merchant,
+        reports=operations.reconciliation_reports(store),
+        mismatches=found,
+        resolutions=Reconciler(store).resolutions([m["id"] for m in found]),
+        verify=operations.last_ledger_verify(store),
+        pending=operations.pending_operations(store, now),
+        rates=rates,
+        rates_age=int(now - int(rates["as_of"])) if rates else None,
+        rates_bound=MAX_RATE_AGE_SECONDS,
+        done=done,
+        error=error,
+    )
+
+
+@router.post("/dashboard/operations/ledger-verify", include_in_schema=False)
+def run_ledger_verify() -> Response[str]:
+    from api_routes import services
+    from clearline import operations
+
+    operator = _operator()
+    if isinstance(operator, Response):
+        return operator
+    session, merchant = operator
+    if not session.accepts(form_fields().get("csrf_token")):
+        return forbidden(session)
+    operations.run_ledger_verify(services().store, _caller(session, merchant))
+    return redirect(f"{root()}/operations?done=verified#ledger")
+
+
+@router.post("/dashboard/operations/mismatches/<mismatch_id>/resolve", include_in_schema=False)
+def resolve_mismatch(mismatch_id: str) -> Response[str]:
+    from api_routes import services
+    from clearline.reconciliation import Reconciler
+
+    operator = _operator()
+    if isinstance(operator, Response):
+        return operator
+    session, merchant = operator
+    form = form_fields()
+    if not session.accepts(form.get("csrf_token")):
+        return forbidden(session)
+    note = form.get("note", "").strip()
+    if not note:
+        shown = Refusal(400, "Say why it is resolved this way: the note is kept with it.")
+        return _operations_page(400, session, merchant, error=shown)
+    try:
+        Reconciler(services().store, services().shards).resolve(
+            mismatch_id[:100], _caller(session, merchant), note
+        )
+    except ApiError as failed:
+        shown = refusal(failed)
+        if shown.status == 404:
+            return error_page(shown, session)
+        return _operations_page(shown.status, session, merchant, error=shown)
+    return redirect(f"{root()}/operations?done=resolved#mismatches")
