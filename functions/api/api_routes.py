@@ -280,6 +280,9 @@ def request_id() -> str:
     return f"req_{app.current_event.request_context.request_id}"
 
 
+# The merchant the request authenticated as, once it has: whose request log keeps it.
+_asking_merchant: ContextVar[str | None] = ContextVar("asking_merchant", default=None)
+
 # The Stripe-Version the request asked for, checked before routing (None: it asked none).
 _asked_version: ContextVar[str | None] = ContextVar("asked_version", default=None)
 
@@ -460,7 +463,14 @@ def _authenticated() -> tuple[Merchant, KeyKind]:
         raise AuthenticationError(str(context.get(CONTEXT_MESSAGE, "")), code="api_key_invalid")
     vouched = merchant_of_context(context)
     if vouched is not None and _browser_key.get() is None:
+        _asking_merchant.set(vouched[0].id)
         return vouched
+    found = _authenticated_by_key()
+    _asking_merchant.set(found[0].id)
+    return found
+
+
+def _authenticated_by_key() -> tuple[Merchant, KeyKind]:
     event = app.current_event
     limits = services().keyless_limits
     if limits is None or not event.headers.get("authorization"):
@@ -1875,6 +1885,49 @@ app.include_router(dashboard_operations_router)
 BROWSER_ROUTE = re.compile(r"^/v1/payment_intents/pi_[A-Za-z0-9]+(/confirm)?$")
 
 
+def _keep_in_request_log(
+    event: dict[str, Any], response: dict[str, Any], rid: str, started: float
+) -> None:
+    """An API request that changed something or was refused, in its merchant's request log;
+    a refusal's body names where support finds it (`request_log_url`). Never in the way of
+    the answer: a log that cannot be written is a warning."""
+    from clearline.request_log import LoggedRequest, RequestLog, worth_keeping
+
+    merchant_id, path = _asking_merchant.get(), str(event.get("path") or "")
+    method, status = str(event.get("httpMethod") or ""), int(response.get("statusCode") or 0)
+    if merchant_id is None or not path.startswith("/v1/") or not worth_keeping(method, status):
+        return
+    error: dict[str, Any] = {}
+    if status >= 400 and not response.get("isBase64Encoded"):
+        try:
+            body = json.loads(response.get("body") or "{}")
+            error = body.get("error") or {}
+            if error and links().base_url:
+                error["request_log_url"] = f"{links().base_url}/dashboard/logs/{rid}"
+                response["body"] = json.dumps(body)
+        except ValueError:
+            error = {}
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    try:
+        RequestLog(services().store).record(
+            LoggedRequest(
+                rid,
+                merchant_id,
+                method,
+                path,
+                status,
+                int(time.time() * 1000),
+                int((time.monotonic() - started) * 1000),
+                idempotency_key=(headers.get("idempotency-key") or "")[:255] or None,
+                error_type=error.get("type"),
+                error_code=error.get("code"),
+                error_message=str(error["message"])[:1000] if error.get("message") else None,
+            )
+        )
+    except Exception:
+        logger.warning("request not kept in the request log", exc_info=True)
+
+
 def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Resolve one API Gateway event; every response carries the Request-Id."""
     started = time.monotonic()
@@ -1884,6 +1937,7 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     _asked_version.set(None)
     _for_browser.set(False)
     _browser_key.set(None)
+    _asking_merchant.set(None)
     refused: ApiError | None = screening.refusal(event)
     routable = str(event.get("httpMethod", "")).upper() in _methods_for(event.get("path", ""))
     if refused is None and routable:  # a 404 or 405 says so first, whatever the version
@@ -1903,6 +1957,7 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
         response["multiValueHeaders"].update({k: [v] for k, v in extra.items()})
     else:
         response.setdefault("headers", {}).update(extra)
+    _keep_in_request_log(event, response, rid, started)
     logger.info(
         "request",
         extra={

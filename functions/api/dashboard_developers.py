@@ -74,6 +74,9 @@ def developers(
     }
     shown = [Event.from_item(item) for item in events.items]
     more = events.has_more and shown
+    from clearline.request_log import RequestLog
+
+    requests = RequestLog(services().store).recent(merchant.id)
     return render_page(
         status,
         "developers.html",
@@ -82,6 +85,7 @@ def developers(
         endpoints=endpoints.items,
         events=shown,
         delivered=delivered,
+        requests=requests,
         created_secret=created_secret,
         error=error,
         done=_done(),
@@ -190,6 +194,35 @@ def change_endpoint(endpoint_id: str, action: str) -> Response[str]:
     if action == "roll-secret":
         return developers(200, created_secret=stored.body.get("secret"))
     return redirect(f"{root()}/developers?done={action}d")
+
+
+# ---- the request log ------------------------------------------------------------------------
+
+
+@router.get("/dashboard/logs", include_in_schema=False)
+def request_lookup() -> Response[str]:
+    """The lookup form's answer: the request asked for, by its Request-Id."""
+    asked = query_value("request_id", 100)
+    return redirect(f"{root()}/logs/{asked}" if asked else f"{root()}/developers#requests")
+
+
+@router.get("/dashboard/logs/<request_id>", include_in_schema=False)
+def request_page(request_id: str) -> Response[str]:
+    from api_routes import services
+    from clearline.request_log import RequestLog
+
+    signed_in = current_session()
+    if signed_in is None:
+        return redirect(f"{root()}")
+    session, merchant = signed_in
+    found = RequestLog(services().store).find(merchant.id, request_id[:100])
+    if found is None:
+        missing = (
+            f"No request {request_id[:100]} in your request log. It keeps, for 30 days, every "
+            "request that changed something or was refused."
+        )
+        return error_page(Refusal(404, missing, "resource_missing"), session)
+    return render_page(200, "request.html", session=session, merchant=merchant, request=found)
 
 
 # ---- events and their deliveries ------------------------------------------------------------

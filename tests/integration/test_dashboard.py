@@ -550,6 +550,37 @@ def test_the_operations_page_is_an_operators_only(stack: Stack, shop: Shop) -> N
     assert status == 404
 
 
+def test_a_refusals_request_log_url_opens_that_request_for_its_merchant_only(
+    stack: Stack, shop: Shop
+) -> None:
+    charge = shop.sdk.v1.charges.create(
+        params={"amount": 500, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": "logged-charge-" + key()},
+    )
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        shop.sdk.v1.refunds.create(
+            params={"charge": charge.id, "amount": 900}, options={"idempotency_key": key()}
+        )
+    url = refused.value.error.request_log_url
+    request_id = refused.value.request_id
+    assert url == f"{stack.url}/dashboard/logs/{request_id}"
+    client = signed_in(stack, shop.merchant["id"])
+    status, _, page = client.get(url)
+    assert status == 200 and "POST /v1/refunds" in page and refused.value.user_message in page
+    assert refused.value.code in page and ">400<" in page
+    # The lookup form finds it too; and the charge's POST is kept, with its key.
+    status, headers, _ = client.get(f"{stack.url}/dashboard/logs?request_id={request_id}")
+    assert status == 303 and headers["Location"] == f"/dashboard/logs/{request_id}"
+    page = client.get(f"{stack.url}/dashboard/developers")[2]
+    assert "POST /v1/charges" in page and "POST /v1/refunds" in page
+    # A read that succeeded is not kept; another merchant's request is not found.
+    read = shop.sdk.v1.charges.retrieve(charge.id)
+    assert client.get(f"{stack.url}/dashboard/logs/{read.last_response.request_id}")[0] == 404
+    other = signed_in(stack, stack.create_merchant("Someone Curious")["id"])
+    status, _, page = other.get(url)
+    assert status == 404 and refused.value.user_message not in page
+
+
 # ---- in a browser ---------------------------------------------------------------------------
 
 

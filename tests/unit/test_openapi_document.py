@@ -80,6 +80,8 @@ DASHBOARD_ROUTES = {
     ("POST", "/dashboard/developers/endpoints/{endpoint_id}/{action}"),
     ("GET", "/dashboard/developers/events/{event_id}"),
     ("POST", "/dashboard/developers/events/{event_id}/redeliver"),
+    ("GET", "/dashboard/logs"),
+    ("GET", "/dashboard/logs/{request_id}"),
     ("GET", "/dashboard/disputes"),
     ("GET", "/dashboard/disputes/{dispute_id}"),
     ("POST", "/dashboard/disputes/{dispute_id}/evidence"),
