@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import Response
@@ -48,6 +49,7 @@ def developers(
     status: int,
     *,
     created_secret: str | None = None,
+    created_key: str | None = None,
     error: Refusal | None = None,
 ) -> Response[str]:
     from api_routes import services
@@ -74,6 +76,7 @@ def developers(
     }
     shown = [Event.from_item(item) for item in events.items]
     more = events.has_more and shown
+    from clearline.merchants import KEY_OVERLAPS, api_keys
     from clearline.request_log import RequestLog
 
     requests = RequestLog(services().store).recent(merchant.id)
@@ -86,6 +89,9 @@ def developers(
         events=shown,
         delivered=delivered,
         requests=requests,
+        keys=api_keys(services().store, merchant.id, time.time()),
+        overlaps=KEY_OVERLAPS,
+        created_key=created_key,
         created_secret=created_secret,
         error=error,
         done=_done(),
@@ -194,6 +200,36 @@ def change_endpoint(endpoint_id: str, action: str) -> Response[str]:
     if action == "roll-secret":
         return developers(200, created_secret=stored.body.get("secret"))
     return redirect(f"{root()}/developers?done={action}d")
+
+
+# ---- API keys -------------------------------------------------------------------------------
+
+
+@router.post("/dashboard/developers/keys/roll", include_in_schema=False)
+def roll_key() -> Response[str]:
+    from api_routes import request_id, services
+    from clearline.audit import Caller
+    from clearline.merchants import KEY_OVERLAPS, roll_secret_key
+
+    acting = _acting()
+    if isinstance(acting, Response):
+        return acting
+    session, merchant, form = acting
+    overlap = form.get("overlap", "")
+    if overlap not in KEY_OVERLAPS:
+        shown = Refusal(
+            400, f"Choose how long the old key keeps working: {', '.join(KEY_OVERLAPS)}."
+        )
+        return developers(400, error=shown)
+    try:
+        key = roll_secret_key(
+            services().store,
+            Caller(merchant, request_id(), actor=session.actor),
+            KEY_OVERLAPS[overlap],
+        )
+    except ApiError as error:
+        return developers(refusal(error).status, error=refusal(error))
+    return developers(200, created_key=key)
 
 
 # ---- the request log ------------------------------------------------------------------------

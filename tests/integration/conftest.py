@@ -94,9 +94,16 @@ class Stack:
         return json.loads(done.stdout)
 
     def item_counts(self) -> dict[str, int]:
+        """The items that hold state, per table: all but the request log's, which keeps a
+        note of every refused request on purpose (support reads it by Request-Id)."""
         client = self.dynamodb()
         return {
-            table: client.scan(TableName=table, Select="COUNT")["Count"]
+            table: client.scan(
+                TableName=table,
+                Select="COUNT",
+                FilterExpression="NOT begins_with(pk, :log)",
+                ExpressionAttributeValues={":log": {"S": "REQLOG#"}},
+            )["Count"]
             for table in (self.info.main_table, self.info.idempotency_table)
         }
 

@@ -581,6 +581,35 @@ def test_a_refusals_request_log_url_opens_that_request_for_its_merchant_only(
     assert status == 404 and refused.value.user_message not in page
 
 
+def test_rolling_the_secret_key_shows_the_new_one_once_and_keeps_the_old_for_its_overlap(
+    stack: Stack,
+) -> None:
+    merchant = stack.create_merchant("Key Roll Shop")
+    client = signed_in(stack, merchant["id"])
+    developers = f"{stack.url}/dashboard/developers"
+    page = client.get(developers)[2]
+    assert merchant["secret_key"] not in page and merchant["secret_key"][-4:] in page  # a hint
+    hidden = form_of(page, "roll-key-form")
+    assert client.post(f"{developers}/keys/roll", {**hidden, "overlap": "forever"})[0] == 400
+    assert client.post(f"{developers}/keys/roll", {"csrf_token": "x", "overlap": "1h"})[0] == 403
+    status, _, page = client.post(f"{developers}/keys/roll", {**hidden, "overlap": "1h"})
+    found = re.search(r'id="new-key".*?<code>(sk_test_\w+)</code>', page, re.S)
+    assert status == 200 and found is not None
+    new_key = found.group(1)
+    for key in (merchant["secret_key"], new_key):  # both work for the hour
+        sdk = stripe.StripeClient(key, base_addresses={"api": stack.url})
+        assert sdk.v1.balance.retrieve().object == "balance"
+    assert new_key not in client.get(developers)[2]  # shown once
+    # Rolled again, to stop now: only the newest key works (within the key cache's minute).
+    status, _, page = client.post(f"{developers}/keys/roll", {**hidden, "overlap": "now"})
+    newest = re.search(r'id="new-key".*?<code>(sk_test_\w+)</code>', page, re.S)
+    assert status == 200 and newest is not None
+    sdk = stripe.StripeClient(newest.group(1), base_addresses={"api": stack.url})
+    assert sdk.v1.balance.retrieve().object == "balance"
+    hints = re.findall(r"<td>secret</td><td><code>([^<]+)</code>", client.get(developers)[2])
+    assert hints == [newest.group(1)[:8] + "..." + newest.group(1)[-4:]]
+
+
 # ---- in a browser ---------------------------------------------------------------------------
 
 

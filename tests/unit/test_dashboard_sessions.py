@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 
 import pytest
 
 from clearline import balance, dashboard
+from clearline.audit import Caller
 from clearline.dashboard import (
     LINK_SECONDS,
     SESSION_SECONDS,
@@ -17,7 +19,8 @@ from clearline.dashboard import (
     SignInLinkInvalid,
     balance_history,
 )
-from clearline.merchants import create_merchant
+from clearline.errors import AuthenticationError
+from clearline.merchants import api_keys, authenticate, create_merchant, roll_secret_key
 from clearline.store import Store
 
 
@@ -161,3 +164,30 @@ def test_a_history_with_more_movements_than_it_reads_says_so(
     # The 100 newest movements cover the last 20 days; the oldest of those may be partial.
     assert len(history.days) == 19
     assert history.amounts["usd"][-1] == 1500 and history.amounts["usd"][-2] == 1450
+
+
+def test_a_rolled_secret_key_works_until_its_overlap_ends(store: Store) -> None:
+    created = create_merchant(store, "Rolling Shop")
+    caller = Caller(created.merchant, "req_roll", actor="dashboard session_1")
+    t0 = time.time() - 60  # a minute ago: the second roll, to end "now", has ended
+    new_key = roll_secret_key(store, caller, 3600, clock=lambda: t0)
+    assert new_key.startswith("sk_test_") and new_key != created.secret_key
+    # Both work during the overlap; the publishable key is untouched.
+    for key in (created.secret_key, new_key, created.publishable_key):
+        assert authenticate(store, key)[0].id == created.merchant.id
+    listed = api_keys(store, created.merchant.id, t0)
+    secret = [k for k in listed if k.kind == "secret"]
+    assert len(secret) == 2 and sorted(k.expires or 0 for k in secret) == [0, int(t0) + 3600]
+    assert all(new_key not in k.hint and created.secret_key not in k.hint for k in listed)
+    # Rolled again, to end now (a key leaked): every older secret key stops, the one still
+    # in its overlap too; only the newest works.
+    newest = roll_secret_key(store, caller, 0, clock=lambda: t0 + 1)
+    for stopped in (new_key, created.secret_key):
+        with pytest.raises(AuthenticationError):
+            authenticate(store, stopped)
+    assert authenticate(store, newest)[0].id == created.merchant.id
+    working = [k for k in api_keys(store, created.merchant.id, time.time()) if k.kind == "secret"]
+    assert len(working) == 1 and working[0].expires is None
+    audit = store.query_partition(f"MERCHANT#{created.merchant.id}", "AUDIT#")
+    rolls = [a for a in audit if a["operation"] == "api_key.roll"]
+    assert len(rolls) == 3 and {a["actor"] for a in rolls} == {"dashboard session_1"}

@@ -81,6 +81,7 @@ DASHBOARD_ROUTES = {
     ("GET", "/dashboard/developers/events/{event_id}"),
     ("POST", "/dashboard/developers/events/{event_id}/redeliver"),
     ("GET", "/dashboard/logs"),
+    ("POST", "/dashboard/developers/keys/roll"),
     ("GET", "/dashboard/logs/{request_id}"),
     ("GET", "/dashboard/disputes"),
     ("GET", "/dashboard/disputes/{dispute_id}"),

@@ -13,14 +13,17 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from clearline.errors import AuthenticationError, InvalidRequestError
+from clearline.errors import AuthenticationError, ConflictError, InvalidRequestError
 from clearline.ids import new_id
 from clearline.money import currency, percent_of
 from clearline.store import Store
 from clearline.transitions import Change, Transition, TransitionWriter
 from clearline.versions import CURRENT_VERSION
+
+if TYPE_CHECKING:  # the audit trail names the merchant: it imports this module
+    from clearline.audit import Caller
 
 KeyKind = Literal["secret", "publishable"]
 # A merchant's own rate limit is at most the stage's (API Gateway throttles the whole
@@ -116,20 +119,105 @@ def create_merchant(
     secret_key, publishable_key = _new_key(f"sk_{mode}_"), _new_key(f"pk_{mode}_")
     item = {"pk": f"MERCHANT#{merchant.id}", "sk": "MERCHANT", **asdict(merchant)}
     keys = [
-        {
-            "pk": f"APIKEY#{hash_key(key)}",
-            "sk": "APIKEY",
-            "merchant": merchant.id,
-            "merchant_record": asdict(merchant),
-            "kind": kind,
-            "hint": key[:8] + "..." + key[-4:],
-            "created": merchant.created,
-        }
-        for key, kind in ((secret_key, "secret"), (publishable_key, "publishable"))
+        *_key_items(merchant, secret_key, "secret"),
+        *_key_items(merchant, publishable_key, "publishable"),
     ]
     opened = Change(item["pk"], "MERCHANT", merchant.id, "create", "active", create=item)
     TransitionWriter(store).commit(Transition([opened], records=keys))
     return NewMerchant(merchant, secret_key, publishable_key)
+
+
+def _key_items(merchant: Merchant, key: str, kind: str) -> list[dict[str, Any]]:
+    """A key's item, found by its hash when a request presents it, and the merchant's note
+    of it (its kind and a hint, never the key), by which the merchant's keys are listed."""
+    digest, hint = hash_key(key), key[:8] + "..." + key[-4:]
+    now = int(time.time())
+    return [
+        {
+            "pk": f"APIKEY#{digest}",
+            "sk": "APIKEY",
+            "merchant": merchant.id,
+            "merchant_record": asdict(merchant),
+            "kind": kind,
+            "hint": hint,
+            "created": now,
+        },
+        {
+            "pk": f"MERCHANT#{merchant.id}",
+            "sk": f"APIKEY#{digest}",
+            "kind": kind,
+            "hint": hint,
+            "created": now,
+            "state": ACTIVE_KEY,
+        },
+    ]
+
+
+ACTIVE_KEY, EXPIRING_KEY = "active", "expiring"
+# How long a rolled secret key keeps working beside the new one, as Stripe offers.
+KEY_OVERLAPS = {"now": 0, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    kind: str
+    hint: str
+    created: int
+    expires: int | None  # None: until it is rolled
+
+
+def api_keys(store: Store, merchant_id: str, now: float) -> list[ApiKey]:
+    """The merchant's keys still working (a rolled one, until its overlap ends), newest first."""
+    keys = [
+        ApiKey(str(i["kind"]), str(i["hint"]), int(i["created"]), i.get("expires"))
+        for i in store.query_partition(f"MERCHANT#{merchant_id}", "APIKEY#")
+    ]
+    working = [k for k in keys if k.expires is None or k.expires > now]
+    return sorted(working, key=lambda k: (k.kind, -k.created))
+
+
+def roll_secret_key(
+    store: Store, caller: Caller, overlap_seconds: int, clock: Callable[[], float] = time.time
+) -> str:
+    """A new secret key, returned (shown once); the working ones end after
+    `overlap_seconds`, so the merchant's servers can change over. Audited, in one
+    transaction: a roll that meets another changes nothing."""
+    merchant = caller.merchant
+    now = int(clock())
+    ends = now + overlap_seconds
+    mode = "live" if merchant.livemode else "test"
+    key = _new_key(f"sk_{mode}_")
+    changes = []
+    for note in store.query_partition(f"MERCHANT#{merchant.id}", "APIKEY#"):
+        if note["kind"] != "secret" or (note.get("expires") or ends + 1) <= ends:
+            continue  # a publishable key, or one already ending sooner
+        digest = note["sk"].removeprefix("APIKEY#")
+        changes += [
+            Change(
+                note["pk"],
+                note["sk"],
+                f"key_{digest[:16]}",
+                "api_key.roll",
+                EXPIRING_KEY,
+                from_state=note["state"],
+                set={"expires": ends},
+            ),
+            Change(
+                f"APIKEY#{digest}",
+                "APIKEY",
+                f"key_{digest[:16]}",
+                "api_key.roll",
+                "secret",
+                from_state="secret",
+                state_attribute="kind",
+                set={"expires": ends},
+                audited=False,  # its note's change is the audited one
+            ),
+        ]
+    rolled = Transition(changes, caller, records=_key_items(merchant, key, "secret"))
+    if TransitionWriter(store, clock=clock).commit(rolled) is not None:
+        raise ConflictError("The keys were rolled by another request meanwhile; look again.")
+    return key
 
 
 def merchant_of_record(record: dict[str, Any]) -> Merchant:
@@ -151,7 +239,7 @@ def authenticate(store: Store, key: str) -> tuple[Merchant, KeyKind]:
     if not key.startswith(("sk_", "pk_")):
         raise AuthenticationError(f"Invalid API Key provided: {hint}", code="api_key_invalid")
     item = store.get(f"APIKEY#{hash_key(key)}", "APIKEY")
-    if item is None:
+    if item is None or item.get("expires", time.time() + 1) <= time.time():  # rolled, and over
         raise AuthenticationError(f"Invalid API Key provided: {hint}", code="api_key_invalid")
     return merchant_of_record(item["merchant_record"]), item["kind"]
 
