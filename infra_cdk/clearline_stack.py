@@ -83,6 +83,7 @@ from clearline.topology import (
     Topology,
     bucket_env_var,
     bus_env_var,
+    dlq_env_var,
     queue_env_var,
     table_env_var,
 )
@@ -647,6 +648,14 @@ class ClearlineStack(Stack):
 
         for queue_key in spec.sends_to:
             self.queues[queue_key].grant_send_messages(function)
+        if spec.operates_queues:  # every queue's depth; dead letters moved back to it
+            for queue_key, queue in self.queues.items():
+                queue.grant(function, "sqs:GetQueueAttributes")
+                dlq = self.dead_letter_queues.get(queue_key)
+                if dlq is not None:
+                    queue.grant_send_messages(function)
+                    dlq.grant_consume_messages(function)
+                    dlq.grant(function, "sqs:GetQueueAttributes")
         if spec.publishes_to is not None:
             self.buses[spec.publishes_to].grant_put_events_to(function)
         self._triggers(spec, function)
@@ -805,6 +814,9 @@ class ClearlineStack(Stack):
             raise ValueError(f"function {spec.key} names unknown resources: {sorted(unknown)}")
         env = {table_env_var(key): self.tables[key].table_name for key in spec.tables}
         env |= {queue_env_var(key): self.queues[key].queue_url for key in queue_keys}
+        if spec.operates_queues:
+            env |= {queue_env_var(key): queue.queue_url for key, queue in self.queues.items()}
+            env |= {dlq_env_var(key): dlq.queue_url for key, dlq in self.dead_letter_queues.items()}
         env |= {bucket_env_var(key): self.buckets[key].bucket_name for key in spec.buckets}
         if spec.publishes_to is not None:
             env[bus_env_var(spec.publishes_to)] = self.buses[spec.publishes_to].event_bus_name

@@ -9,7 +9,9 @@ transitions, audited under the operator's session.
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.event_handler import Response
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 router = Router()
 
 DONE = {
+    "redriven": "{moved} dead letter(s) moved back to their queue, to be tried again.",
     "verified": "The ledger was checked; its result is below.",
     "resolved": "Resolved: the movement settled at the processor's figure, and the "
     "difference is booked to reconciliation_adjustments.",
@@ -66,7 +69,8 @@ def operations_page() -> Response[str]:
     if isinstance(operator, Response):
         return operator
     session, merchant = operator
-    return _operations_page(200, session, merchant, done=DONE.get(query_value("done", 20)))
+    done = DONE.get(query_value("done", 20), "").format(moved=query_value("moved", 5))
+    return _operations_page(200, session, merchant, done=done or None)
 
 
 def _operations_page(
@@ -96,6 +100,7 @@ def _operations_page(
         resolutions=Reconciler(store).resolutions([m["id"] for m in found]),
         verify=operations.last_ledger_verify(store),
         pending=operations.pending_operations(store, now),
+        queues=queue_depths(),
         rates=rates,
         rates_age=int(now - int(rates["as_of"])) if rates else None,
         rates_bound=MAX_RATE_AGE_SECONDS,
@@ -145,3 +150,74 @@ def resolve_mismatch(mismatch_id: str) -> Response[str]:
             return error_page(shown, session)
         return _operations_page(shown.status, session, merchant, error=shown)
     return redirect(f"{root()}/operations?done=resolved#mismatches")
+
+
+# ---- queues ---------------------------------------------------------------------------------
+
+REDRIVE_MOST = 100  # messages moved per press: the page answers within the API's time
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    key: str
+    name: str
+    waiting: int
+    in_flight: int
+    dead: int | None  # None: the queue has no dead-letter queue
+
+
+def queue_depths() -> list[QueueDepth]:
+    """Every queue's messages waiting and in flight, and its dead letters (approximate, as
+    SQS counts them)."""
+    from api_routes import _sqs
+    from clearline.topology import TOPOLOGY, dlq_env_var, queue_env_var
+
+    def count(url: str, *names: str) -> int:
+        attributes = _sqs().get_queue_attributes(QueueUrl=url, AttributeNames=list(names))
+        return sum(int(attributes["Attributes"].get(name, 0)) for name in names)
+
+    depths = []
+    for queue in TOPOLOGY.queues:
+        url, dlq = os.environ.get(queue_env_var(queue.key)), os.environ.get(dlq_env_var(queue.key))
+        if url is None:
+            continue
+        depths.append(
+            QueueDepth(
+                queue.key,
+                queue.name,
+                count(url, "ApproximateNumberOfMessages"),
+                count(url, "ApproximateNumberOfMessagesNotVisible"),
+                count(dlq, "ApproximateNumberOfMessages") if dlq else None,
+            )
+        )
+    return depths
+
+
+@router.post("/dashboard/operations/queues/<queue_key>/redrive", include_in_schema=False)
+def redrive(queue_key: str) -> Response[str]:
+    """Move a queue's dead letters back to it. Each is sent before it is deleted: a crash
+    between the two leaves it in both, and every consumer takes a message twice safely."""
+    from api_routes import _sqs, logger
+    from clearline.topology import dlq_env_var, queue_env_var
+
+    operator = _operator()
+    if isinstance(operator, Response):
+        return operator
+    session, _ = operator
+    if not session.accepts(form_fields().get("csrf_token")):
+        return forbidden(session)
+    source, dlq = os.environ.get(queue_env_var(queue_key)), os.environ.get(dlq_env_var(queue_key))
+    if source is None or dlq is None:
+        return error_page(Refusal(404, f"No queue {queue_key[:40]} with dead letters."), session)
+    moved = 0
+    while moved < REDRIVE_MOST:
+        batch = _sqs().receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        messages = batch.get("Messages", [])
+        if not messages:
+            break
+        for message in messages:
+            _sqs().send_message(QueueUrl=source, MessageBody=message["Body"])
+            _sqs().delete_message(QueueUrl=dlq, ReceiptHandle=message["ReceiptHandle"])
+            moved += 1
+    logger.info("redrive", extra={"queue": queue_key, "moved": moved, "by": session.actor})
+    return redirect(f"{root()}/operations?done=redriven&moved={moved}#queues")

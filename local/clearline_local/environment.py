@@ -17,6 +17,7 @@ from clearline.topology import (
     Topology,
     bucket_env_var,
     bus_env_var,
+    dlq_env_var,
     queue_env_var,
     table_env_var,
 )
@@ -74,6 +75,11 @@ def function_environment(
         env[table_env_var(MAIN_TABLE.key)] = MAIN_TABLE.name
     for queue_key in {*spec.sends_to, *([spec.queue_trigger] if spec.queue_trigger else [])}:
         env[queue_env_var(queue_key)] = queue_url(aws_endpoint_url, topology.queue(queue_key).name)
+    if spec.operates_queues:  # as in the CDK app: every queue, and each dead-letter queue
+        for queue in topology.queues:
+            env[queue_env_var(queue.key)] = queue_url(aws_endpoint_url, queue.name)
+            if queue.max_receive_count is not None:
+                env[dlq_env_var(queue.key)] = queue_url(aws_endpoint_url, queue.dlq_name)
     for bucket_key in spec.buckets:
         env[bucket_env_var(bucket_key)] = topology.bucket(bucket_key).name
     if spec.publishes_to:

@@ -118,6 +118,9 @@ class FunctionSpec:
     # Resources it writes to beyond its tables: each an env var and an IAM grant.
     publishes_to: str | None = None  # bus key
     sends_to: tuple[str, ...] = ()  # queue keys
+    # Operations' view of every queue: reads each one's depth and its dead-letter queue's,
+    # and moves dead letters back (redrive).
+    operates_queues: bool = False
     # bucket key -> access; each becomes an env var naming the bucket and an IAM grant
     buckets: dict[str, Access] = field(default_factory=dict)
     # Calls merchants' webhook endpoints on the internet.
@@ -182,6 +185,11 @@ def table_env_var(table_key: str) -> str:
 def queue_env_var(queue_key: str) -> str:
     """The environment variable through which a function learns a queue's URL."""
     return f"CLEARLINE_{queue_key.upper()}_QUEUE_URL"
+
+
+def dlq_env_var(queue_key: str) -> str:
+    """The environment variable through which a function learns a dead-letter queue's URL."""
+    return f"CLEARLINE_{queue_key.upper()}_DLQ_URL"
 
 
 def bucket_env_var(bucket_key: str) -> str:
@@ -268,6 +276,7 @@ API_FUNCTION = FunctionSpec(
     # A new payout goes to the bank at once; a refund waiting for processor capacity goes
     # to the capture queue's workers; an event support redelivers, to the webhook queue.
     sends_to=("payouts", "captures", "webhooks"),
+    operates_queues=True,  # the dashboard's operations page
     bank_account_key=("seal",),  # the admin route that sets a merchant's bank account
 )
 
