@@ -20,6 +20,7 @@ from aws_cdk import (
 )
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cognito as cognito
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -39,6 +40,7 @@ from clearline.config import (
     WEBHOOK_SECRET_USERS,
     WEBHOOK_SECRETS_KEY_ENV,
 )
+from clearline.dashboard_identity import CLIENT_ID_ENV, DOMAIN_ENV, ISSUER_ENV, OPERATIONS_GROUP
 from clearline.ip_geolocation import IP_COUNTRIES_ENV, IpCountries
 from clearline.rate_limits import (
     AUTH_FAILURES,
@@ -295,6 +297,7 @@ class ClearlineStack(Stack):
         self.usage_plans: dict[str, apigw.UsagePlan] = {}
         self.api = self._rest_api(topology.api)
         self.public_url = self._tell_functions_the_public_url(topology.api)
+        self.dashboard_users = self._dashboard_sign_in(topology.api)
         self._let_the_authorizer_register_usage_keys(topology.api)
         self.notifications_api = (
             self._notifications_api(topology.notifications)
@@ -857,6 +860,69 @@ class ClearlineStack(Stack):
         for function in self.functions.values():
             function.add_environment(PUBLIC_URL_ENV, url)
         return url
+
+    def _dashboard_sign_in(self, spec: ApiSpec) -> cognito.UserPool:
+        """The dashboard's people: a Cognito user pool, signed in to on its hosted page
+        (authorization code with PKCE, back to /dashboard/callback). An administrator makes
+        each user, naming their merchant in custom:merchant; the operations group also sees
+        the operations views. No self sign-up; a password and a one-time code, always."""
+        pool = cognito.UserPool(
+            self,
+            "DashboardUsers",
+            self_sign_up_enabled=False,
+            sign_in_aliases=cognito.SignInAliases(email=True),
+            custom_attributes={"merchant": cognito.StringAttribute(min_len=5, max_len=64)},
+            password_policy=cognito.PasswordPolicy(
+                min_length=12,
+                require_digits=True,
+                require_lowercase=True,
+                require_uppercase=True,
+                require_symbols=True,
+            ),
+            mfa=cognito.Mfa.REQUIRED,
+            mfa_second_factor=cognito.MfaSecondFactor(sms=False, otp=True),
+            account_recovery=cognito.AccountRecovery.EMAIL_ONLY,
+            feature_plan=cognito.FeaturePlan.PLUS,
+            advanced_security_mode=cognito.AdvancedSecurityMode.ENFORCED,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        cognito.CfnUserPoolGroup(
+            self,
+            "DashboardOperators",
+            user_pool_id=pool.user_pool_id,
+            group_name=OPERATIONS_GROUP,
+            description="Operators: the dashboard's operations views, across every merchant.",
+        )
+        domain = pool.add_domain(
+            "DashboardSignInDomain",
+            cognito_domain=cognito.CognitoDomainOptions(
+                domain_prefix=f"clearline-{self.node.addr[:12]}"
+            ),
+        )
+        client = pool.add_client(
+            "Dashboard",
+            generate_secret=False,  # a browser's flow, with PKCE: no secret to keep
+            auth_flows=cognito.AuthFlow(user_srp=True),
+            o_auth=cognito.OAuthSettings(
+                flows=cognito.OAuthFlows(authorization_code_grant=True),
+                scopes=[cognito.OAuthScope.OPENID, cognito.OAuthScope.EMAIL],
+                callback_urls=[f"{self.public_url}/dashboard/callback"],
+                logout_urls=[f"{self.public_url}/dashboard"],
+            ),
+            prevent_user_existence_errors=True,
+            id_token_validity=Duration.hours(1),
+        )
+        function = self.functions[spec.function]
+        function.add_environment(DOMAIN_ENV, domain.base_url())
+        function.add_environment(CLIENT_ID_ENV, client.user_pool_client_id)
+        function.add_environment(ISSUER_ENV, pool.user_pool_provider_url)
+        CfnOutput(
+            self,
+            "DashboardUserPool",
+            value=pool.user_pool_id,
+            description="Make dashboard users here: custom:merchant names their merchant.",
+        )
+        return pool
 
     def _let_the_authorizer_register_usage_keys(self, spec: ApiSpec) -> None:
         """The authorizer gives each merchant its API Gateway key in the usage plan of its

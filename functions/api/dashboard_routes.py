@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from clearline.audit import Caller
     from clearline.dashboard import BalanceHistory, DashboardSessions, Session
+    from clearline.dashboard_identity import CognitoSignIn
     from clearline.idempotency import StoredResponse
     from clearline.merchants import Merchant
     from clearline.models import Balance, Charge, Model
@@ -125,13 +126,17 @@ def redirect(to: str, cookies: list[Cookie] | None = None) -> Response[str]:
 
 
 def _session_id() -> str | None:
+    return _cookie(COOKIE)
+
+
+def _cookie(name: str) -> str | None:
     header = router.current_event.headers.get("cookie") or ""
     jar: SimpleCookie = SimpleCookie()
     try:
         jar.load(header)
-    except Exception:  # a malformed Cookie header is no session
+    except Exception:  # a malformed Cookie header carries nothing
         return None
-    morsel = jar.get(COOKIE)
+    morsel = jar.get(name)
     return morsel.value if morsel else None
 
 
@@ -212,20 +217,97 @@ def run_form(
 @router.get("/dashboard", include_in_schema=False)  # and /dashboard/: Powertools takes both
 def dashboard_home() -> Response[str]:
     if current_session() is None:
-        return render_page(200, "signed_out.html", session=None)
+        return render_page(200, "signed_out.html", session=None, cognito=cognito() is not None)
     return redirect(f"{root()}/payments")
+
+
+SIGN_IN_COOKIE = "clearline_sign_in"
+LINKS_ONLY = Refusal(404, "Here you sign in with a one-time link.", "resource_missing")
+
+
+def cognito() -> CognitoSignIn | None:
+    """Deployed, the pool people sign in with; None on the local stack (one-time links)."""
+    import os
+
+    from api_routes import links
+    from clearline import dashboard_identity as identity
+
+    domain = os.environ.get(identity.DOMAIN_ENV)
+    if not domain:
+        return None
+    return _cognito(
+        domain,
+        os.environ[identity.CLIENT_ID_ENV],
+        os.environ[identity.ISSUER_ENV],
+        f"{links().base_url}/dashboard/callback",
+    )
+
+
+@cache
+def _cognito(domain: str, client_id: str, issuer: str, redirect_uri: str) -> CognitoSignIn:
+    from clearline.dashboard_identity import CognitoSignIn
+
+    return CognitoSignIn(domain, client_id, issuer, redirect_uri)  # keeps the pool's keys
+
+
+@router.get("/dashboard/sign-in/start", include_in_schema=False)
+def start_sign_in() -> Response[str]:
+    """To the pool's sign-in page, with a state and a PKCE challenge whose verifier only
+    this browser keeps (for ten minutes, in an HttpOnly cookie)."""
+    from clearline.dashboard_identity import Attempt
+
+    pool = cognito()
+    if pool is None:
+        return error_page(
+            Refusal(404, "Sign in with a one-time link here.", "resource_missing"), None
+        )
+    attempt = Attempt.new()
+    kept = Cookie(
+        SIGN_IN_COOKIE,
+        attempt.as_cookie(),
+        path=root(),
+        secure=_secure(),
+        http_only=True,
+        max_age=600,
+        same_site=SameSite.LAX_MODE,
+    )
+    return redirect(pool.authorize_url(attempt), [kept])
+
+
+@router.get("/dashboard/callback", include_in_schema=False)
+def sign_in_callback() -> Response[str]:
+    from clearline.dashboard_identity import Attempt
+
+    pool = cognito()
+    if pool is None:
+        return error_page(
+            Refusal(404, "Sign in with a one-time link here.", "resource_missing"), None
+        )
+    attempt = Attempt.from_cookie(_cookie(SIGN_IN_COOKIE))
+    try:
+        who = pool.identity(query_value("code", 500), query_value("state", 100), attempt)
+    except ApiError as error:
+        return error_page(error, None)
+    session_id, _ = sessions().open_for(
+        who.merchant_id, operations=who.operations, person=who.person
+    )
+    return redirect(f"{root()}/payments", [_session_cookie(session_id), _gone(SIGN_IN_COOKIE)])
 
 
 @router.get("/dashboard/sign-in", include_in_schema=False)
 def sign_in() -> Response[str]:
-    from clearline.dashboard import SESSION_SECONDS
-
     token = query_value("token", 100)
     try:
         session_id, _ = sessions().sign_in(token)
     except ApiError as error:
         return error_page(error, None)
-    cookie = Cookie(
+    return redirect(f"{root()}/payments", [_session_cookie(session_id)])
+
+
+def _session_cookie(session_id: str) -> Cookie:
+    from clearline.dashboard import SESSION_SECONDS
+
+    return Cookie(
         COOKIE,
         session_id,
         path=root(),
@@ -234,7 +316,10 @@ def sign_in() -> Response[str]:
         max_age=SESSION_SECONDS,
         same_site=SameSite.LAX_MODE,
     )
-    return redirect(f"{root()}/payments", [cookie])
+
+
+def _gone(name: str) -> Cookie:
+    return Cookie(name, "", path=root(), secure=_secure(), http_only=True, max_age=0)
 
 
 @router.post("/dashboard/sign-out", include_in_schema=False)
@@ -249,8 +334,7 @@ def sign_out() -> Response[str]:
     session_id = _session_id()
     assert session_id is not None
     sessions().sign_out(session_id)
-    gone = Cookie(COOKIE, "", path=root(), secure=_secure(), http_only=True, max_age=0)
-    return redirect(f"{root()}", [gone])
+    return redirect(f"{root()}", [_gone(COOKIE)])
 
 
 def form_fields() -> dict[str, str]:

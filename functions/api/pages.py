@@ -549,6 +549,11 @@ ERROR_CODES: dict[str, str] = {
         "The dashboard sign-in link was used before, has expired (links last 15 minutes), "
         "or never existed. Ask for a new one with `clearline dashboard link`."
     ),
+    "sign_in_failed": (
+        "Signing in to the deployed dashboard did not complete: the sign-in was not started "
+        "from this browser, the sign-in service refused the code, the identity token did "
+        "not verify, or the user names no merchant (its custom:merchant attribute)."
+    ),
 }
 
 # Values that appear as `decline_code` on a card error, rather than (or as well as) `code`.

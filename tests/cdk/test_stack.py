@@ -28,6 +28,7 @@ from clearline.config import (
     WEBHOOK_SECRET_USERS,
     WEBHOOK_SECRETS_KEY_ENV,
 )
+from clearline.dashboard_identity import CLIENT_ID_ENV, DOMAIN_ENV, ISSUER_ENV, OPERATIONS_GROUP
 from clearline.topology import (
     API_FUNCTION,
     BANK_ACCOUNTS_KEY_ENV,
@@ -54,6 +55,7 @@ from clearline.topology import (
     TableSpec,
     bucket_env_var,
     bus_env_var,
+    dlq_env_var,
     queue_env_var,
     table_env_var,
 )
@@ -239,6 +241,10 @@ def test_every_function_runs_as_specified(
         assert env[name] == value
 
     queue_keys = {*spec.sends_to, *([spec.queue_trigger] if spec.queue_trigger else [])}
+    if spec.operates_queues:  # the operations page: every queue, and each dead-letter queue
+        queue_keys = set(stack.queues)
+        for queue_key, dlq in stack.dead_letter_queues.items():
+            assert env[dlq_env_var(queue_key)] == {"Ref": logical_id(stack, dlq)}
     for queue_key in queue_keys:
         assert env[queue_env_var(queue_key)] == {"Ref": logical_id(stack, stack.queues[queue_key])}
     for bus_key in [spec.publishes_to] if spec.publishes_to else []:
@@ -344,11 +350,21 @@ def test_every_function_may_send_to_and_consume_only_its_own_queues(
     may_consume = (
         {logical_id(stack, stack.queues[spec.queue_trigger])} if spec.queue_trigger else set()
     )
+    every_queue = {
+        logical_id(stack, q) for q in [*stack.queues.values(), *stack.dead_letter_queues.values()]
+    }
+    if spec.operates_queues:  # redrive: from each dead-letter queue back to its queue
+        may_send |= {logical_id(stack, stack.queues[key]) for key in stack.dead_letter_queues}
+        may_consume |= {logical_id(stack, dlq) for dlq in stack.dead_letter_queues.values()}
     sent: set[str] = set()
     consumed: set[str] = set()
 
     for actions, resources in _sqs_statements(template, logical_id(stack, role)):
         assert actions <= SQS_SEND_ACTIONS | SQS_CONSUME_ACTIONS, actions
+        if spec.operates_queues and actions == {"sqs:GetQueueAttributes"}:
+            # Depths, for the operations page: of the stack's queues only.
+            assert {r["Fn::GetAtt"][0] for r in resources} <= every_queue
+            continue
         queue_ids = set()
         for resource_ref in resources:
             assert resource_ref != "*", f"sqs actions on every queue: {actions}"
@@ -1802,3 +1818,35 @@ def test_cdk_cli_synth(tmp_path: Path) -> None:
     vault = json.loads((tmp_path / "ClearlineVaultStack.template.json").read_text())
     vault_types = {r["Type"] for r in vault["Resources"].values()}
     assert {"AWS::DynamoDB::Table", "AWS::KMS::Key", "AWS::SSM::Parameter"} <= vault_types
+
+
+# --- the dashboard's sign-in -----------------------------------------------------------------
+
+
+def test_the_dashboard_signs_people_in_with_a_cognito_pool_that_nobody_joins_alone(
+    stack: ClearlineStack, template: Template
+) -> None:
+    template.has_resource_properties(
+        "AWS::Cognito::UserPool",
+        {
+            "AdminCreateUserConfig": {"AllowAdminCreateUserOnly": True},
+            "MfaConfiguration": "ON",
+            "UsernameAttributes": ["email"],
+            "Schema": Match.array_with([Match.object_like({"Name": "merchant"})]),
+            "UserPoolAddOns": {"AdvancedSecurityMode": "ENFORCED"},
+        },
+    )
+    template.has_resource_properties("AWS::Cognito::UserPoolGroup", {"GroupName": OPERATIONS_GROUP})
+    (client,) = template.find_resources("AWS::Cognito::UserPoolClient").values()
+    props = client["Properties"]
+    assert props["AllowedOAuthFlows"] == ["code"] and props["GenerateSecret"] is False
+    assert set(props["AllowedOAuthScopes"]) == {"openid", "email"}
+    (callback,) = props["CallbackURLs"]
+    assert "/dashboard/callback" in json.dumps(callback)
+    for spec in TOPOLOGY.functions:  # only the api signs people in
+        function = resource(
+            template, "AWS::Lambda::Function", logical_id(stack, stack.functions[spec.key])
+        )
+        env = set(function["Properties"].get("Environment", {}).get("Variables", {}))
+        signs_in = {DOMAIN_ENV, CLIENT_ID_ENV, ISSUER_ENV} <= env
+        assert signs_in == (spec.key == TOPOLOGY.api.function), spec.key

@@ -138,6 +138,10 @@ def test_without_a_session_every_page_sends_you_to_sign_in(stack: Stack, shop: S
     for home in ("/dashboard", "/dashboard/"):
         status, _, page = Browserless().get(f"{stack.url}{home}")
         assert status == 200 and "clearline dashboard link" in page
+    # Cognito's sign-in is the deployed dashboard's; the local stack signs in with links.
+    for path in ("/dashboard/sign-in/start", "/dashboard/callback?code=c&state=s"):
+        status, _, page = Browserless().get(f"{stack.url}{path}")
+        assert status == 404 and "one-time link" in page
     # A made-up session id is no session.
     request = urllib.request.Request(
         f"{stack.url}/dashboard/payments", headers={"Cookie": "clearline_session=made-up"}

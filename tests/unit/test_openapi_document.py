@@ -67,6 +67,8 @@ PAGE_ROUTES = {
 DASHBOARD_ROUTES = {
     ("GET", "/dashboard"),
     ("GET", "/dashboard/sign-in"),
+    ("GET", "/dashboard/sign-in/start"),
+    ("GET", "/dashboard/callback"),
     ("POST", "/dashboard/sign-out"),
     ("GET", "/dashboard/payments"),
     ("GET", "/dashboard/payments/{charge_id}"),

@@ -76,11 +76,12 @@ class Session:
     csrf_token: str
     expires: int
     operations: bool = False  # an operator's: also sees the operations views
+    person: str | None = None  # who signed in, when an identity provider said (an email)
 
     @property
     def actor(self) -> str:
         """Who the audit trail says acted, for what this session does."""
-        return f"dashboard {self.id}"
+        return f"dashboard {self.id}" + (f" ({self.person})" if self.person else "")
 
     def accepts(self, csrf_token: str | None) -> bool:
         """Whether a form's CSRF token is this session's (in constant time)."""
@@ -126,14 +127,6 @@ class DashboardSessions:
         now = int(self.clock())
         if link is None or link.get("state") != UNUSED or link["expires"] <= now:
             raise SignInLinkInvalid()
-        session_id = secrets.token_urlsafe(32)
-        session = Session(
-            _session_name(session_id),
-            link["merchant"],
-            secrets.token_urlsafe(32),
-            now + SESSION_SECONDS,
-            bool(link.get("operations")),
-        )
         used = Change(
             link["pk"],
             "SIGNIN",
@@ -143,6 +136,30 @@ class DashboardSessions:
             from_state=UNUSED,
             condition="expires > :now",
             values={":now": now},
+        )
+        opened = self._open(link["merchant"], bool(link.get("operations")), None, [used])
+        if opened is None:
+            raise SignInLinkInvalid()  # another tab followed the same link first
+        return opened
+
+    def open_for(self, merchant_id: str, *, operations: bool, person: str) -> tuple[str, Session]:
+        """A session for a person the identity provider vouched for (deployed: Cognito)."""
+        opened = self._open(merchant_id, operations, person, [])
+        assert opened is not None, "a new session's id is new"
+        return opened
+
+    def _open(
+        self, merchant_id: str, operations: bool, person: str | None, with_changes: list[Change]
+    ) -> tuple[str, Session] | None:
+        now = int(self.clock())
+        session_id = secrets.token_urlsafe(32)
+        session = Session(
+            _session_name(session_id),
+            merchant_id,
+            secrets.token_urlsafe(32),
+            now + SESSION_SECONDS,
+            operations,
+            person,
         )
         pk = f"SESSION#{_digest(session_id)}"
         opened = Change(
@@ -157,12 +174,13 @@ class DashboardSessions:
                 "merchant": session.merchant_id,
                 "csrf": session.csrf_token,
                 "operations": session.operations,
+                "person": person,
                 "expires": session.expires,
                 "ttl": session.expires + 86400,
             },
         )
-        if self.writer.commit(Transition([used, opened])) is not None:
-            raise SignInLinkInvalid()  # another tab followed the same link first
+        if self.writer.commit(Transition([*with_changes, opened])) is not None:
+            return None
         return session_id, session
 
     def session(self, session_id: str | None) -> Session | None:
@@ -177,6 +195,7 @@ class DashboardSessions:
             item["csrf"],
             int(item["expires"]),
             bool(item.get("operations")),
+            item.get("person"),
         )
 
     def sign_out(self, session_id: str) -> None:
