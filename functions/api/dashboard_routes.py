@@ -468,6 +468,33 @@ def payments() -> Response[str]:
     )
 
 
+@router.get("/dashboard/payment-intents", include_in_schema=False)
+def payment_intents() -> Response[str]:
+    """The merchant's PaymentIntents, newest first: each one's status, and its payment."""
+    from api_routes import services
+
+    signed_in = current_session()
+    if signed_in is None:
+        return redirect(f"{root()}")
+    session, merchant = signed_in
+    listed = services().payment_intents.list(
+        merchant,
+        limit=PAGE_SIZE,
+        starting_after=query_value("after", 100) or None,
+        ending_before=None,
+    )
+    intents = list(listed.items)
+    more = listed.has_more and intents
+    return render_page(
+        200,
+        "payment_intents.html",
+        session=session,
+        merchant=merchant,
+        intents=intents,
+        next_link=f"{root()}/payment-intents?after={intents[-1].id}" if more else None,
+    )
+
+
 def _link(filters: dict[str, str], **more: str) -> str:
     asked = {k: v for k, v in {**filters, **more}.items() if v}
     return f"{root()}/payments?{urllib.parse.urlencode(asked)}"

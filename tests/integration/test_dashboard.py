@@ -25,6 +25,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.dashboard_routes import DASHBOARD_ROUTES
 from tests.polling import eventually
 
 from .conftest import WEBHOOK_MAX_ATTEMPTS, Stack
@@ -428,6 +429,9 @@ def test_a_dispute_is_listed_with_its_due_date_and_its_evidence_prefilled(
     assert status == 303 and headers["Location"].endswith("done=saved")
     staged = shop.sdk.v1.disputes.retrieve(dispute.id)
     assert staged.status == "needs_response"
+    # The payment's timeline has the dispute: its changes and the money it took back.
+    page = client.get(f"{stack.url}/dashboard/payments/{paid.id}")[2]
+    assert dispute.id in page and "balance transaction adjustment" in page
     assert staged.evidence.product_description == "Walnut desk, oiled"
     assert staged.evidence_details.submission_count == 0
 
@@ -614,6 +618,78 @@ def test_rolling_the_secret_key_shows_the_new_one_once_and_keeps_the_old_for_its
     assert hints == [newest.group(1)[:8] + "..." + newest.group(1)[-4:]]
 
 
+def test_every_view_and_action_answers_404_for_another_merchants_ids(
+    stack: Stack, shop: Shop
+) -> None:
+    """Each route of the dashboard that names an object, asked by a merchant's session (an
+    operator's for the operations routes) with another merchant's object: not found, and
+    nothing of theirs changes."""
+    other = stack.create_merchant("The Other Shop")
+    theirs = stripe.StripeClient(other["secret_key"], base_addresses={"api": stack.url})
+    charge = theirs.v1.charges.create(
+        params={"amount": 2100, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
+    endpoint = theirs.v1.webhook_endpoints.create(
+        params={"url": "https://other.example/hooks", "enabled_events": ["*"]},
+        options={"idempotency_key": key()},
+    )
+    _, dispute = disputed(theirs)
+    reviewed = theirs.v1.charges.create(
+        params={"amount": 1500, "currency": "usd", "source": "tok_riskLevelElevated"},
+        options={"idempotency_key": key()},
+    )
+    review = eventually(lambda: next(iter(theirs.v1.reviews.list().data), None))
+    event = theirs.v1.events.list().data[0]
+    refused = None
+    try:
+        theirs.v1.refunds.create(
+            params={"charge": charge.id, "amount": 99_999}, options={"idempotency_key": key()}
+        )
+    except stripe.InvalidRequestError as error:
+        refused = error.request_id
+    theirs_by_name = {
+        "charge_id": charge.id,
+        "payout_id": "po_" + charge.id[3:],  # no payout of theirs here; test_money_out has one
+        "endpoint_id": endpoint.id,
+        "event_id": event.id,
+        "dispute_id": dispute.id,
+        "review_id": review.id,
+        "request_id": refused,
+        "action": None,  # filled per route below
+    }
+    actions = {
+        "/dashboard/developers/endpoints/{endpoint_id}/{action}": ["disable", "roll-secret"],
+        "/dashboard/reviews/{review_id}/{action}": ["approve", "refund"],
+    }
+    client = operator_signed_in(stack, shop.merchant["id"])
+    page = client.get(f"{stack.url}/dashboard/payments")[2]
+    form = {"csrf_token": csrf_of(page), "idempotency_key": key(), "note": "n", "amount": "1"}
+    tried = 0
+    for method, route in sorted(DASHBOARD_ROUTES):
+        names = re.findall(r"{(\w+)}", route)
+        if not names or names == ["name"] or "operations" in route:
+            continue  # names no merchant's object (static files; the platform's own)
+        for action in actions.get(route, [None]):
+            values = {**theirs_by_name, "action": action}
+            path = route.format(**{n: values[n] for n in names})
+            status, _, answer = (
+                client.get(f"{stack.url}{path}")
+                if method == "GET"
+                else client.post(f"{stack.url}{path}", form)
+            )
+            assert status == 404, f"{method} {path}: {status}"
+            assert "2,100" not in answer and "21.00" not in answer
+            tried += 1
+    assert tried >= 14
+    # Nothing of theirs moved.
+    assert theirs.v1.charges.retrieve(charge.id).amount_refunded == 0
+    assert theirs.v1.charges.retrieve(reviewed.id).amount_refunded == 0
+    assert theirs.v1.webhook_endpoints.retrieve(endpoint.id).status == "enabled"
+    assert theirs.v1.disputes.retrieve(dispute.id).status == "needs_response"
+    assert theirs.v1.reviews.retrieve(review.id).open
+
+
 # ---- in a browser ---------------------------------------------------------------------------
 
 
@@ -686,14 +762,17 @@ def test_journey_sign_in_with_the_printed_link_find_a_charge_and_read_its_timeli
     assert browser.find_element(By.ID, "refunded").text == "5.99 USD"
     titles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#timeline > li strong")]
     text = "\n".join(titles)
-    # In order: each change, then what it posted to the ledger, then what announced it.
+    # In order: each change, then what it posted to the ledger and the merchant's balance,
+    # then what announced it.
     expected = [
         "create: new → pending",
         "authorize: pending → captured",
         "journal charge.capture",
+        "balance transaction charge",
         "charge.succeeded",
         "refund.created",
         "journal refund",
+        "balance transaction refund",
         "charge.refunded",
     ]
     positions = [titles.index(title) for title in expected if title in titles]
@@ -723,12 +802,14 @@ def test_the_payments_page_works_from_the_keyboard(
     sections = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "nav a")]
     assert sections[:2] == ["Payments", "Balance"]
     focused = []
-    for _ in range(len(sections) + 4):
+    for _ in range(len(sections) + 5):
         ActionChains(browser).send_keys(Keys.TAB).perform()
         active = browser.switch_to.active_element
         focused.append(active.get_attribute("id") or active.text or active.tag_name)
-    # First the skip link, then the navigation, then the search: the page's reading order.
-    assert focused == ["Skip to content", *sections, "Sign out", "query", "status"], focused
+    # First the skip link, then the navigation, then the page's tabs and its search: the
+    # page's reading order.
+    expected = ["Skip to content", *sections, "Sign out", "Payment intents", "query", "status"]
+    assert focused == expected, focused
     browser.switch_to.active_element.send_keys(Keys.SHIFT, Keys.TAB)  # back to the search
     browser.switch_to.active_element.send_keys("amount:777", Keys.ENTER)
     wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "searched-query")))

@@ -35,6 +35,7 @@ from tests.polling import eventually
 
 from .conftest import Stack, running_stack, settled_on
 from .test_async import queue_drained
+from .test_dashboard import signed_in
 from .test_reconciliation import report_for
 
 pytestmark = pytest.mark.integration
@@ -453,6 +454,18 @@ def test_the_daily_run_pays_out_everything_available_and_the_banks_report_agrees
     assert report["counts"]["matched"] >= 1, report
     assert report["mismatches"] == []
     in_status(sdk, automatic.id, "paid")  # settled from the report, before anyone asked
+
+    # The dashboard shows the payout among the balance's, with the movements it covered;
+    # another merchant's session does not find it.
+    merchant, _ = payee
+    client = signed_in(own_stack, merchant["id"])
+    balance_page = client.get(f"{own_stack.url}/dashboard/balance")[2]
+    assert f'/dashboard/payouts/{automatic.id}"' in balance_page and ">paid<" in balance_page
+    status, _, page = client.get(f"{own_stack.url}/dashboard/payouts/{automatic.id}")
+    assert status == 200 and page.count("<td>charge</td>") == 2 and "<td>payout</td>" in page
+    assert all(t.source in page for t in covered)
+    outsider = signed_in(own_stack, own_stack.create_merchant("Not The Payee")["id"])
+    assert outsider.get(f"{own_stack.url}/dashboard/payouts/{automatic.id}")[0] == 404
 
 
 # ---- random sequences -----------------------------------------------------------------------

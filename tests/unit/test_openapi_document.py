@@ -50,6 +50,7 @@ from clearline_local.provision import (
 from clearline_local.sandbox_bank import SUCCEEDING_ACCOUNT
 from clearline_local.sandbox_processor import SandboxProcessor
 from presentation.links import PUBLIC_URL_ENV
+from tests.dashboard_routes import DASHBOARD_ROUTES
 from tests.unit.conftest import record_rates
 from tests.unit.in_process_vault import in_process_vault
 
@@ -62,40 +63,6 @@ PAGE_ROUTES = {
     ("GET", "/errors"),
     ("GET", "/errors/{code}"),
     ("GET", "/v1/payment_intents/{intent_id}/authentication_return/{token}"),
-}
-# The dashboard's pages: for people signed in with a session, not the API.
-DASHBOARD_ROUTES = {
-    ("GET", "/dashboard"),
-    ("GET", "/dashboard/sign-in"),
-    ("GET", "/dashboard/sign-in/start"),
-    ("GET", "/dashboard/callback"),
-    ("POST", "/dashboard/sign-out"),
-    ("GET", "/dashboard/payments"),
-    ("GET", "/dashboard/payments/{charge_id}"),
-    ("POST", "/dashboard/payments/{charge_id}/refund"),
-    ("POST", "/dashboard/payments/{charge_id}/capture"),
-    ("GET", "/dashboard/balance"),
-    ("GET", "/dashboard/balance/chart.svg"),
-    ("GET", "/dashboard/payouts/{payout_id}"),
-    ("GET", "/dashboard/developers"),
-    ("POST", "/dashboard/developers/endpoints"),
-    ("POST", "/dashboard/developers/endpoints/{endpoint_id}/{action}"),
-    ("GET", "/dashboard/developers/events/{event_id}"),
-    ("POST", "/dashboard/developers/events/{event_id}/redeliver"),
-    ("GET", "/dashboard/logs"),
-    ("POST", "/dashboard/developers/keys/roll"),
-    ("GET", "/dashboard/logs/{request_id}"),
-    ("GET", "/dashboard/disputes"),
-    ("GET", "/dashboard/disputes/{dispute_id}"),
-    ("POST", "/dashboard/disputes/{dispute_id}/evidence"),
-    ("POST", "/dashboard/disputes/{dispute_id}/accept"),
-    ("GET", "/dashboard/reviews"),
-    ("POST", "/dashboard/reviews/{review_id}/{action}"),
-    ("GET", "/dashboard/operations"),
-    ("POST", "/dashboard/operations/ledger-verify"),
-    ("POST", "/dashboard/operations/queues/{queue_key}/redrive"),
-    ("POST", "/dashboard/operations/mismatches/{mismatch_id}/resolve"),
-    ("GET", "/dashboard/static/{name}"),
 }
 PAGE_ROUTES |= DASHBOARD_ROUTES
 # Operators' routes, authorized by the gateway with IAM (the CLI signs them): not the public API.

@@ -251,10 +251,18 @@ def delivery_attempts(store: Store, event_id: str) -> list[Attempt]:
     ]
 
 
+@dataclass(frozen=True)
+class BalanceMove:
+    amount: int
+    fee: int
+    net: int
+    available_on: int
+
+
 @dataclass
 class TimelineEntry:
     at_ms: int
-    kind: str  # transition, event, journal
+    kind: str  # transition, journal, balance, event
     title: str
     object_id: str
     actor: str | None = None
@@ -262,6 +270,7 @@ class TimelineEntry:
     currency: str | None = None
     lines: list[JournalLine] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
+    balance: BalanceMove | None = None
 
 
 def timeline(store: Store, charge: Charge) -> list[TimelineEntry]:
@@ -281,12 +290,36 @@ def timeline(store: Store, charge: Charge) -> list[TimelineEntry]:
         entries += [_transition(i) for i in store.query_partition(f"REFUND#{refund.id}", "AUDIT#")]
         announced.append((charge.id, f"charge.refunded:{refund.id}"))
         announced += [(refund.id, operation) for operation in REFUND_OPERATIONS]
+    # Its disputes' changes, and the balance transactions of its money's movements.
+    disputes = listing.page(
+        store,
+        charge.merchant,
+        "du",
+        limit=10,
+        starting_after=None,
+        ending_before=None,
+        facets={"charge": [charge.id]},
+    ).items
+    for dispute in disputes:
+        entries += [_transition(i) for i in store.query_partition(dispute["pk"], "AUDIT#")]
+    moved = listing.page(
+        store,
+        charge.merchant,
+        "txn",
+        limit=100,
+        starting_after=None,
+        ending_before=None,
+        facets={
+            "source": [charge.id, *(r.id for r in charge.refunds), *(d["id"] for d in disputes)]
+        },
+    ).items
+    entries += [_balance_transaction(txn) for txn in moved]
     event_keys = [(f"EVENT#{derived_id('evt', *named)}", "EVENT") for named in announced]
     for event in store.get_many(event_keys):
         if event.get("merchant") == charge.merchant:
             entries.append(_event(store, event))
     # A change's audit item, then what it posted and announced, at the same millisecond.
-    order = {"transition": 0, "journal": 1, "event": 2}
+    order = {"transition": 0, "journal": 1, "balance": 2, "event": 3}
     return sorted(entries, key=lambda e: (e.at_ms, order[e.kind]))
 
 
@@ -314,6 +347,21 @@ def _journal(item: dict[str, Any]) -> TimelineEntry:
         str(item["id"]),
         currency=item.get("currency"),
         lines=lines,
+    )
+
+
+def _balance_transaction(txn: dict[str, Any]) -> TimelineEntry:
+    """A movement of the merchant's balance: amount, fee and net, and when it is available."""
+    created_ms = str(txn.get("gsi1sk", "")).split("#")[0]
+    return TimelineEntry(
+        int(created_ms) if created_ms.isdigit() else int(txn["created"]) * 1000,
+        "balance",
+        f"balance transaction {txn['type']}",
+        str(txn["id"]),
+        currency=str(txn["currency"]),
+        balance=BalanceMove(
+            int(txn["amount"]), int(txn["fee"]), int(txn["net"]), int(txn["available_on"])
+        ),
     )
 
 

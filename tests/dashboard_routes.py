@@ -1,0 +1,38 @@
+"""Every route of the dashboard: the OpenAPI test checks this is all of them (none is the
+API's), and the dashboard's integration tests try each with another merchant's ids."""
+
+# The dashboard's pages: for people signed in with a session, not the API.
+DASHBOARD_ROUTES = {
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/sign-in"),
+    ("GET", "/dashboard/sign-in/start"),
+    ("GET", "/dashboard/callback"),
+    ("POST", "/dashboard/sign-out"),
+    ("GET", "/dashboard/payments"),
+    ("GET", "/dashboard/payments/{charge_id}"),
+    ("GET", "/dashboard/payment-intents"),
+    ("POST", "/dashboard/payments/{charge_id}/refund"),
+    ("POST", "/dashboard/payments/{charge_id}/capture"),
+    ("GET", "/dashboard/balance"),
+    ("GET", "/dashboard/balance/chart.svg"),
+    ("GET", "/dashboard/payouts/{payout_id}"),
+    ("GET", "/dashboard/developers"),
+    ("POST", "/dashboard/developers/endpoints"),
+    ("POST", "/dashboard/developers/endpoints/{endpoint_id}/{action}"),
+    ("GET", "/dashboard/developers/events/{event_id}"),
+    ("POST", "/dashboard/developers/events/{event_id}/redeliver"),
+    ("GET", "/dashboard/logs"),
+    ("POST", "/dashboard/developers/keys/roll"),
+    ("GET", "/dashboard/logs/{request_id}"),
+    ("GET", "/dashboard/disputes"),
+    ("GET", "/dashboard/disputes/{dispute_id}"),
+    ("POST", "/dashboard/disputes/{dispute_id}/evidence"),
+    ("POST", "/dashboard/disputes/{dispute_id}/accept"),
+    ("GET", "/dashboard/reviews"),
+    ("POST", "/dashboard/reviews/{review_id}/{action}"),
+    ("GET", "/dashboard/operations"),
+    ("POST", "/dashboard/operations/ledger-verify"),
+    ("POST", "/dashboard/operations/queues/{queue_key}/redrive"),
+    ("POST", "/dashboard/operations/mismatches/{mismatch_id}/resolve"),
+    ("GET", "/dashboard/static/{name}"),
+}
