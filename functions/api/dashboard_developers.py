@@ -20,8 +20,6 @@ from dashboard_routes import (
     Refusal,
     current_session,
     error_page,
-    forbidden,
-    form_fields,
     new_idempotency_key,
     query_value,
     redirect,
@@ -29,6 +27,8 @@ from dashboard_routes import (
     render_page,
     root,
     run_form,
+    session_form,
+    session_page,
 )
 
 from clearline.errors import ApiError
@@ -120,26 +120,12 @@ def _delivered(store: Any, event_id: str) -> str:
     )
 
 
-def _acting() -> tuple[Session, Merchant, dict[str, str]] | Response[str]:
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
-    form = form_fields()
-    if not session.accepts(form.get("csrf_token")):
-        return forbidden(session)
-    return session, merchant, form
-
-
 @router.post("/dashboard/developers/endpoints", include_in_schema=False)
-def create_endpoint() -> Response[str]:
+@session_form
+def create_endpoint(session: Session, merchant: Merchant, form: dict[str, str]) -> Response[str]:
     from api_routes import services
     from clearline.webhooks import WebhookEndpointCreateParams
 
-    acting = _acting()
-    if isinstance(acting, Response):
-        return acting
-    session, merchant, form = acting
     events = [e.strip() for e in form.get("enabled_events", "*").split(",") if e.strip()]
     params: dict[str, Any] = {"url": form.get("url", "").strip(), "enabled_events": events}
     if form.get("description"):
@@ -160,14 +146,13 @@ def create_endpoint() -> Response[str]:
 
 
 @router.post("/dashboard/developers/endpoints/<endpoint_id>/<action>", include_in_schema=False)
-def change_endpoint(endpoint_id: str, action: str) -> Response[str]:
+@session_form
+def change_endpoint(
+    session: Session, merchant: Merchant, form: dict[str, str], endpoint_id: str, action: str
+) -> Response[str]:
     from api_routes import services
     from clearline.webhooks import WebhookEndpointUpdateParams
 
-    acting = _acting()
-    if isinstance(acting, Response):
-        return acting
-    session, merchant, form = acting
     endpoints = services().webhook_endpoints
     if action in ("disable", "enable"):
         stored = run_form(
@@ -206,15 +191,12 @@ def change_endpoint(endpoint_id: str, action: str) -> Response[str]:
 
 
 @router.post("/dashboard/developers/keys/roll", include_in_schema=False)
-def roll_key() -> Response[str]:
+@session_form
+def roll_key(session: Session, merchant: Merchant, form: dict[str, str]) -> Response[str]:
     from api_routes import request_id, services
     from clearline.audit import Caller
     from clearline.merchants import KEY_OVERLAPS, roll_secret_key
 
-    acting = _acting()
-    if isinstance(acting, Response):
-        return acting
-    session, merchant, form = acting
     overlap = form.get("overlap", "")
     if overlap not in KEY_OVERLAPS:
         shown = Refusal(
@@ -243,14 +225,11 @@ def request_lookup() -> Response[str]:
 
 
 @router.get("/dashboard/logs/<request_id>", include_in_schema=False)
-def request_page(request_id: str) -> Response[str]:
+@session_page
+def request_page(session: Session, merchant: Merchant, request_id: str) -> Response[str]:
     from api_routes import services
     from clearline.request_log import RequestLog
 
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
     found = RequestLog(services().store).find(merchant.id, request_id[:100])
     if found is None:
         missing = (
@@ -265,11 +244,8 @@ def request_page(request_id: str) -> Response[str]:
 
 
 @router.get("/dashboard/developers/events/<event_id>", include_in_schema=False)
-def event_page(event_id: str) -> Response[str]:
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
+@session_page
+def event_page(session: Session, merchant: Merchant, event_id: str) -> Response[str]:
     done = "Queued for delivery again." if query_value("done", 20) == "redelivered" else None
     return _event_page(200, session, merchant, event_id, done=done)
 
@@ -310,16 +286,15 @@ def _event_page(
 
 
 @router.post("/dashboard/developers/events/<event_id>/redeliver", include_in_schema=False)
-def redeliver(event_id: str) -> Response[str]:
+@session_form
+def redeliver(
+    session: Session, merchant: Merchant, form: dict[str, str], event_id: str
+) -> Response[str]:
     from api_routes import request_id, services
     from clearline.audit import Caller
     from clearline.idempotency import check_key
     from clearline.webhooks import Redeliveries
 
-    acting = _acting()
-    if isinstance(acting, Response):
-        return acting
-    session, merchant, form = acting
     try:
         key = check_key(form.get("idempotency_key"))
         who = Caller(merchant, request_id(), actor=session.actor)

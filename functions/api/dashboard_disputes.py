@@ -15,16 +15,15 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from dashboard_routes import (
     PAGE_SIZE,
     Refusal,
-    current_session,
     error_page,
-    forbidden,
-    form_fields,
     new_idempotency_key,
     query_value,
     redirect,
     render_page,
     root,
     run_form,
+    session_form,
+    session_page,
 )
 
 from clearline.errors import ApiError
@@ -53,13 +52,10 @@ EVIDENCE_FIELDS = (
 
 
 @router.get("/dashboard/disputes", include_in_schema=False)
-def disputes_page() -> Response[str]:
+@session_page
+def disputes_page(session: Session, merchant: Merchant) -> Response[str]:
     from api_routes import services
 
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
     listed = services().disputes.list(
         merchant,
         limit=PAGE_SIZE,
@@ -80,11 +76,8 @@ def disputes_page() -> Response[str]:
 
 
 @router.get("/dashboard/disputes/<dispute_id>", include_in_schema=False)
-def dispute_page(dispute_id: str) -> Response[str]:
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
+@session_page
+def dispute_page(session: Session, merchant: Merchant, dispute_id: str) -> Response[str]:
     said = {
         "submitted": "Evidence submitted. The card network decides; you will see the outcome here.",
         "saved": "Evidence saved, not submitted yet.",
@@ -127,17 +120,13 @@ def _dispute_page(
 
 
 @router.post("/dashboard/disputes/<dispute_id>/evidence", include_in_schema=False)
-def submit_evidence(dispute_id: str) -> Response[str]:
+@session_form
+def submit_evidence(
+    session: Session, merchant: Merchant, form: dict[str, str], dispute_id: str
+) -> Response[str]:
     from api_routes import services
     from clearline.params import DisputeUpdateParams
 
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
-    form = form_fields()
-    if not session.accepts(form.get("csrf_token")):
-        return forbidden(session)
     evidence = {name: form.get(name, "") for name, _, _ in EVIDENCE_FIELDS}
     submit = form.get("submit") != "false"
     stored = run_form(
@@ -161,17 +150,13 @@ def submit_evidence(dispute_id: str) -> Response[str]:
 
 
 @router.post("/dashboard/disputes/<dispute_id>/accept", include_in_schema=False)
-def accept_dispute(dispute_id: str) -> Response[str]:
+@session_form
+def accept_dispute(
+    session: Session, merchant: Merchant, form: dict[str, str], dispute_id: str
+) -> Response[str]:
     from api_routes import services
     from clearline.params import DisputeCloseParams
 
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
-    form = form_fields()
-    if not session.accepts(form.get("csrf_token")):
-        return forbidden(session)
     stored = run_form(
         session,
         merchant,
@@ -193,11 +178,8 @@ def accept_dispute(dispute_id: str) -> Response[str]:
 
 
 @router.get("/dashboard/reviews", include_in_schema=False)
-def reviews_page() -> Response[str]:
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
+@session_page
+def reviews_page(session: Session, merchant: Merchant) -> Response[str]:
     said = {"approved": "Review approved.", "refunded": "Payment refunded; its review is closed."}
     return _reviews_page(200, session, merchant, done=said.get(query_value("done", 20)))
 
@@ -236,17 +218,13 @@ def _reviews_page(
 
 
 @router.post("/dashboard/reviews/<review_id>/<action>", include_in_schema=False)
-def close_review(review_id: str, action: str) -> Response[str]:
+@session_form
+def close_review(
+    session: Session, merchant: Merchant, form: dict[str, str], review_id: str, action: str
+) -> Response[str]:
     from api_routes import create_refund_and_queue, services
     from clearline.params import RefundCreateParams, ReviewApproveParams
 
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
-    form = form_fields()
-    if not session.accepts(form.get("csrf_token")):
-        return forbidden(session)
     try:
         review = services().reviews.retrieve(merchant, review_id[:100])
     except ApiError as error:

@@ -18,15 +18,15 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from dashboard_routes import (
     Refusal,
-    current_session,
     error_page,
-    forbidden,
-    form_fields,
+    operators_only,
     query_value,
     redirect,
     refusal,
     render_page,
     root,
+    session_form,
+    session_page,
 )
 
 from clearline.errors import ApiError
@@ -46,16 +46,6 @@ DONE = {
 }
 
 
-def _operator() -> tuple[Session, Merchant] | Response[str]:
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
-    if not session.operations:  # a merchant's session: as if the page were not there
-        return error_page(Refusal(404, "No such page.", "resource_missing"), session)
-    return session, merchant
-
-
 def _caller(session: Session, merchant: Merchant) -> Caller:
     from api_routes import request_id
     from clearline.audit import Caller
@@ -64,11 +54,9 @@ def _caller(session: Session, merchant: Merchant) -> Caller:
 
 
 @router.get("/dashboard/operations", include_in_schema=False)
-def operations_page() -> Response[str]:
-    operator = _operator()
-    if isinstance(operator, Response):
-        return operator
-    session, merchant = operator
+@session_page
+@operators_only
+def operations_page(session: Session, merchant: Merchant) -> Response[str]:
     done = DONE.get(query_value("done", 20), "").format(moved=query_value("moved", 5))
     return _operations_page(200, session, merchant, done=done or None)
 
@@ -110,32 +98,25 @@ def _operations_page(
 
 
 @router.post("/dashboard/operations/ledger-verify", include_in_schema=False)
-def run_ledger_verify() -> Response[str]:
+@session_form
+@operators_only
+def run_ledger_verify(session: Session, merchant: Merchant, form: dict[str, str]) -> Response[str]:
     from api_routes import services
     from clearline import operations
 
-    operator = _operator()
-    if isinstance(operator, Response):
-        return operator
-    session, merchant = operator
-    if not session.accepts(form_fields().get("csrf_token")):
-        return forbidden(session)
     operations.run_ledger_verify(services().store, _caller(session, merchant))
     return redirect(f"{root()}/operations?done=verified#ledger")
 
 
 @router.post("/dashboard/operations/mismatches/<mismatch_id>/resolve", include_in_schema=False)
-def resolve_mismatch(mismatch_id: str) -> Response[str]:
+@session_form
+@operators_only
+def resolve_mismatch(
+    session: Session, merchant: Merchant, form: dict[str, str], mismatch_id: str
+) -> Response[str]:
     from api_routes import services
     from clearline.reconciliation import Reconciler
 
-    operator = _operator()
-    if isinstance(operator, Response):
-        return operator
-    session, merchant = operator
-    form = form_fields()
-    if not session.accepts(form.get("csrf_token")):
-        return forbidden(session)
     note = form.get("note", "").strip()
     if not note:
         shown = Refusal(400, "Say why it is resolved this way: the note is kept with it.")
@@ -194,18 +175,16 @@ def queue_depths() -> list[QueueDepth]:
 
 
 @router.post("/dashboard/operations/queues/<queue_key>/redrive", include_in_schema=False)
-def redrive(queue_key: str) -> Response[str]:
+@session_form
+@operators_only
+def redrive(
+    session: Session, merchant: Merchant, form: dict[str, str], queue_key: str
+) -> Response[str]:
     """Move a queue's dead letters back to it. Each is sent before it is deleted: a crash
     between the two leaves it in both, and every consumer takes a message twice safely."""
     from api_routes import _sqs, logger
     from clearline.topology import dlq_env_var, queue_env_var
 
-    operator = _operator()
-    if isinstance(operator, Response):
-        return operator
-    session, _ = operator
-    if not session.accepts(form_fields().get("csrf_token")):
-        return forbidden(session)
     source, dlq = os.environ.get(queue_env_var(queue_key)), os.environ.get(dlq_env_var(queue_key))
     if source is None or dlq is None:
         return error_page(Refusal(404, f"No queue {queue_key[:40]} with dead letters."), session)

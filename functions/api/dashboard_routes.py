@@ -9,6 +9,8 @@ session's CSRF token. A page for anything not the merchant's answers 404, as the
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import inspect
 import re
 import secrets
 import time
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -149,6 +151,69 @@ def current_session() -> tuple[Session, Merchant] | None:
         return None
     merchant = get_merchant(services().store, session.merchant_id)
     return (session, merchant) if merchant is not None else None
+
+
+P = ParamSpec("P")
+Page = Callable[Concatenate["Session", "Merchant", P], Response[str]]
+Action = Callable[Concatenate["Session", "Merchant", dict[str, str], P], Response[str]]
+
+
+def _takes_only(wrapper: Callable[..., Any], handler: Callable[..., Any], given: int) -> None:
+    """The route's parameters are the handler's but the `given` first, which the wrapper
+    passes: Powertools reads the signature to bind (and validate) what the route carries."""
+    signature = inspect.signature(handler)
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=list(signature.parameters.values())[given:]
+    )
+
+
+def session_page(handler: Page[P]) -> Callable[P, Response[str]]:
+    """A page for a signed-in session, given (session, merchant); without a session, the
+    sign-in page."""
+
+    @functools.wraps(handler)
+    def shown(*args: P.args, **kwargs: P.kwargs) -> Response[str]:
+        signed_in = current_session()
+        if signed_in is None:
+            return redirect(f"{root()}")
+        return handler(*signed_in, *args, **kwargs)
+
+    _takes_only(shown, handler, 2)
+    return shown
+
+
+def operators_only(handler: Page[P]) -> Page[P]:
+    """Under `session_page` or `session_form`: an operator's session only; any other is told
+    there is no such page."""
+
+    @functools.wraps(handler)
+    def checked(
+        session: Session, merchant: Merchant, /, *args: P.args, **kwargs: P.kwargs
+    ) -> Response[str]:
+        if not session.operations:
+            return error_page(Refusal(404, "No such page.", "resource_missing"), session)
+        return handler(session, merchant, *args, **kwargs)
+
+    return checked
+
+
+def session_form(handler: Action[P]) -> Callable[P, Response[str]]:
+    """A form's action, given (session, merchant, the form's fields): signed in, and sent
+    from a page of this session (its CSRF token), or refused before anything is read."""
+
+    @functools.wraps(handler)
+    def done(*args: P.args, **kwargs: P.kwargs) -> Response[str]:
+        signed_in = current_session()
+        if signed_in is None:
+            return redirect(f"{root()}")
+        session, merchant = signed_in
+        form = form_fields()
+        if not session.accepts(form.get("csrf_token")):
+            return forbidden(session)
+        return handler(session, merchant, form, *args, **kwargs)
+
+    _takes_only(done, handler, 3)
+    return done
 
 
 def query_value(name: str, limit: int = 200) -> str:
@@ -404,14 +469,11 @@ FILTERS = (
 
 
 @router.get("/dashboard/payments", include_in_schema=False)
-def payments() -> Response[str]:
+@session_page
+def payments(session: Session, merchant: Merchant) -> Response[str]:
     from api_routes import services
     from clearline import search
 
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
     filters = {name: query_value(name) for name in FILTERS}
     try:
         query = compose_query(filters)
@@ -469,14 +531,11 @@ def payments() -> Response[str]:
 
 
 @router.get("/dashboard/payment-intents", include_in_schema=False)
-def payment_intents() -> Response[str]:
+@session_page
+def payment_intents(session: Session, merchant: Merchant) -> Response[str]:
     """The merchant's PaymentIntents, newest first: each one's status, and its payment."""
     from api_routes import services
 
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
     listed = services().payment_intents.list(
         merchant,
         limit=PAGE_SIZE,
@@ -501,13 +560,10 @@ def _link(filters: dict[str, str], **more: str) -> str:
 
 
 @router.get("/dashboard/payments/<charge_id>", include_in_schema=False)
-def payment(charge_id: str) -> Response[str]:
+@session_page
+def payment(session: Session, merchant: Merchant, charge_id: str) -> Response[str]:
     from api_routes import services
 
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
     try:
         charge = services().charges.retrieve(merchant, charge_id[:100])
     except ApiError as error:
@@ -565,7 +621,10 @@ REFUND_REASONS = ("requested_by_customer", "duplicate", "fraudulent")
 
 
 @router.post("/dashboard/payments/<charge_id>/refund", include_in_schema=False)
-def refund_payment(charge_id: str) -> Response[str]:
+@session_form
+def refund_payment(
+    session: Session, merchant: Merchant, form: dict[str, str], charge_id: str
+) -> Response[str]:
     from api_routes import create_refund_and_queue
     from clearline.params import RefundCreateParams
 
@@ -578,12 +637,23 @@ def refund_payment(charge_id: str) -> Response[str]:
         return asked
 
     return _act(
-        charge_id, "/v1/refunds", "refund", RefundCreateParams, create_refund_and_queue, params
+        session,
+        merchant,
+        form,
+        charge_id,
+        "/v1/refunds",
+        "refund",
+        RefundCreateParams,
+        create_refund_and_queue,
+        params,
     )
 
 
 @router.post("/dashboard/payments/<charge_id>/capture", include_in_schema=False)
-def capture_payment(charge_id: str) -> Response[str]:
+@session_form
+def capture_payment(
+    session: Session, merchant: Merchant, form: dict[str, str], charge_id: str
+) -> Response[str]:
     from api_routes import services
     from clearline.params import ChargeCaptureParams
 
@@ -593,6 +663,9 @@ def capture_payment(charge_id: str) -> Response[str]:
         return {}
 
     return _act(
+        session,
+        merchant,
+        form,
         charge_id,
         f"/v1/charges/{charge_id}/capture",
         "charge",
@@ -603,6 +676,9 @@ def capture_payment(charge_id: str) -> Response[str]:
 
 
 def _act(
+    session: Session,
+    merchant: Merchant,
+    form: dict[str, str],
     charge_id: str,
     path: str,
     root_object: str,
@@ -614,13 +690,6 @@ def _act(
     happened; a refusal is shown on the page, having changed nothing."""
     from api_routes import request_id, services
 
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
-    form = form_fields()
-    if not session.accepts(form.get("csrf_token")):
-        return forbidden(session)
     try:
         charge = services().charges.retrieve(merchant, charge_id[:100])
     except ApiError as error:
@@ -684,13 +753,10 @@ def _history(merchant: Merchant) -> tuple[Balance, BalanceHistory]:
 
 
 @router.get("/dashboard/balance", include_in_schema=False)
-def balance_page() -> Response[str]:
+@session_page
+def balance_page(session: Session, merchant: Merchant) -> Response[str]:
     from api_routes import services
 
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
     found, history = _history(merchant)
     payouts = services().payouts.list(
         merchant,
@@ -774,15 +840,12 @@ def balance_svg(days: list[dt.date], amounts: list[int], currency: str) -> str:
 
 
 @router.get("/dashboard/payouts/<payout_id>", include_in_schema=False)
-def payout_page(payout_id: str) -> Response[str]:
+@session_page
+def payout_page(session: Session, merchant: Merchant, payout_id: str) -> Response[str]:
     from api_routes import services
     from clearline import listing
     from clearline.models import BalanceTransaction
 
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, merchant = signed_in
     try:
         payout = services().payouts.retrieve(merchant, payout_id[:100])
     except ApiError as error:
