@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from dashboard_routes import (
-    PAGE_SIZE,
     Refusal,
     error_page,
     new_idempotency_key,
+    newest_first,
     query_value,
     redirect,
     render_page,
@@ -56,14 +56,7 @@ EVIDENCE_FIELDS = (
 def disputes_page(session: Session, merchant: Merchant) -> Response[str]:
     from api_routes import services
 
-    listed = services().disputes.list(
-        merchant,
-        limit=PAGE_SIZE,
-        starting_after=query_value("after", 100) or None,
-        ending_before=None,
-    )
-    disputes = list(listed.items)
-    more = listed.has_more and disputes
+    disputes, next_link = newest_first(services().disputes.list, merchant, "disputes")
     return render_page(
         200,
         "disputes.html",
@@ -71,7 +64,7 @@ def disputes_page(session: Session, merchant: Merchant) -> Response[str]:
         merchant=merchant,
         needing_response=[d for d in disputes if d.status in NEEDS_RESPONSE],
         others=[d for d in disputes if d.status not in NEEDS_RESPONSE],
-        next_link=f"{root()}/disputes?after={disputes[-1].id}" if more else None,
+        next_link=next_link,
     )
 
 
@@ -194,15 +187,8 @@ def _reviews_page(
 ) -> Response[str]:
     from api_routes import services
 
-    listed = services().reviews.list(
-        merchant,
-        limit=PAGE_SIZE,
-        starting_after=query_value("after", 100) or None,
-        ending_before=None,
-    )
-    reviews = list(listed.items)
+    reviews, next_link = newest_first(services().reviews.list, merchant, "reviews")
     charges = {r.charge: services().charges.retrieve(merchant, r.charge) for r in reviews}
-    more = listed.has_more and reviews
     return render_page(
         status,
         "reviews.html",
@@ -213,7 +199,7 @@ def _reviews_page(
         idempotency_key=new_idempotency_key(),
         done=done,
         error=error,
-        next_link=f"{root()}/reviews?after={reviews[-1].id}" if more else None,
+        next_link=next_link,
     )
 
 

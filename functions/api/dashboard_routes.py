@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from clearline.idempotency import StoredResponse
     from clearline.merchants import Merchant
     from clearline.models import Balance, Charge, Model
+    from clearline.models import Page as PageOf
     from clearline.params import Params
 
 router = Router()
@@ -214,6 +215,26 @@ def session_form(handler: Action[P]) -> Callable[P, Response[str]]:
 
     _takes_only(done, handler, 3)
     return done
+
+
+class Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+M = TypeVar("M", bound=Identified)
+
+
+def newest_first(
+    lister: Callable[..., PageOf[M]], merchant: Merchant, path: str
+) -> tuple[list[M], str | None]:
+    """A page of the merchant's objects (a service's `list`), newest first, from the one the
+    `after` query names; and the link to the next page (None: no more)."""
+    after = query_value("after", 100) or None
+    listed = lister(merchant, limit=PAGE_SIZE, starting_after=after, ending_before=None)
+    items = list(listed.items)
+    more = listed.has_more and items
+    return items, (f"{root()}/{path}?after={items[-1].id}" if more else None)
 
 
 def query_value(name: str, limit: int = 200) -> str:
@@ -536,21 +557,14 @@ def payment_intents(session: Session, merchant: Merchant) -> Response[str]:
     """The merchant's PaymentIntents, newest first: each one's status, and its payment."""
     from api_routes import services
 
-    listed = services().payment_intents.list(
-        merchant,
-        limit=PAGE_SIZE,
-        starting_after=query_value("after", 100) or None,
-        ending_before=None,
-    )
-    intents = list(listed.items)
-    more = listed.has_more and intents
+    intents, next_link = newest_first(services().payment_intents.list, merchant, "payment-intents")
     return render_page(
         200,
         "payment_intents.html",
         session=session,
         merchant=merchant,
         intents=intents,
-        next_link=f"{root()}/payment-intents?after={intents[-1].id}" if more else None,
+        next_link=next_link,
     )
 
 
@@ -758,13 +772,7 @@ def balance_page(session: Session, merchant: Merchant) -> Response[str]:
     from api_routes import services
 
     found, history = _history(merchant)
-    payouts = services().payouts.list(
-        merchant,
-        limit=PAGE_SIZE,
-        starting_after=query_value("after", 100) or None,
-        ending_before=None,
-    )
-    more = payouts.has_more and payouts.items
+    payouts, next_link = newest_first(services().payouts.list, merchant, "balance")
     return render_page(
         200,
         "balance.html",
@@ -772,8 +780,8 @@ def balance_page(session: Session, merchant: Merchant) -> Response[str]:
         merchant=merchant,
         balance=found,
         history=history,
-        payouts=payouts.items,
-        next_link=f"{root()}/balance?after={payouts.items[-1].id}" if more else None,
+        payouts=payouts,
+        next_link=next_link,
     )
 
 
