@@ -126,13 +126,7 @@ class WebhookEndpoints:
                 "enabled_events must name at least one event type, or '*'.", param="enabled_events"
             )
         endpoint_id = new_id("we")
-        secret = "whsec_" + token_hex(24)
-        try:
-            sealed = self.secrets.seal(secret, secret_context(merchant.id, endpoint_id))
-        except SecretUnavailable as exc:
-            raise ServiceUnavailableError(
-                "The webhook endpoint's signing secret could not be sealed; retry."
-            ) from exc
+        secret, sealed = self._new_secret(merchant.id, endpoint_id)
         item: dict[str, Any] = {
             "pk": f"MERCHANT#{merchant.id}",
             "sk": f"WE#{endpoint_id}",
@@ -160,6 +154,16 @@ class WebhookEndpoints:
             ),
         )
         return WebhookEndpoint.from_item(item, secret=secret)
+
+    def _new_secret(self, merchant_id: str, endpoint_id: str) -> tuple[str, dict[str, str]]:
+        """A new signing secret, and it sealed for storage (the secret is only ever shown)."""
+        secret = "whsec_" + token_hex(24)
+        try:
+            return secret, self.secrets.seal(secret, secret_context(merchant_id, endpoint_id))
+        except SecretUnavailable as exc:
+            raise ServiceUnavailableError(
+                "The webhook endpoint's signing secret could not be sealed; retry."
+            ) from exc
 
     def _commit(self, caller: Caller, change: Change) -> None:
         """Every endpoint change is a transition: audited, and guarded by the version it
@@ -210,13 +214,7 @@ class WebhookEndpoints:
         it for ROLL_OVERLAP_SECONDS, so deliveries still verify while the receiver changes."""
         merchant = caller.merchant
         item = self._get(merchant, endpoint_id)
-        secret = "whsec_" + token_hex(24)
-        try:
-            sealed = self.secrets.seal(secret, secret_context(merchant.id, endpoint_id))
-        except SecretUnavailable as exc:
-            raise ServiceUnavailableError(
-                "The webhook endpoint's new signing secret could not be sealed; retry."
-            ) from exc
+        secret, sealed = self._new_secret(merchant.id, endpoint_id)
         change = self._versioned(item, "roll_secret", item["status"])
         change.replace = {
             **item,
