@@ -1,9 +1,15 @@
 """The dashboard: server-rendered pages for a signed-in merchant, served by the api function.
 
-It reads through the same services and store as the API and writes through the same
-transitions. A session is a cookie (HttpOnly, SameSite=Lax, Secure where the public URL is
-https) naming a session the store keeps (clearline.dashboard); every form carries the
-session's CSRF token. A page for anything not the merchant's answers 404, as the API does.
+It reads through the same services and store as the API, and each form runs its API
+route's operation (`run_form`: the same validation, operation and idempotency record). A
+session is a cookie (HttpOnly, SameSite=Lax, Secure where the public URL is https) naming a
+session the store keeps (clearline.dashboard), opened by a one-time link or, deployed, by
+Cognito (clearline.dashboard_identity). Handlers get theirs from `session_page` and
+`session_form` (which also checks the form's CSRF token). A page for anything not the
+merchant's answers 404, as the API does.
+
+Here: what every page shares, sign-in, payments and a payment's actions, balance and
+payouts. Beside it: dashboard_developers, dashboard_disputes, dashboard_operations.
 """
 
 from __future__ import annotations

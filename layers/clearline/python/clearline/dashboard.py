@@ -8,9 +8,11 @@ form of the session must send back. Links, sessions and their ends are changes o
 like any other, written by the transition writer, with their audit items.
 
 A payment's timeline is what happened to a charge, in order: its state transitions (and
-its refunds') from the audit trail, with who and which request; the events that announced
-them, each with its webhook delivery attempts; and the ledger journals it posted, with
-their lines. It is read from the same items the API writes; nothing here writes it.
+its refunds' and disputes') from the audit trail, with who and which request; the ledger
+journals it posted, with their lines; the balance transactions of its money; and the
+events that announced them, each with its webhook delivery attempts. It is read from the
+same items the API writes; nothing here writes it. So is the balance's history, walked
+back from today's balance through the balance transactions.
 """
 
 from __future__ import annotations
