@@ -36,8 +36,18 @@ from clearline.errors import ApiError
 if TYPE_CHECKING:
     from clearline.dashboard import Session
     from clearline.merchants import Merchant
+    from clearline.webhooks import Attempt
 
 router = Router()
+
+# What "send a test event" offers, besides each endpoint's own enabled events.
+TEST_EVENT_TYPES = (
+    "charge.succeeded",
+    "charge.refunded",
+    "charge.dispute.created",
+    "payment_intent.succeeded",
+    "payout.paid",
+)
 
 
 @router.get("/dashboard/developers", include_in_schema=False)
@@ -50,6 +60,8 @@ def developers(
     *,
     created_secret: str | None = None,
     created_key: str | None = None,
+    tested: Attempt | None = None,
+    tested_type: str | None = None,
     error: Refusal | None = None,
 ) -> Response[str]:
     from api_routes import services
@@ -92,6 +104,9 @@ def developers(
         keys=api_keys(services().store, merchant.id, time.time()),
         overlaps=KEY_OVERLAPS,
         created_key=created_key,
+        tested=tested,
+        tested_type=tested_type,
+        test_types=TEST_EVENT_TYPES,
         created_secret=created_secret,
         error=error,
         done=_done(),
@@ -176,6 +191,8 @@ def change_endpoint(
             "endpoint",
             f"/dashboard/developers/endpoints/{endpoint_id}/roll-secret",
         )
+    elif action == "test":
+        return _send_test(session, merchant, endpoint_id, form.get("type", ""))
     else:
         return error_page(Refusal(400, f"Unknown action: {action[:30]}"), session)
     if isinstance(stored, Refusal):
@@ -185,6 +202,29 @@ def change_endpoint(
     if action == "roll-secret":
         return developers(200, created_secret=stored.body.get("secret"))
     return redirect(f"{root()}/developers?done={action}d")
+
+
+def _send_test(session: Session, merchant: Merchant, endpoint_id: str, kind: str) -> Response[str]:
+    """A made-up event of the chosen type, POSTed now to that endpoint, signed as any
+    delivery; the page shows how the receiver answered."""
+    from api_routes import services
+    from clearline.egress import EgressPolicy
+    from clearline.webhooks import Dispatcher
+
+    dispatcher = Dispatcher(
+        services().store,
+        secrets=services().secret_box,
+        egress=EgressPolicy.from_settings(services().settings),
+        timeout_seconds=10,  # within the API's 29 s
+    )
+    try:
+        attempt = dispatcher.send_test(merchant, endpoint_id[:100], kind or "charge.succeeded")
+    except ApiError as error:
+        shown = refusal(error)
+        if shown.status == 404:
+            return error_page(shown, session)
+        return developers(shown.status, error=shown)
+    return developers(200, tested=attempt, tested_type=kind or "charge.succeeded")
 
 
 # ---- API keys -------------------------------------------------------------------------------

@@ -353,6 +353,32 @@ def test_an_endpoint_added_from_the_developers_page_shows_its_secret_once(
     assert status == 200 and rolled is not None and rolled.group(1) != secret.group(1)
 
 
+def test_a_test_event_reaches_the_endpoint_and_its_answer_is_shown(
+    stack: Stack, shop: Shop
+) -> None:
+    receiver = Receiver()
+    endpoint = shop.sdk.v1.webhook_endpoints.create(
+        params={"url": receiver.url, "enabled_events": ["charge.refunded", "payout.paid"]},
+        options={"idempotency_key": key()},
+    )
+    receiver.secret = str(endpoint.secret)
+    client = signed_in(stack, shop.merchant["id"])
+    developers = f"{stack.url}/dashboard/developers"
+    page = client.get(developers)[2]
+    form = {**form_of(page, f"test-{endpoint.id}"), "type": "payout.paid"}
+    assert "<option>charge.refunded</option><option>payout.paid</option>" in page
+    status, _, page = client.post(f"{developers}/endpoints/{endpoint.id}/test", form)
+    assert status == 200 and "Test payout.paid to" in page and "HTTP 200" in page
+    (event,) = receiver.accepted  # signed with the endpoint's secret: the SDK verified it
+    assert event.type == "payout.paid" and event.id.startswith("evt_test_")
+    assert event.data.object["test"] is True
+    assert event.id not in [e.id for e in shop.sdk.v1.events.list(params={"limit": 100}).data]
+    status, _, page = client.post(
+        f"{developers}/endpoints/{endpoint.id}/test", {**form, "type": "x; drop"}
+    )
+    assert status == 400 and "Not an event type" in page and len(receiver.accepted) == 1
+
+
 def test_bad_developer_forms_are_refused_and_change_nothing(stack: Stack, shop: Shop) -> None:
     client = signed_in(stack, shop.merchant["id"])
     developers = f"{stack.url}/dashboard/developers"
@@ -659,7 +685,11 @@ def test_every_view_and_action_answers_404_for_another_merchants_ids(
         "action": None,  # filled per route below
     }
     actions = {
-        "/dashboard/developers/endpoints/{endpoint_id}/{action}": ["disable", "roll-secret"],
+        "/dashboard/developers/endpoints/{endpoint_id}/{action}": [
+            "disable",
+            "roll-secret",
+            "test",
+        ],
         "/dashboard/reviews/{review_id}/{action}": ["approve", "refund"],
     }
     client = operator_signed_in(stack, shop.merchant["id"])
@@ -681,7 +711,7 @@ def test_every_view_and_action_answers_404_for_another_merchants_ids(
             assert status == 404, f"{method} {path}: {status}"
             assert "2,100" not in answer and "21.00" not in answer
             tried += 1
-    assert tried >= 14
+    assert tried >= 15
     # Nothing of theirs moved.
     assert theirs.v1.charges.retrieve(charge.id).amount_refunded == 0
     assert theirs.v1.charges.retrieve(reviewed.id).amount_refunded == 0

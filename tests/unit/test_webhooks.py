@@ -731,3 +731,23 @@ def test_another_merchants_event_is_not_found_and_not_queued(
         with pytest.raises(ResourceMissingError):
             Redeliveries(store, queue).redeliver(Caller(merchant, "req_x"), asked, "key")
     assert queue.sent == [] and store.query_partition(f"EVENT#{event_id}", "REDELIVERY#") == []
+
+
+def test_a_test_event_is_one_signed_post_to_one_endpoint_and_no_event_of_theirs(
+    store: Store, box: SecretBox, subscribed: tuple[Merchant, str, Endpoint]
+) -> None:
+    merchant, endpoint_id, endpoint = subscribed
+    dispatcher = Dispatcher(store, secrets=box, egress=LOCAL)
+    attempt = dispatcher.send_test(merchant, endpoint_id, "payout.paid")
+    assert attempt.ok and attempt.response_body.startswith("received evt_test_")
+    (received,) = endpoint.received  # verified with the endpoint's secret by the stripe SDK
+    assert received.startswith("evt_test_")
+    assert [i for i in store.scan("EVENT#") if i["pk"] == f"EVENT#{received}"] == []
+    with pytest.raises(InvalidRequestError):
+        dispatcher.send_test(merchant, endpoint_id, "not an event type; drop table")
+    with pytest.raises(ResourceMissingError):
+        dispatcher.send_test(merchant, "we_missing", "charge.succeeded")
+    other = create_merchant(store, "Other Hooks Shop").merchant
+    with pytest.raises(ResourceMissingError):  # another merchant's endpoint
+        dispatcher.send_test(other, endpoint_id, "charge.succeeded")
+    assert len(endpoint.received) == 1

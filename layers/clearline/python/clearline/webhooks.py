@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ from clearline.store import Store, Write, commit
 from clearline.transitions import Change, Transition, TransitionWriter
 
 ALL_EVENTS = "*"
+EVENT_TYPE = re.compile(r"[a-z_]+(\.[a-z_]+){1,3}")
 ENABLED, DISABLED = "enabled", "disabled"
 ROLL_OVERLAP_SECONDS = 24 * 3600  # the old secret still signs, beside the new, this long
 REQUESTED, QUEUED = "requested", "queued"  # a redelivery's states
@@ -316,6 +318,29 @@ class Dispatcher:
             attempts.append(attempt)
         self._mark_delivery(merchant_id, event, subscribed_ids)
         return attempts
+
+    def send_test(self, merchant: Merchant, endpoint_id: str, event_type: str) -> Attempt:
+        """One signed POST of a made-up event of `event_type` to one endpoint, now, for the
+        merchant to see their receiver answer (Stripe's "send test webhook"). It is no event
+        of theirs: not listed, not retried, and its object is marked as a test."""
+        endpoint = self.store.get(f"MERCHANT#{merchant.id}", f"WE#{endpoint_id}")
+        if endpoint is None:
+            raise ResourceMissingError("webhook endpoint", endpoint_id)
+        if not EVENT_TYPE.fullmatch(event_type):
+            raise InvalidRequestError(f"Not an event type: {event_type[:60]!r}.", param="type")
+        kind = event_type.split(".")[0]
+        now = int(self.clock())
+        event = {
+            "id": new_id("evt_test"),
+            "object": "event",
+            "type": event_type,
+            "created": now,
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "data": {"object": {"id": new_id(f"{kind}_test"), "object": kind, "test": True}},
+        }
+        return self._post(merchant.id, endpoint, event)
 
     def _mark_delivery(self, merchant_id: str, event: dict[str, Any], endpoints: list[str]) -> None:
         """Files the event under delivery_success=true once every subscribed endpoint has
