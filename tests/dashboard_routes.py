@@ -32,6 +32,7 @@ DASHBOARD_ROUTES = {
     ("POST", "/dashboard/reviews/{review_id}/{action}"),
     ("GET", "/dashboard/operations"),
     ("POST", "/dashboard/operations/ledger-verify"),
+    ("POST", "/dashboard/operations/view-as"),
     ("POST", "/dashboard/operations/queues/{queue_key}/redrive"),
     ("POST", "/dashboard/operations/mismatches/{mismatch_id}/resolve"),
     ("GET", "/dashboard/static/{name}"),

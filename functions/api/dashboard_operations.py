@@ -133,6 +133,26 @@ def resolve_mismatch(
     return redirect(f"{root()}/operations?done=resolved#mismatches")
 
 
+@router.post("/dashboard/operations/view-as", include_in_schema=False)
+@session_form
+@operators_only
+def view_as(session: Session, merchant: Merchant, form: dict[str, str]) -> Response[str]:
+    """An operator sees another merchant's views: the session's merchant changes (audited)."""
+    from dashboard_routes import session_cookie_value, sessions
+
+    from api_routes import services
+    from clearline.merchants import get_merchant
+
+    asked = form.get("merchant", "").strip()[:64]
+    if get_merchant(services().store, asked) is None:
+        shown = Refusal(404, f"No merchant {asked or '(none given)'}.", "resource_missing")
+        return _operations_page(404, session, merchant, error=shown)
+    session_id = session_cookie_value()
+    assert session_id is not None  # session_form found the session by it
+    sessions().view_as(session_id, asked)
+    return redirect(f"{root()}/payments")
+
+
 # ---- queues ---------------------------------------------------------------------------------
 
 REDRIVE_MOST = 100  # messages moved per press: the page answers within the API's time

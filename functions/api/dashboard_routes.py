@@ -134,7 +134,8 @@ def redirect(to: str, cookies: list[Cookie] | None = None) -> Response[str]:
     )
 
 
-def _session_id() -> str | None:
+def session_cookie_value() -> str | None:
+    """The session's id, as the browser sent it (its cookie)."""
     return _cookie(COOKIE)
 
 
@@ -153,7 +154,7 @@ def current_session() -> tuple[Session, Merchant] | None:
     from api_routes import services
     from clearline.merchants import get_merchant
 
-    session = sessions().session(_session_id())
+    session = sessions().session(session_cookie_value())
     if session is None:
         return None
     merchant = get_merchant(services().store, session.merchant_id)
@@ -423,7 +424,7 @@ def sign_out() -> Response[str]:
     form = form_fields()
     if not session.accepts(form.get("csrf_token")):
         return forbidden(session)
-    session_id = _session_id()
+    session_id = session_cookie_value()
     assert session_id is not None
     sessions().sign_out(session_id)
     return redirect(f"{root()}", [_gone(COOKIE)])
@@ -779,6 +780,7 @@ def balance_page(session: Session, merchant: Merchant) -> Response[str]:
 
     found, history = _history(merchant)
     payouts, next_link = newest_first(services().payouts.list, merchant, "balance")
+    quotes = services().fx_quotes.list(merchant, limit=10, starting_after=None, ending_before=None)
     return render_page(
         200,
         "balance.html",
@@ -787,6 +789,7 @@ def balance_page(session: Session, merchant: Merchant) -> Response[str]:
         balance=found,
         history=history,
         payouts=payouts,
+        quotes=quotes.items,
         next_link=next_link,
     )
 

@@ -560,10 +560,11 @@ def test_the_operations_page_is_an_operators_only(stack: Stack, shop: Shop) -> N
     merchant = signed_in(stack, shop.merchant["id"])
     page = merchant.get(f"{stack.url}/dashboard/payments")[2]
     assert 'href="/dashboard/operations"' not in page
-    csrf = {"csrf_token": csrf_of(page)}
+    merchant_csrf = {"csrf_token": csrf_of(page)}
     assert merchant.get(operations)[0] == 404
-    assert merchant.post(f"{operations}/ledger-verify", csrf)[0] == 404
-    assert merchant.post(f"{operations}/mismatches/recm_1/resolve", {**csrf, "note": "x"})[0] == 404
+    assert merchant.post(f"{operations}/ledger-verify", merchant_csrf)[0] == 404
+    resolve = {**merchant_csrf, "note": "x"}
+    assert merchant.post(f"{operations}/mismatches/recm_1/resolve", resolve)[0] == 404
 
     operator = operator_signed_in(stack, shop.merchant["id"])
     status, _, page = operator.get(operations)
@@ -582,6 +583,23 @@ def test_the_operations_page_is_an_operators_only(stack: Stack, shop: Shop) -> N
         f"{operations}/mismatches/recm_made_up/resolve", {**csrf, "note": "why"}
     )
     assert status == 404
+
+    # An operator views another merchant's dashboard; a merchant's session cannot.
+    other = stack.create_merchant("Viewed Shop")
+    theirs = stripe.StripeClient(other["secret_key"], base_addresses={"api": stack.url})
+    their_charge = theirs.v1.charges.create(
+        params={"amount": 1717, "currency": "usd", "source": "tok_visa"},
+        options={"idempotency_key": key()},
+    )
+    view = {**merchant_csrf, "merchant": other["id"]}
+    assert merchant.post(f"{operations}/view-as", view)[0] == 404
+    status, _, page = operator.post(f"{operations}/view-as", {**csrf, "merchant": "acct_none"})
+    assert status == 404 and "No merchant acct_none" in page
+    status, headers, _ = operator.post(f"{operations}/view-as", {**csrf, "merchant": other["id"]})
+    assert status == 303 and headers["Location"] == "/dashboard/payments"
+    page = operator.get(f"{stack.url}/dashboard/payments")[2]
+    assert "Viewed Shop" in page and "17.17 USD" in page
+    assert operator.get(f"{stack.url}/dashboard/payments/{their_charge.id}")[0] == 200
 
 
 def test_a_refusals_request_log_url_opens_that_request_for_its_merchant_only(

@@ -26,6 +26,7 @@ from clearline import fx, ledger
 from tests.polling import eventually
 
 from .conftest import Stack, running_stack, settled_on
+from .test_dashboard import signed_in
 from .test_money_out import dispute_of
 from .test_reconciliation import report_for
 
@@ -449,3 +450,14 @@ def test_the_settlement_file_in_euros_settles_the_merchants_dollars(
     balance = sdk.v1.balance.retrieve()
     assert [(b.currency, b.amount) for b in balance.available] == [("usd", captured.net)]
     assert [(b.currency, b.amount) for b in balance.pending] == [("usd", 0)]
+
+
+def test_the_dashboards_balance_page_lists_the_merchants_fx_quotes(
+    own_stack: Stack, shop: tuple[dict[str, Any], stripe.StripeClient]
+) -> None:
+    merchant, sdk = shop
+    locked = quote(sdk, "eur", "jpy")
+    page = signed_in(own_stack, merchant["id"]).get(f"{own_stack.url}/dashboard/balance")[2]
+    row = page.split(f"<code>{locked.id}</code>", 1)[1].split("</tr>", 1)[0]
+    assert f"1 EUR = {locked.rates['eur'].exchange_rate} USD" in row
+    assert f"1 JPY = {locked.rates['jpy'].exchange_rate} USD" in row and "active" in row

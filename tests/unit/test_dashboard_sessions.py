@@ -19,7 +19,7 @@ from clearline.dashboard import (
     SignInLinkInvalid,
     balance_history,
 )
-from clearline.errors import AuthenticationError
+from clearline.errors import AuthenticationError, InvalidRequestError
 from clearline.merchants import api_keys, authenticate, create_merchant, roll_secret_key
 from clearline.store import Store
 
@@ -191,3 +191,21 @@ def test_a_rolled_secret_key_works_until_its_overlap_ends(store: Store) -> None:
     audit = store.query_partition(f"MERCHANT#{created.merchant.id}", "AUDIT#")
     rolls = [a for a in audit if a["operation"] == "api_key.roll"]
     assert len(rolls) == 3 and {a["actor"] for a in rolls} == {"dashboard session_1"}
+
+
+def test_an_operators_session_views_another_merchant_and_a_merchants_cannot(
+    store: Store, sessions: DashboardSessions, merchant_id: str
+) -> None:
+    other = create_merchant(store, "Another Shop").merchant.id
+    operator_id, _ = sessions.sign_in(sessions.issue_link(merchant_id, operations=True))
+    sessions.view_as(operator_id, other)
+    viewing = sessions.session(operator_id)
+    assert viewing is not None and viewing.merchant_id == other and viewing.operations
+    merchant_session, _ = sessions.sign_in(sessions.issue_link(merchant_id))
+    with pytest.raises(InvalidRequestError):
+        sessions.view_as(merchant_session, other)
+    unchanged = sessions.session(merchant_session)
+    assert unchanged is not None and unchanged.merchant_id == merchant_id
+    digest = hashlib.sha256(operator_id.encode()).hexdigest()
+    audit = store.query_partition(f"SESSION#{digest}", "AUDIT#")
+    assert [a["operation"] for a in audit] == ["dashboard.session", "dashboard.view_as"]

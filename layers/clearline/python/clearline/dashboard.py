@@ -200,6 +200,24 @@ class DashboardSessions:
             item.get("person"),
         )
 
+    def view_as(self, session_id: str, merchant_id: str) -> None:
+        """An operator's session shows another merchant's views from now on (audited). Only
+        an operator's, still active: any other changes nothing."""
+        digest = _digest(session_id)
+        switched = Change(
+            f"SESSION#{digest}",
+            "SESSION",
+            _session_name(session_id),
+            "dashboard.view_as",
+            ACTIVE,
+            from_state=ACTIVE,
+            set={"merchant": merchant_id},
+            condition="operations = :yes",
+            values={":yes": True},
+        )
+        if self.writer.commit(Transition([switched])) is not None:
+            raise InvalidRequestError("Only an operator's session can view another merchant.")
+
     def sign_out(self, session_id: str) -> None:
         digest = _digest(session_id)
         ended = Change(
