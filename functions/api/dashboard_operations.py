@@ -41,8 +41,8 @@ router = Router()
 DONE = {
     "redriven": "{moved} dead letter(s) moved back to their queue, to be tried again.",
     "verified": "The ledger was checked; its result is below.",
-    "resolved": "Resolved: the movement settled at the processor's figure, and the "
-    "difference is booked to reconciliation_adjustments.",
+    "resolved": "Resolved by an adjusting journal: what the processor moved is booked, and "
+    "what we cannot match to a movement of ours goes to reconciliation_adjustments.",
 }
 
 
@@ -72,7 +72,7 @@ def _operations_page(
     from api_routes import services
     from clearline import operations
     from clearline.fx import LATEST_SK, MAX_RATE_AGE_SECONDS, RATES_PK
-    from clearline.reconciliation import Reconciler
+    from clearline.reconciliation import RESOLVABLE, Reconciler
 
     store = services().store
     found = operations.mismatches(store)
@@ -86,6 +86,7 @@ def _operations_page(
         reports=operations.reconciliation_reports(store),
         mismatches=found,
         resolutions=Reconciler(store).resolutions([m["id"] for m in found]),
+        resolvable=RESOLVABLE,
         verify=operations.last_ledger_verify(store),
         pending=operations.pending_operations(store, now),
         queues=queue_depths(),

@@ -1,6 +1,7 @@
-"""Resolving a settlement mismatch by an adjusting journal (moto in-process): the movement
-settles at the processor's figure, the difference is booked to reconciliation_adjustments,
-the resolution is audited and happens once, and `ledger verify` still passes."""
+"""Resolving a settlement mismatch by an adjusting journal (moto in-process): an amount
+mismatch's movement settles at the processor's figure, the difference booked to
+reconciliation_adjustments; a row we have no movement for has its cash booked there; each
+resolution is audited and happens once, and `ledger verify` still passes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from clearline import ledger
 from clearline.audit import Caller
 from clearline.errors import ConflictError, InvalidRequestError, ResourceMissingError
 from clearline.merchants import create_merchant
-from clearline.reconciliation import AMOUNT, MISSING_LEDGER, PLATFORM, Reconciler
+from clearline.reconciliation import (
+    AMOUNT,
+    MISSING_LEDGER,
+    MISSING_SETTLEMENT,
+    PLATFORM,
+    Reconciler,
+)
 from clearline.store import Store
 from clearline.transitions import Transition
 from tests.unit.test_reconcile_faults import ETAG, FILE, HEADER, Day, day, line, txn_of
@@ -102,12 +109,32 @@ def test_a_resolution_racing_another_writes_nothing(
     assert len(journals) == 1 and ledger.verify(store).ok
 
 
-def test_other_mismatches_and_unknown_ones_are_not_resolved_here(store: Store, day: Day) -> None:
+def test_a_row_missing_in_our_ledger_books_its_cash_against_adjustments(
+    store: Store, day: Day
+) -> None:
     extra = {**day.rows[0], "charge_id": "ch_unknown", "processor_reference": "pr_unknown"}
     reconciler = Reconciler(store)
     reconciler.reconcile([HEADER, *map(line, [*day.rows, extra])], file=FILE, etag=ETAG)
     (missing,) = mismatches(store, MISSING_LEDGER)
-    with pytest.raises(InvalidRequestError, match="missing_in_ledger"):
+    cash_before = ledger.account_balance(store, ledger.settlement_cash("usd")).debits_posted
+    adjusting = reconciler.resolve(missing["id"], operator(store), "processor paid us twice")
+    amount, fee = int(extra["amount"]), int(extra["fee"])
+    cash = ledger.account_balance(store, ledger.settlement_cash("usd"))
+    assert cash.debits_posted - cash_before == amount - fee
+    adjustments = ledger.account_balance(store, ledger.reconciliation_adjustments("usd"))
+    assert (adjustments.credits_posted, adjustments.debits_posted) == (amount, 0)
+    assert adjusting.charge_id == "" and adjusting.partition == f"RECM#{missing['id']}"
+    report = ledger.verify(store)
+    assert report.ok, report.violations
+    with pytest.raises(ConflictError):  # once
+        reconciler.resolve(missing["id"], operator(store), "again")
+
+
+def test_other_mismatches_and_unknown_ones_are_not_resolved_here(store: Store, day: Day) -> None:
+    reconciler = Reconciler(store)
+    reconciler.reconcile([HEADER, *map(line, day.rows[1:])], file=FILE, etag=ETAG)
+    (missing,) = mismatches(store, MISSING_SETTLEMENT)
+    with pytest.raises(InvalidRequestError, match="missing_in_settlement"):
         reconciler.resolve(missing["id"], operator(store), "no")
     with pytest.raises(ResourceMissingError):
         reconciler.resolve("recm_made_up", operator(store), "no")

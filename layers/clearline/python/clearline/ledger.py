@@ -14,7 +14,7 @@ Accounts (one per currency; see the README's chart of accounts):
 - `fx_gain_loss:{cur}`                income (credit) or expense (debit): a refund or dispute
   of a converted charge goes back at the charge's rate; what the market moved since is ours
 - `reconciliation_adjustments:{cur}`  income (credit) or expense (debit): where operations
-  resolved a settlement mismatch by taking the processor's figure
+  resolved a settlement mismatch by taking the processor's word for what moved
 
 A conversion is two journals, each balanced in its own currency and written in the same
 transaction (TigerBeetle's linked transfers through a liquidity account): money in the

@@ -89,6 +89,8 @@ MATCHED, AMOUNT, CURRENCY, MISSING_LEDGER, DUPLICATE, MISSING_SETTLEMENT, MALFOR
     "missing_in_settlement",
     "malformed",
 )
+# What operations resolve by an adjusting journal (Reconciler.resolve).
+RESOLVABLE = (AMOUNT, MISSING_LEDGER, DUPLICATE)
 
 
 ROW_TYPES = ("capture", "refund", "dispute", "dispute_reversal")
@@ -559,17 +561,26 @@ class Reconciler:
         return dict(event["data"]["object"])
 
     def resolve(self, mismatch_id: str, caller: Caller, note: str) -> ledger.Journal:
-        """Resolve an amount mismatch by taking the processor's figure: the movement settles
-        as its row said (the cash and fee the processor reported; the merchant's side as we
-        recorded it, so the merchant is whole), and an adjusting journal books the difference
-        between the two to reconciliation_adjustments. Nothing is edited: the journals are
-        new, the movement's change to settled is guarded by its being unsettled, and the
-        resolution is created once, audited, in the same transaction."""
+        """Resolve a settlement file's mismatch by an adjusting journal, taking the
+        processor's word for what moved (the cash is what the bank holds):
+
+        - an amount mismatch: the movement settles as its row said (the cash and fee the
+          processor reported; the merchant's side as we recorded it, so the merchant is
+          whole), and the difference goes to reconciliation_adjustments;
+        - a row missing in our ledger, or a duplicate row: the processor moved money we
+          have no movement for (again); its cash and fee are booked against
+          reconciliation_adjustments, for the platform to recover or keep.
+
+        Nothing is edited: the journals are new, a movement's change to settled is guarded
+        by its being unsettled, and the resolution is created once, audited, in the same
+        transaction. Other kinds (a currency mismatch, a movement missing in settlement)
+        are taken up with the processor, not resolved here."""
         found = self.mismatch(mismatch_id)
-        if found["mismatch"] != AMOUNT or not found.get("row_type") or not found.get("etag"):
+        kind = found["mismatch"]
+        if kind not in RESOLVABLE or not found.get("row_type") or not found.get("etag"):
             raise InvalidRequestError(
-                f"Only a settlement file's amount mismatch is resolved by an adjusting journal; "
-                f"this is {found['mismatch']}.",
+                f"This mismatch ({kind}) is not resolved by an adjusting journal here: take it "
+                "up with the processor.",
                 param="mismatch",
             )
         row = Row(
@@ -583,6 +594,32 @@ class Reconciler:
             str(found["charge_id"]),
             str(found.get("refund_id") or ""),
         )
+        if kind == AMOUNT:
+            changes, journals, adjusting = self._at_the_processors_figure(mismatch_id, found, row)
+        else:
+            adjusting = self._unexplained_movement(mismatch_id, found, row)
+            changes, journals = [], [adjusting]
+        resolution: dict[str, Any] = {
+            "pk": f"RECM#{mismatch_id}",
+            "sk": "RESOLUTION",
+            "id": mismatch_id,
+            "journal": adjusting.id,
+            "note": note[:500],
+            "resolved": int(self.clock()),
+        }
+        resolved = Change(
+            resolution["pk"], "RESOLUTION", mismatch_id, "resolve", RESOLVED, create=resolution
+        )
+        if self.writer.commit(Transition([*changes, resolved], caller, journals=journals)):
+            raise ConflictError(
+                f"The mismatch {mismatch_id} was resolved, or its movement settled, meanwhile."
+            )
+        return adjusting
+
+    def _at_the_processors_figure(
+        self, mismatch_id: str, found: dict[str, Any], row: Row
+    ) -> tuple[list[Change], list[ledger.Journal], ledger.Journal]:
+        """An amount mismatch's settlement at the row's figure, and its adjusting journal."""
         txn = self.store.get(f"TXN#{row.txn_id}", "TXN")
         if txn is None or txn.get("settlement") != UNSETTLED:
             raise InvalidRequestError(
@@ -600,10 +637,8 @@ class Reconciler:
         inbound = row.type in ("capture", "dispute_reversal")
         # What is left on the receivable once the processor's figure settles: booked away.
         left = (ours - row.amount) if inbound else (row.amount - ours)
-        receivable, adjustments = (
-            ledger.processor_receivable(row.currency),
-            ledger.reconciliation_adjustments(row.currency),
-        )
+        receivable = ledger.processor_receivable(row.currency)
+        adjustments = ledger.reconciliation_adjustments(row.currency)
         entries = (
             (ledger.Entry(adjustments, "debit", left), ledger.Entry(receivable, "credit", left))
             if left > 0
@@ -612,38 +647,55 @@ class Reconciler:
                 ledger.Entry(adjustments, "credit", -left),
             )
         )
-        adjusting = ledger.Journal(
+        adjusting = self._adjusting(mismatch_id, found, row, entries, str(txn["merchant"]))
+        return settlement.changes, [*settlement.journals, adjusting], adjusting
+
+    def _unexplained_movement(
+        self, mismatch_id: str, found: dict[str, Any], row: Row
+    ) -> ledger.Journal:
+        """The cash and fee of a row we have no (further) movement for, booked against
+        reconciliation_adjustments: in, less the fee kept; or out, with its fee."""
+        cash = ledger.settlement_cash(row.currency)
+        fees = ledger.processor_fees(row.currency)
+        adjustments = ledger.reconciliation_adjustments(row.currency)
+        if row.type in ("capture", "dispute_reversal"):
+            entries = (
+                ledger.Entry(cash, "debit", row.amount - row.fee),
+                ledger.Entry(fees, "debit", row.fee),
+                ledger.Entry(adjustments, "credit", row.amount),
+            )
+        else:
+            entries = (
+                ledger.Entry(adjustments, "debit", row.amount),
+                ledger.Entry(fees, "debit", row.fee),
+                ledger.Entry(cash, "credit", row.amount + row.fee),
+            )
+        # Its own partition: the row may name no charge of ours.
+        return replace(
+            self._adjusting(mismatch_id, found, row, entries, ""),
+            charge_id="",
+            partition=f"RECM#{mismatch_id}",
+        )
+
+    def _adjusting(
+        self,
+        mismatch_id: str,
+        found: dict[str, Any],
+        row: Row,
+        entries: tuple[ledger.Entry, ...],
+        merchant_id: str,
+    ) -> ledger.Journal:
+        return ledger.Journal(
             id=derived_id("jnl", mismatch_id, "adjustment"),
             currency=row.currency,
-            entries=entries,
+            entries=tuple(e for e in entries if e.amount > 0),
             charge_id=row.charge_id,
-            merchant_id=str(txn["merchant"]),
+            merchant_id=merchant_id,
             operation="reconciliation.adjustment",
             created=int(self.clock()),
             source=mismatch_id,
             details={"mismatch": mismatch_id, "file": found["file"], "row": row.number},
         )
-        resolution: dict[str, Any] = {
-            "pk": f"RECM#{mismatch_id}",
-            "sk": "RESOLUTION",
-            "id": mismatch_id,
-            "journal": adjusting.id,
-            "note": note[:500],
-            "resolved": int(self.clock()),
-        }
-        resolved = Change(
-            resolution["pk"], "RESOLUTION", mismatch_id, "resolve", RESOLVED, create=resolution
-        )
-        transition = Transition(
-            [*settlement.changes, resolved],
-            caller,
-            journals=[*settlement.journals, adjusting],
-        )
-        if self.writer.commit(transition) is not None:
-            raise ConflictError(
-                f"The mismatch {mismatch_id} was resolved, or its movement settled, meanwhile."
-            )
-        return adjusting
 
     def resolutions(self, mismatch_ids: list[str]) -> dict[str, dict[str, Any]]:
         keys = [(f"RECM#{mismatch_id}", "RESOLUTION") for mismatch_id in mismatch_ids]
