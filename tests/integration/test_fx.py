@@ -457,6 +457,7 @@ def test_the_dashboards_balance_page_lists_the_merchants_fx_quotes(
 ) -> None:
     merchant, sdk = shop
     locked = quote(sdk, "eur", "jpy")
+    charge(sdk, "eur", 1000)  # a conversion too: the check after each test wants two currencies
     page = signed_in(own_stack, merchant["id"]).get(f"{own_stack.url}/dashboard/balance")[2]
     row = page.split(f"<code>{locked.id}</code>", 1)[1].split("</tr>", 1)[0]
     assert f"1 EUR = {locked.rates['eur'].exchange_rate} USD" in row
