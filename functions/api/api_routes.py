@@ -1903,7 +1903,9 @@ def _keep_in_request_log(
             body = json.loads(response.get("body") or "{}")
             error = body.get("error") or {}
             if error and links().base_url:
-                error["request_log_url"] = f"{links().base_url}/dashboard/logs/{rid}"
+                # A replay is the first answer again, so it names the first request's log.
+                logged = _response_header(response, "Original-Request") or rid
+                error["request_log_url"] = f"{links().base_url}/dashboard/logs/{logged}"
                 response["body"] = json.dumps(body)
         except ValueError:
             error = {}
@@ -1926,6 +1928,16 @@ def _keep_in_request_log(
         )
     except Exception:
         logger.warning("request not kept in the request log", exc_info=True)
+
+
+def _response_header(response: dict[str, Any], name: str) -> str | None:
+    for key, values in (response.get("multiValueHeaders") or {}).items():
+        if key.lower() == name.lower() and values:
+            return str(values[0])
+    for key, value in (response.get("headers") or {}).items():
+        if key.lower() == name.lower():
+            return str(value)
+    return None
 
 
 def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:

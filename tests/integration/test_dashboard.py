@@ -6,6 +6,7 @@ The journeys keep a screenshot of their last page under build/screenshots/.
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.error
 import urllib.parse
@@ -631,6 +632,22 @@ def test_a_refusals_request_log_url_opens_that_request_for_its_merchant_only(
     other = signed_in(stack, stack.create_merchant("Someone Curious")["id"])
     status, _, page = other.get(url)
     assert status == 404 and refused.value.user_message not in page
+
+
+def test_a_replayed_decline_is_the_first_answer_again_naming_the_first_request(
+    stack: Stack, shop: Shop
+) -> None:
+    declined = {"amount": 700, "currency": "usd", "source": "tok_chargeDeclinedInsufficientFunds"}
+    charge_key = key()
+    with pytest.raises(stripe.CardError) as first:
+        shop.sdk.v1.charges.create(params=declined, options={"idempotency_key": charge_key})
+    with pytest.raises(stripe.CardError) as again:
+        shop.sdk.v1.charges.create(params=declined, options={"idempotency_key": charge_key})
+    assert again.value.headers["Idempotent-Replayed"] == "true"
+    assert again.value.headers["Original-Request"] == first.value.request_id
+    assert again.value.request_id != first.value.request_id
+    assert json.loads(again.value.http_body) == json.loads(first.value.http_body)
+    assert first.value.error.request_log_url.endswith(f"/dashboard/logs/{first.value.request_id}")
 
 
 def test_rolling_the_secret_key_shows_the_new_one_once_and_keeps_the_old_for_its_overlap(
