@@ -58,6 +58,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
+    # `kill -USR1` prints where every thread is, for a stack that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         info = stack.start()
         test = create_merchant(_store(info), "Test merchant")
@@ -92,9 +94,11 @@ Press Ctrl-C to stop.""",
     finally:
         print("Stopping the local stack...", file=sys.stderr, flush=True)
         # A stop that takes this long is stuck somewhere: say where, in the stack's output.
+        # Left armed past stack.stop(), so that an exit stuck joining something says so too
+        # (the interpreter disarms it when it finishes exiting).
         faulthandler.dump_traceback_later(STOP_DIAGNOSIS_SECONDS, exit=False)
         stack.stop()
-        faulthandler.cancel_dump_traceback_later()
+        print("Stopped.", file=sys.stderr, flush=True)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -194,8 +195,10 @@ def running_stack(
     try:
         code = process.wait(timeout=60)
     except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)  # where each of its threads is stuck, in its log
+        time.sleep(2)
         process.kill()
-        pytest.fail(f"the local stack did not stop:\n{log_path.read_text()[-6000:]}")
+        pytest.fail(f"the local stack did not stop:\n{log_path.read_text()[-20000:]}")
     assert code == 0, log_path.read_text()[-3000:]
     assert not state_file.exists(), "a stopped stack must remove its state file"
 
