@@ -14,7 +14,6 @@ DASHBOARD_ROUTES = {
     ("POST", "/dashboard/payments/{charge_id}/refund"),
     ("POST", "/dashboard/payments/{charge_id}/capture"),
     ("GET", "/dashboard/balance"),
-    ("GET", "/dashboard/balance/chart.svg"),
     ("GET", "/dashboard/payouts/{payout_id}"),
     ("GET", "/dashboard/developers"),
     ("POST", "/dashboard/developers/endpoints"),

@@ -174,22 +174,25 @@ def queue_depths() -> list[QueueDepth]:
     from api_routes import _sqs
     from clearline.topology import TOPOLOGY, dlq_env_var, queue_env_var
 
-    def count(url: str, *names: str) -> int:
-        attributes = _sqs().get_queue_attributes(QueueUrl=url, AttributeNames=list(names))
-        return sum(int(attributes["Attributes"].get(name, 0)) for name in names)
+    waiting, in_flight = "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"
+
+    def counts(url: str) -> dict[str, int]:
+        answer = _sqs().get_queue_attributes(QueueUrl=url, AttributeNames=[waiting, in_flight])
+        return {name: int(answer["Attributes"].get(name, 0)) for name in (waiting, in_flight)}
 
     depths = []
     for queue in TOPOLOGY.queues:
         url, dlq = os.environ.get(queue_env_var(queue.key)), os.environ.get(dlq_env_var(queue.key))
         if url is None:
             continue
+        here = counts(url)
         depths.append(
             QueueDepth(
                 queue.key,
                 queue.name,
-                count(url, "ApproximateNumberOfMessages"),
-                count(url, "ApproximateNumberOfMessagesNotVisible"),
-                count(dlq, "ApproximateNumberOfMessages") if dlq else None,
+                here[waiting],
+                here[in_flight],
+                counts(dlq)[waiting] if dlq else None,
             )
         )
     return depths

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from clearline import listing
@@ -69,7 +69,7 @@ class RequestLog:
             "pk": f"REQLOG#{request.id}",
             "sk": "REQUEST",
             **listing.list_keys(request.merchant, KIND, created_ms, request.id),
-            **{k: v for k, v in request.__dict__.items() if v is not None},
+            **{k: v for k, v in asdict(request).items() if v is not None},
             "created": created_ms // 1000,
             "ttl": int(self.clock()) + KEPT_SECONDS,
         }
