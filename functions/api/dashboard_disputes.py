@@ -188,7 +188,7 @@ def _reviews_page(
     from api_routes import services
 
     reviews, next_link = newest_first(services().reviews.list, merchant, "reviews")
-    charges = {r.charge: services().charges.retrieve(merchant, r.charge) for r in reviews}
+    charges = services().charges.retrieve_many(merchant, [r.charge for r in reviews])
     return render_page(
         status,
         "reviews.html",

@@ -1317,6 +1317,11 @@ class ChargeService(MoneyService):
     def retrieve(self, merchant: Merchant, charge_id: str) -> Charge:
         return Charge.from_item(self.owned(merchant.id, charge_id))
 
+    def retrieve_many(self, merchant: Merchant, charge_ids: list[str]) -> dict[str, Charge]:
+        """The merchant's charges among `charge_ids`, by id, read at once."""
+        found = listing.get_owned_many(self.store, merchant.id, charge_ids, "ch")
+        return {charge_id: Charge.from_item(item) for charge_id, item in found.items()}
+
     def receipt(self, charge_id: str, token: str) -> tuple[Charge, Merchant]:
         """The charge a public receipt link names, with its merchant: only with the link's
         unguessable token, so that no charge id alone shows anyone a receipt."""

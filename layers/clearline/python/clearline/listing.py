@@ -179,6 +179,23 @@ def get_owned(
     return item
 
 
+def get_owned_many(
+    store: Store, merchant_id: str, object_ids: list[str], kind: str
+) -> dict[str, dict[str, Any]]:
+    """The merchant's objects among `object_ids`, by id, in one batch read: those missing or
+    another merchant's are left out."""
+    wanted = [i for i in dict.fromkeys(object_ids) if i.startswith(kind + "_")]
+    try:
+        items = store.get_many([object_key(i) for i in wanted])
+    except StoreUnavailable as exc:
+        raise store_unavailable() from exc
+    return {
+        str(item["id"]): item
+        for item in items
+        if item.get("merchant") == merchant_id and item.get("id") in wanted
+    }
+
+
 def _cursor(store: Store, merchant_id: str, object_id: str, kind: str, param: str) -> str:
     """Where a cursor's object sits in the list: 404 for one no longer listed (deleted)."""
     position = get_owned(store, merchant_id, object_id, kind, param).get("gsi1sk")
