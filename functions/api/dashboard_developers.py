@@ -83,9 +83,10 @@ def developers(
         starting_after=query_value("after", 100) or None,
         ending_before=None,
     )
-    delivered = {
-        str(item["id"]): _delivered(services().store, str(item["id"])) for item in events.items
-    }
+    event_ids, store = [str(item["id"]) for item in events.items], services().store
+    delivered = dict(
+        zip(event_ids, listing.side_by_side(lambda e: _delivered(store, e), event_ids), strict=True)
+    )
     shown = [Event.from_item(item) for item in events.items]
     more = events.has_more and shown
     from clearline.merchants import KEY_OVERLAPS, api_keys

@@ -10,7 +10,7 @@ queries every shard and merges them, newest first.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -31,6 +31,8 @@ class Listed(Protocol):
 
 
 M = TypeVar("M", bound=Listed)
+T = TypeVar("T")
+R = TypeVar("R")
 
 INDEX = "by_merchant"
 FACET_INDEX = "by_facet"
@@ -53,6 +55,13 @@ def list_shards(kind: str) -> int:
 
 
 _queries = ThreadPoolExecutor(max_workers=8, thread_name_prefix="list-shard")
+
+
+def side_by_side(read: Callable[[T], R], keys: Iterable[T]) -> list[R]:
+    """`read` of each key, the reads run side by side (each is a wait on the table), in the
+    keys' order."""
+    return list(_queries.map(read, keys))
+
 
 # id prefix -> (pk prefix, sk, the name Stripe uses in "No such ...")
 KINDS = {
@@ -264,7 +273,7 @@ def page(
         )
 
     try:
-        found = list(_queries.map(one_partition, partitions))
+        found = side_by_side(one_partition, partitions)
         sort_key = "gsi2sk" if facets else "gsi1sk"
         items = sorted(
             (i for part in found for i in part),
