@@ -371,10 +371,13 @@ def _journal(item: dict[str, Any]) -> TimelineEntry:
 
 
 def _balance_transaction(txn: dict[str, Any]) -> TimelineEntry:
-    """A movement of the merchant's balance: amount, fee and net, and when it is available."""
-    created_ms = str(txn.get("gsi1sk", "")).split("#")[0]
+    """A movement of the merchant's balance: amount, fee and net, and when it is available.
+    It stands where the change that wrote it does (a refund's is created with the refund but
+    written when the refund succeeds)."""
+    listed_ms = str(txn.get("gsi1sk", "")).split("#")[0]
+    created_ms = int(listed_ms) if listed_ms.isdigit() else int(txn["created"]) * 1000
     return TimelineEntry(
-        int(created_ms) if created_ms.isdigit() else int(txn["created"]) * 1000,
+        int(txn.get("written_ms") or created_ms),
         "balance",
         f"balance transaction {txn['type']}",
         str(txn["id"]),

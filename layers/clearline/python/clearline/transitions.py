@@ -230,8 +230,9 @@ class TransitionWriter:
                     idempotency_key=transition.idempotency_key,
                 )
             )
-        writes += ledger.journal_writes(transition.journals, self.shards, int(now * 1000))
-        writes += [Write.put_new(record) for record in transition.records]
+        written_ms = int(now * 1000)  # orders what the change wrote among its audit items
+        writes += ledger.journal_writes(transition.journals, self.shards, written_ms)
+        writes += [Write.put_new({**r, "written_ms": written_ms}) for r in transition.records]
         writes += [Write("Put", item=item) for item in transition.index_items]
         writes += [
             Write("Delete", key={"pk": pk, "sk": sk}) for pk, sk in transition.index_removals
