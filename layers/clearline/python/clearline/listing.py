@@ -59,7 +59,8 @@ _queries = ThreadPoolExecutor(max_workers=8, thread_name_prefix="list-shard")
 
 def side_by_side(read: Callable[[T], R], keys: Iterable[T]) -> list[R]:
     """`read` of each key, the reads run side by side (each is a wait on the table), in the
-    keys' order."""
+    keys' order. A `read` must not list or call this itself: the pool is shared, and a read
+    waiting on the pool from inside it could wait forever."""
     return list(_queries.map(read, keys))
 
 
@@ -193,9 +194,9 @@ def get_owned_many(
 ) -> dict[str, dict[str, Any]]:
     """The merchant's objects among `object_ids`, by id, in one batch read: those missing or
     another merchant's are left out."""
-    wanted = [i for i in dict.fromkeys(object_ids) if i.startswith(kind + "_")]
+    wanted = {i for i in object_ids if i.startswith(kind + "_")}
     try:
-        items = store.get_many([object_key(i) for i in wanted])
+        items = store.get_many([object_key(i) for i in sorted(wanted)])
     except StoreUnavailable as exc:
         raise store_unavailable() from exc
     return {
