@@ -417,14 +417,8 @@ def _gone(name: str) -> Cookie:
 
 
 @router.post("/dashboard/sign-out", include_in_schema=False)
-def sign_out() -> Response[str]:
-    signed_in = current_session()
-    if signed_in is None:
-        return redirect(f"{root()}")
-    session, _ = signed_in
-    form = form_fields()
-    if not session.accepts(form.get("csrf_token")):
-        return forbidden(session)
+@session_form
+def sign_out(session: Session, merchant: Merchant, form: dict[str, str]) -> Response[str]:
     session_id = session_cookie_value()
     assert session_id is not None
     sessions().sign_out(session_id)
